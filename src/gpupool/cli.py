@@ -1,0 +1,259 @@
+"""The one `gpupool` command: gateway, provider, devnet, demo, keys.
+
+Flags map one-to-one onto the fields of `GatewaySettings` / `ProviderSettings`
+(a test checks that), and each also reads `GPUPOOL_<ROLE>_<FIELD>` and `--config FILE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+import os
+import signal
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from gpupool import config
+
+app = typer.Typer(help="gpupool: pool idle GPUs into one OpenAI-compatible inference network.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+keys_app = typer.Typer(help="Create, list and revoke client API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+ledger_app = typer.Typer(help="Inspect the SQL ledger.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file")]
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def settings_command(cls: type, run: Callable[[Any], None], doc: str) -> Callable[..., None]:
+    """A command whose flags are generated from the fields of a settings dataclass.
+
+    Each field becomes `--field-name` (or its `flag` metadata), defaulting to None so
+    that unset flags fall through to the environment, the TOML file and the defaults.
+    """
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        base = hints[f.name]
+        if typing.get_origin(base) in (typing.Union, types.UnionType):
+            base = next(a for a in typing.get_args(base) if a is not type(None))
+        flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+        decls = [flag, f"--no-{flag[2:]}"] if base is bool else [flag]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f.metadata.get("help", "") + (f" (default: {default})" if default not in (None, "") else "")
+        option = typer.Option("/".join(decls) if base is bool else flag, help=help_text, show_default=False)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                        annotation=Annotated[Optional[base], option], default=None))
+    params.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=ConfigOpt, default=None))
+    params.append(inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY,
+                                    annotation=Annotated[bool, typer.Option("--verbose", "-v")], default=False))
+
+    def command(**kwargs: Any) -> None:
+        _logging(kwargs.pop("verbose"))
+        config_file = kwargs.pop("config_file")
+        try:
+            settings = config.load(cls, config_file, kwargs)
+            run(settings)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = doc
+    return command
+
+
+def _run_gateway(settings: config.GatewaySettings) -> None:
+    from gpupool.gateway.server import serve
+
+    _run(serve(settings))
+
+
+def _run_provider(settings: config.ProviderSettings) -> None:
+    from gpupool.provider.runner import serve
+
+    _run(serve(settings))
+
+
+app.command("gateway")(settings_command(
+    config.GatewaySettings, _run_gateway,
+    "Run a gateway: the OpenAI-compatible API and the endpoint providers connect to."))
+app.command("provider")(settings_command(
+    config.ProviderSettings, _run_provider,
+    "Run a provider: load models and serve them to one or more gateways."))
+
+
+def _with_store(db: str | None, call: Callable[[Any], Any]) -> Any:
+    """Open the gateway's store (default database unless `db`), run one call, close it."""
+    from gpupool.gateway.store import Store
+
+    async def go() -> Any:
+        store = await Store.open(db or config.GatewaySettings().db_url())
+        try:
+            return await call(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="who the key is for")] = "default",
+    db: Annotated[Optional[str], typer.Option(help="the gateway's database URL")] = None,
+    key: Annotated[Optional[str], typer.Option(help="register this exact key instead of a random one")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Create an API key in the gateway's database and print it (shown only once)."""
+    created = _with_store(db, lambda store: store.create_key(name, key))
+    typer.echo(created if quiet else f"API key for {name!r} (store it now; it is not shown again):\n{created}")
+
+
+@keys_app.command("list")
+def keys_list(db: Annotated[Optional[str], typer.Option(help="the gateway's database URL")] = None) -> None:
+    """List API keys (hints only; keys are stored hashed)."""
+    for k in _with_store(db, lambda store: store.list_keys()):
+        typer.echo(f"{k['id']:>4}  {k['hint']:<10}  {k['name']:<20} {'revoked' if k['revoked'] else ''}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int, db: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """Revoke an API key by id (see `gpupool keys list`)."""
+    if not _with_store(db, lambda store: store.revoke_key(key_id)):
+        typer.echo(f"no key with id {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked key {key_id}")
+
+
+@ledger_app.command("verify")
+def ledger_verify(db: Annotated[Optional[str], typer.Option(help="the ledger's database URL")] = None) -> None:
+    """Replay the journal: check the hash chain and that balances match it and sum to zero."""
+    from gpupool.ledger import SqlLedger
+
+    async def go() -> list[str]:
+        ledger = await SqlLedger.open(db or config.GatewaySettings().db_url())
+        try:
+            return await ledger.verify()
+        finally:
+            await ledger.close()
+
+    problems = asyncio.run(go())
+    for problem in problems:
+        typer.echo(problem, err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo("ledger verified: the hash chain is intact and balances match the journal")
+
+
+@app.command()
+def devnet(
+    port: Annotated[int, typer.Option(help="gateway port")] = 8000,
+    providers: Annotated[int, typer.Option(help="number of provider processes")] = 3,
+    home: Annotated[Optional[Path], typer.Option(help="where keys, database and logs go")] = None,
+    echo_only: Annotated[bool, typer.Option("--echo-only", help="serve only the no-model echo backend")] = False,
+) -> None:
+    """Start a local network (1 gateway + N providers) and serve until Ctrl-C."""
+    from gpupool.devnet import Network, NetworkError
+    from gpupool.devnet_setup import banner, default_serve, prepare_models
+
+    home = home or Path(os.environ.get("GPUPOOL_HOME", "~/.gpupool")).expanduser() / "devnet"
+    if not echo_only:
+        prepare_models(progress=True)
+    serve_list = ["echo=echo:chat"] if echo_only else default_serve()
+    stop = False
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    net = Network(home)
+    try:
+        typer.echo(f"starting gateway on 127.0.0.1:{port} (logs in {home / 'logs'})")
+        url = net.start_gateway(port=port)
+        for _ in range(providers):
+            net.start_provider(serve_list)
+        typer.echo(f"starting {providers} providers (loading models)...")
+        net.wait_for_models({s.split('=')[0]: providers for s in serve_list}, progress=True)
+        typer.echo(banner(url, net.dev_key(), echo_only))
+        while not stop:
+            dead = [p for p in net.providers + [net.gateway] if p and not p.alive()]
+            if dead:
+                typer.echo(f"{dead[0].name} exited unexpectedly:\n{dead[0].log_tail()}", err=True)
+                break
+            time.sleep(0.5)
+    except NetworkError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        typer.echo("stopping: draining providers, then the gateway...")
+        net.stop()
+        typer.echo("stopped.")
+
+
+@app.command()
+def ask(
+    prompt: Annotated[str, typer.Argument(help="what to ask")],
+    model: Annotated[str, typer.Option(help="model name, see /v1/models")] = "tiny-llama",
+    gateway: Annotated[Optional[list[str]], typer.Option("--gateway", help="gateway base URL; repeat to fail over")] = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="GPUPOOL_API_KEY", help="API key")] = None,
+    max_tokens: Annotated[int, typer.Option(help="longest answer in tokens")] = 64,
+) -> None:
+    """Stream one chat answer, failing over between gateways if one is down."""
+    import openai
+
+    from gpupool.sdk import connect
+
+    if not api_key:
+        typer.echo("error: pass --api-key or set GPUPOOL_API_KEY", err=True)
+        raise typer.Exit(2)
+    client = connect(gateway or ["http://127.0.0.1:8000"], api_key, max_retries=0)
+    try:
+        for chunk in client.chat.completions.create(model=model, stream=True, max_tokens=max_tokens,
+                                                    messages=[{"role": "user", "content": prompt}]):
+            if chunk.choices and chunk.choices[0].delta.content:
+                typer.echo(chunk.choices[0].delta.content, nl=False)
+        typer.echo()
+    except openai.APIError as exc:
+        typer.echo(f"\nerror: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def demo(
+    home: Annotated[Optional[Path], typer.Option(help="where the demo network keeps its files")] = None,
+    providers: Annotated[int, typer.Option(help="number of provider processes")] = 3,
+) -> None:
+    """Start a local network, run a retail search + chat scenario through it, print results, stop."""
+    from gpupool.demo import run_demo
+
+    sys.exit(run_demo(home, providers))
+
+
+if __name__ == "__main__":
+    app()

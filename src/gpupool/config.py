@@ -1,0 +1,133 @@
+"""Settings: one typed object per role, loaded once at the edge and passed in.
+
+Precedence (last wins): defaults < TOML file (`--config`, section per role) <
+environment (`GPUPOOL_<ROLE>_<FIELD>`, e.g. `GPUPOOL_GATEWAY_PORT=9000`) < flags.
+
+    settings = load(GatewaySettings, config_file=None, overrides={"port": 9000})
+
+The CLI's flags are checked against these fields by a test, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gpupool.identity import default_home
+
+
+def _opt(default: Any = None, help: str = "", flag: str = "", factory: Any = None) -> Any:
+    """A settings field with the help text (and flag name) its CLI option shows."""
+    meta = {"help": help, "flag": flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class GatewaySettings:
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(8000, "port to listen on; 0 picks a free one")
+    db: str = _opt("", "database URL: sqlite+aiosqlite:///PATH or postgresql+asyncpg://... "
+                   "(default: SQLite under ~/.gpupool)")
+    key_file: Path = _opt(help="gateway identity key", factory=lambda: default_home() / "gateway.key")
+    admin_token: str = _opt("", "bearer token for /admin/* (empty disables the admin API)")
+    max_body_bytes: int = _opt(4 * 1024 * 1024, "largest accepted request body; larger gets 413")
+    request_timeout_s: float = _opt(120.0, "default request deadline; clients may lower it "
+                                    "with the X-Gpupool-Timeout header")
+    max_attempts: int = _opt(3, "most providers one request may try (failover and hedging)")
+    hedging: bool = _opt(True, "send a second copy of a slow non-streaming request to another provider")
+    hedge_percentile: float = _opt(0.95, "hedge when a provider is slower than this percentile "
+                                   "of its expected time")
+    hedge_min_s: float = _opt(0.05, "never hedge sooner than this")
+    stream_continuation: bool = _opt(True, "continue a stream on another provider if its provider is lost")
+    first_byte_timeout_s: float = _opt(30.0, "upper bound on waiting for a provider's first token "
+                                       "before trying another")
+    breaker_failures: int = _opt(5, "consecutive failures that open a provider's circuit breaker")
+    breaker_cooldown_s: float = _opt(10.0, "time an open breaker waits before a half-open probe")
+    receipt_verify_rate: float = _opt(0.1, "share of receipt signatures checked inline (1.0 = all); "
+                                      "hashes are always checked and audits always verify signatures")
+    ping_interval_s: float = _opt(2.0, "how often providers are pinged (RTT measurement, liveness)")
+    liveness_timeout_s: float = _opt(20.0, "a provider silent for this long is dropped")
+    handshake_timeout_s: float = _opt(10.0, "time a connecting provider has to finish the handshake")
+    ready_file: Path | None = _opt(None, "write {url, port} as JSON here once listening")
+
+    def db_url(self) -> str:
+        return self.db or f"sqlite+aiosqlite:///{default_home() / 'gateway.db'}"
+
+
+@dataclass
+class ProviderSettings:
+    gateways: list[str] = _opt(help="gateway URL ws://HOST:PORT; repeat for several", flag="gateway",
+                               factory=lambda: ["ws://127.0.0.1:8000"])
+    serve: list[str] = _opt(help="NAME=BACKEND[:SPEC]; repeat for several models", factory=list)
+    region: str = _opt("local", "region label announced in the offer")
+    latitude: float = _opt(0.0, "approximate latitude, announced in the offer")
+    longitude: float = _opt(0.0, "approximate longitude, announced in the offer")
+    max_concurrency: int = _opt(4, "requests run at once")
+    max_queue: int = _opt(16, "requests allowed to wait beyond that; more are refused (retryable)")
+    key_file: Path = _opt(help="provider identity key", factory=lambda: default_home() / "provider.key")
+    drain_timeout_s: float = _opt(30.0, "on SIGTERM, time to finish in-flight work before leaving")
+    reconnect_max_s: float = _opt(30.0, "longest wait between reconnection attempts")
+
+
+S = TypeVar("S")
+
+
+def _convert(value: Any, annotation: Any) -> Any:
+    """Coerce a TOML/env value to a field's annotated type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or value == "":
+            return None
+        return _convert(value, args[0])
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return [_convert(v, item) for v in value]
+    if annotation is bool:
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+    if annotation in (int, float, str):
+        return annotation(value)
+    if annotation is Path:
+        return Path(value).expanduser()
+    return value
+
+
+def load(
+    cls: type[S],
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+) -> S:
+    section = cls.__name__.removesuffix("Settings").lower()
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        with open(config_file, "rb") as f:
+            data = tomllib.load(f).get(section, {})
+        for key, val in data.items():
+            name = key.replace("-", "_")
+            if name not in hints:
+                raise ValueError(f"{config_file}: unknown setting [{section}] {key}")
+            values[name] = _convert(val, hints[name])
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        env_name = f"GPUPOOL_{section.upper()}_{f.name.upper()}"
+        if env_name in environ:
+            values[f.name] = _convert(environ[env_name], hints[f.name])
+    for key, val in (overrides or {}).items():
+        if val is None or val == []:
+            continue
+        if key not in hints:
+            raise ValueError(f"unknown setting {key!r} for {section}")
+        values[key] = _convert(val, hints[key])
+    return cls(**values)

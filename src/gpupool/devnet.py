@@ -1,0 +1,222 @@
+"""A whole local network of real processes: one gateway and N providers.
+
+Used by `gpupool devnet`, `gpupool demo`, the integration tests and the benchmarks,
+so they all exercise the same processes a real deployment runs.
+
+    with Network(home=Path("/tmp/net")) as net:
+        gw = net.start_gateway()
+        net.start_provider(["minilm=embeddings"], region="eu-west")
+        net.wait_for_models({"minilm": 1})
+        key = net.dev_key()
+        ...                                  # processes stop on exit
+
+Every child runs in its own session, so Ctrl-C reaches only this process, which
+then drains providers (SIGTERM) before stopping the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEV_KEY_FILE = "dev-api-key"
+
+# Regions for devnet providers: name, latitude, longitude.
+REGIONS = [("eu-west", 53.3, -6.3), ("us-east", 39.0, -77.5), ("ap-south", 19.1, 72.9),
+           ("eu-central", 50.1, 8.7), ("us-west", 45.6, -121.2), ("ap-east", 22.3, 114.2)]
+
+
+class NetworkError(RuntimeError):
+    pass
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Network:
+    def __init__(self, home: Path, *, db: str | None = None, env: dict[str, str] | None = None):
+        self.home = Path(home).expanduser()
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(exist_ok=True)
+        self.db = db or f"sqlite+aiosqlite:///{self.home / 'gateway.db'}"
+        # Models (e.g. tiny-llama) live under the user's GPUPOOL_HOME, shared by every network.
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1",
+                    "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.gateway: Proc | None = None
+        self.gateway_url = ""
+        self.providers: list[Proc] = []
+        self._registered: set[str] = set()
+        self.admin_token = "devnet-admin-" + os.urandom(8).hex()
+
+    # ------------------------------------------------------------ processes
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
+               prefix: list[str] | None = None) -> Proc:
+        log_path = self.home / "logs" / f"{name}.log"
+        log = open(log_path, "ab")
+        popen = subprocess.Popen(
+            [*(prefix or []), sys.executable, "-m", "gpupool", *args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**self.env, **(env or {})}, start_new_session=True,
+        )
+        log.close()
+        return Proc(name, popen, log_path, args)
+
+    def start_gateway(self, port: int = 0, host: str = "127.0.0.1", extra: list[str] | None = None,
+                      timeout: float = 60) -> str:
+        ready = self.home / "gateway.ready.json"
+        ready.unlink(missing_ok=True)
+        args = ["gateway", "--host", host, "--port", str(port), "--db", self.db,
+                "--key-file", str(self.home / "gateway.key"), "--ready-file", str(ready), *(extra or [])]
+        self.gateway = self._spawn("gateway", args, {"GPUPOOL_GATEWAY_ADMIN_TOKEN": self.admin_token})
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if not self.gateway.alive():
+                raise NetworkError(f"gateway exited at start:\n{self.gateway.log_tail()}")
+            if time.monotonic() > deadline:
+                raise NetworkError(f"gateway not ready after {timeout}s:\n{self.gateway.log_tail()}")
+            time.sleep(0.05)
+        self.gateway_url = json.loads(ready.read_text())["url"].replace("//0.0.0.0:", "//127.0.0.1:")
+        return self.gateway_url
+
+    @property
+    def ws_url(self) -> str:
+        return self.gateway_url.replace("http://", "ws://", 1)
+
+    def start_provider(self, serve: list[str], *, region: str | None = None, max_concurrency: int = 4,
+                       gateways: list[str] | None = None, extra: list[str] | None = None,
+                       env: dict[str, str] | None = None, prefix: list[str] | None = None) -> Proc:
+        """Start a provider process; `prefix` wraps the command (e.g. `ip netns exec NS`)."""
+        index = len(self.providers)
+        name, lat, lon = REGIONS[index % len(REGIONS)]
+        args = ["provider", "--region", region or name, "--latitude", str(lat), "--longitude", str(lon),
+                "--max-concurrency", str(max_concurrency),
+                "--key-file", str(self.home / f"provider-{index + 1}.key")]
+        for url in gateways or [self.ws_url]:
+            args += ["--gateway", url]
+        for s in serve:
+            args += ["--serve", s]
+        proc = self._spawn(f"provider-{index + 1}", args + (extra or []), env, prefix)
+        self.providers.append(proc)
+        return proc
+
+    # ------------------------------------------------------------ readiness and keys
+
+    def health(self) -> dict[str, Any]:
+        return httpx.get(self.gateway_url + "/healthz", timeout=5).json()
+
+    def admin(self, path: str) -> Any:
+        r = httpx.get(self.gateway_url + path, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=5)
+        r.raise_for_status()
+        return r.json()["data"]
+
+    def wait_for_models(self, wanted: dict[str, int], timeout: float = 180, progress: bool = False) -> None:
+        """Wait until each model is served by at least the given number of providers."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            counts: dict[str, int] = {}
+            for p in self.admin("/admin/providers"):
+                for m in p["models"]:
+                    counts[m] = counts.get(m, 0) + 1
+            if all(counts.get(m, 0) >= n for m, n in wanted.items()):
+                return
+            dead = [p for p in self.providers if not p.alive()]
+            if dead:
+                raise NetworkError(f"{dead[0].name} exited at start:\n{dead[0].log_tail()}")
+            status = ", ".join(f"{m}: {counts.get(m, 0)}/{n}" for m, n in wanted.items())
+            if progress and status != last:
+                print(f"  waiting for providers ({status})", flush=True)
+                last = status
+            if time.monotonic() > deadline:
+                raise NetworkError(f"providers not ready after {timeout}s ({status})")
+            time.sleep(0.2)
+
+    def dev_key(self) -> str:
+        """The development API key, created once per network home and reused."""
+        path = self.home / DEV_KEY_FILE
+        key = path.read_text().strip() if path.exists() else "gp-dev-" + os.urandom(16).hex()
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key)
+        if key not in self._registered:
+            # A thread of its own: callers may already be inside an event loop (async tests).
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(lambda: asyncio.run(_register_key(self.db, key))).result()
+            self._registered.add(key)
+        return key
+
+    # ------------------------------------------------------------ shutdown
+
+    def kill_provider(self, proc: Proc, sig: int = signal.SIGKILL) -> None:
+        if proc.alive():
+            os.killpg(proc.popen.pid, sig)
+
+    def stop(self, timeout: float = 15) -> None:
+        """Drain providers (SIGTERM), then stop the gateway; SIGKILL whatever lingers."""
+        procs = [p for p in self.providers if p.alive()]
+        for p in procs:
+            _signal(p, signal.SIGTERM)
+        _wait_all(procs, timeout)
+        if self.gateway and self.gateway.alive():
+            _signal(self.gateway, signal.SIGTERM)
+            _wait_all([self.gateway], timeout)
+
+    def __enter__(self) -> Network:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal(proc: Proc, sig: int) -> None:
+    try:
+        os.killpg(proc.popen.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_all(procs: list[Proc], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal(p, signal.SIGKILL)
+            p.popen.wait()
+
+
+async def _register_key(db: str, key: str) -> None:
+    from gpupool.gateway.store import Store
+
+    store = await Store.open(db)
+    try:
+        await store.create_key("devnet", key)
+    finally:
+        await store.close()

@@ -1,0 +1,50 @@
+"""What the local devnet serves, the one-time model preparation, and the banner it prints."""
+
+from __future__ import annotations
+
+
+def default_serve() -> list[str]:
+    return ["minilm=embeddings:minilm", "tiny-llama=generate:tiny-llama"]
+
+
+def prepare_models(progress: bool = False) -> None:
+    """Create the untrained tiny-llama demo model once (random weights, a few seconds)."""
+    try:
+        from gpupool.provider.tiny_model import create_tiny_llama, default_tiny_llama_path
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise SystemExit(f"the devnet needs the ml extra: pip install -e '.[ml]' ({exc})") from exc
+    path = default_tiny_llama_path()
+    if not (path / "config.json").exists() and progress:
+        print(f"creating the untrained tiny-llama demo model in {path} (once)...", flush=True)
+    create_tiny_llama(path)
+
+
+def banner(url: str, key: str, echo_only: bool = False) -> str:
+    chat_model = "echo" if echo_only else "tiny-llama"
+    embed = "" if echo_only else f"""
+  curl {url}/v1/embeddings -H "Authorization: Bearer {key}" \\
+       -H "Content-Type: application/json" -d '{{"model": "minilm", "input": "red running shoes"}}'
+"""
+    return f"""
+gpupool devnet is up.
+
+  base URL : {url}/v1
+  API key  : {key}
+  models   : {"echo (no model)" if echo_only else "minilm (real all-MiniLM-L6-v2 embeddings), tiny-llama (UNTRAINED demo model: random weights, gibberish text)"}
+
+curl:
+  curl {url}/v1/chat/completions -H "Authorization: Bearer {key}" \\
+       -H "Content-Type: application/json" \\
+       -d '{{"model": "{chat_model}", "messages": [{{"role": "user", "content": "Hello there"}}], "max_tokens": 20}}'
+{embed}
+openai (Python):
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}/v1", api_key="{key}")
+  stream = client.chat.completions.create(model="{chat_model}", stream=True, max_tokens=20,
+                                          messages=[{{"role": "user", "content": "Hello there"}}])
+  for chunk in stream:
+      if chunk.choices:
+          print(chunk.choices[0].delta.content or "", end="", flush=True)
+
+Press Ctrl-C to stop every process this command started.
+"""

@@ -1,0 +1,90 @@
+"""One small exception hierarchy, each error mapped to one OpenAI-format error body.
+
+    GpupoolError                     500 server_error
+    ├── InvalidRequest               400 invalid_request_error
+    ├── AuthenticationFailed         401 authentication_error (invalid_api_key)
+    ├── ModelNotFound                404 invalid_request_error (model_not_found)
+    ├── BodyTooLarge                 413 invalid_request_error (request_too_large)
+    ├── NoCapacity                   429 rate_limit_error (no_capacity)
+    ├── ProviderFailed               502 server_error (provider_error)
+    ├── NoProvider                   503 service_unavailable (no_provider)
+    └── Timeout                      504 timeout (timeout)
+
+Routes raise these; one handler in the gateway turns them into
+`{"error": {"message", "type", "param", "code"}}` with the status below.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GpupoolError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code  # type: ignore[misc]
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(GpupoolError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class AuthenticationFailed(GpupoolError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(GpupoolError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class BodyTooLarge(GpupoolError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class NoCapacity(GpupoolError):
+    status = 429
+    type = "rate_limit_error"
+    code = "no_capacity"
+
+
+class ProviderFailed(GpupoolError):
+    status = 502
+    type = "server_error"
+    code = "provider_error"
+
+
+class NoProvider(GpupoolError):
+    status = 503
+    type = "service_unavailable"
+    code = "no_provider"
+
+
+class Timeout(GpupoolError):
+    status = 504
+    type = "timeout"
+    code = "timeout"

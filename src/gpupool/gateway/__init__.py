@@ -1,0 +1,1 @@
+"""The gateway role: OpenAI-compatible HTTP API, provider hub, dispatch, state."""

@@ -1,0 +1,431 @@
+"""The gateway's HTTP surface: OpenAI-compatible routes, the provider WebSocket, admin.
+
+Routes are thin: authenticate, validate the body (pydantic), hand the work to the
+`Dispatcher`, shape the answer. Every error leaves as an OpenAI error body via
+one handler. Plain Starlette rather than FastAPI: the hot path is a few routes,
+and FastAPI's dependency solver and telemetry middleware cost more per request
+than the whole rest of the gateway (measured with py-spy under bench/overhead).
+
+    app = create_app(settings, store, identity)   # then serve with uvicorn
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import msgspec
+import pydantic
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from gpupool import __version__, errors
+from gpupool.config import GatewaySettings
+from gpupool.gateway import openai_api as oa
+from gpupool.gateway.dispatch import Dispatcher
+from gpupool.gateway.hub import Hub
+from gpupool.gateway.router import REGION_POLICIES, RouteOptions
+from gpupool.gateway.store import ApiKey, Store
+from gpupool.identity import Identity
+from gpupool.protocol import Payload
+
+log = logging.getLogger("gpupool.gateway")
+
+DEFAULT_MAX_TOKENS = 256
+MAX_EMBEDDING_INPUTS = 2048
+T = TypeVar("T")
+BodyT = TypeVar("BodyT", bound=pydantic.BaseModel)
+
+_json = msgspec.json.Encoder()
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return _json.encode(content)
+
+
+def error_response(exc: errors.GpupoolError) -> JSON:
+    return JSON(exc.body(), status_code=exc.status)
+
+
+class BodyLimit:
+    """Refuse bodies over the limit with 413 before any of it is parsed or buffered."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = errors.BodyTooLarge(f"request body exceeds the limit of {self.max_bytes} bytes")
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                return await error_response(too_large)(scope, receive, send)
+        # No usable content-length (e.g. chunked): read the body here, up to the limit,
+        # then replay it. The routes buffer the whole body anyway, so this costs nothing.
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away before sending the body
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                return await error_response(too_large)(scope, receive, send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+
+
+def create_app(settings: GatewaySettings, store: Store, identity: Identity) -> ASGIApp:
+    hub = Hub(settings, identity, store)
+    dispatcher = Dispatcher(hub, settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        store.start_writer()
+        try:
+            yield
+        finally:
+            await hub.close_all()
+            await store.close()
+
+    async def on_error(_r: Request, exc: Exception) -> Response:
+        if isinstance(exc, ClientGone):
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+        if isinstance(exc, errors.GpupoolError):
+            return error_response(exc)
+        if isinstance(exc, HTTPException):
+            return JSON({"error": {"message": str(exc.detail), "type": "invalid_request_error",
+                                   "param": None, "code": None}}, status_code=exc.status_code)
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(errors.GpupoolError("internal gateway error"))
+
+    def parse(model: type[BodyT], raw: bytes) -> BodyT:
+        try:
+            return model.model_validate_json(raw)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0] if exc.errors() else {}
+            if first.get("type") == "json_invalid":
+                raise errors.InvalidRequest("request body is not valid JSON") from None
+            loc = [str(p) for p in first.get("loc", ())]
+            where = ".".join(loc)
+            msg = first.get("msg", "invalid request body")
+            raise errors.InvalidRequest(f"{where}: {msg}" if where else msg,
+                                        param=loc[0] if loc else None) from None
+
+    # ---------------------------------------------------------------- auth
+
+    async def client_key(request: Request) -> ApiKey:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.AuthenticationFailed(
+                "Missing API key: send 'Authorization: Bearer <key>' (create one with `gpupool keys create`)")
+        key = await store.authenticate(token.strip())
+        if key is None:
+            raise errors.AuthenticationFailed("Incorrect API key provided")
+        return key
+
+    def admin(request: Request) -> None:
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()
+        if not settings.admin_token or token != settings.admin_token:
+            raise errors.AuthenticationFailed("admin token required (set GPUPOOL_GATEWAY_ADMIN_TOKEN)")
+
+    def deadline_for(request: Request) -> float:
+        timeout = settings.request_timeout_s
+        header = request.headers.get("x-gpupool-timeout")
+        if header:
+            try:
+                timeout = min(timeout, max(0.001, float(header)))
+            except ValueError:
+                raise errors.InvalidRequest("X-Gpupool-Timeout must be a number of seconds") from None
+        return time.monotonic() + timeout
+
+    # ---------------------------------------------------------------- routes
+
+    async def healthz(_r: Request) -> JSON:
+        return JSON({"status": "ok", "version": __version__, "providers": len(hub.sessions),
+                     "models": sorted(hub.live_models())})
+
+    async def list_models(request: Request) -> JSON:
+        await client_key(request)
+        data = []
+        for name, sessions in sorted(hub.live_models().items()):
+            offer = sessions[0].models[name]
+            data.append({
+                "id": name, "object": "model", "created": int(sessions[0].offer.issued_at),
+                "owned_by": "gpupool",
+                "gpupool": {"task": offer.task, "description": offer.description,
+                            "providers": len(sessions),
+                            "regions": sorted({s.offer.region for s in sessions})},
+            })
+        return JSON({"object": "list", "data": data})
+
+    async def embeddings(request: Request) -> Response:
+        key = await client_key(request)
+        body = parse(oa.EmbeddingRequest, await request.body())
+        payload = body.payload(MAX_EMBEDDING_INPUTS)
+        _check_task(hub, body.model, "embeddings")
+        rid = "emb-" + uuid.uuid4().hex
+        started = time.monotonic()
+        out = await _until_disconnect(request, dispatcher.complete(rid, body.model, payload, deadline_for(request),
+                                                                   route_options(request, body)))
+        done = out.done
+        if body.dimensions is not None and body.dimensions != done.dimensions:
+            raise errors.InvalidRequest(f"{body.model!r} produces {done.dimensions} dimensions", param="dimensions")
+        tokens = done.receipt.usage.prompt_tokens
+        _log(store, rid, key, body.model, out.provider, "ok", out.attempts, tokens, 0, started)
+        return JSON(oa.embedding_response(body.model, done.vectors, done.dimensions, len(payload.inputs),
+                                          body.encoding_format, tokens),
+                    headers={"x-gpupool-provider": out.provider, "x-request-id": rid})
+
+    async def chat(request: Request) -> Response:
+        key = await client_key(request)
+        body = parse(oa.ChatCompletionRequest, await request.body())
+        _check_task(hub, body.model, "generate")
+        payload = body.payload(DEFAULT_MAX_TOKENS)
+        return await _generate(request, key, body.model, payload, "chatcmpl-", bool(body.stream),
+                               bool(body.stream_options and body.stream_options.include_usage), chat=True,
+                               route=route_options(request, body))
+
+    async def completions(request: Request) -> Response:
+        key = await client_key(request)
+        body = parse(oa.CompletionRequest, await request.body())
+        _check_task(hub, body.model, "generate")
+        return await _generate(request, key, body.model, body.payload(), "cmpl-", bool(body.stream),
+                               bool(body.stream_options and body.stream_options.include_usage), chat=False,
+                               route=route_options(request, body))
+
+    async def _generate(request: Request, key: ApiKey, model: str, payload: Payload, prefix: str,
+                        stream: bool, include_usage: bool, chat: bool, route: RouteOptions) -> Response:
+        rid = prefix + uuid.uuid4().hex
+        started = time.monotonic()
+        deadline = deadline_for(request)
+        if not stream:
+            out = await _until_disconnect(request, dispatcher.complete(rid, model, payload, deadline, route))
+            u = out.done.receipt.usage
+            build = oa.chat_response if chat else oa.completion_response
+            _log(store, rid, key, model, out.provider, "ok", out.attempts, u.prompt_tokens, u.completion_tokens, started)
+            return JSON(build(rid, model, out.text, out.done.receipt.finish_reason, u.prompt_tokens,
+                              u.completion_tokens, out.provider),
+                        headers={"x-gpupool-provider": out.provider, "x-request-id": rid})
+
+        opened = await dispatcher.open_stream(rid, model, payload, deadline, route)
+
+        async def events() -> AsyncIterator[bytes]:
+            created = int(time.time())
+            status = "cancelled"  # unless it ends below: the client went away
+            try:
+                if chat:
+                    yield _sse(oa.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}, None))
+                head, tail = _sse_template(oa.chat_chunk(rid, model, created, {"content": _SLOT}, None) if chat
+                                           else oa.completion_chunk(rid, model, created, _SLOT, None))
+                async for text in opened:
+                    # Per token only the text is encoded; the rest of the event is fixed.
+                    yield head + _json.encode(text) + tail
+                done = opened.done
+                assert done is not None
+                finish = done.receipt.finish_reason or "stop"
+                last = (oa.chat_chunk(rid, model, created, {}, finish) if chat
+                        else oa.completion_chunk(rid, model, created, "", finish))
+                if opened.continued:
+                    # The client saw one stream; say that several providers produced it.
+                    last["gpupool"] = {"continued": opened.continued, "providers": opened.providers}
+                yield _sse(last)
+                if include_usage:
+                    u = done.receipt.usage
+                    yield _sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                                "created": created, "model": model, "choices": [],
+                                "usage": oa.usage(u.prompt_tokens, u.completion_tokens)})
+                yield b"data: [DONE]\n\n"
+                status = "ok"
+            except errors.GpupoolError as exc:
+                # Headers are gone already: the error travels as an SSE event the client raises on.
+                status = "error"
+                yield _sse(exc.body())
+            finally:
+                await opened.aclose()
+                u = opened.done.receipt.usage if opened.done else None
+                _log(store, rid, key, model, opened.session.node_id, status, opened.attempts,
+                     u.prompt_tokens if u else 0,
+                     u.completion_tokens if u else 0, started)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"x-gpupool-provider": opened.session.node_id, "x-request-id": rid,
+                                          "cache-control": "no-cache"})
+
+    # ---------------------------------------------------------------- providers and admin
+
+    async def provider_ws(ws: WebSocket) -> None:
+        await hub.handle(ws)
+
+    async def create_key(request: Request) -> JSON:
+        admin(request)
+        body = await request.json() if await request.body() else {}
+        name = str(body.get("name", "unnamed"))
+        return JSON({"name": name, "key": await store.create_key(name)}, status_code=201)
+
+    async def providers(request: Request) -> JSON:
+        admin(request)
+        return JSON({"data": [
+            {"node_id": s.node_id, "region": s.offer.region, "models": sorted(s.models),
+             "in_flight": len(s.channels), "max_concurrency": s.offer.max_concurrency,
+             "rtt_ms": None if s.rtt_s is None else round(s.rtt_s * 1000, 3), "draining": s.draining,
+             "hardware": msgspec.to_builtins(s.offer.hardware)}
+            for s in hub.sessions.values()]})
+
+    async def events_log(request: Request) -> JSON:
+        admin(request)
+        peer = request.query_params.get("peer")
+        return JSON({"data": await store.peer_events(peer, _limit(request))})
+
+    async def requests_log(request: Request) -> JSON:
+        admin(request)
+        return JSON({"data": await store.recent_requests(_limit(request))})
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/v1/models", list_models),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            WebSocketRoute("/v1/providers/ws", provider_ws),
+            Route("/admin/keys", create_key, methods=["POST"]),
+            Route("/admin/providers", providers),
+            Route("/admin/events", events_log),
+            Route("/admin/requests", requests_log),
+        ],
+        exception_handlers={Exception: on_error, HTTPException: on_error, errors.GpupoolError: on_error,
+                            ClientGone: on_error},
+        lifespan=lifespan,
+    )
+    return BodyLimit(app, settings.max_body_bytes)
+
+
+def route_options(request: Request, body: pydantic.BaseModel) -> RouteOptions:
+    """Client routing options: headers `X-Gpupool-Region`, `X-Gpupool-Region-Policy`,
+    `X-Gpupool-Max-Price` (µcr per request), or the same in a body field
+    `"gpupool": {"region": ..., "region_policy": ..., "max_price": ...}`; headers win."""
+    extra = (body.model_extra or {}).get("gpupool") or {}
+    if not isinstance(extra, dict):
+        raise errors.InvalidRequest("gpupool must be an object", param="gpupool")
+    h = request.headers
+    region = h.get("x-gpupool-region") or extra.get("region")
+    policy = h.get("x-gpupool-region-policy") or extra.get("region_policy") or "prefer"
+    if policy not in REGION_POLICIES:
+        raise errors.InvalidRequest(f"region_policy must be one of {', '.join(REGION_POLICIES)}",
+                                    param="gpupool.region_policy")
+    raw_price = h.get("x-gpupool-max-price") or extra.get("max_price")
+    max_price = None
+    if raw_price is not None:
+        try:
+            max_price = int(raw_price)
+        except (TypeError, ValueError):
+            raise errors.InvalidRequest("max_price must be an integer number of micro-credits",
+                                        param="gpupool.max_price") from None
+        if max_price < 0:
+            raise errors.InvalidRequest("max_price must not be negative", param="gpupool.max_price")
+    if region is None and policy == "require":
+        raise errors.InvalidRequest("region_policy=require needs a region", param="gpupool.region")
+    return RouteOptions(region=str(region) if region else None, region_policy=policy, max_price=max_price)
+
+
+def _limit(request: Request) -> int:
+    try:
+        return max(1, min(10_000, int(request.query_params.get("limit", "100"))))
+    except ValueError:
+        raise errors.InvalidRequest("limit must be an integer", param="limit") from None
+
+
+def _check_task(hub: Hub, model: str, task: str) -> None:
+    offer = hub.known_models.get(model)
+    if offer is not None and offer.task != task:
+        route = "/v1/embeddings" if offer.task == "embeddings" else "/v1/chat/completions"
+        raise errors.InvalidRequest(f"{model!r} serves {offer.task}; use {route}", param="model")
+
+
+_SLOT = "\x00gpupool-slot\x00"
+
+
+def _sse_template(obj: Any) -> tuple[bytes, bytes]:
+    """Split an SSE event at the slot string: event = head + json(text) + tail."""
+    head, _, tail = _sse(obj).partition(_json.encode(_SLOT))
+    return head, tail
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + _json.encode(obj) + b"\n\n"
+
+
+def _log(store: Store, rid: str, key: ApiKey, model: str, provider: str, status: str, attempts: int,
+         prompt: int, completion: int, started: float) -> None:
+    store.record_request(request_id=rid, at=time.time(), key_id=key.id, model=model, provider=provider,
+                         status=status, attempts=attempts, prompt_tokens=prompt, completion_tokens=completion,
+                         latency_ms=(time.monotonic() - started) * 1000)
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it (and so the provider's work) if the client hangs up first.
+
+    Raises ClientGone in that case; the caller's response is never read by anyone.
+    """
+    task = asyncio.ensure_future(work)
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+                task.cancel()
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if gone and not _cancelling():
+            raise ClientGone() from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+def _cancelling() -> bool:
+    """Whether the *current* task is being cancelled (shutdown), as opposed to the work task."""
+    current = asyncio.current_task()
+    return bool(current and current.cancelling())
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready (logged as status 499)."""

@@ -1,0 +1,219 @@
+"""Wires the pure routing policy (`gpupool.routing`) to live provider sessions.
+
+The hub owns one `LiveRouter`. It keeps what routing learns about each provider
+(measured speed per model, circuit breaker) keyed by node id, so it survives
+reconnects; builds `Candidate` snapshots for `routing.pick_with_reasons`; and turns
+outcomes into observations (`routing.speed.observe`, `routing.breaker.*`). Every
+decision is made by the pure functions that the simulator also runs; this class
+only holds state and translates.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gpupool import errors
+from gpupool.config import GatewaySettings
+from gpupool.protocol import Done, EmbedPayload, GeneratePayload, Payload
+from gpupool.routing import (
+    CLOSED,
+    BreakerConfig,
+    BreakerState,
+    Candidate,
+    RouteRequest,
+    RoutingWeights,
+    SpeedEstimate,
+    SpeedSample,
+    hedge_delay_s,
+    observe,
+    pick_with_reasons,
+)
+from gpupool.routing import breaker as breakers
+from gpupool.routing.speed import pool_prior
+
+if TYPE_CHECKING:
+    from gpupool.gateway.dispatch import Tries
+    from gpupool.gateway.hub import Hub, ProviderSession
+
+# Client-side routing options (header or body field `gpupool`), see docs/routing.md.
+REGION_POLICIES = ("prefer", "require")
+PRIOR_REFRESH_S = 2.0
+
+
+@dataclass(frozen=True)
+class RouteOptions:
+    region: str | None = None
+    region_policy: str = "prefer"
+    max_price: int | None = None  # µcr for the whole request
+
+
+DEFAULT_ROUTE = RouteOptions()
+
+
+@dataclass
+class ProviderRecord:
+    """What the gateway has learned about one provider (by node id)."""
+
+    speed: dict[str, SpeedEstimate] = field(default_factory=dict)  # per model, measured
+    breaker: BreakerState = CLOSED
+    last_failure: str = ""
+    # request id -> (expected service seconds, sent while every slot was busy)
+    pending: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    backlog_s: float = 0.0
+
+
+class LiveRouter:
+    def __init__(self, hub: Hub, settings: GatewaySettings):
+        self.hub = hub
+        self.settings = settings
+        self.weights = RoutingWeights()
+        self.breaker_config = BreakerConfig(failure_threshold=settings.breaker_failures,
+                                            cooldown_s=settings.breaker_cooldown_s)
+        self.records: dict[str, ProviderRecord] = {}
+        self._prior_at = 0.0
+
+    def record(self, node_id: str) -> ProviderRecord:
+        rec = self.records.get(node_id)
+        if rec is None:
+            rec = self.records[node_id] = ProviderRecord()
+        return rec
+
+    # ------------------------------------------------------------ snapshots
+
+    def route_request(self, model: str, payload: Payload, options: RouteOptions, stream: bool) -> RouteRequest:
+        if isinstance(payload, EmbedPayload):
+            chars = sum(len(x) for x in payload.inputs)
+            return RouteRequest(model, "embeddings", input_tokens=chars // 4 + 1, items=len(payload.inputs),
+                                max_price=options.max_price, region=options.region,
+                                region_policy=options.region_policy, stream=stream)  # type: ignore[arg-type]
+        chars = len(payload.prompt) + len(payload.continue_text) + sum(len(m.content) for m in payload.messages)
+        # ~4 characters per token: a routing estimate only; usage comes from the receipt.
+        return RouteRequest(model, "generate", input_tokens=chars // 4 + 1, max_output_tokens=payload.max_tokens,
+                            max_price=options.max_price, region=options.region,
+                            region_policy=options.region_policy, stream=stream)  # type: ignore[arg-type]
+
+    def candidate(self, session: ProviderSession, model: str) -> Candidate:
+        rec = self.record(session.node_id)
+        offer = session.models[model]
+        claimed = None
+        if offer.claimed_decode_tps or offer.claimed_items_per_s or offer.claimed_prefill_tps:
+            claimed = SpeedEstimate(prefill_tps=offer.claimed_prefill_tps, decode_tps=offer.claimed_decode_tps,
+                                    items_per_s=offer.claimed_items_per_s)
+        load = session.load
+        return Candidate(
+            provider_id=session.node_id,
+            in_flight=len(session.channels),
+            max_concurrency=session.offer.max_concurrency,
+            draining=session.draining or session.closed,
+            region=session.offer.region,
+            rtt_s=session.rtt_s,
+            # Work the provider holds beyond ours (e.g. other gateways'), from its load report.
+            queued=max(0, load.in_flight + load.queued - len(session.channels)) if load else 0,
+            backlog_s=rec.backlog_s if rec.pending else None,
+            price_in=offer.price_in,
+            price_out=offer.price_out,
+            reputation=session.reputation,
+            speed=rec.speed.get(model),
+            claimed_speed=claimed,
+            breaker=rec.breaker,
+        )
+
+    # ------------------------------------------------------------ choice
+
+    def choose(self, request_id: str, model: str, payload: Payload, now: float, rng: random.Random,
+               options: RouteOptions, tries: Tries, stream: bool) -> ProviderSession:
+        sessions = self.hub.serving(model)
+        if not sessions and not tries.tried:
+            if model in self.hub.known_models:
+                raise errors.NoProvider(f"no provider is serving {model!r} right now; retry later")
+            raise errors.ModelNotFound(f"The model {model!r} does not exist", param="model")
+        self._refresh_prior(model, now)
+        by_id = {s.node_id: s for s in sessions}
+        request = self.route_request(model, payload, options, stream)
+        decision = pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng, tries.tried,
+                                     request=request, weights=self.weights)
+        if decision.choice is None:
+            constrained = {k: v for k, v in decision.excluded.items() if k in ("price", "region")}
+            if constrained and not tries.tried:
+                param = "max_price" if "price" in constrained else "region"
+                raise errors.NoProvider(f"no provider for {model!r} meets the request's constraints: "
+                                        f"{decision.explain()}", param=param, code="no_provider_within_limits")
+            raise tries.error(model, decision.explain())
+        session = by_id[decision.choice.provider_id]
+        rec = self.record(session.node_id)
+        if decision.probe:
+            rec.breaker = breakers.on_dispatch(rec.breaker, now, self.breaker_config)
+        busy = len(session.channels) + (decision.choice.queued or 0) >= session.offer.max_concurrency
+        service = decision.service_s or 0.0
+        rec.pending[request_id] = (service, busy)
+        rec.backlog_s += service
+        return session
+
+    def _refresh_prior(self, model: str, now: float) -> None:
+        """Unmeasured providers are assumed as fast as the pool's median measured one."""
+        if now - self._prior_at < PRIOR_REFRESH_S:
+            return
+        self._prior_at = now
+        estimates = [r.speed.get(model) for r in self.records.values()]
+        prior = pool_prior(estimates, RoutingWeights().prior_speed, min_measured=1)
+        self.weights = RoutingWeights(prior_speed=prior, sample_k=self.weights.sample_k)
+
+    def _settle(self, session: ProviderSession, request_id: str) -> bool:
+        rec = self.record(session.node_id)
+        service, busy = rec.pending.pop(request_id, (0.0, False))
+        rec.backlog_s = max(0.0, rec.backlog_s - service) if rec.pending else 0.0
+        return busy
+
+    # ------------------------------------------------------------ observations
+
+    def on_success(self, session: ProviderSession, request_id: str, model: str, payload: Payload, done: Done,
+                   elapsed_s: float, first_token_s: float | None = None) -> None:
+        now = time.monotonic()
+        waited = self._settle(session, request_id)
+        rec = self.record(session.node_id)
+        rec.breaker = breakers.record_success(rec.breaker, now)
+        usage = done.receipt.usage
+        if isinstance(payload, EmbedPayload):
+            sample = SpeedSample(elapsed_s, rtt_s=session.rtt_s or 0.0, items=len(payload.inputs), waited=waited)
+        else:
+            sample = SpeedSample(elapsed_s, rtt_s=session.rtt_s or 0.0, first_token_s=first_token_s,
+                                 input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
+                                 waited=waited)
+        prev = rec.speed.get(model)
+        rec.speed[model] = observe(prev, sample, now)
+        if prev is None or prev.samples == 0:
+            self._prior_at = 0.0  # a newly measured provider: refresh the pool prior now
+
+    def on_failure(self, session: ProviderSession, request_id: str, reason: str, *, counts: bool = True) -> None:
+        """A failed try; `counts=False` for load-related refusals that say nothing about health."""
+        self._settle(session, request_id)
+        if not counts:
+            return
+        rec = self.record(session.node_id)
+        rec.breaker = breakers.record_failure(rec.breaker, time.monotonic(), self.breaker_config)
+        rec.last_failure = reason
+
+    def on_abandoned(self, session: ProviderSession, request_id: str) -> None:
+        """We stopped waiting (client gone, deadline, another copy won): no verdict on the provider."""
+        self._settle(session, request_id)
+
+    # ------------------------------------------------------------ timing decisions
+
+    def hedge_delay(self, session: ProviderSession, model: str, payload: Payload, options: RouteOptions) -> float | None:
+        request = self.route_request(model, payload, options, stream=False)
+        delay = hedge_delay_s(self.candidate(session, model), request, self.settings.hedge_percentile,
+                              self.weights, self.settings.hedge_min_s)
+        return delay
+
+    def first_byte_limit(self, session: ProviderSession, model: str, payload: Payload, options: RouteOptions) -> float:
+        """How long to wait for a stream's first chunk before calling the provider stalled."""
+        if isinstance(payload, GeneratePayload):
+            request = self.route_request(model, payload, options, stream=False)
+            request = RouteRequest(model, "generate", input_tokens=request.input_tokens, max_output_tokens=1)
+            expected = hedge_delay_s(self.candidate(session, model), request, 0.999, self.weights, 1.0)
+            if expected is not None:
+                return min(self.settings.first_byte_timeout_s, max(2.0, 4 * expected))
+        return self.settings.first_byte_timeout_s

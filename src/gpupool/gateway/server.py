@@ -1,0 +1,74 @@
+"""Run a gateway: open the store, load the key, serve the app with uvicorn until a signal.
+
+    await serve(GatewaySettings(port=0, ready_file=Path("gw.json")))
+
+With `port=0` the OS picks a free port; the chosen address is written as JSON to
+`ready_file` once the gateway accepts connections (tests and devnet wait on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+
+import uvicorn
+
+from gpupool.config import GatewaySettings
+from gpupool.gateway.app import create_app
+from gpupool.gateway.store import Store
+from gpupool.identity import Identity
+
+log = logging.getLogger("gpupool.gateway")
+
+
+def _event_loop() -> str:
+    try:
+        import uvloop  # noqa: F401
+
+        return "uvloop"
+    except ImportError:
+        return "asyncio"
+
+
+async def serve(settings: GatewaySettings) -> None:
+    identity = Identity.load_or_create(settings.key_file)
+    store = await Store.open(settings.db_url())
+    app = create_app(settings, store, identity)
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.set_inheritable(True)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        loop="none",  # the caller's loop (uvloop when installed) is already running
+        http="httptools",
+        ws="websockets-sansio",
+        ws_max_size=16 * 1024 * 1024,
+        ws_ping_interval=None,  # the hub pings providers itself and measures RTT
+        ws_per_message_deflate=False,  # msgpack frames are small: compressing them costs more than it saves
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    url = f"http://{settings.host}:{port}"
+
+    async def announce() -> None:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        log.warning("gateway %s listening on %s", identity.node_id[:12], url)
+        if settings.ready_file:
+            tmp = f"{settings.ready_file}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"url": url, "port": port, "node_id": identity.node_id, "pid": os.getpid()}, f)
+            os.replace(tmp, settings.ready_file)
+
+    announcer = asyncio.create_task(announce())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        announcer.cancel()

@@ -1,0 +1,233 @@
+"""Gateway state in SQL (SQLAlchemy 2, async): API keys, providers, peer events, request log.
+
+SQLite file by default, PostgreSQL by URL. API keys are stored as SHA-256 hashes
+only. Request-log and peer-event rows go through a small batching writer so a
+request never waits on a database round trip.
+
+    store = await Store.open("sqlite+aiosqlite:///gw.db")
+    key = await store.create_key("alice")        # plaintext shown once
+    record = await store.authenticate(key)       # ApiKey or None
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Integer,
+    String,
+    Text,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from gpupool.db import normalize_url
+
+log = logging.getLogger("gpupool.gateway.store")
+
+KEY_PREFIX = "gp-"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    hint: Mapped[str] = mapped_column(String(16))  # first characters, for humans listing keys
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ProviderRow(Base):
+    __tablename__ = "providers"
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    region: Mapped[str] = mapped_column(String(64))
+    models: Mapped[str] = mapped_column(Text)
+    first_seen: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+
+
+class PeerEventRow(Base):
+    """Misbehaviour and lifecycle of peers: bad signatures, garbage frames, disconnects."""
+
+    __tablename__ = "peer_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    peer: Mapped[str] = mapped_column(String(128), index=True)  # node id, or address if unknown
+    kind: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+
+
+class RequestRow(Base):
+    __tablename__ = "requests"
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    key_id: Mapped[int] = mapped_column(Integer, index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    provider: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    name: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._key_cache: dict[str, ApiKey | None] = {}
+        self._pending: list[tuple[Any, dict[str, Any]]] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        engine = create_async_engine(normalize_url(url), pool_pre_ping=True)
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        return cls(engine)
+
+    def start_writer(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    async def close(self) -> None:
+        if self._writer:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        await self._flush()
+        await self.engine.dispose()
+
+    # ------------------------------------------------------------ API keys
+
+    async def create_key(self, name: str, key: str | None = None) -> str:
+        """Create (or, given `key`, register) an API key; returns the plaintext once."""
+        key = key or KEY_PREFIX + secrets.token_urlsafe(32)
+        async with self.sessions.begin() as s:
+            existing = await s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_key(key)))
+            if existing is None:
+                s.add(ApiKeyRow(name=name, key_hash=hash_key(key), hint=key[:7], created_at=time.time()))
+        self._key_cache.pop(hash_key(key), None)
+        return key
+
+    async def list_keys(self) -> list[dict[str, Any]]:
+        async with self.sessions() as s:
+            rows = (await s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))).all()
+        return [
+            {"id": r.id, "name": r.name, "hint": r.hint + "…", "created_at": r.created_at, "revoked": r.revoked}
+            for r in rows
+        ]
+
+    async def revoke_key(self, key_id: int) -> bool:
+        async with self.sessions.begin() as s:
+            result = await s.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(revoked=True))
+        self._key_cache.clear()
+        return bool(result.rowcount)
+
+    async def authenticate(self, key: str) -> ApiKey | None:
+        digest = hash_key(key)
+        if digest in self._key_cache:
+            return self._key_cache[digest]
+        async with self.sessions() as s:
+            row = await s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
+        found = ApiKey(row.id, row.name) if row is not None and not row.revoked else None
+        # Cache hits only: a miss might be a key created a moment ago by another replica.
+        if found is not None:
+            self._key_cache[digest] = found
+        return found
+
+    # ------------------------------------------------------------ providers and events
+
+    async def upsert_provider(self, node_id: str, public_key: bytes, region: str, models: list[str]) -> None:
+        now = time.time()
+        async with self.sessions.begin() as s:
+            row = await s.get(ProviderRow, node_id)
+            if row is None:
+                s.add(ProviderRow(node_id=node_id, public_key=public_key.hex(), region=region,
+                                  models=",".join(models), first_seen=now, last_seen=now))
+            else:
+                row.region, row.models, row.last_seen = region, ",".join(models), now
+
+    def record_event(self, peer: str, kind: str, detail: str) -> None:
+        log.warning("peer %s: %s: %s", peer, kind, detail)
+        self._queue(PeerEventRow, {"at": time.time(), "peer": peer, "kind": kind, "detail": detail[:2000]})
+
+    def record_request(self, **row: Any) -> None:
+        self._queue(RequestRow, row)
+
+    async def peer_events(self, peer: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        await self._flush()
+        q = select(PeerEventRow).order_by(PeerEventRow.id.desc()).limit(limit)
+        if peer:
+            q = q.where(PeerEventRow.peer == peer)
+        async with self.sessions() as s:
+            rows = (await s.scalars(q)).all()
+        return [{"at": r.at, "peer": r.peer, "kind": r.kind, "detail": r.detail} for r in rows]
+
+    async def recent_requests(self, limit: int = 100) -> list[dict[str, Any]]:
+        await self._flush()
+        async with self.sessions() as s:
+            rows = (await s.scalars(select(RequestRow).order_by(RequestRow.at.desc()).limit(limit))).all()
+        return [
+            {c: getattr(r, c) for c in ("request_id", "at", "model", "provider", "status", "attempts",
+                                        "prompt_tokens", "completion_tokens", "latency_ms")}
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------ batching writer
+
+    def _queue(self, table: Any, row: dict[str, Any]) -> None:
+        self._pending.append((table, row))
+        self._wake.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(0.05)  # gather a batch: one transaction per ~50 ms, not per request
+            try:
+                await self._flush()
+            except Exception:  # noqa: BLE001 - logging must never take the gateway down
+                log.exception("writing request log failed; will retry")
+                await asyncio.sleep(1.0)
+
+    async def _flush(self) -> None:
+        self._wake.clear()
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        by_table: dict[Any, list[dict[str, Any]]] = {}
+        for table, row in batch:
+            by_table.setdefault(table, []).append(row)
+        try:
+            async with self.sessions.begin() as s:
+                for table, rows in by_table.items():
+                    await s.execute(insert(table), rows)
+        except Exception:
+            self._pending[:0] = batch  # keep them for the next try
+            raise

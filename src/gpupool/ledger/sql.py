@@ -1,0 +1,226 @@
+"""The SQL ledger backend: the journal and balances in SQLite or PostgreSQL.
+
+    ledger = await SqlLedger.open("sqlite+aiosqlite:///ledger.db")
+    await ledger.deposit("dep-1", "alice", 5_000_000)
+    await ledger.hold("req-1", "alice", 20_000)
+    await ledger.settle("req-1", provider="gp1…", cost=7_000, fee_bps=500)
+    await ledger.verify()        # -> [] when balances and the hash chain agree
+
+Each operation is one transaction: the entry is appended to the hash-chained
+journal and the balances change together, or nothing happens. Applying an entry
+whose key is already in the journal returns the recorded entry (idempotent);
+the same key with different content is refused. Appends are serialised: a
+unique `prev_hash` makes a forked chain impossible even across processes, and on
+PostgreSQL an advisory lock makes concurrent writers queue instead of retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from sqlalchemy import BigInteger, Float, Integer, String, Text, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from gpupool.db import normalize_url
+from gpupool.ledger import postings as P
+from gpupool.ledger.postings import GENESIS, Entry, LedgerError, Posting, chain_hash
+
+ADVISORY_LOCK = 0x6770_6F6F6C  # "gpool": one journal, one lock
+
+
+class InsufficientFunds(LedgerError):
+    """An account other than `world` would go below zero."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AccountRow(Base):
+    __tablename__ = "ledger_accounts"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class JournalRow(Base):
+    __tablename__ = "ledger_journal"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)  # Entry.canonical()
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)  # one successor per row
+    hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float)
+
+
+def _entry_from_body(body: str) -> Entry:
+    data = json.loads(body)
+    return Entry(data["key"], data["kind"], tuple(Posting(*p) for p in data["postings"]), data["memo"])
+
+
+class SqlLedger:
+    def __init__(self, url: str):
+        self.url = normalize_url(url)
+        self.engine = create_async_engine(self.url)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._lock = asyncio.Lock()  # one writer per process; the database orders processes
+        self._pg = self.url.startswith("postgresql")
+
+    @classmethod
+    async def open(cls, url: str) -> SqlLedger:
+        ledger = cls(url)
+        async with ledger.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        return ledger
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # ------------------------------------------------------------ core
+
+    async def apply(self, entry: Entry) -> Entry:
+        """Append `entry` and move its balances, once per key."""
+        for attempt in range(20):
+            async with self._lock:
+                try:
+                    return await self._apply_once(entry)
+                except IntegrityError:
+                    # Another process appended at the same head (or the same key): read again.
+                    if attempt == 19:
+                        raise
+            await asyncio.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _apply_once(self, entry: Entry) -> Entry:
+        async with self.sessions.begin() as s:
+            if self._pg:
+                await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK})
+            existing = await s.scalar(select(JournalRow).where(JournalRow.key == entry.key))
+            if existing is not None:
+                if existing.body != entry.canonical().decode():
+                    raise LedgerError(f"key {entry.key!r} was already used for a different entry")
+                return _entry_from_body(existing.body)
+            head = await s.scalar(select(JournalRow.hash).order_by(JournalRow.seq.desc()).limit(1))
+            prev = head or GENESIS
+            await self._move(s, entry)
+            s.add(JournalRow(key=entry.key, kind=entry.kind, body=entry.canonical().decode(), prev_hash=prev,
+                             hash=chain_hash(prev, entry), at=time.time()))
+        return entry
+
+    async def _move(self, s: AsyncSession, entry: Entry) -> None:
+        for name, delta in sorted(entry.deltas().items()):
+            row = await s.get(AccountRow, name, with_for_update=self._pg)
+            if row is None:
+                row = AccountRow(name=name, balance=0)
+                s.add(row)
+            new = row.balance + delta
+            if new < 0 and name != P.WORLD:
+                raise InsufficientFunds(f"{name} has {row.balance} µcr, needs {-delta}")
+            row.balance = new
+
+    async def _memo(self, key: str) -> dict[str, Any] | None:
+        async with self.sessions() as s:
+            body = await s.scalar(select(JournalRow.body).where(JournalRow.key == key))
+        return None if body is None else json.loads(body)["memo"]
+
+    # ------------------------------------------------------------ operations
+
+    async def deposit(self, key: str, client_id: str, amount: int) -> Entry:
+        return await self.apply(P.deposit_entry(key, client_id, amount))
+
+    async def withdraw(self, key: str, acct: str, amount: int) -> Entry:
+        return await self.apply(P.withdraw_entry(key, acct, amount))
+
+    async def hold(self, request_id: str, client_id: str, amount: int) -> Entry:
+        return await self.apply(P.hold_entry(request_id, client_id, amount))
+
+    async def settle(self, request_id: str, provider: str, cost: int, fee_bps: int) -> Entry:
+        hold = await self._memo(f"hold:{request_id}")
+        if hold is None:
+            raise LedgerError(f"no hold for request {request_id!r}")
+        return await self.apply(P.settle_entry(request_id, hold["client"], provider, hold["amount"], cost, fee_bps))
+
+    async def cancel_hold(self, request_id: str) -> Entry:
+        hold = await self._memo(f"hold:{request_id}")
+        if hold is None:
+            raise LedgerError(f"no hold for request {request_id!r}")
+        return await self.apply(P.cancel_hold_entry(request_id, hold["client"], hold["amount"]))
+
+    async def release(self, request_id: str) -> Entry:
+        settled = await self._memo(f"settle:{request_id}")
+        if settled is None or "provider" not in settled:
+            raise LedgerError(f"request {request_id!r} has no settled earnings to release")
+        return await self.apply(P.release_entry(request_id, settled["provider"], settled["earned"]))
+
+    async def stake(self, key: str, provider: str, amount: int) -> Entry:
+        return await self.apply(P.stake_entry(key, provider, amount))
+
+    async def unstake(self, key: str, provider: str, amount: int, now: float, delay_s: float) -> Entry:
+        return await self.apply(P.unstake_entry(key, provider, amount, now + delay_s))
+
+    async def complete_unstake(self, key: str, now: float) -> Entry:
+        memo = await self._memo(key)
+        if memo is None or "available_at" not in memo:
+            raise LedgerError(f"no unstake {key!r}")
+        if now < memo["available_at"]:
+            raise LedgerError(f"unstake {key!r} is unbonding until {memo['available_at']}")
+        return await self.apply(P.unbonded_entry(f"{key}:done", memo["provider"], memo["amount"]))
+
+    async def slash(self, key: str, provider: str, refunds: dict[str, int], checker_id: str,
+                    bounty_bps: int) -> Entry:
+        held = await self.balance(P.provider_held(provider))
+        staked = await self.balance(P.stake(provider))
+        return await self.apply(P.slash_entry(key, provider, held, staked, refunds, checker_id, bounty_bps))
+
+    # ------------------------------------------------------------ reading and checking
+
+    async def balance(self, acct: str) -> int:
+        async with self.sessions() as s:
+            value = await s.scalar(select(AccountRow.balance).where(AccountRow.name == acct))
+        return int(value or 0)
+
+    async def balances(self) -> dict[str, int]:
+        async with self.sessions() as s:
+            rows = (await s.execute(select(AccountRow.name, AccountRow.balance))).all()
+        return {name: int(bal) for name, bal in rows}
+
+    async def history(self, acct: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Entries touching `acct`, newest first, with the account's change in each."""
+        out: list[dict[str, Any]] = []
+        async with self.sessions() as s:
+            rows = (await s.scalars(select(JournalRow).order_by(JournalRow.seq.desc()))).all()
+        for row in rows:
+            entry = _entry_from_body(row.body)
+            delta = entry.deltas().get(acct)
+            if delta:
+                out.append({"seq": row.seq, "key": row.key, "kind": row.kind, "delta": delta, "at": row.at})
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def verify(self) -> list[str]:
+        """Replay the journal: every problem found (broken chain, balances that disagree). [] = sound."""
+        problems: list[str] = []
+        replayed: dict[str, int] = {}
+        prev = GENESIS
+        async with self.sessions() as s:
+            rows = (await s.scalars(select(JournalRow).order_by(JournalRow.seq))).all()
+        for row in rows:
+            entry = _entry_from_body(row.body)
+            if row.prev_hash != prev or row.hash != chain_hash(prev, entry):
+                problems.append(f"journal row {row.seq} ({row.key}) does not chain to the one before it")
+            prev = row.hash
+            for name, delta in entry.deltas().items():
+                replayed[name] = replayed.get(name, 0) + delta
+        stored = await self.balances()
+        for name in sorted(set(stored) | set(replayed)):
+            if stored.get(name, 0) != replayed.get(name, 0):
+                problems.append(f"{name}: balance {stored.get(name, 0)} but the journal says {replayed.get(name, 0)}")
+        if sum(stored.values()) != 0:
+            problems.append(f"balances sum to {sum(stored.values())}, not 0: money was created or lost")
+        return problems

@@ -1,0 +1,288 @@
+"""The one wire protocol between gateways, providers and (later) checkers.
+
+Every message is a msgspec struct, sent as one msgpack-encoded binary WebSocket
+frame. Messages form a tagged union on the ``t`` field, so a frame decodes
+straight into the right type and anything else is rejected as garbage.
+
+Handshake (provider dials out to the gateway, so providers work behind NAT)::
+
+    provider                         gateway
+       Hello(version, public key) ──▶
+                                  ◀── Challenge(nonce)       (or close: bad version)
+       Proof(sig over nonce), Offer ─▶
+                                  ◀── Welcome(session)       (or close: bad signature)
+
+Then the gateway sends Run / Cancel / Ping and the provider answers with
+Chunk* then Done (carrying a signed Receipt) or Fail, LoadReport, Pong, Drain.
+
+Claims (Offer, Receipt) are signed by the provider's ed25519 key over their
+canonical msgpack encoding with the signature field emptied; see ``signed_bytes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal, Union
+
+import msgspec
+
+from gpupool.identity import verify_signature
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
+
+# Largest frame a peer may send; larger frames are a protocol violation.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+# WebSocket close codes (4000-4999 are for applications).
+CLOSE_BAD_VERSION = 4001
+CLOSE_BAD_SIGNATURE = 4002
+CLOSE_PROTOCOL_ERROR = 4003
+CLOSE_HANDSHAKE_TIMEOUT = 4004
+CLOSE_DUPLICATE = 4005
+CLOSE_GATEWAY_SHUTDOWN = 4006
+
+Task = Literal["embeddings", "generate"]
+
+
+class _Msg(msgspec.Struct, tag_field="t", forbid_unknown_fields=False, omit_defaults=True):
+    """Base of all wire messages; unknown fields are tolerated so newer peers interoperate."""
+
+
+# ---------------------------------------------------------------- handshake
+
+
+class Hello(_Msg, tag="hello"):
+    version: int
+    public_key: bytes  # raw 32-byte ed25519 public key
+    agent: str = ""  # software name/version, informational
+
+
+class Challenge(_Msg, tag="challenge"):
+    nonce: bytes
+    gateway_id: str
+    version: int = PROTOCOL_VERSION
+
+
+class Proof(_Msg, tag="proof"):
+    signature: bytes  # ed25519 over challenge_bytes(nonce, gateway_id)
+
+
+class Welcome(_Msg, tag="welcome"):
+    session: str
+    node_id: str
+
+
+# ---------------------------------------------------------------- offer
+
+
+class ModelOffer(msgspec.Struct, omit_defaults=True):
+    name: str
+    task: Task
+    backend: str  # embeddings | generate | upstream | echo
+    description: str = ""
+    max_input_tokens: int = 8192
+    max_output_tokens: int = 2048
+    dimensions: int = 0  # embeddings only
+    # Prices in micro-credits per 1M tokens (market issue fills these in).
+    price_in: int = 0
+    price_out: int = 0
+    # Speed the provider claims; routing uses it (capped) only until it has measured.
+    claimed_prefill_tps: float = 0.0
+    claimed_decode_tps: float = 0.0
+    claimed_items_per_s: float = 0.0
+
+
+class GpuInfo(msgspec.Struct, omit_defaults=True):
+    name: str
+    memory_mb: int
+    uuid: str = ""
+
+
+class Hardware(msgspec.Struct, omit_defaults=True):
+    cpu: str
+    cpu_cores: int
+    memory_mb: int
+    gpus: list[GpuInfo] = []
+
+
+class Offer(_Msg, tag="offer"):
+    node_id: str
+    models: list[ModelOffer]
+    hardware: Hardware
+    region: str
+    max_concurrency: int
+    issued_at: float
+    latitude: float = 0.0
+    longitude: float = 0.0
+    signature: bytes = b""
+
+
+class LoadReport(_Msg, tag="load"):
+    in_flight: int
+    queued: int
+    capacity: int
+
+
+# ---------------------------------------------------------------- work
+
+
+class ChatMessage(msgspec.Struct, omit_defaults=True):
+    role: str
+    content: str
+    name: str = ""
+
+
+class EmbedPayload(msgspec.Struct, tag="embed", tag_field="k", omit_defaults=True):
+    inputs: list[str]
+
+
+class GeneratePayload(msgspec.Struct, tag="gen", tag_field="k", omit_defaults=True):
+    # Exactly one of messages (chat) or prompt (plain completion) is set.
+    messages: list[ChatMessage] = []
+    prompt: str = ""
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = []
+    # Failover mid-stream: text a previous provider already streamed to the client.
+    # The provider continues this text (it is the start of the answer, not a new turn).
+    continue_text: str = ""
+
+
+Payload = Union[EmbedPayload, GeneratePayload]
+
+
+class Run(_Msg, tag="run"):
+    request_id: str
+    model: str
+    payload: Payload
+    deadline_ms: int = 60_000
+    # False: the gateway wants only Done (with the full text), no Chunk per token.
+    stream: bool = True
+
+
+class Cancel(_Msg, tag="cancel"):
+    request_id: str
+
+
+class Chunk(_Msg, tag="chunk"):
+    request_id: str
+    seq: int
+    text: str
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int = 0
+
+
+class Receipt(msgspec.Struct, omit_defaults=True):
+    """What the provider commits to: signed, so it can be held against it later."""
+
+    request_id: str
+    node_id: str
+    model: str
+    input_hash: bytes
+    output_hash: bytes
+    usage: Usage
+    finish_reason: str = ""
+    issued_at: float = 0.0
+    signature: bytes = b""
+
+
+class Done(_Msg, tag="done"):
+    request_id: str
+    receipt: Receipt
+    # Embeddings: little-endian float32 rows, one per input, each `dimensions` long.
+    vectors: bytes = b""
+    dimensions: int = 0
+    # Generation: the full text (streamed chunks concatenate to exactly this).
+    text: str = ""
+
+
+class Fail(_Msg, tag="fail"):
+    request_id: str
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class Batch(_Msg, tag="batch"):
+    """Several answers' messages in one frame: under load a provider sends what is
+    ready together, saving a frame (and its parsing) per token on both sides."""
+
+    items: list[Union[Chunk, Done, Fail]]
+
+
+class Drain(_Msg, tag="drain"):
+    reason: str = ""
+
+
+class Ping(_Msg, tag="ping"):
+    nonce: int
+    sent_at: float
+
+
+class Pong(_Msg, tag="pong"):
+    nonce: int
+    sent_at: float
+
+
+Message = Union[
+    Hello, Challenge, Proof, Welcome, Offer, LoadReport, Run, Cancel, Chunk, Done, Fail,
+    Batch, Drain, Ping, Pong,
+]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+class ProtocolError(Exception):
+    """A peer sent bytes that are not a valid message of this protocol."""
+
+
+def encode(msg: Message) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(frame: bytes | str) -> Message:
+    if isinstance(frame, str):
+        raise ProtocolError("text frame received; the protocol uses binary msgpack frames")
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        return _decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"undecodable frame: {exc}") from exc
+
+
+# ---------------------------------------------------------------- signing
+
+
+def challenge_bytes(nonce: bytes, gateway_id: str) -> bytes:
+    # Binding the gateway id stops a proof being replayed to another gateway.
+    return b"gpupool-challenge-v1\x00" + gateway_id.encode() + b"\x00" + nonce
+
+
+def signed_bytes(claim: Offer | Receipt) -> bytes:
+    """Canonical bytes a signature covers: the msgpack encoding with the signature emptied."""
+    return b"gpupool-" + type(claim).__name__.lower().encode() + b"-v1\x00" + _encoder.encode(
+        msgspec.structs.replace(claim, signature=b"")
+    )
+
+
+def verify_claim(claim: Offer | Receipt, public_key: bytes) -> bool:
+    return verify_signature(public_key, claim.signature, signed_bytes(claim))
+
+
+def payload_hash(payload: Payload) -> bytes:
+    """Hash of a request's input both sides compute the same way (canonical msgpack)."""
+    return hashlib.sha256(_encoder.encode(payload)).digest()
+
+
+def output_hash(data: bytes | str) -> bytes:
+    if isinstance(data, str):
+        data = data.encode()
+    return hashlib.sha256(data).digest()

@@ -1,0 +1,301 @@
+"""The provider agent: dials out to gateways, announces a signed offer, serves work.
+
+    agent = ProviderAgent(identity, backends, settings)
+    await agent.run()          # until agent.request_drain() (SIGTERM) finishes
+
+One `GatewayLink` per gateway URL keeps a WebSocket open with exponential backoff
+and jitter between attempts. All links share one `Admission`, so the provider's
+concurrency limit holds across gateways. On drain the provider tells every
+gateway, refuses new work (retryable, so gateways move it elsewhere), finishes
+what is in flight, then leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping
+
+import msgspec
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from gpupool import __version__, protocol
+from gpupool.config import ProviderSettings
+from gpupool.identity import Identity
+from gpupool.protocol import (
+    Batch,
+    Cancel,
+    Challenge,
+    Chunk,
+    Done,
+    Drain,
+    EmbedPayload,
+    Fail,
+    Hello,
+    LoadReport,
+    Offer,
+    Ping,
+    Pong,
+    Proof,
+    Receipt,
+    Run,
+    Usage,
+    Welcome,
+)
+from gpupool.provider.admission import Admission, OverCapacity
+from gpupool.provider.backends import Backend, BackendError
+from gpupool.provider.backends.base import GenDone, TextDelta
+from gpupool.provider.hardware import probe
+
+log = logging.getLogger("gpupool.provider")
+
+
+class ProviderAgent:
+    def __init__(self, identity: Identity, backends: Mapping[str, Backend], settings: ProviderSettings):
+        if not backends:
+            raise ValueError("a provider must serve at least one model (--serve NAME=BACKEND[:SPEC])")
+        self.identity = identity
+        self.backends = dict(backends)
+        self.settings = settings
+        self.admission = Admission(settings.max_concurrency, settings.max_queue)
+        self.draining = False
+        self._drain_requested = asyncio.Event()
+        self._links: list[GatewayLink] = []
+        self._hardware = probe()
+
+    def make_offer(self) -> Offer:
+        offer = Offer(
+            node_id=self.identity.node_id,
+            models=[b.offer() for b in self.backends.values()],
+            hardware=self._hardware,
+            region=self.settings.region,
+            latitude=self.settings.latitude,
+            longitude=self.settings.longitude,
+            max_concurrency=self.settings.max_concurrency,
+            issued_at=time.time(),
+        )
+        return msgspec.structs.replace(offer, signature=self.identity.sign(protocol.signed_bytes(offer)))
+
+    def load_report(self) -> LoadReport:
+        return LoadReport(
+            in_flight=self.admission.in_flight,
+            queued=self.admission.queued,
+            capacity=self.admission.capacity,
+        )
+
+    async def start_backends(self) -> None:
+        for backend in self.backends.values():
+            log.info("loading %s (%s %s)", backend.name, backend.kind, backend.spec or "")
+            await backend.start()
+
+    def request_drain(self) -> None:
+        self._drain_requested.set()
+
+    async def run(self) -> None:
+        await self.start_backends()
+        self._links = [GatewayLink(self, url) for url in self.settings.gateways]
+        tasks = [asyncio.create_task(link.run(), name=f"link-{link.url}") for link in self._links]
+        try:
+            await self._drain_requested.wait()
+            await self._drain()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for backend in self.backends.values():
+                await backend.close()
+
+    async def _drain(self) -> None:
+        self.draining = True
+        log.info("draining: refusing new work, finishing %d in flight", self.admission.in_flight)
+        await asyncio.gather(*(link.send_drain() for link in self._links), return_exceptions=True)
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while self.admission.in_flight + self.admission.queued > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*(link.flushed() for link in self._links), return_exceptions=True)
+        left = self.admission.in_flight + self.admission.queued
+        if left:
+            log.warning("drain timeout: leaving with %d requests unfinished", left)
+        else:
+            log.info("drained")
+
+
+class GatewayLink:
+    """One gateway connection: handshake, message loop, reconnect with backoff."""
+
+    def __init__(self, agent: ProviderAgent, url: str):
+        self.agent = agent
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/v1/providers/ws"):
+            self.url += "/v1/providers/ws"
+        self._ws: ClientConnection | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._outbox: list[Chunk | Done | Fail] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        backoff = 0.25
+        while True:
+            started = time.monotonic()
+            try:
+                async with connect(
+                    self.url,
+                    max_size=protocol.MAX_FRAME_BYTES,
+                    ping_interval=10,
+                    ping_timeout=20,
+                    open_timeout=10,
+                    compression=None,  # small msgpack frames: deflate cost more CPU than it saved
+                ) as ws:
+                    self._ws = ws
+                    await self._handshake(ws)
+                    log.info("connected to %s", self.url)
+                    await self._serve(ws)
+            except asyncio.CancelledError:
+                raise
+            except websockets.ConnectionClosed as exc:
+                reason = exc.rcvd.reason if exc.rcvd else "connection lost"
+                log.warning("gateway %s closed the connection: %s", self.url, reason)
+                if exc.rcvd and exc.rcvd.code in (protocol.CLOSE_BAD_VERSION, protocol.CLOSE_BAD_SIGNATURE):
+                    backoff = self.agent.settings.reconnect_max_s  # retrying fast won't help
+            except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+                log.warning("cannot reach gateway %s: %s", self.url, exc)
+            finally:
+                self._ws = None
+                self._outbox.clear()  # answers for a dead connection: the gateway moved that work
+                for task in self._tasks.values():
+                    task.cancel()
+                self._tasks.clear()
+            if self.agent.draining:
+                return
+            if time.monotonic() - started > 30:
+                backoff = 0.25  # the connection was healthy for a while: start over
+            delay = min(backoff, self.agent.settings.reconnect_max_s) * random.uniform(0.5, 1.0)
+            await asyncio.sleep(delay)
+            backoff = min(backoff * 2, self.agent.settings.reconnect_max_s)
+
+    async def _handshake(self, ws: ClientConnection) -> None:
+        ident = self.agent.identity
+        await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key, f"gpupool/{__version__}")))
+        msg = protocol.decode(await asyncio.wait_for(ws.recv(), 15))
+        if not isinstance(msg, Challenge):
+            raise protocol.ProtocolError(f"expected challenge, got {type(msg).__name__}")
+        proof = Proof(ident.sign(protocol.challenge_bytes(msg.nonce, msg.gateway_id)))
+        await ws.send(protocol.encode(proof))
+        await ws.send(protocol.encode(self.agent.make_offer()))
+        msg = protocol.decode(await asyncio.wait_for(ws.recv(), 15))
+        if not isinstance(msg, Welcome):
+            raise protocol.ProtocolError(f"expected welcome, got {type(msg).__name__}")
+        if self.agent.draining:
+            await self.send_drain()
+
+    async def _send(self, msg: protocol.Message) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            await ws.send(protocol.encode(msg))
+        except websockets.ConnectionClosed:
+            pass  # the run loop notices and reconnects
+
+    def _post(self, msg: Chunk | Done | Fail) -> None:
+        """Queue an answer message; what is ready in the same loop turn leaves as one frame."""
+        self._outbox.append(msg)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # one loop turn: let other requests' ready messages join
+        while self._outbox:
+            items, self._outbox = self._outbox, []
+            await self._send(items[0] if len(items) == 1 else Batch(items))
+
+    async def flushed(self) -> None:
+        """Wait until queued answer messages have been written."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
+    async def send_drain(self) -> None:
+        await self._send(Drain(reason="provider is shutting down"))
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        async for frame in ws:
+            msg = protocol.decode(frame)  # a bad frame from our gateway ends this connection
+            if isinstance(msg, Run):
+                if msg.request_id in self._tasks:
+                    continue  # duplicate delivery: the first one answers
+                task = asyncio.create_task(self._handle_run(msg))
+                self._tasks[msg.request_id] = task
+                task.add_done_callback(lambda _t, rid=msg.request_id: self._tasks.pop(rid, None))
+            elif isinstance(msg, Cancel):
+                task = self._tasks.get(msg.request_id)
+                if task:
+                    task.cancel()
+            elif isinstance(msg, Ping):
+                await self._send(Pong(msg.nonce, msg.sent_at))
+            # Other messages from a gateway are ignored: newer gateways may send more.
+
+    async def _handle_run(self, run: Run) -> None:
+        agent = self.agent
+        if agent.draining:
+            self._post(Fail(run.request_id, "draining", "provider is draining", retryable=True))
+            return
+        backend = agent.backends.get(run.model)
+        if backend is None:
+            self._post(Fail(run.request_id, "model_not_served", f"{run.model!r} is not served here", True))
+            return
+        try:
+            async with asyncio.timeout(run.deadline_ms / 1000):
+                async with agent.admission.slot():
+                    done = await self._execute(run, backend)
+            self._post(done)
+        except OverCapacity as exc:
+            self._post(Fail(run.request_id, "over_capacity", str(exc), retryable=True))
+        except BackendError as exc:
+            self._post(Fail(run.request_id, exc.code, str(exc), exc.retryable))
+        except TimeoutError:
+            self._post(Fail(run.request_id, "deadline_exceeded", "deadline passed on the provider"))
+        except asyncio.CancelledError:
+            raise  # the gateway cancelled: it expects nothing more for this request
+        except Exception as exc:  # noqa: BLE001 - one broken request must not kill the provider
+            log.exception("request %s failed", run.request_id)
+            self._post(Fail(run.request_id, "internal_error", f"{type(exc).__name__}: {exc}", True))
+        finally:
+            await self._send(agent.load_report())
+
+    async def _execute(self, run: Run, backend: Backend) -> Done:
+        payload = run.payload
+        if isinstance(payload, EmbedPayload):
+            result = await backend.embed(payload)
+            return self._done(run, Usage(result.prompt_tokens), "", result.vectors, vectors=result.vectors, dimensions=result.dimensions)
+        seq = 0
+        parts: list[str] = []
+        async for event in backend.generate(payload):
+            if isinstance(event, TextDelta):
+                if event.text:
+                    parts.append(event.text)
+                    if run.stream:
+                        self._post(Chunk(run.request_id, seq, event.text))
+                        seq += 1
+            elif isinstance(event, GenDone):
+                text = "".join(parts)
+                usage = Usage(event.prompt_tokens, event.completion_tokens)
+                return self._done(run, usage, event.finish_reason, text.encode(), text=text)
+        raise BackendError("internal_error", "backend ended without a result", retryable=True)
+
+    def _done(self, run: Run, usage: Usage, finish: str, output: bytes, **result: object) -> Done:
+        ident = self.agent.identity
+        receipt = Receipt(
+            request_id=run.request_id,
+            node_id=ident.node_id,
+            model=run.model,
+            input_hash=protocol.payload_hash(run.payload),
+            output_hash=protocol.output_hash(output),
+            usage=usage,
+            finish_reason=finish,
+            issued_at=time.time(),
+        )
+        receipt = msgspec.structs.replace(receipt, signature=ident.sign(protocol.signed_bytes(receipt)))
+        return Done(request_id=run.request_id, receipt=receipt, **result)  # type: ignore[arg-type]

@@ -1,0 +1,24 @@
+"""Discrete-event simulator that drives the production routing code with a virtual clock.
+
+    import random
+    from gpupool.sim import build_world, make_jobs, make_policy, simulate
+
+    rng = random.Random(7)
+    world = build_world(2_000, rng)                    # providers over 6 regions
+    jobs = make_jobs(world, 20_000, load=0.7, rng=rng)
+    res = simulate(world, jobs, make_policy("gpupool", world, random.Random(1)), seed=3)
+    print(res.summary())
+
+`bench/policies/run.py` compares all policies at 10,000 providers.
+Modules: engine (event queue, virtual clock), world (providers, regions, RTTs,
+workload), policies (baselines, gpupool via `gpupool.routing`, oracle),
+simulation (request life cycle and measurements).
+"""
+
+from gpupool.sim.engine import Engine
+from gpupool.sim.policies import POLICIES, make_policy
+from gpupool.sim.simulation import SimResult, simulate
+from gpupool.sim.world import REGIONS, World, WorldConfig, build_world, make_jobs
+
+__all__ = ["POLICIES", "REGIONS", "Engine", "SimResult", "World", "WorldConfig", "build_world",
+           "make_jobs", "make_policy", "simulate"]

@@ -1,0 +1,147 @@
+"""Providers dying or leaving mid-request: non-streaming work moves, streams end with a clear error."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+from pathlib import Path
+import signal
+import time
+
+import httpx
+import openai
+import pytest
+
+from gpupool.devnet import Network
+from gpupool.identity import Identity
+from tests.integration.conftest import client_for
+
+# 20 words at 40 ms each: every request is in flight for ~0.8 s.
+SLOW = "echo=echo:chat?delay_ms=40"
+WORDS = " ".join(f"w{i}" for i in range(20))
+
+
+def slow_net(network: Network, n: int = 3) -> Network:
+    network.start_gateway()
+    for _ in range(n):
+        network.start_provider([SLOW], max_concurrency=8)
+    network.wait_for_models({"echo": n}, timeout=60)
+    return network
+
+
+def ask(client, i: int) -> str:
+    out = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": f"{WORDS} r{i}"}])
+    return out.choices[0].message.content
+
+
+def _wait_for_busiest(network: Network, timeout: float = 10.0) -> str:
+    """The node id of the provider with the most requests in flight, once it has some."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = network.admin("/admin/providers")
+        top = max(rows, key=lambda p: p["in_flight"], default=None)
+        if top is not None and top["in_flight"] > 0:
+            return top["node_id"]
+        time.sleep(0.02)
+    raise AssertionError("no provider ever had a request in flight")
+
+
+def test_killing_a_provider_fails_no_non_streaming_request(network: Network) -> None:
+    slow_net(network)
+    client = client_for(network, timeout=30)
+    with cf.ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(ask, client, i) for i in range(12)]
+        # Kill the busiest provider once work is certainly in flight on it, so the
+        # kill always interrupts requests (a fixed sleep raced the routing on slow CI).
+        busiest = _wait_for_busiest(network)
+        proc_of = {_node_id_of(network, p): p for p in network.providers}
+        network.kill_provider(proc_of[busiest], signal.SIGKILL)
+        results = [f.result() for f in futures]
+    assert results == [f"{WORDS} r{i}" for i in range(12)]
+    served = network.admin("/admin/requests?limit=100")
+    assert any(r["attempts"] > 1 for r in served), "some requests must have moved after the kill"
+
+
+def test_stream_cut_by_provider_loss_ends_with_error_event(network: Network) -> None:
+    network.start_gateway()
+    victim = network.start_provider([SLOW])
+    network.wait_for_models({"echo": 1}, timeout=60)
+    client = client_for(network, timeout=30)
+    stream = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": WORDS}], stream=True)
+    got: list[str] = []
+    with pytest.raises(openai.APIError) as info:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                got.append(chunk.choices[0].delta.content)
+                if len(got) == 3:
+                    network.kill_provider(victim, signal.SIGKILL)
+    assert "failed mid-stream" in str(info.value) and "no other could continue" in str(info.value)
+    assert 3 <= len(got) < 20
+
+
+def test_drain_finishes_in_flight_work_and_takes_no_more(network: Network) -> None:
+    slow_net(network, n=2)
+    client = client_for(network, timeout=30)
+    draining = network.providers[0]
+    with cf.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(ask, client, i) for i in range(8)]
+        time.sleep(0.3)
+        network.kill_provider(draining, signal.SIGTERM)  # graceful: drain
+        results = [f.result() for f in futures]
+        assert results == [f"{WORDS} r{i}" for i in range(8)]
+        # While it drains, new work goes to the other provider only.
+        draining_id = next((p["node_id"] for p in network.admin("/admin/providers") if p["draining"]), None)
+        later = [pool.submit(client.chat.completions.with_raw_response.create, model="echo",
+                             messages=[{"role": "user", "content": f"later {i}"}]) for i in range(4)]
+        served_by = {f.result().headers["x-gpupool-provider"] for f in later}
+    assert draining.popen.wait(15) == 0, "a drained provider exits cleanly"
+    remaining = {p["node_id"] for p in network.admin("/admin/providers")}
+    assert len(remaining) == 1 and served_by <= remaining
+    assert draining_id is None or draining_id not in served_by
+
+
+def test_client_disconnect_cancels_work_at_the_provider(network: Network) -> None:
+    network.start_gateway()
+    network.start_provider(["echo=echo:chat?delay_ms=200"], max_concurrency=1, extra=["--max-queue", "0"])
+    network.wait_for_models({"echo": 1}, timeout=60)
+    client = client_for(network, timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="echo", messages=[{"role": "user", "content": WORDS}])
+    # The provider has one slot: if the abandoned request still ran (20 x 200 ms), this would get 429.
+    time.sleep(0.3)
+    out = client_for(network, timeout=10).chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "x"}])
+    assert out.choices[0].message.content == "x"
+
+
+def test_stream_continues_on_another_provider_when_its_provider_dies(network: Network) -> None:
+    slow_net(network, n=2)
+    key = network.dev_key()
+    got: list[str] = []
+    final: dict = {}
+    with httpx.stream("POST", network.gateway_url + "/v1/chat/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {key}"},
+                      json={"model": "echo", "stream": True, "messages": [{"role": "user", "content": WORDS}]}) as resp:
+        victim_id = resp.headers["x-gpupool-provider"]
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            assert "error" not in chunk, chunk
+            delta = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
+            if delta:
+                got.append(delta)
+                if len(got) == 5:
+                    for p in network.providers:
+                        if _node_id_of(network, p) == victim_id:
+                            network.kill_provider(p, signal.SIGKILL)
+            if chunk["choices"] and chunk["choices"][0]["finish_reason"]:
+                final = chunk
+    assert "".join(got) == WORDS, "the client sees one uninterrupted, complete stream"
+    assert final["gpupool"]["continued"] == 1
+    assert final["gpupool"]["providers"][0] == victim_id and final["gpupool"]["providers"][1] != victim_id
+
+
+def _node_id_of(network: Network, proc) -> str:
+    key_file = proc.args[proc.args.index("--key-file") + 1]
+    return Identity.load_or_create(Path(key_file)).node_id

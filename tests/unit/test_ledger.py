@@ -1,0 +1,195 @@
+"""The SQL ledger on SQLite and PostgreSQL: operations, idempotency, invariants, tamper detection."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from gpupool.ledger import InsufficientFunds, LedgerError, SqlLedger
+from gpupool.ledger import postings as P
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+async def _pg_database() -> str | None:
+    """A fresh PostgreSQL database for one test, or None if PostgreSQL is not reachable."""
+    try:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_ADMIN, timeout=3)
+    except Exception:  # noqa: BLE001 - not reachable: the PostgreSQL case is skipped
+        return None
+    name = f"gpupool_ledger_{uuid.uuid4().hex[:10]}"
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    return name
+
+
+async def _drop(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN, timeout=3)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+        return
+    name = await _pg_database()
+    if name is None:
+        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await _drop(name)
+
+
+async def test_request_lifecycle_moves_exactly_the_documented_amounts(url: str) -> None:
+    led = await SqlLedger.open(url)
+    await led.deposit("d1", "alice", 1_000_000)
+    await led.hold("r1", "alice", 50_000)
+    assert await led.balance(P.client("alice")) == 950_000
+    await led.settle("r1", provider="gpx", cost=20_000, fee_bps=500)
+    assert await led.balance(P.client("alice")) == 980_000
+    assert await led.balance(P.client_hold("alice")) == 0
+    assert await led.balance(P.provider_held("gpx")) == 19_000
+    assert await led.balance(P.GATEWAY_FEES) == 1_000
+    # Replaying the same settlement (same key) changes nothing: never charged twice.
+    await led.settle("r1", provider="gpx", cost=20_000, fee_bps=500)
+    assert await led.balance(P.client("alice")) == 980_000
+    # A different settlement under the same key is refused.
+    with pytest.raises(LedgerError):
+        await led.settle("r1", provider="gpx", cost=30_000, fee_bps=500)
+    await led.release("r1")
+    assert await led.balance(P.provider_free("gpx")) == 19_000
+    # A failed request gives the whole hold back.
+    await led.hold("r2", "alice", 10_000)
+    await led.cancel_hold("r2")
+    assert await led.balance(P.client("alice")) == 980_000
+    with pytest.raises(InsufficientFunds):
+        await led.hold("r3", "alice", 10_000_000)
+    assert await led.verify() == []
+    await led.close()
+
+
+async def test_stake_unbonding_and_slash(url: str) -> None:
+    led = await SqlLedger.open(url)
+    await led.deposit("d", "bob", 100_000)
+    await led.hold("r", "bob", 100_000)
+    await led.settle("r", provider="gpy", cost=100_000, fee_bps=0)
+    await led.release("r")
+    await led.stake("s1", "gpy", 60_000)
+    await led.unstake("u1", "gpy", 10_000, now=1000.0, delay_s=3600)
+    with pytest.raises(LedgerError):
+        await led.complete_unstake("u1", now=2000.0)  # still unbonding
+    await led.complete_unstake("u1", now=5000.0)
+    assert await led.balance(P.provider_free("gpy")) == 50_000
+    # More work held, then fraud: held earnings and stake pay refunds, then the bounty.
+    await led.deposit("d2", "carol", 40_000)
+    await led.hold("r2", "carol", 40_000)
+    await led.settle("r2", provider="gpy", cost=40_000, fee_bps=0)
+    await led.slash("slash-1", "gpy", refunds={"carol": 40_000}, checker_id="chk", bounty_bps=5_000)
+    assert await led.balance(P.client("carol")) == 40_000
+    assert await led.balance(P.provider_held("gpy")) == 0 and await led.balance(P.stake("gpy")) == 0
+    assert await led.balance(P.checker("chk")) == 25_000  # half of what remained of 90,000 - 40,000
+    assert await led.balance(P.SLASHED) == 25_000
+    with pytest.raises(LedgerError):  # cannot refund more than can be taken
+        await led.slash("slash-2", "gpy", refunds={"carol": 1}, checker_id="chk", bounty_bps=0)
+    assert await led.verify() == []
+    await led.close()
+
+
+async def test_tampering_with_the_journal_or_balances_is_detected(tmp_path: Path) -> None:
+    led = await SqlLedger.open(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}")
+    await led.deposit("d1", "alice", 500)
+    await led.deposit("d2", "alice", 700)
+    async with led.engine.begin() as conn:
+        await conn.execute(text("UPDATE ledger_journal SET body = replace(body, '500', '900') WHERE key = 'd1'"))
+    problems = await led.verify()
+    assert any("does not chain" in p for p in problems), problems
+    async with led.engine.begin() as conn:
+        await conn.execute(text("UPDATE ledger_accounts SET balance = balance + 1 WHERE name = 'client:alice'"))
+    assert any("created or lost" in p for p in await led.verify())
+    await led.close()
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["deposit", "hold", "settle", "cancel", "release", "withdraw"]),
+                         st.integers(0, 3), st.integers(1, 50_000)), max_size=40)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_random_operation_sequences_keep_every_invariant(tmp_path: Path, ops: list) -> None:
+    async def run() -> None:
+        led = await SqlLedger.open(f"sqlite+aiosqlite:///{tmp_path / f'{uuid.uuid4().hex}.db'}")
+        deposits = withdrawals = 0
+        holds: dict[str, str] = {}
+        settled: list[str] = []
+        for i, (op, who, amount) in enumerate(ops):
+            client = f"c{who}"
+            try:
+                if op == "deposit":
+                    await led.deposit(f"d{i}", client, amount)
+                    deposits += amount
+                elif op == "hold":
+                    await led.hold(f"r{i}", client, amount)
+                    holds[f"r{i}"] = client
+                elif op == "settle" and holds:
+                    rid = sorted(holds)[amount % len(holds)]
+                    await led.settle(rid, provider=f"p{who}", cost=amount // 3, fee_bps=250)
+                    settled.append(rid)
+                    holds.pop(rid)
+                elif op == "cancel" and holds:
+                    await led.cancel_hold(holds.popitem()[0])
+                elif op == "release" and settled:
+                    await led.release(settled[amount % len(settled)])
+                elif op == "withdraw":
+                    await led.withdraw(f"w{i}", P.client(client), amount)
+                    withdrawals += amount
+            except InsufficientFunds:
+                pass
+            except LedgerError as exc:
+                assert "outside the hold" in str(exc), exc
+                holds.pop(rid, None)  # type: ignore[possibly-undefined]
+                await led.cancel_hold(rid)  # type: ignore[possibly-undefined]
+        balances = await led.balances()
+        assert all(v >= 0 for k, v in balances.items() if k != P.WORLD)
+        assert sum(v for k, v in balances.items() if k != P.WORLD) == deposits - withdrawals
+        assert await led.verify() == []
+        await led.close()
+
+    asyncio.run(run())
+
+
+async def test_two_writers_on_one_database_stay_consistent(url: str) -> None:
+    """Two ledgers (as two gateway replicas) settling concurrently against one database."""
+    a, b = await SqlLedger.open(url), await SqlLedger.open(url)
+    await a.deposit("seed", "alice", 10_000_000)
+    rng = random.Random(5)
+    costs = {f"r{i}": rng.randint(1, 900) for i in range(60)}
+
+    async def work(led: SqlLedger, ids: list[str]) -> None:
+        for rid in ids:
+            await led.hold(rid, "alice", 1_000)
+            await led.settle(rid, provider="gpz", cost=costs[rid], fee_bps=1_000)
+            await led.settle(rid, provider="gpz", cost=costs[rid], fee_bps=1_000)  # replayed: no effect
+
+    ids = sorted(costs)
+    await asyncio.gather(work(a, ids[::2]), work(b, ids[1::2]))
+    total = sum(costs.values())
+    assert await a.balance(P.client("alice")) == 10_000_000 - total
+    assert await a.balance(P.provider_held("gpz")) + await a.balance(P.GATEWAY_FEES) == total
+    assert await a.verify() == []
+    await a.close()
+    await b.close()

@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned to the CPU build (2.13.0) in the ml extra; see README.
-	$(PY) -m pip install --quiet -e '.[ml,dev]'
+	$(PY) -m pip install --quiet -e '.[ml,dev,evm]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 venv: $(STAMP)
@@ -21,7 +21,16 @@ devnet: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/gpupool demo
 
-test: $(STAMP)
+# Anvil (a local EVM node) for the ledger's EVM tests: the npm package ships the
+# binary in @foundry-rs/anvil-linux-amd64, so nothing is downloaded outside npm.
+ANVIL = $(VENV)/anvil/node_modules/.bin/anvil
+$(ANVIL):
+	npm install --prefix $(VENV)/anvil --no-save --no-audit --no-fund @foundry-rs/anvil@1.7.1
+
+.PHONY: anvil
+anvil: $(ANVIL)
+
+test: $(STAMP) $(ANVIL)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests
 
 clean:

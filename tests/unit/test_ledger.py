@@ -1,12 +1,18 @@
-"""The SQL ledger on SQLite and PostgreSQL: operations, idempotency, invariants, tamper detection."""
+"""The ledger's behavioural suite, run on every backend: SQLite, PostgreSQL, EVM in-process, EVM on Anvil.
+
+Plus SQL-only checks (journal tampering, two writers on one database). EVM-only
+checks (receipt signatures, replay, slashing evidence, gas) are in test_ledger_evm.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,29 +22,7 @@ from sqlalchemy import text
 from gpupool.ledger import InsufficientFunds, LedgerError, SqlLedger
 from gpupool.ledger import postings as P
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-async def _pg_database() -> str | None:
-    """A fresh PostgreSQL database for one test, or None if PostgreSQL is not reachable."""
-    try:
-        import asyncpg
-
-        conn = await asyncpg.connect(PG_ADMIN, timeout=3)
-    except Exception:  # noqa: BLE001 - not reachable: the PostgreSQL case is skipped
-        return None
-    name = f"gpupool_ledger_{uuid.uuid4().hex[:10]}"
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    return name
-
-
-async def _drop(name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN, timeout=3)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+from .ledger_backends import Backend, anvil_url, backend, drop_pg_database, pg_database  # noqa: F401 - fixtures
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -46,17 +30,17 @@ async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[s
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
         return
-    name = await _pg_database()
+    name = await pg_database()
     if name is None:
         pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
     try:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     finally:
-        await _drop(name)
+        await drop_pg_database(name)
 
 
-async def test_request_lifecycle_moves_exactly_the_documented_amounts(url: str) -> None:
-    led = await SqlLedger.open(url)
+async def test_request_lifecycle_moves_exactly_the_documented_amounts(backend: Backend) -> None:
+    led = backend.ledger
     await led.deposit("d1", "alice", 1_000_000)
     await led.hold("r1", "alice", 50_000)
     assert await led.balance(P.client("alice")) == 950_000
@@ -79,12 +63,19 @@ async def test_request_lifecycle_moves_exactly_the_documented_amounts(url: str) 
     assert await led.balance(P.client("alice")) == 980_000
     with pytest.raises(InsufficientFunds):
         await led.hold("r3", "alice", 10_000_000)
+    with pytest.raises(LedgerError):
+        await led.settle("never-held", provider="gpx", cost=1, fee_bps=0)
+    # Withdrawals leave through `world`; more than the balance is refused.
+    await led.withdraw("w1", P.client("alice"), 80_000)
+    with pytest.raises(InsufficientFunds):
+        await led.withdraw("w2", P.client("alice"), 900_001)
+    assert await led.balance(P.client("alice")) == 900_000
+    assert await led.balance(P.WORLD) == -920_000
     assert await led.verify() == []
-    await led.close()
 
 
-async def test_stake_unbonding_and_slash(url: str) -> None:
-    led = await SqlLedger.open(url)
+async def test_stake_unbonding_and_slash(backend: Backend) -> None:
+    led = backend.ledger
     await led.deposit("d", "bob", 100_000)
     await led.hold("r", "bob", 100_000)
     await led.settle("r", provider="gpy", cost=100_000, fee_bps=0)
@@ -99,15 +90,94 @@ async def test_stake_unbonding_and_slash(url: str) -> None:
     await led.deposit("d2", "carol", 40_000)
     await led.hold("r2", "carol", 40_000)
     await led.settle("r2", provider="gpy", cost=40_000, fee_bps=0)
-    await led.slash("slash-1", "gpy", refunds={"carol": 40_000}, checker_id="chk", bounty_bps=5_000)
+    evidence = await backend.slash_evidence("r2", "carol", "gpy", 40_000)
+    await led.slash("slash-1", "gpy", refunds={"carol": 40_000}, checker_id="chk", bounty_bps=5_000, **evidence)
     assert await led.balance(P.client("carol")) == 40_000
     assert await led.balance(P.provider_held("gpy")) == 0 and await led.balance(P.stake("gpy")) == 0
     assert await led.balance(P.checker("chk")) == 25_000  # half of what remained of 90,000 - 40,000
     assert await led.balance(P.SLASHED) == 25_000
+    await led.deposit("d3", "dave", 5_000)
+    await led.hold("r3", "dave", 5_000)
+    await led.settle("r3", provider="gpy", cost=5_000, fee_bps=0)
+    evidence = await backend.slash_evidence("r3", "dave", "gpy", 5_000)
     with pytest.raises(LedgerError):  # cannot refund more than can be taken
-        await led.slash("slash-2", "gpy", refunds={"carol": 1}, checker_id="chk", bounty_bps=0)
+        await led.slash("slash-2", "gpy", refunds={"carol": 5_001}, checker_id="chk", bounty_bps=0, **evidence)
     assert await led.verify() == []
-    await led.close()
+
+
+async def _funded_tab(backend: Backend) -> None:
+    """alice deposits 1,000,000 µcr and a gateway reserves a 300,000 µcr tab for her."""
+    await backend.ledger.deposit("dep", "alice", 1_000_000)
+    await backend.ledger.hold("tab:gw1:alice:1", "alice", 300_000)
+
+
+async def test_batch_settlement_charges_the_tab_and_pays_nothing_twice(backend: Backend) -> None:
+    backend.needs("settle_batch")
+    led = backend.ledger
+    await _funded_tab(backend)
+    assert await led.balance(P.client_hold("alice")) == 300_000
+    charges = [await backend.charge(f"q{i}", "alice", "gpa" if i % 2 else "gpb", 10_000 + i) for i in range(6)]
+    result = await led.settle_batch("batch:gw1:1", charges, fee_bps=500)
+    assert result.paid == [f"q{i}" for i in range(6)] and result.rejected == {}
+    total = sum(10_000 + i for i in range(6))
+    fees = sum(P.fee_of(10_000 + i, 500) for i in range(6))
+    assert await led.balance(P.client_hold("alice")) == 300_000 - total
+    assert await led.balance(P.GATEWAY_FEES) == fees
+    assert await led.balance(P.provider_held("gpa")) + await led.balance(P.provider_held("gpb")) == total - fees
+    assert await led.balance(P.provider_held("gpb")) == sum(10_000 + i - P.fee_of(10_000 + i, 500) for i in (0, 2, 4))
+    # The same batch replayed: nothing moves.
+    replay = await led.settle_batch("batch:gw1:1", charges, fee_bps=500)
+    assert await led.balance(P.client_hold("alice")) == 300_000 - total
+    assert replay.paid == [f"q{i}" for i in range(6)]  # reports what the batch paid the first time
+    # A receipt already paid, inside a new batch, is rejected; the rest of the batch is paid.
+    again = await led.settle_batch("batch:gw1:2", [charges[0], await backend.charge("q9", "alice", "gpa", 1_000)],
+                                   fee_bps=0)
+    assert again.paid == ["q9"] and set(again.rejected) == {"q0"}
+    assert await led.balance(P.client_hold("alice")) == 300_000 - total - 1_000
+    assert await led.verify() == []
+
+
+async def test_batch_charge_beyond_the_reserve_is_rejected_alone(backend: Backend) -> None:
+    backend.needs("settle_batch")
+    led = backend.ledger
+    await _funded_tab(backend)
+    charges = [await backend.charge("big", "alice", "gpa", 300_001), await backend.charge("ok", "alice", "gpa", 7_000)]
+    result = await led.settle_batch("batch:x", charges, fee_bps=0)
+    assert result.paid == ["ok"] and set(result.rejected) == {"big"}
+    assert await led.balance(P.client_hold("alice")) == 293_000
+    assert await led.balance(P.provider_held("gpa")) == 7_000
+
+
+async def test_release_hold_returns_the_unused_rest_of_a_tab(backend: Backend) -> None:
+    backend.needs("release_hold")
+    led = backend.ledger
+    await _funded_tab(backend)
+    await led.release_hold("tab:gw1:alice:1:close", "alice", 120_000)
+    await led.release_hold("tab:gw1:alice:1:close", "alice", 120_000)  # replay: no effect
+    assert await led.balance(P.client("alice")) == 820_000
+    assert await led.balance(P.client_hold("alice")) == 180_000
+    with pytest.raises(LedgerError):
+        await led.release_hold("tab:gw1:alice:1:close", "alice", 1)  # same key, other content
+    with pytest.raises(InsufficientFunds):
+        await led.release_hold("too-much", "alice", 180_001)
+    assert await led.verify() == []
+
+
+async def test_release_due_makes_only_old_batches_withdrawable(backend: Backend) -> None:
+    backend.needs("release_due")
+    led = backend.ledger
+    await _funded_tab(backend)
+    await led.settle_batch("b1", [await backend.charge("q1", "alice", "gpa", 10_000)], fee_bps=1_000)
+    now = time.time()
+    assert await led.release_due(now - 60, window_s=3600) == 0  # inside the audit window
+    assert await led.balance(P.provider_held("gpa")) == 9_000
+    assert await led.release_due(now + 7200, window_s=3600) == 9_000
+    assert await led.balance(P.provider_held("gpa")) == 0
+    assert await led.balance(P.provider_free("gpa")) == 9_000
+    assert await led.release_due(now + 7200, window_s=3600) == 0  # released once
+    await led.withdraw("payout", P.provider_free("gpa"), 9_000)
+    assert await led.balance(P.provider_free("gpa")) == 0
+    assert await led.verify() == []
 
 
 async def test_tampering_with_the_journal_or_balances_is_detected(tmp_path: Path) -> None:
@@ -131,45 +201,55 @@ OPS = st.lists(st.tuples(st.sampled_from(["deposit", "hold", "settle", "cancel",
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS)
 def test_random_operation_sequences_keep_every_invariant(tmp_path: Path, ops: list) -> None:
-    async def run() -> None:
-        led = await SqlLedger.open(f"sqlite+aiosqlite:///{tmp_path / f'{uuid.uuid4().hex}.db'}")
-        deposits = withdrawals = 0
-        holds: dict[str, str] = {}
-        settled: list[str] = []
-        for i, (op, who, amount) in enumerate(ops):
-            client = f"c{who}"
-            try:
-                if op == "deposit":
-                    await led.deposit(f"d{i}", client, amount)
-                    deposits += amount
-                elif op == "hold":
-                    await led.hold(f"r{i}", client, amount)
-                    holds[f"r{i}"] = client
-                elif op == "settle" and holds:
-                    rid = sorted(holds)[amount % len(holds)]
-                    await led.settle(rid, provider=f"p{who}", cost=amount // 3, fee_bps=250)
-                    settled.append(rid)
-                    holds.pop(rid)
-                elif op == "cancel" and holds:
-                    await led.cancel_hold(holds.popitem()[0])
-                elif op == "release" and settled:
-                    await led.release(settled[amount % len(settled)])
-                elif op == "withdraw":
-                    await led.withdraw(f"w{i}", P.client(client), amount)
-                    withdrawals += amount
-            except InsufficientFunds:
-                pass
-            except LedgerError as exc:
-                assert "outside the hold" in str(exc), exc
-                holds.pop(rid, None)  # type: ignore[possibly-undefined]
-                await led.cancel_hold(rid)  # type: ignore[possibly-undefined]
-        balances = await led.balances()
-        assert all(v >= 0 for k, v in balances.items() if k != P.WORLD)
-        assert sum(v for k, v in balances.items() if k != P.WORLD) == deposits - withdrawals
-        assert await led.verify() == []
-        await led.close()
+    asyncio.run(_random_ops(SqlLedger.open(f"sqlite+aiosqlite:///{tmp_path / f'{uuid.uuid4().hex}.db'}"), ops))
 
-    asyncio.run(run())
+
+async def _random_ops(opening: Awaitable[Any], ops: list) -> None:
+    led = await opening
+    deposits = withdrawals = 0
+    holds: dict[str, str] = {}
+    settled: list[str] = []
+    for i, (op, who, amount) in enumerate(ops):
+        client = f"c{who}"
+        try:
+            if op == "deposit":
+                await led.deposit(f"d{i}", client, amount)
+                deposits += amount
+            elif op == "hold":
+                await led.hold(f"r{i}", client, amount)
+                holds[f"r{i}"] = client
+            elif op == "settle" and holds:
+                rid = sorted(holds)[amount % len(holds)]
+                await led.settle(rid, provider=f"p{who}", cost=amount // 3, fee_bps=250)
+                settled.append(rid)
+                holds.pop(rid)
+            elif op == "cancel" and holds:
+                await led.cancel_hold(holds.popitem()[0])
+            elif op == "release" and settled:
+                await led.release(settled[amount % len(settled)])
+            elif op == "withdraw":
+                await led.withdraw(f"w{i}", P.client(client), amount)
+                withdrawals += amount
+        except InsufficientFunds:
+            pass
+        except LedgerError as exc:
+            assert "outside the hold" in str(exc), exc
+            holds.pop(rid, None)  # type: ignore[possibly-undefined]
+            await led.cancel_hold(rid)  # type: ignore[possibly-undefined]
+    balances = await led.balances()
+    assert all(v >= 0 for k, v in balances.items() if k != P.WORLD)
+    assert sum(v for k, v in balances.items() if k != P.WORLD) == deposits - withdrawals
+    assert await led.verify() == []
+    await led.close()
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_random_operation_sequences_keep_every_invariant_on_chain(ops: list) -> None:
+    """The same random sequences against the in-process EVM ledger (fewer: each is a fresh chain)."""
+    from gpupool.ledger.evm import EvmLedger
+
+    asyncio.run(_random_ops(EvmLedger.open("evm+tester://"), ops))
 
 
 async def test_two_writers_on_one_database_stay_consistent(url: str) -> None:

@@ -48,14 +48,18 @@ def _run(coro: object) -> None:
         asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def settings_command(cls: type, run: Callable[[Any], None], doc: str) -> Callable[..., None]:
+def settings_command(cls: type, run: Callable[[Any], None], doc: str, group: bool = False) -> Callable[..., None]:
     """A command whose flags are generated from the fields of a settings dataclass.
 
     Each field becomes `--field-name` (or its `flag` metadata), defaulting to None so
     that unset flags fall through to the environment, the TOML file and the defaults.
+    With `group`, it is the callback of a command group and does nothing when a
+    sub-command (e.g. `gpupool provider earnings`) was named instead.
     """
     hints = typing.get_type_hints(cls)
     params = []
+    if group:
+        params.append(inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context))
     for f in dataclasses.fields(cls):
         base = hints[f.name]
         if typing.get_origin(base) in (typing.Union, types.UnionType):
@@ -71,7 +75,10 @@ def settings_command(cls: type, run: Callable[[Any], None], doc: str) -> Callabl
     params.append(inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY,
                                     annotation=Annotated[bool, typer.Option("--verbose", "-v")], default=False))
 
-    def command(**kwargs: Any) -> None:
+    def command(*args: Any, **kwargs: Any) -> None:
+        ctx = kwargs.pop("ctx", args[0] if args else None)
+        if ctx is not None and ctx.invoked_subcommand:
+            return
         _logging(kwargs.pop("verbose"))
         config_file = kwargs.pop("config_file")
         try:
@@ -102,9 +109,80 @@ def _run_provider(settings: config.ProviderSettings) -> None:
 app.command("gateway")(settings_command(
     config.GatewaySettings, _run_gateway,
     "Run a gateway: the OpenAI-compatible API and the endpoint providers connect to."))
-app.command("provider")(settings_command(
+provider_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+provider_app.callback()(settings_command(
     config.ProviderSettings, _run_provider,
-    "Run a provider: load models and serve them to one or more gateways."))
+    "Run a provider: load models and serve them to one or more gateways "
+    "(`gpupool provider earnings` shows what it has earned).", group=True))
+app.add_typer(provider_app, name="provider")
+
+GatewayOpt = Annotated[str, typer.Option("--gateway", help="gateway base URL")]
+
+
+def _get(url: str) -> Any:
+    import httpx
+
+    try:
+        response = httpx.get(url, timeout=10)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach {url}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if response.status_code != 200:
+        typer.echo(f"error: {url} answered {response.status_code}: {response.text[:300]}", err=True)
+        raise typer.Exit(1)
+    return response.json()
+
+
+def _credits(ucr: int | None) -> str:
+    return "-" if ucr is None else f"{ucr / 1_000_000:,.6f}"
+
+
+@provider_app.command("earnings")
+def provider_earnings(
+    gateway: GatewayOpt = "http://127.0.0.1:8000",
+    key_file: Annotated[Path, typer.Option(help="the provider's identity key")] = config.default_home() / "provider.key",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show this provider's earnings on a gateway's ledger: held (in the audit window) and withdrawable."""
+    import json
+
+    from gpupool.identity import Identity
+
+    if not key_file.exists():
+        typer.echo(f"error: no provider key at {key_file} (pass --key-file)", err=True)
+        raise typer.Exit(2)
+    node_id = Identity.load_or_create(key_file).node_id
+    body = _get(f"{gateway.rstrip('/')}/v1/providers/{node_id}/earnings")
+    if as_json:
+        typer.echo(json.dumps(body, indent=2))
+        return
+    typer.echo(f"provider {node_id}")
+    for what in ("held", "withdrawable", "staked"):
+        typer.echo(f"  {what:<13} {_credits(body[what]):>18} credits  ({body[what]:,} µcr)")
+    typer.echo(f"  held earnings become withdrawable {body['audit_window_s']:.0f} s after settlement")
+
+
+@app.command()
+def market(gateway: GatewayOpt = "http://127.0.0.1:8000",
+           as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """List what the network offers: per model, providers, prices, capacity and measured speed."""
+    import json
+
+    body = _get(f"{gateway.rstrip('/')}/v1/market")
+    if as_json:
+        typer.echo(json.dumps(body, indent=2))
+        return
+    typer.echo(f"prices in µcr per 1M tokens (1 credit = 1,000,000 µcr); gateway fee {body['fee_bps'] / 100:g}%")
+    typer.echo(f"{'model':<16} {'task':<11} {'prov':>4} {'price in':>17} {'price out':>17} {'slots':>9} "
+               f"{'speed':>16}  regions")
+    for m in body["data"]:
+        def rng(r: dict[str, int] | None) -> str:
+            return "-" if not r else (f"{r['min']:,}" if r["min"] == r["max"] else f"{r['min']:,}-{r['max']:,}")
+        sp = m["measured_speed"]
+        speed = f"{sp['median']:,.0f} {sp['unit']}" if sp else "not measured"
+        typer.echo(f"{m['model']:<16} {m['task']:<11} {m['providers']:>4} {rng(m['price_in']):>17} "
+                   f"{rng(m['price_out']):>17} {m['capacity']['in_flight']:>4}/{m['capacity']['slots']:<4} "
+                   f"{speed:>16}  {','.join(m['regions'])}")
 
 
 def _with_store(db: str | None, call: Callable[[Any], Any]) -> Any:
@@ -178,7 +256,7 @@ def devnet(
 ) -> None:
     """Start a local network (1 gateway + N providers) and serve until Ctrl-C."""
     from gpupool.devnet import Network, NetworkError
-    from gpupool.devnet_setup import banner, default_serve, prepare_models
+    from gpupool.devnet_setup import banner, default_serve, dev_price_args, prepare_models
 
     home = home or Path(os.environ.get("GPUPOOL_HOME", "~/.gpupool")).expanduser() / "devnet"
     if not echo_only:
@@ -197,7 +275,7 @@ def devnet(
         typer.echo(f"starting gateway on 127.0.0.1:{port} (logs in {home / 'logs'})")
         url = net.start_gateway(port=port)
         for _ in range(providers):
-            net.start_provider(serve_list)
+            net.start_provider(serve_list, extra=dev_price_args(serve_list))
         typer.echo(f"starting {providers} providers (loading models)...")
         net.wait_for_models({s.split('=')[0]: providers for s in serve_list}, progress=True)
         typer.echo(banner(url, net.dev_key(), echo_only))

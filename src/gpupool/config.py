@@ -57,9 +57,20 @@ class GatewaySettings:
     liveness_timeout_s: float = _opt(20.0, "a provider silent for this long is dropped")
     handshake_timeout_s: float = _opt(10.0, "time a connecting provider has to finish the handshake")
     ready_file: Path | None = _opt(None, "write {url, port} as JSON here once listening")
+    ledger: str = _opt("", "ledger URL: sqlite+aiosqlite:///PATH, postgresql+asyncpg://..., or "
+                       "evm+http://HOST:PORT?contract=0x... (default: the gateway's database)")
+    fee_bps: int = _opt(500, "gateway fee on each charge, in basis points (500 = 5%)")
+    tab_size: int = _opt(1_000_000, "µcr reserved per client in one ledger write; requests draw on it in memory")
+    settle_interval_s: float = _opt(0.2, "how often verified receipts are settled, as one ledger batch")
+    tab_idle_s: float = _opt(5.0, "a client's unused reserve goes back after this long without requests")
+    audit_window_s: float = _opt(3600.0, "provider earnings stay held this long (open to audits and slashing) "
+                                 "before they can be withdrawn")
 
     def db_url(self) -> str:
         return self.db or f"sqlite+aiosqlite:///{default_home() / 'gateway.db'}"
+
+    def ledger_url(self) -> str:
+        return self.ledger or self.db_url()
 
 
 @dataclass
@@ -67,6 +78,8 @@ class ProviderSettings:
     gateways: list[str] = _opt(help="gateway URL ws://HOST:PORT; repeat for several", flag="gateway",
                                factory=lambda: ["ws://127.0.0.1:8000"])
     serve: list[str] = _opt(help="NAME=BACKEND[:SPEC]; repeat for several models", factory=list)
+    prices: list[str] = _opt(help="NAME=IN or NAME=IN/OUT: price in µcr per 1M input (and output) tokens; "
+                             "repeat per model (unpriced models are free)", flag="price", factory=list)
     region: str = _opt("local", "region label announced in the offer")
     latitude: float = _opt(0.0, "approximate latitude, announced in the offer")
     longitude: float = _opt(0.0, "approximate longitude, announced in the offer")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gpupool.devnet import Network, NetworkError
-from gpupool.devnet_setup import default_serve, prepare_models
+from gpupool.devnet_setup import default_serve, dev_price_args, prepare_models
 
 BATCH = 32
 QUERIES = [
@@ -95,7 +95,7 @@ def run_demo(home: Path | None, providers: int) -> int:
               flush=True)
         url = net.start_gateway(port=0)
         for _ in range(providers):
-            net.start_provider(default_serve())
+            net.start_provider(default_serve(), extra=dev_price_args(default_serve()))
         net.wait_for_models({"minilm": providers, "tiny-llama": providers}, progress=True)
         print(f"network up at {url}\n", flush=True)
         _scenario(url, net.dev_key(), catalog)

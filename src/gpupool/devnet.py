@@ -213,10 +213,18 @@ def _wait_all(procs: list[Proc], timeout: float) -> None:
 
 
 async def _register_key(db: str, key: str) -> None:
+    """Register the development key and give its account a starting balance (once: the deposit has a fixed key)."""
+    from gpupool.devnet_setup import DEV_STARTING_BALANCE
     from gpupool.gateway.store import Store
+    from gpupool.ledger import SqlLedger
 
     store = await Store.open(db)
     try:
         await store.create_key("devnet", key)
     finally:
         await store.close()
+    ledger = await SqlLedger.open(db)
+    try:
+        await ledger.deposit("devnet-starting-balance", "devnet", DEV_STARTING_BALANCE)
+    finally:
+        await ledger.close()

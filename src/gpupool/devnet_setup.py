@@ -7,6 +7,16 @@ def default_serve() -> list[str]:
     return ["minilm=embeddings:minilm", "tiny-llama=generate:tiny-llama"]
 
 
+# Devnet prices (µcr per 1M tokens) so every request is metered and charged like on a real network.
+DEV_PRICES = ["minilm=20000", "tiny-llama=100000/400000"]
+DEV_STARTING_BALANCE = 1_000 * 1_000_000  # 1,000 credits for the development key's account
+
+
+def dev_price_args(serve: list[str]) -> list[str]:
+    names = {s.split("=")[0] for s in serve}
+    return [arg for p in DEV_PRICES if p.split("=")[0] in names for arg in ("--price", p)]
+
+
 def prepare_models(progress: bool = False) -> None:
     """Create the untrained tiny-llama demo model once (random weights, a few seconds)."""
     try:

@@ -3,6 +3,7 @@
     GpupoolError                     500 server_error
     ├── InvalidRequest               400 invalid_request_error
     ├── AuthenticationFailed         401 authentication_error (invalid_api_key)
+    ├── PaymentRequired              402 insufficient_quota (balance cannot cover the hold)
     ├── ModelNotFound                404 invalid_request_error (model_not_found)
     ├── BodyTooLarge                 413 invalid_request_error (request_too_large)
     ├── NoCapacity                   429 rate_limit_error (no_capacity)
@@ -52,6 +53,12 @@ class AuthenticationFailed(GpupoolError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class PaymentRequired(GpupoolError):
+    status = 402
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class ModelNotFound(GpupoolError):

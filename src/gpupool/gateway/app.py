@@ -6,7 +6,7 @@ one handler. Plain Starlette rather than FastAPI: the hot path is a few routes,
 and FastAPI's dependency solver and telemetry middleware cost more per request
 than the whole rest of the gateway (measured with py-spy under bench/overhead).
 
-    app = create_app(settings, store, identity)   # then serve with uvicorn
+    app = create_app(settings, store, identity, ledger)   # then serve with uvicorn
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -32,12 +32,17 @@ from starlette.websockets import WebSocket
 from gpupool import __version__, errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway import openai_api as oa
+from gpupool.gateway.billing import Billing, Hold
 from gpupool.gateway.dispatch import Dispatcher
-from gpupool.gateway.hub import Hub
+from gpupool.gateway.hub import Hub, ProviderSession
 from gpupool.gateway.router import REGION_POLICIES, RouteOptions
-from gpupool.gateway.store import ApiKey, Store
+from gpupool.gateway.store import ApiKey, Store, account_for
 from gpupool.identity import Identity
-from gpupool.protocol import Payload
+from gpupool.ledger import Ledger, LedgerError
+from gpupool.ledger import postings
+from gpupool.market import pricing
+from gpupool.market.summary import Listing, summarize
+from gpupool.protocol import Done, Payload
 
 log = logging.getLogger("gpupool.gateway")
 
@@ -104,18 +109,32 @@ class BodyLimit:
 
 
 
-def create_app(settings: GatewaySettings, store: Store, identity: Identity) -> ASGIApp:
+def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledger: Ledger) -> ASGIApp:
     hub = Hub(settings, identity, store)
     dispatcher = Dispatcher(hub, settings)
+
+    def bad_receipt(node_id: str, why: str) -> None:
+        session = hub.sessions.get(node_id)
+        if session is not None:
+            hub.disconnect(session, "bad_receipt", why)
+        else:
+            store.record_event(node_id, "bad_receipt", why)
+
+    billing = Billing(ledger, holder=identity.node_id, fee_bps=settings.fee_bps, tab_size=settings.tab_size,
+                      flush_interval_s=settings.settle_interval_s, tab_idle_s=settings.tab_idle_s,
+                      audit_window_s=settings.audit_window_s, on_bad_receipt=bad_receipt)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         store.start_writer()
+        await billing.start()
         try:
             yield
         finally:
             await hub.close_all()
+            await billing.close()
             await store.close()
+            await ledger.close()
 
     async def on_error(_r: Request, exc: Exception) -> Response:
         if isinstance(exc, ClientGone):
@@ -169,6 +188,19 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity) -> A
                 raise errors.InvalidRequest("X-Gpupool-Timeout must be a number of seconds") from None
         return time.monotonic() + timeout
 
+    # ---------------------------------------------------------------- money
+
+    async def reserve(key: ApiKey, model: str, tokens_in: int, max_tokens_out: int, route: RouteOptions) -> Hold:
+        """Hold the most this request can cost on any provider it may go to (402 if unaffordable)."""
+        prices = [_price(s, model) for s in hub.serving(model)]
+        return await billing.reserve(key.account, pricing.hold_bound(prices, tokens_in, max_tokens_out,
+                                                                     route.max_price))
+
+    def charge(hold: Hold, rid: str, model: str, session: ProviderSession, done: Done) -> int:
+        u = done.receipt.usage
+        cost = pricing.charge_for(_price(session, model), u.prompt_tokens, u.completion_tokens, hold.amount)
+        return hold.charge(rid, session.node_id, cost, done.receipt, session.public_key)
+
     # ---------------------------------------------------------------- routes
 
     async def healthz(_r: Request) -> JSON:
@@ -196,16 +228,21 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity) -> A
         _check_task(hub, body.model, "embeddings")
         rid = "emb-" + uuid.uuid4().hex
         started = time.monotonic()
-        out = await _until_disconnect(request, dispatcher.complete(rid, body.model, payload, deadline_for(request),
-                                                                   route_options(request, body)))
-        done = out.done
-        if body.dimensions is not None and body.dimensions != done.dimensions:
-            raise errors.InvalidRequest(f"{body.model!r} produces {done.dimensions} dimensions", param="dimensions")
-        tokens = done.receipt.usage.prompt_tokens
-        _log(store, rid, key, body.model, out.provider, "ok", out.attempts, tokens, 0, started)
+        route = route_options(request, body)
+        tokens_in = pricing.input_token_bound(sum(len(x.encode()) for x in payload.inputs), len(payload.inputs))
+        async with await reserve(key, body.model, tokens_in, 0, route) as hold:
+            out = await _until_disconnect(request, dispatcher.complete(rid, body.model, payload,
+                                                                       deadline_for(request), route))
+            done = out.done
+            if body.dimensions is not None and body.dimensions != done.dimensions:
+                raise errors.InvalidRequest(f"{body.model!r} produces {done.dimensions} dimensions",
+                                            param="dimensions")
+            tokens = done.receipt.usage.prompt_tokens
+            cost = charge(hold, rid, body.model, out.session, done)
+        _log(store, rid, key, body.model, out.provider, "ok", out.attempts, tokens, 0, started, cost)
         return JSON(oa.embedding_response(body.model, done.vectors, done.dimensions, len(payload.inputs),
-                                          body.encoding_format, tokens),
-                    headers={"x-gpupool-provider": out.provider, "x-request-id": rid})
+                                          body.encoding_format, tokens, cost),
+                    headers={"x-gpupool-provider": out.provider, "x-request-id": rid, "x-gpupool-cost": str(cost)})
 
     async def chat(request: Request) -> Response:
         key = await client_key(request)
@@ -229,16 +266,28 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity) -> A
         rid = prefix + uuid.uuid4().hex
         started = time.monotonic()
         deadline = deadline_for(request)
+        text_bytes = (len(payload.prompt.encode()) + len(payload.continue_text.encode())
+                      + sum(len(m.content.encode()) for m in payload.messages))
+        tokens_in = pricing.input_token_bound(text_bytes, len(payload.messages))
+        hold = await reserve(key, model, tokens_in, payload.max_tokens, route)
         if not stream:
-            out = await _until_disconnect(request, dispatcher.complete(rid, model, payload, deadline, route))
+            async with hold:
+                out = await _until_disconnect(request, dispatcher.complete(rid, model, payload, deadline, route))
+                cost = charge(hold, rid, model, out.session, out.done)
             u = out.done.receipt.usage
             build = oa.chat_response if chat else oa.completion_response
-            _log(store, rid, key, model, out.provider, "ok", out.attempts, u.prompt_tokens, u.completion_tokens, started)
+            _log(store, rid, key, model, out.provider, "ok", out.attempts, u.prompt_tokens, u.completion_tokens,
+                 started, cost)
             return JSON(build(rid, model, out.text, out.done.receipt.finish_reason, u.prompt_tokens,
-                              u.completion_tokens, out.provider),
-                        headers={"x-gpupool-provider": out.provider, "x-request-id": rid})
+                              u.completion_tokens, out.provider, cost),
+                        headers={"x-gpupool-provider": out.provider, "x-request-id": rid,
+                                 "x-gpupool-cost": str(cost)})
 
-        opened = await dispatcher.open_stream(rid, model, payload, deadline, route)
+        try:
+            opened = await dispatcher.open_stream(rid, model, payload, deadline, route)
+        except BaseException:
+            hold.release()
+            raise
 
         async def events() -> AsyncIterator[bytes]:
             created = int(time.time())
@@ -260,11 +309,12 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity) -> A
                     # The client saw one stream; say that several providers produced it.
                     last["gpupool"] = {"continued": opened.continued, "providers": opened.providers}
                 yield _sse(last)
+                cost = charge(hold, rid, model, opened.session, done)
                 if include_usage:
                     u = done.receipt.usage
                     yield _sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
                                 "created": created, "model": model, "choices": [],
-                                "usage": oa.usage(u.prompt_tokens, u.completion_tokens)})
+                                "usage": oa.usage(u.prompt_tokens, u.completion_tokens, cost)})
                 yield b"data: [DONE]\n\n"
                 status = "ok"
             except errors.GpupoolError as exc:
@@ -273,16 +323,67 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity) -> A
                 yield _sse(exc.body())
             finally:
                 await opened.aclose()
+                hold.release()  # no-op once charged
                 u = opened.done.receipt.usage if opened.done else None
                 _log(store, rid, key, model, opened.session.node_id, status, opened.attempts,
                      u.prompt_tokens if u else 0,
-                     u.completion_tokens if u else 0, started)
+                     u.completion_tokens if u else 0, started, hold.charged or 0)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"x-gpupool-provider": opened.session.node_id, "x-request-id": rid,
-                                          "cache-control": "no-cache"})
+        async def closed() -> None:
+            # Runs even if the client left before the body started: nothing stays held or open.
+            await opened.aclose()
+            hold.release()
+
+        return _EventStream(events(), closed, media_type="text/event-stream",
+                            headers={"x-gpupool-provider": opened.session.node_id, "x-request-id": rid,
+                                     "cache-control": "no-cache"})
 
     # ---------------------------------------------------------------- providers and admin
+
+    async def market(request: Request) -> JSON:
+        listings = []
+        for session in list(hub.sessions.values()):
+            rec = hub.router.records.get(session.node_id)
+            for name, offer in session.models.items():
+                sp = rec.speed.get(name) if rec else None
+                speed = None
+                if sp is not None and sp.samples:
+                    speed = sp.items_per_s if offer.task == "embeddings" else sp.decode_tps
+                listings.append(Listing(name, offer.task, session.node_id, session.offer.region, offer.price_in,
+                                        offer.price_out, session.offer.max_concurrency, len(session.channels),
+                                        session.draining or session.closed, speed))
+        return JSON({"object": "list", "fee_bps": settings.fee_bps, "unit": "µcr per 1M tokens",
+                     "data": summarize(listings)})
+
+    async def account(request: Request) -> JSON:
+        key = await client_key(request)
+        body = await billing.account(key.account)
+        body["recent_charges"] = await store.recent_charges(key.account, _limit(request, 20))
+        return JSON(body)
+
+    async def earnings(request: Request) -> JSON:
+        node_id = request.path_params["node_id"]
+        if ":" in node_id:
+            raise errors.InvalidRequest("not a node id", param="node_id")
+        return JSON({"object": "gpupool.earnings", "provider": node_id,
+                     "held": await ledger.balance(postings.provider_held(node_id)),
+                     "withdrawable": await ledger.balance(postings.provider_free(node_id)),
+                     "staked": await ledger.balance(postings.stake(node_id)),
+                     "audit_window_s": settings.audit_window_s})
+
+    async def deposit(request: Request) -> JSON:
+        admin(request)
+        body = await request.json()
+        try:
+            acct, amount = account_for(str(body["account"])), int(body["amount"])
+            key = str(body.get("key") or f"deposit:{uuid.uuid4().hex}")
+        except (KeyError, TypeError, ValueError):
+            raise errors.InvalidRequest('expected {"account": NAME, "amount": µcr, "key": optional}') from None
+        try:
+            await ledger.deposit(key, acct, amount)
+        except LedgerError as exc:
+            raise errors.InvalidRequest(str(exc)) from None
+        return JSON({"account": acct, "balance": await ledger.balance(postings.client(acct))}, status_code=201)
 
     async def provider_ws(ws: WebSocket) -> None:
         await hub.handle(ws)
@@ -291,7 +392,9 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity) -> A
         admin(request)
         body = await request.json() if await request.body() else {}
         name = str(body.get("name", "unnamed"))
-        return JSON({"name": name, "key": await store.create_key(name)}, status_code=201)
+        acct = account_for(str(body.get("account") or name))
+        return JSON({"name": name, "account": acct, "key": await store.create_key(name, account=acct)},
+                    status_code=201)
 
     async def providers(request: Request) -> JSON:
         admin(request)
@@ -318,8 +421,12 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity) -> A
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/market", market),
+            Route("/v1/account", account),
+            Route("/v1/providers/{node_id}/earnings", earnings),
             WebSocketRoute("/v1/providers/ws", provider_ws),
             Route("/admin/keys", create_key, methods=["POST"]),
+            Route("/admin/deposit", deposit, methods=["POST"]),
             Route("/admin/providers", providers),
             Route("/admin/events", events_log),
             Route("/admin/requests", requests_log),
@@ -359,9 +466,9 @@ def route_options(request: Request, body: pydantic.BaseModel) -> RouteOptions:
     return RouteOptions(region=str(region) if region else None, region_policy=policy, max_price=max_price)
 
 
-def _limit(request: Request) -> int:
+def _limit(request: Request, default: int = 100) -> int:
     try:
-        return max(1, min(10_000, int(request.query_params.get("limit", "100"))))
+        return max(1, min(10_000, int(request.query_params.get("limit", str(default)))))
     except ValueError:
         raise errors.InvalidRequest("limit must be an integer", param="limit") from None
 
@@ -387,10 +494,27 @@ def _sse(obj: Any) -> bytes:
 
 
 def _log(store: Store, rid: str, key: ApiKey, model: str, provider: str, status: str, attempts: int,
-         prompt: int, completion: int, started: float) -> None:
-    store.record_request(request_id=rid, at=time.time(), key_id=key.id, model=model, provider=provider,
-                         status=status, attempts=attempts, prompt_tokens=prompt, completion_tokens=completion,
-                         latency_ms=(time.monotonic() - started) * 1000)
+         prompt: int, completion: int, started: float, cost: int) -> None:
+    store.record_request(request_id=rid, at=time.time(), key_id=key.id, account=key.account, model=model,
+                         provider=provider, status=status, attempts=attempts, prompt_tokens=prompt,
+                         completion_tokens=completion, latency_ms=(time.monotonic() - started) * 1000, cost=cost)
+
+
+class _EventStream(StreamingResponse):
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kw: Any):
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
+
+
+def _price(session: ProviderSession, model: str) -> pricing.Price:
+    offer = session.models[model]
+    return pricing.Price(offer.price_in, offer.price_out)
 
 
 async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -48,9 +48,13 @@ CLIENT_FAULT_CODES = frozenset({"invalid_input", "context_length_exceeded", "uns
 @dataclass
 class Outcome:
     done: Done
-    provider: str
+    session: ProviderSession  # who served it: its price and key settle the charge
     attempts: int
     text: str = ""
+
+    @property
+    def provider(self) -> str:
+        return self.session.node_id
 
 
 @dataclass
@@ -114,7 +118,7 @@ class Dispatcher:
                         return None
                     self.hub.router.on_success(session, request_id, model, payload, event,
                                                time.monotonic() - started)
-                    return Outcome(event, session.node_id, 0, text)
+                    return Outcome(event, session, 0, text)
                 self._note_failure(session, request_id, event, tries, model)
                 return None
         except ConnectionError:

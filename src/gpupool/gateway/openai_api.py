@@ -149,11 +149,14 @@ class EmbeddingRequest(_Body):
 # ---------------------------------------------------------------- responses
 
 
-def usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage(prompt: int, completion: int, cost: int = 0) -> dict[str, int]:
+    """OpenAI's usage object, plus `cost_ucr`: what this request was charged, in µcr."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "cost_ucr": cost}
 
 
-def embedding_response(model: str, vectors: bytes, dims: int, count: int, fmt: str, prompt_tokens: int) -> dict[str, Any]:
+def embedding_response(model: str, vectors: bytes, dims: int, count: int, fmt: str, prompt_tokens: int,
+                       cost: int = 0) -> dict[str, Any]:
     import struct  # local: only this builder needs it
 
     row_bytes = dims * 4
@@ -163,10 +166,11 @@ def embedding_response(model: str, vectors: bytes, dims: int, count: int, fmt: s
         emb: Any = base64.b64encode(row).decode() if fmt == "base64" else list(struct.unpack(f"<{dims}f", row))
         data.append({"object": "embedding", "index": i, "embedding": emb})
     return {"object": "list", "model": model, "data": data,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens, "cost_ucr": cost}}
 
 
-def chat_response(rid: str, model: str, text: str, finish: str, prompt: int, completion: int, provider: str) -> dict[str, Any]:
+def chat_response(rid: str, model: str, text: str, finish: str, prompt: int, completion: int, provider: str,
+                  cost: int = 0) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion",
@@ -179,11 +183,12 @@ def chat_response(rid: str, model: str, text: str, finish: str, prompt: int, com
             "finish_reason": finish or "stop",
             "logprobs": None,
         }],
-        "usage": usage(prompt, completion),
+        "usage": usage(prompt, completion, cost),
     }
 
 
-def completion_response(rid: str, model: str, text: str, finish: str, prompt: int, completion: int, provider: str) -> dict[str, Any]:
+def completion_response(rid: str, model: str, text: str, finish: str, prompt: int, completion: int,
+                        provider: str, cost: int = 0) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "text_completion",
@@ -191,7 +196,7 @@ def completion_response(rid: str, model: str, text: str, finish: str, prompt: in
         "model": model,
         "system_fingerprint": provider[:16],
         "choices": [{"index": 0, "text": text, "finish_reason": finish or "stop", "logprobs": None}],
-        "usage": usage(prompt, completion),
+        "usage": usage(prompt, completion, cost),
     }
 
 

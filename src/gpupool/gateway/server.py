@@ -20,6 +20,7 @@ from gpupool.config import GatewaySettings
 from gpupool.gateway.app import create_app
 from gpupool.gateway.store import Store
 from gpupool.identity import Identity
+from gpupool.ledger import open_ledger
 
 log = logging.getLogger("gpupool.gateway")
 
@@ -36,7 +37,8 @@ def _event_loop() -> str:
 async def serve(settings: GatewaySettings) -> None:
     identity = Identity.load_or_create(settings.key_file)
     store = await Store.open(settings.db_url())
-    app = create_app(settings, store, identity)
+    ledger = await open_ledger(settings.ledger_url())
+    app = create_app(settings, store, identity, ledger)
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))

@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Float,
     Integer,
@@ -49,6 +51,7 @@ class ApiKeyRow(Base):
     name: Mapped[str] = mapped_column(String(200))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     hint: Mapped[str] = mapped_column(String(16))  # first characters, for humans listing keys
+    account: Mapped[str] = mapped_column(String(64), default="")  # the ledger account the key spends from
     created_at: Mapped[float] = mapped_column(Float)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
@@ -79,6 +82,7 @@ class RequestRow(Base):
     request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     at: Mapped[float] = mapped_column(Float, index=True)
     key_id: Mapped[int] = mapped_column(Integer, index=True)
+    account: Mapped[str] = mapped_column(String(64), index=True, default="")
     model: Mapped[str] = mapped_column(String(200))
     provider: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32))
@@ -86,12 +90,20 @@ class RequestRow(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
+    cost: Mapped[int] = mapped_column(BigInteger, default=0)  # µcr charged
 
 
 @dataclass(frozen=True)
 class ApiKey:
     id: int
     name: str
+    account: str
+
+
+def account_for(name: str) -> str:
+    """A ledger account id from a key's name: lower case, [a-z0-9._-] (keys with one name share it)."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-")
+    return slug[:64] or "default"
 
 
 def hash_key(key: str) -> str:
@@ -126,13 +138,17 @@ class Store:
 
     # ------------------------------------------------------------ API keys
 
-    async def create_key(self, name: str, key: str | None = None) -> str:
-        """Create (or, given `key`, register) an API key; returns the plaintext once."""
+    async def create_key(self, name: str, key: str | None = None, account: str | None = None) -> str:
+        """Create (or, given `key`, register) an API key; returns the plaintext once.
+
+        The key spends from ledger account `account` (default: derived from `name`).
+        """
         key = key or KEY_PREFIX + secrets.token_urlsafe(32)
         async with self.sessions.begin() as s:
             existing = await s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_key(key)))
             if existing is None:
-                s.add(ApiKeyRow(name=name, key_hash=hash_key(key), hint=key[:7], created_at=time.time()))
+                s.add(ApiKeyRow(name=name, key_hash=hash_key(key), hint=key[:7], created_at=time.time(),
+                                account=account_for(account or name)))
         self._key_cache.pop(hash_key(key), None)
         return key
 
@@ -140,7 +156,8 @@ class Store:
         async with self.sessions() as s:
             rows = (await s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))).all()
         return [
-            {"id": r.id, "name": r.name, "hint": r.hint + "…", "created_at": r.created_at, "revoked": r.revoked}
+            {"id": r.id, "name": r.name, "account": r.account, "hint": r.hint + "…", "created_at": r.created_at,
+             "revoked": r.revoked}
             for r in rows
         ]
 
@@ -156,7 +173,7 @@ class Store:
             return self._key_cache[digest]
         async with self.sessions() as s:
             row = await s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
-        found = ApiKey(row.id, row.name) if row is not None and not row.revoked else None
+        found = ApiKey(row.id, row.name, row.account) if row is not None and not row.revoked else None
         # Cache hits only: a miss might be a key created a moment ago by another replica.
         if found is not None:
             self._key_cache[digest] = found
@@ -196,9 +213,17 @@ class Store:
             rows = (await s.scalars(select(RequestRow).order_by(RequestRow.at.desc()).limit(limit))).all()
         return [
             {c: getattr(r, c) for c in ("request_id", "at", "model", "provider", "status", "attempts",
-                                        "prompt_tokens", "completion_tokens", "latency_ms")}
+                                        "prompt_tokens", "completion_tokens", "latency_ms", "cost")}
             for r in rows
         ]
+
+    async def recent_charges(self, account: str, limit: int = 20) -> list[dict[str, Any]]:
+        await self._flush()
+        q = select(RequestRow).where(RequestRow.account == account).order_by(RequestRow.at.desc()).limit(limit)
+        async with self.sessions() as s:
+            rows = (await s.scalars(q)).all()
+        return [{"request_id": r.request_id, "at": r.at, "model": r.model, "status": r.status, "cost": r.cost,
+                 "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens} for r in rows]
 
     # ------------------------------------------------------------ batching writer
 

@@ -1,11 +1,12 @@
 """The ledger: accounts, holds, settlements, provider earnings, stakes and slashes.
 
-Every movement is a balanced double-entry journal entry with an idempotency key;
-the journal is append-only and hash-chained. `postings` builds entries (pure);
-`sql` stores them (SQLite or PostgreSQL). An EVM backend is to implement the same
-`Ledger` operations.
+Every movement is a balanced double-entry journal entry with an idempotency key.
+`postings` builds entries (pure); `interface` is the one API every backend offers;
+`sql` stores the journal, hash-chained, in SQLite or PostgreSQL; `evm` keeps it in
+Vyper contracts. `open_ledger(url)` picks the backend from the URL.
 """
 
+from gpupool.ledger.interface import BatchResult, Charge, Ledger
 from gpupool.ledger.postings import (
     Entry,
     LedgerError,
@@ -15,4 +16,15 @@ from gpupool.ledger.postings import (
 )
 from gpupool.ledger.sql import InsufficientFunds, SqlLedger
 
-__all__ = ["Entry", "InsufficientFunds", "LedgerError", "Posting", "SqlLedger", "account", "fee_of"]
+
+async def open_ledger(url: str) -> Ledger:
+    """`sqlite:///…` / `postgresql://…` -> SqlLedger; `evm+http://…` / `evm+tester://` -> EvmLedger."""
+    if url.startswith("evm+"):
+        from gpupool.ledger.evm import EvmLedger  # web3 is only imported when a chain is used
+
+        return await EvmLedger.open(url)
+    return await SqlLedger.open(url)
+
+
+__all__ = ["BatchResult", "Charge", "Entry", "InsufficientFunds", "Ledger", "LedgerError", "Posting",
+           "SqlLedger", "account", "fee_of", "open_ledger"]

@@ -36,8 +36,9 @@ def client(ident: str) -> str:
     return account("client", ident)
 
 
-def client_hold(ident: str) -> str:
-    return account("client", ident, "hold")
+def client_hold(ident: str, holder: str = "") -> str:
+    """Funds reserved for the client's requests; `holder` (a gateway's id) keeps each gateway's tab apart."""
+    return account("client", ident, f"hold-{holder}" if holder else "hold")
 
 
 def provider_held(ident: str) -> str:
@@ -130,11 +131,14 @@ def withdraw_entry(key: str, acct: str, amount: int) -> Entry:
     return Entry(key, "withdraw", (Posting(acct, WORLD, amount),))
 
 
-def hold_entry(request_id: str, client_id: str, amount: int) -> Entry:
-    """Reserve the request's maximum cost before it is dispatched."""
+def hold_entry(request_id: str, client_id: str, amount: int, holder: str = "") -> Entry:
+    """Reserve the request's maximum cost (or a gateway's tab) before dispatch."""
     _positive(amount, "hold")
-    return Entry(f"hold:{request_id}", "hold", (Posting(client(client_id), client_hold(client_id), amount),),
-                 {"request_id": request_id, "client": client_id, "amount": amount})
+    memo: dict[str, object] = {"request_id": request_id, "client": client_id, "amount": amount}
+    if holder:
+        memo["holder"] = holder
+    return Entry(f"hold:{request_id}", "hold", (Posting(client(client_id), client_hold(client_id, holder), amount),),
+                 memo)
 
 
 def settle_entry(request_id: str, client_id: str, provider_id: str, hold: int, cost: int, fee_bps: int) -> Entry:
@@ -148,6 +152,47 @@ def settle_entry(request_id: str, client_id: str, provider_id: str, hold: int, c
         Posting(client_hold(client_id), client(client_id), hold - cost),
     ), {"request_id": request_id, "client": client_id, "provider": provider_id, "cost": cost, "fee": fee,
         "earned": cost - fee})
+
+
+def release_hold_entry(key: str, client_id: str, amount: int, holder: str = "") -> Entry:
+    """Part of a client's reserved funds (a gateway's tab) goes back to its balance."""
+    _positive(amount, "release")
+    return Entry(key, "release_hold", (Posting(client_hold(client_id, holder), client(client_id), amount),),
+                 {"client": client_id, "amount": amount})
+
+
+def settle_batch_entry(key: str, charges: list[tuple[str, str, str, int]], fee_bps: int,
+                       holder: str = "") -> Entry:
+    """Many requests charged in one entry: `(request_id, client, provider, cost)` each.
+
+    Postings are summed per (client, provider) pair, so a batch of thousands of
+    receipts is a handful of postings; the memo keeps every charge for audits,
+    refunds and the client's history.
+    """
+    per_pair: dict[tuple[str, str], int] = {}
+    fees: dict[str, int] = {}
+    earned: dict[str, int] = {}
+    rows: list[list[object]] = []
+    for request_id, client_id, provider_id, cost in charges:
+        if not isinstance(cost, int) or cost < 0:
+            raise LedgerError(f"cost must be a non-negative integer of µcr (got {cost!r})")
+        fee = fee_of(cost, fee_bps)
+        per_pair[(client_id, provider_id)] = per_pair.get((client_id, provider_id), 0) + cost - fee
+        fees[client_id] = fees.get(client_id, 0) + fee
+        earned[provider_id] = earned.get(provider_id, 0) + cost - fee
+        rows.append([request_id, client_id, provider_id, cost, fee])
+    postings = [Posting(client_hold(c, holder), provider_held(p), amount)
+                for (c, p), amount in sorted(per_pair.items())]
+    postings += [Posting(client_hold(c, holder), GATEWAY_FEES, fee) for c, fee in sorted(fees.items())]
+    return Entry(key, "settle_batch", tuple(p for p in postings if p.amount),
+                 {"charges": rows, "earned": dict(sorted(earned.items())), "fee_bps": fee_bps})
+
+
+def release_batch_entry(batch_key: str, earned: dict[str, int]) -> Entry:
+    """A settled batch's earnings leave the audit window: held -> withdrawable, per provider."""
+    return Entry(f"release:{batch_key}", "release", tuple(
+        Posting(provider_held(p), provider_free(p), amount) for p, amount in sorted(earned.items()) if amount),
+        {"batch": batch_key, "released": earned})
 
 
 def cancel_hold_entry(request_id: str, client_id: str, hold: int) -> Entry:

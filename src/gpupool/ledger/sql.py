@@ -19,16 +19,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, Float, Integer, String, Text, select, text
+from sqlalchemy import BigInteger, Float, Integer, String, Text, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from gpupool.db import normalize_url
 from gpupool.ledger import postings as P
+from gpupool.ledger.interface import BatchResult, Charge
 from gpupool.ledger.postings import GENESIS, Entry, LedgerError, Posting, chain_hash
+
+T = TypeVar("T")
 
 ADVISORY_LOCK = 0x6770_6F6F6C  # "gpool": one journal, one lock
 
@@ -55,7 +59,15 @@ class JournalRow(Base):
     body: Mapped[str] = mapped_column(Text)  # Entry.canonical()
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)  # one successor per row
     hash: Mapped[str] = mapped_column(String(64))
-    at: Mapped[float] = mapped_column(Float)
+    at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class PaidRow(Base):
+    """Each request id charged once, ever: a replayed receipt finds its row and is refused."""
+
+    __tablename__ = "ledger_paid"
+    request_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    batch: Mapped[str] = mapped_column(String(200))
 
 
 def _entry_from_body(body: str) -> Entry:
@@ -85,32 +97,39 @@ class SqlLedger:
 
     async def apply(self, entry: Entry) -> Entry:
         """Append `entry` and move its balances, once per key."""
+        return await self._locked(lambda s: self._append(s, entry))
+
+    async def _lock_journal(self, s: AsyncSession) -> None:
+        if self._pg:
+            await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK})
+
+    async def _append(self, s: AsyncSession, entry: Entry) -> Entry:
+        """Inside a locked transaction: append `entry` once and move its balances."""
+        existing = await s.scalar(select(JournalRow).where(JournalRow.key == entry.key))
+        if existing is not None:
+            if existing.body != entry.canonical().decode():
+                raise LedgerError(f"key {entry.key!r} was already used for a different entry")
+            return _entry_from_body(existing.body)
+        head = await s.scalar(select(JournalRow.hash).order_by(JournalRow.seq.desc()).limit(1))
+        prev = head or GENESIS
+        await self._move(s, entry)
+        s.add(JournalRow(key=entry.key, kind=entry.kind, body=entry.canonical().decode(), prev_hash=prev,
+                         hash=chain_hash(prev, entry), at=time.time()))
+        return entry
+
+    async def _locked(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run `work` in one locked transaction, retrying when another process appended first."""
         for attempt in range(20):
             async with self._lock:
                 try:
-                    return await self._apply_once(entry)
+                    async with self.sessions.begin() as s:
+                        await self._lock_journal(s)
+                        return await work(s)
                 except IntegrityError:
-                    # Another process appended at the same head (or the same key): read again.
                     if attempt == 19:
                         raise
             await asyncio.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
-
-    async def _apply_once(self, entry: Entry) -> Entry:
-        async with self.sessions.begin() as s:
-            if self._pg:
-                await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK})
-            existing = await s.scalar(select(JournalRow).where(JournalRow.key == entry.key))
-            if existing is not None:
-                if existing.body != entry.canonical().decode():
-                    raise LedgerError(f"key {entry.key!r} was already used for a different entry")
-                return _entry_from_body(existing.body)
-            head = await s.scalar(select(JournalRow.hash).order_by(JournalRow.seq.desc()).limit(1))
-            prev = head or GENESIS
-            await self._move(s, entry)
-            s.add(JournalRow(key=entry.key, kind=entry.kind, body=entry.canonical().decode(), prev_hash=prev,
-                             hash=chain_hash(prev, entry), at=time.time()))
-        return entry
 
     async def _move(self, s: AsyncSession, entry: Entry) -> None:
         for name, delta in sorted(entry.deltas().items()):
@@ -136,8 +155,68 @@ class SqlLedger:
     async def withdraw(self, key: str, acct: str, amount: int) -> Entry:
         return await self.apply(P.withdraw_entry(key, acct, amount))
 
-    async def hold(self, request_id: str, client_id: str, amount: int) -> Entry:
-        return await self.apply(P.hold_entry(request_id, client_id, amount))
+    async def hold(self, key: str, client_id: str, amount: int, holder: str = "") -> Entry:
+        return await self.apply(P.hold_entry(key, client_id, amount, holder))
+
+    async def release_hold(self, key: str, client_id: str, amount: int, holder: str = "") -> Entry:
+        return await self.apply(P.release_hold_entry(key, client_id, amount, holder))
+
+    async def settle_batch(self, key: str, charges: list[Charge], fee_bps: int, holder: str = "") -> BatchResult:
+        async def work(s: AsyncSession) -> BatchResult:
+            result = BatchResult(entry=None)
+            done = await s.scalar(select(JournalRow.body).where(JournalRow.key == key))
+            if done is not None:  # the same batch again: report what it paid, pay nothing
+                entry = _entry_from_body(done)
+                result.entry = entry
+                result.paid = [str(c[0]) for c in entry.memo["charges"]]  # type: ignore[union-attr]
+                return result
+            ids = list(dict.fromkeys(c.request_id for c in charges))
+            seen: set[str] = set()
+            for i in range(0, len(ids), 500):
+                seen.update(await s.scalars(select(PaidRow.request_id).where(PaidRow.request_id.in_(ids[i:i + 500]))))
+            reserve: dict[str, int] = {}
+            accepted: list[tuple[str, str, str, int]] = []
+            for c in charges:
+                if c.request_id in seen:
+                    result.rejected[c.request_id] = "already paid"
+                    continue
+                if c.client not in reserve:
+                    reserve[c.client] = int(await s.scalar(
+                        select(AccountRow.balance).where(AccountRow.name == P.client_hold(c.client, holder))) or 0)
+                if c.cost > reserve[c.client]:
+                    result.rejected[c.request_id] = f"client reserve {reserve[c.client]} < cost {c.cost}"
+                    continue
+                reserve[c.client] -= c.cost
+                seen.add(c.request_id)
+                accepted.append((c.request_id, c.client, c.provider, c.cost))
+            if not accepted:
+                return result
+            result.entry = await self._append(s, P.settle_batch_entry(key, accepted, fee_bps, holder))
+            await s.execute(insert(PaidRow), [{"request_id": a[0], "batch": key} for a in accepted])
+            result.paid = [a[0] for a in accepted]
+            return result
+
+        return await self._locked(work)
+
+    async def release_due(self, now: float, window_s: float) -> int:
+        async with self.sessions() as s:
+            released = select(JournalRow.key).where(JournalRow.kind == "release")
+            due = (await s.execute(select(JournalRow.key, JournalRow.body).where(
+                JournalRow.kind == "settle_batch", JournalRow.at < now - window_s,
+                ("release:" + JournalRow.key).not_in(released)).order_by(JournalRow.seq))).all()
+        moved = 0
+        for key, body in due:
+            earned: dict[str, int] = json.loads(body)["memo"]["earned"]
+
+            async def work(s: AsyncSession, key: str = key, earned: dict[str, int] = earned) -> int:
+                # A slash may have taken held earnings since: release what is still there.
+                have = {p: int(await s.scalar(select(AccountRow.balance).where(
+                    AccountRow.name == P.provider_held(p))) or 0) for p in earned}
+                entry = await self._append(s, P.release_batch_entry(key, {p: min(a, have[p]) for p, a in earned.items()}))
+                return sum(p.amount for p in entry.postings)
+
+            moved += await self._locked(work)
+        return moved
 
     async def settle(self, request_id: str, provider: str, cost: int, fee_bps: int) -> Entry:
         hold = await self._memo(f"hold:{request_id}")

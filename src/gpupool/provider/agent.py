@@ -25,7 +25,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from gpupool import __version__, protocol
 from gpupool.config import ProviderSettings
 from gpupool.identity import Identity
+from gpupool.market.pricing import Price
 from gpupool.protocol import (
+    ModelOffer,
     Batch,
     Cancel,
     Challenge,
@@ -54,10 +56,12 @@ log = logging.getLogger("gpupool.provider")
 
 
 class ProviderAgent:
-    def __init__(self, identity: Identity, backends: Mapping[str, Backend], settings: ProviderSettings):
+    def __init__(self, identity: Identity, backends: Mapping[str, Backend], settings: ProviderSettings,
+                 prices: Mapping[str, Price] | None = None):
         if not backends:
             raise ValueError("a provider must serve at least one model (--serve NAME=BACKEND[:SPEC])")
         self.identity = identity
+        self.prices = dict(prices or {})
         self.backends = dict(backends)
         self.settings = settings
         self.admission = Admission(settings.max_concurrency, settings.max_queue)
@@ -66,10 +70,16 @@ class ProviderAgent:
         self._links: list[GatewayLink] = []
         self._hardware = probe()
 
+    def _priced(self, offer: ModelOffer) -> ModelOffer:
+        price = self.prices.get(offer.name)
+        if price is None:
+            return offer
+        return msgspec.structs.replace(offer, price_in=price.per_m_in, price_out=price.per_m_out)
+
     def make_offer(self) -> Offer:
         offer = Offer(
             node_id=self.identity.node_id,
-            models=[b.offer() for b in self.backends.values()],
+            models=[self._priced(b.offer()) for b in self.backends.values()],
             hardware=self._hardware,
             region=self.settings.region,
             latitude=self.settings.latitude,

@@ -8,6 +8,7 @@ import signal
 
 from gpupool.config import ProviderSettings
 from gpupool.identity import Identity
+from gpupool.market.pricing import Price, parse_price
 from gpupool.provider.agent import ProviderAgent
 from gpupool.provider.backends import ServeSpec, make_backend
 
@@ -21,8 +22,20 @@ def build_agent(settings: ProviderSettings) -> ProviderAgent:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"a model name may be served once per provider: {names}")
+    prices = parse_prices(settings.prices, names)  # before loading models: a typo fails fast
     backends = {s.name: make_backend(s) for s in specs}
-    return ProviderAgent(Identity.load_or_create(settings.key_file), backends, settings)
+    return ProviderAgent(Identity.load_or_create(settings.key_file), backends, settings, prices)
+
+
+def parse_prices(items: list[str], names: list[str]) -> dict[str, Price]:
+    """`--price NAME=IN[/OUT]` options, checked against the served model names."""
+    prices: dict[str, Price] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in names:
+            raise ValueError(f"--price expects NAME=IN[/OUT] for a served model ({', '.join(names)}); got {item!r}")
+        prices[name] = parse_price(value)
+    return prices
 
 
 async def serve(settings: ProviderSettings) -> None:

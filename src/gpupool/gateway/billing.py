@@ -1,0 +1,268 @@
+"""Metered pay-per-use at the gateway: reserve before dispatch, charge verified receipts in batches.
+
+Writing the ledger on every request would cost more than routing it, so per client
+the gateway keeps a *tab*: funds it reserved on the ledger in one write (a hold
+under the gateway's own reserve account) and hands out in memory. A request
+reserves its maximum cost from the tab before dispatch (`reserve`, 402 when the
+client's balance cannot cover it); when it ends it is either charged from its
+provider-signed receipt (`Hold.charge`) or released (`Hold.release`, also what
+leaving the `async with` without a charge does), so holds never leak.
+
+Charges wait a fraction of a second in a queue; the flusher verifies every
+receipt's signature (off the event loop: a request is never paid without a valid
+one) and settles them in one ledger write. Tabs idle for a while are closed and
+their unused rest goes back to the client. If the gateway dies, a restart finds
+its reserve accounts and returns them; charges not yet flushed are lost to the
+provider, never taken from the client twice or created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpupool import errors, protocol
+from gpupool.ledger import Charge, InsufficientFunds, Ledger
+from gpupool.ledger import postings as P
+from gpupool.protocol import Receipt
+
+log = logging.getLogger("gpupool.gateway.billing")
+
+
+@dataclass
+class Tab:
+    client: str
+    reserved: int = 0  # µcr held on the ledger for this client by this gateway, not yet charged
+    committed: int = 0  # reserved by requests in flight
+    pending: int = 0  # charged in memory, waiting for the next batch
+    in_flight: int = 0
+    last_used: float = 0.0
+    top_ups: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def available(self) -> int:
+        return self.reserved - self.committed - self.pending
+
+
+@dataclass(frozen=True)
+class PendingCharge:
+    request_id: str
+    client: str
+    provider: str
+    cost: int
+    receipt: Receipt
+    public_key: bytes
+
+
+class Hold:
+    """One request's reservation. Settle it once: `charge` from a receipt, or `release`."""
+
+    def __init__(self, billing: Billing, tab: Tab | None, amount: int):
+        self._billing = billing
+        self._tab = tab
+        self.amount = amount
+        self.charged: int | None = None
+
+    async def __aenter__(self) -> Hold:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.release()
+
+    def charge(self, request_id: str, provider: str, cost: int, receipt: Receipt, public_key: bytes) -> int:
+        """Charge `cost` (capped by the hold) for a served request; returns what was charged."""
+        if self.charged is not None:
+            return self.charged
+        self.charged = min(cost, self.amount)
+        tab = self._tab
+        if tab is not None:
+            self._finish(tab)
+            if self.charged > 0:
+                tab.pending += self.charged
+                self._billing.queue.append(PendingCharge(request_id, tab.client, provider, self.charged,
+                                                         receipt, public_key))
+        return self.charged
+
+    def release(self) -> None:
+        """The request ended without a charge (failed, cancelled, timed out): the hold returns to the tab."""
+        if self.charged is None:
+            self.charged = 0
+            if self._tab is not None:
+                self._finish(self._tab)
+
+    def _finish(self, tab: Tab) -> None:
+        tab.committed -= self.amount
+        tab.in_flight -= 1
+        tab.last_used = time.monotonic()
+
+
+class Billing:
+    def __init__(self, ledger: Ledger, holder: str, fee_bps: int, tab_size: int, flush_interval_s: float,
+                 tab_idle_s: float, audit_window_s: float,
+                 on_bad_receipt: Callable[[str, str], None] = lambda node, why: None):
+        self.ledger = ledger
+        self.holder = holder  # this gateway's node id: names its reserve accounts
+        self.fee_bps = fee_bps
+        self.tab_size = tab_size
+        self.flush_interval_s = flush_interval_s
+        self.tab_idle_s = tab_idle_s
+        self.audit_window_s = audit_window_s
+        self.on_bad_receipt = on_bad_receipt
+        self.tabs: dict[str, Tab] = {}
+        self.queue: list[PendingCharge] = []
+        self._boot = uuid.uuid4().hex[:8]  # keys from this run never collide with an earlier run's
+        self._seq = 0
+        self._unsent: tuple[str, list[PendingCharge]] | None = None  # a batch whose write failed: retried as is
+        self._flush_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._released_at = 0.0
+        self.stats = {"batches": 0, "charged": 0, "rejected": 0, "bad_receipts": 0}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self._return_stale_reserves()
+        self._task = asyncio.create_task(self._loop(), name="billing")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+        for tab in list(self.tabs.values()):
+            await self._close_tab(tab)
+
+    async def _return_stale_reserves(self) -> None:
+        """Funds an earlier run of this gateway reserved and never returned (it was killed)."""
+        suffix = f":hold-{self.holder}"
+        for name, amount in (await self.ledger.balances()).items():
+            if name.startswith("client:") and name.endswith(suffix) and amount > 0:
+                client = name[len("client:"):-len(suffix)]
+                await self.ledger.release_hold(f"reclaim:{self.holder}:{self._boot}:{client}", client, amount,
+                                               self.holder)
+                log.info("returned %d µcr an earlier run reserved for %s", amount, client)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            try:
+                await self.flush()
+                await self._close_idle_tabs()
+                now = time.time()
+                if now - self._released_at > min(10.0, self.audit_window_s):
+                    self._released_at = now
+                    await self.ledger.release_due(now, self.audit_window_s)
+            except Exception:  # noqa: BLE001 - the ledger may be briefly unreachable; retry next tick
+                log.exception("billing flush failed; will retry")
+
+    # ------------------------------------------------------------ per request
+
+    async def reserve(self, client: str, amount: int) -> Hold:
+        """Reserve `amount` µcr for one request, or raise 402 if the client cannot cover it."""
+        if amount <= 0:
+            return Hold(self, None, 0)  # free model: nothing to reserve
+        tab = self.tabs.get(client)
+        if tab is None:
+            tab = self.tabs[client] = Tab(client)
+        if tab.available < amount:
+            async with tab.lock:
+                if tab.available < amount:
+                    await self._top_up(tab, amount - tab.available)
+        tab.committed += amount
+        tab.in_flight += 1
+        tab.last_used = time.monotonic()
+        return Hold(self, tab, amount)
+
+    async def _top_up(self, tab: Tab, needed: int) -> None:
+        # A whole tab when the balance allows (one write serves many requests), else just what is needed.
+        for amount in dict.fromkeys((max(needed, self.tab_size), needed)):
+            tab.top_ups += 1
+            try:
+                await self.ledger.hold(f"tab:{self.holder}:{self._boot}:{tab.client}:{tab.top_ups}",
+                                       tab.client, amount, self.holder)
+            except InsufficientFunds:
+                continue
+            tab.reserved += amount
+            return
+        balance = await self.ledger.balance(P.client(tab.client))
+        raise errors.PaymentRequired(
+            f"insufficient balance: this request may cost up to {needed + tab.available:,} µcr but account "
+            f"{tab.client!r} has {balance + tab.available:,} µcr available; add credits or lower max_tokens")
+
+    # ------------------------------------------------------------ batches
+
+    async def flush(self) -> None:
+        """Verify queued receipts and settle them in one ledger write."""
+        async with self._flush_lock:
+            if self._unsent is None:
+                if not self.queue:
+                    return
+                batch, self.queue = self.queue, []
+                good = await asyncio.to_thread(_verified, batch)
+                kept = {id(item) for item in good}
+                for item in batch:
+                    if id(item) not in kept:
+                        self.stats["bad_receipts"] += 1
+                        self.tabs[item.client].pending -= item.cost
+                        self.on_bad_receipt(item.provider, "receipt signature does not verify (not charged)")
+                self._seq += 1
+                self._unsent = (f"batch:{self.holder}:{self._boot}:{self._seq}", good)
+            key, items = self._unsent
+            if items:
+                charges = [Charge(i.request_id, i.client, i.provider, i.cost, protocol.encode(i.receipt))
+                           for i in items]
+                result = await self.ledger.settle_batch(key, charges, self.fee_bps, self.holder)
+                paid = set(result.paid)
+                for item in items:
+                    tab = self.tabs[item.client]
+                    tab.pending -= item.cost
+                    if item.request_id in paid:
+                        tab.reserved -= item.cost
+                self.stats["batches"] += 1
+                self.stats["charged"] += len(paid)
+                self.stats["rejected"] += len(result.rejected)
+                if result.rejected:
+                    log.warning("ledger refused %d charges: %s", len(result.rejected),
+                                list(result.rejected.items())[:3])
+            self._unsent = None
+
+    async def _close_idle_tabs(self) -> None:
+        cutoff = time.monotonic() - self.tab_idle_s
+        for tab in list(self.tabs.values()):
+            if tab.in_flight == 0 and tab.pending == 0 and tab.last_used < cutoff:
+                await self._close_tab(tab)
+
+    async def _close_tab(self, tab: Tab) -> None:
+        async with tab.lock:
+            rest = tab.reserved - tab.committed - tab.pending
+            if rest > 0:
+                await self.ledger.release_hold(f"untab:{self.holder}:{self._boot}:{tab.client}:{tab.top_ups}",
+                                               tab.client, rest, self.holder)
+                tab.reserved -= rest
+            if tab.reserved == 0 and tab.in_flight == 0 and self.tabs.get(tab.client) is tab:
+                del self.tabs[tab.client]
+
+    # ------------------------------------------------------------ reading
+
+    async def account(self, client: str) -> dict[str, Any]:
+        tab = self.tabs.get(client)
+        reserved = await self.ledger.balance(P.client_hold(client, self.holder))
+        history = await self.ledger.history(P.client(client), limit=20)
+        return {
+            "object": "gpupool.account", "account": client,
+            "balance": await self.ledger.balance(P.client(client)),
+            "held": reserved, "in_flight": tab.in_flight if tab else 0,
+            "unsettled_charges": tab.pending if tab else 0,
+            "recent": history,
+        }
+
+
+def _verified(batch: list[PendingCharge]) -> list[PendingCharge]:
+    """The charges whose receipt signature verifies (runs in a thread: ed25519 releases the GIL)."""
+    return [c for c in batch if protocol.verify_claim(c.receipt, c.public_key)]

@@ -1,0 +1,52 @@
+"""The market view: per model, who serves it, at what prices, with how much capacity and speed.
+
+Pure: the gateway turns its live sessions into `Listing`s and `summarize` builds
+what `GET /v1/market` and `gpupool market` show.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Listing:
+    model: str
+    task: str
+    provider: str
+    region: str
+    price_in: int  # µcr per 1M input tokens
+    price_out: int  # µcr per 1M output tokens
+    slots: int  # requests it runs at once
+    in_flight: int
+    draining: bool
+    measured_speed: float | None  # decode tokens/s (generation) or items/s (embeddings); None until measured
+
+
+def summarize(listings: list[Listing]) -> list[dict[str, object]]:
+    by_model: dict[str, list[Listing]] = {}
+    for item in listings:
+        by_model.setdefault(item.model, []).append(item)
+    out: list[dict[str, object]] = []
+    for model, items in sorted(by_model.items()):
+        live = [i for i in items if not i.draining]
+        speeds = [i.measured_speed for i in live if i.measured_speed]
+        out.append({
+            "model": model,
+            "task": items[0].task,
+            "providers": len(live),
+            "regions": sorted({i.region for i in live}),
+            "price_in": _range([i.price_in for i in live]),
+            "price_out": _range([i.price_out for i in live]) if items[0].task != "embeddings" else None,
+            "capacity": {"slots": sum(i.slots for i in live), "in_flight": sum(i.in_flight for i in live)},
+            "measured_speed": None if not speeds else {
+                "unit": "items/s" if items[0].task == "embeddings" else "tokens/s",
+                "median": round(statistics.median(speeds), 2), "max": round(max(speeds), 2),
+                "providers_measured": len(speeds)},
+        })
+    return out
+
+
+def _range(values: list[int]) -> dict[str, int] | None:
+    return {"min": min(values), "max": max(values)} if values else None

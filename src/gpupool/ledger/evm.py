@@ -196,6 +196,15 @@ class EvmLedger:
             raise LedgerError(f"not an EVM ledger URL: {url!r} (evm+http://…?contract=0x… or evm+tester://)")
         return cls(chain, address, await chain.w3.eth.chain_id)
 
+    @classmethod
+    async def connect(cls, w3: AsyncWeb3, address: str, private_key: str | None = None,
+                      sender: str | None = None) -> EvmLedger:
+        """Another view of a deployed ledger on an open connection, sending as another account
+        (a provider's settlement key withdrawing its earnings, an authorised checker slashing)."""
+        chain = _Chain(w3, private_key)
+        chain.sender = chain.sender or sender or (await w3.eth.accounts)[0]
+        return cls(chain, address, await w3.eth.chain_id)
+
     async def close(self) -> None:
         await _disconnect(self.w3)
 
@@ -429,7 +438,7 @@ class EvmLedger:
         problems: list[str] = []
         code = bytes(await self.w3.eth.get_code(self.address))
         if code != bytes.fromhex(compiled()["bytecode_runtime"].removeprefix("0x")):
-            problems.append(f"the code at {self.address} is not the gpupool ledger contract")
+            return [f"the code at {self.address} is not the gpupool ledger contract"]  # nothing else can be read
         inside = await self._view("deposited") - await self._view("withdrawn")
         coin = await self.w3.eth.get_balance(self.address)
         if coin != inside:

@@ -1,0 +1,108 @@
+"""Audit sampling: HMAC decisions are deterministic, unpredictable without the secret,
+hit the requested rate, and the adaptive rate follows the documented formula."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpupool.verify import (
+    PASS,
+    AuditRecord,
+    SamplingPolicy,
+    audit_draw,
+    audit_rate,
+    fail,
+    record_served,
+    record_verdict,
+    should_audit,
+)
+
+SECRET = b"gateway-secret-0123456789abcdef"
+
+
+def test_rate_is_met_and_decision_depends_on_secret() -> None:
+    ids = [f"req-{i}" for i in range(20_000)]
+    a = sum(should_audit(SECRET, i, 0.05) for i in ids)
+    # Binomial(20000, 0.05): mean 1000, sd ~31; 5 sd either side.
+    assert 845 < a < 1155
+    other = {i for i in ids if should_audit(b"another-secret", i, 0.05)}
+    mine = {i for i in ids if should_audit(SECRET, i, 0.05)}
+    # Without the secret, a provider's guess overlaps only by chance (~5% of 1000).
+    assert len(mine & other) < 120
+
+
+@given(st.text(min_size=0, max_size=40), st.floats(0, 1), st.floats(0, 1))
+def test_deterministic_and_monotone_in_rate(request_id: str, r1: float, r2: float) -> None:
+    lo, hi = sorted((r1, r2))
+    assert should_audit(SECRET, request_id, lo) == should_audit(SECRET, request_id, lo)
+    if should_audit(SECRET, request_id, lo):
+        assert should_audit(SECRET, request_id, hi)
+    assert should_audit(SECRET, request_id, 1.0)
+    assert not should_audit(SECRET, request_id, 0.0)
+    assert 0.0 <= audit_draw(SECRET, request_id) < 1.0
+
+
+def test_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError):
+        should_audit(b"", "x", 0.5)
+    with pytest.raises(ValueError):
+        should_audit(SECRET, "x", 1.5)
+    with pytest.raises(ValueError):
+        SamplingPolicy(floor=0.0)
+
+
+def test_rate_schedule_matches_formula() -> None:
+    pol = SamplingPolicy()
+    rec = AuditRecord()
+    # Probation: every one of the first 50 requests.
+    for _ in range(49):
+        rec = record_served(rec)
+        assert audit_rate(rec, pol) == 1.0
+    rec = record_served(rec)
+    assert audit_rate(rec, pol) == pol.ramp_rate == 0.25
+    # Track record: passes up to 100 keep the ramp rate, then 25 / c down to the floor.
+    for _ in range(100):
+        rec = record_verdict(rec, PASS)
+    assert audit_rate(rec, pol) == pytest.approx(0.25)
+    for _ in range(100):
+        rec = record_verdict(rec, PASS)
+    assert audit_rate(rec, pol) == pytest.approx(0.125)
+    for _ in range(10_000):
+        rec = record_verdict(rec, PASS)
+    assert audit_rate(rec, pol) == pol.floor == 0.03
+    # One failure: straight back to the ramp rate.
+    rec = record_verdict(rec, fail("token_mismatch"))
+    assert rec.consecutive_passes == 0 and rec.failed == 1
+    assert audit_rate(rec, pol) == 0.25
+
+
+@given(st.integers(0, 10**6), st.integers(0, 10**6))
+def test_rate_never_zero_and_bounded(served: int, passes: int) -> None:
+    rate = audit_rate(AuditRecord(served=served, consecutive_passes=passes))
+    assert 0.03 <= rate <= 1.0
+
+
+@given(st.integers(0, 10**5), st.integers(0, 10**5))
+def test_rate_non_increasing_in_passes(served: int, passes: int) -> None:
+    a = audit_rate(AuditRecord(served=served, consecutive_passes=passes))
+    b = audit_rate(AuditRecord(served=served, consecutive_passes=passes + 1))
+    assert b <= a
+
+
+def test_steady_state_cost_within_budget() -> None:
+    # An honest provider after 5,000 requests, all passes: audit cost is the floor.
+    pol = SamplingPolicy()
+    rec = AuditRecord()
+    audited = 0
+    for i in range(20_000):
+        rec = record_served(rec)
+        if should_audit(SECRET, f"r{i}", audit_rate(rec, pol)):
+            audited += 1
+            rec = record_verdict(rec, PASS)
+        if i == 4_999:
+            audited_at_5k = audited
+    late = (audited - audited_at_5k) / 15_000
+    assert late <= 0.05
+    assert late >= 0.02

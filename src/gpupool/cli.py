@@ -28,7 +28,8 @@ app = typer.Typer(help="gpupool: pool idle GPUs into one OpenAI-compatible infer
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Create, list and revoke client API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-ledger_app = typer.Typer(help="Inspect the SQL ledger.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The ledger: verify, deposit, balance, deploy the EVM contract.",
+                         no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file")]
@@ -227,24 +228,78 @@ def keys_revoke(key_id: int, db: Annotated[Optional[str], typer.Option()] = None
     typer.echo(f"revoked key {key_id}")
 
 
-@ledger_app.command("verify")
-def ledger_verify(db: Annotated[Optional[str], typer.Option(help="the ledger's database URL")] = None) -> None:
-    """Replay the journal: check the hash chain and that balances match it and sum to zero."""
-    from gpupool.ledger import SqlLedger
+LedgerOpt = Annotated[Optional[str], typer.Option("--ledger", help="ledger URL (default: the gateway's "
+                                                  "database): sqlite:///…, postgresql://…, evm+http://…?contract=0x…")]
 
-    async def go() -> list[str]:
-        ledger = await SqlLedger.open(db or config.GatewaySettings().db_url())
+
+def _with_ledger(url: str | None, call: Callable[[Any], Any]) -> Any:
+    from gpupool.ledger import LedgerError, open_ledger
+
+    async def go() -> Any:
+        ledger = await open_ledger(url or config.GatewaySettings().ledger_url())
         try:
-            return await ledger.verify()
+            return await call(ledger)
         finally:
             await ledger.close()
 
-    problems = asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except LedgerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@ledger_app.command("verify")
+def ledger_verify(ledger: LedgerOpt = None) -> None:
+    """Check the ledger: SQL replays the hash-chained journal; EVM checks the contract's code and coin."""
+    problems = _with_ledger(ledger, lambda led: led.verify())
     for problem in problems:
         typer.echo(problem, err=True)
     if problems:
         raise typer.Exit(1)
-    typer.echo("ledger verified: the hash chain is intact and balances match the journal")
+    typer.echo("ledger verified: no money created or lost, history intact")
+
+
+@ledger_app.command("deposit")
+def ledger_deposit(account: str, amount: Annotated[int, typer.Argument(help="µcr (1 credit = 1,000,000)")],
+                   key: Annotated[Optional[str], typer.Option(help="idempotency key (repeat-safe)")] = None,
+                   ledger: LedgerOpt = None) -> None:
+    """Credit a client account (after it paid you): its API keys can then spend it."""
+    import uuid
+
+    from gpupool.gateway.store import account_for
+    from gpupool.ledger import postings
+
+    acct = account_for(account)
+
+    async def go(led: Any) -> int:
+        await led.deposit(key or f"deposit:{uuid.uuid4().hex}", acct, amount)
+        return await led.balance(postings.client(acct))
+
+    typer.echo(f"account {acct!r}: balance {_with_ledger(ledger, go):,} µcr")
+
+
+@ledger_app.command("balance")
+def ledger_balance(account: str, ledger: LedgerOpt = None) -> None:
+    """Show a client account's balance (µcr)."""
+    from gpupool.gateway.store import account_for
+    from gpupool.ledger import postings
+
+    acct = account_for(account)
+    typer.echo(f"{_with_ledger(ledger, lambda led: led.balance(postings.client(acct))):,}")
+
+
+@ledger_app.command("deploy")
+def ledger_deploy(rpc: Annotated[str, typer.Option(help="the chain's JSON-RPC URL")] = "http://127.0.0.1:8545",
+                  private_key: Annotated[Optional[str], typer.Option(
+                      envvar="GPUPOOL_EVM_PRIVATE_KEY", help="deployer key (default: the node's first account)")]
+                  = None) -> None:
+    """Deploy the ledger contract (Vyper, compiled here) and print the --ledger URL gateways use."""
+    from gpupool.ledger.evm import deploy
+
+    address = asyncio.run(deploy(rpc, private_key))
+    typer.echo(f"deployed the gpupool ledger contract at {address}")
+    typer.echo(f"gateways: gpupool gateway --ledger 'evm+{rpc}?contract={address}'")
 
 
 @app.command()

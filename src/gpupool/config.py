@@ -41,7 +41,8 @@ class GatewaySettings:
     max_body_bytes: int = _opt(4 * 1024 * 1024, "largest accepted request body; larger gets 413")
     request_timeout_s: float = _opt(120.0, "default request deadline; clients may lower it "
                                     "with the X-Gpupool-Timeout header")
-    max_attempts: int = _opt(3, "most providers one request may try (failover and hedging)")
+    max_attempts: int = _opt(3, "most providers one request may try (failover and hedging); providers lost "
+                             "mid-request count less, up to twice this")
     hedging: bool = _opt(True, "send a second copy of a slow non-streaming request to another provider")
     hedge_percentile: float = _opt(0.95, "hedge when a provider is slower than this percentile "
                                    "of its expected time")
@@ -63,6 +64,8 @@ class GatewaySettings:
     tab_size: int = _opt(1_000_000, "µcr reserved per client in one ledger write; requests draw on it in memory")
     settle_interval_s: float = _opt(0.2, "how often verified receipts are settled, as one ledger batch")
     tab_idle_s: float = _opt(5.0, "a client's unused reserve goes back after this long without requests")
+    statement_wait_s: float = _opt(10.0, "a receipt its provider has not signed (in a statement) by then is "
+                                   "never paid")
     audit_window_s: float = _opt(3600.0, "provider earnings stay held this long (open to audits and slashing) "
                                  "before they can be withdrawn")
 
@@ -88,6 +91,9 @@ class ProviderSettings:
     key_file: Path = _opt(help="provider identity key", factory=lambda: default_home() / "provider.key")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, time to finish in-flight work before leaving")
     reconnect_max_s: float = _opt(30.0, "longest wait between reconnection attempts")
+    settlement_key_file: Path = _opt(help="secp256k1 key that signs receipts for gateways settling on an EVM "
+                                     "ledger (created when first needed)",
+                                     factory=lambda: default_home() / "settlement.key")
 
 
 S = TypeVar("S")

@@ -13,10 +13,16 @@ Handshake (provider dials out to the gateway, so providers work behind NAT)::
                                   ◀── Welcome(session)       (or close: bad signature)
 
 Then the gateway sends Run / Cancel / Ping and the provider answers with
-Chunk* then Done (carrying a signed Receipt) or Fail, LoadReport, Pong, Drain.
+Chunk* then Done (carrying a Receipt) or Fail, LoadReport, Pong, Drain, and
+every ~50 ms a Statement: one signature over the digests of the receipts it sent
+since the last one.
 
 Claims (Offer, Receipt) are signed by the provider's ed25519 key over their
 canonical msgpack encoding with the signature field emptied; see ``signed_bytes``.
+A receipt is bound to the provider either by its own signature or by a signed
+Statement listing its digest. Statements exist because one ed25519 check costs
+more than routing a request: signing each receipt made both ends pay that per
+request, a statement pays it once per ~50 ms per provider.
 """
 
 from __future__ import annotations
@@ -71,6 +77,18 @@ class Proof(_Msg, tag="proof"):
 class Welcome(_Msg, tag="welcome"):
     session: str
     node_id: str
+    # Set when the gateway settles on an EVM ledger: providers then sign each receipt's
+    # cost with their secp256k1 settlement key too (see ledger/settlement_key.py).
+    contract: str = ""
+    chain_id: int = 0
+
+
+class SettlementAddress(_Msg, tag="settlement_address"):
+    """Provider -> gateway after a Welcome naming a contract: its settlement key, and its consent
+    (`registration`: the key's signature binding it to this provider in that contract)."""
+
+    address: str
+    registration: bytes
 
 
 # ---------------------------------------------------------------- offer
@@ -200,6 +218,8 @@ class Done(_Msg, tag="done"):
     dimensions: int = 0
     # Generation: the full text (streamed chunks concatenate to exactly this).
     text: str = ""
+    # On an EVM ledger: the settlement key's signature over this request's cost (65 bytes).
+    settlement_sig: bytes = b""
 
 
 class Fail(_Msg, tag="fail"):
@@ -214,6 +234,14 @@ class Batch(_Msg, tag="batch"):
     ready together, saving a frame (and its parsing) per token on both sides."""
 
     items: list[Union[Chunk, Done, Fail]]
+
+
+class Statement(_Msg, tag="statement"):
+    """The provider's signature over receipts it sent: `digests` are `receipt_digest`s, in order."""
+
+    seq: int
+    digests: list[bytes]
+    signature: bytes = b""
 
 
 class Drain(_Msg, tag="drain"):
@@ -232,7 +260,7 @@ class Pong(_Msg, tag="pong"):
 
 Message = Union[
     Hello, Challenge, Proof, Welcome, Offer, LoadReport, Run, Cancel, Chunk, Done, Fail,
-    Batch, Drain, Ping, Pong,
+    Batch, Statement, SettlementAddress, Drain, Ping, Pong,
 ]
 
 _encoder = msgspec.msgpack.Encoder()
@@ -275,6 +303,21 @@ def signed_bytes(claim: Offer | Receipt) -> bytes:
 
 def verify_claim(claim: Offer | Receipt, public_key: bytes) -> bool:
     return verify_signature(public_key, claim.signature, signed_bytes(claim))
+
+
+def receipt_digest(receipt: Receipt) -> bytes:
+    """What a Statement lists for a receipt: the hash of its canonical bytes (signature excluded)."""
+    return hashlib.sha256(signed_bytes(receipt)).digest()
+
+
+def statement_bytes(seq: int, digests: list[bytes]) -> bytes:
+    return b"gpupool-statement-v1\x00" + seq.to_bytes(8, "big") + b"".join(digests)
+
+
+def verify_statement(st: Statement, public_key: bytes) -> bool:
+    if any(len(d) != 32 for d in st.digests):
+        return False
+    return verify_signature(public_key, st.signature, statement_bytes(st.seq, st.digests))
 
 
 def payload_hash(payload: Payload) -> bytes:

@@ -29,7 +29,7 @@ from gpupool.ledger import postings as P
 from gpupool.market.pricing import Price, cost, hold_bound, input_token_bound
 from gpupool.protocol import ModelOffer, Run
 from tests.integration.conftest import PG_URL, client_for, pg_available
-from tests.integration.test_bad_peers import events, handshake
+from tests.integration.test_bad_peers import events, expect_close, handshake
 from tests.integration.test_failover import _node_id_of
 
 FAST_SETTLE = ["--settle-interval-s", "0.05", "--tab-idle-s", "0.5", "--fee-bps", "1000"]
@@ -114,6 +114,9 @@ def test_requests_are_charged_from_receipts_at_the_serving_providers_price(netwo
         expected = cost(price_of[provider], usage.prompt_tokens, usage.completion_tokens)
         assert usage.cost_ucr == expected > 0
         charged.append((provider, usage.cost_ucr))
+    wait_settled(network, key)  # the tab is closed now...
+    raw = client.chat.completions.with_raw_response.create(model="echo", messages=[{"role": "user", "content": "x"}])
+    charged.append((raw.headers["x-gpupool-provider"], raw.parse().usage.cost_ucr))  # ...and a new one opened
     account = wait_settled(network, key)
     total = sum(c for _, c in charged)
     assert account["balance"] == 5_000_000 - total
@@ -165,6 +168,28 @@ def test_unaffordable_requests_get_402_and_no_ending_leaks_a_hold(network: Netwo
     assert client.chat.completions.create(model="echo", messages=msgs, max_tokens=5).choices[0].message.content
 
 
+async def answer_one_run(ws: Any, node_id: str, text: str, usage: protocol.Usage,
+                         signer: Identity | None = None) -> protocol.Receipt:
+    """Play a raw provider: answer the next Run with `text` and a receipt with right hashes.
+
+    The receipt is signed by `signer` when given (by anyone: tests forge), else left
+    for a Statement. Pings are answered meanwhile so the gateway keeps routing here.
+    """
+    while True:
+        msg = protocol.decode(await ws.recv())
+        if isinstance(msg, protocol.Ping):
+            await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
+        if isinstance(msg, Run):
+            receipt = protocol.Receipt(
+                request_id=msg.request_id, node_id=node_id, model=msg.model,
+                input_hash=protocol.payload_hash(msg.payload), output_hash=protocol.output_hash(text),
+                usage=usage, finish_reason="stop", issued_at=time.time())
+            if signer is not None:
+                receipt = msgspec.structs.replace(receipt, signature=signer.sign(protocol.signed_bytes(receipt)))
+            await ws.send(protocol.encode(protocol.Done(msg.request_id, receipt, text=text)))
+            return receipt
+
+
 async def test_a_receipt_with_a_bad_signature_is_never_paid(network: Network) -> None:
     """Inline checks are sampled (rate 0 here); the settlement check is not, so a forged receipt costs nothing."""
     network.start_gateway(extra=[*FAST_SETTLE, "--receipt-verify-rate", "0"])
@@ -173,24 +198,8 @@ async def test_a_receipt_with_a_bad_signature_is_never_paid(network: Network) ->
     forger, stranger = Identity.generate(), Identity.generate()
     ws = await handshake(network, forger, [ModelOffer("echo", "generate", "echo", price_in=10**6, price_out=10**6)])
 
-    async def serve_one() -> None:
-        while True:
-            msg = protocol.decode(await ws.recv())
-            if isinstance(msg, protocol.Ping):
-                await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
-            if isinstance(msg, Run):
-                text = "an answer"
-                receipt = protocol.Receipt(
-                    request_id=msg.request_id, node_id=forger.node_id, model=msg.model,
-                    input_hash=protocol.payload_hash(msg.payload), output_hash=protocol.output_hash(text),
-                    usage=protocol.Usage(100, 200), finish_reason="stop", issued_at=time.time())
-                # Hashes right, signature by someone else: only a signature check catches it.
-                receipt = msgspec.structs.replace(receipt, signature=stranger.sign(protocol.signed_bytes(receipt)))
-                await ws.send(protocol.encode(protocol.Chunk(msg.request_id, 0, text)))
-                await ws.send(protocol.encode(protocol.Done(msg.request_id, receipt, text=text)))
-                return
-
-    task = asyncio.create_task(serve_one())
+    # Hashes right, signature by someone else: only a signature check catches it.
+    task = asyncio.create_task(answer_one_run(ws, forger.node_id, "an answer", protocol.Usage(100, 200), stranger))
     out = await asyncio.to_thread(client.chat.completions.create, model="echo",
                                   messages=[{"role": "user", "content": "hi"}], max_tokens=300)
     assert out.usage.cost_ucr == 300  # what the gateway meant to charge...
@@ -320,3 +329,40 @@ def test_two_gateways_settling_into_one_postgres_ledger_keep_the_books(tmp_path:
         for n in nets:
             n.stop(timeout=10)
         asyncio.run(create(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+
+
+async def test_receipts_are_paid_only_once_a_valid_statement_signs_them(network: Network) -> None:
+    """Unsigned receipts wait for the provider's Statement; a forged statement gets the provider thrown out."""
+    network.start_gateway(extra=[*FAST_SETTLE, "--statement-wait-s", "1"])
+    key = new_account(network, "careful", 1_000_000)
+    client = client_for(network, key, timeout=30)
+    ident, stranger = Identity.generate(), Identity.generate()
+    ws = await handshake(network, ident, [ModelOffer("echo", "generate", "echo", price_in=10**6, price_out=10**6)])
+    digests: list[bytes] = []
+
+    async def serve() -> None:
+        digests.append(protocol.receipt_digest(await answer_one_run(ws, ident.node_id, "ok", protocol.Usage(10, 20))))
+
+    def ask() -> int:
+        return client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=50).usage.cost_ucr
+
+    # 1. Signed by a statement: paid.
+    task = asyncio.create_task(serve())
+    assert await asyncio.to_thread(ask) == 30
+    await task
+    signed = protocol.Statement(1, digests[:1], ident.sign(protocol.statement_bytes(1, digests[:1])))
+    await ws.send(protocol.encode(signed))
+    assert (await asyncio.to_thread(wait_settled, network, key))["balance"] == 1_000_000 - 30
+    # 2. A statement signed with someone else's key: disconnected as a bad signature...
+    task = asyncio.create_task(serve())
+    assert await asyncio.to_thread(ask) == 30
+    await task
+    forged = protocol.Statement(2, digests[1:], stranger.sign(protocol.statement_bytes(2, digests[1:])))
+    await ws.send(protocol.encode(forged))
+    assert "statement" in await expect_close(ws, protocol.CLOSE_BAD_SIGNATURE)
+    # ...and that receipt, never validly signed, is dropped unpaid after statement_wait_s, and recorded.
+    assert (await asyncio.to_thread(wait_settled, network, key))["balance"] == 1_000_000 - 30
+    assert any("never signed" in e["detail"] for e in events(network, "bad_receipt"))
+    balances = assert_books_balance(network.db, 1_000_000)
+    assert balances[P.provider_held(ident.node_id)] + balances.get(P.GATEWAY_FEES, 0) == 30

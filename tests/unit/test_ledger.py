@@ -163,6 +163,30 @@ async def test_release_hold_returns_the_unused_rest_of_a_tab(backend: Backend) -
     assert await led.verify() == []
 
 
+async def test_each_gateways_reserve_is_its_own_account(backend: Backend) -> None:
+    """Two gateways (holders) reserve for one client: each charges and returns only its own reserve."""
+    backend.needs("settle_batch")
+    led = backend.ledger
+    await led.deposit("dep-h", "alice", 100_000)
+    await led.hold("tab:g1", "alice", 30_000, holder="gwone")
+    await led.hold("tab:g2", "alice", 20_000, holder="gwtwo")
+    assert await led.balance(P.client_hold("alice", "gwone")) == 30_000
+    assert await led.balance(P.client_hold("alice", "gwtwo")) == 20_000
+    assert await led.balance(P.client_hold("alice")) == 0
+    big = await backend.charge("h1", "alice", "gpa", 25_000)
+    # gwtwo's reserve (20,000) cannot cover it even though gwone's could.
+    assert set((await led.settle_batch("b-g2", [big], fee_bps=0, holder="gwtwo")).rejected) == {"h1"}
+    assert (await led.settle_batch("b-g1", [big], fee_bps=0, holder="gwone")).paid == ["h1"]
+    await led.release_hold("untab:g1", "alice", 5_000, holder="gwone")
+    with pytest.raises(InsufficientFunds):
+        await led.release_hold("untab:g2", "alice", 20_001, holder="gwtwo")
+    await led.release_hold("untab:g2b", "alice", 20_000, holder="gwtwo")
+    assert await led.balance(P.client("alice")) == 100_000 - 25_000
+    assert await led.balance(P.client_hold("alice", "gwone")) == 0
+    assert await led.balance(P.provider_held("gpa")) == 25_000
+    assert await led.verify() == []
+
+
 async def test_release_due_makes_only_old_batches_withdrawable(backend: Backend) -> None:
     backend.needs("release_due")
     led = backend.ledger

@@ -42,7 +42,7 @@ from gpupool.ledger import Ledger, LedgerError
 from gpupool.ledger import postings
 from gpupool.market import pricing
 from gpupool.market.summary import Listing, summarize
-from gpupool.protocol import Done, Payload
+from gpupool.protocol import Done, Payload, SettlementAddress
 
 log = logging.getLogger("gpupool.gateway")
 
@@ -122,17 +122,35 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     billing = Billing(ledger, holder=identity.node_id, fee_bps=settings.fee_bps, tab_size=settings.tab_size,
                       flush_interval_s=settings.settle_interval_s, tab_idle_s=settings.tab_idle_s,
-                      audit_window_s=settings.audit_window_s, on_bad_receipt=bad_receipt)
+                      audit_window_s=settings.audit_window_s, statement_wait_s=settings.statement_wait_s,
+                      on_bad_receipt=bad_receipt)
+    hub.on_statement = billing.statement
+    if isinstance(getattr(ledger, "address", None), str):  # an EVM ledger: providers sign costs for the chain
+        hub.settlement = (ledger.address, ledger.chain_id)  # type: ignore[attr-defined]
+        hub.on_settlement_address = lambda node_id, msg: _spawn(register_settlement_key(node_id, msg))
+
+    async def register_settlement_key(node_id: str, msg: SettlementAddress) -> None:
+        registered = await ledger.settlement_address(node_id)  # type: ignore[attr-defined]
+        if registered is None:
+            await ledger.register_provider(node_id, msg.address, msg.registration)  # type: ignore[attr-defined]
+            log.info("registered settlement key %s for provider %s", msg.address, node_id[:12])
+        elif registered.lower() != msg.address.lower():
+            # Registration is set once: receipts signed with another key would never be paid.
+            store.record_event(node_id, "settlement_key_mismatch",
+                               f"announced {msg.address}, contract has {registered}: its receipts will not be paid")
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         store.start_writer()
-        await billing.start()
+        await billing.start([k["account"] for k in await store.list_keys()])
         try:
             yield
         finally:
+            try:
+                await billing.close()  # first: providers are still connected to sign the last receipts
+            except Exception:  # noqa: BLE001 - the ledger unreachable: a restart returns the reserves
+                log.exception("billing could not settle and close its tabs at shutdown")
             await hub.close_all()
-            await billing.close()
             await store.close()
             await ledger.close()
 
@@ -199,7 +217,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     def charge(hold: Hold, rid: str, model: str, session: ProviderSession, done: Done) -> int:
         u = done.receipt.usage
         cost = pricing.charge_for(_price(session, model), u.prompt_tokens, u.completion_tokens, hold.amount)
-        return hold.charge(rid, session.node_id, cost, done.receipt, session.public_key)
+        return hold.charge(rid, session.node_id, cost, done.receipt, session.public_key, done.settlement_sig)
 
     # ---------------------------------------------------------------- routes
 
@@ -498,6 +516,18 @@ def _log(store: Store, rid: str, key: ApiKey, model: str, provider: str, status:
     store.record_request(request_id=rid, at=time.time(), key_id=key.id, account=key.account, model=model,
                          provider=provider, status=status, attempts=attempts, prompt_tokens=prompt,
                          completion_tokens=completion, latency_ms=(time.monotonic() - started) * 1000, cost=cost)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Awaitable[None]) -> None:
+    """Run `coro` in the background, keeping a reference so it is not collected mid-way."""
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception() is None
+                           or log.error("background task failed", exc_info=t.exception()))
 
 
 class _EventStream(StreamingResponse):

@@ -8,9 +8,11 @@ client's balance cannot cover it); when it ends it is either charged from its
 provider-signed receipt (`Hold.charge`) or released (`Hold.release`, also what
 leaving the `async with` without a charge does), so holds never leak.
 
-Charges wait a fraction of a second in a queue; the flusher verifies every
-receipt's signature (off the event loop: a request is never paid without a valid
-one) and settles them in one ledger write. Tabs idle for a while are closed and
+Charges wait a fraction of a second in a queue; the flusher settles, in one
+ledger write, those whose receipt the provider has signed: listed in a Statement
+the hub verified (one signature per ~50 ms per provider), or carrying a valid
+signature of its own (checked off the event loop). A receipt still unsigned after
+`statement_wait_s` is never paid, so a request is never charged without one. Tabs idle for a while are closed and
 their unused rest goes back to the client. If the gateway dies, a restart finds
 its reserve accounts and returns them; charges not yet flushed are lost to the
 provider, never taken from the client twice or created.
@@ -42,7 +44,6 @@ class Tab:
     pending: int = 0  # charged in memory, waiting for the next batch
     in_flight: int = 0
     last_used: float = 0.0
-    top_ups: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -58,6 +59,9 @@ class PendingCharge:
     cost: int
     receipt: Receipt
     public_key: bytes
+    digest: bytes  # what the provider's Statement lists for this receipt
+    queued_at: float
+    settlement_sig: bytes = b""  # on an EVM ledger: the provider's signature over the cost
 
 
 class Hold:
@@ -75,7 +79,8 @@ class Hold:
     async def __aexit__(self, *_exc: object) -> None:
         self.release()
 
-    def charge(self, request_id: str, provider: str, cost: int, receipt: Receipt, public_key: bytes) -> int:
+    def charge(self, request_id: str, provider: str, cost: int, receipt: Receipt, public_key: bytes,
+               settlement_sig: bytes = b"") -> int:
         """Charge `cost` (capped by the hold) for a served request; returns what was charged."""
         if self.charged is not None:
             return self.charged
@@ -86,7 +91,8 @@ class Hold:
             if self.charged > 0:
                 tab.pending += self.charged
                 self._billing.queue.append(PendingCharge(request_id, tab.client, provider, self.charged,
-                                                         receipt, public_key))
+                                                         receipt, public_key, protocol.receipt_digest(receipt),
+                                                         time.monotonic(), settlement_sig))
         return self.charged
 
     def release(self) -> None:
@@ -104,7 +110,7 @@ class Hold:
 
 class Billing:
     def __init__(self, ledger: Ledger, holder: str, fee_bps: int, tab_size: int, flush_interval_s: float,
-                 tab_idle_s: float, audit_window_s: float,
+                 tab_idle_s: float, audit_window_s: float, statement_wait_s: float = 10.0,
                  on_bad_receipt: Callable[[str, str], None] = lambda node, why: None):
         self.ledger = ledger
         self.holder = holder  # this gateway's node id: names its reserve accounts
@@ -113,11 +119,15 @@ class Billing:
         self.flush_interval_s = flush_interval_s
         self.tab_idle_s = tab_idle_s
         self.audit_window_s = audit_window_s
+        self.statement_wait_s = statement_wait_s
+        self.max_batch = int(getattr(ledger, "MAX_BATCH", 0) or 10_000)
         self.on_bad_receipt = on_bad_receipt
+        self.signed: dict[bytes, float] = {}  # receipt digest -> when a verified Statement listed it
         self.tabs: dict[str, Tab] = {}
         self.queue: list[PendingCharge] = []
         self._boot = uuid.uuid4().hex[:8]  # keys from this run never collide with an earlier run's
         self._seq = 0
+        self._ops = 0
         self._unsent: tuple[str, list[PendingCharge]] | None = None  # a batch whose write failed: retried as is
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -126,8 +136,9 @@ class Billing:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        await self._return_stale_reserves()
+    async def start(self, accounts: list[str]) -> None:
+        """`accounts`: every client account this gateway may have reserved for (its keys' accounts)."""
+        await self._return_stale_reserves(accounts)
         self._task = asyncio.create_task(self._loop(), name="billing")
 
     async def close(self) -> None:
@@ -135,15 +146,18 @@ class Billing:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self.flush()
+        if self.queue:  # receipts whose statement is due any moment (providers sign every ~50 ms)
+            await asyncio.sleep(0.2)
+            await self.flush()
         for tab in list(self.tabs.values()):
             await self._close_tab(tab)
 
-    async def _return_stale_reserves(self) -> None:
+    async def _return_stale_reserves(self, accounts: list[str]) -> None:
         """Funds an earlier run of this gateway reserved and never returned (it was killed)."""
-        suffix = f":hold-{self.holder}"
-        for name, amount in (await self.ledger.balances()).items():
-            if name.startswith("client:") and name.endswith(suffix) and amount > 0:
-                client = name[len("client:"):-len(suffix)]
+        for client in sorted(set(accounts)):
+            # Asked per account: an EVM ledger stores hashed names and cannot list them.
+            amount = await self.ledger.balance(P.client_hold(client, self.holder))
+            if amount > 0:
                 await self.ledger.release_hold(f"reclaim:{self.holder}:{self._boot}:{client}", client, amount,
                                                self.holder)
                 log.info("returned %d µcr an earlier run reserved for %s", amount, client)
@@ -160,6 +174,11 @@ class Billing:
                     await self.ledger.release_due(now, self.audit_window_s)
             except Exception:  # noqa: BLE001 - the ledger may be briefly unreachable; retry next tick
                 log.exception("billing flush failed; will retry")
+
+    def _key(self, kind: str, client: str) -> str:
+        """A fresh idempotency key: a key reused with other content would be refused (or, same content, ignored)."""
+        self._ops += 1
+        return f"{kind}:{self.holder}:{self._boot}:{client}:{self._ops}"
 
     # ------------------------------------------------------------ per request
 
@@ -182,9 +201,8 @@ class Billing:
     async def _top_up(self, tab: Tab, needed: int) -> None:
         # A whole tab when the balance allows (one write serves many requests), else just what is needed.
         for amount in dict.fromkeys((max(needed, self.tab_size), needed)):
-            tab.top_ups += 1
             try:
-                await self.ledger.hold(f"tab:{self.holder}:{self._boot}:{tab.client}:{tab.top_ups}",
+                await self.ledger.hold(self._key("tab", tab.client),
                                        tab.client, amount, self.holder)
             except InsufficientFunds:
                 continue
@@ -197,26 +215,67 @@ class Billing:
 
     # ------------------------------------------------------------ batches
 
+    def statement(self, node_id: str, digests: list[bytes]) -> None:
+        """The hub verified a provider's Statement: these receipts are signed."""
+        now = time.monotonic()
+        for d in digests:
+            self.signed[d] = now
+
+    def _signed_charges(self) -> tuple[list[PendingCharge], list[PendingCharge]]:
+        """Split the queue into charges whose receipt is signed by a Statement, and the rest."""
+        now = time.monotonic()
+        covered, rest = [], []
+        for item in self.queue:
+            (covered if self.signed.pop(item.digest, None) is not None else rest).append(item)
+        self.queue = []
+        waiting: list[PendingCharge] = []
+        self_signed: list[PendingCharge] = []
+        for item in rest:
+            if item.receipt.signature:
+                self_signed.append(item)
+            elif now - item.queued_at < self.statement_wait_s:
+                waiting.append(item)  # its Statement is probably on the way
+            else:
+                self._refuse(item, "receipt never signed by a statement (not charged)")
+        self.queue = waiting + self.queue  # (the queue may have grown meanwhile: none of this awaits)
+        stale = now - max(60.0, 2 * self.statement_wait_s)
+        for d in [d for d, at in self.signed.items() if at < stale]:
+            del self.signed[d]  # receipts whose request was never charged here (e.g. free models)
+        return covered, self_signed
+
+    def _refuse(self, item: PendingCharge, why: str) -> None:
+        self.stats["bad_receipts"] += 1
+        self.tabs[item.client].pending -= item.cost
+        self.on_bad_receipt(item.provider, why)
+
     async def flush(self) -> None:
-        """Verify queued receipts and settle them in one ledger write."""
+        """Settle the queued charges whose receipts are signed, in one ledger write."""
         async with self._flush_lock:
             if self._unsent is None:
                 if not self.queue:
                     return
-                batch, self.queue = self.queue, []
-                good = await asyncio.to_thread(_verified, batch)
-                kept = {id(item) for item in good}
-                for item in batch:
-                    if id(item) not in kept:
-                        self.stats["bad_receipts"] += 1
-                        self.tabs[item.client].pending -= item.cost
-                        self.on_bad_receipt(item.provider, "receipt signature does not verify (not charged)")
+                good, self_signed = self._signed_charges()
+                if self_signed:
+                    verified = await asyncio.to_thread(_verified, self_signed)
+                    kept = {id(item) for item in verified}
+                    for item in self_signed:
+                        if id(item) not in kept:
+                            self._refuse(item, "receipt signature does not verify (not charged)")
+                    good += verified
+                if not good:
+                    return
+                if len(good) > self.max_batch:  # e.g. the contract's bound: the rest goes next tick
+                    good, overflow = good[:self.max_batch], good[self.max_batch:]
+                    now = time.monotonic()
+                    for item in overflow:
+                        self.signed[item.digest] = now  # checked already: still covered next tick
+                    self.queue = overflow + self.queue
                 self._seq += 1
                 self._unsent = (f"batch:{self.holder}:{self._boot}:{self._seq}", good)
             key, items = self._unsent
             if items:
-                charges = [Charge(i.request_id, i.client, i.provider, i.cost, protocol.encode(i.receipt))
-                           for i in items]
+                charges = [Charge(i.request_id, i.client, i.provider, i.cost, protocol.encode(i.receipt),
+                                  i.settlement_sig) for i in items]
                 result = await self.ledger.settle_batch(key, charges, self.fee_bps, self.holder)
                 paid = set(result.paid)
                 for item in items:
@@ -242,7 +301,7 @@ class Billing:
         async with tab.lock:
             rest = tab.reserved - tab.committed - tab.pending
             if rest > 0:
-                await self.ledger.release_hold(f"untab:{self.holder}:{self._boot}:{tab.client}:{tab.top_ups}",
+                await self.ledger.release_hold(self._key("untab", tab.client),
                                                tab.client, rest, self.holder)
                 tab.reserved -= rest
             if tab.reserved == 0 and tab.in_flight == 0 and self.tabs.get(tab.client) is tab:
@@ -264,5 +323,5 @@ class Billing:
 
 
 def _verified(batch: list[PendingCharge]) -> list[PendingCharge]:
-    """The charges whose receipt signature verifies (runs in a thread: ed25519 releases the GIL)."""
+    """The charges whose receipt carries a valid signature of its own (runs in a thread)."""
     return [c for c in batch if protocol.verify_claim(c.receipt, c.public_key)]

@@ -63,7 +63,12 @@ class Tries:
 
     tried: set[str] = field(default_factory=set)
     over_capacity: int = 0
+    lost: int = 0  # providers that vanished mid-request: the request was not at fault, so they count less
     failures: list[str] = field(default_factory=list)
+
+    def exhausted(self, max_attempts: int) -> bool:
+        """No more tries: `max_attempts` real failures, or twice that when providers keep vanishing."""
+        return len(self.tried) - self.lost >= max_attempts or len(self.tried) >= 2 * max_attempts
 
     def error(self, model: str, why_not_others: str = "") -> errors.GpupoolError:
         if self.failures and self.over_capacity == len(self.failures):
@@ -89,7 +94,7 @@ class Dispatcher:
 
     def choose(self, request_id: str, model: str, payload: Payload, tries: Tries, route: RouteOptions,
                stream: bool) -> ProviderSession:
-        if len(tries.tried) >= self.settings.max_attempts:
+        if tries.exhausted(self.settings.max_attempts):
             raise tries.error(model)
         session = self.hub.router.choose(request_id, model, payload, time.monotonic(), self.rng, route, tries,
                                          stream)
@@ -136,6 +141,7 @@ class Dispatcher:
                       model: str) -> None:
         if isinstance(event, ProviderLost):
             tries.failures.append(f"provider lost: {event.reason}")
+            tries.lost += 1
             self.hub.router.on_failure(session, request_id, event.reason)
             return
         assert isinstance(event, Fail)
@@ -394,10 +400,10 @@ def receipt_problem(session: ProviderSession, request_id: str, model: str, paylo
                     text: str, check_signature: bool = True) -> str | None:
     """Why this answer cannot be accepted, or None if its receipt binds it to our request.
 
-    The hashes are always checked (cheap). The ed25519 signature costs ~150 µs, more
-    than the rest of a request; the connection itself was authenticated at the
-    handshake, so inline we check a sample (`receipt_verify_rate`). The signature
-    matters when the receipt is used as evidence, and there it is always verified.
+    The hashes are always checked (cheap). Receipts normally come unsigned and are
+    signed in bulk by the provider's next Statement, which billing waits for
+    before charging; a receipt that carries its own signature has a sample of
+    those checked inline (`receipt_verify_rate`) and all of them before charging.
     """
     r = done.receipt
     if r.request_id != request_id or done.request_id != request_id:
@@ -417,7 +423,7 @@ def receipt_problem(session: ProviderSession, request_id: str, model: str, paylo
         output = text.encode()
     if r.output_hash != protocol.output_hash(output):
         return "receipt output hash does not match the output"
-    if check_signature and not protocol.verify_claim(r, session.public_key):
+    if check_signature and r.signature and not protocol.verify_claim(r, session.public_key):
         return "receipt signature does not verify"
     return None
 

@@ -14,6 +14,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -35,6 +36,8 @@ from gpupool.protocol import (
     Offer,
     Ping,
     Pong,
+    SettlementAddress,
+    Statement,
     Proof,
     Welcome,
 )
@@ -106,6 +109,11 @@ class Hub:
         self.known_models: dict[str, ModelOffer] = {}
         self._ping_nonce = itertools.count()
         self.router = LiveRouter(self, settings)
+        # Called with (node id, receipt digests) for each verified Statement; billing listens.
+        self.on_statement: Callable[[str, list[bytes]], None] = lambda node_id, digests: None
+        # On an EVM ledger: (contract, chain id) announced in Welcome, and who registers settlement keys.
+        self.settlement: tuple[str, int] | None = None
+        self.on_settlement_address: Callable[[str, SettlementAddress], None] = lambda node_id, msg: None
 
     # ------------------------------------------------------------ queries
 
@@ -201,7 +209,8 @@ class Hub:
             await self._close(old.ws, protocol.CLOSE_DUPLICATE, "replaced by a newer connection")
         self.sessions[node_id] = session
         self.known_models.update(session.models)
-        await ws.send_bytes(protocol.encode(Welcome(secrets.token_hex(8), node_id)))
+        contract, chain_id = self.settlement or ("", 0)
+        await ws.send_bytes(protocol.encode(Welcome(secrets.token_hex(8), node_id, contract, chain_id)))
         await self.store.upsert_provider(node_id, hello.public_key, offer.region, list(session.models))
         log.info("provider %s connected from %s: %s in %s", node_id[:12], peer,
                  ", ".join(session.models), offer.region)
@@ -228,6 +237,13 @@ class Hub:
                 elif isinstance(msg, Batch):
                     for item in msg.items:
                         self._deliver(session, item)
+                elif isinstance(msg, Statement):
+                    if not protocol.verify_statement(msg, session.public_key):
+                        raise PeerViolation("bad_signature", "receipt statement signature does not verify",
+                                            protocol.CLOSE_BAD_SIGNATURE)
+                    self.on_statement(session.node_id, msg.digests)
+                elif isinstance(msg, SettlementAddress):
+                    self.on_settlement_address(session.node_id, msg)
                 elif isinstance(msg, Pong):
                     sample = time.monotonic() - msg.sent_at
                     if 0 <= sample < 60:

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from gpupool.db import normalize_url
+from gpupool.db import add_missing_columns, normalize_url
 
 log = logging.getLogger("gpupool.gateway.store")
 
@@ -51,7 +51,8 @@ class ApiKeyRow(Base):
     name: Mapped[str] = mapped_column(String(200))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     hint: Mapped[str] = mapped_column(String(16))  # first characters, for humans listing keys
-    account: Mapped[str] = mapped_column(String(64), default="")  # the ledger account the key spends from
+    # The ledger account the key spends from (server defaults: added to older databases in place).
+    account: Mapped[str] = mapped_column(String(64), default="", server_default="default")
     created_at: Mapped[float] = mapped_column(Float)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
@@ -82,7 +83,7 @@ class RequestRow(Base):
     request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     at: Mapped[float] = mapped_column(Float, index=True)
     key_id: Mapped[int] = mapped_column(Integer, index=True)
-    account: Mapped[str] = mapped_column(String(64), index=True, default="")
+    account: Mapped[str] = mapped_column(String(64), index=True, default="", server_default="")
     model: Mapped[str] = mapped_column(String(200))
     provider: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32))
@@ -90,7 +91,7 @@ class RequestRow(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
-    cost: Mapped[int] = mapped_column(BigInteger, default=0)  # µcr charged
+    cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # µcr charged
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class Store:
         engine = create_async_engine(normalize_url(url), pool_pre_ping=True)
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(add_missing_columns, Base.metadata)
         return cls(engine)
 
     def start_writer(self) -> None:

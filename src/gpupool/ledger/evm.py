@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from eth_account import Account
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
 from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.logs import DISCARD
 from web3.providers.eth_tester import AsyncEthereumTesterProvider
@@ -167,6 +167,8 @@ async def deploy(rpc_url: str, private_key: str | None = None, min_delay: int = 
 class EvmLedger:
     """`Ledger` on an EVM chain. Build it with `open`; all amounts are µcr (= wei)."""
 
+    MAX_BATCH = MAX_BATCH  # callers (the gateway's billing) size their batches by it
+
     def __init__(self, chain: _Chain, address: str, chain_id: int):
         self.chain = chain
         self.w3 = chain.w3
@@ -275,14 +277,22 @@ class EvmLedger:
         await self._send("withdraw", id_key(key), code, ident_key, amount)
         return self._touch(entry)
 
-    async def hold(self, key: str, client_id: str, amount: int) -> Entry:
-        entry = P.hold_entry(key, client_id, amount)
-        await self._send("hold", id_key(entry.key), self._k(client_id), amount)
+    def _holder(self, holder: str) -> bytes:
+        return self._k(holder) if holder else b"\0" * 32
+
+    def _hold_account(self, client_id: str, holder: str) -> bytes:
+        """The contract's key for `client_hold(client_id, holder)` (see `_hold_account` in Ledger.vy)."""
+        client = self._k(client_id)
+        return client if not holder else Web3.keccak(client + self._k(holder))
+
+    async def hold(self, key: str, client_id: str, amount: int, holder: str = "") -> Entry:
+        entry = P.hold_entry(key, client_id, amount, holder)
+        await self._send("hold", id_key(entry.key), self._k(client_id), self._holder(holder), amount)
         return self._touch(entry)
 
-    async def release_hold(self, key: str, client_id: str, amount: int) -> Entry:
-        entry = P.release_hold_entry(key, client_id, amount)
-        await self._send("release_hold", id_key(key), self._k(client_id), amount)
+    async def release_hold(self, key: str, client_id: str, amount: int, holder: str = "") -> Entry:
+        entry = P.release_hold_entry(key, client_id, amount, holder)
+        await self._send("release_hold", id_key(key), self._k(client_id), self._holder(holder), amount)
         return self._touch(entry)
 
     async def _hold_of(self, request_id: str) -> tuple[str, int]:
@@ -304,7 +314,7 @@ class EvmLedger:
         await self._send("cancel_hold", id_key(entry.key), id_key(f"hold:{request_id}"))
         return self._touch(entry)
 
-    async def settle_batch(self, key: str, charges: list[Charge], fee_bps: int) -> BatchResult:
+    async def settle_batch(self, key: str, charges: list[Charge], fee_bps: int, holder: str = "") -> BatchResult:
         """One transaction for the batch; the contract checks each charge's signature (see settlement_key)."""
         if len(charges) > MAX_BATCH:
             raise LedgerError(f"a batch settles at most {MAX_BATCH} receipts on chain (got {len(charges)})")
@@ -316,7 +326,8 @@ class EvmLedger:
             # A missing or malformed signature still goes on chain (as zeros) so the
             # batch's content, and so its idempotency digest, does not depend on it.
             v, r, s = split_signature(c.signature) if len(c.signature) == 65 else (0, b"\0" * 32, b"\0" * 32)
-            receipts.append((self._k(c.request_id), self._k(c.client), self._k(c.provider), c.cost, v, r, s))
+            receipts.append((self._k(c.request_id), self._hold_account(c.client, holder), self._k(c.provider),
+                             c.cost, v, r, s))
         tx = await self._send("settle_batch", id_key(key), fee_bps, receipts)
         batch = self._events(tx, "Batch")
         if not batch:  # a replay: report what the first submission did
@@ -332,7 +343,7 @@ class EvmLedger:
                 result.paid.append(c.request_id)
                 paid.append((c.request_id, c.client, c.provider, c.cost))
         if paid:
-            result.entry = P.settle_batch_entry(key, paid, fee_bps)
+            result.entry = P.settle_batch_entry(key, paid, fee_bps, holder)
             if batch:
                 self._touch(result.entry)
         return result
@@ -407,6 +418,8 @@ class EvmLedger:
         if acct == P.SLASHED:
             return await self._view("slashed")
         kind, ident, sub = _parse_account(acct)
+        if kind == "client" and sub.startswith("hold-"):  # a gateway's reserve for the client
+            return await self._view("client_hold", self._hold_account(ident, sub[len("hold-"):]))
         getter = {("client", ""): "client_free", ("client", "hold"): "client_hold",
                   ("provider", ""): "provider_free", ("provider", "held"): "provider_held",
                   ("stake", ""): "staked", ("stake", "unbonding"): "unbonding",

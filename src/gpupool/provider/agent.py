@@ -25,7 +25,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from gpupool import __version__, protocol
 from gpupool.config import ProviderSettings
 from gpupool.identity import Identity
-from gpupool.market.pricing import Price
+from gpupool.market.pricing import Price, cost
+from gpupool.provider.settlement import Settlement
 from gpupool.protocol import (
     ModelOffer,
     Batch,
@@ -44,6 +45,7 @@ from gpupool.protocol import (
     Proof,
     Receipt,
     Run,
+    Statement,
     Usage,
     Welcome,
 )
@@ -53,6 +55,8 @@ from gpupool.provider.backends.base import GenDone, TextDelta
 from gpupool.provider.hardware import probe
 
 log = logging.getLogger("gpupool.provider")
+# How often receipts sent meanwhile are signed, together, in one Statement.
+STATEMENT_INTERVAL_S = 0.05
 
 
 class ProviderAgent:
@@ -145,6 +149,9 @@ class GatewayLink:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._outbox: list[Chunk | Done | Fail] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._unstated: list[bytes] = []  # digests of receipts sent but not yet covered by a Statement
+        self._settlement: Settlement | None = None  # set when this gateway settles on chain
+        self._statements = 0
 
     async def run(self) -> None:
         backoff = 0.25
@@ -162,7 +169,11 @@ class GatewayLink:
                     self._ws = ws
                     await self._handshake(ws)
                     log.info("connected to %s", self.url)
-                    await self._serve(ws)
+                    stating = asyncio.create_task(self._statement_loop())
+                    try:
+                        await self._serve(ws)
+                    finally:
+                        stating.cancel()
             except asyncio.CancelledError:
                 raise
             except websockets.ConnectionClosed as exc:
@@ -175,6 +186,7 @@ class GatewayLink:
             finally:
                 self._ws = None
                 self._outbox.clear()  # answers for a dead connection: the gateway moved that work
+                self._unstated.clear()
                 for task in self._tasks.values():
                     task.cancel()
                 self._tasks.clear()
@@ -198,6 +210,10 @@ class GatewayLink:
         msg = protocol.decode(await asyncio.wait_for(ws.recv(), 15))
         if not isinstance(msg, Welcome):
             raise protocol.ProtocolError(f"expected welcome, got {type(msg).__name__}")
+        self._settlement = None
+        if msg.contract:
+            self._settlement = Settlement.open(self.agent.settings.settlement_key_file, msg.contract, msg.chain_id)
+            await ws.send(protocol.encode(self._settlement.announce(ident.node_id)))
         if self.agent.draining:
             await self.send_drain()
 
@@ -220,12 +236,28 @@ class GatewayLink:
         await asyncio.sleep(0)  # one loop turn: let other requests' ready messages join
         while self._outbox:
             items, self._outbox = self._outbox, []
+            self._unstated += [protocol.receipt_digest(m.receipt) for m in items if isinstance(m, Done)]
             await self._send(items[0] if len(items) == 1 else Batch(items))
 
+    async def _state(self) -> None:
+        """Sign the receipts sent since the last statement: the gateway pays only for signed ones."""
+        if not self._unstated:
+            return
+        digests, self._unstated = self._unstated, []
+        self._statements += 1
+        sig = self.agent.identity.sign(protocol.statement_bytes(self._statements, digests))
+        await self._send(Statement(self._statements, digests, sig))
+
+    async def _statement_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATEMENT_INTERVAL_S)
+            await self._state()
+
     async def flushed(self) -> None:
-        """Wait until queued answer messages have been written."""
+        """Wait until queued answer messages, and the statement covering them, have been written."""
         while self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)
+        await self._state()
 
     async def send_drain(self) -> None:
         await self._send(Drain(reason="provider is shutting down"))
@@ -307,5 +339,9 @@ class GatewayLink:
             finish_reason=finish,
             issued_at=time.time(),
         )
-        receipt = msgspec.structs.replace(receipt, signature=ident.sign(protocol.signed_bytes(receipt)))
+        # Unsigned here: the next Statement signs it together with every other receipt sent meanwhile.
+        if self._settlement is not None:
+            price = self.agent.prices.get(run.model, Price())
+            result["settlement_sig"] = self._settlement.sign(run.request_id, cost(price, usage.prompt_tokens,
+                                                                                     usage.completion_tokens))
         return Done(request_id=run.request_id, receipt=receipt, **result)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ FEES: constant(uint8) = 3
 
 struct Receipt:
     request: bytes32   # keccak256(request id)
-    client: bytes32
+    client: bytes32    # the hold account charged: the client's, or its reserve at one gateway
     provider: bytes32
     cost: uint256
     v: uint8           # the provider's secp256k1 signature over receipt_digest(...)
@@ -206,26 +206,38 @@ def withdraw(key: bytes32, kind: uint8, ident: bytes32, amount: uint256):
     send(to, amount)
 
 
+@internal
+@pure
+def _hold_account(client: bytes32, holder: bytes32) -> bytes32:
+    # Each gateway (holder) reserves into an account of its own, so a restarted gateway
+    # can return exactly what it had reserved; no holder is the client's plain hold.
+    if holder == empty(bytes32):
+        return client
+    return keccak256(concat(client, holder))
+
+
 @external
-def hold(key: bytes32, client: bytes32, amount: uint256):
+def hold(key: bytes32, client: bytes32, holder: bytes32, amount: uint256):
     self._only_owner()
     assert amount > 0, "hold must be positive"
-    if not self._first(key, keccak256(abi_encode(keccak256("hold"), client, amount))):
+    if not self._first(key, keccak256(abi_encode(keccak256("hold"), client, holder, amount))):
         return
     assert self.client_free[client] >= amount, "insufficient funds: client"
+    held: bytes32 = self._hold_account(client, holder)
     self.client_free[client] -= amount
-    self.client_hold[client] += amount
+    self.client_hold[held] += amount
     self.holds[key] = Hold(client=client, amount=amount)
 
 
 @external
-def release_hold(key: bytes32, client: bytes32, amount: uint256):
+def release_hold(key: bytes32, client: bytes32, holder: bytes32, amount: uint256):
     self._only_owner()
     assert amount > 0, "release must be positive"
-    if not self._first(key, keccak256(abi_encode(keccak256("release_hold"), client, amount))):
+    if not self._first(key, keccak256(abi_encode(keccak256("release_hold"), client, holder, amount))):
         return
-    assert self.client_hold[client] >= amount, "insufficient funds: client hold"
-    self.client_hold[client] -= amount
+    held: bytes32 = self._hold_account(client, holder)
+    assert self.client_hold[held] >= amount, "insufficient funds: client hold"
+    self.client_hold[held] -= amount
     self.client_free[client] += amount
 
 

@@ -1,0 +1,73 @@
+"""Pay per use settled on chain: a real Anvil node, the contract deployed with the CLI, a gateway
+settling through `--ledger evm+http://…`, and a provider that signs its costs with a settlement key."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from gpupool.devnet import Network
+from gpupool.ledger import fee_of
+from gpupool.ledger import postings as P
+from gpupool.ledger.settlement_key import SettlementKey
+from tests.integration.conftest import client_for
+from tests.integration.test_billing import (
+    CHEAP,
+    FAST_SETTLE,
+    new_account,
+    price_args,
+    wait_settled,
+)
+from tests.integration.test_failover import _node_id_of
+from tests.unit.ledger_backends import anvil_url  # noqa: F401 - the Anvil fixture
+
+
+def gpupool(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "gpupool", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_requests_settle_on_chain_in_batches_signed_by_the_provider(network: Network, anvil_url: str,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    deployed = gpupool("ledger", "deploy", "--rpc", anvil_url)
+    ledger_url = re.search(r"--ledger '([^']+)'", deployed).group(1)  # type: ignore[union-attr]
+    network.start_gateway(extra=[*FAST_SETTLE, "--ledger", ledger_url])
+    settlement_key = tmp_path / "settlement.key"
+    proc = network.start_provider(["echo=echo:chat"], extra=[*price_args(CHEAP),
+                                                             "--settlement-key-file", str(settlement_key)])
+    network.wait_for_models({"echo": 1}, timeout=60)
+    provider = _node_id_of(network, proc)
+    key = new_account(network, "onchain", 2_000_000)  # deposited into the contract's escrow
+    client = client_for(network, key)
+    with cf.ThreadPoolExecutor(6) as pool:  # concurrent, so several land in one settlement batch
+        costs = list(pool.map(lambda i: client.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": f"hi {i} " * i}]).usage.cost_ucr, range(1, 13)))
+    assert all(c > 0 for c in costs)
+    account = wait_settled(network, key)
+    assert account["balance"] == 2_000_000 - sum(costs)
+
+    async def read() -> tuple[dict[str, int], list[str], str | None, int]:
+        from gpupool.ledger.evm import EvmLedger
+
+        led = await EvmLedger.open(ledger_url)
+        try:
+            names = [P.client("onchain"), P.provider_held(provider), P.GATEWAY_FEES]
+            balances = {n: await led.balance(n) for n in names}
+            batches = await led.contract.events.Batch().get_logs(from_block=0)
+            return balances, await led.verify(), await led.settlement_address(provider), len(batches)
+        finally:
+            await led.close()
+
+    balances, problems, registered, batches = asyncio.run(read())
+    assert problems == []
+    assert registered == SettlementKey.load_or_create(settlement_key).address  # registered with its consent
+    assert balances[P.client("onchain")] == 2_000_000 - sum(costs)
+    fees = sum(fee_of(c, 1000) for c in costs)
+    assert balances[P.GATEWAY_FEES] == fees and balances[P.provider_held(provider)] == sum(costs) - fees
+    assert 1 <= batches < len(costs)  # receipts settled together, one transaction per batch
+    assert "verified" in gpupool("ledger", "verify", "--ledger", ledger_url)

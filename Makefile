@@ -36,7 +36,7 @@ test: $(STAMP) $(ANVIL)
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-.PHONY: bench-overhead bench-streaming bench-routing bench-policies
+.PHONY: bench-overhead bench-streaming bench-routing bench-policies bench-ledger
 bench-overhead: $(STAMP)
 	$(PY) bench/overhead/run.py
 bench-streaming: $(STAMP)
@@ -45,3 +45,5 @@ bench-routing: $(STAMP)
 	$(PY) bench/routing/run.py
 bench-policies: $(STAMP)
 	$(PY) bench/policies/run.py
+bench-ledger: $(STAMP)
+	$(PY) bench/ledger/run.py

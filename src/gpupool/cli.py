@@ -28,7 +28,7 @@ app = typer.Typer(help="gpupool: pool idle GPUs into one OpenAI-compatible infer
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Create, list and revoke client API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-ledger_app = typer.Typer(help="The ledger: verify, deposit, balance, deploy the EVM contract.",
+ledger_app = typer.Typer(help="The ledger: verify, deposit, withdraw, balance, deploy the EVM contract.",
                          no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
 
@@ -277,6 +277,22 @@ def ledger_deposit(account: str, amount: Annotated[int, typer.Argument(help="µc
         return await led.balance(postings.client(acct))
 
     typer.echo(f"account {acct!r}: balance {_with_ledger(ledger, go):,} µcr")
+
+
+@ledger_app.command("withdraw")
+def ledger_withdraw(account: Annotated[str, typer.Argument(help="a ledger account, e.g. provider:gp… (withdrawable "
+                                                           "earnings), client:NAME, checker:ID or gateway:fees")],
+                    amount: Annotated[int, typer.Argument(help="µcr")],
+                    key: Annotated[Optional[str], typer.Option(help="idempotency key (repeat-safe)")] = None,
+                    ledger: LedgerOpt = None) -> None:
+    """Pay money out of the network (the operator records a payout; on EVM the contract sends the coin)."""
+    import uuid
+
+    async def go(led: Any) -> int:
+        await led.withdraw(key or f"withdraw:{uuid.uuid4().hex}", account, amount)
+        return await led.balance(account)
+
+    typer.echo(f"{account}: {_with_ledger(ledger, go):,} µcr left")
 
 
 @ledger_app.command("balance")

@@ -129,6 +129,9 @@ async def test_batch_settlement_charges_the_tab_and_pays_nothing_twice(backend: 
     replay = await led.settle_batch("batch:gw1:1", charges, fee_bps=500)
     assert await led.balance(P.client_hold("alice")) == 300_000 - total
     assert replay.paid == [f"q{i}" for i in range(6)]  # reports what the batch paid the first time
+    # The same batch key with other content is refused, on both backends.
+    with pytest.raises(LedgerError):
+        await led.settle_batch("batch:gw1:1", charges[:3], fee_bps=500)
     # A receipt already paid, inside a new batch, is rejected; the rest of the batch is paid.
     again = await led.settle_batch("batch:gw1:2", [charges[0], await backend.charge("q9", "alice", "gpa", 1_000)],
                                    fee_bps=0)

@@ -120,3 +120,20 @@ def test_keys_cli_creates_lists_and_revokes(tmp_path: Path) -> None:
     assert "shop" in listed and key not in listed  # only a hint is shown; the key is stored hashed
     assert "revoked" in run("revoke", "1")
     assert "revoked" in run("list")
+
+
+def test_ledger_cli_deposits_withdraws_and_verifies(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'l.db'}"
+
+    def run(*a: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([sys.executable, "-m", "gpupool", "ledger", *a, "--ledger", db],
+                             capture_output=True, text=True)
+        assert (out.returncode == 0) == ok, out.stderr
+        return out
+
+    assert "5,000,000" in run("deposit", "My Shop", "5000000", "--key", "pay-1").stdout
+    assert "5,000,000" in run("deposit", "My Shop", "5000000", "--key", "pay-1").stdout  # replay: once
+    assert "3,000,000 µcr left" in run("withdraw", "client:my-shop", "2000000").stdout
+    assert "insufficient" in run("withdraw", "client:my-shop", "9000000", ok=False).stderr.lower()
+    assert run("balance", "my-shop").stdout.strip() == "3,000,000"
+    assert "verified" in run("verify").stdout

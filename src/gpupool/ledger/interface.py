@@ -92,7 +92,12 @@ class Ledger(Protocol):
     async def complete_unstake(self, key: str, now: float) -> Entry: ...
 
     async def slash(self, key: str, provider: str, refunds: dict[str, int], checker_id: str,
-                    bounty_bps: int) -> Entry: ...
+                    bounty_bps: int, evidence: Charge | None = None) -> Entry:
+        """Take the provider's held earnings and stake: refunds first, then the checker's bounty.
+
+        `evidence`: the provider-signed charge the verdict contradicts (required on EVM,
+        where the contract checks the signature; on SQL it must be a paid request).
+        """
 
     async def balance(self, acct: str) -> int: ...
 

@@ -139,7 +139,7 @@ class SqlLedger:
                 s.add(row)
             new = row.balance + delta
             if new < 0 and name != P.WORLD:
-                raise InsufficientFunds(f"{name} has {row.balance} µcr, needs {-delta}")
+                raise InsufficientFunds(f"insufficient funds: {name} has {row.balance:,} µcr, needs {-delta:,}")
             row.balance = new
 
     async def _memo(self, key: str) -> dict[str, Any] | None:
@@ -167,8 +167,12 @@ class SqlLedger:
             done = await s.scalar(select(JournalRow.body).where(JournalRow.key == key))
             if done is not None:  # the same batch again: report what it paid, pay nothing
                 entry = _entry_from_body(done)
+                offered = {(c.request_id, c.client, c.provider, c.cost) for c in charges}
+                paid_rows = entry.memo["charges"]  # type: ignore[union-attr]
+                if any((r[0], r[1], r[2], r[3]) not in offered for r in paid_rows):  # type: ignore[union-attr]
+                    raise LedgerError(f"key {key!r} was already used for a different batch")
                 result.entry = entry
-                result.paid = [str(c[0]) for c in entry.memo["charges"]]  # type: ignore[union-attr]
+                result.paid = [str(r[0]) for r in paid_rows]  # type: ignore[union-attr]
                 return result
             ids = list(dict.fromkeys(c.request_id for c in charges))
             seen: set[str] = set()
@@ -251,7 +255,18 @@ class SqlLedger:
         return await self.apply(P.unbonded_entry(f"{key}:done", memo["provider"], memo["amount"]))
 
     async def slash(self, key: str, provider: str, refunds: dict[str, int], checker_id: str,
-                    bounty_bps: int) -> Entry:
+                    bounty_bps: int, evidence: Charge | None = None) -> Entry:
+        """Take held earnings and stake (see `postings.slash_entry`).
+
+        `evidence` is the provider-signed charge the verdict contradicts: the EVM
+        contract checks it itself; here the caller (the gateway's audit flow) has
+        checked the signature, and the evidence must at least be a request we paid.
+        """
+        if evidence is not None:
+            async with self.sessions() as s:
+                paid = await s.scalar(select(PaidRow.request_id).where(PaidRow.request_id == evidence.request_id))
+            if paid is None:
+                raise LedgerError(f"evidence {evidence.request_id!r} is not a paid request")
         held = await self.balance(P.provider_held(provider))
         staked = await self.balance(P.stake(provider))
         return await self.apply(P.slash_entry(key, provider, held, staked, refunds, checker_id, bounty_bps))

@@ -133,6 +133,8 @@ class Offer(_Msg, tag="offer"):
     issued_at: float
     latitude: float = 0.0
     longitude: float = 0.0
+    # "provider" serves client traffic; "checker" holds reference models and judges audit jobs.
+    role: str = "provider"
     signature: bytes = b""
 
 
@@ -244,6 +246,37 @@ class Statement(_Msg, tag="statement"):
     signature: bytes = b""
 
 
+class AuditJob(_Msg, tag="audit"):
+    """Gateway -> checker: re-run a served request and judge the provider's committed answer.
+
+    Sent after the provider committed (its receipt is in hand), so it cannot know which
+    of its answers are audited. The output travels as the provider sent it.
+    """
+
+    job_id: str
+    model: str
+    payload: Payload
+    receipt: Receipt
+    vectors: bytes = b""  # embeddings: the provider's float32 rows
+    dimensions: int = 0
+    text: str = ""  # generation: the provider's text
+
+
+class Verdict(_Msg, tag="verdict"):
+    """Checker -> gateway: its signed judgement of one audit job (evidence for suspension and slashing)."""
+
+    job_id: str
+    request_id: str
+    provider: str  # node id of the audited provider
+    checker: str  # node id of the checker
+    passed: bool
+    hard: bool  # wrong model, garbage, bad signature: suspend at once
+    reason: str
+    score: float
+    issued_at: float
+    signature: bytes = b""
+
+
 class Drain(_Msg, tag="drain"):
     reason: str = ""
 
@@ -260,7 +293,7 @@ class Pong(_Msg, tag="pong"):
 
 Message = Union[
     Hello, Challenge, Proof, Welcome, Offer, LoadReport, Run, Cancel, Chunk, Done, Fail,
-    Batch, Statement, SettlementAddress, Drain, Ping, Pong,
+    Batch, Statement, SettlementAddress, AuditJob, Verdict, Drain, Ping, Pong,
 ]
 
 _encoder = msgspec.msgpack.Encoder()
@@ -294,14 +327,14 @@ def challenge_bytes(nonce: bytes, gateway_id: str) -> bytes:
     return b"gpupool-challenge-v1\x00" + gateway_id.encode() + b"\x00" + nonce
 
 
-def signed_bytes(claim: Offer | Receipt) -> bytes:
+def signed_bytes(claim: Offer | Receipt | Verdict) -> bytes:
     """Canonical bytes a signature covers: the msgpack encoding with the signature emptied."""
     return b"gpupool-" + type(claim).__name__.lower().encode() + b"-v1\x00" + _encoder.encode(
         msgspec.structs.replace(claim, signature=b"")
     )
 
 
-def verify_claim(claim: Offer | Receipt, public_key: bytes) -> bool:
+def verify_claim(claim: Offer | Receipt | Verdict, public_key: bytes) -> bool:
     return verify_signature(public_key, claim.signature, signed_bytes(claim))
 
 

@@ -110,6 +110,16 @@ def _run_provider(settings: config.ProviderSettings) -> None:
 app.command("gateway")(settings_command(
     config.GatewaySettings, _run_gateway,
     "Run a gateway: the OpenAI-compatible API and the endpoint providers connect to."))
+def _run_checker(settings: config.CheckerSettings) -> None:
+    from gpupool.checker.runner import serve
+
+    _run(serve(settings))
+
+
+app.command("checker")(settings_command(
+    config.CheckerSettings, _run_checker,
+    "Run a checker: hold reference models, re-run audited requests, send signed verdicts to gateways."))
+
 provider_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 provider_app.callback()(settings_command(
     config.ProviderSettings, _run_provider,

@@ -96,6 +96,18 @@ class ProviderSettings:
                                      factory=lambda: default_home() / "settlement.key")
 
 
+@dataclass
+class CheckerSettings:
+    gateways: list[str] = _opt(help="gateway URL ws://HOST:PORT; repeat for several", flag="gateway",
+                               factory=lambda: ["ws://127.0.0.1:8000"])
+    serve: list[str] = _opt(help="NAME=BACKEND[:SPEC]: a reference model to audit NAME with; repeat",
+                            factory=list)
+    key_file: Path = _opt(help="checker identity key (verdicts are signed with it)",
+                          factory=lambda: default_home() / "checker.key")
+    max_concurrency: int = _opt(2, "audit jobs run at once")
+    reconnect_max_s: float = _opt(30.0, "longest wait between reconnection attempts")
+
+
 S = TypeVar("S")
 
 

@@ -74,6 +74,7 @@ def test_settings_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
 @pytest.mark.parametrize("command,cls,renamed", [
     ("gateway", config.GatewaySettings, {}),
     ("provider", config.ProviderSettings, {"gateways": "gateway", "prices": "price"}),
+    ("checker", config.CheckerSettings, {"gateways": "gateway"}),
 ])
 def test_cli_flags_cover_every_setting(command: str, cls: type, renamed: dict[str, str]) -> None:
     from typer.testing import CliRunner

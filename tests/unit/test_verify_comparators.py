@@ -148,7 +148,10 @@ def tiny_llama(seed: int):
 
     cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                      initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+                      initializer_range=0.2, bos_token_id=1, eos_token_id=None, pad_token_id=0)
+    # No EOS: generation runs to max_new_tokens without min_new_tokens, which would
+    # suppress a token the reference may rank first (a constraint the checker must
+    # then replicate).
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval()
 
@@ -156,7 +159,7 @@ def tiny_llama(seed: int):
 def greedy(model, prompt: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Greedy tokens and the provider's own log-probs for them."""
     with torch.no_grad():
-        out = model.generate(prompt, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+        out = model.generate(prompt, max_new_tokens=NEW_TOKENS,
                              do_sample=False, output_scores=True, return_dict_in_generate=True)
     toks = out.sequences[0, prompt.shape[1]:]
     logp = torch.stack([torch.log_softmax(s[0].float(), -1) for s in out.scores])
@@ -242,7 +245,7 @@ def test_sampled_plausibility(gen_runs: dict) -> None:
         for name, model in (("honest", ref), ("cheat", cheat)):
             torch.manual_seed(100 + i)
             with torch.no_grad():
-                out = model.generate(p, max_new_tokens=32, min_new_tokens=32, do_sample=True,
+                out = model.generate(p, max_new_tokens=32, do_sample=True,
                                      temperature=1.0, top_k=0, top_p=1.0)
             toks = out[0, PROMPT_LEN:].numpy()
             v = check_sampled_plausibility(toks, reference_logits(ref, p, toks))

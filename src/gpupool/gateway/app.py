@@ -32,6 +32,7 @@ from starlette.websockets import WebSocket
 from gpupool import __version__, errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway import openai_api as oa
+from gpupool.gateway.audits import Auditor
 from gpupool.gateway.billing import Billing, Hold
 from gpupool.gateway.dispatch import Dispatcher
 from gpupool.gateway.hub import Hub, ProviderSession
@@ -125,6 +126,11 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                       audit_window_s=settings.audit_window_s, statement_wait_s=settings.statement_wait_s,
                       on_bad_receipt=bad_receipt)
     hub.on_statement = billing.statement
+
+    auditor = Auditor(hub, ledger)
+    hub.on_verdict = auditor.on_verdict
+    hub.is_suspended = auditor.is_suspended
+    hub.reputation_of = auditor.reputation_of
     if isinstance(getattr(ledger, "address", None), str):  # an EVM ledger: providers sign costs for the chain
         hub.settlement = (ledger.address, ledger.chain_id)  # type: ignore[attr-defined]
         hub.on_settlement_address = lambda node_id, msg: _spawn(register_settlement_key(node_id, msg))
@@ -214,10 +220,14 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         return await billing.reserve(key.account, pricing.hold_bound(prices, tokens_in, max_tokens_out,
                                                                      route.max_price))
 
-    def charge(hold: Hold, rid: str, model: str, session: ProviderSession, done: Done) -> int:
+    def charge(hold: Hold, rid: str, model: str, session: ProviderSession, done: Done, key: ApiKey,
+               payload: Payload, text: str = "") -> int:
+        """Charge a served request from its receipt, and let the auditor consider it for an audit."""
         u = done.receipt.usage
         cost = pricing.charge_for(_price(session, model), u.prompt_tokens, u.completion_tokens, hold.amount)
-        return hold.charge(rid, session.node_id, cost, done.receipt, session.public_key, done.settlement_sig)
+        charged = hold.charge(rid, session.node_id, cost, done.receipt, session.public_key, done.settlement_sig)
+        auditor.after_served(rid, model, session, payload, done, text, key.account, charged)
+        return charged
 
     # ---------------------------------------------------------------- routes
 
@@ -256,7 +266,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                 raise errors.InvalidRequest(f"{body.model!r} produces {done.dimensions} dimensions",
                                             param="dimensions")
             tokens = done.receipt.usage.prompt_tokens
-            cost = charge(hold, rid, body.model, out.session, done)
+            cost = charge(hold, rid, body.model, out.session, done, key, payload)
         _log(store, rid, key, body.model, out.provider, "ok", out.attempts, tokens, 0, started, cost)
         return JSON(oa.embedding_response(body.model, done.vectors, done.dimensions, len(payload.inputs),
                                           body.encoding_format, tokens, cost),
@@ -291,7 +301,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         if not stream:
             async with hold:
                 out = await _until_disconnect(request, dispatcher.complete(rid, model, payload, deadline, route))
-                cost = charge(hold, rid, model, out.session, out.done)
+                cost = charge(hold, rid, model, out.session, out.done, key, payload, out.text)
             u = out.done.receipt.usage
             build = oa.chat_response if chat else oa.completion_response
             _log(store, rid, key, model, out.provider, "ok", out.attempts, u.prompt_tokens, u.completion_tokens,
@@ -327,7 +337,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                     # The client saw one stream; say that several providers produced it.
                     last["gpupool"] = {"continued": opened.continued, "providers": opened.providers}
                 yield _sse(last)
-                cost = charge(hold, rid, model, opened.session, done)
+                cost = charge(hold, rid, model, opened.session, done, key, payload, opened.text)
                 if include_usage:
                     u = done.receipt.usage
                     yield _sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
@@ -423,6 +433,10 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
              "hardware": msgspec.to_builtins(s.offer.hardware)}
             for s in hub.sessions.values()]})
 
+    async def audits(request: Request) -> JSON:
+        admin(request)
+        return JSON({"stats": auditor.stats, "checkers": sorted(hub.checkers), "data": auditor.summary()})
+
     async def events_log(request: Request) -> JSON:
         admin(request)
         peer = request.query_params.get("peer")
@@ -447,6 +461,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             Route("/admin/deposit", deposit, methods=["POST"]),
             Route("/admin/providers", providers),
             Route("/admin/events", events_log),
+            Route("/admin/audits", audits),
             Route("/admin/requests", requests_log),
         ],
         exception_handlers={Exception: on_error, HTTPException: on_error, errors.GpupoolError: on_error,

@@ -14,7 +14,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -38,6 +38,7 @@ from gpupool.protocol import (
     Pong,
     SettlementAddress,
     Statement,
+    Verdict,
     Proof,
     Welcome,
 )
@@ -79,7 +80,6 @@ class ProviderSession:
     last_seen: float = 0.0
     load: LoadReport | None = None
     closed: bool = False
-    reputation: float = 0.5  # 0..1; the verification work feeds this (0.5 = unknown)
 
     def open_channel(self, request_id: str) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -104,6 +104,7 @@ class Hub:
         self.identity = identity
         self.store = store
         self.sessions: dict[str, ProviderSession] = {}
+        self.checkers: dict[str, ProviderSession] = {}  # role "checker": audit jobs only, never client traffic
         # Every model any provider offered since start: tells "unknown model" (404)
         # apart from "known, but nobody serves it right now" (503).
         self.known_models: dict[str, ModelOffer] = {}
@@ -114,11 +115,16 @@ class Hub:
         # On an EVM ledger: (contract, chain id) announced in Welcome, and who registers settlement keys.
         self.settlement: tuple[str, int] | None = None
         self.on_settlement_address: Callable[[str, SettlementAddress], None] = lambda node_id, msg: None
+        # Verification (gateway/audits.py): verdicts from checkers, and who is suspended.
+        self.on_verdict: Callable[[ProviderSession, Verdict], Awaitable[None]] | None = None
+        self.is_suspended: Callable[[str], bool] = lambda node_id: False
+        self.reputation_of: Callable[[str], float] = lambda node_id: 0.5
 
     # ------------------------------------------------------------ queries
 
     def serving(self, model: str) -> list[ProviderSession]:
-        return [s for s in self.sessions.values() if model in s.models and not s.closed]
+        return [s for s in self.sessions.values()
+                if model in s.models and not s.closed and not self.is_suspended(s.node_id)]
 
     def live_models(self) -> dict[str, list[ProviderSession]]:
         out: dict[str, list[ProviderSession]] = {}
@@ -202,13 +208,17 @@ class Hub:
             connected_at=time.monotonic(), last_seen=time.monotonic(),
             models={m.name: m for m in offer.models},
         )
-        old = self.sessions.get(node_id)
+        if offer.role not in ("provider", "checker"):
+            raise PeerViolation("bad_offer", f"unknown role {offer.role!r}")
+        pool = self.checkers if offer.role == "checker" else self.sessions
+        old = pool.get(node_id)
         if old is not None:
             # Same key reconnected (e.g. after a network blip): the new link wins.
             self._remove(old, "replaced by a newer connection")
             await self._close(old.ws, protocol.CLOSE_DUPLICATE, "replaced by a newer connection")
-        self.sessions[node_id] = session
-        self.known_models.update(session.models)
+        pool[node_id] = session
+        if offer.role == "provider":
+            self.known_models.update(session.models)
         contract, chain_id = self.settlement or ("", 0)
         await ws.send_bytes(protocol.encode(Welcome(secrets.token_hex(8), node_id, contract, chain_id)))
         await self.store.upsert_provider(node_id, hello.public_key, offer.region, list(session.models))
@@ -242,6 +252,12 @@ class Hub:
                         raise PeerViolation("bad_signature", "receipt statement signature does not verify",
                                             protocol.CLOSE_BAD_SIGNATURE)
                     self.on_statement(session.node_id, msg.digests)
+                elif isinstance(msg, Verdict) and session.offer.role == "checker":
+                    if msg.checker != session.node_id or not protocol.verify_claim(msg, session.public_key):
+                        raise PeerViolation("bad_signature", "verdict signature does not verify",
+                                            protocol.CLOSE_BAD_SIGNATURE)
+                    if self.on_verdict is not None:
+                        await self.on_verdict(session, msg)
                 elif isinstance(msg, SettlementAddress):
                     self.on_settlement_address(session.node_id, msg)
                 elif isinstance(msg, Pong):
@@ -290,6 +306,8 @@ class Hub:
         session.closed = True
         if self.sessions.get(session.node_id) is session:
             del self.sessions[session.node_id]
+        if self.checkers.get(session.node_id) is session:
+            del self.checkers[session.node_id]
         for channel in session.channels.values():
             channel.put_nowait(ProviderLost(reason))
         log.info("provider %s left: %s", session.node_id[:12], reason)
@@ -301,6 +319,6 @@ class Hub:
         asyncio.create_task(self._close(session.ws, protocol.CLOSE_PROTOCOL_ERROR, reason))
 
     async def close_all(self) -> None:
-        for session in list(self.sessions.values()):
+        for session in [*self.sessions.values(), *self.checkers.values()]:
             self._remove(session, "gateway shutting down")
             await self._close(session.ws, protocol.CLOSE_GATEWAY_SHUTDOWN, "gateway shutting down")

@@ -115,7 +115,7 @@ class LiveRouter:
             backlog_s=rec.backlog_s if rec.pending else None,
             price_in=offer.price_in,
             price_out=offer.price_out,
-            reputation=session.reputation,
+            reputation=self.hub.reputation_of(session.node_id),
             speed=rec.speed.get(model),
             claimed_speed=claimed,
             breaker=rec.breaker,

@@ -1,0 +1,233 @@
+"""Audits at the gateway: pick served requests for checkers, act on their signed verdicts.
+
+After a provider answered (its receipt is in hand), `after_served` decides from an
+HMAC of the request id under this gateway's secret whether the request is audited
+(`verify.should_audit`, at the rate `verify.audit_rate` gives the provider's record),
+and if so sends an `AuditJob` with the request and the provider's committed output to
+a checker holding that model. The provider cannot tell audited work from the rest.
+
+Each signed `Verdict` updates the provider's record and reputation (which the router
+uses) and its recent verdicts; `verify.suspension` decides whether to suspend it
+(suspended providers get no traffic). A failed audit means that request's client is
+owed a refund. A suspension confirmed by a second checker's verdict is fraud: the
+provider is slashed through the ledger, the clients of its failed audits are
+refunded from its held earnings and stake, and the first checker gets the bounty.
+All decisions are the pure functions of `gpupool.verify`; this class holds state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gpupool import protocol
+from gpupool.ledger import Ledger, LedgerError
+from gpupool.protocol import AuditJob, Done, Payload
+from gpupool.verify import (
+    AuditRecord,
+    Reputation,
+    audit_rate,
+    observe_verdict,
+    record_served,
+    record_verdict,
+    score,
+    should_audit,
+    suspension,
+)
+from gpupool.verify import Verdict as Judgement
+
+if TYPE_CHECKING:
+    from gpupool.gateway.hub import Hub, ProviderSession
+
+log = logging.getLogger("gpupool.gateway.audits")
+BOUNTY_BPS = 2_000  # the checker whose verdict led to a slash gets 20% of what is left after refunds
+JOB_TIMEOUT_S = 120.0
+
+
+@dataclass
+class ProviderAudits:
+    """What this gateway knows about one provider's honesty."""
+
+    record: AuditRecord = field(default_factory=AuditRecord)
+    reputation: Reputation | None = None
+    recent: deque[Judgement] = field(default_factory=lambda: deque(maxlen=200))
+    owed: dict[str, int] = field(default_factory=dict)  # client -> µcr of failed audited requests
+    failed_requests: list[str] = field(default_factory=list)
+    suspended: str = ""  # the reason, once suspended
+    slashed: bool = False
+    confirm_job: str = ""  # the second-opinion job in flight
+
+
+@dataclass
+class PendingJob:
+    job: AuditJob
+    provider: str
+    client: str
+    cost: int
+    checker: str
+    sent_at: float
+    confirmation: bool = False
+
+
+class Auditor:
+    def __init__(self, hub: Hub, ledger: Ledger, secret: bytes | None = None, rng: random.Random | None = None):
+        self.hub = hub
+        self.ledger = ledger
+        self.secret = secret or secrets.token_bytes(32)  # never leaves the gateway
+        self.rng = rng or random.Random()
+        self.providers: dict[str, ProviderAudits] = {}
+        self.pending: dict[str, PendingJob] = {}
+        self.stats = {"served": 0, "audited": 0, "no_checker": 0, "passed": 0, "failed": 0,
+                      "suspended": 0, "slashed": 0, "refunded": 0}
+
+    def of(self, node_id: str) -> ProviderAudits:
+        state = self.providers.get(node_id)
+        if state is None:
+            state = self.providers[node_id] = ProviderAudits(reputation=Reputation.new(node_id, time.time()))
+        return state
+
+    def is_suspended(self, node_id: str) -> bool:
+        state = self.providers.get(node_id)
+        return state is not None and bool(state.suspended)
+
+    # ------------------------------------------------------------ choosing work to audit
+
+    def after_served(self, request_id: str, model: str, session: ProviderSession, payload: Payload,
+                     done: Done, text: str, client: str, cost: int) -> None:
+        """Called for every answer accepted from a provider; maybe sends it to a checker."""
+        state = self.of(session.node_id)
+        rate = audit_rate(state.record)
+        state.record = record_served(state.record)
+        self.stats["served"] += 1
+        if not should_audit(self.secret, request_id, rate):
+            return
+        checker = self._checker_for(model, exclude="")
+        if checker is None:
+            self.stats["no_checker"] += 1
+            return
+        job = AuditJob(job_id="aud-" + uuid.uuid4().hex, model=model, payload=payload, receipt=done.receipt,
+                       vectors=done.vectors, dimensions=done.dimensions, text=text)
+        self._send(PendingJob(job, session.node_id, client, cost, checker.node_id, time.monotonic()), checker)
+
+    def _checker_for(self, model: str, exclude: str) -> ProviderSession | None:
+        options = [c for c in self.hub.checkers.values()
+                   if model in c.models and c.node_id != exclude and not c.closed]
+        return self.rng.choice(options) if options else None
+
+    def _send(self, pending: PendingJob, checker: ProviderSession) -> None:
+        self.pending[pending.job.job_id] = pending
+        self.stats["audited"] += 1
+
+        async def send() -> None:
+            try:
+                await checker.send(pending.job)
+            except ConnectionError:
+                self.pending.pop(pending.job.job_id, None)
+
+        asyncio.ensure_future(send())
+        cutoff = time.monotonic() - JOB_TIMEOUT_S
+        for job_id in [j for j, p in self.pending.items() if p.sent_at < cutoff]:
+            del self.pending[job_id]  # a checker that never answered: the audit is simply lost
+
+    # ------------------------------------------------------------ verdicts
+
+    async def on_verdict(self, checker: ProviderSession, verdict: protocol.Verdict) -> None:
+        """A checker's verdict (its signature already verified by the hub)."""
+        pending = self.pending.pop(verdict.job_id, None)
+        if pending is None or pending.checker != checker.node_id or verdict.provider != pending.provider:
+            return  # unknown, late, or not the job we gave this checker
+        judgement = Judgement(passed=verdict.passed, hard=verdict.hard and not verdict.passed,
+                              reason=verdict.reason, score=verdict.score)
+        state = self.of(pending.provider)
+        now = time.time()
+        if pending.confirmation:
+            await self._confirmed(pending, state, judgement, checker.node_id)
+            return
+        state.record = record_verdict(state.record, judgement)
+        state.reputation = observe_verdict(state.reputation or Reputation.new(pending.provider, now), judgement, now)
+        state.recent.append(judgement)
+        self.stats["passed" if judgement.passed else "failed"] += 1
+        if not judgement.passed:
+            state.owed[pending.client] = state.owed.get(pending.client, 0) + pending.cost
+            state.failed_requests.append(pending.job.receipt.request_id)
+        decision = suspension(state.recent)
+        if decision.suspend and not state.suspended:
+            state.suspended = decision.reason
+            self.stats["suspended"] += 1
+            self.hub.store.record_event(pending.provider, "suspended", f"{decision.reason} (checker {checker.node_id[:12]})")
+            log.warning("suspended provider %s: %s", pending.provider[:12], decision.reason)
+            # Fraud needs a second opinion: the same job to another checker.
+            second = self._checker_for(pending.job.model, exclude=checker.node_id)
+            if second is not None:
+                job = AuditJob(**{**_fields(pending.job), "job_id": "conf-" + uuid.uuid4().hex})
+                state.confirm_job = job.job_id
+                self._send(PendingJob(job, pending.provider, pending.client, pending.cost, second.node_id,
+                                      time.monotonic(), confirmation=True), second)
+            else:
+                self.hub.store.record_event(pending.provider, "slash_pending",
+                                            "no second checker to confirm the fraud; suspended, not slashed")
+
+    async def _confirmed(self, pending: PendingJob, state: ProviderAudits, judgement: Judgement,
+                         checker_id: str) -> None:
+        if judgement.passed:
+            # The second checker disagrees: suspension stands (traffic is at stake), money does not move.
+            self.hub.store.record_event(pending.provider, "slash_not_confirmed",
+                                        f"second checker {checker_id[:12]} passed the audited answer")
+            return
+        if state.slashed:
+            return
+        state.slashed = True
+        refunds = dict(state.owed)
+        try:
+            await self._slash(pending.provider, refunds, checker_id)
+        except LedgerError as exc:
+            # Less at stake than owed: refund what can be taken, in proportion.
+            log.warning("slash of %s for the full refunds failed (%s); refunding what is there",
+                        pending.provider[:12], exc)
+            await self._slash(pending.provider, await self._affordable(pending.provider, refunds), checker_id)
+        self.stats["slashed"] += 1
+        self.stats["refunded"] += sum(refunds.values())
+        self.hub.store.record_event(pending.provider, "slashed",
+                                    f"fraud confirmed by a second checker; refunded {sum(refunds.values())} µcr to "
+                                    f"{len(refunds)} clients for {len(state.failed_requests)} failed audits")
+
+    async def _slash(self, provider: str, refunds: dict[str, int], checker_id: str) -> None:
+        await self.ledger.slash(f"slash:{provider}:{uuid.uuid4().hex[:8]}", provider, refunds, checker_id,
+                                BOUNTY_BPS)
+
+    async def _affordable(self, provider: str, refunds: dict[str, int]) -> dict[str, int]:
+        from gpupool.ledger import postings as P
+
+        pool = await self.ledger.balance(P.provider_held(provider)) + await self.ledger.balance(P.stake(provider))
+        owed = sum(refunds.values())
+        if owed <= pool:
+            return refunds
+        return {c: a * pool // owed for c, a in refunds.items()}
+
+    # ------------------------------------------------------------ reading
+
+    def reputation_of(self, node_id: str) -> float:
+        state = self.providers.get(node_id)
+        if state is None or state.reputation is None:
+            return 0.5
+        return score(state.reputation, time.time())
+
+    def summary(self) -> list[dict[str, object]]:
+        now = time.time()
+        return [{"node_id": node, "served": s.record.served, "audit_rate": round(audit_rate(s.record), 4),
+                 "audits": s.reputation.audits if s.reputation else 0,
+                 "audit_failures": s.reputation.audit_failures if s.reputation else 0,
+                 "reputation": round(score(s.reputation, now), 4) if s.reputation else 0.5,
+                 "suspended": s.suspended, "slashed": s.slashed, "owed_refunds": sum(s.owed.values())}
+                for node, s in sorted(self.providers.items())]
+
+
+def _fields(job: AuditJob) -> dict[str, object]:
+    return {f: getattr(job, f) for f in job.__struct_fields__}

@@ -1,0 +1,121 @@
+"""Audits through a real gateway: jobs go to checkers, signed verdicts suspend, confirmed fraud is slashed.
+
+The checkers here are raw WebSocket peers speaking the checker role, so each test
+controls the verdicts exactly; the checker process itself (which re-runs models) is
+tested in the red-team suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+import openai
+import pytest
+
+from gpupool import protocol
+from gpupool.devnet import Network
+from gpupool.identity import Identity
+from gpupool.ledger import fee_of
+from gpupool.ledger import postings as P
+from gpupool.protocol import AuditJob, Hello, ModelOffer, Welcome
+from tests.integration.conftest import client_for
+from tests.integration.test_bad_peers import events, signed_offer, ws_url
+from tests.integration.test_billing import FAST_SETTLE, ledger_state, new_account, wait_settled
+
+from websockets.asyncio.client import connect
+
+
+async def raw_checker(net: Network, ident: Identity, models: list[str]) -> Any:
+    ws = await connect(ws_url(net))
+    await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
+    challenge = protocol.decode(await ws.recv())
+    await ws.send(protocol.encode(protocol.Proof(ident.sign(protocol.challenge_bytes(challenge.nonce,
+                                                                                     challenge.gateway_id)))))
+    offer = signed_offer(ident, [ModelOffer(m, "generate", "echo") for m in models])
+    offer = msgspec.structs.replace(offer, role="checker", signature=b"")
+    await ws.send(protocol.encode(msgspec.structs.replace(offer, signature=ident.sign(protocol.signed_bytes(offer)))))
+    assert isinstance(protocol.decode(await ws.recv()), Welcome)
+    return ws
+
+
+async def judge_jobs(ws: Any, ident: Identity, passed: bool, jobs: list[AuditJob], delay: float = 0.0) -> None:
+    """Answer every audit job with the same verdict, signed; pongs keep the link alive."""
+    async for frame in ws:
+        msg = protocol.decode(frame)
+        if isinstance(msg, protocol.Ping):
+            await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
+        elif isinstance(msg, AuditJob):
+            jobs.append(msg)
+            await asyncio.sleep(delay)  # a checker takes a while to re-run the model
+            verdict = protocol.Verdict(msg.job_id, msg.receipt.request_id, msg.receipt.node_id, ident.node_id,
+                                       passed=passed, hard=not passed, reason="ok" if passed else "wrong_model",
+                                       score=1.0 if passed else 0.05, issued_at=time.time())
+            verdict = msgspec.structs.replace(verdict, signature=ident.sign(protocol.signed_bytes(verdict)))
+            await ws.send(protocol.encode(verdict))
+
+
+def ask(client: openai.OpenAI, text: str) -> openai.types.chat.ChatCompletion:
+    return client.chat.completions.create(model="echo", messages=[{"role": "user", "content": text}])
+
+
+async def test_honest_audits_pass_and_checkers_never_get_client_traffic(network: Network) -> None:
+    network.start_gateway(extra=FAST_SETTLE)
+    network.start_provider(["echo=echo:chat"], extra=["--price", "echo=100000/400000"])
+    network.wait_for_models({"echo": 1}, timeout=60)
+    checker = Identity.generate()
+    ws = await raw_checker(network, checker, ["echo"])
+    jobs: list[AuditJob] = []
+    judging = asyncio.create_task(judge_jobs(ws, checker, True, jobs))
+    client = client_for(network)
+    answers = [await asyncio.to_thread(ask, client, f"question {i}") for i in range(10)]
+    assert [a.choices[0].message.content for a in answers] == [f"question {i}" for i in range(10)]
+    await asyncio.sleep(0.5)
+    # Probation: every request of a new provider is audited, with the provider's committed output.
+    assert sorted(j.text for j in jobs) == sorted(f"question {i}" for i in range(10))
+    assert all(j.receipt.output_hash == protocol.output_hash(j.text) for j in jobs)
+    assert all(a.system_fingerprint != checker.node_id[:16] for a in answers)  # never routed to the checker
+    (row,) = network.admin("/admin/audits")
+    assert row["audits"] == 10 and row["audit_failures"] == 0 and not row["suspended"]
+    assert row["reputation"] > 0.5
+    judging.cancel()
+    await ws.close()
+
+
+async def test_failed_audits_suspend_and_a_second_checker_confirms_the_slash(network: Network) -> None:
+    network.start_gateway(extra=FAST_SETTLE)
+    network.start_provider(["echo=echo:chat"], extra=["--price", "echo=1000000/1000000"])
+    network.wait_for_models({"echo": 1}, timeout=60)
+    key = new_account(network, "victim", 1_000_000)
+    client = client_for(network, key)
+    first, second = Identity.generate(), Identity.generate()
+    ws1, ws2 = await raw_checker(network, first, ["echo"]), await raw_checker(network, second, ["echo"])
+    jobs1: list[AuditJob] = []
+    jobs2: list[AuditJob] = []
+    # Both checkers find the answers wrong (a hard failure); each takes 0.5 s to decide.
+    tasks = [asyncio.create_task(judge_jobs(ws1, first, False, jobs1, 0.5)),
+             asyncio.create_task(judge_jobs(ws2, second, False, jobs2, 0.5))]
+    paid = (await asyncio.to_thread(ask, client, "one two three")).usage.cost_ucr
+    assert paid > 0
+    deadline = time.monotonic() + 15
+    while not any(e["kind"] == "slashed" for e in network.admin("/admin/events?limit=100")):
+        assert time.monotonic() < deadline, network.admin("/admin/events?limit=100")
+        await asyncio.sleep(0.1)
+    # Suspended: no more traffic for this provider, with an explanation.
+    with pytest.raises(openai.APIStatusError) as info:
+        await asyncio.to_thread(ask, client, "again")
+    assert info.value.status_code == 503
+    # The bad answer was refunded from what the provider had earned (it had no stake, so the refund is
+    # what it was paid: the cost less the gateway's fee); nothing was left for a bounty.
+    account = await asyncio.to_thread(wait_settled, network, key)
+    balances, problems = ledger_state(network.db)
+    assert problems == []
+    assert account["balance"] == 1_000_000 - fee_of(paid, 1000) == balances[P.client("victim")]
+    provider = (jobs1 or jobs2)[0].receipt.node_id
+    assert events(network, "suspended")[0]["peer"] == provider
+    assert balances.get(P.provider_held(provider), 0) == 0
+    assert balances.get(P.GATEWAY_FEES, 0) == fee_of(paid, 1000)
+    for t in tasks:
+        t.cancel()

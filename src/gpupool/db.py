@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Connection, MetaData, inspect, text
+from typing import Any
+
+from sqlalchemy import Connection, MetaData, event, inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
 def normalize_url(url: str) -> str:
@@ -40,3 +43,26 @@ def add_missing_columns(conn: Connection, metadata: MetaData) -> list[str]:
                               f"NOT NULL DEFAULT '{default}'"))
             added.append(f"{table.name}.{column.name}")
     return added
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine for `url`; SQLite files get WAL and a generous busy timeout.
+
+    The gateway's store and its ledger write the same SQLite file from two engines:
+    in WAL mode readers never block the writer, and a writer that finds the file
+    busy waits (up to 30 s) instead of failing with "database is locked".
+    """
+    url = normalize_url(url)
+    if not url.startswith("sqlite"):
+        return create_async_engine(url, pool_pre_ping=True)
+    engine = create_async_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, far fewer fsyncs
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine

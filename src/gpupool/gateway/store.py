@@ -31,10 +31,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from gpupool.db import add_missing_columns, normalize_url
+from gpupool.db import add_missing_columns, create_engine
 
 log = logging.getLogger("gpupool.gateway.store")
 
@@ -122,7 +122,7 @@ class Store:
 
     @classmethod
     async def open(cls, url: str) -> Store:
-        engine = create_async_engine(normalize_url(url), pool_pre_ping=True)
+        engine = create_engine(url)
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
             await conn.run_sync(add_missing_columns, Base.metadata)

@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, Float, Integer, String, Text, insert, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from gpupool.db import normalize_url
+from gpupool.db import create_engine, normalize_url
 from gpupool.ledger import postings as P
 from gpupool.ledger.interface import BatchResult, Charge
 from gpupool.ledger.postings import GENESIS, Entry, LedgerError, Posting, chain_hash
@@ -78,7 +78,7 @@ def _entry_from_body(body: str) -> Entry:
 class SqlLedger:
     def __init__(self, url: str):
         self.url = normalize_url(url)
-        self.engine = create_async_engine(self.url)
+        self.engine = create_engine(self.url)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._lock = asyncio.Lock()  # one writer per process; the database orders processes
         self._pg = self.url.startswith("postgresql")

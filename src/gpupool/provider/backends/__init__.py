@@ -6,6 +6,7 @@
 | `generate`   | transformers causal LM, streamed      | model dir; `tiny-llama` = demo model   |
 | `upstream`   | a local OpenAI-compatible engine      | base URL `?model=&task=&key=`          |
 | `echo`       | no model; network benchmarks only     | `chat` or `embeddings`, `?delay_ms=`   |
+| `redteam`    | cheats, for the red-team suite only   | `MODE[:BASE_SPEC][?rate=]`, see redteam.py |
 
 Heavy imports (torch) happen only when an ML backend is constructed, so providers
 that serve only `upstream` or `echo` do not need the `ml` extra.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from gpupool.provider.backends.base import Backend, BackendError
 
-BACKEND_KINDS = ("embeddings", "generate", "upstream", "echo")
+BACKEND_KINDS = ("embeddings", "generate", "upstream", "echo", "redteam")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ def make_backend(serve: ServeSpec) -> Backend:
         from gpupool.provider.backends.upstream import UpstreamBackend
 
         return UpstreamBackend(serve.name, serve.spec)
+    if serve.backend == "redteam":
+        from gpupool.provider.backends.redteam import RedTeamBackend
+
+        return RedTeamBackend(serve.name, serve.spec)
     if serve.backend == "embeddings":
         from gpupool.provider.backends.embeddings import EmbeddingsBackend
 

@@ -1,0 +1,47 @@
+"""Run a checker from settings: build reference backends from `--serve`, stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from gpupool.checker.agent import CheckerAgent
+from gpupool.config import CheckerSettings
+from gpupool.identity import Identity
+from gpupool.provider.backends import ServeSpec, make_backend
+
+log = logging.getLogger("gpupool.checker")
+
+
+def build_agent(settings: CheckerSettings) -> CheckerAgent:
+    if not settings.serve:
+        raise ValueError("nothing to check with: pass --serve NAME=BACKEND[:SPEC] at least once")
+    specs = [ServeSpec.parse(s) for s in settings.serve]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a model name may be held once per checker: {names}")
+    backends = {s.name: make_backend(s) for s in specs}
+    return CheckerAgent(Identity.load_or_create(settings.key_file), backends, settings)
+
+
+async def serve(settings: CheckerSettings) -> None:
+    agent = build_agent(settings)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_signal() -> None:
+        # First signal: finish the jobs in hand (their verdicts are owed), then leave.
+        # A second one stops at once; agent.run still closes links and models on the way out.
+        if agent.stopping and main is not None:
+            main.cancel()
+        agent.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    log.warning("checker %s holding %s -> %s", agent.identity.node_id[:12],
+                ", ".join(agent.backends), ", ".join(settings.gateways))
+    try:
+        await agent.run()
+    except asyncio.CancelledError:
+        pass

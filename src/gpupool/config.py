@@ -68,6 +68,10 @@ class GatewaySettings:
                                    "never paid")
     audit_window_s: float = _opt(3600.0, "provider earnings stay held this long (open to audits and slashing) "
                                  "before they can be withdrawn")
+    hardware_proof_interval_s: float = _opt(1200.0, "mean time between a provider's hardware proofs after the "
+                                            "one at admission (jittered ±50%; 0: only at admission)")
+    hardware_proof_max_n: int = _opt(512, "largest matrix side n in a hardware proof (n³ multiply-adds; sized to "
+                                     "the claimed memory up to this); 0 turns hardware proofs off")
 
     def db_url(self) -> str:
         return self.db or f"sqlite+aiosqlite:///{default_home() / 'gateway.db'}"

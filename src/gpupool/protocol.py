@@ -277,6 +277,37 @@ class Verdict(_Msg, tag="verdict"):
     signature: bytes = b""
 
 
+# ---------------------------------------------------------------- hardware proof (verify/hardware.py)
+
+
+class HardwareChallenge(_Msg, tag="hw_challenge"):
+    """Gateway -> provider: prove the claimed hardware by computing C = A·B.
+
+    A and B (n×n, integers in [-value_range, value_range]) derive from `seed`; see
+    `gpupool.verify.hardware`. Round one (`open_rows` empty): compute C and commit to it.
+    Round two, same `challenge_id`: open the listed rows of the committed C — chosen only
+    after the commitment arrived, so a provider cannot compute just those rows.
+    """
+
+    challenge_id: str
+    seed: int
+    n: int
+    value_range: int
+    open_rows: list[int] = []
+
+
+class HardwareAnswer(_Msg, tag="hw_answer"):
+    """Provider -> gateway: round one carries `row_digests` (SHA-256 of each row of C as
+    little-endian int64) and the provider's own timing; round two carries `rows`, the
+    requested rows as little-endian int64 bytes, in the order they were asked for."""
+
+    challenge_id: str
+    row_digests: list[bytes] = []
+    elapsed_s: float = 0.0
+    rows: list[bytes] = []
+    device: str = ""  # informational: where the provider computed C ("cpu", "cuda")
+
+
 class Drain(_Msg, tag="drain"):
     reason: str = ""
 
@@ -294,6 +325,7 @@ class Pong(_Msg, tag="pong"):
 Message = Union[
     Hello, Challenge, Proof, Welcome, Offer, LoadReport, Run, Cancel, Chunk, Done, Fail,
     Batch, Statement, SettlementAddress, AuditJob, Verdict, Drain, Ping, Pong,
+    HardwareChallenge, HardwareAnswer,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

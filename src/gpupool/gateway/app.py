@@ -131,6 +131,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     auditor = Auditor(hub, ledger)
     hub.on_verdict = auditor.on_verdict
     hub.is_suspended = auditor.is_suspended
+    hub.is_held_back = auditor.is_held_back
     hub.reputation_of = auditor.reputation_of
     hardware_checks = HardwareChecker(hub.disconnect, interval_s=settings.hardware_proof_interval_s,
                                       max_n=settings.hardware_proof_max_n)
@@ -405,6 +406,10 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                      "staked": await ledger.balance(postings.stake(node_id)),
                      "audit_window_s": settings.audit_window_s})
 
+    async def reputation(request: Request) -> JSON:
+        node_id = request.path_params["node_id"]
+        return JSON(auditor.signed_record(node_id, identity))
+
     async def deposit(request: Request) -> JSON:
         admin(request)
         body = await request.json()
@@ -463,6 +468,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             Route("/v1/market", market),
             Route("/v1/account", account),
             Route("/v1/providers/{node_id}/earnings", earnings),
+            Route("/v1/providers/{node_id}/reputation", reputation),
             WebSocketRoute("/v1/providers/ws", provider_ws),
             Route("/admin/keys", create_key, methods=["POST"]),
             Route("/admin/deposit", deposit, methods=["POST"]),

@@ -35,20 +35,27 @@ from gpupool.verify import (
     Reputation,
     audit_rate,
     observe_verdict,
+    record_bytes,
     record_served,
     record_verdict,
     score,
     should_audit,
     suspension,
+    to_record,
 )
 from gpupool.verify import Verdict as Judgement
 
 if TYPE_CHECKING:
     from gpupool.gateway.hub import Hub, ProviderSession
+    from gpupool.identity import Identity
 
 log = logging.getLogger("gpupool.gateway.audits")
 BOUNTY_BPS = 2_000  # the checker whose verdict led to a slash gets 20% of what is left after refunds
 JOB_TIMEOUT_S = 120.0
+# A provider with this many audits still awaiting verdicts gets no new work while others can
+# take it: checkers are slower than the traffic during probation, and without this bound a
+# cheater would keep serving (bad) answers until the verdicts caught up.
+MAX_AWAITING_VERDICTS = 6
 
 
 @dataclass
@@ -63,6 +70,7 @@ class ProviderAudits:
     suspended: str = ""  # the reason, once suspended
     slashed: bool = False
     confirm_job: str = ""  # the second-opinion job in flight
+    awaiting: int = 0  # audit jobs sent, verdicts not yet back
 
 
 @dataclass
@@ -97,6 +105,11 @@ class Auditor:
         state = self.providers.get(node_id)
         return state is not None and bool(state.suspended)
 
+    def is_held_back(self, node_id: str) -> bool:
+        """Too many of its answers still await a verdict: route elsewhere if anyone else can serve."""
+        state = self.providers.get(node_id)
+        return state is not None and state.awaiting >= MAX_AWAITING_VERDICTS
+
     # ------------------------------------------------------------ choosing work to audit
 
     def after_served(self, request_id: str, model: str, session: ProviderSession, payload: Payload,
@@ -124,25 +137,34 @@ class Auditor:
     def _send(self, pending: PendingJob, checker: ProviderSession) -> None:
         self.pending[pending.job.job_id] = pending
         self.stats["audited"] += 1
+        if not pending.confirmation:
+            self.of(pending.provider).awaiting += 1
 
         async def send() -> None:
             try:
                 await checker.send(pending.job)
             except ConnectionError:
-                self.pending.pop(pending.job.job_id, None)
+                self._forget(pending.job.job_id)
 
         asyncio.ensure_future(send())
         cutoff = time.monotonic() - JOB_TIMEOUT_S
         for job_id in [j for j, p in self.pending.items() if p.sent_at < cutoff]:
-            del self.pending[job_id]  # a checker that never answered: the audit is simply lost
+            self._forget(job_id)  # a checker that never answered: the audit is simply lost
+
+    def _forget(self, job_id: str) -> PendingJob | None:
+        pending = self.pending.pop(job_id, None)
+        if pending is not None and not pending.confirmation:
+            self.of(pending.provider).awaiting -= 1
+        return pending
 
     # ------------------------------------------------------------ verdicts
 
     async def on_verdict(self, checker: ProviderSession, verdict: protocol.Verdict) -> None:
         """A checker's verdict (its signature already verified by the hub)."""
-        pending = self.pending.pop(verdict.job_id, None)
+        pending = self.pending.get(verdict.job_id)
         if pending is None or pending.checker != checker.node_id or verdict.provider != pending.provider:
             return  # unknown, late, or not the job we gave this checker
+        self._forget(verdict.job_id)
         judgement = Judgement(passed=verdict.passed, hard=verdict.hard and not verdict.passed,
                               reason=verdict.reason, score=verdict.score)
         state = self.of(pending.provider)
@@ -218,6 +240,14 @@ class Auditor:
         if state is None or state.reputation is None:
             return 0.5
         return score(state.reputation, time.time())
+
+    def signed_record(self, node_id: str, identity: Identity) -> dict[str, object]:
+        """The provider's portable reputation record, signed by this gateway (`verify.to_record`)."""
+        state = self.of(node_id)
+        record = to_record(state.reputation or Reputation.new(node_id, time.time()), time.time())
+        record["suspended"] = bool(state.suspended)
+        return {"record": record, "gateway": identity.node_id, "public_key": identity.public_key.hex(),
+                "signature": identity.sign(record_bytes(record)).hex()}
 
     def summary(self) -> list[dict[str, object]]:
         now = time.time()

@@ -119,6 +119,7 @@ class Hub:
         # Verification (gateway/audits.py): verdicts from checkers, and who is suspended.
         self.on_verdict: Callable[[ProviderSession, Verdict], Awaitable[None]] | None = None
         self.is_suspended: Callable[[str], bool] = lambda node_id: False
+        self.is_held_back: Callable[[str], bool] = lambda node_id: False
         self.reputation_of: Callable[[str], float] = lambda node_id: 0.5
         # Hardware proof (gateway/hardware_checks.py): told of each provider-role session once it is
         # registered (it then sends challenges), and handed the provider's answers.
@@ -128,8 +129,11 @@ class Hub:
     # ------------------------------------------------------------ queries
 
     def serving(self, model: str) -> list[ProviderSession]:
-        return [s for s in self.sessions.values()
+        live = [s for s in self.sessions.values()
                 if model in s.models and not s.closed and not self.is_suspended(s.node_id)]
+        # Providers whose answers mostly await audit verdicts wait, unless nobody else can serve.
+        ready = [s for s in live if not self.is_held_back(s.node_id)]
+        return ready or live
 
     def live_models(self) -> dict[str, list[ProviderSession]]:
         out: dict[str, list[ProviderSession]] = {}

@@ -31,6 +31,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -185,13 +186,21 @@ class Store:
 
     async def upsert_provider(self, node_id: str, public_key: bytes, region: str, models: list[str]) -> None:
         now = time.time()
-        async with self.sessions.begin() as s:
-            row = await s.get(ProviderRow, node_id)
-            if row is None:
-                s.add(ProviderRow(node_id=node_id, public_key=public_key.hex(), region=region,
-                                  models=",".join(models), first_seen=now, last_seen=now))
-            else:
-                row.region, row.models, row.last_seen = region, ",".join(models), now
+        for attempt in range(2):
+            try:
+                async with self.sessions.begin() as s:
+                    row = await s.get(ProviderRow, node_id)
+                    if row is None:
+                        s.add(ProviderRow(node_id=node_id, public_key=public_key.hex(), region=region,
+                                          models=",".join(models), first_seen=now, last_seen=now))
+                    else:
+                        row.region, row.models, row.last_seen = region, ",".join(models), now
+                return
+            except IntegrityError:
+                # Another gateway sharing this database inserted the same provider a moment
+                # ago (a provider connects to all its gateways at once): update that row.
+                if attempt == 1:
+                    raise
 
     def record_event(self, peer: str, kind: str, detail: str) -> None:
         log.warning("peer %s: %s: %s", peer, kind, detail)

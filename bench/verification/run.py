@@ -112,8 +112,13 @@ def real_processes(honest_requests: int, cheater_requests: int) -> dict[str, Any
         # --- cheaters, one at a time beside the honest provider
         out["cheaters"] = {}
         for name, serve in CHEATERS.items():
+            before = {p["node_id"] for p in _admin(net, "/admin/providers")["data"]}
             proc = net.start_provider([serve], extra=PRICE, max_concurrency=8)
-            net.wait_for_models({"minilm": 2}, timeout=180)
+            deadline = time.monotonic() + 180
+            while not ({p["node_id"] for p in _admin(net, "/admin/providers")["data"]} - before):
+                if not proc.alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"cheater {name!r} did not connect:\n{proc.log_tail()}")
+                time.sleep(0.3)
             cheater = _node(net, proc)
             served_by: list[str] = []
             for batch in range(cheater_requests // 20):
@@ -145,9 +150,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--honest-requests", type=int, default=3000)
     ap.add_argument("--cheater-requests", type=int, default=400)
+    ap.add_argument("--skip-policy", action="store_true", help="only the real-process part")
     args = ap.parse_args()
     policy_args = ["--trials", "200", "--honest", "1", "--honest-audits", "2000"] if args.quick else []
-    subprocess.run([sys.executable, str(HERE / "policy.py"), *policy_args], check=True)
+    if not args.skip_policy:
+        subprocess.run([sys.executable, str(HERE / "policy.py"), *policy_args], check=True)
     honest_requests = 600 if args.quick else args.honest_requests
     result = real_processes(honest_requests, args.cheater_requests)
     h = result["honest"]

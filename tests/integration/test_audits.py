@@ -22,8 +22,8 @@ from gpupool.ledger import fee_of
 from gpupool.ledger import postings as P
 from gpupool.protocol import AuditJob, Hello, ModelOffer, Welcome
 from tests.integration.conftest import client_for
-from tests.integration.test_bad_peers import events, signed_offer, ws_url
-from tests.integration.test_billing import FAST_SETTLE, ledger_state, new_account, wait_settled
+from tests.integration.test_bad_peers import events, handshake, signed_offer, ws_url
+from tests.integration.test_billing import FAST_SETTLE, answer_one_run, ledger_state, new_account, wait_settled
 
 from websockets.asyncio.client import connect
 
@@ -129,3 +129,44 @@ async def test_failed_audits_suspend_and_a_second_checker_confirms_the_slash(net
     assert balances.get(P.GATEWAY_FEES, 0) == fee_of(paid, 1000)
     for t in tasks:
         t.cancel()
+
+
+async def test_canaries_catch_a_provider_without_any_checker_judging_it(network: Network) -> None:
+    """Answers a checker passed become canaries; a provider answering them wrongly is suspended."""
+    network.start_gateway(extra=[*FAST_SETTLE, "--canary-interval-s", "0.2"])
+    network.start_provider(["echo=echo:chat"])
+    network.wait_for_models({"echo": 1}, timeout=60)
+    checker = Identity.generate()
+    ws = await raw_checker(network, checker, ["echo"])
+    jobs: list[AuditJob] = []
+    judging = asyncio.create_task(judge_jobs(ws, checker, True, jobs))
+    client = client_for(network)
+    for i in range(5):  # greedy: a unique right answer, so these can become canaries
+        await asyncio.to_thread(client.chat.completions.create, model="echo", temperature=0,
+                                messages=[{"role": "user", "content": f"known answer {i}"}])
+    deadline = time.monotonic() + 10
+    while len(jobs) < 5:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    judging.cancel()
+    await ws.close()  # from here on, no checker at all
+    # A provider that answers everything with the same wrong text, and gets no client traffic.
+    liar = Identity.generate()
+    lws = await handshake(network, liar, [ModelOffer("echo", "generate", "echo")])
+    runs: list[str] = []
+
+    async def lie() -> None:
+        while True:
+            receipt = await answer_one_run(lws, liar.node_id, "nonsense", protocol.Usage(1, 1))
+            runs.append(receipt.request_id)
+
+    lying = asyncio.create_task(lie())
+    deadline = time.monotonic() + 20
+    while not any(e["kind"] == "suspended" and e["peer"] == liar.node_id for e in events(network, "suspended")):
+        assert time.monotonic() < deadline, network.admin("/admin/audits")
+        await asyncio.sleep(0.2)
+    lying.cancel()
+    assert "(canary)" in events(network, "suspended")[0]["detail"]
+    # Its canaries looked like client requests and it never saw the same one twice.
+    assert runs and all(r.startswith("chatcmpl-") for r in runs) and len(set(runs)) == len(runs)
+    await lws.close()

@@ -35,6 +35,7 @@ from gpupool.gateway import openai_api as oa
 from gpupool.gateway.audits import Auditor
 from gpupool.gateway.hardware_checks import HardwareChecker
 from gpupool.gateway.billing import Billing, Hold
+from gpupool.gateway.canaries import Canaries
 from gpupool.gateway.dispatch import Dispatcher
 from gpupool.gateway.hub import Hub, ProviderSession
 from gpupool.gateway.router import REGION_POLICIES, RouteOptions
@@ -129,6 +130,8 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     hub.on_statement = billing.statement
 
     auditor = Auditor(hub, ledger)
+    canaries = Canaries(hub, dispatcher, auditor, settings.canary_interval_s)
+    auditor.on_passed = canaries.remember
     hub.on_verdict = auditor.on_verdict
     hub.is_suspended = auditor.is_suspended
     hub.is_held_back = auditor.is_held_back
@@ -155,9 +158,11 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         store.start_writer()
         await billing.start([k["account"] for k in await store.list_keys()])
+        canaries.start()
         try:
             yield
         finally:
+            await canaries.close()
             try:
                 await billing.close()  # first: providers are still connected to sign the last receipts
             except Exception:  # noqa: BLE001 - the ledger unreachable: a restart returns the reserves
@@ -447,7 +452,8 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     async def audits(request: Request) -> JSON:
         admin(request)
-        return JSON({"stats": auditor.stats, "checkers": sorted(hub.checkers), "data": auditor.summary()})
+        return JSON({"stats": auditor.stats, "canaries": canaries.stats, "checkers": sorted(hub.checkers),
+                     "data": auditor.summary()})
 
     async def events_log(request: Request) -> JSON:
         admin(request)

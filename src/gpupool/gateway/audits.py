@@ -24,6 +24,7 @@ import secrets
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -92,6 +93,8 @@ class Auditor:
         self.rng = rng or random.Random()
         self.providers: dict[str, ProviderAudits] = {}
         self.pending: dict[str, PendingJob] = {}
+        # Called with each audit job whose answer a checker passed (the canaries' source).
+        self.on_passed: Callable[[AuditJob, str], None] = lambda job, provider: None
         self.stats = {"served": 0, "audited": 0, "no_checker": 0, "passed": 0, "failed": 0,
                       "suspended": 0, "slashed": 0, "refunded": 0}
 
@@ -168,23 +171,15 @@ class Auditor:
         judgement = Judgement(passed=verdict.passed, hard=verdict.hard and not verdict.passed,
                               reason=verdict.reason, score=verdict.score)
         state = self.of(pending.provider)
-        now = time.time()
         if pending.confirmation:
             await self._confirmed(pending, state, judgement, checker.node_id)
             return
-        state.record = record_verdict(state.record, judgement)
-        state.reputation = observe_verdict(state.reputation or Reputation.new(pending.provider, now), judgement, now)
-        state.recent.append(judgement)
-        self.stats["passed" if judgement.passed else "failed"] += 1
-        if not judgement.passed:
+        if judgement.passed:
+            self.on_passed(pending.job, pending.provider)
+        else:
             state.owed[pending.client] = state.owed.get(pending.client, 0) + pending.cost
             state.failed_requests.append(pending.job.receipt.request_id)
-        decision = suspension(state.recent)
-        if decision.suspend and not state.suspended:
-            state.suspended = decision.reason
-            self.stats["suspended"] += 1
-            self.hub.store.record_event(pending.provider, "suspended", f"{decision.reason} (checker {checker.node_id[:12]})")
-            log.warning("suspended provider %s: %s", pending.provider[:12], decision.reason)
+        if self.apply(pending.provider, judgement, f"checker {checker.node_id[:12]}"):
             # Fraud needs a second opinion: the same job to another checker.
             second = self._checker_for(pending.job.model, exclude=checker.node_id)
             if second is not None:
@@ -195,6 +190,24 @@ class Auditor:
             else:
                 self.hub.store.record_event(pending.provider, "slash_pending",
                                             "no second checker to confirm the fraud; suspended, not slashed")
+
+    def apply(self, provider: str, judgement: Judgement, source: str) -> bool:
+        """Fold one verdict (a checker's, or a canary's) into the provider's record, reputation and
+        recent verdicts; suspend if `verify.suspension` says so. True when this verdict suspended it."""
+        state = self.of(provider)
+        now = time.time()
+        state.record = record_verdict(state.record, judgement)
+        state.reputation = observe_verdict(state.reputation or Reputation.new(provider, now), judgement, now)
+        state.recent.append(judgement)
+        self.stats["passed" if judgement.passed else "failed"] += 1
+        decision = suspension(state.recent)
+        if not decision.suspend or state.suspended:
+            return False
+        state.suspended = decision.reason
+        self.stats["suspended"] += 1
+        self.hub.store.record_event(provider, "suspended", f"{decision.reason} ({source})")
+        log.warning("suspended provider %s: %s (%s)", provider[:12], decision.reason, source)
+        return True
 
     async def _confirmed(self, pending: PendingJob, state: ProviderAudits, judgement: Judgement,
                          checker_id: str) -> None:

@@ -101,6 +101,15 @@ class Dispatcher:
         tries.tried.add(session.node_id)
         return session
 
+    async def run_on(self, session: ProviderSession, request_id: str, model: str, payload: Payload,
+                     deadline: float) -> Outcome | None:
+        """Run one request on this provider only, like a client's (canaries): None if it failed."""
+        try:
+            async with asyncio.timeout_at(_loop_deadline(deadline)):
+                return await self._attempt(session, request_id, model, payload, deadline, Tries())
+        except (errors.GpupoolError, TimeoutError):
+            return None
+
     async def _attempt(self, session: ProviderSession, request_id: str, model: str, payload: Payload,
                        deadline: float, tries: Tries) -> Outcome | None:
         """One provider, one try. None means "try another provider"."""

@@ -61,14 +61,21 @@ def ask(client: openai.OpenAI, text: str) -> openai.types.chat.ChatCompletion:
     return client.chat.completions.create(model="echo", messages=[{"role": "user", "content": text}])
 
 
-async def test_honest_audits_pass_and_checkers_never_get_client_traffic(network: Network) -> None:
-    network.start_gateway(extra=FAST_SETTLE)
-    network.start_provider(["echo=echo:chat"], extra=["--price", "echo=100000/400000"])
+async def echo_and_passing_checker(network: Network, gateway_extra: list[str], provider_extra: list[str]
+                                   ) -> tuple[Identity, Any, list[AuditJob], asyncio.Task[None]]:
+    """A gateway, an echo provider, and a raw checker that passes every job it gets (recorded in the list)."""
+    network.start_gateway(extra=gateway_extra)
+    network.start_provider(["echo=echo:chat"], extra=provider_extra)
     network.wait_for_models({"echo": 1}, timeout=60)
     checker = Identity.generate()
     ws = await raw_checker(network, checker, ["echo"])
     jobs: list[AuditJob] = []
-    judging = asyncio.create_task(judge_jobs(ws, checker, True, jobs))
+    return checker, ws, jobs, asyncio.create_task(judge_jobs(ws, checker, True, jobs))
+
+
+async def test_honest_audits_pass_and_checkers_never_get_client_traffic(network: Network) -> None:
+    checker, ws, jobs, judging = await echo_and_passing_checker(network, FAST_SETTLE,
+                                                                ["--price", "echo=100000/400000"])
     client = client_for(network)
     answers = [await asyncio.to_thread(ask, client, f"question {i}") for i in range(10)]
     assert [a.choices[0].message.content for a in answers] == [f"question {i}" for i in range(10)]
@@ -133,13 +140,8 @@ async def test_failed_audits_suspend_and_a_second_checker_confirms_the_slash(net
 
 async def test_canaries_catch_a_provider_without_any_checker_judging_it(network: Network) -> None:
     """Answers a checker passed become canaries; a provider answering them wrongly is suspended."""
-    network.start_gateway(extra=[*FAST_SETTLE, "--canary-interval-s", "0.2"])
-    network.start_provider(["echo=echo:chat"])
-    network.wait_for_models({"echo": 1}, timeout=60)
-    checker = Identity.generate()
-    ws = await raw_checker(network, checker, ["echo"])
-    jobs: list[AuditJob] = []
-    judging = asyncio.create_task(judge_jobs(ws, checker, True, jobs))
+    _checker, ws, jobs, judging = await echo_and_passing_checker(
+        network, [*FAST_SETTLE, "--canary-interval-s", "0.2"], [])
     client = client_for(network)
     for i in range(5):  # greedy: a unique right answer, so these can become canaries
         await asyncio.to_thread(client.chat.completions.create, model="echo", temperature=0,

@@ -140,6 +140,8 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                                       max_n=settings.hardware_proof_max_n)
     hub.on_provider_connected = hardware_checks.on_connect
     hub.on_hardware_answer = hardware_checks.on_answer
+    if settings.hardware_proof_max_n > 0:
+        hub.hardware_verified = lambda node_id: hardware_checks.verified_gflops(node_id) is not None
     if isinstance(getattr(ledger, "address", None), str):  # an EVM ledger: providers sign costs for the chain
         hub.settlement = (ledger.address, ledger.chain_id)  # type: ignore[attr-defined]
         hub.on_settlement_address = lambda node_id, msg: _spawn(register_settlement_key(node_id, msg))

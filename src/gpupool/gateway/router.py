@@ -99,7 +99,9 @@ class LiveRouter:
         rec = self.record(session.node_id)
         offer = session.models[model]
         claimed = None
-        if offer.claimed_decode_tps or offer.claimed_items_per_s or offer.claimed_prefill_tps:
+        # Claims count (capped) only once the provider proved hardware; measurements replace them anyway.
+        if (offer.claimed_decode_tps or offer.claimed_items_per_s or offer.claimed_prefill_tps) \
+                and self.hub.hardware_verified(session.node_id):
             claimed = SpeedEstimate(prefill_tps=offer.claimed_prefill_tps, decode_tps=offer.claimed_decode_tps,
                                     items_per_s=offer.claimed_items_per_s)
         load = session.load

@@ -202,6 +202,10 @@ class Dispatcher:
                     if not hedged and self.settings.hedging and len(running) == 1:
                         (first_session,) = running.values()
                         wait_s = self.hub.router.hedge_delay(first_session, model, payload, route)
+                        if wait_s is not None:
+                            # Leave a second copy half of the time that is left, whatever the estimate.
+                            left = deadline - time.monotonic()
+                            wait_s = min(wait_s, max(self.settings.hedge_min_s, left / 2))
                     finished, _ = await asyncio.wait(running, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
                     if not finished:
                         hedged = True  # slower than expected: send a second copy elsewhere

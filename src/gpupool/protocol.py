@@ -209,6 +209,7 @@ class Receipt(msgspec.Struct, omit_defaults=True):
     usage: Usage
     finish_reason: str = ""
     issued_at: float = 0.0
+    tokens_hash: bytes = b""  # generation: commits to Done.token_ids and Done.logprobs (see tokens_hash)
     signature: bytes = b""
 
 
@@ -222,6 +223,10 @@ class Done(_Msg, tag="done"):
     text: str = ""
     # On an EVM ledger: the settlement key's signature over this request's cost (65 bytes).
     settlement_sig: bytes = b""
+    # Generation by a backend that runs the model: the chosen token ids and their
+    # log-probabilities, for audits (never sent on to the client).
+    token_ids: list[int] = []
+    logprobs: list[float] = []
 
 
 class Fail(_Msg, tag="fail"):
@@ -260,6 +265,8 @@ class AuditJob(_Msg, tag="audit"):
     vectors: bytes = b""  # embeddings: the provider's float32 rows
     dimensions: int = 0
     text: str = ""  # generation: the provider's text
+    token_ids: list[int] = []  # generation: the committed tokens, when the provider sent them
+    logprobs: list[float] = []
 
 
 class Verdict(_Msg, tag="verdict"):
@@ -388,6 +395,13 @@ def verify_statement(st: Statement, public_key: bytes) -> bool:
 def payload_hash(payload: Payload) -> bytes:
     """Hash of a request's input both sides compute the same way (canonical msgpack)."""
     return hashlib.sha256(_encoder.encode(payload)).digest()
+
+
+def tokens_hash(token_ids: list[int], logprobs: list[float]) -> bytes:
+    """What a receipt commits to for the generated tokens: int32 ids, then float32 log-probs (LE)."""
+    import struct
+
+    return hashlib.sha256(struct.pack(f"<{len(token_ids)}i{len(logprobs)}f", *token_ids, *logprobs)).digest()
 
 
 def output_hash(data: bytes | str) -> bytes:

@@ -79,12 +79,15 @@ async def serve(backend: Backend, model: str, payload: Payload) -> AuditJob:
                 done = event
         assert done is not None
         text = "".join(parts)
-        output, finish, extra = text.encode(), done.finish_reason, {"text": text}
+        output, finish = text.encode(), done.finish_reason
+        extra = {"text": text, "token_ids": done.token_ids, "logprobs": done.logprobs}
         usage = Usage(done.prompt_tokens, done.completion_tokens)
     request_id = uuid.uuid4().hex
+    tokens = extra.get("token_ids")
     receipt = Receipt(request_id=request_id, node_id=PROVIDER.node_id, model=model,
                       input_hash=protocol.payload_hash(payload), output_hash=protocol.output_hash(output),
-                      usage=usage, finish_reason=finish)
+                      usage=usage, finish_reason=finish,
+                      tokens_hash=protocol.tokens_hash(tokens, extra["logprobs"]) if tokens else b"")
     return AuditJob(job_id="aud-" + request_id, model=model, payload=payload, receipt=receipt, **extra)
 
 
@@ -174,7 +177,7 @@ async def test_cached_generation_fails(llama_dir: Path, backends: dict[str, Back
     assert second.text == first.text  # the old answer for a new prompt
     assert (await judge(backends["ref-gen"], first)).passed  # nothing cached yet: honest
     verdict = await judge(backends["ref-gen"], second)
-    assert not verdict.passed and verdict.hard and verdict.reason.startswith("text_mismatch"), verdict
+    assert not verdict.passed and verdict.hard and verdict.reason.startswith(("text_mismatch", "token_mismatch")), verdict
 
 
 async def test_noise_generation_fails_hard(llama_dir: Path, backends: dict[str, Backend]) -> None:
@@ -215,3 +218,36 @@ def test_redteam_specs() -> None:
         with pytest.raises(ValueError):
             RedTeamBackend("m", bad)
     assert ServeSpec.parse("x=redteam:noise:minilm?rate=0.1").spec == "noise:minilm?rate=0.1"
+
+
+async def test_greedy_audit_scores_the_committed_tokens_in_one_pass(tmp_path: Path,
+                                                                    backends: dict[str, Backend]) -> None:
+    """With token ids in the receipt the checker runs one forward pass instead of generating again;
+    a smaller/other model's tokens fail it, and tokens the receipt does not commit to are hard."""
+    honest = await serve(backends["honest-gen"], "tiny-llama", greedy("Rivers carry silt to the sea"))
+    assert honest.token_ids and len(honest.logprobs) == len(honest.token_ids)
+    ref = backends["ref-gen"]
+    calls = {"generate": 0}
+    original = ref.generate
+
+    def counting(payload: GeneratePayload):  # counts, then runs the real generation
+        calls["generate"] += 1
+        return original(payload)
+
+    ref.generate = counting  # type: ignore[method-assign]
+    try:
+        verdict = await judge(ref, honest)
+    finally:
+        ref.generate = original  # type: ignore[method-assign]
+    assert verdict.passed, verdict
+    assert calls["generate"] == 0  # judged by scoring, not by generating again
+    other = await started(f"tiny-llama=generate:{create_tiny_llama(tmp_path / 'other', seed=1)}")
+    try:
+        impostor = await serve(other, "tiny-llama", greedy("Rivers carry silt to the sea"))
+    finally:
+        await other.close()
+    verdict = await judge(ref, impostor)
+    assert not verdict.passed and verdict.hard and verdict.reason == "token_mismatch", verdict
+    forged = msgspec.structs.replace(honest, logprobs=[p + 1.0 for p in honest.logprobs])
+    verdict = await judge(ref, forged)
+    assert not verdict.passed and verdict.hard and verdict.reason.startswith("tokens_hash_mismatch"), verdict

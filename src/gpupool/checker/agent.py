@@ -18,16 +18,20 @@ and every Ping with a Pong.
 * Embeddings: the reference embeds the same inputs; cosine of each row against the
   reference (`compare_embeddings`: below 0.95 fails, below 0.5 is another model: hard);
   reported prompt tokens against the reference's count.
-* Greedy generation (temperature 0): the reference regenerates with the same payload
-  (max_tokens, stop, continue_text) and the texts must agree. Same text: usage and
-  finish reason are checked against the reference's exact counts. Provider text a
-  strict prefix of the reference: truncated (with the delivered tokens estimated from
-  the reference's count, so full usage reported for half a text is inflation).
-  Divergence: a token mismatch, hard when it starts in the first 20% of the reference
-  text (another model, noise, an answer to another prompt), soft later.
-  Regenerating costs a full decode; scoring the provider's tokens in one forward pass
-  (`verify.compare_greedy`) needs the provider's token ids, which the protocol does not
-  carry yet.
+* Greedy generation (temperature 0), when the receipt commits to token ids and
+  log-probs (the `generate` backend sends them): the tokens must spell the delivered
+  text and the usage must match their count; then one forward pass of the reference
+  over prompt + tokens scores every token (`verify.compare_greedy`: each must be the
+  reference's argmax within a tie margin, and the reported log-probs must agree). A
+  prefill instead of a full decode: audits cost a fraction of serving.
+* Greedy generation otherwise (no tokens, e.g. an `upstream` engine, or tokens that do
+  not spell the text): the reference regenerates with the same payload and the texts
+  must agree. Same text: usage and finish reason are checked against the reference's
+  exact counts. Provider text a strict prefix of the reference: truncated (with the
+  delivered tokens estimated from the reference's count, so full usage reported for
+  half a text is inflation). Divergence: a token mismatch, hard when it starts in the
+  first 20% of the reference text (another model, noise, an answer to another
+  prompt), soft later.
 * Sampled generation: not replayable across hardware (a CUDA sampler draws other
   numbers than a CPU one for the same seed), so only the commitment, the exact prompt
   count (a one-token greedy reference run) and a bound on completion tokens are
@@ -67,7 +71,7 @@ from gpupool.provider.backends.base import GenDone, TextDelta
 from gpupool.provider.backends.generate import GREEDY_BELOW
 from gpupool.provider.hardware import probe
 from gpupool.verify import Verdict, combine, fail
-from gpupool.verify.comparators import Usage, check_usage, compare_embeddings
+from gpupool.verify.comparators import Usage, check_usage, compare_embeddings, compare_greedy
 
 log = logging.getLogger("gpupool.checker")
 
@@ -147,6 +151,10 @@ def _most_tokens(text: str, max_tokens: int) -> int:
 async def _judge_generation(backend: Backend, job: AuditJob, payload: GeneratePayload) -> Verdict:
     text, reported, finish = job.text, job.receipt.usage, job.receipt.finish_reason
     greedy = payload.temperature < GREEDY_BELOW
+    if greedy and job.token_ids and hasattr(backend, "score"):
+        scored = await _score_committed_tokens(backend, job, payload)
+        if scored is not None:
+            return scored
     # A sampled request is replayed greedily with one token: that gives the exact prompt count.
     probe_payload = payload if greedy else _one_token(payload)
     ref_text, ref = await _run_reference(backend, probe_payload)
@@ -178,6 +186,27 @@ async def _judge_generation(backend: Backend, job: AuditJob, payload: GeneratePa
     score = agree / max(len(ref_text), len(text), 1)
     return fail(f"text_mismatch at character {agree}", score=score, position=agree,
                 hard=agree < HARD_DIVERGENCE_FRACTION * len(ref_text))
+
+
+async def _score_committed_tokens(backend: Backend, job: AuditJob, payload: GeneratePayload) -> Verdict | None:
+    """Judge greedy output from the provider's committed tokens with one forward pass (a prefill),
+    instead of generating the answer again. None when the tokens do not spell the delivered text
+    (e.g. a stream continued by another provider, or a provider cutting its text): then the
+    caller regenerates, which judges the text itself."""
+    if protocol.tokens_hash(job.token_ids, job.logprobs) != job.receipt.tokens_hash:
+        return fail("tokens_hash_mismatch: the receipt commits to other tokens", hard=True)
+    spelled = await backend.detokenize(job.token_ids)  # type: ignore[attr-defined]
+    if spelled != job.text and not (payload.stop and spelled.startswith(job.text)
+                                    and any(spelled[len(job.text):].startswith(s) for s in payload.stop if s)):
+        return None
+    reported = job.receipt.usage
+    eos = 1 if job.receipt.finish_reason == "stop" and not payload.stop else 0
+    if reported.completion_tokens > len(job.token_ids) + 1 or reported.completion_tokens < len(job.token_ids):
+        return fail(f"usage_inflated: completion reported {reported.completion_tokens}, committed "
+                    f"{len(job.token_ids)} tokens (+{eos} end)", hard=True)
+    logits = await backend.score(payload, job.token_ids)  # type: ignore[attr-defined]
+    reported_logprobs = np.asarray(job.logprobs, dtype=np.float64) if job.logprobs else None
+    return compare_greedy(np.asarray(job.token_ids), logits, reported_logprobs=reported_logprobs)
 
 
 def _one_token(payload: GeneratePayload) -> GeneratePayload:

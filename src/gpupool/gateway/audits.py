@@ -129,7 +129,8 @@ class Auditor:
             self.stats["no_checker"] += 1
             return
         job = AuditJob(job_id="aud-" + uuid.uuid4().hex, model=model, payload=payload, receipt=done.receipt,
-                       vectors=done.vectors, dimensions=done.dimensions, text=text)
+                       vectors=done.vectors, dimensions=done.dimensions, text=text,
+                       token_ids=done.token_ids, logprobs=done.logprobs)
         self._send(PendingJob(job, session.node_id, client, cost, checker.node_id, time.monotonic()), checker)
 
     def _checker_for(self, model: str, exclude: str) -> ProviderSession | None:

@@ -436,6 +436,8 @@ def receipt_problem(session: ProviderSession, request_id: str, model: str, paylo
         output = text.encode()
     if r.output_hash != protocol.output_hash(output):
         return "receipt output hash does not match the output"
+    if (done.token_ids or r.tokens_hash) and r.tokens_hash != protocol.tokens_hash(done.token_ids, done.logprobs):
+        return "receipt tokens hash does not match the tokens sent"
     if check_signature and r.signature and not protocol.verify_claim(r, session.public_key):
         return "receipt signature does not verify"
     return None

@@ -360,7 +360,8 @@ class GatewayLink:
             elif isinstance(event, GenDone):
                 text = "".join(parts)
                 usage = Usage(event.prompt_tokens, event.completion_tokens)
-                return self._done(run, usage, event.finish_reason, text.encode(), text=text)
+                return self._done(run, usage, event.finish_reason, text.encode(), text=text,
+                                  token_ids=event.token_ids, logprobs=event.logprobs)
         raise BackendError("internal_error", "backend ended without a result", retryable=True)
 
     def _done(self, run: Run, usage: Usage, finish: str, output: bytes, **result: object) -> Done:
@@ -374,6 +375,8 @@ class GatewayLink:
             usage=usage,
             finish_reason=finish,
             issued_at=time.time(),
+            tokens_hash=protocol.tokens_hash(result["token_ids"], result["logprobs"])  # type: ignore[arg-type]
+            if result.get("token_ids") else b"",
         )
         # Unsigned here: the next Statement signs it together with every other receipt sent meanwhile.
         if self._settlement is not None:

@@ -19,7 +19,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gpupool.protocol import EmbedPayload, GeneratePayload, ModelOffer, Task
@@ -42,6 +42,10 @@ class GenDone:
     finish_reason: str  # "stop" | "length"
     prompt_tokens: int
     completion_tokens: int
+    # The chosen tokens and their log-probabilities (backends that run the model themselves):
+    # committed in the receipt, so a checker can score them in one forward pass.
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
 
 
 GenEvent = TextDelta | GenDone

@@ -232,6 +232,7 @@ class GenerateBackend(Backend):
         extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
 
         generated: list[int] = []
+        logprobs: list[float] = []
         sent = 0  # characters of the decoded text already emitted
         finish, eos_tokens = "length", 0
         past: Any = None
@@ -244,6 +245,7 @@ class GenerateBackend(Backend):
                 past = out.past_key_values
                 logits = out.logits[0, -1].float()
                 token = self._pick(logits, greedy, payload, gen)
+                logprobs.append(float(torch.log_softmax(logits, dim=-1)[token]))
                 if token in self._eos_ids:
                     # eos is never part of the text, but it was computed: bill it.
                     finish, eos_tokens = "stop", 1
@@ -259,7 +261,7 @@ class GenerateBackend(Backend):
                 if cut >= 0:
                     if cut > sent:
                         yield TextDelta(text[sent:cut])
-                    yield GenDone("stop", len(prompt), len(generated))
+                    yield GenDone("stop", len(prompt), len(generated), list(generated), logprobs[:len(generated)])
                     return
                 ready = len(text) - _held_stop_prefix(text, stops)
                 if ready > sent:
@@ -271,7 +273,25 @@ class GenerateBackend(Backend):
         text = tok.decode(generated, skip_special_tokens=True).rstrip(REPLACEMENT_CHAR)
         if len(text) > sent:
             yield TextDelta(text[sent:])
-        yield GenDone(finish, len(prompt), len(generated) + eos_tokens)
+        yield GenDone(finish, len(prompt), len(generated) + eos_tokens, list(generated), logprobs[:len(generated)])
+
+    async def score(self, payload: GeneratePayload, token_ids: list[int]) -> Any:
+        """Logits [len(token_ids), vocab] (numpy float32) the model gives each of these tokens
+        after the request's prompt: one forward pass, what a checker needs to judge greedy output."""
+        return await self._thread.call(self._score, payload, token_ids)
+
+    def _score(self, payload: GeneratePayload, token_ids: list[int]) -> Any:
+        import torch
+
+        prompt = self._prepare(payload)
+        ids = torch.tensor([prompt + token_ids[:-1]], device=self._device)
+        with torch.inference_mode():
+            logits = self._model(input_ids=ids).logits[0, len(prompt) - 1:].float()
+        return logits.cpu().numpy()
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        return await self._thread.call(
+            lambda: self._tokenizer.decode(token_ids, skip_special_tokens=True).rstrip(REPLACEMENT_CHAR))
 
     @staticmethod
     def _pick(logits: Any, greedy: bool, payload: GeneratePayload, gen: Any) -> int:

@@ -56,5 +56,10 @@ openai (Python):
       if chunk.choices:
           print(chunk.choices[0].delta.content or "", end="", flush=True)
 
+money: the key's account starts with {DEV_STARTING_BALANCE // 1_000_000:,} credits; each response's
+  usage.cost_ucr says what it cost (µcr). Balance and charges:
+  curl {url}/v1/account -H "Authorization: Bearer {key}"
+  .venv/bin/gpupool market --gateway {url}
+
 Press Ctrl-C to stop every process this command started.
 """

@@ -172,3 +172,31 @@ async def test_canaries_catch_a_provider_without_any_checker_judging_it(network:
     # Its canaries looked like client requests and it never saw the same one twice.
     assert runs and all(r.startswith("chatcmpl-") for r in runs) and len(set(runs)) == len(runs)
     await lws.close()
+
+
+async def test_confirmed_fraud_refunds_every_request_since_the_last_passed_audit(network: Network) -> None:
+    """Bad answers the audits never sampled are refunded too: all requests after the last vouched one."""
+    _passing, ws, jobs, judging = await echo_and_passing_checker(
+        network, FAST_SETTLE, ["--price", "echo=1000000/1000000"])
+    key = new_account(network, "client", 1_000_000)
+    client = client_for(network, key)
+    c1 = (await asyncio.to_thread(ask, client, "one two three")).usage.cost_ucr  # audited, passed
+    while not jobs:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    judging.cancel()
+    await ws.close()  # no checker now: the next answer is served unaudited
+    c2 = (await asyncio.to_thread(ask, client, "four five six")).usage.cost_ucr
+    first, second = Identity.generate(), Identity.generate()
+    failing = [await raw_checker(network, first, ["echo"]), await raw_checker(network, second, ["echo"])]
+    tasks = [asyncio.create_task(judge_jobs(w, i, False, [])) for w, i in zip(failing, (first, second))]
+    c3 = (await asyncio.to_thread(ask, client, "seven eight nine")).usage.cost_ucr  # audited, fails: fraud
+    deadline = time.monotonic() + 15
+    while not events(network, "slashed"):
+        assert time.monotonic() < deadline, network.admin("/admin/events?limit=50")
+        await asyncio.sleep(0.1)
+    assert f"refunded {c2 + c3} µcr" in events(network, "slashed")[0]["detail"]
+    account = await asyncio.to_thread(wait_settled, network, key)
+    assert account["balance"] == 1_000_000 - c1  # the unaudited answer and the failed one came back in full
+    for t in tasks:
+        t.cancel()

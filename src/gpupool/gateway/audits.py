@@ -8,10 +8,10 @@ a checker holding that model. The provider cannot tell audited work from the res
 
 Each signed `Verdict` updates the provider's record and reputation (which the router
 uses) and its recent verdicts; `verify.suspension` decides whether to suspend it
-(suspended providers get no traffic). A failed audit means that request's client is
-owed a refund. A suspension confirmed by a second checker's verdict is fraud: the
-provider is slashed through the ledger, the clients of its failed audits are
-refunded from its held earnings and stake, and the first checker gets the bounty.
+(suspended providers get no traffic). A suspension confirmed by a second checker's
+verdict is fraud: the provider is slashed through the ledger and every request it
+served since its last passed audit is refunded (any of them may be a bad answer the
+audits did not sample), from its held earnings and stake; the checker gets the bounty.
 All decisions are the pure functions of `gpupool.verify`; this class holds state.
 """
 
@@ -68,6 +68,8 @@ class ProviderAudits:
     recent: deque[Judgement] = field(default_factory=lambda: deque(maxlen=200))
     owed: dict[str, int] = field(default_factory=dict)  # client -> µcr of failed audited requests
     failed_requests: list[str] = field(default_factory=list)
+    # (request id, client, cost) served since the last passed audit: refunded on confirmed fraud.
+    unvouched: deque[tuple[str, str, int]] = field(default_factory=lambda: deque(maxlen=10_000))
     suspended: str = ""  # the reason, once suspended
     slashed: bool = False
     confirm_job: str = ""  # the second-opinion job in flight
@@ -121,6 +123,8 @@ class Auditor:
         state = self.of(session.node_id)
         rate = audit_rate(state.record)
         state.record = record_served(state.record)
+        if cost > 0:
+            state.unvouched.append((request_id, client, cost))
         self.stats["served"] += 1
         if not should_audit(self.secret, request_id, rate):
             return
@@ -177,6 +181,7 @@ class Auditor:
             return
         if judgement.passed:
             self.on_passed(pending.job, pending.provider)
+            _drop_through(state.unvouched, pending.job.receipt.request_id)
         else:
             state.owed[pending.client] = state.owed.get(pending.client, 0) + pending.cost
             state.failed_requests.append(pending.job.receipt.request_id)
@@ -221,6 +226,10 @@ class Auditor:
             return
         state.slashed = True
         refunds = dict(state.owed)
+        failed = set(state.failed_requests)
+        for request_id, client, cost in state.unvouched:
+            if request_id not in failed:  # (failed ones are in `owed` already)
+                refunds[client] = refunds.get(client, 0) + cost
         try:
             await self._slash(pending.provider, refunds, checker_id)
         except LedgerError as exc:
@@ -232,7 +241,8 @@ class Auditor:
         self.stats["refunded"] += sum(refunds.values())
         self.hub.store.record_event(pending.provider, "slashed",
                                     f"fraud confirmed by a second checker; refunded {sum(refunds.values())} µcr to "
-                                    f"{len(refunds)} clients for {len(state.failed_requests)} failed audits")
+                                    f"{len(refunds)} clients for {len(state.unvouched)} requests since its last "
+                                    f"passed audit ({len(state.failed_requests)} failed audits)")
 
     async def _slash(self, provider: str, refunds: dict[str, int], checker_id: str) -> None:
         await self.ledger.slash(f"slash:{provider}:{uuid.uuid4().hex[:8]}", provider, refunds, checker_id,
@@ -271,6 +281,13 @@ class Auditor:
                  "reputation": round(score(s.reputation, now), 4) if s.reputation else 0.5,
                  "suspended": s.suspended, "slashed": s.slashed, "owed_refunds": sum(s.owed.values())}
                 for node, s in sorted(self.providers.items())]
+
+
+def _drop_through(served: deque[tuple[str, str, int]], request_id: str) -> None:
+    """A passed audit vouches for the requests served up to it: drop them (if it is still listed)."""
+    if any(r == request_id for r, _, _ in served):
+        while served and served.popleft()[0] != request_id:
+            pass
 
 
 def _fields(job: AuditJob) -> dict[str, object]:

@@ -132,6 +132,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     auditor = Auditor(hub, ledger)
     canaries = Canaries(hub, dispatcher, auditor, settings.canary_interval_s)
     auditor.on_passed = canaries.remember
+    auditor.before_slash = billing.settle_provider
     hub.on_verdict = auditor.on_verdict
     hub.is_suspended = auditor.is_suspended
     hub.is_held_back = auditor.is_held_back

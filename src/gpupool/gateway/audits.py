@@ -24,7 +24,7 @@ import secrets
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -97,6 +97,8 @@ class Auditor:
         self.pending: dict[str, PendingJob] = {}
         # Called with each audit job whose answer a checker passed (the canaries' source).
         self.on_passed: Callable[[AuditJob, str], None] = lambda job, provider: None
+        # Awaited before a slash: lets billing settle the provider's queued charges first.
+        self.before_slash: Callable[[str], Awaitable[None]] = _nothing
         self.stats = {"served": 0, "audited": 0, "no_checker": 0, "passed": 0, "failed": 0,
                       "suspended": 0, "slashed": 0, "refunded": 0}
 
@@ -230,13 +232,17 @@ class Auditor:
         for request_id, client, cost in state.unvouched:
             if request_id not in failed:  # (failed ones are in `owed` already)
                 refunds[client] = refunds.get(client, 0) + cost
+        # Its latest charges may still be waiting for a batch: their earnings must be held
+        # (and so refundable) before the slash takes them.
+        await self.before_slash(pending.provider)
         try:
             await self._slash(pending.provider, refunds, checker_id)
         except LedgerError as exc:
             # Less at stake than owed: refund what can be taken, in proportion.
             log.warning("slash of %s for the full refunds failed (%s); refunding what is there",
                         pending.provider[:12], exc)
-            await self._slash(pending.provider, await self._affordable(pending.provider, refunds), checker_id)
+            refunds = await self._affordable(pending.provider, refunds)
+            await self._slash(pending.provider, refunds, checker_id)
         self.stats["slashed"] += 1
         self.stats["refunded"] += sum(refunds.values())
         self.hub.store.record_event(pending.provider, "slashed",
@@ -281,6 +287,10 @@ class Auditor:
                  "reputation": round(score(s.reputation, now), 4) if s.reputation else 0.5,
                  "suspended": s.suspended, "slashed": s.slashed, "owed_refunds": sum(s.owed.values())}
                 for node, s in sorted(self.providers.items())]
+
+
+async def _nothing(_provider: str) -> None:
+    return None
 
 
 def _drop_through(served: deque[tuple[str, str, int]], request_id: str) -> None:

@@ -248,6 +248,17 @@ class Billing:
         self.tabs[item.client].pending -= item.cost
         self.on_bad_receipt(item.provider, why)
 
+    async def settle_provider(self, provider: str) -> None:
+        """Settle what is queued for `provider` now (waiting at most `statement_wait_s` for its
+        statements): called before it is slashed, so its latest earnings are there to refund."""
+        deadline = time.monotonic() + self.statement_wait_s + 1.0
+        while time.monotonic() < deadline:
+            await self.flush()
+            waiting = [i for i in self.queue if i.provider == provider]
+            if self._unsent is None and not waiting:
+                return
+            await asyncio.sleep(0.05)
+
     async def flush(self) -> None:
         """Settle the queued charges whose receipts are signed, in one ledger write."""
         async with self._flush_lock:

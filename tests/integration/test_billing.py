@@ -208,6 +208,9 @@ async def test_a_receipt_with_a_bad_signature_is_never_paid(network: Network) ->
     assert account["balance"] == 1_000_000  # ...but the receipt did not verify, so nothing was
     bad = events(network, "bad_receipt")
     assert bad and bad[0]["peer"] == forger.node_id and "signature" in bad[0]["detail"]
+    billing = httpx.get(network.gateway_url + "/admin/billing", timeout=5,
+                        headers={"Authorization": f"Bearer {network.admin_token}"}).json()
+    assert billing["stats"]["bad_receipts"] == 1 and billing["stats"]["charged"] == 0
     balances = assert_books_balance(network.db, 1_000_000)
     assert balances.get(P.provider_held(forger.node_id), 0) == 0
     await ws.close()

@@ -11,41 +11,52 @@ than the whole rest of the gateway (measured with py-spy under bench/overhead).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 import pydantic
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
 from gpupool import __version__, errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway import openai_api as oa
-from gpupool.gateway.audits import Auditor
-from gpupool.gateway.hardware_checks import HardwareChecker
-from gpupool.gateway.billing import Billing, Hold
-from gpupool.gateway.canaries import Canaries
+from gpupool.gateway.billing import Hold
 from gpupool.gateway.dispatch import Dispatcher
+from gpupool.gateway.http import (
+    JSON,
+    JSON_ENCODER,
+    SLOT,
+    BodyLimit,
+    ClientGone,
+    EventStream,
+    error_response,
+    query_limit,
+    route_options,
+    sse,
+    sse_template,
+    until_disconnect,
+)
 from gpupool.gateway.hub import Hub, ProviderSession
-from gpupool.gateway.router import REGION_POLICIES, RouteOptions
+from gpupool.gateway.router import RouteOptions
+from gpupool.gateway.services import Services
 from gpupool.gateway.store import ApiKey, Store, account_for
 from gpupool.identity import Identity
 from gpupool.ledger import Ledger, LedgerError
 from gpupool.ledger import postings
 from gpupool.market import pricing
 from gpupool.market.summary import Listing, summarize
-from gpupool.protocol import Done, Payload, SettlementAddress
+from gpupool.protocol import Done, Payload
 
 log = logging.getLogger("gpupool.gateway")
 
@@ -54,124 +65,22 @@ MAX_EMBEDDING_INPUTS = 2048
 T = TypeVar("T")
 BodyT = TypeVar("BodyT", bound=pydantic.BaseModel)
 
-_json = msgspec.json.Encoder()
-
-
-class JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return _json.encode(content)
-
-
-def error_response(exc: errors.GpupoolError) -> JSON:
-    return JSON(exc.body(), status_code=exc.status)
-
-
-class BodyLimit:
-    """Refuse bodies over the limit with 413 before any of it is parsed or buffered."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        too_large = errors.BodyTooLarge(f"request body exceeds the limit of {self.max_bytes} bytes")
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                return await error_response(too_large)(scope, receive, send)
-        # No usable content-length (e.g. chunked): read the body here, up to the limit,
-        # then replay it. The routes buffer the whole body anyway, so this costs nothing.
-        chunks: list[bytes] = []
-        seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away before sending the body
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.max_bytes:
-                return await error_response(too_large)(scope, receive, send)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-
-
 def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledger: Ledger) -> ASGIApp:
     hub = Hub(settings, identity, store)
     dispatcher = Dispatcher(hub, settings)
 
-    def bad_receipt(node_id: str, why: str) -> None:
-        session = hub.sessions.get(node_id)
-        if session is not None:
-            hub.disconnect(session, "bad_receipt", why)
-        else:
-            store.record_event(node_id, "bad_receipt", why)
-
-    billing = Billing(ledger, holder=identity.node_id, fee_bps=settings.fee_bps, tab_size=settings.tab_size,
-                      flush_interval_s=settings.settle_interval_s, tab_idle_s=settings.tab_idle_s,
-                      audit_window_s=settings.audit_window_s, statement_wait_s=settings.statement_wait_s,
-                      on_bad_receipt=bad_receipt)
-    hub.on_statement = billing.statement
-
-    auditor = Auditor(hub, ledger)
-    canaries = Canaries(hub, dispatcher, auditor, settings.canary_interval_s)
-    auditor.on_passed = canaries.remember
-    auditor.before_slash = billing.settle_provider
-    hub.on_verdict = auditor.on_verdict
-    hub.is_suspended = auditor.is_suspended
-    hub.is_held_back = auditor.is_held_back
-    hub.reputation_of = auditor.reputation_of
-    hardware_checks = HardwareChecker(hub.disconnect, interval_s=settings.hardware_proof_interval_s,
-                                      max_n=settings.hardware_proof_max_n)
-    hub.on_provider_connected = hardware_checks.on_connect
-    hub.on_hardware_answer = hardware_checks.on_answer
-    if settings.hardware_proof_max_n > 0:
-        hub.hardware_verified = lambda node_id: hardware_checks.verified_gflops(node_id) is not None
-    if isinstance(getattr(ledger, "address", None), str):  # an EVM ledger: providers sign costs for the chain
-        hub.settlement = (ledger.address, ledger.chain_id)  # type: ignore[attr-defined]
-        hub.on_settlement_address = lambda node_id, msg: _spawn(register_settlement_key(node_id, msg))
-
-    async def register_settlement_key(node_id: str, msg: SettlementAddress) -> None:
-        registered = await ledger.settlement_address(node_id)  # type: ignore[attr-defined]
-        if registered is None:
-            await ledger.register_provider(node_id, msg.address, msg.registration)  # type: ignore[attr-defined]
-            log.info("registered settlement key %s for provider %s", msg.address, node_id[:12])
-        elif registered.lower() != msg.address.lower():
-            # Registration is set once: receipts signed with another key would never be paid.
-            store.record_event(node_id, "settlement_key_mismatch",
-                               f"announced {msg.address}, contract has {registered}: its receipts will not be paid")
+    services = Services.wire(settings, hub, store, identity, ledger, dispatcher)
+    billing, auditor, canaries, hardware_checks = (services.billing, services.auditor, services.canaries,
+                                                   services.hardware_checks)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         store.start_writer()
-        await billing.start([k["account"] for k in await store.list_keys()])
-        canaries.start()
+        await services.start([k["account"] for k in await store.list_keys()])
         try:
             yield
         finally:
-            await canaries.close()
-            try:
-                await billing.close()  # first: providers are still connected to sign the last receipts
-            except Exception:  # noqa: BLE001 - the ledger unreachable: a restart returns the reserves
-                log.exception("billing could not settle and close its tabs at shutdown")
-            await hub.close_all()
-            await hardware_checks.close()
+            await services.close()  # settles and returns tabs while providers are still connected
             await store.close()
             await ledger.close()
 
@@ -274,7 +183,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         route = route_options(request, body)
         tokens_in = pricing.input_token_bound(sum(len(x.encode()) for x in payload.inputs), len(payload.inputs))
         async with await reserve(key, body.model, tokens_in, 0, route) as hold:
-            out = await _until_disconnect(request, dispatcher.complete(rid, body.model, payload,
+            out = await until_disconnect(request, dispatcher.complete(rid, body.model, payload,
                                                                        deadline_for(request), route))
             done = out.done
             if body.dimensions is not None and body.dimensions != done.dimensions:
@@ -315,7 +224,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         hold = await reserve(key, model, tokens_in, payload.max_tokens, route)
         if not stream:
             async with hold:
-                out = await _until_disconnect(request, dispatcher.complete(rid, model, payload, deadline, route))
+                out = await until_disconnect(request, dispatcher.complete(rid, model, payload, deadline, route))
                 cost = charge(hold, rid, model, out.session, out.done, key, payload, out.text)
             u = out.done.receipt.usage
             build = oa.chat_response if chat else oa.completion_response
@@ -337,12 +246,12 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             status = "cancelled"  # unless it ends below: the client went away
             try:
                 if chat:
-                    yield _sse(oa.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}, None))
-                head, tail = _sse_template(oa.chat_chunk(rid, model, created, {"content": _SLOT}, None) if chat
-                                           else oa.completion_chunk(rid, model, created, _SLOT, None))
+                    yield sse(oa.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}, None))
+                head, tail = sse_template(oa.chat_chunk(rid, model, created, {"content": SLOT}, None) if chat
+                                           else oa.completion_chunk(rid, model, created, SLOT, None))
                 async for text in opened:
                     # Per token only the text is encoded; the rest of the event is fixed.
-                    yield head + _json.encode(text) + tail
+                    yield head + JSON_ENCODER.encode(text) + tail
                 done = opened.done
                 assert done is not None
                 finish = done.receipt.finish_reason or "stop"
@@ -351,11 +260,11 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                 if opened.continued:
                     # The client saw one stream; say that several providers produced it.
                     last["gpupool"] = {"continued": opened.continued, "providers": opened.providers}
-                yield _sse(last)
+                yield sse(last)
                 cost = charge(hold, rid, model, opened.session, done, key, payload, opened.text)
                 if include_usage:
                     u = done.receipt.usage
-                    yield _sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                    yield sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
                                 "created": created, "model": model, "choices": [],
                                 "usage": oa.usage(u.prompt_tokens, u.completion_tokens, cost)})
                 yield b"data: [DONE]\n\n"
@@ -363,7 +272,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             except errors.GpupoolError as exc:
                 # Headers are gone already: the error travels as an SSE event the client raises on.
                 status = "error"
-                yield _sse(exc.body())
+                yield sse(exc.body())
             finally:
                 await opened.aclose()
                 hold.release()  # no-op once charged
@@ -377,7 +286,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             await opened.aclose()
             hold.release()
 
-        return _EventStream(events(), closed, media_type="text/event-stream",
+        return EventStream(events(), closed, media_type="text/event-stream",
                             headers={"x-gpupool-provider": opened.session.node_id, "x-request-id": rid,
                                      "cache-control": "no-cache"})
 
@@ -401,7 +310,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     async def account(request: Request) -> JSON:
         key = await client_key(request)
         body = await billing.account(key.account)
-        body["recent_charges"] = await store.recent_charges(key.account, _limit(request, 20))
+        body["recent_charges"] = await store.recent_charges(key.account, query_limit(request, 20))
         return JSON(body)
 
     async def earnings(request: Request) -> JSON:
@@ -458,14 +367,18 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         return JSON({"stats": auditor.stats, "canaries": canaries.stats, "checkers": sorted(hub.checkers),
                      "data": auditor.summary()})
 
+    async def billing_state(request: Request) -> JSON:
+        admin(request)
+        return JSON({"stats": billing.stats, "open_tabs": len(billing.tabs), "queued_charges": len(billing.queue)})
+
     async def events_log(request: Request) -> JSON:
         admin(request)
         peer = request.query_params.get("peer")
-        return JSON({"data": await store.peer_events(peer, _limit(request))})
+        return JSON({"data": await store.peer_events(peer, query_limit(request))})
 
     async def requests_log(request: Request) -> JSON:
         admin(request)
-        return JSON({"data": await store.recent_requests(_limit(request))})
+        return JSON({"data": await store.recent_requests(query_limit(request))})
 
     app = Starlette(
         routes=[
@@ -484,6 +397,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             Route("/admin/providers", providers),
             Route("/admin/events", events_log),
             Route("/admin/audits", audits),
+            Route("/admin/billing", billing_state),
             Route("/admin/requests", requests_log),
         ],
         exception_handlers={Exception: on_error, HTTPException: on_error, errors.GpupoolError: on_error,
@@ -493,59 +407,11 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     return BodyLimit(app, settings.max_body_bytes)
 
 
-def route_options(request: Request, body: pydantic.BaseModel) -> RouteOptions:
-    """Client routing options: headers `X-Gpupool-Region`, `X-Gpupool-Region-Policy`,
-    `X-Gpupool-Max-Price` (µcr per request), or the same in a body field
-    `"gpupool": {"region": ..., "region_policy": ..., "max_price": ...}`; headers win."""
-    extra = (body.model_extra or {}).get("gpupool") or {}
-    if not isinstance(extra, dict):
-        raise errors.InvalidRequest("gpupool must be an object", param="gpupool")
-    h = request.headers
-    region = h.get("x-gpupool-region") or extra.get("region")
-    policy = h.get("x-gpupool-region-policy") or extra.get("region_policy") or "prefer"
-    if policy not in REGION_POLICIES:
-        raise errors.InvalidRequest(f"region_policy must be one of {', '.join(REGION_POLICIES)}",
-                                    param="gpupool.region_policy")
-    raw_price = h.get("x-gpupool-max-price") or extra.get("max_price")
-    max_price = None
-    if raw_price is not None:
-        try:
-            max_price = int(raw_price)
-        except (TypeError, ValueError):
-            raise errors.InvalidRequest("max_price must be an integer number of micro-credits",
-                                        param="gpupool.max_price") from None
-        if max_price < 0:
-            raise errors.InvalidRequest("max_price must not be negative", param="gpupool.max_price")
-    if region is None and policy == "require":
-        raise errors.InvalidRequest("region_policy=require needs a region", param="gpupool.region")
-    return RouteOptions(region=str(region) if region else None, region_policy=policy, max_price=max_price)
-
-
-def _limit(request: Request, default: int = 100) -> int:
-    try:
-        return max(1, min(10_000, int(request.query_params.get("limit", str(default)))))
-    except ValueError:
-        raise errors.InvalidRequest("limit must be an integer", param="limit") from None
-
-
 def _check_task(hub: Hub, model: str, task: str) -> None:
     offer = hub.known_models.get(model)
     if offer is not None and offer.task != task:
         route = "/v1/embeddings" if offer.task == "embeddings" else "/v1/chat/completions"
         raise errors.InvalidRequest(f"{model!r} serves {offer.task}; use {route}", param="model")
-
-
-_SLOT = "\x00gpupool-slot\x00"
-
-
-def _sse_template(obj: Any) -> tuple[bytes, bytes]:
-    """Split an SSE event at the slot string: event = head + json(text) + tail."""
-    head, _, tail = _sse(obj).partition(_json.encode(_SLOT))
-    return head, tail
-
-
-def _sse(obj: Any) -> bytes:
-    return b"data: " + _json.encode(obj) + b"\n\n"
 
 
 def _log(store: Store, rid: str, key: ApiKey, model: str, provider: str, status: str, attempts: int,
@@ -555,68 +421,6 @@ def _log(store: Store, rid: str, key: ApiKey, model: str, provider: str, status:
                          completion_tokens=completion, latency_ms=(time.monotonic() - started) * 1000, cost=cost)
 
 
-_background: set[asyncio.Task[None]] = set()
-
-
-def _spawn(coro: Awaitable[None]) -> None:
-    """Run `coro` in the background, keeping a reference so it is not collected mid-way."""
-    task = asyncio.ensure_future(coro)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    task.add_done_callback(lambda t: t.cancelled() or t.exception() is None
-                           or log.error("background task failed", exc_info=t.exception()))
-
-
-class _EventStream(StreamingResponse):
-    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kw: Any):
-        super().__init__(content, **kw)
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._on_close()
-
-
 def _price(session: ProviderSession, model: str) -> pricing.Price:
     offer = session.models[model]
     return pricing.Price(offer.price_in, offer.price_out)
-
-
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it (and so the provider's work) if the client hangs up first.
-
-    Raises ClientGone in that case; the caller's response is never read by anyone.
-    """
-    task = asyncio.ensure_future(work)
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                gone = True
-                task.cancel()
-                return
-
-    watcher = asyncio.create_task(watch())
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if gone and not _cancelling():
-            raise ClientGone() from None
-        raise
-    finally:
-        watcher.cancel()
-
-
-def _cancelling() -> bool:
-    """Whether the *current* task is being cancelled (shutdown), as opposed to the work task."""
-    current = asyncio.current_task()
-    return bool(current and current.cancelling())
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready (logged as status 499)."""

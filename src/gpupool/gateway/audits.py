@@ -71,8 +71,8 @@ class ProviderAudits:
     # (request id, client, cost) served since the last passed audit: refunded on confirmed fraud.
     unvouched: deque[tuple[str, str, int]] = field(default_factory=lambda: deque(maxlen=10_000))
     suspended: str = ""  # the reason, once suspended
+    slashing: bool = False  # a confirmed slash is under way
     slashed: bool = False
-    confirm_job: str = ""  # the second-opinion job in flight
     awaiting: int = 0  # audit jobs sent, verdicts not yet back
 
 
@@ -111,6 +111,10 @@ class Auditor:
     def is_suspended(self, node_id: str) -> bool:
         state = self.providers.get(node_id)
         return state is not None and bool(state.suspended)
+
+    def is_slashed(self, node_id: str) -> bool:
+        state = self.providers.get(node_id)
+        return state is not None and state.slashed
 
     def is_held_back(self, node_id: str) -> bool:
         """Too many of its answers still await a verdict: route elsewhere if anyone else can serve."""
@@ -192,7 +196,6 @@ class Auditor:
             second = self._checker_for(pending.job.model, exclude=checker.node_id)
             if second is not None:
                 job = AuditJob(**{**_fields(pending.job), "job_id": "conf-" + uuid.uuid4().hex})
-                state.confirm_job = job.job_id
                 self._send(PendingJob(job, pending.provider, pending.client, pending.cost, second.node_id,
                                       time.monotonic(), confirmation=True), second)
             else:
@@ -224,17 +227,19 @@ class Auditor:
             self.hub.store.record_event(pending.provider, "slash_not_confirmed",
                                         f"second checker {checker_id[:12]} passed the audited answer")
             return
-        if state.slashed:
+        if state.slashed or state.slashing:
             return
+        state.slashing = True
+        # Its latest charges may still be waiting for a batch: settle them first so their
+        # earnings are held (and refundable). From `slashed` on, billing charges nothing more
+        # for its answers; no await lies between the two, so every refunded request was charged.
+        await self.before_slash(pending.provider)
         state.slashed = True
         refunds = dict(state.owed)
         failed = set(state.failed_requests)
         for request_id, client, cost in state.unvouched:
             if request_id not in failed:  # (failed ones are in `owed` already)
                 refunds[client] = refunds.get(client, 0) + cost
-        # Its latest charges may still be waiting for a batch: their earnings must be held
-        # (and so refundable) before the slash takes them.
-        await self.before_slash(pending.provider)
         try:
             await self._slash(pending.provider, refunds, checker_id)
         except LedgerError as exc:

@@ -132,7 +132,9 @@ class Billing:
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._released_at = 0.0
-        self.stats = {"batches": 0, "charged": 0, "rejected": 0, "bad_receipts": 0}
+        self.stats = {"batches": 0, "charged": 0, "rejected": 0, "bad_receipts": 0, "refused_slashed": 0}
+        # Providers whose answers are no longer paid for (slashed); set by the auditor's wiring.
+        self.unpaid: Callable[[str], bool] = lambda provider: False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -226,6 +228,13 @@ class Billing:
         now = time.monotonic()
         covered, rest = [], []
         for item in self.queue:
+            if self.unpaid(item.provider):
+                # Slashed for fraud: answers it gave that are still unsettled are not charged
+                # (they would only be refunded from its stake), whatever their receipts say.
+                self.tabs[item.client].pending -= item.cost
+                self.stats["refused_slashed"] += 1
+                self.signed.pop(item.digest, None)
+                continue
             (covered if self.signed.pop(item.digest, None) is not None else rest).append(item)
         self.queue = []
         waiting: list[PendingCharge] = []

@@ -1,0 +1,190 @@
+"""HTTP edge helpers for the gateway's routes: JSON responses, the body limit, client
+disconnects, server-sent events, query and routing options, background tasks.
+
+Kept apart from `app.py` so the routes there read as what the API does; nothing here
+knows about providers, money or routing policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import pydantic
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gpupool import errors
+from gpupool.gateway.router import REGION_POLICIES, RouteOptions
+
+log = logging.getLogger("gpupool.gateway")
+T = TypeVar("T")
+
+JSON_ENCODER = msgspec.json.Encoder()
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return JSON_ENCODER.encode(content)
+
+
+def error_response(exc: errors.GpupoolError) -> JSON:
+    return JSON(exc.body(), status_code=exc.status)
+
+
+class BodyLimit:
+    """Refuse bodies over the limit with 413 before any of it is parsed or buffered."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = errors.BodyTooLarge(f"request body exceeds the limit of {self.max_bytes} bytes")
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                return await error_response(too_large)(scope, receive, send)
+        # No usable content-length (e.g. chunked): read the body here, up to the limit,
+        # then replay it. The routes buffer the whole body anyway, so this costs nothing.
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away before sending the body
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                return await error_response(too_large)(scope, receive, send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def route_options(request: Request, body: pydantic.BaseModel) -> RouteOptions:
+    """Client routing options: headers `X-Gpupool-Region`, `X-Gpupool-Region-Policy`,
+    `X-Gpupool-Max-Price` (µcr per request), or the same in a body field
+    `"gpupool": {"region": ..., "region_policy": ..., "max_price": ...}`; headers win."""
+    extra = (body.model_extra or {}).get("gpupool") or {}
+    if not isinstance(extra, dict):
+        raise errors.InvalidRequest("gpupool must be an object", param="gpupool")
+    h = request.headers
+    region = h.get("x-gpupool-region") or extra.get("region")
+    policy = h.get("x-gpupool-region-policy") or extra.get("region_policy") or "prefer"
+    if policy not in REGION_POLICIES:
+        raise errors.InvalidRequest(f"region_policy must be one of {', '.join(REGION_POLICIES)}",
+                                    param="gpupool.region_policy")
+    raw_price = h.get("x-gpupool-max-price") or extra.get("max_price")
+    max_price = None
+    if raw_price is not None:
+        try:
+            max_price = int(raw_price)
+        except (TypeError, ValueError):
+            raise errors.InvalidRequest("max_price must be an integer number of micro-credits",
+                                        param="gpupool.max_price") from None
+        if max_price < 0:
+            raise errors.InvalidRequest("max_price must not be negative", param="gpupool.max_price")
+    if region is None and policy == "require":
+        raise errors.InvalidRequest("region_policy=require needs a region", param="gpupool.region")
+    return RouteOptions(region=str(region) if region else None, region_policy=policy, max_price=max_price)
+
+
+def query_limit(request: Request, default: int = 100) -> int:
+    try:
+        return max(1, min(10_000, int(request.query_params.get("limit", str(default)))))
+    except ValueError:
+        raise errors.InvalidRequest("limit must be an integer", param="limit") from None
+
+
+SLOT = "\x00gpupool-slot\x00"
+
+
+def sse_template(obj: Any) -> tuple[bytes, bytes]:
+    """Split an SSE event at the slot string: event = head + json(text) + tail."""
+    head, _, tail = sse(obj).partition(JSON_ENCODER.encode(SLOT))
+    return head, tail
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + JSON_ENCODER.encode(obj) + b"\n\n"
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def spawn(coro: Awaitable[None]) -> None:
+    """Run `coro` in the background, keeping a reference so it is not collected mid-way."""
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception() is None
+                           or log.error("background task failed", exc_info=t.exception()))
+
+
+class EventStream(StreamingResponse):
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kw: Any):
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it (and so the provider's work) if the client hangs up first.
+
+    Raises ClientGone in that case; the caller's response is never read by anyone.
+    """
+    task = asyncio.ensure_future(work)
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+                task.cancel()
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if gone and not _cancelling():
+            raise ClientGone() from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+def _cancelling() -> bool:
+    """Whether the *current* task is being cancelled (shutdown), as opposed to the work task."""
+    current = asyncio.current_task()
+    return bool(current and current.cancelling())
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready (logged as status 499)."""

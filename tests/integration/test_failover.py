@@ -114,6 +114,27 @@ def test_client_disconnect_cancels_work_at_the_provider(network: Network) -> Non
     assert out.choices[0].message.content == "x"
 
 
+def test_client_leaving_a_stream_cancels_work_at_the_provider(network: Network) -> None:
+    network.start_gateway()
+    network.start_provider(["echo=echo:chat?delay_ms=200"], max_concurrency=1, extra=["--max-queue", "0"])
+    network.wait_for_models({"echo": 1}, timeout=60)
+    key = network.dev_key()
+    with httpx.stream("POST", network.gateway_url + "/v1/chat/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {key}"},
+                      json={"model": "echo", "stream": True, "messages": [{"role": "user", "content": WORDS}]}) as resp:
+        lines = resp.iter_lines()
+        tokens = 0
+        while tokens < 2:
+            line = next(lines)
+            tokens += line.startswith("data: ") and '"content":"' in line and '"content":""' not in line
+    # Left after 2 of 20 words. The provider has one slot and no queue: if the stream kept
+    # running there (18 x 200 ms more), this request would be refused with 429.
+    time.sleep(0.5)
+    out = client_for(network, timeout=10).chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "x"}])
+    assert out.choices[0].message.content == "x"
+
+
 def test_stream_continues_on_another_provider_when_its_provider_dies(network: Network) -> None:
     slow_net(network, n=2)
     key = network.dev_key()

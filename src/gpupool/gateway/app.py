@@ -183,7 +183,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         route = route_options(request, body)
         tokens_in = pricing.input_token_bound(sum(len(x.encode()) for x in payload.inputs), len(payload.inputs))
         async with await reserve(key, body.model, tokens_in, 0, route) as hold:
-            out = await until_disconnect(request, dispatcher.complete(rid, body.model, payload,
+            out = await until_disconnect(request.receive, dispatcher.complete(rid, body.model, payload,
                                                                        deadline_for(request), route))
             done = out.done
             if body.dimensions is not None and body.dimensions != done.dimensions:
@@ -224,7 +224,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         hold = await reserve(key, model, tokens_in, payload.max_tokens, route)
         if not stream:
             async with hold:
-                out = await until_disconnect(request, dispatcher.complete(rid, model, payload, deadline, route))
+                out = await until_disconnect(request.receive, dispatcher.complete(rid, model, payload, deadline, route))
                 cost = charge(hold, rid, model, out.session, out.done, key, payload, out.text)
             u = out.done.receipt.usage
             build = oa.chat_response if chat else oa.completion_response

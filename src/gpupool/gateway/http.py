@@ -48,12 +48,15 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = errors.BodyTooLarge(f"request body exceeds the limit of {self.max_bytes} bytes")
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                return await error_response(too_large)(scope, receive, send)
-        # No usable content-length (e.g. chunked): read the body here, up to the limit,
-        # then replay it. The routes buffer the whole body anyway, so this costs nothing.
+            if name == b"content-length" and value.isdigit():
+                if int(value) > self.max_bytes:
+                    return await error_response(self._too_large())(scope, receive, send)
+                # The server reads exactly content-length bytes, so the body cannot exceed
+                # the limit: pass it through untouched (no per-request wrapper to allocate).
+                return await self.app(scope, receive, send)
+        # No content-length (e.g. chunked): read the body here, up to the limit, then
+        # replay it. The routes buffer the whole body anyway, so this costs nothing.
         chunks: list[bytes] = []
         seen = 0
         while True:
@@ -63,7 +66,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             seen += len(chunk)
             if seen > self.max_bytes:
-                return await error_response(too_large)(scope, receive, send)
+                return await error_response(self._too_large())(scope, receive, send)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -78,6 +81,9 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    def _too_large(self) -> errors.BodyTooLarge:
+        return errors.BodyTooLarge(f"request body exceeds the limit of {self.max_bytes} bytes")
 
 
 def route_options(request: Request, body: pydantic.BaseModel) -> RouteOptions:
@@ -141,21 +147,32 @@ def spawn(coro: Awaitable[None]) -> None:
 
 
 class EventStream(StreamingResponse):
+    """A streaming response that stops when the client hangs up, then runs `on_close`.
+
+    Starlette's StreamingResponse watches for the disconnect with an anyio task group:
+    about 30 objects per open stream that every full garbage collection must walk, and
+    at 1,000 open streams those passes stall every stream (bench/streaming). One plain
+    watcher task does the same job.
+    """
+
     def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kw: Any):
         super().__init__(content, **kw)
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await until_disconnect(receive, self.stream_response(send))
+        except ClientGone:
+            pass  # nobody is left to read the rest
         finally:
             await self._on_close()
 
 
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     """Run `work`, cancelling it (and so the provider's work) if the client hangs up first.
 
-    Raises ClientGone in that case; the caller's response is never read by anyone.
+    `receive` is the request's ASGI receive (`request.receive`). Raises ClientGone in
+    that case; the caller's response is never read by anyone.
     """
     task = asyncio.ensure_future(work)
     gone = False
@@ -163,13 +180,13 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     async def watch() -> None:
         nonlocal gone
         while True:
-            message = await request.receive()
+            message = await receive()
             if message["type"] == "http.disconnect":
                 gone = True
                 task.cancel()
                 return
 
-    watcher = asyncio.create_task(watch())
+    watcher = asyncio.ensure_future(watch())
     try:
         return await task
     except asyncio.CancelledError:

@@ -7,6 +7,7 @@ import logging
 import signal
 
 from gpupool.config import ProviderSettings
+from gpupool.gc_tuning import freeze_startup_heap
 from gpupool.identity import Identity
 from gpupool.market.pricing import Price, parse_price
 from gpupool.provider.agent import ProviderAgent
@@ -57,6 +58,7 @@ async def serve(settings: ProviderSettings) -> None:
         loop.add_signal_handler(sig, on_signal)
     log.warning("provider %s serving %s in region %s -> %s", agent.identity.node_id[:12],
                 ", ".join(agent.backends), settings.region, ", ".join(settings.gateways))
+    freeze_startup_heap()  # backends and models are loaded
     try:
         await agent.run()
     except asyncio.CancelledError:

@@ -1,8 +1,8 @@
 """Verification targets, measured on the gateway's own policy code (fast, no processes).
 
-Replays, request by request, exactly what `gateway/audits.py` does: `audit_rate` of the
-provider's record, `should_audit` from an HMAC of a fresh request id under a random
-gateway secret, `record_verdict`, and `suspension` over the recent verdicts, for
+Replays, request by request, exactly what `gateway/audits.py` does: `decide` (an HMAC
+of a fresh request id under a random gateway secret against the rate the provider's
+record earns, with the cap on unaudited runs), `record_verdict`, and `suspension` over the recent verdicts, for
 many simulated providers. A verdict arrives `lag` requests after the audited answer
 (checkers take time), so answers served meanwhile count as accepted.
 
@@ -33,10 +33,9 @@ from common import print_table, write_json  # noqa: E402
 from gpupool.verify import (  # noqa: E402
     AuditRecord,
     audit_rate,
+    decide,
     fail,
-    record_served,
     record_verdict,
-    should_audit,
     suspension,
 )
 from gpupool.verify import PASS  # noqa: E402
@@ -68,9 +67,8 @@ def run_provider(cheat_rate: float, fp_rate: float, hard: bool, max_requests: in
                 return Outcome(n - 1 - honest_first, bad, record.audited, n - 1)
         cheated = n > honest_first and rng.random() < cheat_rate
         bad += cheated
-        rate = audit_rate(record)
-        record = record_served(record)
-        if should_audit(secret, uuid.uuid4().hex, rate):
+        audit, record = decide(record, secret, uuid.uuid4().hex)
+        if audit:
             wrong = cheated or rng.random() < fp_rate
             pending.append((n + lag, fail("mismatch", hard=hard and cheated) if wrong else PASS))
     return Outcome(None, bad, record.audited, max_requests)
@@ -114,9 +112,8 @@ def main() -> None:
         record = AuditRecord()
         recent: deque = deque(maxlen=200)
         while record.audited < args.honest_audits:
-            rate = audit_rate(record)
-            record = record_served(record)
-            if should_audit(secret, uuid.uuid4().hex, rate):
+            audit, record = decide(record, secret, uuid.uuid4().hex)
+            if audit:
                 verdict = fail("fp") if rng.random() < args.fp else PASS
                 record = record_verdict(record, verdict)
                 recent.append(verdict)

@@ -3,6 +3,8 @@ hit the requested rate, and the adaptive rate follows the documented formula."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from gpupool.verify import (
     SamplingPolicy,
     audit_draw,
     audit_rate,
+    decide,
     fail,
     record_served,
     record_verdict,
@@ -62,20 +65,46 @@ def test_rate_schedule_matches_formula() -> None:
         assert audit_rate(rec, pol) == 1.0
     rec = record_served(rec)
     assert audit_rate(rec, pol) == pol.ramp_rate == 0.25
-    # Track record: passes up to 100 keep the ramp rate, then 25 / c down to the floor.
+    # Track record: passes up to 100 keep the ramp rate, then 0.25 * (100 / c)**2 to the floor.
     for _ in range(100):
         rec = record_verdict(rec, PASS)
     assert audit_rate(rec, pol) == pytest.approx(0.25)
     for _ in range(100):
         rec = record_verdict(rec, PASS)
-    assert audit_rate(rec, pol) == pytest.approx(0.125)
+    assert audit_rate(rec, pol) == pytest.approx(0.0625)
     for _ in range(10_000):
         rec = record_verdict(rec, PASS)
     assert audit_rate(rec, pol) == pol.floor == 0.03
-    # One failure: straight back to the ramp rate.
+    # One failure: full audit for the next 20 requests, and half the streak.
     rec = record_verdict(rec, fail("token_mismatch"))
-    assert rec.consecutive_passes == 0 and rec.failed == 1
-    assert audit_rate(rec, pol) == 0.25
+    assert rec.consecutive_passes == 10_200 // 2 and rec.failed == 1
+    for _ in range(pol.recheck_requests):
+        assert audit_rate(rec, pol) == 1.0
+        rec = record_served(rec)
+    assert audit_rate(rec, pol) == pol.floor  # a long honest record survives one false positive
+    # Repeated failures bring the rate back up.
+    for _ in range(8):
+        rec = record_verdict(rec, fail("token_mismatch"))
+    rec = replace(rec, served=rec.recheck_until)
+    assert rec.consecutive_passes < 100 and audit_rate(rec, pol) == pol.ramp_rate
+
+
+def test_never_more_than_max_gap_requests_in_a_row_unaudited() -> None:
+    pol = SamplingPolicy(floor=0.001, ramp_rate=0.001, probation_requests=0)
+    rec = AuditRecord(consecutive_passes=10**6)
+    gaps, since = [], 0
+    for i in range(5_000):
+        audit, rec = decide(rec, SECRET, f"r{i}", pol)
+        since += 1
+        if audit:
+            gaps.append(since)
+            since = 0
+    assert max(gaps) == pol.max_gap and len(gaps) >= 5_000 // pol.max_gap
+    # The draw still counts: at a high rate, audits come far more often than the cap.
+    rec = AuditRecord(consecutive_passes=10**6)
+    half = SamplingPolicy(floor=0.5, ramp_rate=0.5, probation_requests=0)
+    hits = sum(decide(rec, SECRET, f"q{i}", half)[0] for i in range(2_000))
+    assert 850 < hits < 1150
 
 
 @given(st.integers(0, 10**6), st.integers(0, 10**6))
@@ -92,17 +121,17 @@ def test_rate_non_increasing_in_passes(served: int, passes: int) -> None:
 
 
 def test_steady_state_cost_within_budget() -> None:
-    # An honest provider after 5,000 requests, all passes: audit cost is the floor.
+    # An honest provider, all passes: after the decay, the floor plus the gap cap,
+    # 0.03 / (1 - 0.97**50) = 3.8%.
     pol = SamplingPolicy()
     rec = AuditRecord()
     audited = 0
     for i in range(20_000):
-        rec = record_served(rec)
-        if should_audit(SECRET, f"r{i}", audit_rate(rec, pol)):
+        audit, rec = decide(rec, SECRET, f"r{i}", pol)
+        if audit:
             audited += 1
             rec = record_verdict(rec, PASS)
         if i == 4_999:
             audited_at_5k = audited
     late = (audited - audited_at_5k) / 15_000
-    assert late <= 0.05
-    assert late >= 0.02
+    assert 0.03 <= late <= 0.045

@@ -2,8 +2,8 @@
 
 After a provider answered (its receipt is in hand), `after_served` decides from an
 HMAC of the request id under this gateway's secret whether the request is audited
-(`verify.should_audit`, at the rate `verify.audit_rate` gives the provider's record),
-and if so sends an `AuditJob` with the request and the provider's committed output to
+(`verify.decide`: a draw under the rate the provider's record earns, and never too
+many requests in a row unaudited), and if so sends an `AuditJob` with the request and the provider's committed output to
 a checker holding that model. The provider cannot tell audited work from the rest.
 
 Each signed `Verdict` updates the provider's record and reputation (which the router
@@ -35,12 +35,11 @@ from gpupool.verify import (
     AuditRecord,
     Reputation,
     audit_rate,
+    decide,
     observe_verdict,
     record_bytes,
-    record_served,
     record_verdict,
     score,
-    should_audit,
     suspension,
     to_record,
 )
@@ -127,12 +126,11 @@ class Auditor:
                      done: Done, text: str, client: str, cost: int) -> None:
         """Called for every answer accepted from a provider; maybe sends it to a checker."""
         state = self.of(session.node_id)
-        rate = audit_rate(state.record)
-        state.record = record_served(state.record)
+        audit, state.record = decide(state.record, self.secret, request_id)
         if cost > 0:
             state.unvouched.append((request_id, client, cost))
         self.stats["served"] += 1
-        if not should_audit(self.secret, request_id, rate):
+        if not audit:
             return
         checker = self._checker_for(model, exclude="")
         if checker is None:

@@ -11,9 +11,10 @@ lives elsewhere; see docs/verification.md.
     if should_audit(secret, request_id, audit_rate(record)):
         ...  # send an audit job to a checker
 
-Modules: verdict (the `Verdict` type), sampling, comparators (numpy), reputation
-(reputation, suspension and the math behind its defaults), hardware (numpy; torch
-optional). comparators and hardware are imported on first use, so the pure-Python
+Modules: verdict (the `Verdict` type), sampling (which requests to audit), sampler
+(numpy: the seeded token sampler providers use and checkers replay), comparators
+(numpy), reputation (reputation, suspension and the math behind its defaults),
+hardware (numpy; torch optional). comparators and hardware are imported on first use, so the pure-Python
 parts work without numpy installed.
 """
 
@@ -52,6 +53,7 @@ from gpupool.verify.sampling import (
     SamplingPolicy,
     audit_draw,
     audit_rate,
+    decide,
     record_served,
     record_verdict,
     should_audit,
@@ -63,7 +65,7 @@ _LAZY = {
         "DEFAULT_EMBEDDING_THRESHOLD", "DEFAULT_LOGPROB_TOLERANCE", "DEFAULT_TIE_MARGIN",
         "GreedyReport", "Usage", "calibrate_threshold", "check_sampled_plausibility",
         "check_usage", "compare_embeddings", "compare_greedy", "compare_greedy_report",
-        "cosine_similarities",
+        "compare_sampled_replay", "cosine_similarities",
     ),
     "hardware": (
         "Challenge", "Commitment", "HardwareAnswer", "HardwareVerdict", "Solution",
@@ -86,7 +88,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DEFAULT_REPUTATION", "DEFAULT_SAMPLING", "DEFAULT_SUSPENSION", "DESIGN_FALSE_POSITIVE_RATE",
     "PASS", "AuditRecord", "Decision", "Event", "Reputation", "ReputationPolicy",
-    "SamplingPolicy", "SuspensionPolicy", "Verdict", "audit_draw", "audit_rate", "beta_params",
+    "SamplingPolicy", "SuspensionPolicy", "Verdict", "audit_draw", "audit_rate", "beta_params", "decide",
     "choose_k_m", "combine", "event_for", "fail", "from_record", "lower_bound", "observe",
     "observe_verdict", "p_honest_suspended", "p_honest_suspended_bound", "record_bytes",
     "record_served", "record_verdict", "requests_until_suspension", "score", "should_audit",

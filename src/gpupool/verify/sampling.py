@@ -1,6 +1,6 @@
 """Audit sampling: which served requests get re-executed by a checker.
 
-Two separate questions, both pure:
+Two separate questions, both pure, answered together by `decide`:
 
 * `audit_rate(record, policy)` — how often to audit this provider, from its record.
 * `should_audit(secret, request_id, rate)` — whether *this* request is audited.
@@ -13,20 +13,34 @@ gateway can re-derive and prove every decision later (no hidden RNG state).
 Rate formula (numbers are the `SamplingPolicy` defaults)::
 
     n = record.served                # requests served since admission
-    c = record.consecutive_passes    # audits passed since the last failed audit
+    c = record.consecutive_passes    # audit streak (halved, not reset, by a failure)
     if n < probation_requests (50):          rate = 1.0            # probation
+    elif n < record.recheck_until:           rate = 1.0            # just failed an audit
     elif c < track_record_passes (100):      rate = ramp_rate (0.25)
-    else:  rate = max(floor (0.03), ramp_rate * track_record_passes / c)
+    else:  rate = max(floor (0.03), ramp_rate * (track_record_passes / c) ** 2)
 
-So a newcomer is audited on all of its first 50 requests; then a quarter of its
-requests until it has 100 consecutive passed audits (about 400 requests); after that
-the rate decays as 1/c (25 / c), reaching the 3% floor at c ≈ 833 passes. It never
-reaches zero. Any failed audit resets c to 0, sending the provider straight back to
-the 25% ramp rate — which is what makes a provider cheating on a fraction of requests
-keep being audited heavily (see `reputation.requests_until_suspension`).
+and on top of the rate, `decide` audits any request that would make `max_gap` (50)
+requests in a row without an audit. So a newcomer is audited on all of its first 50
+requests, then a quarter of its requests until it has 100 passed audits in a row
+(about 400 requests), then a rate that falls with the square of its streak, reaching
+the 3% floor at c = 289 passes (about 3,000 more requests). It never reaches zero.
 
-At steady state (honest, c large) the audit cost is the 3% floor, inside the issue's
-5% audit-compute budget.
+Why each part:
+* The gap cap bounds how long a provider that turns bad after a long honest record
+  can go unaudited: its first bad answer is audited within 50 requests whatever the
+  rate. The provider cannot time it: it never sees which requests were audited.
+  With the 3% floor it makes the steady audit share 0.03 / (1 - 0.97**50) = 3.8%.
+* A failed audit puts the provider back on full audit for its next 20 requests
+  (`recheck_requests`), which turns one failure into a suspension (k failures among
+  the last m audits, `reputation.suspension`) within a few requests for a provider
+  that keeps cheating, and costs an honest provider 20 audits per false positive.
+* A failure halves the streak instead of zeroing it: a rare false positive must not
+  undo an honest provider's history (with a reset, honest providers at a 1.5e-3
+  false-positive rate averaged a ~10% audit rate instead of the floor), while
+  repeated failures still bring the rate back up quickly.
+
+At steady state (honest, c large) the audit share is ~3.8% plus 20 audits per false
+positive, inside the issue's 5% audit-compute budget (bench/verification measures it).
 """
 
 from __future__ import annotations
@@ -49,12 +63,16 @@ class SamplingPolicy:
     ramp_rate: float = 0.25
     track_record_passes: int = 100
     floor: float = 0.03
+    max_gap: int = 50           # never this many requests in a row unaudited
+    recheck_requests: int = 20  # full audit for this many requests after a failure
 
     def __post_init__(self) -> None:
         if not 0.0 < self.floor <= self.ramp_rate <= 1.0:
             raise ValueError("need 0 < floor <= ramp_rate <= 1")
         if self.probation_requests < 0 or self.track_record_passes < 1:
             raise ValueError("probation_requests >= 0 and track_record_passes >= 1")
+        if self.max_gap < 1 or self.recheck_requests < 0:
+            raise ValueError("max_gap >= 1 and recheck_requests >= 0")
 
 
 DEFAULT_SAMPLING = SamplingPolicy()
@@ -67,31 +85,50 @@ class AuditRecord:
     served: int = 0              # requests served (audited or not) since admission
     audited: int = 0             # audits with a verdict
     failed: int = 0              # failed audits, ever
-    consecutive_passes: int = 0  # passed audits since the last failed one
+    consecutive_passes: int = 0  # the audit streak: +1 per pass, halved by a failure
+    since_audit: int = 0         # requests served since the last one chosen for audit
+    recheck_until: int = 0       # audit every request while served < this
 
 
 def record_served(record: AuditRecord) -> AuditRecord:
-    """Count one more served request."""
-    return replace(record, served=record.served + 1)
+    """Count one more served request (not chosen for audit; `decide` does both)."""
+    return replace(record, served=record.served + 1, since_audit=record.since_audit + 1)
 
 
-def record_verdict(record: AuditRecord, verdict: Verdict) -> AuditRecord:
-    """Fold one audit verdict into the record; a failure resets the pass streak."""
+def record_verdict(record: AuditRecord, verdict: Verdict,
+                   policy: SamplingPolicy = DEFAULT_SAMPLING) -> AuditRecord:
+    """Fold one audit verdict into the record; a failure halves the streak and starts a recheck."""
     if verdict.passed:
         return replace(record, audited=record.audited + 1,
                        consecutive_passes=record.consecutive_passes + 1)
     return replace(record, audited=record.audited + 1, failed=record.failed + 1,
-                   consecutive_passes=0)
+                   consecutive_passes=record.consecutive_passes // 2,
+                   recheck_until=record.served + policy.recheck_requests)
 
 
 def audit_rate(record: AuditRecord, policy: SamplingPolicy = DEFAULT_SAMPLING) -> float:
     """Fraction of this provider's requests to audit, in [floor, 1]; never zero."""
-    if record.served < policy.probation_requests:
+    if record.served < policy.probation_requests or record.served < record.recheck_until:
         return 1.0
     c = record.consecutive_passes
     if c < policy.track_record_passes:
         return policy.ramp_rate
-    return max(policy.floor, policy.ramp_rate * policy.track_record_passes / c)
+    return max(policy.floor, policy.ramp_rate * (policy.track_record_passes / c) ** 2)
+
+
+def decide(record: AuditRecord, secret: bytes, request_id: str,
+           policy: SamplingPolicy = DEFAULT_SAMPLING) -> tuple[bool, AuditRecord]:
+    """Whether to audit this just-served request, and the provider's updated record.
+
+    Audited when the HMAC draw falls under the record's rate, or when the request
+    would otherwise be the `max_gap`-th in a row without an audit.
+    """
+    rate = audit_rate(record, policy)
+    record = record_served(record)
+    audit = should_audit(secret, request_id, rate) or record.since_audit >= policy.max_gap
+    if audit:
+        record = replace(record, since_audit=0)
+    return audit, record
 
 
 def audit_draw(secret: bytes, request_id: str) -> float:

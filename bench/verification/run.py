@@ -1,6 +1,6 @@
 """Verification benchmark: the issue's targets, measured (one command).
 
-    .venv/bin/python bench/verification/run.py              # ~5 min; bench/results/verification.json
+    .venv/bin/python bench/verification/run.py              # ~10 min; bench/results/verification.json
     .venv/bin/python bench/verification/run.py --quick      # a short look
 
 1. Policy (bench/verification/policy.py): the gateway's own sampling and suspension
@@ -8,9 +8,14 @@
    suspended (at 99%), bad answers accepted per cheating identity, honest providers
    suspended over 10,000 audits each, the steady-state audit rate.
 2. Real processes: a gateway, an honest MiniLM provider and two checker processes.
-   - Honest steady state: `--honest-requests` embedding requests; audits, failed
-     audits (false positives) and the CPU seconds the checkers spent vs the provider
-     (audit compute share), over the whole run and after the probation/ramp phase.
+   - Honest: `--fp-audits` (10,000) embedding requests, every one audited (the
+     gateway's probation set that long): the per-audit false-positive rate on real
+     audits; then requests until the provider's audit rate is at its floor; then
+     `--steady-requests` at steady state: the audited share and the CPU seconds the
+     checkers spent per provider CPU second (audit compute share).
+   - Generation: greedy tiny-llama requests, all audited by a checker that scores the
+     committed tokens in one forward pass: checker CPU per provider CPU per audited
+     answer, times the steady audited share = generation audit compute.
    - Cheaters, one at a time beside the honest provider: a random-weight MiniLM, noise
      on 10% of requests, cached answers. For each: requests it served before
      suspension, failed audits (bad answers found), whether the fraud was slashed,
@@ -38,6 +43,7 @@ import httpx  # noqa: E402
 
 from gpupool.devnet import Network  # noqa: E402
 from gpupool.identity import Identity  # noqa: E402
+from gpupool.verify import DEFAULT_SAMPLING  # noqa: E402
 
 PRICE = ["--price", "minilm=1000000"]
 CHEATERS = {"random-weight MiniLM": "minilm=redteam:random-minilm",
@@ -67,12 +73,19 @@ def _embed(net: Network, key: str, texts: list[str], workers: int = 4) -> list[s
         return list(pool.map(one, texts))
 
 
-def real_processes(honest_requests: int, cheater_requests: int) -> dict[str, Any]:
+def _honest_row(net: Network, node: str) -> dict[str, Any]:
+    return next(r for r in _admin(net, "/admin/audits")["data"] if r["node_id"] == node)
+
+
+def real_processes(fp_audits: int, steady_requests: int, gen_requests: int, cheater_requests: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="gpupool-verification-"))
     net = Network(tmp)
     out: dict[str, Any] = {}
     try:
-        net.start_gateway(extra=["--settle-interval-s", "0.1", "--tab-idle-s", "2"])
+        # Probation = fp_audits: every one of the honest provider's first answers is audited,
+        # which measures the false-positive rate on real audits before the rate adapts.
+        net.start_gateway(extra=["--settle-interval-s", "0.1", "--tab-idle-s", "2",
+                                 "--audit-probation-requests", str(fp_audits)])
         honest = net.start_provider(["minilm=embeddings:minilm"], extra=PRICE, max_concurrency=8)
         checkers = []
         for i in range(2):
@@ -89,25 +102,42 @@ def real_processes(honest_requests: int, cheater_requests: int) -> dict[str, Any
         def cpu() -> dict[str, float]:
             return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
-        # --- honest steady state
-        warm = min(honest_requests // 2, 800)  # probation (50 at 100%) and the 25% ramp
-        print(f"honest provider: {honest_requests:,} requests ({warm} warm-up)...", flush=True)
-        c0 = cpu()
-        _embed(net, key, [f"honest product query number {i}" for i in range(warm)])
-        time.sleep(1.0)
-        c1 = cpu()
-        _embed(net, key, [f"steady product query number {i}" for i in range(honest_requests - warm)])
-        time.sleep(2.0)
-        c2 = cpu()
-        row = next(r for r in _admin(net, "/admin/audits")["data"] if r["node_id"] == honest_id)
-
         def share(a: dict[str, float], b: dict[str, float]) -> float:
             checker = sum(b[k] - a[k] for k in b if k.startswith("checker"))
             return checker / max(1e-9, b["provider"] - a["provider"])
 
+        # --- honest: every answer audited (probation), then until the rate reaches its floor,
+        # then the steady state the audit-compute target is about.
+        t0 = time.monotonic()
+        print(f"honest provider: {fp_audits:,} requests, every one audited...", flush=True)
+        c0 = cpu()
+        _embed(net, key, [f"honest product query number {i}" for i in range(fp_audits)])
+        time.sleep(2.0)
+        c1 = cpu()
+        row = _honest_row(net, honest_id)
+        probation = {"requests": row["served"], "audits": row["audits"], "false_positives": row["audit_failures"],
+                     "checker_cpu_per_provider_cpu": share(c0, c1), "seconds": time.monotonic() - t0}
+        print(f"  {probation}", flush=True)
+        warm, floor = 0, DEFAULT_SAMPLING.floor
+        while row["audit_rate"] > floor and warm < 20_000:
+            _embed(net, key, [f"warm product query number {warm + i}" for i in range(250)])
+            warm += 250
+            row = _honest_row(net, honest_id)
+        print(f"  audit rate at its floor after {warm:,} more requests; steady state: {steady_requests:,} "
+              "requests...", flush=True)
+        time.sleep(1.0)
+        a0, c2 = row["audits"], cpu()
+        _embed(net, key, [f"steady product query number {i}" for i in range(steady_requests)])
+        time.sleep(2.0)
+        c3 = cpu()
+        row = _honest_row(net, honest_id)
         out["honest"] = {"requests": row["served"], "audits": row["audits"], "false_positives": row["audit_failures"],
                          "suspended": bool(row["suspended"]), "audit_rate_now": row["audit_rate"],
-                         "audit_cpu_share_whole_run": share(c0, c2), "audit_cpu_share_steady": share(c1, c2)}
+                         "probation": probation, "warm_requests": warm, "steady_requests": steady_requests,
+                         "steady_audited_share": (row["audits"] - a0) / steady_requests,
+                         "audit_cpu_share_steady": share(c2, c3)}
+        print(f"  {out['honest']}", flush=True)
+        out["generation"] = generation_audit_cost(net, key, tmp, gen_requests)
 
         # --- cheaters, one at a time beside the honest provider
         out["cheaters"] = {}
@@ -145,24 +175,75 @@ def real_processes(honest_requests: int, cheater_requests: int) -> dict[str, Any
     return out
 
 
+def generation_audit_cost(net: Network, key: str, tmp: Path, n: int) -> dict[str, Any]:
+    """CPU a checker spends auditing greedy generation (scoring the committed tokens in one
+    forward pass) per CPU second the provider spent generating them. Every request is in
+    the provider's probation, so every one is audited."""
+    provider = net.start_provider(["tiny-llama=generate:tiny-llama"], extra=["--price", "tiny-llama=1000/1000"],
+                                  max_concurrency=2)
+    checker = net._spawn("checker-gen", ["checker", "--gateway", net.ws_url, "--key-file",
+                                         str(tmp / "checker-gen.key"), "--serve", "tiny-llama=generate:tiny-llama"])
+    net.wait_for_models({"tiny-llama": 1}, timeout=180)
+    while len(_admin(net, "/admin/audits")["checkers"]) < 3:
+        time.sleep(0.3)
+    node = _node(net, provider)
+    print(f"generation: {n} greedy requests (64 tokens), every one audited...", flush=True)
+
+    def one(i: int) -> None:
+        r = httpx.post(net.gateway_url + "/v1/chat/completions", timeout=120, headers={"Authorization": f"Bearer {key}"},
+                       json={"model": "tiny-llama", "max_tokens": 64, "temperature": 0,
+                             "messages": [{"role": "user", "content": f"Describe product number {i} in a few words."}]})
+        r.raise_for_status()
+
+    p0, k0 = cpu_seconds(provider.popen.pid), cpu_seconds(checker.popen.pid)
+    with cf.ThreadPoolExecutor(2) as pool:
+        list(pool.map(one, range(n)))
+    deadline = time.monotonic() + 60
+    while _honest_row(net, node)["audits"] < n and time.monotonic() < deadline:
+        time.sleep(0.5)
+    p1, k1 = cpu_seconds(provider.popen.pid), cpu_seconds(checker.popen.pid)
+    row = _honest_row(net, node)
+    result = {"requests": row["served"], "audits": row["audits"], "false_positives": row["audit_failures"],
+              "checker_cpu_per_provider_cpu": (k1 - k0) / max(1e-9, p1 - p0)}
+    print(f"  {result}", flush=True)
+    net.kill_provider(provider)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--honest-requests", type=int, default=3000)
+    ap.add_argument("--quick", action="store_true", help="a short look: small policy replay, 300 probation audits")
+    ap.add_argument("--fp-audits", type=int, default=10_000,
+                    help="honest requests audited one by one (the gateway's probation) [10,000]")
+    ap.add_argument("--steady-requests", type=int, default=3000,
+                    help="honest requests measured once the audit rate is at its floor [3,000]")
+    ap.add_argument("--gen-requests", type=int, default=200, help="greedy generation requests, all audited [200]")
     ap.add_argument("--cheater-requests", type=int, default=400)
     ap.add_argument("--skip-policy", action="store_true", help="only the real-process part")
     args = ap.parse_args()
     policy_args = ["--trials", "200", "--honest", "1", "--honest-audits", "2000"] if args.quick else []
     if not args.skip_policy:
         subprocess.run([sys.executable, str(HERE / "policy.py"), *policy_args], check=True)
-    honest_requests = 600 if args.quick else args.honest_requests
-    result = real_processes(honest_requests, args.cheater_requests)
-    h = result["honest"]
-    print_table(["honest requests", "audits", "false positives", "suspended", "audit rate now",
-                 "checker CPU / provider CPU (whole run)", "(after warm-up)"],
-                [[f"{h['requests']:,}", h["audits"], h["false_positives"], h["suspended"], f"{h['audit_rate_now']:.1%}",
-                  f"{h['audit_cpu_share_whole_run']:.1%}", f"{h['audit_cpu_share_steady']:.1%}"]],
-                "honest provider, real processes (targets: 0 suspended; audit compute <= 5% at steady state)")
+    if args.quick:
+        args.fp_audits, args.steady_requests, args.gen_requests = 300, 1000, 40
+    result = real_processes(args.fp_audits, args.steady_requests, args.gen_requests, args.cheater_requests)
+    h, p, g = result["honest"], result["honest"]["probation"], result["generation"]
+    fp_bound = 3 / p["audits"] if p["audits"] and not p["false_positives"] else p["false_positives"] / max(1, p["audits"])
+    print_table(["honest requests", "audits", "false positives", "per-audit FP rate (95% bound if 0)", "suspended",
+                 "checker CPU / provider CPU, all audited", "audited share at steady state",
+                 "audit compute at steady state"],
+                [[f"{h['requests']:,}", f"{h['audits']:,}", h["false_positives"], f"{fp_bound:.1e}", h["suspended"],
+                  f"{p['checker_cpu_per_provider_cpu']:.1%}", f"{h['steady_audited_share']:.1%}",
+                  f"{h['audit_cpu_share_steady']:.1%}"]],
+                "honest embeddings provider, real processes (targets: 0 suspended; audit compute <= 5% at "
+                "steady state)")
+    gen_steady = g["checker_cpu_per_provider_cpu"] * h["steady_audited_share"]
+    print_table(["greedy generation requests", "audits", "false positives", "checker CPU / provider CPU, all audited",
+                 "x audited share at steady state = audit compute"],
+                [[g["requests"], g["audits"], g["false_positives"], f"{g['checker_cpu_per_provider_cpu']:.1%}",
+                  f"{gen_steady:.2%}"]],
+                "generation audits (one scoring forward pass per audited answer)")
+    result["generation"]["audit_compute_at_steady_share"] = gen_steady
     print_table(["cheater", "served before suspension", "bad answers found", "slashed", "refund owed µcr",
                  "requests after suspension"],
                 [[n, c["served_before_suspension"], c["failed_audits"], c["slashed"], c["refund_owed_ucr"],

@@ -70,6 +70,8 @@ class GatewaySettings:
                                     "provider; 0 disables canaries")
     audit_window_s: float = _opt(3600.0, "provider earnings stay held this long (open to audits and slashing) "
                                  "before they can be withdrawn")
+    audit_probation_requests: int = _opt(50, "a new provider's first N answers are all audited (where a checker "
+                                         "holds the model); then the adaptive rate, docs/verification.md")
     hardware_proof_interval_s: float = _opt(1200.0, "mean time between a provider's hardware proofs after the "
                                             "one at admission (jittered ±50%; 0: only at admission)")
     hardware_proof_max_n: int = _opt(512, "largest matrix side n in a hardware proof (n³ multiply-adds; sized to "

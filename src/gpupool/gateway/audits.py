@@ -32,8 +32,10 @@ from gpupool import protocol
 from gpupool.ledger import Ledger, LedgerError
 from gpupool.protocol import AuditJob, Done, Payload
 from gpupool.verify import (
+    DEFAULT_SAMPLING,
     AuditRecord,
     Reputation,
+    SamplingPolicy,
     audit_rate,
     decide,
     observe_verdict,
@@ -87,9 +89,11 @@ class PendingJob:
 
 
 class Auditor:
-    def __init__(self, hub: Hub, ledger: Ledger, secret: bytes | None = None, rng: random.Random | None = None):
+    def __init__(self, hub: Hub, ledger: Ledger, secret: bytes | None = None, rng: random.Random | None = None,
+                 sampling: SamplingPolicy = DEFAULT_SAMPLING):
         self.hub = hub
         self.ledger = ledger
+        self.sampling = sampling
         self.secret = secret or secrets.token_bytes(32)  # never leaves the gateway
         self.rng = rng or random.Random()
         self.providers: dict[str, ProviderAudits] = {}
@@ -126,7 +130,7 @@ class Auditor:
                      done: Done, text: str, client: str, cost: int) -> None:
         """Called for every answer accepted from a provider; maybe sends it to a checker."""
         state = self.of(session.node_id)
-        audit, state.record = decide(state.record, self.secret, request_id)
+        audit, state.record = decide(state.record, self.secret, request_id, self.sampling)
         if cost > 0:
             state.unvouched.append((request_id, client, cost))
         self.stats["served"] += 1
@@ -205,7 +209,7 @@ class Auditor:
         recent verdicts; suspend if `verify.suspension` says so. True when this verdict suspended it."""
         state = self.of(provider)
         now = time.time()
-        state.record = record_verdict(state.record, judgement)
+        state.record = record_verdict(state.record, judgement, self.sampling)
         state.reputation = observe_verdict(state.reputation or Reputation.new(provider, now), judgement, now)
         state.recent.append(judgement)
         self.stats["passed" if judgement.passed else "failed"] += 1
@@ -284,7 +288,7 @@ class Auditor:
 
     def summary(self) -> list[dict[str, object]]:
         now = time.time()
-        return [{"node_id": node, "served": s.record.served, "audit_rate": round(audit_rate(s.record), 4),
+        return [{"node_id": node, "served": s.record.served, "audit_rate": round(audit_rate(s.record, self.sampling), 4),
                  "audits": s.reputation.audits if s.reputation else 0,
                  "audit_failures": s.reputation.audit_failures if s.reputation else 0,
                  "reputation": round(score(s.reputation, now), 4) if s.reputation else 0.5,

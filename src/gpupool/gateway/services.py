@@ -23,6 +23,7 @@ from gpupool.gateway.store import Store
 from gpupool.identity import Identity
 from gpupool.ledger import Ledger
 from gpupool.protocol import SettlementAddress
+from gpupool.verify import SamplingPolicy
 
 log = logging.getLogger("gpupool.gateway")
 
@@ -53,7 +54,7 @@ class Services:
                           on_bad_receipt=bad_receipt)
         hub.on_statement = billing.statement
 
-        auditor = Auditor(hub, ledger)
+        auditor = Auditor(hub, ledger, sampling=SamplingPolicy(probation_requests=settings.audit_probation_requests))
         canaries = Canaries(hub, dispatcher, auditor, settings.canary_interval_s)
         auditor.on_passed = canaries.remember
         auditor.before_slash = billing.settle_provider

@@ -186,13 +186,41 @@ async def test_noise_generation_fails_hard(llama_dir: Path, backends: dict[str, 
     assert not verdict.passed and verdict.hard, verdict
 
 
-async def test_sampled_generation_checks_usage_only(backends: dict[str, Backend]) -> None:
-    payload = GeneratePayload(prompt="Warm air rises along", max_tokens=16, temperature=0.8, seed=3)
-    job = await serve(backends["honest-gen"], "tiny-llama", payload)
+def sampled(prompt: str, seed: int | None = 3) -> GeneratePayload:
+    return GeneratePayload(prompt=prompt, max_tokens=16, temperature=0.8, top_p=0.9, seed=seed)
+
+
+async def test_seeded_sampled_generation_is_replayed(llama_dir: Path, backends: dict[str, Backend]) -> None:
+    """A seeded sampled answer is replayed token by token from one forward pass; another
+    model's tokens under the same seed do not replay."""
+    job = await serve(backends["honest-gen"], "tiny-llama", sampled("Warm air rises along"))
     verdict = await judge(backends["ref-gen"], job)
-    assert verdict.passed and verdict.reason == "sampled_usage_only"
+    assert verdict.passed and verdict.reason == "sampled_replayed", verdict
     inflated = msgspec.structs.replace(job.receipt, usage=Usage(job.receipt.usage.prompt_tokens, 200))
     verdict = await judge(backends["ref-gen"], msgspec.structs.replace(job, receipt=inflated))
+    assert not verdict.passed and verdict.hard and verdict.reason.startswith("usage_inflated")
+    inflated = msgspec.structs.replace(job.receipt, usage=Usage(job.receipt.usage.prompt_tokens + 20, 16))
+    verdict = await judge(backends["ref-gen"], msgspec.structs.replace(job, receipt=inflated))
+    assert not verdict.passed and verdict.hard and verdict.reason.startswith("usage_inflated: prompt")
+    # The same tokenizer and shape, other (random) weights: the tokens do not replay.
+    [impostor] = await cheat(f"random-llama:generate:{llama_dir}?seed=1", "tiny-llama",
+                             sampled("Warm air rises along"))
+    verdict = await judge(backends["ref-gen"], impostor)
+    assert not verdict.passed and verdict.hard and verdict.reason.startswith("sampler_mismatch at token"), verdict
+
+
+async def test_sampled_generation_without_seed_or_tokens_checks_usage_only(backends: dict[str, Backend]) -> None:
+    unseeded = await serve(backends["honest-gen"], "tiny-llama", sampled("Warm air rises along", seed=None))
+    assert unseeded.token_ids  # the provider drew its own seed, which nobody can replay
+    verdict = await judge(backends["ref-gen"], unseeded)
+    assert verdict.passed and verdict.reason == "sampled_usage_only"
+    seeded = await serve(backends["honest-gen"], "tiny-llama", sampled("Warm air rises along"))
+    tokenless = msgspec.structs.replace(seeded, token_ids=[], logprobs=[],
+                                        receipt=msgspec.structs.replace(seeded.receipt, tokens_hash=b""))
+    verdict = await judge(backends["ref-gen"], tokenless)
+    assert verdict.passed and verdict.reason == "sampled_usage_only"
+    inflated = msgspec.structs.replace(tokenless.receipt, usage=Usage(tokenless.receipt.usage.prompt_tokens, 200))
+    verdict = await judge(backends["ref-gen"], msgspec.structs.replace(tokenless, receipt=inflated))
     assert not verdict.passed and verdict.hard and verdict.reason.startswith("usage_inflated")
 
 
@@ -214,7 +242,9 @@ def test_redteam_specs() -> None:
     claims = RedTeamBackend("echoish", "claims:minilm?tps=5000")
     assert claims.task == "embeddings" and claims.rate == 1.0
     assert RedTeamBackend("m", "noise:tiny-llama?rate=0.25&seed=3").task == "generate"
-    for bad in ("bogus:minilm", "truncate:minilm", "random-minilm:tiny-llama", "noise:minilm?rate=2"):
+    assert RedTeamBackend("m", "random-llama:tiny-llama?seed=1").task == "generate"
+    for bad in ("bogus:minilm", "truncate:minilm", "random-minilm:tiny-llama", "random-llama:minilm",
+                "noise:minilm?rate=2"):
         with pytest.raises(ValueError):
             RedTeamBackend("m", bad)
     assert ServeSpec.parse("x=redteam:noise:minilm?rate=0.1").spec == "noise:minilm?rate=0.1"

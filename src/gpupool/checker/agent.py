@@ -18,12 +18,20 @@ and every Ping with a Pong.
 * Embeddings: the reference embeds the same inputs; cosine of each row against the
   reference (`compare_embeddings`: below 0.95 fails, below 0.5 is another model: hard);
   reported prompt tokens against the reference's count.
-* Greedy generation (temperature 0), when the receipt commits to token ids and
-  log-probs (the `generate` backend sends them): the tokens must spell the delivered
-  text and the usage must match their count; then one forward pass of the reference
-  over prompt + tokens scores every token (`verify.compare_greedy`: each must be the
-  reference's argmax within a tie margin, and the reported log-probs must agree). A
-  prefill instead of a full decode: audits cost a fraction of serving.
+* Generation whose receipt commits to token ids and log-probs (the `generate` backend
+  sends them), greedy (temperature 0) or sampled with a seed (the gateway gives every
+  sampled request one): the tokens must spell the delivered text and the usage must
+  match their count and the prompt's; then one forward pass of the reference over
+  prompt + tokens scores every token. A prefill instead of a full decode: audits cost a
+  fraction of serving.
+  - Greedy (`verify.compare_greedy`): each token must be the reference's argmax within
+    a tie margin, and the reported log-probs must agree.
+  - Sampled (`verify.compare_sampled_replay`): providers sample with `verify.sampler`,
+    whose uniform number for token i is a hash of (seed, i), so the checker replays
+    every position: the token must be the one that number picks from the reference's
+    distribution (temperature, top-p), within a small numeric tolerance. Passes with
+    reason `sampled_replayed`; fails with `sampler_mismatch at token i` (hard when
+    >= 20% of the tokens miss: another model, sampler or seed).
 * Greedy generation otherwise (no tokens, e.g. an `upstream` engine, or tokens that do
   not spell the text): the reference regenerates with the same payload and the texts
   must agree. Same text: usage and finish reason are checked against the reference's
@@ -32,10 +40,10 @@ and every Ping with a Pong.
   half a text is inflation). Divergence: a token mismatch, hard when it starts in the
   first 20% of the reference text (another model, noise, an answer to another
   prompt), soft later.
-* Sampled generation: not replayable across hardware (a CUDA sampler draws other
-  numbers than a CPU one for the same seed), so only the commitment, the exact prompt
-  count (a one-token greedy reference run) and a bound on completion tokens are
-  checked; the verdict passes with reason `sampled_usage_only`.
+* Sampled generation otherwise (no seed or no committed tokens, e.g. an `upstream`
+  engine whose sampler we cannot replay): only the commitment, the exact prompt count
+  (a one-token greedy reference run) and a bound on completion tokens are checked; the
+  verdict passes with reason `sampled_usage_only`.
 """
 
 from __future__ import annotations
@@ -68,10 +76,16 @@ from gpupool.protocol import (
 from gpupool.provider.agent import GatewayLink
 from gpupool.provider.backends import Backend, BackendError
 from gpupool.provider.backends.base import GenDone, TextDelta
-from gpupool.provider.backends.generate import GREEDY_BELOW
 from gpupool.provider.hardware import probe
 from gpupool.verify import Verdict, combine, fail
-from gpupool.verify.comparators import Usage, check_usage, compare_embeddings, compare_greedy
+from gpupool.verify.comparators import (
+    Usage,
+    check_usage,
+    compare_embeddings,
+    compare_greedy,
+    compare_sampled_replay,
+)
+from gpupool.verify.sampler import GREEDY_BELOW
 
 log = logging.getLogger("gpupool.checker")
 
@@ -151,10 +165,11 @@ def _most_tokens(text: str, max_tokens: int) -> int:
 async def _judge_generation(backend: Backend, job: AuditJob, payload: GeneratePayload) -> Verdict:
     text, reported, finish = job.text, job.receipt.usage, job.receipt.finish_reason
     greedy = payload.temperature < GREEDY_BELOW
-    if greedy and job.token_ids and hasattr(backend, "score"):
-        scored = await _score_committed_tokens(backend, job, payload)
+    replayable = greedy or payload.seed is not None
+    if replayable and job.token_ids and hasattr(backend, "score"):
+        scored = await _score_committed_tokens(backend, job, payload, greedy)
         if scored is not None:
-            return scored
+            return scored if greedy or not scored.passed else Verdict(True, reason="sampled_replayed")
     # A sampled request is replayed greedily with one token: that gives the exact prompt count.
     probe_payload = payload if greedy else _one_token(payload)
     ref_text, ref = await _run_reference(backend, probe_payload)
@@ -188,11 +203,13 @@ async def _judge_generation(backend: Backend, job: AuditJob, payload: GeneratePa
                 hard=agree < HARD_DIVERGENCE_FRACTION * len(ref_text))
 
 
-async def _score_committed_tokens(backend: Backend, job: AuditJob, payload: GeneratePayload) -> Verdict | None:
-    """Judge greedy output from the provider's committed tokens with one forward pass (a prefill),
-    instead of generating the answer again. None when the tokens do not spell the delivered text
-    (e.g. a stream continued by another provider, or a provider cutting its text): then the
-    caller regenerates, which judges the text itself."""
+async def _score_committed_tokens(backend: Backend, job: AuditJob, payload: GeneratePayload,
+                                  greedy: bool) -> Verdict | None:
+    """Judge output from the provider's committed tokens with one forward pass (a prefill),
+    instead of generating the answer again: greedy tokens against the argmax, sampled ones by
+    replaying the seeded sampler. None when the tokens do not spell the delivered text (e.g. a
+    stream continued by another provider, or a provider cutting its text): then the caller
+    regenerates (greedy) or checks usage only (sampled)."""
     if protocol.tokens_hash(job.token_ids, job.logprobs) != job.receipt.tokens_hash:
         return fail("tokens_hash_mismatch: the receipt commits to other tokens", hard=True)
     spelled = await backend.detokenize(job.token_ids)  # type: ignore[attr-defined]
@@ -204,7 +221,16 @@ async def _score_committed_tokens(backend: Backend, job: AuditJob, payload: Gene
     if reported.completion_tokens > len(job.token_ids) + 1 or reported.completion_tokens < len(job.token_ids):
         return fail(f"usage_inflated: completion reported {reported.completion_tokens}, committed "
                     f"{len(job.token_ids)} tokens (+{eos} end)", hard=True)
+    prompt = await backend.prompt_tokens(payload)  # type: ignore[attr-defined]
+    # Completion tokens were checked above; this adds the prompt count's inflation rule.
+    counts = Usage(reported.prompt_tokens, reported.completion_tokens)
+    usage = check_usage(counts, Usage(prompt, reported.completion_tokens), "", None, False)
+    if not usage.passed:
+        return usage
     logits = await backend.score(payload, job.token_ids)  # type: ignore[attr-defined]
+    if not greedy:
+        assert payload.seed is not None  # the caller replays seeded requests only
+        return compare_sampled_replay(job.token_ids, logits, payload.temperature, payload.top_p, payload.seed)
     reported_logprobs = np.asarray(job.logprobs, dtype=np.float64) if job.logprobs else None
     return compare_greedy(np.asarray(job.token_ids), logits, reported_logprobs=reported_logprobs)
 

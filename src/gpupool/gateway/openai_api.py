@@ -5,11 +5,16 @@ don't act on (e.g. `user`); fields that would change the answer in ways we
 cannot honour (`n > 1`, image parts, token-array inputs) are refused with a 400
 that names the field, rather than silently ignored. Responses are plain dicts
 shaped like OpenAI's published schemas (the tests validate them against it).
+
+Sampled generation requests (temperature > 0) always reach the provider with a seed:
+the client's, or a random one the gateway picks, because checkers can only audit a
+sampled answer by replaying its seed (see `gpupool.verify.sampler`).
 """
 
 from __future__ import annotations
 
 import base64
+import secrets
 import time
 from typing import Any, Literal
 
@@ -17,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gpupool import errors
 from gpupool.protocol import ChatMessage, EmbedPayload, GeneratePayload
+from gpupool.verify.sampler import GREEDY_BELOW
 
 MAX_STOP_SEQUENCES = 4
 
@@ -75,6 +81,16 @@ class _Sampling(_Body):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
         return v
 
+    def temperature_or_default(self) -> float:
+        return 1.0 if self.temperature is None else self.temperature
+
+    def replayable_seed(self) -> int | None:
+        """The client's seed; for a sampled request without one, a fresh random one, so that
+        a checker can replay the answer (a greedy request needs none)."""
+        if self.seed is None and self.temperature_or_default() >= GREEDY_BELOW:
+            return secrets.randbits(63)
+        return self.seed
+
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
@@ -90,9 +106,9 @@ class ChatCompletionRequest(_Sampling):
         return GeneratePayload(
             messages=[ChatMessage(role=m.role, content=m.text(), name=m.name or "") for m in self.messages],
             max_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
-            temperature=1.0 if self.temperature is None else self.temperature,
+            temperature=self.temperature_or_default(),
             top_p=1.0 if self.top_p is None else self.top_p,
-            seed=self.seed,
+            seed=self.replayable_seed(),
             stop=self.stop_list(),
         )
 
@@ -121,9 +137,9 @@ class CompletionRequest(_Sampling):
         return GeneratePayload(
             prompt=prompt,
             max_tokens=self.max_tokens or 16,
-            temperature=1.0 if self.temperature is None else self.temperature,
+            temperature=self.temperature_or_default(),
             top_p=1.0 if self.top_p is None else self.top_p,
-            seed=self.seed,
+            seed=self.replayable_seed(),
             stop=self.stop_list(),
         )
 

@@ -13,9 +13,12 @@ prompt + provider output — and hands the resulting arrays here.
   (teacher forcing) must have the provider's token as argmax, up to a small logit tie
   margin that absorbs numeric noise between hardware. Reported log-probs, if any, must
   agree within a tolerance. Checking is a prefill, much cheaper than regenerating.
-* Sampled generation: only a plausibility check here — the reference's mean
-  log-prob of the chosen tokens, standardised against what honest sampling from the
-  reference would give (a one-sided z-test). Exact seeded replay is out of scope.
+* Sampled generation with a seed: exact replay (`compare_sampled_replay`). Providers
+  sample with `verify.sampler`, whose uniform number for each token is a hash of seed
+  and position, so the reference logits must put every provider token in the interval
+  that number falls in. Without a seed, a plausibility check (`check_sampled_plausibility`):
+  the reference's mean log-prob of the chosen tokens, standardised against what honest
+  sampling from the reference would give (a one-sided z-test).
 * Usage: reported token counts against the checker's recount, and the finish reason
   against what the output shows (truncation, inflation).
 
@@ -32,6 +35,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from gpupool.verify import sampler
 from gpupool.verify.verdict import PASS, Verdict, fail
 
 # ------------------------------------------------------------------ embeddings
@@ -271,6 +275,37 @@ def check_sampled_plausibility(
         return Verdict(passed=True, score=score)
     # Far below: another model or noise; near the threshold: could be bad luck.
     return fail(f"implausible_sample: z={z:.1f}", hard=z < 4 * min_z, score=score)
+
+
+def compare_sampled_replay(
+    output_tokens: Sequence[int] | np.ndarray,
+    reference_logits: np.ndarray,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    tol: float = sampler.DEFAULT_TOLERANCE,
+    hard_fraction: float = HARD_MISMATCH_FRACTION,
+) -> Verdict:
+    """Verdict for a seeded sampled completion, replayed with `verify.sampler`.
+
+    `reference_logits` as for `compare_greedy`. Position i must pass
+    `sampler.replay_ok` with u = `sampler.draw(seed, i)`. score = fraction of positions
+    that replay; position = the first that does not. Failing >= `hard_fraction` of the
+    positions is another model (or sampler, or seed): hard. One honest position fails only
+    when u lands within numeric noise of an interval bound, so even a single miss fails.
+    """
+    tokens = np.asarray(output_tokens, dtype=np.int64).ravel()
+    logits = np.asarray(reference_logits)
+    bad = _check_logits(tokens, logits)
+    if bad is not None:
+        return bad
+    misses = [i for i, token in enumerate(tokens.tolist())
+              if not sampler.replay_ok(logits[i], temperature, top_p, sampler.draw(seed, i), token, tol)]
+    if not misses:
+        return PASS
+    frac_ok = 1.0 - len(misses) / tokens.size
+    return fail(f"sampler_mismatch at token {misses[0]}: {len(misses)} of {tokens.size} tokens do not replay",
+                hard=len(misses) / tokens.size >= hard_fraction, score=frac_ok, position=misses[0])
 
 
 # ------------------------------------------------------------------ usage

@@ -5,7 +5,9 @@ demo model) and streams text for the provider agent. It runs its own token loop 
 KV cache rather than `model.generate`, because the provider needs things `generate`
 makes awkward: a cancellation check on every token, stop strings that are cut *before*
 they appear in the stream, UTF-8-safe incremental text, and seeded sampling that gives
-the same text for the same request.
+the same text for the same request. Sampled tokens come from `gpupool.verify.sampler`
+(not torch's sampler, which draws other numbers on a GPU than on a CPU), so a checker
+on any hardware can replay them from the seed.
 
 torch and transformers are imported lazily so gpupool imports without the ml extra.
 """
@@ -13,6 +15,7 @@ torch and transformers are imported lazily so gpupool imports without the ml ext
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,11 +31,11 @@ from gpupool.provider.backends.base import (
     TextDelta,
 )
 from gpupool.provider.tiny_model import create_tiny_llama, default_tiny_llama_path
+from gpupool.verify import sampler
+from gpupool.verify.sampler import GREEDY_BELOW
 
 TINY_LLAMA_ALIAS = "tiny-llama"
 DEFAULT_MAX_OUTPUT = 2048
-# Below this temperature sampling is indistinguishable from argmax; avoid dividing by ~0.
-GREEDY_BELOW = 1e-5
 REPLACEMENT_CHAR = "\ufffd"
 
 
@@ -222,12 +225,9 @@ class GenerateBackend(Backend):
 
         model, tok = self._model, self._tokenizer
         greedy = payload.temperature < GREEDY_BELOW
-        gen = torch.Generator(device=self._device)
-        if payload.seed is not None:
-            # Generators take 64-bit seeds; wrap anything the client sends into range.
-            gen.manual_seed(payload.seed & 0xFFFF_FFFF_FFFF_FFFF)
-        else:
-            gen.seed()
+        # The gateway always sends a seed for sampled requests (so checkers can replay
+        # them); a provider used without one still samples, just not replayably.
+        seed = payload.seed if payload.seed is not None else secrets.randbits(63)
         stops = [s for s in payload.stop if s]
         extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
 
@@ -244,7 +244,7 @@ class GenerateBackend(Backend):
                 out = model(input_ids=inputs, past_key_values=past, use_cache=True, **extra)
                 past = out.past_key_values
                 logits = out.logits[0, -1].float()
-                token = self._pick(logits, greedy, payload, gen)
+                token = self._pick(logits, greedy, payload, seed, len(generated))
                 logprobs.append(float(torch.log_softmax(logits, dim=-1)[token]))
                 if token in self._eos_ids:
                     # eos is never part of the text, but it was computed: bill it.
@@ -277,7 +277,8 @@ class GenerateBackend(Backend):
 
     async def score(self, payload: GeneratePayload, token_ids: list[int]) -> Any:
         """Logits [len(token_ids), vocab] (numpy float32) the model gives each of these tokens
-        after the request's prompt: one forward pass, what a checker needs to judge greedy output."""
+        after the request's prompt: one forward pass, what a checker needs to judge greedy
+        output or to replay sampled output."""
         return await self._thread.call(self._score, payload, token_ids)
 
     def _score(self, payload: GeneratePayload, token_ids: list[int]) -> Any:
@@ -289,24 +290,20 @@ class GenerateBackend(Backend):
             logits = self._model(input_ids=ids).logits[0, len(prompt) - 1:].float()
         return logits.cpu().numpy()
 
+    async def prompt_tokens(self, payload: GeneratePayload) -> int:
+        """How many tokens the request's prompt is: what a provider must report as prompt usage."""
+        return await self._thread.call(lambda: len(self._prepare(payload)))
+
     async def detokenize(self, token_ids: list[int]) -> str:
         return await self._thread.call(
             lambda: self._tokenizer.decode(token_ids, skip_special_tokens=True).rstrip(REPLACEMENT_CHAR))
 
     @staticmethod
-    def _pick(logits: Any, greedy: bool, payload: GeneratePayload, gen: Any) -> int:
+    def _pick(logits: Any, greedy: bool, payload: GeneratePayload, seed: int, step: int) -> int:
         import torch
 
         if greedy:
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits / payload.temperature, dim=-1)
-        if payload.top_p < 1.0:
-            # Nucleus: the smallest set of top tokens whose mass reaches top_p.
-            sorted_probs, order = torch.sort(probs, descending=True)
-            mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-            drop = mass_before >= payload.top_p
-            drop[0] = False  # always keep the most likely token, even for top_p <= 0
-            sorted_probs[drop] = 0.0
-            choice = torch.multinomial(sorted_probs, 1, generator=gen)
-            return int(order[choice])
-        return int(torch.multinomial(probs, 1, generator=gen))
+        # float64 on the CPU: the sampler's arithmetic must be the same on every machine.
+        return sampler.sample(logits.cpu().double().numpy(), payload.temperature, payload.top_p,
+                              sampler.draw(seed, step))

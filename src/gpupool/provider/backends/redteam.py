@@ -14,6 +14,7 @@ backend's own, so the cheater announces exactly what an honest provider would.
 | mode            | task        | misbehaviour                                                    |
 | --------------- | ----------- | --------------------------------------------------------------- |
 | `random-minilm` | embeddings  | a MiniLM-shaped model with random weights (seeded) under the claimed name |
+| `random-llama`  | generate    | the base causal LM's shape and tokenizer with random weights (seeded) |
 | `noise`         | both        | random unit vectors / random words                              |
 | `cached`        | both        | the previous answer it gave, whatever the new prompt            |
 | `truncate`      | generate    | cuts the text to half but reports the full usage                |
@@ -43,8 +44,9 @@ from gpupool.provider.backends.base import (
     TextDelta,
 )
 from gpupool.provider.backends.embeddings import EmbeddingsBackend
+from gpupool.provider.backends.generate import GenerateBackend
 
-MODES = ("random-minilm", "noise", "cached", "truncate", "claims")
+MODES = ("random-minilm", "random-llama", "noise", "cached", "truncate", "claims")
 DEFAULT_CLAIMED_TPS = 10_000.0
 
 
@@ -86,6 +88,30 @@ class RandomMiniLMBackend(EmbeddingsBackend):
         auto.load_state_dict(random_model.state_dict(), strict=False)
 
 
+class RandomLlamaBackend(GenerateBackend):
+    """The base causal LM's architecture and tokenizer with seeded random weights.
+
+    Each weight matrix is redrawn with the spread of the real one, so the impostor's
+    next-token distributions are as peaked as the real model's, only over other tokens:
+    a cheap model that looks plausible until its tokens are checked one by one.
+    """
+
+    def __init__(self, name: str, spec: str = "", seed: int = 0):
+        super().__init__(name, spec)
+        self.seed = seed
+
+    def _load(self) -> None:
+        super()._load()
+        import torch
+
+        gen = torch.Generator().manual_seed(self.seed)
+        with torch.no_grad():
+            for _, param in sorted(self._model.named_parameters()):
+                if param.ndim > 1:  # norm scales stay: they are ones in the tiny model anyway
+                    noise = torch.randn(param.shape, generator=gen).to(param.device, param.dtype)
+                    param.copy_(noise * param.float().std().to(param.dtype))
+
+
 class RedTeamBackend(Backend):
     """Wraps an honest backend and cheats in one `mode` on a `rate` fraction of requests."""
 
@@ -112,10 +138,12 @@ class RedTeamBackend(Backend):
         self.task = self.base.task
         if self.mode == "random-minilm" and self.task != "embeddings":
             raise ValueError("redteam random-minilm needs an embeddings base (e.g. minilm)")
-        if self.mode == "truncate" and self.task != "generate":
-            raise ValueError("redteam truncate needs a generation base (e.g. tiny-llama)")
+        if self.mode in ("truncate", "random-llama") and self.task != "generate":
+            raise ValueError(f"redteam {self.mode} needs a generation base (e.g. tiny-llama)")
         self.impostor: Backend | None = (
-            RandomMiniLMBackend(name, base_spec, self.seed) if self.mode == "random-minilm" else None
+            RandomMiniLMBackend(name, base_spec, self.seed) if self.mode == "random-minilm"
+            else RandomLlamaBackend(name, base_spec, self.seed) if self.mode == "random-llama"
+            else None
         )
         self._rng = random.Random(self.seed)
         self.requests = 0  # requests served
@@ -198,8 +226,11 @@ class RedTeamBackend(Backend):
         elif cheat and self.mode == "noise":
             self.cheats += 1
             text, done = self._noise_text(payload)
+        elif cheat and self.mode == "random-llama" and self.impostor is not None:
+            self.cheats += 1
+            text, done = await self._collect(self.impostor, payload)
         else:
-            text, done = await self._honest(payload)
+            text, done = await self._collect(self.base, payload)
             if cheat and self.mode == "truncate":
                 self.cheats += 1
                 # Half the text, but the usage (and so the bill) of all of it.
@@ -209,9 +240,10 @@ class RedTeamBackend(Backend):
             yield TextDelta(text)
         yield done
 
-    async def _honest(self, payload: GeneratePayload) -> tuple[str, GenDone]:
+    @staticmethod
+    async def _collect(backend: Backend, payload: GeneratePayload) -> tuple[str, GenDone]:
         parts: list[str] = []
-        async for event in self.base.generate(payload):
+        async for event in backend.generate(payload):
             if isinstance(event, TextDelta):
                 parts.append(event.text)
             else:

@@ -137,6 +137,11 @@ def test_client_leaving_a_stream_cancels_work_at_the_provider(network: Network) 
 
 def test_stream_continues_on_another_provider_when_its_provider_dies(network: Network) -> None:
     slow_net(network, n=2)
+    # A checker audits every answer (probation): the continuation must be audited as what
+    # its provider was asked (prompt + text so far), or an honest provider fails its audit.
+    network.providers.append(network._spawn("checker-0", [
+        "checker", "--gateway", network.ws_url, "--key-file", str(network.home / "checker-0.key"), "--serve", SLOW]))
+    _wait_until(lambda: _audits(network)["checkers"], "the checker connects")
     key = network.dev_key()
     got: list[str] = []
     final: dict = {}
@@ -161,6 +166,30 @@ def test_stream_continues_on_another_provider_when_its_provider_dies(network: Ne
     assert "".join(got) == WORDS, "the client sees one uninterrupted, complete stream"
     assert final["gpupool"]["continued"] == 1
     assert final["gpupool"]["providers"][0] == victim_id and final["gpupool"]["providers"][1] != victim_id
+    survivor = final["gpupool"]["providers"][1]
+
+    def survivor_audited() -> dict | None:
+        rows = {r["node_id"]: r for r in _audits(network)["data"]}
+        row = rows.get(survivor)
+        return row if row and row["audits"] >= 1 else None
+
+    row = _wait_until(survivor_audited, "the continuation's audit verdict")
+    assert row["audit_failures"] == 0 and not row["suspended"], row
+
+
+def _audits(network: Network) -> dict:
+    r = httpx.get(network.gateway_url + "/admin/audits", timeout=5,
+                  headers={"Authorization": f"Bearer {network.admin_token}"})
+    r.raise_for_status()
+    return r.json()
+
+
+def _wait_until(probe, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while not (got := probe()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return got
 
 
 def _node_id_of(network: Network, proc) -> str:

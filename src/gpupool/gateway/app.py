@@ -146,11 +146,14 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     def charge(hold: Hold, rid: str, model: str, session: ProviderSession, done: Done, key: ApiKey,
                payload: Payload, text: str = "") -> int:
-        """Charge a served request from its receipt, and let the auditor consider it for an audit."""
+        """Charge a served request from its receipt, and let the auditor consider it for an audit.
+
+        `payload` and `text` are what the receipt covers: for a continued stream, the last
+        provider's run (its receipt's request id), not the client's whole request."""
         u = done.receipt.usage
         cost = pricing.charge_for(_price(session, model), u.prompt_tokens, u.completion_tokens, hold.amount)
         charged = hold.charge(rid, session.node_id, cost, done.receipt, session.public_key, done.settlement_sig)
-        auditor.after_served(rid, model, session, payload, done, text, key.account, charged)
+        auditor.after_served(done.receipt.request_id, model, session, payload, done, text, key.account, charged)
         return charged
 
     # ---------------------------------------------------------------- routes
@@ -261,7 +264,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                     # The client saw one stream; say that several providers produced it.
                     last["gpupool"] = {"continued": opened.continued, "providers": opened.providers}
                 yield sse(last)
-                cost = charge(hold, rid, model, opened.session, done, key, payload, opened.text)
+                cost = charge(hold, rid, model, opened.session, done, key, opened.answer_payload, opened.answer_text)
                 if include_usage:
                     u = done.receipt.usage
                     yield sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",

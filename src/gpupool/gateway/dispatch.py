@@ -315,6 +315,11 @@ class Stream:
         self._route = route
         self.done: Done | None = None
         self.text = ""
+        # What the final provider's receipt covers: after a continuation, its own run id,
+        # payload (prompt + text so far) and text, not the client's whole request.
+        self.answer_id = request_id
+        self.answer_payload = payload
+        self.answer_text = ""
         self.providers = [session.node_id]
         self.continued = 0
         self._chunks = 0  # Chunk messages received: each carries at least one token
@@ -360,6 +365,7 @@ class Stream:
                                                       event, time.monotonic() - self._started, self._first_at)
                         self.done = event
                         self.text = "".join(sent)
+                        self.answer_id, self.answer_payload, self.answer_text = self._run_id, self._run_payload, part
                         return
                     else:
                         reason = (f"{event.code}: {event.message}" if isinstance(event, Fail)

@@ -123,6 +123,8 @@ class Hub:
         self.reputation_of: Callable[[str], float] = lambda node_id: 0.5
         # Whether a provider's hardware proof has passed: until then its speed claims are ignored.
         self.hardware_verified: Callable[[str], bool] = lambda node_id: True
+        # Its verified GFLOP/s from the last passed proof (None: none yet, or proofs are off).
+        self.hardware_gflops: Callable[[str], float | None] = lambda node_id: None
         # Hardware proof (gateway/hardware_checks.py): told of each provider-role session once it is
         # registered (it then sends challenges), and handed the provider's answers.
         self.on_provider_connected: Callable[[ProviderSession], None] = lambda session: None

@@ -32,7 +32,7 @@ from gpupool.routing import (
     pick_with_reasons,
 )
 from gpupool.routing import breaker as breakers
-from gpupool.routing.speed import pool_prior
+from gpupool.routing.speed import hardware_speed, pool_prior
 
 if TYPE_CHECKING:
     from gpupool.gateway.dispatch import Tries
@@ -74,6 +74,7 @@ class LiveRouter:
                                             cooldown_s=settings.breaker_cooldown_s)
         self.records: dict[str, ProviderRecord] = {}
         self._prior_at = 0.0
+        self._pool_gflops = 0.0  # median verified GFLOP/s of connected providers; 0 = none proved
 
     def record(self, node_id: str) -> ProviderRecord:
         rec = self.records.get(node_id)
@@ -104,6 +105,10 @@ class LiveRouter:
                 and self.hub.hardware_verified(session.node_id):
             claimed = SpeedEstimate(prefill_tps=offer.claimed_prefill_tps, decode_tps=offer.claimed_decode_tps,
                                     items_per_s=offer.claimed_items_per_s)
+        elif self._pool_gflops > 0 and (gflops := self.hub.hardware_gflops(session.node_id)):
+            # No claim: its proven compute relative to the pool's stands in until measured.
+            claimed = hardware_speed(self.weights.prior_speed, gflops / self._pool_gflops,
+                                     self.weights.max_claim_factor)
         load = session.load
         return Candidate(
             provider_id=session.node_id,
@@ -162,6 +167,8 @@ class LiveRouter:
         estimates = [r.speed.get(model) for r in self.records.values()]
         prior = pool_prior(estimates, RoutingWeights().prior_speed, min_measured=1)
         self.weights = RoutingWeights(prior_speed=prior, sample_k=self.weights.sample_k)
+        proven = sorted(g for s in self.hub.sessions.values() if (g := self.hub.hardware_gflops(s.node_id)))
+        self._pool_gflops = proven[len(proven) // 2] if proven else 0.0
 
     def _settle(self, session: ProviderSession, request_id: str) -> bool:
         rec = self.record(session.node_id)

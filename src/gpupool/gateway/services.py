@@ -70,6 +70,7 @@ class Services:
         hub.on_hardware_answer = hardware_checks.on_answer
         if settings.hardware_proof_max_n > 0:
             hub.hardware_verified = lambda node_id: hardware_checks.verified_gflops(node_id) is not None
+            hub.hardware_gflops = hardware_checks.verified_gflops
 
         services = cls(hub, store, ledger, billing, auditor, canaries, hardware_checks)
         if isinstance(getattr(ledger, "address", None), str):  # an EVM ledger: providers sign costs for the chain

@@ -232,3 +232,18 @@ def _inv(x: float) -> float:
 
 def _replace(e: SpeedEstimate, **kw: float) -> SpeedEstimate:
     return dataclasses.replace(e, **kw)  # type: ignore[arg-type]
+
+
+def hardware_speed(prior: SpeedEstimate, relative_compute: float, cap: float) -> SpeedEstimate:
+    """What to assume of a provider with no measured answers and no usable claim, from its
+    hardware proof: the prior scaled by its verified GFLOP/s over the pool's median one.
+
+    A proof measures raw compute, not this model's tokens/s (decode is often memory-bound),
+    so the factor is kept within [1/cap, cap] like a claim, and measured answers replace
+    it as soon as there are any. It makes a provider that proved fast hardware worth
+    trying first, and one that proved slow hardware a last resort, before either has
+    served anything.
+    """
+    f = min(cap, max(1.0 / cap, relative_compute)) if relative_compute > 0 else 1.0
+    return SpeedEstimate(prefill_tps=prior.prefill_tps * f, decode_tps=prior.decode_tps * f,
+                         items_per_s=prior.items_per_s * f)

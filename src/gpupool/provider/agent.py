@@ -155,6 +155,7 @@ class GatewayLink:
         self._outbox: list[Chunk | Done | Fail] = []
         self._flusher: asyncio.Task[None] | None = None
         self._unstated: list[bytes] = []  # digests of receipts sent but not yet covered by a Statement
+        self._to_state = asyncio.Event()  # set while `_unstated` has digests
         self._settlement: Settlement | None = None  # set when this gateway settles on chain
         self._statements = 0
 
@@ -241,7 +242,10 @@ class GatewayLink:
         await asyncio.sleep(0)  # one loop turn: let other requests' ready messages join
         while self._outbox:
             items, self._outbox = self._outbox, []
-            self._unstated += [protocol.receipt_digest(m.receipt) for m in items if isinstance(m, Done)]
+            digests = [protocol.receipt_digest(m.receipt) for m in items if isinstance(m, Done)]
+            if digests:
+                self._unstated += digests
+                self._to_state.set()
             await self._send(items[0] if len(items) == 1 else Batch(items))
 
     async def _state(self) -> None:
@@ -255,7 +259,10 @@ class GatewayLink:
 
     async def _statement_loop(self) -> None:
         while True:
-            await asyncio.sleep(STATEMENT_INTERVAL_S)
+            # Asleep while there is nothing to sign: an idle provider (or checker) stays idle.
+            await self._to_state.wait()
+            await asyncio.sleep(STATEMENT_INTERVAL_S)  # gather the receipts of the next 50 ms
+            self._to_state.clear()
             await self._state()
 
     async def flushed(self) -> None:

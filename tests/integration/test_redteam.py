@@ -75,18 +75,20 @@ def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(netwo
     _wait_checkers(network, 2)
     key = new_account(network, "shopper", 10_000_000)
     client = client_for(network, key, timeout=60)
-    texts = [f"red running shoes size {i}" for i in range(160)]
-    _drive(client, [lambda t=t: client.embeddings.create(model="minilm", input=t) for t in texts])
-    # Verdicts arrive after the answers: wait until every cheater is suspended (or time out).
     node = {name: _node_id_of(network, p) for name, p in cheaters.items()}
     honest_id = _node_id_of(network, honest)
-    deadline = time.monotonic() + 60
-    while True:
+    # Traffic in rounds until every cheater is suspended (verdicts arrive after the answers).
+    # How much each cheater gets depends on routing (speed, reputation, audits awaiting
+    # verdicts), and the 10% one needs about ten answers to be caught.
+    deadline = time.monotonic() + 150
+    for round_ in range(12):
+        texts = [f"red running shoes size {round_}-{i}" for i in range(40)]
+        _drive(client, [lambda t=t: client.embeddings.create(model="minilm", input=t) for t in texts])
+        time.sleep(1.0)
         rows = {r["node_id"]: r for r in network.admin("/admin/audits")}
-        if all(rows.get(n, {}).get("suspended") for n in node.values()):
+        if all(rows.get(n, {}).get("suspended") for n in node.values()) or time.monotonic() > deadline:
             break
-        assert time.monotonic() < deadline, rows
-        time.sleep(0.5)
+    assert all(rows.get(n, {}).get("suspended") for n in node.values()), rows
     assert not rows[honest_id]["suspended"] and rows[honest_id]["audit_failures"] == 0
     assert rows[honest_id]["audits"] > 0
     # Suspended providers get no more traffic: the next requests all go to the honest one.
@@ -134,4 +136,12 @@ def test_a_truncating_generation_cheater_is_suspended(network: Network) -> None:
         if rows.get(cheater_id, {}).get("suspended"):
             break
     assert rows[cheater_id]["suspended"], rows
+    # The cheater can be caught before the honest provider served anything (it answers
+    # faster, truncating): the requests after the suspension are the honest one's.
+    after = _drive(client, [lambda i=i: client.chat.completions.with_raw_response.create(
+        model="tiny-llama", max_tokens=12, temperature=0,
+        messages=[{"role": "user", "content": f"after suspension {i}"}]) for i in range(4)], workers=2)
+    assert {r.headers["x-gpupool-provider"] for r in after} == {honest_id}
+    time.sleep(0.5)
+    rows = {r["node_id"]: r for r in network.admin("/admin/audits")}
     assert not rows[honest_id]["suspended"], rows[honest_id]

@@ -106,7 +106,7 @@ class LiveRouter:
             claimed = SpeedEstimate(prefill_tps=offer.claimed_prefill_tps, decode_tps=offer.claimed_decode_tps,
                                     items_per_s=offer.claimed_items_per_s)
         elif self._pool_gflops > 0 and (gflops := self.hub.hardware_gflops(session.node_id)):
-            # No claim: its proven compute relative to the pool's stands in until measured.
+            # No claim: clearly more proven compute than the pool's stands in until measured.
             claimed = hardware_speed(self.weights.prior_speed, gflops / self._pool_gflops,
                                      self.weights.max_claim_factor)
         load = session.load

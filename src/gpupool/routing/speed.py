@@ -234,16 +234,22 @@ def _replace(e: SpeedEstimate, **kw: float) -> SpeedEstimate:
     return dataclasses.replace(e, **kw)  # type: ignore[arg-type]
 
 
-def hardware_speed(prior: SpeedEstimate, relative_compute: float, cap: float) -> SpeedEstimate:
+def hardware_speed(prior: SpeedEstimate, relative_compute: float, cap: float,
+                   clear_margin: float = 2.0) -> SpeedEstimate | None:
     """What to assume of a provider with no measured answers and no usable claim, from its
-    hardware proof: the prior scaled by its verified GFLOP/s over the pool's median one.
+    hardware proof: the prior scaled by its verified GFLOP/s over the pool's median one,
+    or None (assume the prior) unless that ratio is at least `clear_margin`.
 
-    A proof measures raw compute, not this model's tokens/s (decode is often memory-bound),
-    so the factor is kept within [1/cap, cap] like a claim, and measured answers replace
-    it as soon as there are any. It makes a provider that proved fast hardware worth
-    trying first, and one that proved slow hardware a last resort, before either has
-    served anything.
+    Only a clear advantage counts, and only upwards: a proof's timing includes the round
+    trip and whatever else the machine runs (on one shared 2-core machine, identical
+    providers proved up to ~2x apart), and assuming an unmeasured provider slower than
+    the prior would stop routing from ever trying it, so it would never be measured.
+    A provider that proved several times the pool's compute (another GPU class) is
+    tried first, up to `cap` times the prior like a claim; measured answers replace
+    the guess as soon as there are any.
     """
-    f = min(cap, max(1.0 / cap, relative_compute)) if relative_compute > 0 else 1.0
+    if relative_compute < clear_margin:
+        return None
+    f = min(cap, relative_compute)
     return SpeedEstimate(prefill_tps=prior.prefill_tps * f, decode_tps=prior.decode_tps * f,
                          items_per_s=prior.items_per_s * f)

@@ -87,11 +87,7 @@ def real_processes(fp_audits: int, steady_requests: int, gen_requests: int, chea
         net.start_gateway(extra=["--settle-interval-s", "0.1", "--tab-idle-s", "2",
                                  "--audit-probation-requests", str(fp_audits)])
         honest = net.start_provider(["minilm=embeddings:minilm"], extra=PRICE, max_concurrency=8)
-        checkers = []
-        for i in range(2):
-            checkers.append(net._spawn(f"checker-{i}", ["checker", "--gateway", net.ws_url, "--key-file",
-                                                        str(tmp / f"checker-{i}.key"), "--serve",
-                                                        "minilm=embeddings:minilm"]))
+        checkers = [net.start_checker(["minilm=embeddings:minilm"]) for _ in range(2)]
         net.wait_for_models({"minilm": 1}, timeout=180)
         while len(_admin(net, "/admin/audits")["checkers"]) < 2:
             time.sleep(0.3)
@@ -181,8 +177,7 @@ def generation_audit_cost(net: Network, key: str, tmp: Path, n: int) -> dict[str
     the provider's probation, so every one is audited."""
     provider = net.start_provider(["tiny-llama=generate:tiny-llama"], extra=["--price", "tiny-llama=1000/1000"],
                                   max_concurrency=2)
-    checker = net._spawn("checker-gen", ["checker", "--gateway", net.ws_url, "--key-file",
-                                         str(tmp / "checker-gen.key"), "--serve", "tiny-llama=generate:tiny-llama"])
+    checker = net.start_checker(["tiny-llama=generate:tiny-llama"], name="checker-gen")
     net.wait_for_models({"tiny-llama": 1}, timeout=180)
     while len(_admin(net, "/admin/audits")["checkers"]) < 3:
         time.sleep(0.3)

@@ -70,6 +70,7 @@ class Network:
         self.gateway: Proc | None = None
         self.gateway_url = ""
         self.providers: list[Proc] = []
+        self.checkers: list[Proc] = []
         self._registered: set[str] = set()
         self.admin_token = "devnet-admin-" + os.urandom(8).hex()
 
@@ -123,6 +124,16 @@ class Network:
             args += ["--serve", s]
         proc = self._spawn(f"provider-{index + 1}", args + (extra or []), env, prefix)
         self.providers.append(proc)
+        return proc
+
+    def start_checker(self, serve: list[str], *, name: str = "", extra: list[str] | None = None) -> Proc:
+        """Start a checker process holding the `serve` reference models (stopped with the network)."""
+        name = name or f"checker-{len(self.checkers)}"
+        args = ["checker", "--gateway", self.ws_url, "--key-file", str(self.home / f"{name}.key")]
+        for s in serve:
+            args += ["--serve", s]
+        proc = self._spawn(name, args + (extra or []))
+        self.checkers.append(proc)
         return proc
 
     # ------------------------------------------------------------ readiness and keys
@@ -179,8 +190,8 @@ class Network:
             os.killpg(proc.popen.pid, sig)
 
     def stop(self, timeout: float = 15) -> None:
-        """Drain providers (SIGTERM), then stop the gateway; SIGKILL whatever lingers."""
-        procs = [p for p in self.providers if p.alive()]
+        """Drain providers and checkers (SIGTERM), then stop the gateway; SIGKILL whatever lingers."""
+        procs = [p for p in self.providers + self.checkers if p.alive()]
         for p in procs:
             _signal(p, signal.SIGTERM)
         _wait_all(procs, timeout)

@@ -139,8 +139,7 @@ def test_stream_continues_on_another_provider_when_its_provider_dies(network: Ne
     slow_net(network, n=2)
     # A checker audits every answer (probation): the continuation must be audited as what
     # its provider was asked (prompt + text so far), or an honest provider fails its audit.
-    network.providers.append(network._spawn("checker-0", [
-        "checker", "--gateway", network.ws_url, "--key-file", str(network.home / "checker-0.key"), "--serve", SLOW]))
+    network.start_checker([SLOW])
     _wait_until(lambda: _audits(network)["checkers"], "the checker connects")
     key = network.dev_key()
     got: list[str] = []

@@ -31,11 +31,8 @@ GEN_PRICE = ["--price", "tiny-llama=1000000/1000000"]
 
 
 def _start_checkers(network: Network, n: int, serve: list[str]) -> None:
-    for i in range(n):
-        args = ["checker", "--gateway", network.ws_url, "--key-file", str(network.home / f"checker-{i}.key")]
-        for s in serve:
-            args += ["--serve", s]
-        network.providers.append(network._spawn(f"checker-{i}", args))  # stopped with the network
+    for _ in range(n):
+        network.start_checker(serve)  # stopped with the network
 
 
 def _wait_checkers(network: Network, n: int, timeout: float = 120) -> None:

@@ -38,9 +38,7 @@ def sampled_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         net.start_gateway()
         net.start_provider([f"{MODEL}=generate:tiny-llama"], region="honest")
         # --verbose: the checker logs each verdict with its reason, which the tests read.
-        net.providers.append(net._spawn("checker", [
-            "checker", "--verbose", "--gateway", net.ws_url, "--key-file", str(net.home / "checker.key"),
-            "--serve", f"{MODEL}=generate:tiny-llama"]))
+        net.start_checker([f"{MODEL}=generate:tiny-llama"], name="checker", extra=["--verbose"])
         net.start_provider([f"{MODEL}=redteam:random-llama:tiny-llama?seed=1"], region="cheat")
         net.wait_for_models({MODEL: 2}, timeout=120)
         _wait_checkers(net, 1)

@@ -281,3 +281,28 @@ async def test_greedy_audit_scores_the_committed_tokens_in_one_pass(tmp_path: Pa
     forged = msgspec.structs.replace(honest, logprobs=[p + 1.0 for p in honest.logprobs])
     verdict = await judge(ref, forged)
     assert not verdict.passed and verdict.hard and verdict.reason.startswith("tokens_hash_mismatch"), verdict
+
+
+async def test_a_cut_answer_reported_as_a_natural_stop_fails(backends: dict[str, Backend]) -> None:
+    # The smart truncation: send half the tokens, call it a natural end ("stop") and bill
+    # exactly what was sent (+1 end token). Every token sent is the reference's argmax, and
+    # the usage adds up: only checking that the model really ends there catches it.
+    honest = await serve(backends["honest-gen"], "tiny-llama", greedy("The lighthouse keeper", max_tokens=24))
+    assert honest.receipt.finish_reason == "length"
+    ids = honest.token_ids[:10]
+    text = await backends["honest-gen"].detokenize(ids)  # type: ignore[attr-defined]
+    lp = honest.logprobs[:10]
+    receipt = msgspec.structs.replace(honest.receipt, output_hash=protocol.output_hash(text.encode()),
+                                      usage=Usage(honest.receipt.usage.prompt_tokens, 11), finish_reason="stop",
+                                      tokens_hash=protocol.tokens_hash(ids, lp))
+    cut = msgspec.structs.replace(honest, text=text, token_ids=ids, logprobs=lp, receipt=receipt)
+    verdict = await judge(backends["ref-gen"], cut)
+    assert not verdict.passed and verdict.reason.startswith("early_stop"), verdict
+    # The same tokens reported as cut by the length limit pass (nothing claims a natural end).
+    as_length = msgspec.structs.replace(
+        cut, payload=msgspec.structs.replace(honest.payload, max_tokens=10),
+        receipt=msgspec.structs.replace(receipt, usage=Usage(honest.receipt.usage.prompt_tokens, 10),
+                                        finish_reason="length",
+                                        input_hash=protocol.payload_hash(
+                                            msgspec.structs.replace(honest.payload, max_tokens=10))))
+    assert (await judge(backends["ref-gen"], as_length)).passed

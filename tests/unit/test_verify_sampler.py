@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from gpupool.verify import compare_sampled_replay
+from gpupool.verify import check_end, compare_sampled_replay
 from gpupool.verify.sampler import (
     DEFAULT_TOLERANCE,
     draw,
@@ -191,3 +191,16 @@ def test_nucleus_of_a_large_vocabulary_matches_a_full_stable_sort(scale: float) 
             expected = np.zeros(probs.size, dtype=bool)
             expected[order[:max(1, int((before < top_p).sum()))]] = True
             assert np.array_equal(nucleus(probs, top_p), expected), (scale, trial, top_p)
+
+
+def test_check_end_greedy_and_sampled() -> None:
+    row = np.array([0.0, 5.0, 1.0, 4.8])  # token 1 is the argmax; 3 is the end token
+    assert check_end(row, [3], 7, temperature=0.0).passed  # within the 0.5 tie margin
+    assert not check_end(row, [2], 7, temperature=0.0).passed
+    assert check_end(row, [], 7, temperature=0.0).passed  # no end token known: nothing to check
+    # Sampled: the end token passes exactly when the seeded draw for that position picks it.
+    seed, pos = 1234, 7
+    picked = sample(row, 1.0, 1.0, draw(seed, pos))
+    assert check_end(row, [picked], pos, temperature=1.0, seed=seed).passed
+    other = next(i for i in range(4) if i != picked)
+    assert not check_end(row, [other], pos, temperature=1.0, seed=seed).passed

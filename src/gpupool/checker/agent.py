@@ -80,6 +80,7 @@ from gpupool.provider.hardware import probe
 from gpupool.verify import Verdict, combine, fail
 from gpupool.verify.comparators import (
     Usage,
+    check_end,
     check_usage,
     compare_embeddings,
     compare_greedy,
@@ -227,12 +228,23 @@ async def _score_committed_tokens(backend: Backend, job: AuditJob, payload: Gene
     usage = check_usage(counts, Usage(prompt, reported.completion_tokens), "", None, False)
     if not usage.passed:
         return usage
-    logits = await backend.score(payload, job.token_ids)  # type: ignore[attr-defined]
+    # A natural end ("stop" without stop strings, before max_tokens) is checked too: one more
+    # row of the same pass says whether the model ends right after the last committed token.
+    n = len(job.token_ids)
+    end_ids = getattr(backend, "end_token_ids", None)
+    ends: list[int] = end_ids() if end_ids is not None else []
+    check_stop = bool(eos and ends and n < payload.max_tokens)
+    scored_ids = job.token_ids + ends[:1] if check_stop else job.token_ids
+    logits = await backend.score(payload, scored_ids)  # type: ignore[attr-defined]
+    ended = check_end(logits[n], ends, n, payload.temperature, payload.top_p, payload.seed) if check_stop else None
+    logits = logits[:n]
     if not greedy:
         assert payload.seed is not None  # the caller replays seeded requests only
-        return compare_sampled_replay(job.token_ids, logits, payload.temperature, payload.top_p, payload.seed)
-    reported_logprobs = np.asarray(job.logprobs, dtype=np.float64) if job.logprobs else None
-    return compare_greedy(np.asarray(job.token_ids), logits, reported_logprobs=reported_logprobs)
+        verdict = compare_sampled_replay(job.token_ids, logits, payload.temperature, payload.top_p, payload.seed)
+    else:
+        reported_logprobs = np.asarray(job.logprobs, dtype=np.float64) if job.logprobs else None
+        verdict = compare_greedy(np.asarray(job.token_ids), logits, reported_logprobs=reported_logprobs)
+    return combine(verdict, ended) if ended is not None else verdict
 
 
 def _one_token(payload: GeneratePayload) -> GeneratePayload:

@@ -63,7 +63,7 @@ from gpupool.verify.verdict import PASS, Verdict, combine, fail
 _LAZY = {
     "comparators": (
         "DEFAULT_EMBEDDING_THRESHOLD", "DEFAULT_LOGPROB_TOLERANCE", "DEFAULT_TIE_MARGIN",
-        "GreedyReport", "Usage", "calibrate_threshold", "check_sampled_plausibility",
+        "GreedyReport", "Usage", "calibrate_threshold", "check_end", "check_sampled_plausibility",
         "check_usage", "compare_embeddings", "compare_greedy", "compare_greedy_report",
         "compare_sampled_replay", "cosine_similarities",
     ),

@@ -312,6 +312,42 @@ def compare_sampled_replay(
 
 # Over-reporting tokens by more than this fraction (and at least `HARD_INFLATION_MIN`
 # tokens) is deliberate billing fraud, not an off-by-one in a chat template.
+def check_end(
+    end_logits: np.ndarray,
+    end_ids: Sequence[int],
+    position: int,
+    temperature: float,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    tie_margin: float = DEFAULT_TIE_MARGIN,
+    tol: float = sampler.DEFAULT_TOLERANCE,
+) -> Verdict:
+    """Did the model really end here? For an answer reported as finished by the model
+    ("stop" with no stop string): `end_logits` is the reference's logit row right after
+    the last committed token, at index `position` of the completion.
+
+    Greedy: an end-of-sequence token must be the argmax within the tie margin. Sampled:
+    one must replay from the seeded draw for that position. Without this, a provider can
+    cut an answer short, call it a natural stop and bill honestly for what it sent: every
+    token it did send still checks out.
+    """
+    row = np.asarray(end_logits, dtype=np.float64).ravel()
+    ids = [i for i in end_ids if 0 <= i < row.size]
+    if not ids:
+        return PASS  # the reference names no end token: nothing to check against
+    if temperature < sampler.GREEDY_BELOW:
+        ok = float(row.max() - row[ids].max()) <= tie_margin
+    else:
+        if seed is None:
+            return PASS
+        u = sampler.draw(seed, position)
+        ok = any(sampler.replay_ok(row, temperature, top_p, u, i, tol) for i in ids)
+    if ok:
+        return PASS
+    return fail(f"early_stop: reported a natural end after {position} tokens where the reference does not end",
+                position=position)
+
+
 HARD_INFLATION_FRACTION = 0.10
 HARD_INFLATION_MIN = 8
 

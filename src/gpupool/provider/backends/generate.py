@@ -290,6 +290,10 @@ class GenerateBackend(Backend):
             logits = self._model(input_ids=ids).logits[0, len(prompt) - 1:].float()
         return logits.cpu().numpy()
 
+    def end_token_ids(self) -> list[int]:
+        """The token ids that end generation (end-of-sequence), for checking a reported stop."""
+        return sorted(self._eos_ids)
+
     async def prompt_tokens(self, payload: GeneratePayload) -> int:
         """How many tokens the request's prompt is: what a provider must report as prompt usage."""
         return await self._thread.call(lambda: len(self._prepare(payload)))

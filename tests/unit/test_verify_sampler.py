@@ -204,3 +204,15 @@ def test_check_end_greedy_and_sampled() -> None:
     assert check_end(row, [picked], pos, temperature=1.0, seed=seed).passed
     other = next(i for i in range(4) if i != picked)
     assert not check_end(row, [other], pos, temperature=1.0, seed=seed).passed
+
+
+def test_sampled_replay_also_checks_the_reported_logprobs() -> None:
+    seed = 99
+    logits = np.stack([random_logits(i) for i in range(12)])
+    tokens = [sample(logits[i], 0.9, 1.0, draw(seed, i)) for i in range(12)]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    honest = [float(shifted[i, t] - np.log(np.exp(shifted[i]).sum())) for i, t in enumerate(tokens)]
+    assert compare_sampled_replay(tokens, logits, 0.9, 1.0, seed, reported_logprobs=honest).passed
+    inflated = [lp + 2.0 for lp in honest]  # claims each token was far more likely than it was
+    verdict = compare_sampled_replay(tokens, logits, 0.9, 1.0, seed, reported_logprobs=inflated)
+    assert not verdict.passed and verdict.reason == "logprob_mismatch" and verdict.hard

@@ -238,11 +238,12 @@ async def _score_committed_tokens(backend: Backend, job: AuditJob, payload: Gene
     logits = await backend.score(payload, scored_ids)  # type: ignore[attr-defined]
     ended = check_end(logits[n], ends, n, payload.temperature, payload.top_p, payload.seed) if check_stop else None
     logits = logits[:n]
+    reported_logprobs = np.asarray(job.logprobs, dtype=np.float64) if job.logprobs else None
     if not greedy:
         assert payload.seed is not None  # the caller replays seeded requests only
-        verdict = compare_sampled_replay(job.token_ids, logits, payload.temperature, payload.top_p, payload.seed)
+        verdict = compare_sampled_replay(job.token_ids, logits, payload.temperature, payload.top_p, payload.seed,
+                                         reported_logprobs=reported_logprobs)
     else:
-        reported_logprobs = np.asarray(job.logprobs, dtype=np.float64) if job.logprobs else None
         verdict = compare_greedy(np.asarray(job.token_ids), logits, reported_logprobs=reported_logprobs)
     return combine(verdict, ended) if ended is not None else verdict
 

@@ -197,20 +197,28 @@ def compare_greedy_report(
         verdict = fail("token_mismatch", hard=hard, score=frac_ok, position=first)
         return GreedyReport(verdict, gaps, mismatches, None)
     if reported_logprobs is not None:
-        rep = np.asarray(reported_logprobs, dtype=np.float64).ravel()
-        if rep.shape != tokens.shape or not np.all(np.isfinite(rep)):
-            return GreedyReport(fail("logprobs_malformed", hard=True), gaps, mismatches, None)
-        ref = log_softmax(logits64)[np.arange(tokens.size), tokens]
-        diffs = np.abs(rep - ref)
-        off = np.flatnonzero(diffs > logprob_tolerance)
-        if off.size:
-            # Tokens all match, so this is misreporting or a different numeric path,
-            # not a different model: soft, unless most positions are off.
-            hard = off.size / tokens.size >= 0.5
-            verdict = fail("logprob_mismatch", hard=hard, score=1.0 - off.size / tokens.size,
-                           position=int(off[0]))
-            return GreedyReport(verdict, gaps, mismatches, diffs)
+        bad, diffs = _check_reported_logprobs(tokens, logits64, reported_logprobs, logprob_tolerance)
+        if bad is not None:
+            return GreedyReport(bad, gaps, mismatches, diffs)
     return GreedyReport(Verdict(passed=True, score=1.0), gaps, mismatches, diffs)
+
+
+def _check_reported_logprobs(tokens: np.ndarray, logits64: np.ndarray, reported: Sequence[float] | np.ndarray,
+                             tolerance: float) -> tuple[Verdict | None, np.ndarray | None]:
+    """The log-probabilities a provider committed, against the reference's for the same
+    tokens (temperature-free log-softmax). Returns (failure or None, |differences|)."""
+    rep = np.asarray(reported, dtype=np.float64).ravel()
+    if rep.shape != tokens.shape or not np.all(np.isfinite(rep)):
+        return fail("logprobs_malformed", hard=True), None
+    ref = log_softmax(logits64)[np.arange(tokens.size), tokens]
+    diffs = np.abs(rep - ref)
+    off = np.flatnonzero(diffs > tolerance)
+    if not off.size:
+        return None, diffs
+    # The tokens themselves check out, so this is misreporting or a different numeric
+    # path, not a different model: soft, unless most positions are off.
+    hard = off.size / tokens.size >= 0.5
+    return fail("logprob_mismatch", hard=hard, score=1.0 - off.size / tokens.size, position=int(off[0])), diffs
 
 
 def compare_greedy(
@@ -285,6 +293,8 @@ def compare_sampled_replay(
     seed: int,
     tol: float = sampler.DEFAULT_TOLERANCE,
     hard_fraction: float = HARD_MISMATCH_FRACTION,
+    reported_logprobs: Sequence[float] | np.ndarray | None = None,
+    logprob_tolerance: float = DEFAULT_LOGPROB_TOLERANCE,
 ) -> Verdict:
     """Verdict for a seeded sampled completion, replayed with `verify.sampler`.
 
@@ -302,6 +312,11 @@ def compare_sampled_replay(
     misses = [i for i, token in enumerate(tokens.tolist())
               if not sampler.replay_ok(logits[i], temperature, top_p, sampler.draw(seed, i), token, tol)]
     if not misses:
+        if reported_logprobs is not None and tokens.size:
+            bad, _ = _check_reported_logprobs(tokens, logits.astype(np.float64), reported_logprobs,
+                                              logprob_tolerance)
+            if bad is not None:
+                return bad
         return PASS
     frac_ok = 1.0 - len(misses) / tokens.size
     return fail(f"sampler_mismatch at token {misses[0]}: {len(misses)} of {tokens.size} tokens do not replay",

@@ -73,7 +73,7 @@ def _embed(net: Network, key: str, texts: list[str], workers: int = 4) -> list[s
         return list(pool.map(one, texts))
 
 
-def _honest_row(net: Network, node: str) -> dict[str, Any]:
+def _audit_row(net: Network, node: str) -> dict[str, Any]:
     return next(r for r in _admin(net, "/admin/audits")["data"] if r["node_id"] == node)
 
 
@@ -110,7 +110,7 @@ def real_processes(fp_audits: int, steady_requests: int, gen_requests: int, chea
         _embed(net, key, [f"honest product query number {i}" for i in range(fp_audits)])
         time.sleep(2.0)
         c1 = cpu()
-        row = _honest_row(net, honest_id)
+        row = _audit_row(net, honest_id)
         probation = {"requests": row["served"], "audits": row["audits"], "false_positives": row["audit_failures"],
                      "checker_cpu_per_provider_cpu": share(c0, c1), "seconds": time.monotonic() - t0}
         print(f"  {probation}", flush=True)
@@ -118,7 +118,7 @@ def real_processes(fp_audits: int, steady_requests: int, gen_requests: int, chea
         while row["audit_rate"] > floor and warm < 20_000:
             _embed(net, key, [f"warm product query number {warm + i}" for i in range(250)])
             warm += 250
-            row = _honest_row(net, honest_id)
+            row = _audit_row(net, honest_id)
         print(f"  audit rate at its floor after {warm:,} more requests; steady state: {steady_requests:,} "
               "requests...", flush=True)
         time.sleep(1.0)
@@ -126,7 +126,7 @@ def real_processes(fp_audits: int, steady_requests: int, gen_requests: int, chea
         _embed(net, key, [f"steady product query number {i}" for i in range(steady_requests)])
         time.sleep(2.0)
         c3 = cpu()
-        row = _honest_row(net, honest_id)
+        row = _audit_row(net, honest_id)
         out["honest"] = {"requests": row["served"], "audits": row["audits"], "false_positives": row["audit_failures"],
                          "suspended": bool(row["suspended"]), "audit_rate_now": row["audit_rate"],
                          "probation": probation, "warm_requests": warm, "steady_requests": steady_requests,
@@ -194,10 +194,10 @@ def generation_audit_cost(net: Network, key: str, tmp: Path, n: int) -> dict[str
     with cf.ThreadPoolExecutor(2) as pool:
         list(pool.map(one, range(n)))
     deadline = time.monotonic() + 60
-    while _honest_row(net, node)["audits"] < n and time.monotonic() < deadline:
+    while _audit_row(net, node)["audits"] < n and time.monotonic() < deadline:
         time.sleep(0.5)
     p1, k1 = cpu_seconds(provider.popen.pid), cpu_seconds(checker.popen.pid)
-    row = _honest_row(net, node)
+    row = _audit_row(net, node)
     result = {"requests": row["served"], "audits": row["audits"], "false_positives": row["audit_failures"],
               "checker_cpu_per_provider_cpu": (k1 - k0) / max(1e-9, p1 - p0)}
     print(f"  {result}", flush=True)

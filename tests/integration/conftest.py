@@ -8,8 +8,10 @@ processes over real sockets.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -17,6 +19,7 @@ from openai import OpenAI
 
 from gpupool.devnet import Network
 
+T = TypeVar("T")
 PG_URL = os.environ.get("GPUPOOL_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 
 
@@ -54,6 +57,27 @@ def raw(net: Network, method: str, path: str, key: str | None = None, **kw: obje
     if key:
         headers["Authorization"] = f"Bearer {key}"
     return httpx.request(method, net.gateway_url + path, headers=headers, timeout=30, **kw)  # type: ignore[arg-type]
+
+
+def audits_body(net: Network) -> dict[str, Any]:
+    """GET /admin/audits, whole: {"checkers": [...], "data": [per-provider rows]}."""
+    r = httpx.get(net.gateway_url + "/admin/audits", timeout=10,
+                  headers={"Authorization": f"Bearer {net.admin_token}"})
+    r.raise_for_status()
+    return r.json()
+
+
+def wait_until(probe: Callable[[], T], what: str, timeout: float = 60.0) -> T:
+    """Poll `probe` until it returns something truthy, and return that (fail after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while not (got := probe()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return got
+
+
+def wait_checkers(net: Network, n: int, timeout: float = 120) -> None:
+    wait_until(lambda: len(audits_body(net)["checkers"]) >= n, f"{n} checkers to connect", timeout)
 
 
 @pytest.fixture

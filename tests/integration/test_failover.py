@@ -14,7 +14,7 @@ import pytest
 
 from gpupool.devnet import Network
 from gpupool.identity import Identity
-from tests.integration.conftest import client_for
+from tests.integration.conftest import audits_body, client_for, wait_checkers, wait_until
 
 # 20 words at 40 ms each: every request is in flight for ~0.8 s.
 SLOW = "echo=echo:chat?delay_ms=40"
@@ -140,7 +140,7 @@ def test_stream_continues_on_another_provider_when_its_provider_dies(network: Ne
     # A checker audits every answer (probation): the continuation must be audited as what
     # its provider was asked (prompt + text so far), or an honest provider fails its audit.
     network.start_checker([SLOW])
-    _wait_until(lambda: _audits(network)["checkers"], "the checker connects")
+    wait_checkers(network, 1)
     key = network.dev_key()
     got: list[str] = []
     final: dict = {}
@@ -168,27 +168,12 @@ def test_stream_continues_on_another_provider_when_its_provider_dies(network: Ne
     survivor = final["gpupool"]["providers"][1]
 
     def survivor_audited() -> dict | None:
-        rows = {r["node_id"]: r for r in _audits(network)["data"]}
+        rows = {r["node_id"]: r for r in audits_body(network)["data"]}
         row = rows.get(survivor)
         return row if row and row["audits"] >= 1 else None
 
-    row = _wait_until(survivor_audited, "the continuation's audit verdict")
+    row = wait_until(survivor_audited, "the continuation's audit verdict")
     assert row["audit_failures"] == 0 and not row["suspended"], row
-
-
-def _audits(network: Network) -> dict:
-    r = httpx.get(network.gateway_url + "/admin/audits", timeout=5,
-                  headers={"Authorization": f"Bearer {network.admin_token}"})
-    r.raise_for_status()
-    return r.json()
-
-
-def _wait_until(probe, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while not (got := probe()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return got
 
 
 def _node_id_of(network: Network, proc) -> str:

@@ -22,7 +22,7 @@ import pytest
 from gpupool.devnet import Network
 from gpupool.devnet_setup import prepare_models
 from gpupool.ledger import postings as P
-from tests.integration.conftest import client_for
+from tests.integration.conftest import client_for, wait_checkers
 from tests.integration.test_billing import FAST_SETTLE, ledger_state, new_account, wait_settled
 from tests.integration.test_failover import _node_id_of
 
@@ -33,25 +33,6 @@ GEN_PRICE = ["--price", "tiny-llama=1000000/1000000"]
 def _start_checkers(network: Network, n: int, serve: list[str]) -> None:
     for _ in range(n):
         network.start_checker(serve)  # stopped with the network
-
-
-def _wait_checkers(network: Network, n: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = _audits_body(network)
-        if len(body["checkers"]) >= n:
-            return
-        assert time.monotonic() < deadline, f"checkers not connected: {body}"
-        time.sleep(0.3)
-
-
-def _audits_body(network: Network) -> dict[str, Any]:
-    import httpx
-
-    r = httpx.get(network.gateway_url + "/admin/audits", timeout=10,
-                  headers={"Authorization": f"Bearer {network.admin_token}"})
-    r.raise_for_status()
-    return r.json()
 
 
 def _drive(client: openai.OpenAI, calls: list[Any], workers: int = 4) -> list[Any]:
@@ -69,7 +50,7 @@ def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(netwo
     }
     _start_checkers(network, 2, ["minilm=embeddings:minilm"])
     network.wait_for_models({"minilm": 4}, timeout=180)
-    _wait_checkers(network, 2)
+    wait_checkers(network, 2)
     key = new_account(network, "shopper", 10_000_000)
     client = client_for(network, key, timeout=60)
     node = {name: _node_id_of(network, p) for name, p in cheaters.items()}
@@ -118,7 +99,7 @@ def test_a_truncating_generation_cheater_is_suspended(network: Network) -> None:
     cheater = network.start_provider(["tiny-llama=redteam:truncate:tiny-llama"], extra=GEN_PRICE)
     _start_checkers(network, 1, ["tiny-llama=generate:tiny-llama"])
     network.wait_for_models({"tiny-llama": 2}, timeout=180)
-    _wait_checkers(network, 1)
+    wait_checkers(network, 1)
     client = client_for(network, timeout=60)
     cheater_id, honest_id = _node_id_of(network, cheater), _node_id_of(network, honest)
     # Traffic in rounds until the cheater is suspended. Its failed audits lower its reputation,

@@ -21,9 +21,8 @@ import pytest
 
 from gpupool.devnet import Network
 from gpupool.devnet_setup import prepare_models
-from tests.integration.conftest import client_for
+from tests.integration.conftest import client_for, wait_checkers, wait_until
 from tests.integration.test_failover import _node_id_of
-from tests.integration.test_redteam import _wait_checkers
 
 pytest.importorskip("transformers", reason="needs the ml extra")
 
@@ -41,7 +40,7 @@ def sampled_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         net.start_checker([f"{MODEL}=generate:tiny-llama"], name="checker", extra=["--verbose"])
         net.start_provider([f"{MODEL}=redteam:random-llama:tiny-llama?seed=1"], region="cheat")
         net.wait_for_models({MODEL: 2}, timeout=120)
-        _wait_checkers(net, 1)
+        wait_checkers(net, 1)
         yield net
     finally:
         net.stop(timeout=10)
@@ -66,19 +65,12 @@ def checker_verdicts(net: Network) -> dict[str, str]:
     return {m[0]: m[1] for m in re.findall(r"request (\S+) ((?:pass|FAIL)(?: hard)? \([^,]*)", log)}
 
 
-def wait_for(condition, timeout: float = 20, what: str = "") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
-
-
 def test_honest_sampled_answers_are_replayed_and_pass(sampled_net: Network) -> None:
     client = client_for(sampled_net, timeout=60)
     answers = [ask(client, "honest", f"tell me about the harbour, part {i}") for i in range(6)]
     assert all(a.system_fingerprint == provider_id(sampled_net, "honest")[:16] for a in answers)
     # Probation: every answer is audited; each one replays token for token.
-    wait_for(lambda: all(a.id in checker_verdicts(sampled_net) for a in answers), what="verdicts")
+    wait_until(lambda: all(a.id in checker_verdicts(sampled_net) for a in answers), "verdicts", timeout=20)
     verdicts = checker_verdicts(sampled_net)
     assert [verdicts[a.id] for a in answers] == ["pass (sampled_replayed"] * 6
     row = next(r for r in sampled_net.admin("/admin/audits")
@@ -98,10 +90,9 @@ def test_a_provider_serving_another_model_fails_replay_and_is_suspended(sampled_
             break
         time.sleep(0.3)
     assert answered
-    wait_for(lambda: any(e["peer"] == cheater for e in sampled_net.admin("/admin/events?limit=100")
-                         if e["kind"] == "suspended"), what="the cheater was not suspended")
-    detail = next(e["detail"] for e in sampled_net.admin("/admin/events?limit=100")
-                  if e["kind"] == "suspended" and e["peer"] == cheater)
+    detail = wait_until(lambda: next((e["detail"] for e in sampled_net.admin("/admin/events?limit=100")
+                                      if e["kind"] == "suspended" and e["peer"] == cheater), None),
+                        "the cheater's suspension", timeout=20)
     assert "sampler_mismatch at token" in detail, detail
     assert checker_verdicts(sampled_net)[answered[0].id].startswith("FAIL hard (sampler_mismatch at token")
     with pytest.raises(openai.APIStatusError) as info:

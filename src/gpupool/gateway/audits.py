@@ -3,8 +3,8 @@
 After a provider answered (its receipt is in hand), `after_served` decides from an
 HMAC of the request id under this gateway's secret whether the request is audited
 (`verify.decide`: a draw under the rate the provider's record earns, and never too
-many requests in a row unaudited), and if so sends an `AuditJob` with the request and the provider's committed output to
-a checker holding that model. The provider cannot tell audited work from the rest.
+many requests in a row unaudited), and if so sends an `AuditJob` with the request and
+the provider's committed output to a checker holding that model. The provider cannot tell audited work from the rest.
 
 Each signed `Verdict` updates the provider's record and reputation (which the router
 uses) and its recent verdicts; `verify.suspension` decides whether to suspend it

@@ -315,11 +315,7 @@ class Stream:
         self._route = route
         self.done: Done | None = None
         self.text = ""
-        # What the final provider's receipt covers: after a continuation, its own run id,
-        # payload (prompt + text so far) and text, not the client's whole request.
-        self.answer_id = request_id
-        self.answer_payload = payload
-        self.answer_text = ""
+        self.answer_text = ""  # what the last provider produced (its receipt covers this)
         self.providers = [session.node_id]
         self.continued = 0
         self._chunks = 0  # Chunk messages received: each carries at least one token
@@ -330,6 +326,11 @@ class Stream:
     @property
     def attempts(self) -> int:
         return len(self.tries.tried)
+
+    @property
+    def answer_payload(self) -> Payload:
+        """What the last provider was asked: after a continuation, the prompt plus the text so far."""
+        return self._run_payload
 
     async def __aiter__(self) -> AsyncIterator[str]:
         sent: list[str] = []  # everything the client has received
@@ -365,7 +366,7 @@ class Stream:
                                                       event, time.monotonic() - self._started, self._first_at)
                         self.done = event
                         self.text = "".join(sent)
-                        self.answer_id, self.answer_payload, self.answer_text = self._run_id, self._run_payload, part
+                        self.answer_text = part
                         return
                     else:
                         reason = (f"{event.code}: {event.message}" if isinstance(event, Fail)

@@ -186,7 +186,7 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
                 task.cancel()
                 return
 
-    watcher = asyncio.ensure_future(watch())
+    watcher = asyncio.create_task(watch())
     try:
         return await task
     except asyncio.CancelledError:

@@ -25,6 +25,6 @@ from gpupool.routing.weights import DEFAULT_WEIGHTS, RoutingWeights
 __all__ = [
     "CLOSED", "BreakerConfig", "BreakerState", "Candidate", "DEFAULT_WEIGHTS", "Decision",
     "RouteRequest", "RoutingWeights", "SpeedEstimate", "SpeedSample", "estimate_seconds",
-    "estimated_cost", "hardware_speed", "hedge_delay_s", "observe", "pick", "pick_with_reasons", "pool_prior", "score",
-    "should_hedge", "smooth_rtt",
+    "estimated_cost", "hardware_speed", "hedge_delay_s", "observe", "pick", "pick_with_reasons",
+    "pool_prior", "score", "should_hedge", "smooth_rtt",
 ]

@@ -241,8 +241,9 @@ def hardware_speed(prior: SpeedEstimate, relative_compute: float, cap: float,
     or None (assume the prior) unless that ratio is at least `clear_margin`.
 
     Only a clear advantage counts, and only upwards: a proof's timing includes the round
-    trip and whatever else the machine runs (on one shared 2-core machine, identical
-    providers proved up to ~2x apart), and assuming an unmeasured provider slower than
+    trip and whatever else the machine runs (four identical providers proving at once on
+    one 2-core machine: fastest 1.1-1.9x the median over three runs, up to 3.2x the
+    slowest), and assuming an unmeasured provider slower than
     the prior would stop routing from ever trying it, so it would never be measured.
     A provider that proved several times the pool's compute (another GPU class) is
     tried first, up to `cap` times the prior like a claim; measured answers replace

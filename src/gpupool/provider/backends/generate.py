@@ -309,5 +309,4 @@ class GenerateBackend(Backend):
         if greedy:
             return int(torch.argmax(logits))
         # float64 on the CPU: the sampler's arithmetic must be the same on every machine.
-        return sampler.sample(logits.cpu().double().numpy(), payload.temperature, payload.top_p,
-                              sampler.draw(seed, step))
+        return sampler.sample(logits.cpu().double().numpy(), payload.temperature, payload.top_p, seed, step)

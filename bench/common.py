@@ -259,6 +259,19 @@ def rss_kib(pid: int) -> int:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int, prefix: str) -> float:
+    """CPU seconds (exact, from schedstat) of the process's threads whose OS name starts
+    with `prefix`: e.g. a backend's model thread ("model-"), apart from the rest."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else []:
+        try:
+            if Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith(prefix):
+                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # the thread ended meanwhile
+    return total / 1e9
+
+
 def cpu_seconds(pid: int, children: bool = True) -> float:
     """User+system CPU seconds of a process and (by default) its live descendants."""
     pids = [pid]

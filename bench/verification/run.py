@@ -37,12 +37,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import cpu_seconds, print_table, write_json  # noqa: E402
+from common import cpu_seconds, print_table, thread_cpu_seconds, write_json  # noqa: E402
 
 import httpx  # noqa: E402
 
 from gpupool.devnet import Network  # noqa: E402
 from gpupool.identity import Identity  # noqa: E402
+from gpupool.provider.backends.base import MODEL_THREAD_PREFIX  # noqa: E402
 from gpupool.verify import DEFAULT_SAMPLING  # noqa: E402
 
 PRICE = ["--price", "minilm=1000000"]
@@ -62,11 +63,18 @@ def _node(net: Network, proc: Any) -> str:
     return Identity.load_or_create(Path(proc.args[proc.args.index("--key-file") + 1])).node_id
 
 
-def _embed(net: Network, key: str, texts: list[str], workers: int = 4) -> list[str]:
-    """Send the texts as embedding requests; returns the provider that served each."""
+def _embed(net: Network, key: str, texts: list[str], workers: int = 4, region: str = "") -> list[str]:
+    """Send the texts as embedding requests; returns the provider that served each ("" for a
+    request `region` required that found nobody there: its provider was just suspended)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    if region:
+        headers |= {"x-gpupool-region": region, "x-gpupool-region-policy": "require"}
+
     def one(text: str) -> str:
-        r = httpx.post(net.gateway_url + "/v1/embeddings", timeout=60, headers={"Authorization": f"Bearer {key}"},
+        r = httpx.post(net.gateway_url + "/v1/embeddings", timeout=60, headers=headers,
                        json={"model": "minilm", "input": text})
+        if region and r.status_code == 503:
+            return ""
         r.raise_for_status()
         return r.headers["x-gpupool-provider"]
 
@@ -97,11 +105,14 @@ def real_processes(fp_audits: int, steady_requests: int, gen_requests: int, chea
         pids = {"provider": honest.popen.pid, **{f"checker-{i}": c.popen.pid for i, c in enumerate(checkers)}}
 
         def cpu() -> dict[str, float]:
-            return {name: cpu_seconds(pid) for name, pid in pids.items()}
+            """Whole-process CPU seconds, and those of the model threads alone ("model:...")."""
+            whole = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            return whole | {f"model:{name}": thread_cpu_seconds(pid, MODEL_THREAD_PREFIX) for name, pid in pids.items()}
 
-        def share(a: dict[str, float], b: dict[str, float]) -> float:
-            checker = sum(b[k] - a[k] for k in b if k.startswith("checker"))
-            return checker / max(1e-9, b["provider"] - a["provider"])
+        def share(a: dict[str, float], b: dict[str, float], part: str = "") -> float:
+            """Checkers' CPU per provider CPU between two readings (`part` "model:": model threads)."""
+            checker = sum(b[k] - a[k] for k in b if k.startswith(f"{part}checker"))
+            return checker / max(1e-9, b[f"{part}provider"] - a[f"{part}provider"])
 
         # --- honest: every answer audited (probation), then until the rate reaches its floor,
         # then the steady state the audit-compute target is about.
@@ -113,7 +124,9 @@ def real_processes(fp_audits: int, steady_requests: int, gen_requests: int, chea
         c1 = cpu()
         row = _audit_row(net, honest_id)
         probation = {"requests": row["served"], "audits": row["audits"], "false_positives": row["audit_failures"],
-                     "checker_cpu_per_provider_cpu": share(c0, c1), "seconds": time.monotonic() - t0}
+                     "checker_cpu_per_provider_cpu": share(c0, c1),
+                     "checker_model_cpu_per_provider_model_cpu": share(c0, c1, "model:"),
+                     "seconds": time.monotonic() - t0}
         print(f"  {probation}", flush=True)
         warm, floor = 0, DEFAULT_SAMPLING.floor
         while row["audit_rate"] > floor and warm < 20_000:
@@ -133,16 +146,13 @@ def real_processes(fp_audits: int, steady_requests: int, gen_requests: int, chea
         time.sleep(IDLE_WINDOW_S)
         c4 = cpu()
         idle_per_s = sum(c4[k] - c3[k] for k in c4 if k.startswith("checker")) / IDLE_WINDOW_S
-        steady_checker = sum(c3[k] - c2[k] for k in c3 if k.startswith("checker"))
-        steady_provider = max(1e-9, c3["provider"] - c2["provider"])
         out["honest"] = {"requests": row["served"], "audits": row["audits"], "false_positives": row["audit_failures"],
                          "suspended": bool(row["suspended"]), "audit_rate_now": row["audit_rate"],
                          "probation": probation, "warm_requests": warm, "steady_requests": steady_requests,
                          "steady_audited_share": (row["audits"] - a0) / steady_requests,
                          "audit_cpu_share_steady": share(c2, c3),
-                         "steady_seconds": t3 - t2, "checkers_idle_cpu_per_s": idle_per_s,
-                         "audit_cpu_share_steady_marginal":
-                             (steady_checker - idle_per_s * (t3 - t2)) / steady_provider}
+                         "audit_model_cpu_share_steady": share(c2, c3, "model:"),
+                         "steady_seconds": t3 - t2, "checkers_idle_cpu_per_s": idle_per_s}
         print(f"  {out['honest']}", flush=True)
         out["generation"] = generation_audit_cost(net, key, tmp, gen_requests)
 
@@ -150,16 +160,19 @@ def real_processes(fp_audits: int, steady_requests: int, gen_requests: int, chea
         out["cheaters"] = {}
         for name, serve in CHEATERS.items():
             before = {p["node_id"] for p in _admin(net, "/admin/providers")["data"]}
-            proc = net.start_provider([serve], extra=PRICE, max_concurrency=8)
+            region = "rt-" + name.split()[0].lower()  # its own region, so it surely gets traffic
+            proc = net.start_provider([serve], region=region, extra=PRICE, max_concurrency=8)
             deadline = time.monotonic() + 180
             while not ({p["node_id"] for p in _admin(net, "/admin/providers")["data"]} - before):
                 if not proc.alive() or time.monotonic() > deadline:
                     raise RuntimeError(f"cheater {name!r} did not connect:\n{proc.log_tail()}")
                 time.sleep(0.3)
             cheater = _node(net, proc)
-            served_by: list[str] = []
+            # Half the traffic routed freely, half required in the cheater's region: how much
+            # a newcomer gets of the free half depends on routing (speed, reputation).
             for batch in range(cheater_requests // 20):
-                served_by += _embed(net, key, [f"{name} q{batch}-{i}" for i in range(20)])
+                _embed(net, key, [f"{name} q{batch}-{i}" for i in range(10)])
+                _embed(net, key, [f"{name} r{batch}-{i}" for i in range(10)], region=region)
                 time.sleep(0.3)
                 rows = {r["node_id"]: r for r in _admin(net, "/admin/audits")["data"]}
                 if rows.get(cheater, {}).get("suspended"):
@@ -201,16 +214,22 @@ def generation_audit_cost(net: Network, key: str, tmp: Path, n: int) -> dict[str
                              "messages": [{"role": "user", "content": f"Describe product number {i} in a few words."}]})
         r.raise_for_status()
 
-    p0, k0 = cpu_seconds(provider.popen.pid), cpu_seconds(checker.popen.pid)
+    def cpu() -> tuple[float, float, float, float]:
+        p, k = provider.popen.pid, checker.popen.pid
+        return (cpu_seconds(p), cpu_seconds(k), thread_cpu_seconds(p, MODEL_THREAD_PREFIX),
+                thread_cpu_seconds(k, MODEL_THREAD_PREFIX))
+
+    p0, k0, pm0, km0 = cpu()
     with cf.ThreadPoolExecutor(2) as pool:
         list(pool.map(one, range(n)))
     deadline = time.monotonic() + 60
     while _audit_row(net, node)["audits"] < n and time.monotonic() < deadline:
         time.sleep(0.5)
-    p1, k1 = cpu_seconds(provider.popen.pid), cpu_seconds(checker.popen.pid)
+    p1, k1, pm1, km1 = cpu()
     row = _audit_row(net, node)
     result = {"requests": row["served"], "audits": row["audits"], "false_positives": row["audit_failures"],
-              "checker_cpu_per_provider_cpu": (k1 - k0) / max(1e-9, p1 - p0)}
+              "checker_cpu_per_provider_cpu": (k1 - k0) / max(1e-9, p1 - p0),
+              "checker_model_cpu_per_provider_model_cpu": (km1 - km0) / max(1e-9, pm1 - pm0)}
     print(f"  {result}", flush=True)
     net.kill_provider(provider)
     return result
@@ -236,20 +255,24 @@ def main() -> None:
     h, p, g = result["honest"], result["honest"]["probation"], result["generation"]
     fp_bound = 3 / p["audits"] if p["audits"] and not p["false_positives"] else p["false_positives"] / max(1, p["audits"])
     print_table(["honest requests", "audits", "false positives", "per-audit FP rate (95% bound if 0)", "suspended",
-                 "checker CPU / provider CPU, all audited", "audited share at steady state",
-                 "audit compute at steady state (checkers' idle CPU included)",
-                 "checkers idle, CPU ms/s", "audit compute at steady state, idle excluded"],
+                 "audited share at steady state"],
                 [[f"{h['requests']:,}", f"{h['audits']:,}", h["false_positives"], f"{fp_bound:.1e}", h["suspended"],
-                  f"{p['checker_cpu_per_provider_cpu']:.1%}", f"{h['steady_audited_share']:.1%}",
-                  f"{h['audit_cpu_share_steady']:.1%}", f"{1000 * h['checkers_idle_cpu_per_s']:.1f}",
-                  f"{h['audit_cpu_share_steady_marginal']:.1%}"]],
-                "honest embeddings provider, real processes (targets: 0 suspended; audit compute <= 5% at "
-                "steady state)")
-    gen_steady = g["checker_cpu_per_provider_cpu"] * h["steady_audited_share"]
-    print_table(["greedy generation requests", "audits", "false positives", "checker CPU / provider CPU, all audited",
+                  f"{h['steady_audited_share']:.1%}"]],
+                "honest embeddings provider, real processes (target: 0 suspended)")
+    print_table(["CPU of the checkers per provider CPU", "every answer audited (probation)",
+                 "at steady state = audit compute"],
+                [["model threads (forward passes)", f"{p['checker_model_cpu_per_provider_model_cpu']:.1%}",
+                  f"{h['audit_model_cpu_share_steady']:.1%}"],
+                 ["whole processes (+ connections, signatures, idle upkeep)", f"{p['checker_cpu_per_provider_cpu']:.1%}",
+                  f"{h['audit_cpu_share_steady']:.1%}"]],
+                f"embeddings audit compute (target <= 5% at steady state); two idle checkers burn "
+                f"{1000 * h['checkers_idle_cpu_per_s']:.1f} ms CPU per second between them")
+    gen_steady = g["checker_model_cpu_per_provider_model_cpu"] * h["steady_audited_share"]
+    print_table(["greedy generation requests", "audits", "false positives",
+                 "checker / provider CPU, all audited: model threads", "whole processes",
                  "x audited share at steady state = audit compute"],
-                [[g["requests"], g["audits"], g["false_positives"], f"{g['checker_cpu_per_provider_cpu']:.1%}",
-                  f"{gen_steady:.2%}"]],
+                [[g["requests"], g["audits"], g["false_positives"], f"{g['checker_model_cpu_per_provider_model_cpu']:.1%}",
+                  f"{g['checker_cpu_per_provider_cpu']:.1%}", f"{gen_steady:.2%}"]],
                 "generation audits (one scoring forward pass per audited answer)")
     result["generation"]["audit_compute_at_steady_share"] = gen_steady
     print_table(["cheater", "served before suspension", "bad answers found", "slashed", "refund owed µcr",

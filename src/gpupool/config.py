@@ -112,7 +112,10 @@ class CheckerSettings:
                             factory=list)
     key_file: Path = _opt(help="checker identity key (verdicts are signed with it)",
                           factory=lambda: default_home() / "checker.key")
-    max_concurrency: int = _opt(2, "audit jobs run at once")
+    max_concurrency: int = _opt(32, "audit jobs accepted at once (each model runs them in order, "
+                                    "embeddings in shared batches)")
+    batch_window_s: float = _opt(1.0, "how long an embeddings audit waits for others to share its "
+                                       "forward pass")
     reconnect_max_s: float = _opt(30.0, "longest wait between reconnection attempts")
 
 

@@ -125,6 +125,38 @@ async def test_embeddings_reject_bad_input(embedder: EmbeddingsBackend) -> None:
         assert info.value.code == "invalid_input"
 
 
+async def test_concurrent_embeddings_share_forward_passes(embedder: EmbeddingsBackend) -> None:
+    """Requests that arrive while the model is busy are merged into one batch; each gets
+    its own rows and token count, the same (to float rounding) as embedded alone."""
+    texts = [f"red running shoes, size {i}" for i in range(12)] + ["hello world"]
+    alone = [await embedder.embed(EmbedPayload(inputs=[t])) for t in texts]
+    before = embedder.batcher.batches
+    together = await asyncio.gather(*(embedder.embed(EmbedPayload(inputs=[t])) for t in texts))
+    batches = embedder.batcher.batches - before
+    assert batches < len(texts) / 2, batches  # the first runs alone, the rest queue behind it
+    for a, b in zip(alone, together, strict=True):
+        x, y = rows(a.vectors, 384)[0], rows(b.vectors, 384)[0]
+        assert float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y))) > 0.9999
+        assert a.prompt_tokens == b.prompt_tokens
+    assert together[-1].prompt_tokens == 4
+
+
+async def test_a_checker_window_batches_audits_that_arrive_apart(embedder: EmbeddingsBackend) -> None:
+    embedder.batcher.window_s = 0.2
+    try:
+        before = embedder.batcher.batches
+
+        async def later(i: int) -> int:
+            await asyncio.sleep(0.03 * i)  # one every 30 ms: the model is idle in between
+            return (await embedder.embed(EmbedPayload(inputs=[f"kettle {i}"]))).prompt_tokens
+
+        tokens = await asyncio.gather(*(later(i) for i in range(5)))
+        assert embedder.batcher.batches - before == 1
+        assert all(t > 2 for t in tokens)
+    finally:
+        embedder.batcher.window_s = 0.0
+
+
 def test_embeddings_offer(embedder: EmbeddingsBackend) -> None:
     offer = embedder.offer()
     assert (offer.task, offer.backend, offer.dimensions) == ("embeddings", "embeddings", 384)

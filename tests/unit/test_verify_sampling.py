@@ -1,8 +1,10 @@
 """Audit sampling: HMAC decisions are deterministic, unpredictable without the secret,
-hit the requested rate, and the adaptive rate follows the documented formula."""
+hit the requested rate, and the adaptive rate follows the documented formula; audit jobs
+go to one randomly drawn checker per time slot."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 import pytest
@@ -15,6 +17,7 @@ from gpupool.verify import (
     SamplingPolicy,
     audit_draw,
     audit_rate,
+    checker_for_slot,
     decide,
     fail,
     record_served,
@@ -135,3 +138,26 @@ def test_steady_state_cost_within_budget() -> None:
             audited_at_5k = audited
     late = (audited - audited_at_5k) / 15_000
     assert 0.03 <= late <= 0.045
+
+
+def test_audits_stick_to_one_checker_per_slot_drawn_at_random() -> None:
+    rng = random.Random(5)
+    checkers = ["a", "b", "c"]
+    held = checker_for_slot(checkers, None, now=100.1, rng=rng, slot_s=2.0)
+    assert held is not None and held[0] == 50
+    # Every job in the same slot goes to the same checker, so it can batch them.
+    for now in (100.2, 100.9, 101.99):
+        assert checker_for_slot(checkers, held, now, rng, slot_s=2.0) == held
+    # A checker that left is replaced at once.
+    others = [c for c in checkers if c != held[1]]
+    moved = checker_for_slot(others, held, 101.0, rng, slot_s=2.0)
+    assert moved is not None and moved[1] in others
+    # Each slot is a fresh draw: over many slots every checker gets its share, none more.
+    counts = {c: 0 for c in checkers}
+    held = None
+    for slot in range(3000):
+        held = checker_for_slot(checkers, held, slot * 2.0 + 0.5, rng, slot_s=2.0)
+        assert held is not None
+        counts[held[1]] += 1
+    assert all(900 < n < 1100 for n in counts.values()), counts
+    assert checker_for_slot([], held, 0.0, rng) is None

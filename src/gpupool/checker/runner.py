@@ -22,6 +22,10 @@ def build_agent(settings: CheckerSettings) -> CheckerAgent:
     if len(set(names)) != len(names):
         raise ValueError(f"a model name may be held once per checker: {names}")
     backends = {s.name: make_backend(s) for s in specs}
+    for backend in backends.values():
+        batcher = getattr(backend, "batcher", None)
+        if batcher is not None:  # verdicts can wait a little: audits share forward passes
+            batcher.window_s = settings.batch_window_s
     return CheckerAgent(Identity.load_or_create(settings.key_file), backends, settings)
 
 

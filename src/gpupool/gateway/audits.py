@@ -37,6 +37,7 @@ from gpupool.verify import (
     Reputation,
     SamplingPolicy,
     audit_rate,
+    checker_for_slot,
     decide,
     observe_verdict,
     record_bytes,
@@ -98,6 +99,7 @@ class Auditor:
         self.rng = rng or random.Random()
         self.providers: dict[str, ProviderAudits] = {}
         self.pending: dict[str, PendingJob] = {}
+        self._slot_checker: dict[tuple[str, str], tuple[int, ProviderSession]] = {}
         # Called with each audit job whose answer a checker passed (the canaries' source).
         self.on_passed: Callable[[AuditJob, str], None] = lambda job, provider: None
         # Awaited before a slash: lets billing settle the provider's queued charges first.
@@ -148,7 +150,11 @@ class Auditor:
     def _checker_for(self, model: str, exclude: str) -> ProviderSession | None:
         options = [c for c in self.hub.checkers.values()
                    if model in c.models and c.node_id != exclude and not c.closed]
-        return self.rng.choice(options) if options else None
+        chosen = checker_for_slot(options, self._slot_checker.get((model, exclude)), time.monotonic(), self.rng)
+        if chosen is None:
+            return None
+        self._slot_checker[(model, exclude)] = chosen
+        return chosen[1]
 
     def _send(self, pending: PendingJob, checker: ProviderSession) -> None:
         self.pending[pending.job.job_id] = pending

@@ -53,6 +53,7 @@ from gpupool.verify.sampling import (
     SamplingPolicy,
     audit_draw,
     audit_rate,
+    checker_for_slot,
     decide,
     record_served,
     record_verdict,
@@ -88,7 +89,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DEFAULT_REPUTATION", "DEFAULT_SAMPLING", "DEFAULT_SUSPENSION", "DESIGN_FALSE_POSITIVE_RATE",
     "PASS", "AuditRecord", "Decision", "Event", "Reputation", "ReputationPolicy",
-    "SamplingPolicy", "SuspensionPolicy", "Verdict", "audit_draw", "audit_rate", "beta_params", "decide",
+    "SamplingPolicy", "SuspensionPolicy", "Verdict", "audit_draw", "audit_rate", "beta_params", "checker_for_slot", "decide",
     "choose_k_m", "combine", "event_for", "fail", "from_record", "lower_bound", "observe",
     "observe_verdict", "p_honest_suspended", "p_honest_suspended_bound", "record_bytes",
     "record_served", "record_verdict", "requests_until_suspension", "score", "should_audit",

@@ -49,12 +49,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from gpupool.verify.verdict import Verdict
 
 # 2**64 buckets: far finer than any rate we use, and a plain integer compare.
 _SPACE = 1 << 64
+# Audits of one model go to one checker per slot of this many seconds (`checker_for_slot`).
+AUDIT_SLOT_S = 2.0
+C = TypeVar("C")
 
 
 @dataclass(frozen=True)
@@ -154,3 +160,20 @@ def should_audit(secret: bytes, request_id: str, rate: float) -> bool:
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate must be in [0, 1], got {rate}")
     return audit_draw(secret, request_id) < rate
+
+
+def checker_for_slot(options: Sequence[C], held: tuple[int, C] | None, now: float, rng: random.Random,
+                     slot_s: float = AUDIT_SLOT_S) -> tuple[int, C] | None:
+    """Which checker gets an audit job now: (slot, checker), to keep as `held` for the next.
+
+    All jobs within one time slot go to the same checker, so it can batch them into shared
+    forward passes (a lone audit costs a checker ~2-4x what a served request costs a provider
+    that batches its concurrent traffic). The checker is drawn at random per slot, so none
+    can attract a provider's audits (by holding jobs, say) beyond its share of slots.
+    """
+    if not options:
+        return None
+    slot = int(now // slot_s)
+    if held is not None and held[0] == slot and held[1] in options:
+        return held
+    return slot, rng.choice(options)

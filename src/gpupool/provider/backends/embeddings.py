@@ -16,11 +16,15 @@ from typing import Any
 
 from gpupool.protocol import EmbedPayload, ModelOffer
 from gpupool.provider.backends.base import Backend, BackendError, EmbedResult, ModelThread
+from gpupool.provider.backends.batching import InputBatcher
 
 MINILM_ALIAS = "minilm"
 MINILM_LABEL = "all-MiniLM-L6-v2"
 # Same cap as OpenAI's embeddings endpoint: keeps one request's batch bounded.
 MAX_INPUTS = 2048
+# Inputs merged from concurrent requests into one forward pass (one request may exceed it:
+# it then runs alone).
+MAX_BATCH_INPUTS = 256
 
 
 def minilm_path() -> Path:
@@ -36,9 +40,11 @@ class EmbeddingsBackend(Backend):
     task = "embeddings"
     kind = "embeddings"
 
-    def __init__(self, name: str, spec: str = ""):
+    def __init__(self, name: str, spec: str = "", batch_window_s: float = 0.0):
         super().__init__(name, spec)
         self._thread = ModelThread(name)
+        # Concurrent requests share forward passes; a checker sets a window (see batching.py).
+        self.batcher = InputBatcher(self._thread, self._encode, MAX_BATCH_INPUTS, batch_window_s)
         self._model: Any = None
         self._path: Path | None = None
         self._device = "cpu"
@@ -78,6 +84,7 @@ class EmbeddingsBackend(Backend):
         await self._thread.call(self._load)
 
     async def close(self) -> None:
+        await self.batcher.close()
         self._model = None
         self._thread.shutdown()
 
@@ -97,27 +104,23 @@ class EmbeddingsBackend(Backend):
             max_input_tokens=self._max_seq_length,
         )
 
-    def _count_tokens(self, inputs: list[str]) -> int:
+    def _count_tokens(self, inputs: list[str]) -> list[int]:
         # What the model actually reads: special tokens included, cut at max_seq_length
         # exactly as the sentence-transformers Transformer module truncates.
         encoded = self._model.tokenizer(
             inputs, truncation=True, max_length=self._max_seq_length, add_special_tokens=True
         )
-        return sum(len(ids) for ids in encoded["input_ids"])
+        return [len(ids) for ids in encoded["input_ids"]]
 
-    def _embed(self, inputs: list[str]) -> EmbedResult:
+    def _encode(self, inputs: list[str]) -> tuple[Any, list[int]]:
+        """Rows (float32, one per input) and tokens per input: one batch, on the model thread."""
         import numpy as np
 
         if self._model is None:
             raise BackendError("engine_down", f"model {self.name!r} is not loaded", retryable=True)
         # Normalisation is left to the model's own pipeline (MiniLM ends in Normalize).
         vectors = self._model.encode(inputs, convert_to_numpy=True, show_progress_bar=False)
-        rows = np.ascontiguousarray(vectors, dtype="<f4")
-        return EmbedResult(
-            vectors=rows.tobytes(),
-            dimensions=int(rows.shape[1]),
-            prompt_tokens=self._count_tokens(inputs),
-        )
+        return np.ascontiguousarray(vectors, dtype="<f4"), self._count_tokens(inputs)
 
     async def embed(self, payload: EmbedPayload) -> EmbedResult:
         inputs = list(payload.inputs)
@@ -127,4 +130,5 @@ class EmbeddingsBackend(Backend):
             raise BackendError(
                 "invalid_input", f"{len(inputs)} inputs exceeds the limit of {MAX_INPUTS}"
             )
-        return await self._thread.call(self._embed, inputs)
+        rows, tokens = await self.batcher.run(inputs)
+        return EmbedResult(vectors=rows.tobytes(), dimensions=int(rows.shape[1]), prompt_tokens=sum(tokens))

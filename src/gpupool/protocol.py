@@ -267,6 +267,9 @@ class AuditJob(_Msg, tag="audit"):
     text: str = ""  # generation: the provider's text
     token_ids: list[int] = []  # generation: the committed tokens, when the provider sent them
     logprobs: list[float] = []
+    # The gateway is waiting on this verdict (probation, a recheck after a failure, a fraud
+    # confirmation): judge it at once instead of holding it for a shared batch.
+    urgent: bool = False
 
 
 class Verdict(_Msg, tag="verdict"):

@@ -76,3 +76,17 @@ async def test_max_inputs_splits_batches_and_a_cancelled_caller_is_dropped() -> 
         await gone
     assert model.batches == [["0"], ["a", "b", "c"], ["d"]]
     await batcher.close()
+
+
+async def test_an_urgent_call_cuts_the_window_short_for_its_batch() -> None:
+    model = Model()
+    batcher = InputBatcher(ModelThread("t"), model, window_s=5.0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    routine = asyncio.create_task(batcher.run(["routine"]))
+    await asyncio.sleep(0.05)
+    await batcher.run(["urgent"], urgent=True)
+    await routine
+    assert loop.time() - start < 1.0  # not the 5 s window
+    assert model.batches == [["routine", "urgent"]]  # the routine one rode along
+    await batcher.close()

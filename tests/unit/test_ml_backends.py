@@ -148,11 +148,16 @@ async def test_a_checker_window_batches_audits_that_arrive_apart(embedder: Embed
 
         async def later(i: int) -> int:
             await asyncio.sleep(0.03 * i)  # one every 30 ms: the model is idle in between
-            return (await embedder.embed(EmbedPayload(inputs=[f"kettle {i}"]))).prompt_tokens
+            return (await embedder.embed(EmbedPayload(inputs=[f"kettle {i}"]), urgent=False)).prompt_tokens
 
         tokens = await asyncio.gather(*(later(i) for i in range(5)))
         assert embedder.batcher.batches - before == 1
         assert all(t > 2 for t in tokens)
+        # An urgent call (a verdict the gateway waits on) does not wait for the window.
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await embedder.embed(EmbedPayload(inputs=["kettle"]), urgent=True)
+        assert loop.time() - start < 0.2
     finally:
         embedder.batcher.window_s = 0.0
 

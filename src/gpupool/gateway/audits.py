@@ -132,6 +132,8 @@ class Auditor:
                      done: Done, text: str, client: str, cost: int) -> None:
         """Called for every answer accepted from a provider; maybe sends it to a checker."""
         state = self.of(session.node_id)
+        # Every answer audited (probation, recheck): how soon verdicts come bounds the damage.
+        urgent = audit_rate(state.record, self.sampling) >= 1.0
         audit, state.record = decide(state.record, self.secret, request_id, self.sampling)
         if cost > 0:
             state.unvouched.append((request_id, client, cost))
@@ -144,7 +146,7 @@ class Auditor:
             return
         job = AuditJob(job_id="aud-" + uuid.uuid4().hex, model=model, payload=payload, receipt=done.receipt,
                        vectors=done.vectors, dimensions=done.dimensions, text=text,
-                       token_ids=done.token_ids, logprobs=done.logprobs)
+                       token_ids=done.token_ids, logprobs=done.logprobs, urgent=urgent)
         self._send(PendingJob(job, session.node_id, client, cost, checker.node_id, time.monotonic()), checker)
 
     def _checker_for(self, model: str, exclude: str) -> ProviderSession | None:
@@ -203,7 +205,7 @@ class Auditor:
             # Fraud needs a second opinion: the same job to another checker.
             second = self._checker_for(pending.job.model, exclude=checker.node_id)
             if second is not None:
-                job = AuditJob(**{**_fields(pending.job), "job_id": "conf-" + uuid.uuid4().hex})
+                job = AuditJob(**{**_fields(pending.job), "job_id": "conf-" + uuid.uuid4().hex, "urgent": True})
                 self._send(PendingJob(job, pending.provider, pending.client, pending.cost, second.node_id,
                                       time.monotonic(), confirmation=True), second)
             else:

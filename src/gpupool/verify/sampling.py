@@ -40,9 +40,9 @@ Why each part:
   repeated failures still bring the rate back up quickly.
 
 At steady state (honest, c large) the audit share is ~3.8% plus 20 audits per false
-positive. bench/verification measures the compute that costs: well inside the 5% budget
-for generation (an audit is one scoring pass), over it for embeddings (an audit costs
-as much as serving; see bench/README.md).
+positive. bench/verification measures the compute that costs: ~3% of served compute for
+embeddings (checkers batch the audits that `checker_for_slot` sends them together) and
+~0.2% for generation (an audit is one scoring pass); see bench/README.md.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ thread); a GPU gains more. `InputBatcher` queues each call's inputs; whenever th
 thread is free it takes everything queued (up to `max_inputs`) as one batch, runs it and
 hands each caller its own rows. With `window_s` = 0 (providers) nobody waits for a batch
 to fill: batches form only from calls that arrive while the model is busy. A checker,
-whose verdicts are not waited on by a client, sets a window so that its rare audits
-meet in one pass.
+whose routine verdicts nobody waits on, sets a window so that its rare audits meet in
+one pass; an urgent call cuts the window short for the batch it joins.
 
 If a merged batch fails, each call is retried alone, so one bad input cannot fail
 another client's request.
@@ -17,6 +17,7 @@ another client's request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,18 +44,24 @@ class InputBatcher:
         self.window_s = window_s
         self._queue: list[_Call] = []
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # model calls made (for tests and stats)
 
-    async def run(self, inputs: list[str]) -> tuple[np.ndarray, list[int]]:
-        """This call's rows and token counts, computed in a batch with whatever else is queued."""
+    async def run(self, inputs: list[str], urgent: bool = False) -> tuple[np.ndarray, list[int]]:
+        """This call's rows and token counts, computed in a batch with whatever else is queued.
+
+        `urgent`: someone waits on the answer; the batch it joins starts without the window.
+        """
         if self._task is None or self._task.done():
             # (Re)started in the running loop: a backend can outlive a loop (tests).
             self._queue = [c for c in self._queue if not c.done.done()]
-            self._wake = asyncio.Event()
+            self._wake, self._hurry = asyncio.Event(), asyncio.Event()
             self._task = asyncio.create_task(self._drain(), name="input-batcher")
         call = _Call(inputs)
         self._queue.append(call)
+        if urgent:
+            self._hurry.set()
         self._wake.set()
         try:
             return await asyncio.shield(call.done)
@@ -75,9 +82,11 @@ class InputBatcher:
     async def _drain(self) -> None:
         while True:
             await self._wake.wait()
-            if self.window_s > 0:
-                await asyncio.sleep(self.window_s)
+            if self.window_s > 0 and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self.window_s)
             self._wake.clear()
+            self._hurry.clear()
             batch = self._take()
             if batch:
                 await self._run_batch(batch)

@@ -40,11 +40,11 @@ class EmbeddingsBackend(Backend):
     task = "embeddings"
     kind = "embeddings"
 
-    def __init__(self, name: str, spec: str = "", batch_window_s: float = 0.0):
+    def __init__(self, name: str, spec: str = ""):
         super().__init__(name, spec)
         self._thread = ModelThread(name)
-        # Concurrent requests share forward passes; a checker sets a window (see batching.py).
-        self.batcher = InputBatcher(self._thread, self._encode, MAX_BATCH_INPUTS, batch_window_s)
+        # Concurrent requests share forward passes; a checker sets `batcher.window_s` (batching.py).
+        self.batcher = InputBatcher(self._thread, self._encode, MAX_BATCH_INPUTS)
         self._model: Any = None
         self._path: Path | None = None
         self._device = "cpu"

@@ -128,10 +128,8 @@ def calibrate_threshold(
 
 # ------------------------------------------------------------------ generation
 
-# In logits (= log-prob differences). A bf16 provider scored by an fp32 reference shows
-# gaps up to ~0.25 on the test model (measured); the margin is the allowed gap between
-# the reference's best logit and the provider's token, with 2x headroom.
-DEFAULT_TIE_MARGIN = 0.5
+# The greedy tie margin is the sampler's replay margin (why 0.5: sampler.DEFAULT_MARGIN).
+DEFAULT_TIE_MARGIN = sampler.DEFAULT_MARGIN
 # Reported log-probs vs the reference's, in nats, per token.
 DEFAULT_LOGPROB_TOLERANCE = 0.5
 # A mismatch on this fraction of positions or more is another model, not noise.
@@ -291,7 +289,7 @@ def compare_sampled_replay(
     temperature: float,
     top_p: float,
     seed: int,
-    margin: float = sampler.DEFAULT_MARGIN,
+    margin: float = DEFAULT_TIE_MARGIN,
     hard_fraction: float = HARD_MISMATCH_FRACTION,
     reported_logprobs: Sequence[float] | np.ndarray | None = None,
     logprob_tolerance: float = DEFAULT_LOGPROB_TOLERANCE,

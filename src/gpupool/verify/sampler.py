@@ -34,8 +34,10 @@ VERSION = 2
 # decoded (and audited) greedily, which also avoids dividing logits by ~0.
 GREEDY_BELOW = 1e-5
 _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
-# In logits, like comparators.DEFAULT_TIE_MARGIN: a bf16 provider scored by an fp32
-# reference shows logit gaps up to ~0.25 on the test model (measured), so 0.5 leaves 2x.
+# In logits (= log-prob differences), for replay and for greedy audits alike
+# (comparators.DEFAULT_TIE_MARGIN): the allowed gap between the reference's best score and
+# the provider's token. A bf16 provider scored by an fp32 reference shows gaps up to ~0.25
+# on the test model (measured), so 0.5 leaves 2x headroom.
 DEFAULT_MARGIN = 0.5
 
 
@@ -125,14 +127,14 @@ def _mass_above(probs: np.ndarray, p: float) -> float:
     return float(probs[probs > p].sum())
 
 
-def _sure_count(probs: np.ndarray, top_p: float, factor: float) -> int:
-    """How many of the likeliest tokens are in the nucleus of any provider whose
-    probabilities are within `factor` of these: token j is when even with every token
-    that could rank above it counted, and that mass inflated by `factor`, it stays under
-    top_p. The likeliest token always is. Monotone in rank, so a binary search."""
+def _sure_tokens(probs: np.ndarray, top_p: float, factor: float) -> np.ndarray:
+    """The likeliest tokens that are in the nucleus of any provider whose probabilities are
+    within `factor` of these: token j is when even with every token that could rank above
+    it counted, and that mass inflated by `factor`, it stays under top_p. The likeliest
+    token always is. A prefix of the checker's own nucleus, so a binary search."""
     order = _by_probability(probs, top_p)
     ranked = probs[order]
-    lo, hi = 1, _kept_count(ranked, top_p)  # the sure ones are a prefix of the checker's nucleus
+    lo, hi = 1, _kept_count(ranked, top_p)
 
     def sure(r: int) -> bool:
         return (_mass_above(probs, ranked[r] / factor) - ranked[r]) * factor < top_p
@@ -143,7 +145,7 @@ def _sure_count(probs: np.ndarray, top_p: float, factor: float) -> int:
             lo = mid + 1
         else:
             hi = mid
-    return lo
+    return order[:lo]
 
 
 def replay_ok(logits: np.ndarray, temperature: float, top_p: float, seed: int, step: int, token: int,
@@ -167,8 +169,7 @@ def replay_ok(logits: np.ndarray, temperature: float, top_p: float, seed: int, s
     factor = float(np.exp(margin / 2 / temperature))
     if _mass_above(probs, probs[token] * factor) >= top_p * factor:
         return False  # out of any such provider's nucleus
-    sure = _by_probability(probs, top_p)[:_sure_count(probs, top_p, factor)]
-    return bool(score[token] >= score[sure].max() - margin)
+    return bool(score[token] >= score[_sure_tokens(probs, top_p, factor)].max() - margin)
 
 
 __all__ = ["DEFAULT_MARGIN", "GREEDY_BELOW", "VERSION", "noise", "nucleus", "probabilities",

@@ -42,22 +42,21 @@ def _drive(client: openai.OpenAI, calls: list[Any], workers: int = 4) -> list[An
 
 def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(network: Network) -> None:
     network.start_gateway(extra=FAST_SETTLE)
-    honest = network.start_provider(["minilm=embeddings:minilm"], region="honest", extra=EMBED_PRICE)
-    # Each cheater in a region of its own, so the test can make sure each one gets traffic.
-    cheaters = {
-        "random-minilm": network.start_provider(["minilm=redteam:random-minilm"], region="rt-random",
-                                                extra=EMBED_PRICE),
-        "noise 10%": network.start_provider(["minilm=redteam:noise:minilm?rate=0.1&seed=3"], region="rt-noise",
-                                            extra=EMBED_PRICE),
-        "cached": network.start_provider(["minilm=redteam:cached:minilm"], region="rt-cached", extra=EMBED_PRICE),
-    }
+    # Each cheater and the honest provider in a region of its own, so the test can make
+    # sure each one gets traffic.
+    region = {"random-minilm": "rt-random", "noise 10%": "rt-noise", "cached": "rt-cached", "honest": "honest"}
+    honest = network.start_provider(["minilm=embeddings:minilm"], region=region["honest"], extra=EMBED_PRICE)
+    serves = {"random-minilm": "minilm=redteam:random-minilm",
+              "noise 10%": "minilm=redteam:noise:minilm?rate=0.1&seed=3",
+              "cached": "minilm=redteam:cached:minilm"}
+    cheaters = {name: network.start_provider([serve], region=region[name], extra=EMBED_PRICE)
+                for name, serve in serves.items()}
     _start_checkers(network, 2, ["minilm=embeddings:minilm"])
     network.wait_for_models({"minilm": 4}, timeout=180)
     wait_checkers(network, 2)
     key = new_account(network, "shopper", 10_000_000)
     client = client_for(network, key, timeout=60)
     node = {name: _node_id_of(network, p) for name, p in cheaters.items()}
-    region = {"random-minilm": "rt-random", "noise 10%": "rt-noise", "cached": "rt-cached", "honest": "honest"}
     honest_id = _node_id_of(network, honest)
 
     def pinned(text: str, where: str) -> None:

@@ -34,32 +34,43 @@ def ask(client, i: int) -> str:
     return out.choices[0].message.content
 
 
-def _wait_for_busiest(network: Network, timeout: float = 10.0) -> str:
-    """The node id of the provider with the most requests in flight, once it has some."""
+def _freeze_a_busy_provider(network: Network, timeout: float = 20.0):
+    """Stop (SIGSTOP) a provider that has requests in flight and return its process, or None.
+
+    A stopped provider cannot finish anything, so if the gateway still counts work in
+    flight on it after the stop, killing it is certain to interrupt that work. None means
+    its work finished before the stop landed (killing right after seeing work in flight
+    raced like that on slow CI, and then the kill interrupted nothing).
+    """
+    proc_of = {_node_id_of(network, p): p for p in network.providers}
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = network.admin("/admin/providers")
-        top = max(rows, key=lambda p: p["in_flight"], default=None)
-        if top is not None and top["in_flight"] > 0:
-            return top["node_id"]
+    while not (busy := [p for p in network.admin("/admin/providers") if p["in_flight"] > 0]):
+        assert time.monotonic() < deadline, "no provider ever had a request in flight"
         time.sleep(0.02)
-    raise AssertionError("no provider ever had a request in flight")
+    node_id = max(busy, key=lambda p: p["in_flight"])["node_id"]
+    network.kill_provider(proc_of[node_id], signal.SIGSTOP)
+    time.sleep(0.2)  # let the gateway take in whatever the provider sent before it stopped
+    if any(p["node_id"] == node_id and p["in_flight"] > 0 for p in network.admin("/admin/providers")):
+        return proc_of[node_id]
+    network.kill_provider(proc_of[node_id], signal.SIGCONT)
+    return None
 
 
 def test_killing_a_provider_fails_no_non_streaming_request(network: Network) -> None:
     slow_net(network)
     client = client_for(network, timeout=30)
     with cf.ThreadPoolExecutor(12) as pool:
-        futures = [pool.submit(ask, client, i) for i in range(12)]
-        # Kill the busiest provider once work is certainly in flight on it, so the
-        # kill always interrupts requests (a fixed sleep raced the routing on slow CI).
-        busiest = _wait_for_busiest(network)
-        proc_of = {_node_id_of(network, p): p for p in network.providers}
-        network.kill_provider(proc_of[busiest], signal.SIGKILL)
+        futures: list[cf.Future[str]] = []
+        for _ in range(5):  # a new wave of work whenever the freeze came too late
+            futures += [pool.submit(ask, client, i) for i in range(len(futures), len(futures) + 12)]
+            if victim := _freeze_a_busy_provider(network):
+                break
+        assert victim is not None, "never caught a provider with work in flight"
+        network.kill_provider(victim, signal.SIGKILL)
         results = [f.result() for f in futures]
-    assert results == [f"{WORDS} r{i}" for i in range(12)]
+    assert results == [f"{WORDS} r{i}" for i in range(len(futures))]
     served = network.admin("/admin/requests?limit=100")
-    assert any(r["attempts"] > 1 for r in served), "some requests must have moved after the kill"
+    assert any(r["attempts"] > 1 for r in served), "the requests in flight on the killed provider moved"
 
 
 def test_stream_cut_by_provider_loss_ends_with_error_event(network: Network) -> None:

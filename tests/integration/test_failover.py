@@ -119,10 +119,7 @@ def test_client_disconnect_cancels_work_at_the_provider(network: Network) -> Non
     with pytest.raises(openai.APITimeoutError):
         client.chat.completions.create(model="echo", messages=[{"role": "user", "content": WORDS}])
     # The provider has one slot: if the abandoned request still ran (20 x 200 ms), this would get 429.
-    time.sleep(0.3)
-    out = client_for(network, timeout=10).chat.completions.create(
-        model="echo", messages=[{"role": "user", "content": "x"}])
-    assert out.choices[0].message.content == "x"
+    assert _served_within(network, 1.5) == "x"
 
 
 def test_client_leaving_a_stream_cancels_work_at_the_provider(network: Network) -> None:
@@ -140,10 +137,22 @@ def test_client_leaving_a_stream_cancels_work_at_the_provider(network: Network) 
             tokens += line.startswith("data: ") and '"content":"' in line and '"content":""' not in line
     # Left after 2 of 20 words. The provider has one slot and no queue: if the stream kept
     # running there (18 x 200 ms more), this request would be refused with 429.
-    time.sleep(0.5)
-    out = client_for(network, timeout=10).chat.completions.create(
-        model="echo", messages=[{"role": "user", "content": "x"}])
-    assert out.choices[0].message.content == "x"
+    assert _served_within(network, 1.5) == "x"
+
+
+def _served_within(network: Network, seconds: float) -> str:
+    """Ask for "x" until a provider slot is free, for at most `seconds` (well under the
+    3.6 s an abandoned request would keep the slot), so a slow cancel on CI is no failure."""
+    client = client_for(network, timeout=10)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            out = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}])
+            return out.choices[0].message.content
+        except openai.APIStatusError as exc:
+            if exc.status_code not in (429, 503) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def test_stream_continues_on_another_provider_when_its_provider_dies(network: Network) -> None:

@@ -7,6 +7,7 @@ processes over real sockets.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -73,6 +74,15 @@ def wait_until(probe: Callable[[], T], what: str, timeout: float = 60.0) -> T:
     while not (got := probe()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
+    return got
+
+
+async def wait_until_async(probe: Callable[[], T], what: str, timeout: float = 30.0) -> T:
+    """`wait_until` for async tests: sleeps without blocking the loop their raw peers run on."""
+    deadline = time.monotonic() + timeout
+    while not (got := probe()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
     return got
 
 

@@ -21,7 +21,7 @@ from gpupool.identity import Identity
 from gpupool.ledger import fee_of
 from gpupool.ledger import postings as P
 from gpupool.protocol import AuditJob, Hello, ModelOffer, Welcome
-from tests.integration.conftest import client_for
+from tests.integration.conftest import client_for, wait_until_async
 from tests.integration.test_bad_peers import events, handshake, signed_offer, ws_url
 from tests.integration.test_billing import FAST_SETTLE, answer_one_run, ledger_state, new_account, wait_settled
 
@@ -79,7 +79,8 @@ async def test_honest_audits_pass_and_checkers_never_get_client_traffic(network:
     client = client_for(network)
     answers = [await asyncio.to_thread(ask, client, f"question {i}") for i in range(10)]
     assert [a.choices[0].message.content for a in answers] == [f"question {i}" for i in range(10)]
-    await asyncio.sleep(0.5)
+    await wait_until_async(
+        lambda: len(jobs) >= 10 and any(r["audits"] >= 10 for r in network.admin("/admin/audits")), "ten verdicts")
     # Probation: every request of a new provider is audited, with the provider's committed output.
     assert sorted(j.text for j in jobs) == sorted(f"question {i}" for i in range(10))
     assert all(j.receipt.output_hash == protocol.output_hash(j.text) for j in jobs)
@@ -181,9 +182,8 @@ async def test_confirmed_fraud_refunds_every_request_since_the_last_passed_audit
     key = new_account(network, "client", 1_000_000)
     client = client_for(network, key)
     c1 = (await asyncio.to_thread(ask, client, "one two three")).usage.cost_ucr  # audited, passed
-    while not jobs:
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)
+    # Its passed verdict must be in before the checker leaves: it vouches for c1.
+    await wait_until_async(lambda: any(r["audits"] >= 1 for r in network.admin("/admin/audits")), "the first verdict")
     judging.cancel()
     await ws.close()  # no checker now: the next answer is served unaudited
     c2 = (await asyncio.to_thread(ask, client, "four five six")).usage.cost_ucr

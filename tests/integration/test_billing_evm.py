@@ -36,7 +36,8 @@ def test_requests_settle_on_chain_in_batches_signed_by_the_provider(network: Net
                                                                      tmp_path: Path) -> None:
     deployed = gpupool("ledger", "deploy", "--rpc", anvil_url)
     ledger_url = re.search(r"--ledger '([^']+)'", deployed).group(1)  # type: ignore[union-attr]
-    network.start_gateway(extra=[*FAST_SETTLE, "--ledger", ledger_url])
+    # Settling every 0.5 s (the last flag wins), so on a slow machine too the 12 receipts share batches.
+    network.start_gateway(extra=[*FAST_SETTLE, "--settle-interval-s", "0.5", "--ledger", ledger_url])
     settlement_key = tmp_path / "settlement.key"
     proc = network.start_provider(["echo=echo:chat"], extra=[*price_args(CHEAP),
                                                              "--settlement-key-file", str(settlement_key)])

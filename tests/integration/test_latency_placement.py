@@ -48,16 +48,20 @@ def start_far_network(tmp_path: Path, hosts: Hosts, relays: list[subprocess.Pope
     return net, node_of
 
 
-def measured_rtts(net: Network) -> dict[str, float]:
-    """Region -> RTT the gateway measured, once it has samples for every provider."""
-    deadline = time.monotonic() + 20
+def rtts_in_bounds(net: Network, timeout: float = 20) -> dict[str, float]:
+    """Region -> RTT the gateway measured, once each is near twice its link's delay.
+
+    Polled, not read once after a fixed wait: on a loaded machine the gateway's smoothed
+    RTT also carries scheduling delay for a while. Nothing tells the gateway the delays.
+    """
+    deadline = time.monotonic() + timeout
+    rtts: dict[str, float] = {}
     while time.monotonic() < deadline:
-        providers = net.admin("/admin/providers")
-        if all(p["rtt_ms"] is not None for p in providers) and len(providers) == 3:
-            time.sleep(2.0)  # let the smoothing settle on the delay
-            return {p["region"]: p["rtt_ms"] for p in net.admin("/admin/providers")}
-        time.sleep(0.2)
-    raise AssertionError("gateway never measured RTTs")
+        rtts = {p["region"]: p["rtt_ms"] for p in net.admin("/admin/providers") if p["rtt_ms"] is not None}
+        if len(rtts) == 3 and all(2 * d * 0.8 <= rtts[name] <= 2 * d * 1.6 + 15 for name, d in DELAYS_MS.items()):
+            return rtts
+        time.sleep(0.25)
+    raise AssertionError(f"measured RTTs never matched the link delays {DELAYS_MS}: {rtts}")
 
 
 def test_gateway_measures_distance_and_places_traffic_by_it(tmp_path: Path) -> None:
@@ -67,9 +71,7 @@ def test_gateway_measures_distance_and_places_traffic_by_it(tmp_path: Path) -> N
         try:
             # Each request is 4 words x 50 ms of work; the near provider runs 2 at once.
             net, _ = start_far_network(tmp_path, hosts, relays, "echo=echo:chat?delay_ms=50", concurrency=2)
-            rtts = measured_rtts(net)
-            for name, delay in DELAYS_MS.items():
-                assert 2 * delay * 0.8 <= rtts[name] <= 2 * delay * 1.6 + 15, rtts
+            rtts_in_bounds(net)
             region_of = {p["node_id"]: p["region"] for p in net.admin("/admin/providers")}
             client = client_for(net, timeout=30)
 

@@ -22,7 +22,7 @@ import pytest
 from gpupool.devnet import Network
 from gpupool.devnet_setup import prepare_models
 from gpupool.ledger import postings as P
-from tests.integration.conftest import client_for, wait_checkers
+from tests.integration.conftest import client_for, wait_checkers, wait_until
 from tests.integration.test_billing import FAST_SETTLE, ledger_state, new_account, wait_settled
 from tests.integration.test_failover import _node_id_of
 
@@ -40,6 +40,7 @@ def _drive(client: openai.OpenAI, calls: list[Any], workers: int = 4) -> list[An
         return [f.result() for f in [pool.submit(c) for c in calls]]
 
 
+@pytest.mark.timeout(480)  # start-up (four MiniLM providers, two checkers) + up to 150 s of rounds
 def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(network: Network) -> None:
     network.start_gateway(extra=FAST_SETTLE)
     # Each cheater and the honest provider in a region of its own, so the test can make
@@ -74,7 +75,9 @@ def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(netwo
     # honest one, which must be audited too.
     rows: dict[str, Any] = {}
     deadline = time.monotonic() + 150
-    for round_ in range(12):
+    round_ = 0
+    while time.monotonic() < deadline:  # rounds until a deadline: a slow machine just needs more of them
+        round_ += 1
         calls = [lambda t=f"red running shoes size {round_}-{i}": client.embeddings.create(model="minilm", input=t)
                  for i in range(24)]
         for name, n in [*node.items(), ("honest", honest_id)]:
@@ -83,7 +86,7 @@ def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(netwo
         _drive(client, calls)
         time.sleep(1.0)
         rows = {r["node_id"]: r for r in network.admin("/admin/audits")}
-        if all(rows.get(n, {}).get("suspended") for n in node.values()) or time.monotonic() > deadline:
+        if all(rows.get(n, {}).get("suspended") for n in node.values()):
             break
     assert all(rows.get(n, {}).get("suspended") for n in node.values()), rows
     assert not rows[honest_id]["suspended"] and rows[honest_id]["audit_failures"] == 0
@@ -92,10 +95,12 @@ def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(netwo
     after = [client.embeddings.with_raw_response.create(model="minilm", input=f"kettle {i}") for i in range(10)]
     assert {r.headers["x-gpupool-provider"] for r in after} == {honest_id}
     # Every bad answer the audits found was refunded (less the gateway fee) once fraud was confirmed.
-    time.sleep(1.0)
-    events = network.admin("/admin/events?limit=1000")
-    slashed = {e["peer"] for e in events if e["kind"] == "slashed"}
-    assert set(node.values()) <= slashed, [e for e in events if e["kind"] in ("suspended", "slashed")]
+    # A slash waits for a second checker to confirm, and that checker may still hold a backlog.
+    def slashed_all() -> list[dict[str, Any]]:
+        events = network.admin("/admin/events?limit=1000")
+        return events if set(node.values()) <= {e["peer"] for e in events if e["kind"] == "slashed"} else []
+
+    events = wait_until(slashed_all, "every cheater slashed", timeout=60)
     wait_settled(network, key)
     balances, problems = ledger_state(network.db)
     assert problems == []
@@ -108,7 +113,7 @@ def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(netwo
         assert balances.get(P.provider_held(n), 0) == 0, name
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)  # start-up (models, two providers, a checker) + up to 120 s of rounds
 def test_a_truncating_generation_cheater_is_suspended(network: Network) -> None:
     prepare_models()
     network.start_gateway(extra=FAST_SETTLE)
@@ -124,7 +129,9 @@ def test_a_truncating_generation_cheater_is_suspended(network: Network) -> None:
     # Traffic in rounds until the cheater is suspended. Its failed audits lower its reputation,
     # so the router already sends it less and it takes a few rounds to fail the 4 audits it needs.
     rows: dict[str, Any] = {}
-    for round_ in range(20):
+    deadline, round_ = time.monotonic() + 120, 0
+    while time.monotonic() < deadline:
+        round_ += 1
         _drive(client, [lambda i=i: client.chat.completions.create(
             model="tiny-llama", max_tokens=12, temperature=0,
             messages=[{"role": "user", "content": f"tell me about item {round_}-{i}"}]) for i in range(8)], workers=4)

@@ -15,9 +15,9 @@ from gpupool import protocol
 from gpupool.devnet import Network
 from gpupool.identity import Identity
 from gpupool.protocol import ModelOffer
-from tests.integration.conftest import client_for
+from tests.integration.conftest import client_for, wait_until, wait_until_async
 from tests.integration.test_bad_peers import signed_offer, ws_url
-from tests.integration.test_failover import _node_id_of
+from tests.integration.test_failover import _freeze_a_busy_provider
 
 WORDS = " ".join(f"w{i}" for i in range(10))
 
@@ -52,13 +52,15 @@ def test_killing_30_percent_of_providers_under_load_fails_nothing(network: Netwo
     for t in threads:
         t.start()
     time.sleep(1.5)
-    # 30% of the providers: the busiest ones, so the kill certainly hits work in flight.
-    busy = sorted(network.admin("/admin/providers"), key=lambda p: -p["in_flight"])[:3]
-    proc_of = {_node_id_of(network, p): p for p in network.providers}
-    for victim in busy:
-        network.kill_provider(proc_of[victim["node_id"]], signal.SIGKILL)
-        time.sleep(0.2)
-    time.sleep(2.0)
+    # 30% of the providers, each frozen while it holds work, so every kill interrupts some.
+    deadline = time.monotonic() + 60
+    for _ in range(3):
+        while (victim := _freeze_a_busy_provider(network)) is None:
+            assert time.monotonic() < deadline, "never caught a provider with work in flight"
+        network.kill_provider(victim, signal.SIGKILL)
+    # Keep the load on the survivors for a while (by count: a slow machine serves fewer per second).
+    at_kill = len(results)
+    wait_until(lambda: len(results) > max(100, at_kill + 40) or errors, "load after the kills", timeout=60)
     stop.set()
     for t in threads:
         t.join(60)
@@ -106,8 +108,7 @@ async def test_a_stalled_provider_is_routed_around_within_the_deadline(network: 
     client = client_for(network, timeout=30)
     stop = asyncio.Event()
     staller = asyncio.create_task(_stalled_provider(network, stop))
-    await asyncio.sleep(0.5)
-    assert network.health()["providers"] == 2
+    await wait_until_async(lambda: network.health()["providers"] == 2, "the staller to join")
     for i in range(20):
         # A 5 s deadline: had the staller kept a request, the gateway would answer 504.
         out = await asyncio.to_thread(client.chat.completions.with_raw_response.create, model="echo",

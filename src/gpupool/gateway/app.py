@@ -51,6 +51,7 @@ from gpupool.gateway.hub import Hub, ProviderSession
 from gpupool.gateway.router import RouteOptions
 from gpupool.gateway.services import Services
 from gpupool.gateway.store import ApiKey, Store, account_for
+from gpupool.gateway.stream import open_stream
 from gpupool.identity import Identity
 from gpupool.ledger import Ledger, LedgerError
 from gpupool.ledger import postings
@@ -239,7 +240,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                                  "x-gpupool-cost": str(cost)})
 
         try:
-            opened = await dispatcher.open_stream(rid, model, payload, deadline, route)
+            opened = await open_stream(dispatcher, rid, model, payload, deadline, route)
         except BaseException:
             hold.release()
             raise

@@ -1,0 +1,210 @@
+"""Streaming requests: wait for a first chunk, then keep one uninterrupted stream.
+
+    stream = await open_stream(dispatcher, request_id, model, payload, deadline)
+    async for text in stream: ...          # then stream.done holds the checked result
+
+- Failures before the first chunk retry elsewhere, so they keep their HTTP status;
+  a provider far slower to its first token than it should be counts as stalled.
+- A provider lost after chunks were sent is replaced by another that continues the
+  text (`continue_text`), so the client sees one uninterrupted stream; the final
+  chunk says so in its `gpupool` metadata.
+- The answer must match its receipt (`Dispatcher.receipt_ok`), as for
+  non-streaming requests.
+- Leaving early (deadline, client gone) cancels the work at the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgspec
+
+from gpupool import errors
+from gpupool.gateway.dispatch import CLIENT_FAULT_CODES, Dispatcher, Tries, deadline_ms, loop_deadline
+from gpupool.gateway.hub import Event, ProviderSession
+from gpupool.gateway.router import DEFAULT_ROUTE, RouteOptions
+from gpupool.protocol import Chunk, Done, Fail, GeneratePayload, Payload, Run
+
+log = logging.getLogger("gpupool.gateway.stream")
+
+
+async def open_stream(d: Dispatcher, request_id: str, model: str, payload: Payload, deadline: float,
+                      route: RouteOptions = DEFAULT_ROUTE) -> Stream:
+    """Start a stream; returns once the first event arrived, so errors before it keep their HTTP status."""
+    tries = Tries()
+    try:
+        async with asyncio.timeout_at(loop_deadline(deadline)):
+            session, channel, first, sent_at = await _first_event(
+                d, request_id, model, payload, deadline, tries, route)
+    except TimeoutError:
+        raise errors.Timeout(f"no answer for {model!r} before the deadline") from None
+    return Stream(d, session, channel, request_id, model, payload, deadline, first, tries, route, sent_at)
+
+
+async def _first_event(d: Dispatcher, request_id: str, model: str, payload: Payload, deadline: float,
+                       tries: Tries, route: RouteOptions,
+                       ) -> tuple[ProviderSession, asyncio.Queue[Event], Chunk | Done, float]:
+    while True:
+        session = d.choose(request_id, model, payload, tries, route, stream=True)
+        channel = session.open_channel(request_id)
+        sent_at = time.monotonic()
+        try:
+            await session.send(Run(request_id, model, payload, deadline_ms(deadline)))
+            first = await _await_first(d, session, channel, model, payload, route)
+        except ConnectionError:
+            session.close_channel(request_id)
+            d.hub.router.on_failure(session, request_id, "connection lost")
+            tries.failures.append("provider connection lost")
+            continue
+        except BaseException:  # deadline or client gone: stop the work at the provider
+            session.close_channel(request_id)
+            d.hub.router.on_abandoned(session, request_id)
+            d.cancel(session, request_id)
+            raise
+        if isinstance(first, (Chunk, Done)):
+            return session, channel, first, sent_at
+        session.close_channel(request_id)
+        if isinstance(first, _Stalled):
+            d.cancel(session, request_id)
+            d.hub.router.on_failure(session, request_id, "no first token in time")
+            tries.failures.append("provider stalled before the first token")
+            continue
+        d.note_failure(session, request_id, first, tries, model)
+
+
+async def _await_first(d: Dispatcher, session: ProviderSession, channel: asyncio.Queue[Event], model: str,
+                       payload: Payload, route: RouteOptions) -> Event | _Stalled:
+    """The first event, or _Stalled if it takes far longer than this provider should need."""
+    limit = d.hub.router.first_byte_limit(session, model, payload, route)
+    try:
+        return await asyncio.wait_for(channel.get(), limit)
+    except TimeoutError:
+        return _Stalled()
+
+
+@dataclass
+class _Stalled:
+    pass
+
+
+class Stream:
+    """An open stream; iterate for text pieces, then read `.done`, `.text` and `.providers`."""
+
+    def __init__(self, dispatcher: Dispatcher, session: ProviderSession, channel: asyncio.Queue[Event],
+                 request_id: str, model: str, payload: Payload, deadline: float, first: Chunk | Done,
+                 tries: Tries, route: RouteOptions, sent_at: float):
+        self._d = dispatcher
+        self.session = session
+        self._channel = channel
+        self.request_id = request_id
+        self._run_id = request_id
+        self.model = model
+        self.payload = payload
+        self._run_payload = payload
+        self.deadline = deadline
+        self._first: Event | None = first
+        self.tries = tries
+        self._route = route
+        self.done: Done | None = None
+        self.text = ""
+        self.answer_text = ""  # what the last provider produced (its receipt covers this)
+        self.providers = [session.node_id]
+        self.continued = 0
+        self._chunks = 0  # Chunk messages received: each carries at least one token
+        self._closed = False
+        self._started = sent_at
+        self._first_at: float | None = time.monotonic() - sent_at  # dispatch to first event
+
+    @property
+    def attempts(self) -> int:
+        return len(self.tries.tried)
+
+    @property
+    def answer_payload(self) -> Payload:
+        """What the last provider was asked: after a continuation, the prompt plus the text so far."""
+        return self._run_payload
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        sent: list[str] = []  # everything the client has received
+        mine: list[str] = []  # what the current provider produced (its receipt covers this)
+        try:
+            async with asyncio.timeout_at(loop_deadline(self.deadline)):
+                while True:
+                    event = self._first or await self._channel.get()
+                    self._first = None
+                    if isinstance(event, Chunk):
+                        # Under load several chunks are already waiting: send them as one
+                        # piece (one SSE event, one socket write) instead of one each.
+                        pieces = [event.text]
+                        while not self._channel.empty():
+                            nxt = self._channel.get_nowait()
+                            if not isinstance(nxt, Chunk):
+                                self._first = nxt
+                                break
+                            pieces.append(nxt.text)
+                        text = "".join(pieces)
+                        self._chunks += len(pieces)
+                        sent.append(text)
+                        mine.append(text)
+                        yield text
+                    elif isinstance(event, Done):
+                        part = "".join(mine)
+                        if not self._d.receipt_ok(self.session, self._run_id, self.model, self._run_payload,
+                                                  event, part):
+                            raise errors.ProviderFailed("the provider's answer failed verification")
+                        self._d.hub.router.on_success(self.session, self._run_id, self.model, self._run_payload,
+                                                      event, time.monotonic() - self._started, self._first_at)
+                        self.done = event
+                        self.text = "".join(sent)
+                        self.answer_text = part
+                        return
+                    else:
+                        reason = (f"{event.code}: {event.message}" if isinstance(event, Fail)
+                                  else f"provider lost ({event.reason})")
+                        if isinstance(event, Fail) and event.code in CLIENT_FAULT_CODES:
+                            raise errors.InvalidRequest(event.message, code=event.code)
+                        self._d.hub.router.on_failure(self.session, self._run_id, reason)
+                        await self._continue_elsewhere("".join(sent), self._chunks, reason)
+                        mine = []
+        except TimeoutError:
+            raise errors.Timeout("the stream did not finish before the deadline") from None
+        finally:
+            await self.aclose()
+
+    async def _continue_elsewhere(self, text_so_far: str, pieces: int, reason: str) -> None:
+        """Hand the stream to another provider that continues from `text_so_far`."""
+        payload = self.payload
+        if not isinstance(payload, GeneratePayload) or not self._d.settings.stream_continuation:
+            raise errors.ProviderFailed(f"provider failed mid-stream: {reason}; the output is incomplete")
+        self.session.close_channel(self._run_id)
+        self.continued += 1
+        # Each chunk is at least one token, so this never exceeds the client's max_tokens.
+        remaining = max(1, payload.max_tokens - pieces)
+        self._run_payload = msgspec.structs.replace(payload, continue_text=payload.continue_text + text_so_far,
+                                                    max_tokens=remaining)
+        self._run_id = f"{self.request_id}~{self.continued}"
+        self.tries.failures.append(reason)
+        try:
+            session, channel, first, sent_at = await _first_event(
+                self._d, self._run_id, self.model, self._run_payload, self.deadline, self.tries, self._route)
+        except errors.GpupoolError as exc:
+            raise errors.ProviderFailed(f"provider failed mid-stream ({reason}) and no other could continue: "
+                                        f"{exc.message}") from None
+        log.info("stream %s continued on %s after: %s", self.request_id, session.node_id[:12], reason)
+        self.session, self._channel, self._first = session, channel, first
+        self.providers.append(session.node_id)
+        self._started = sent_at
+        self._first_at = time.monotonic() - sent_at
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.session.close_channel(self._run_id)
+        if self.done is None:
+            self._d.hub.router.on_abandoned(self.session, self._run_id)
+            self._d.cancel(self.session, self._run_id)

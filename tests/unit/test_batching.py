@@ -20,9 +20,15 @@ class Model:
         self.batches: list[list[str]] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # a call has reached the model thread
+
+    async def wait_busy(self) -> None:
+        """Until a call holds the model thread (a fixed sleep raced slow machines)."""
+        assert await asyncio.to_thread(self.entered.wait, 30), "the first call never reached the model"
 
     def __call__(self, inputs: list[str]) -> tuple[np.ndarray, list[int]]:
-        self.gate.wait(5)
+        self.entered.set()
+        self.gate.wait(30)
         self.batches.append(list(inputs))
         if "boom" in inputs:
             raise ValueError("the model cannot read 'boom'")
@@ -34,7 +40,7 @@ async def test_calls_queued_behind_a_busy_model_run_as_one_batch() -> None:
     batcher = InputBatcher(ModelThread("t"), model)
     model.gate.clear()  # the first call holds the model thread
     first = asyncio.create_task(batcher.run(["a"]))
-    await asyncio.sleep(0.05)
+    await model.wait_busy()
     rest = [asyncio.create_task(batcher.run([f"x{i}", f"yy{i}"])) for i in range(4)]
     await asyncio.sleep(0.05)
     model.gate.set()
@@ -64,7 +70,7 @@ async def test_max_inputs_splits_batches_and_a_cancelled_caller_is_dropped() -> 
     batcher = InputBatcher(ModelThread("t"), model, max_inputs=3)
     model.gate.clear()
     busy = asyncio.create_task(batcher.run(["0"]))
-    await asyncio.sleep(0.05)
+    await model.wait_busy()
     gone = asyncio.create_task(batcher.run(["gone"]))
     kept = [asyncio.create_task(batcher.run([c])) for c in "abcd"]
     await asyncio.sleep(0.05)

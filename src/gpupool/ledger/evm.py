@@ -8,90 +8,35 @@ The contract (contracts/Ledger.vy) holds every balance; this class maps the stri
 account names of `postings` onto it (bytes32 = keccak256(id)), sends one transaction
 per operation (one per *batch* for `settle_batch`, whose receipts the contract checks
 against each provider's registered secp256k1 key), and returns the same `Entry`
-values as `SqlLedger`. Reverts become `LedgerError` / `InsufficientFunds`. The URL
-forms, the key scheme, the unit (1 µcr = 1 wei) and the gas figures are in
-docs/ledger-evm.md.
+values as `SqlLedger`. The URL forms, the key scheme, the unit (1 µcr = 1 wei) and
+the gas figures are in docs/ledger-evm.md.
 
-The sender is the node's first unlocked account, or the key in the environment
-variable GPUPOOL_EVM_PRIVATE_KEY (or `private_key=`), which signs locally.
+Compiling, the signing connection (who sends, how reverts become `LedgerError` /
+`InsufficientFunds`) and `deploy` live in `evm_chain`; `deploy` is re-exported here.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
 import math
-import os
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from eth_account import Account
-from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
-from web3.exceptions import ContractLogicError, Web3RPCError
+from web3 import AsyncWeb3, Web3
 from web3.logs import DISCARD
 from web3.providers.eth_tester import AsyncEthereumTesterProvider
 
 from gpupool.ledger import postings as P
+from gpupool.ledger.evm_chain import Chain, compiled, deploy, deploy_on, disconnect
 from gpupool.ledger.interface import BatchResult, Charge
 from gpupool.ledger.postings import Entry, LedgerError
 from gpupool.ledger.settlement_key import id_key, split_signature
-from gpupool.ledger.sql import InsufficientFunds
 
-CONTRACT_SOURCE = Path(__file__).parent / "contracts" / "Ledger.vy"
+__all__ = ["EvmLedger", "deploy"]
+
 MAX_BATCH = 256  # the contract's DynArray bound: one transaction settles at most this many receipts
 MAX_RELEASE_BATCHES = 64  # batches one release_due transaction walks
-KEY_ENV = "GPUPOOL_EVM_PRIVATE_KEY"
 REJECT_REASONS = {1: "already paid", 2: "bad or missing provider signature", 3: "client's reserve cannot cover it"}
 WITHDRAW_KINDS = {"client": 0, "provider": 1, "checker": 2}
-
-_compiled: dict[str, dict[str, Any]] = {}
-
-try:  # the in-process chain reports reverts with its own exception
-    from eth_tester.exceptions import TransactionFailed
-
-    _REVERTS: tuple[type[Exception], ...] = (ContractLogicError, Web3RPCError, ValueError, TransactionFailed)
-except ImportError:  # pragma: no cover - eth-tester is only needed for evm+tester://
-    _REVERTS = (ContractLogicError, Web3RPCError, ValueError)
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gpupool" / "vyper"
-
-
-def compiled() -> dict[str, Any]:
-    """ABI and bytecode of Ledger.vy, compiled once per source and compiler version.
-
-    Compiling takes seconds, so the output is kept in memory and under the user's
-    cache dir, keyed by a hash of the source and the compiler version.
-    """
-    import vyper
-
-    source = CONTRACT_SOURCE.read_text()
-    digest = hashlib.sha256(f"{vyper.__version__}\0{source}".encode()).hexdigest()[:24]
-    if digest in _compiled:
-        return _compiled[digest]
-    path = _cache_dir() / f"Ledger-{digest}.json"
-    try:
-        out = json.loads(path.read_text())
-    except (OSError, ValueError):
-        out = vyper.compile_code(source, output_formats=["abi", "bytecode", "bytecode_runtime"])
-        out = {"abi": out["abi"], "bytecode": out["bytecode"], "bytecode_runtime": out["bytecode_runtime"]}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(out))
-        tmp.replace(path)  # atomic: parallel test workers never read half a file
-    _compiled[digest] = out
-    return out
-
-
-def _error(exc: Exception) -> LedgerError:
-    message = str(getattr(exc, "message", None) or exc)
-    if "insufficient funds" in message:
-        return InsufficientFunds(message)
-    return LedgerError(message)
 
 
 def _parse_account(acct: str) -> tuple[str, str, str]:
@@ -99,77 +44,12 @@ def _parse_account(acct: str) -> tuple[str, str, str]:
     return parts[0], parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else ""
 
 
-class _Chain:
-    """A web3 connection plus the account that signs: shared by deploy and EvmLedger."""
-
-    def __init__(self, w3: AsyncWeb3, private_key: str | None):
-        self.w3 = w3
-        self.account = Account.from_key(private_key) if private_key else None
-        self.sender: str = self.account.address if self.account else ""
-        self.lock = asyncio.Lock()  # one transaction in flight per sender: nonces stay in order
-
-    @classmethod
-    async def connect(cls, rpc: str | AsyncWeb3, private_key: str | None) -> _Chain:
-        w3 = rpc if isinstance(rpc, AsyncWeb3) else AsyncWeb3(AsyncHTTPProvider(rpc))
-        chain = cls(w3, private_key or os.environ.get(KEY_ENV) or None)
-        if not chain.sender:
-            accounts = await w3.eth.accounts
-            if not accounts:
-                raise LedgerError("the node has no unlocked account: pass a private key")
-            chain.sender = accounts[0]
-        return chain
-
-    async def send(self, call: Any, value: int = 0) -> Any:
-        """Send one transaction and wait for it; a revert raises LedgerError/InsufficientFunds."""
-        async with self.lock:
-            try:
-                tx = await call.build_transaction({"from": self.sender, "value": value})
-            except _REVERTS as exc:
-                raise _error(exc) from exc
-            if self.account is not None:
-                tx["nonce"] = await self.w3.eth.get_transaction_count(self.sender, "pending")
-                signed = self.account.sign_transaction(tx)
-                tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
-            else:
-                tx_hash = await self.w3.eth.send_transaction(tx)
-            receipt = await self.w3.eth.wait_for_transaction_receipt(tx_hash, poll_latency=0.01)
-        if receipt["status"] != 1:
-            raise LedgerError(f"transaction {tx_hash.hex()} reverted")
-        return receipt
-
-
-async def _disconnect(w3: AsyncWeb3) -> None:
-    # Only the HTTP provider holds a session; the in-process chain has nothing to close.
-    if isinstance(w3.provider, AsyncHTTPProvider):
-        await w3.provider.disconnect()
-
-
-async def _deploy(chain: _Chain, min_delay: int) -> str:
-    out = compiled()
-    factory = chain.w3.eth.contract(abi=out["abi"], bytecode=out["bytecode"])
-    receipt = await chain.send(factory.constructor(min_delay))
-    return str(receipt["contractAddress"])
-
-
-async def deploy(rpc_url: str, private_key: str | None = None, min_delay: int = 0) -> str:
-    """Deploy a new ledger contract; returns its address (the owner is the deploying account).
-
-    `min_delay` (seconds of chain time) is a floor the contract puts under every audit
-    window and unbonding delay, whatever the operator asks for.
-    """
-    chain = await _Chain.connect(rpc_url, private_key)
-    try:
-        return await _deploy(chain, min_delay)
-    finally:
-        await _disconnect(chain.w3)
-
-
 class EvmLedger:
     """`Ledger` on an EVM chain. Build it with `open`; all amounts are µcr (= wei)."""
 
     MAX_BATCH = MAX_BATCH  # callers (the gateway's billing) size their batches by it
 
-    def __init__(self, chain: _Chain, address: str, chain_id: int):
+    def __init__(self, chain: Chain, address: str, chain_id: int):
         self.chain = chain
         self.w3 = chain.w3
         self.address = self.w3.to_checksum_address(address)
@@ -185,12 +65,12 @@ class EvmLedger:
         """`evm+http://HOST:PORT?contract=0x…` (an existing deployment) or `evm+tester://` (a fresh in-process chain)."""
         parsed = urlparse(url)
         if parsed.scheme == "evm+tester":
-            chain = await _Chain.connect(AsyncWeb3(AsyncEthereumTesterProvider()), private_key)
-            address = await _deploy(chain, 0)
+            chain = await Chain.connect(AsyncWeb3(AsyncEthereumTesterProvider()), private_key)
+            address = await deploy_on(chain, 0)
         elif parsed.scheme in ("evm+http", "evm+https"):
             query = parse_qs(parsed.query)
             rpc = f"{parsed.scheme[4:]}://{parsed.netloc}{parsed.path}"
-            chain = await _Chain.connect(rpc, private_key)
+            chain = await Chain.connect(rpc, private_key)
             if "contract" not in query:
                 raise LedgerError(f"{url}: name the deployed contract with ?contract=0x… (see `deploy`)")
             address = query["contract"][0]
@@ -203,12 +83,12 @@ class EvmLedger:
                       sender: str | None = None) -> EvmLedger:
         """Another view of a deployed ledger on an open connection, sending as another account
         (a provider's settlement key withdrawing its earnings, an authorised checker slashing)."""
-        chain = _Chain(w3, private_key)
+        chain = Chain(w3, private_key)
         chain.sender = chain.sender or sender or (await w3.eth.accounts)[0]
         return cls(chain, address, await w3.eth.chain_id)
 
     async def close(self) -> None:
-        await _disconnect(self.w3)
+        await disconnect(self.w3)
 
     # ------------------------------------------------------------ helpers
 

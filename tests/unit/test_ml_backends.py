@@ -141,7 +141,7 @@ async def test_concurrent_embeddings_share_forward_passes(embedder: EmbeddingsBa
 
 
 async def test_a_checker_window_batches_audits_that_arrive_apart(embedder: EmbeddingsBackend) -> None:
-    embedder.batcher.window_s = 2.0
+    embedder.set_batch_window(2.0)
     try:
         before = embedder.batcher.batches
 
@@ -153,10 +153,10 @@ async def test_a_checker_window_batches_audits_that_arrive_apart(embedder: Embed
         assert embedder.batcher.batches - before == 1
         assert all(t > 2 for t in tokens)
         # An urgent call (a verdict the gateway waits on) does not wait for the window.
-        embedder.batcher.window_s = 3600.0
+        embedder.set_batch_window(3600.0)
         await asyncio.wait_for(embedder.embed(EmbedPayload(inputs=["kettle"]), urgent=True), 30)
     finally:
-        embedder.batcher.window_s = 0.0
+        embedder.set_batch_window(0.0)
 
 
 def test_embeddings_offer(embedder: EmbeddingsBackend) -> None:

@@ -76,7 +76,6 @@ from gpupool.protocol import (
 from gpupool.provider.agent import GatewayLink
 from gpupool.provider.backends import Backend, BackendError
 from gpupool.provider.backends.base import GenDone, TextDelta
-from gpupool.provider.backends.embeddings import EmbeddingsBackend
 from gpupool.provider.hardware import probe
 from gpupool.verify import Verdict, combine, fail
 from gpupool.verify.comparators import (
@@ -134,10 +133,7 @@ async def _judge_embeddings(backend: Backend, job: AuditJob, payload: EmbedPaylo
     n, dims = len(payload.inputs), job.dimensions
     if dims <= 0 or len(job.vectors) != 4 * n * dims:
         return fail(f"malformed_vectors: {len(job.vectors)} bytes for {n} rows of {dims}", hard=True)
-    if isinstance(backend, EmbeddingsBackend):  # routine audits may wait to share a batch
-        reference = await backend.embed(payload, urgent=job.urgent)
-    else:
-        reference = await backend.embed(payload)
+    reference = await backend.embed(payload, urgent=job.urgent)  # routine audits may wait to share a batch
     provided = np.frombuffer(job.vectors, dtype="<f4").reshape(n, dims)
     expected = np.frombuffer(reference.vectors, dtype="<f4").reshape(n, reference.dimensions)
     reported = job.receipt.usage

@@ -10,7 +10,6 @@ from gpupool.checker.agent import CheckerAgent
 from gpupool.config import CheckerSettings
 from gpupool.identity import Identity
 from gpupool.provider.backends import ServeSpec, make_backend
-from gpupool.provider.backends.embeddings import EmbeddingsBackend
 
 log = logging.getLogger("gpupool.checker")
 
@@ -23,9 +22,8 @@ def build_agent(settings: CheckerSettings) -> CheckerAgent:
     if len(set(names)) != len(names):
         raise ValueError(f"a model name may be held once per checker: {names}")
     backends = {s.name: make_backend(s) for s in specs}
-    for backend in backends.values():
-        if isinstance(backend, EmbeddingsBackend):  # routine verdicts can wait to share a pass
-            backend.batcher.window_s = settings.batch_window_s
+    for backend in backends.values():  # routine verdicts can wait to share a forward pass
+        backend.set_batch_window(settings.batch_window_s)
     return CheckerAgent(Identity.load_or_create(settings.key_file), backends, settings)
 
 

@@ -79,8 +79,13 @@ class Backend(ABC):
     @abstractmethod
     def offer(self) -> ModelOffer: ...
 
-    async def embed(self, payload: EmbedPayload) -> EmbedResult:
+    async def embed(self, payload: EmbedPayload, urgent: bool = True) -> EmbedResult:
+        """`urgent=False`: nobody waits on this answer (a checker's routine audit), so a
+        backend that batches may hold it up to its batch window to share a forward pass."""
         raise BackendError("unsupported_task", f"model {self.name!r} does not serve embeddings")
+
+    def set_batch_window(self, window_s: float) -> None:  # noqa: B027 - optional hook
+        """How long calls that are not urgent may wait for others; backends that do not batch ignore it."""
 
     def generate(self, payload: GeneratePayload) -> AsyncIterator[GenEvent]:
         raise BackendError("unsupported_task", f"model {self.name!r} does not generate text")

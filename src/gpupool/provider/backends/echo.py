@@ -56,9 +56,9 @@ class EchoBackend(Backend):
             claimed_items_per_s=self.claim_tps if self.task == "embeddings" else 0.0,
         )
 
-    async def embed(self, payload: EmbedPayload) -> EmbedResult:
+    async def embed(self, payload: EmbedPayload, urgent: bool = True) -> EmbedResult:
         if self.task != "embeddings":
-            return await super().embed(payload)
+            return await super().embed(payload, urgent)
         if self.delay:
             await asyncio.sleep(self.delay)
         rows = []

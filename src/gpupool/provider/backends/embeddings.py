@@ -43,7 +43,7 @@ class EmbeddingsBackend(Backend):
     def __init__(self, name: str, spec: str = ""):
         super().__init__(name, spec)
         self._thread = ModelThread(name)
-        # Concurrent requests share forward passes; a checker sets `batcher.window_s` (batching.py).
+        # Concurrent requests share forward passes; a checker sets a window (`set_batch_window`).
         self.batcher = InputBatcher(self._thread, self._encode, MAX_BATCH_INPUTS)
         self._model: Any = None
         self._path: Path | None = None
@@ -122,8 +122,10 @@ class EmbeddingsBackend(Backend):
         vectors = self._model.encode(inputs, convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype="<f4"), self._count_tokens(inputs)
 
+    def set_batch_window(self, window_s: float) -> None:
+        self.batcher.window_s = window_s
+
     async def embed(self, payload: EmbedPayload, urgent: bool = True) -> EmbedResult:
-        """`urgent=False` (a checker's routine audit) lets the call wait for the batch window."""
         inputs = list(payload.inputs)
         if not inputs:
             raise BackendError("invalid_input", "inputs must contain at least one string")

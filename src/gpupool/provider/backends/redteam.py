@@ -181,17 +181,17 @@ class RedTeamBackend(Backend):
 
     # ------------------------------------------------------------ embeddings
 
-    async def embed(self, payload: EmbedPayload) -> EmbedResult:
+    async def embed(self, payload: EmbedPayload, urgent: bool = True) -> EmbedResult:
         cheat = self._draw()
         result: EmbedResult | None = None
         if cheat and self.mode == "random-minilm" and self.impostor is not None:
-            result = await self.impostor.embed(payload)
+            result = await self.impostor.embed(payload, urgent)
         elif cheat and self.mode == "noise":
             result = self._noise_vectors(payload)
         elif cheat and self.mode == "cached" and self._last_embed is not None:
             result = self._replay_vectors(self._last_embed, len(payload.inputs))
         if result is None:
-            result = await self.base.embed(payload)
+            result = await self.base.embed(payload, urgent)
         else:
             self.cheats += 1
         self._last_embed = result

@@ -86,9 +86,9 @@ class UpstreamBackend(Backend):
             )
         return resp
 
-    async def embed(self, payload: EmbedPayload) -> EmbedResult:
+    async def embed(self, payload: EmbedPayload, urgent: bool = True) -> EmbedResult:
         if self.task != "embeddings":
-            return await super().embed(payload)
+            return await super().embed(payload, urgent)
         resp = await self._post(
             "/embeddings",
             {"model": self.upstream_model, "input": payload.inputs, "encoding_format": "float"},

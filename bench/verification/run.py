@@ -42,7 +42,6 @@ from common import cpu_seconds, print_table, thread_cpu_seconds, write_json  # n
 import httpx  # noqa: E402
 
 from gpupool.devnet import Network  # noqa: E402
-from gpupool.identity import Identity  # noqa: E402
 from gpupool.provider.backends.base import MODEL_THREAD_PREFIX  # noqa: E402
 from gpupool.verify import DEFAULT_SAMPLING  # noqa: E402
 
@@ -57,10 +56,6 @@ def _admin(net: Network, path: str) -> Any:
     r = httpx.get(net.gateway_url + path, headers={"Authorization": f"Bearer {net.admin_token}"}, timeout=10)
     r.raise_for_status()
     return r.json()
-
-
-def _node(net: Network, proc: Any) -> str:
-    return Identity.load_or_create(Path(proc.args[proc.args.index("--key-file") + 1])).node_id
 
 
 def _embed(net: Network, key: str, texts: list[str], workers: int = 4, region: str = "") -> list[str]:
@@ -101,7 +96,7 @@ def real_processes(fp_audits: int, steady_requests: int, gen_requests: int, chea
         while len(_admin(net, "/admin/audits")["checkers"]) < 2:
             time.sleep(0.3)
         key = net.dev_key()
-        honest_id = _node(net, honest)
+        honest_id = honest.node_id
         pids = {"provider": honest.popen.pid, **{f"checker-{i}": c.popen.pid for i, c in enumerate(checkers)}}
 
         def cpu() -> dict[str, float]:
@@ -167,7 +162,7 @@ def real_processes(fp_audits: int, steady_requests: int, gen_requests: int, chea
                 if not proc.alive() or time.monotonic() > deadline:
                     raise RuntimeError(f"cheater {name!r} did not connect:\n{proc.log_tail()}")
                 time.sleep(0.3)
-            cheater = _node(net, proc)
+            cheater = proc.node_id
             # Half the traffic routed freely, half required in the cheater's region: how much
             # a newcomer gets of the free half depends on routing (speed, reputation).
             for batch in range(cheater_requests // 20):
@@ -205,7 +200,7 @@ def generation_audit_cost(net: Network, key: str, tmp: Path, n: int) -> dict[str
     net.wait_for_models({"tiny-llama": 1}, timeout=180)
     while len(_admin(net, "/admin/audits")["checkers"]) < 3:
         time.sleep(0.3)
-    node = _node(net, provider)
+    node = provider.node_id
     print(f"generation: {n} greedy requests (64 tokens), every one audited...", flush=True)
 
     def one(i: int) -> None:

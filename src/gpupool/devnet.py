@@ -30,6 +30,8 @@ from typing import Any
 
 import httpx
 
+from gpupool.identity import Identity
+
 DEV_KEY_FILE = "dev-api-key"
 
 # Regions for devnet providers: name, latitude, longitude.
@@ -50,6 +52,11 @@ class Proc:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    @property
+    def node_id(self) -> str:
+        """The node id of the key this provider or checker runs with."""
+        return Identity.load_or_create(Path(self.args[self.args.index("--key-file") + 1])).node_id
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,15 +19,13 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from gpupool.devnet import Network
+from gpupool.devnet import Network, Proc
 
 T = TypeVar("T")
 PG_URL = os.environ.get("GPUPOOL_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 
 
 def pg_available() -> bool:
-    import asyncio
-
     async def probe() -> bool:
         import asyncpg
 
@@ -98,3 +97,32 @@ def echo_net(network: Network) -> Network:
     network.start_provider(["echo=echo:chat"])
     network.wait_for_models({"echo": 2, "echo-embed": 1}, timeout=60)
     return network
+
+
+def freeze_a_busy_provider(network: Network, timeout: float = 20.0) -> Proc | None:
+    """Stop (SIGSTOP) a provider that has requests in flight and return its process, or None.
+
+    A stopped provider cannot finish anything, so if the gateway still counts work in
+    flight on it after the stop, killing it is certain to interrupt that work. None means
+    its work finished before the stop landed (killing right after seeing work in flight
+    raced like that on slow CI, and then the kill interrupted nothing).
+    """
+    proc_of = {p.node_id: p for p in network.providers}
+    deadline = time.monotonic() + timeout
+    while not (busy := [p for p in network.admin("/admin/providers") if p["in_flight"] > 0]):
+        assert time.monotonic() < deadline, "no provider ever had a request in flight"
+        time.sleep(0.02)
+    node_id = max(busy, key=lambda p: p["in_flight"])["node_id"]
+    network.kill_provider(proc_of[node_id], signal.SIGSTOP)
+    # The gateway may still be taking in answers sent before the stop: wait until its count
+    # for the frozen provider holds still for a few reads.
+    seen: list[int] = []
+    for _ in range(30):
+        time.sleep(0.1)
+        seen.append(next((p["in_flight"] for p in network.admin("/admin/providers") if p["node_id"] == node_id), 0))
+        if seen[-1] == 0 or seen[-4:] == [seen[-1]] * 4:
+            break
+    if seen[-1] > 0:
+        return proc_of[node_id]
+    network.kill_provider(proc_of[node_id], signal.SIGCONT)
+    return None

@@ -30,7 +30,6 @@ from gpupool.market.pricing import Price, cost, hold_bound, input_token_bound
 from gpupool.protocol import ModelOffer, Run
 from tests.integration.conftest import PG_URL, client_for, pg_available
 from tests.integration.test_bad_peers import events, expect_close, handshake
-from tests.integration.test_failover import _node_id_of
 
 FAST_SETTLE = ["--settle-interval-s", "0.05", "--tab-idle-s", "0.5", "--fee-bps", "1000"]
 CHEAP, DEAR = Price(100_000, 400_000), Price(300_000, 900_000)
@@ -92,7 +91,7 @@ def test_requests_are_charged_from_receipts_at_the_serving_providers_price(netwo
     network.start_gateway(extra=FAST_SETTLE)
     procs = [network.start_provider(["echo=echo:chat"], extra=price_args(p)) for p in (CHEAP, DEAR)]
     network.wait_for_models({"echo": 2}, timeout=60)
-    price_of = {_node_id_of(network, proc): p for proc, p in zip(procs, (CHEAP, DEAR))}
+    price_of = {proc.node_id: p for proc, p in zip(procs, (CHEAP, DEAR))}
     key = new_account(network, "shopper", 5_000_000)
     client = client_for(network, key)
     charged: list[tuple[str, int]] = []  # (provider, cost) as the client was told
@@ -160,7 +159,7 @@ def test_unaffordable_requests_get_402_and_no_ending_leaks_a_hold(network: Netwo
     time.sleep(0.5)  # the abandoned calls finish on the provider side
     account = wait_settled(network, key)
     balances = assert_books_balance(network.db, 3_000)
-    provider = _node_id_of(network, network.providers[0])
+    provider = network.providers[0].node_id
     charged = balances.get(P.provider_held(provider), 0) + balances.get(P.GATEWAY_FEES, 0)
     assert account["balance"] == 3_000 - charged
     assert charged >= paid  # the requests abandoned after the provider answered may be charged too

@@ -22,7 +22,6 @@ from tests.integration.test_billing import (
     price_args,
     wait_settled,
 )
-from tests.integration.test_failover import _node_id_of
 from tests.unit.ledger_backends import anvil_url  # noqa: F401 - the Anvil fixture
 
 
@@ -42,7 +41,7 @@ def test_requests_settle_on_chain_in_batches_signed_by_the_provider(network: Net
     proc = network.start_provider(["echo=echo:chat"], extra=[*price_args(CHEAP),
                                                              "--settlement-key-file", str(settlement_key)])
     network.wait_for_models({"echo": 1}, timeout=60)
-    provider = _node_id_of(network, proc)
+    provider = proc.node_id
     key = new_account(network, "onchain", 2_000_000)  # deposited into the contract's escrow
     client = client_for(network, key)
     with cf.ThreadPoolExecutor(6) as pool:  # concurrent, so several land in one settlement batch

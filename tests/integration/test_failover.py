@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-from pathlib import Path
 import signal
 import time
 
@@ -13,8 +12,8 @@ import openai
 import pytest
 
 from gpupool.devnet import Network
-from gpupool.identity import Identity
-from tests.integration.conftest import audits_body, client_for, wait_checkers, wait_until
+from tests.integration.conftest import (audits_body, client_for, freeze_a_busy_provider,
+                                        wait_checkers, wait_until)
 
 # 20 words at 40 ms each: every request is in flight for ~0.8 s.
 SLOW = "echo=echo:chat?delay_ms=40"
@@ -37,35 +36,6 @@ def ask(client, i: int) -> str:
     return out.choices[0].message.content
 
 
-def _freeze_a_busy_provider(network: Network, timeout: float = 20.0):
-    """Stop (SIGSTOP) a provider that has requests in flight and return its process, or None.
-
-    A stopped provider cannot finish anything, so if the gateway still counts work in
-    flight on it after the stop, killing it is certain to interrupt that work. None means
-    its work finished before the stop landed (killing right after seeing work in flight
-    raced like that on slow CI, and then the kill interrupted nothing).
-    """
-    proc_of = {_node_id_of(network, p): p for p in network.providers}
-    deadline = time.monotonic() + timeout
-    while not (busy := [p for p in network.admin("/admin/providers") if p["in_flight"] > 0]):
-        assert time.monotonic() < deadline, "no provider ever had a request in flight"
-        time.sleep(0.02)
-    node_id = max(busy, key=lambda p: p["in_flight"])["node_id"]
-    network.kill_provider(proc_of[node_id], signal.SIGSTOP)
-    # The gateway may still be taking in answers sent before the stop: wait until its count
-    # for the frozen provider holds still for a few reads.
-    seen: list[int] = []
-    for _ in range(30):
-        time.sleep(0.1)
-        seen.append(next((p["in_flight"] for p in network.admin("/admin/providers") if p["node_id"] == node_id), 0))
-        if seen[-1] == 0 or seen[-4:] == [seen[-1]] * 4:
-            break
-    if seen[-1] > 0:
-        return proc_of[node_id]
-    network.kill_provider(proc_of[node_id], signal.SIGCONT)
-    return None
-
-
 def test_killing_a_provider_fails_no_non_streaming_request(network: Network) -> None:
     slow_net(network)
     client = client_for(network, timeout=30)
@@ -73,7 +43,7 @@ def test_killing_a_provider_fails_no_non_streaming_request(network: Network) -> 
         futures: list[cf.Future[str]] = []
         for _ in range(5):  # a new wave of work whenever the freeze came too late
             futures += [pool.submit(ask, client, i) for i in range(len(futures), len(futures) + 12)]
-            if victim := _freeze_a_busy_provider(network):
+            if victim := freeze_a_busy_provider(network):
                 break
         assert victim is not None, "never caught a provider with work in flight"
         network.kill_provider(victim, signal.SIGKILL)
@@ -174,7 +144,7 @@ def test_stream_continues_on_another_provider_when_its_provider_dies(network: Ne
     # A checker audits every answer (probation): the continuation must be audited as what
     # its provider was asked (prompt + text so far), or an honest provider fails its audit.
     network.start_checker([STREAM_SLOW])
-    proc_of = {_node_id_of(network, p): p for p in network.providers}
+    proc_of = {p.node_id: p for p in network.providers}
     wait_checkers(network, 1)
     key = network.dev_key()
     got: list[str] = []
@@ -207,8 +177,3 @@ def test_stream_continues_on_another_provider_when_its_provider_dies(network: Ne
 
     row = wait_until(survivor_audited, "the continuation's audit verdict")
     assert row["audit_failures"] == 0 and not row["suspended"], row
-
-
-def _node_id_of(network: Network, proc) -> str:
-    key_file = proc.args[proc.args.index("--key-file") + 1]
-    return Identity.load_or_create(Path(key_file)).node_id

@@ -24,7 +24,6 @@ from gpupool.devnet_setup import prepare_models
 from gpupool.ledger import postings as P
 from tests.integration.conftest import client_for, wait_checkers, wait_until
 from tests.integration.test_billing import FAST_SETTLE, ledger_state, new_account, wait_settled
-from tests.integration.test_failover import _node_id_of
 
 EMBED_PRICE = ["--price", "minilm=1000000"]  # 1 µcr per token: refunds are easy to see
 GEN_PRICE = ["--price", "tiny-llama=1000000/1000000"]
@@ -57,8 +56,8 @@ def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(netwo
     wait_checkers(network, 2)
     key = new_account(network, "shopper", 10_000_000)
     client = client_for(network, key, timeout=60)
-    node = {name: _node_id_of(network, p) for name, p in cheaters.items()}
-    honest_id = _node_id_of(network, honest)
+    node = {name: p.node_id for name, p in cheaters.items()}
+    honest_id = honest.node_id
 
     def pinned(text: str, where: str) -> None:
         # A cheater suspended while this round runs has nobody left in its region: 503.
@@ -125,7 +124,7 @@ def test_a_truncating_generation_cheater_is_suspended(network: Network) -> None:
     network.wait_for_models({"tiny-llama": 2}, timeout=180)
     wait_checkers(network, 1)
     client = client_for(network, timeout=60)
-    cheater_id, honest_id = _node_id_of(network, cheater), _node_id_of(network, honest)
+    cheater_id, honest_id = cheater.node_id, honest.node_id
     # Traffic in rounds until the cheater is suspended. Its failed audits lower its reputation,
     # so the router already sends it less and it takes a few rounds to fail the 4 audits it needs.
     rows: dict[str, Any] = {}

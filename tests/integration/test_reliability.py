@@ -15,9 +15,8 @@ from gpupool import protocol
 from gpupool.devnet import Network
 from gpupool.identity import Identity
 from gpupool.protocol import ModelOffer
-from tests.integration.conftest import client_for, wait_until, wait_until_async
+from tests.integration.conftest import client_for, freeze_a_busy_provider, wait_until, wait_until_async
 from tests.integration.test_bad_peers import signed_offer, ws_url
-from tests.integration.test_failover import _freeze_a_busy_provider
 
 WORDS = " ".join(f"w{i}" for i in range(10))
 
@@ -55,7 +54,7 @@ def test_killing_30_percent_of_providers_under_load_fails_nothing(network: Netwo
     # 30% of the providers, each frozen while it holds work, so every kill interrupts some.
     deadline = time.monotonic() + 60
     for _ in range(3):
-        while (victim := _freeze_a_busy_provider(network)) is None:
+        while (victim := freeze_a_busy_provider(network)) is None:
             assert time.monotonic() < deadline, "never caught a provider with work in flight"
         network.kill_provider(victim, signal.SIGKILL)
     # Keep the load on the survivors for a while (by count: a slow machine serves fewer per second).

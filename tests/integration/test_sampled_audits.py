@@ -22,7 +22,6 @@ import pytest
 from gpupool.devnet import Network
 from gpupool.devnet_setup import prepare_models
 from tests.integration.conftest import client_for, wait_checkers, wait_until
-from tests.integration.test_failover import _node_id_of
 
 pytest.importorskip("transformers", reason="needs the ml extra")
 
@@ -56,7 +55,7 @@ def ask(client: openai.OpenAI, region: str, text: str, **kw: object) -> openai.t
 
 def provider_id(net: Network, region: str) -> str:
     proc = next(p for p in net.providers if p.args[:1] == ["provider"] and region in p.args)
-    return _node_id_of(net, proc)
+    return proc.node_id
 
 
 def checker_verdicts(net: Network) -> dict[str, str]:

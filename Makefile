@@ -30,7 +30,16 @@ $(ANVIL):
 .PHONY: anvil
 anvil: $(ANVIL)
 
-test: $(STAMP) $(ANVIL)
+# Debian's chromium for the dashboard tests (playwright drives it by path; its own
+# browser download cannot reach its host from here). Needs root or sudo-less apt.
+CHROMIUM = /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+.PHONY: chromium
+chromium: $(CHROMIUM)
+
+test: $(STAMP) $(ANVIL) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests
 
 clean:

@@ -8,9 +8,11 @@ STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing gpupool into $(VENV) with torch (CPU build), transformers, web3 and the test tools:"
+	@echo "a few minutes the first time; pip lists each package as it goes."
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch is pinned to the CPU build (2.13.0) in the ml extra; see README.
-	$(PY) -m pip install --quiet -e '.[ml,dev,evm]'
+	# torch is pinned to the CPU build (2.13.0) in the ml extra; docs/provider.md says how to get a CUDA build.
+	bash -o pipefail -c "$(PY) -m pip install -e '.[ml,dev,evm]' | grep --line-buffered -E '^(Collecting|Successfully|ERROR)'"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 venv: $(STAMP)

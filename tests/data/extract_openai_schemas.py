@@ -18,6 +18,7 @@ import yaml
 ROOTS = [
     "CreateEmbeddingResponse", "CreateChatCompletionResponse", "CreateChatCompletionStreamResponse",
     "CreateCompletionResponse", "ListModelsResponse", "Model", "ErrorResponse",
+    "OpenAIFile", "ListFilesResponse", "DeleteFileResponse", "Batch", "ListBatchesResponse",
 ]
 
 

@@ -76,6 +76,13 @@ class GatewaySettings:
                                             "one at admission (jittered ±50%; 0: only at admission)")
     hardware_proof_max_n: int = _opt(512, "largest matrix side n in a hardware proof (n³ multiply-adds; sized to "
                                      "the claimed memory up to this); 0 turns hardware proofs off")
+    fallback: list[str] = _opt(help="fallback lane for when the pool cannot serve: 'NAME=BASE_URL key_env=VAR "
+                               "model=OURS[=UPSTREAM]@IN/OUT ...'; repeat per lane; TOML: [[gateway.fallback]] "
+                               "tables (docs/fallback.md)", factory=list)
+    fallback_first_token_budget_s: float = _opt(5.0, "with a fallback lane for the model, a stream the pool has not "
+                                                "started (first token) by then is served by the lane")
+    fallback_reserve_s: float = _opt(15.0, "with a fallback lane for the model, time kept back from a "
+                                     "non-streaming request's deadline for the lane (at most half of it)")
 
     def db_url(self) -> str:
         return self.db or f"sqlite+aiosqlite:///{default_home() / 'gateway.db'}"
@@ -134,7 +141,8 @@ def _convert(value: Any, annotation: Any) -> Any:
         (item,) = typing.get_args(annotation)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
-        return [_convert(v, item) for v in value]
+        # TOML tables in a list ([[gateway.fallback]]) stay dicts: their owner parses them.
+        return [v if isinstance(v, dict) else _convert(v, item) for v in value]
     if annotation is bool:
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     if annotation in (int, float, str):

@@ -33,6 +33,7 @@ from gpupool.config import GatewaySettings
 from gpupool.gateway import openai_api as oa
 from gpupool.gateway.billing import Hold
 from gpupool.gateway.dispatch import Dispatcher
+from gpupool.gateway.fallback import Fallbacks, Plan
 from gpupool.gateway.http import (
     JSON,
     JSON_ENCODER,
@@ -73,6 +74,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     services = Services.wire(settings, hub, store, identity, ledger, dispatcher)
     billing, auditor, canaries, hardware_checks = (services.billing, services.auditor, services.canaries,
                                                    services.hardware_checks)
+    fallbacks = Fallbacks(settings, billing, store, lambda model: bool(hub.serving(model)))
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -82,6 +84,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             yield
         finally:
             await services.close()  # settles and returns tabs while providers are still connected
+            await fallbacks.close()
             await store.close()
             await ledger.close()
 
@@ -185,10 +188,15 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         rid = "emb-" + uuid.uuid4().hex
         started = time.monotonic()
         route = route_options(request, body)
+        plan, deadline = fallbacks.plan(request, body, "embeddings", payload, route), deadline_for(request)
         tokens_in = pricing.input_token_bound(sum(len(x.encode()) for x in payload.inputs), len(payload.inputs))
         async with await reserve(key, body.model, tokens_in, 0, route) as hold:
-            out = await until_disconnect(request.receive, dispatcher.complete(rid, body.model, payload,
-                                                                       deadline_for(request), route))
+            try:
+                out = await until_disconnect(request.receive, dispatcher.complete(
+                    rid, body.model, payload, fallbacks.pool_deadline(plan, deadline), route))
+            except errors.GpupoolError as exc:  # the pool cannot serve: a fallback lane may (or exc again)
+                hold.release()
+                return await fallbacks.take_over(exc, plan, request, key, rid, deadline, started)
             done = out.done
             if body.dimensions is not None and body.dimensions != done.dimensions:
                 raise errors.InvalidRequest(f"{body.model!r} produces {done.dimensions} dimensions",
@@ -205,20 +213,23 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         body = parse(oa.ChatCompletionRequest, await request.body())
         _check_task(hub, body.model, "generate")
         payload = body.payload(DEFAULT_MAX_TOKENS)
+        route = route_options(request, body)
         return await _generate(request, key, body.model, payload, "chatcmpl-", bool(body.stream),
                                bool(body.stream_options and body.stream_options.include_usage), chat=True,
-                               route=route_options(request, body))
+                               route=route, plan=fallbacks.plan(request, body, "chat", payload, route))
 
     async def completions(request: Request) -> Response:
         key = await client_key(request)
         body = parse(oa.CompletionRequest, await request.body())
         _check_task(hub, body.model, "generate")
-        return await _generate(request, key, body.model, body.payload(), "cmpl-", bool(body.stream),
+        payload, route = body.payload(), route_options(request, body)
+        return await _generate(request, key, body.model, payload, "cmpl-", bool(body.stream),
                                bool(body.stream_options and body.stream_options.include_usage), chat=False,
-                               route=route_options(request, body))
+                               route=route, plan=fallbacks.plan(request, body, "completions", payload, route))
 
     async def _generate(request: Request, key: ApiKey, model: str, payload: Payload, prefix: str,
-                        stream: bool, include_usage: bool, chat: bool, route: RouteOptions) -> Response:
+                        stream: bool, include_usage: bool, chat: bool, route: RouteOptions,
+                        plan: Plan | None = None) -> Response:
         rid = prefix + uuid.uuid4().hex
         started = time.monotonic()
         deadline = deadline_for(request)
@@ -228,7 +239,12 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         hold = await reserve(key, model, tokens_in, payload.max_tokens, route)
         if not stream:
             async with hold:
-                out = await until_disconnect(request.receive, dispatcher.complete(rid, model, payload, deadline, route))
+                try:
+                    out = await until_disconnect(request.receive, dispatcher.complete(
+                        rid, model, payload, fallbacks.pool_deadline(plan, deadline), route))
+                except errors.GpupoolError as exc:  # the pool cannot serve: a fallback lane may (or exc again)
+                    hold.release()
+                    return await fallbacks.take_over(exc, plan, request, key, rid, deadline, started)
                 cost = charge(hold, rid, model, out.session, out.done, key, payload, out.text)
             u = out.done.receipt.usage
             build = oa.chat_response if chat else oa.completion_response
@@ -240,9 +256,12 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                                  "x-gpupool-cost": str(cost)})
 
         try:
-            opened = await open_stream(dispatcher, rid, model, payload, deadline, route)
-        except BaseException:
+            opened = await fallbacks.first_event(plan, deadline,
+                                                 open_stream(dispatcher, rid, model, payload, deadline, route))
+        except BaseException as exc:
             hold.release()
+            if isinstance(exc, errors.GpupoolError):  # no first token from the pool: a lane may serve
+                return await fallbacks.take_over(exc, plan, request, key, rid, deadline, started)
             raise
 
         async def events() -> AsyncIterator[bytes]:
@@ -403,6 +422,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             Route("/admin/audits", audits),
             Route("/admin/billing", billing_state),
             Route("/admin/requests", requests_log),
+            *fallbacks.routes(admin),
         ],
         exception_handlers={Exception: on_error, HTTPException: on_error, errors.GpupoolError: on_error,
                             ClientGone: on_error},

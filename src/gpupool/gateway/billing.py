@@ -64,6 +64,17 @@ class PendingCharge:
     settlement_sig: bytes = b""  # on an EVM ledger: the provider's signature over the cost
 
 
+@dataclass(frozen=True)
+class FallbackCharge:
+    """A request served by a fallback lane: no receipt, no provider, no audit (see `flush_fallback`)."""
+
+    request_id: str
+    client: str
+    lane: str
+    cost: int  # what the client pays: the lane's price plus the gateway fee
+    fee: int  # the gateway's part of `cost`; the rest is owed to the lane's upstream
+
+
 class Hold:
     """One request's reservation. Settle it once: `charge` from a receipt, or `release`."""
 
@@ -93,6 +104,20 @@ class Hold:
                 self._billing.queue.append(PendingCharge(request_id, tab.client, provider, self.charged,
                                                          receipt, public_key, protocol.receipt_digest(receipt),
                                                          time.monotonic(), settlement_sig))
+        return self.charged
+
+    def charge_fallback(self, request_id: str, lane: str, cost: int, fee: int) -> int:
+        """Charge `cost` (capped by the hold) for a request a fallback lane served; returns what was charged."""
+        if self.charged is not None:
+            return self.charged
+        self.charged = min(cost, self.amount)
+        tab = self._tab
+        if tab is not None:
+            self._finish(tab)
+            if self.charged > 0:
+                tab.pending += self.charged
+                self._billing.fallback_queue.append(
+                    FallbackCharge(request_id, tab.client, lane, self.charged, min(fee, self.charged)))
         return self.charged
 
     def release(self) -> None:
@@ -125,6 +150,8 @@ class Billing:
         self.signed: dict[bytes, float] = {}  # receipt digest -> when a verified Statement listed it
         self.tabs: dict[str, Tab] = {}
         self.queue: list[PendingCharge] = []
+        self.fallback_queue: list[FallbackCharge] = []
+        self._fallback_unsent: tuple[str, list[FallbackCharge]] | None = None
         self._boot = uuid.uuid4().hex[:8]  # keys from this run never collide with an earlier run's
         self._seq = 0
         self._ops = 0
@@ -132,7 +159,8 @@ class Billing:
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._released_at = 0.0
-        self.stats = {"batches": 0, "charged": 0, "rejected": 0, "bad_receipts": 0, "refused_slashed": 0}
+        self.stats = {"batches": 0, "charged": 0, "rejected": 0, "bad_receipts": 0, "refused_slashed": 0,
+                      "fallback_charged": 0}
         # Providers whose answers are no longer paid for (slashed); set by the auditor's wiring.
         self.unpaid: Callable[[str], bool] = lambda provider: False
 
@@ -271,6 +299,7 @@ class Billing:
     async def flush(self) -> None:
         """Settle the queued charges whose receipts are signed, in one ledger write."""
         async with self._flush_lock:
+            await self._flush_fallback()
             if self._unsent is None:
                 if not self.queue:
                     return
@@ -310,6 +339,44 @@ class Billing:
                     log.warning("ledger refused %d charges: %s", len(result.rejected),
                                 list(result.rejected.items())[:3])
             self._unsent = None
+
+    async def _flush_fallback(self) -> None:
+        """Settle fallback charges in one journal entry: per client, from its reserve, the lane's
+        price to the gateway's `fallback:NAME` payable account (what it owes the upstream) and the
+        fee to the gateway. Only ledgers with a journal (`apply`, the SQL ledger) can: the
+        gateway refuses fallback lanes at start-up on others."""
+        if self._fallback_unsent is None:
+            if not self.fallback_queue:
+                return
+            self._seq += 1
+            self._fallback_unsent = (f"fallback:{self.holder}:{self._boot}:{self._seq}", self.fallback_queue)
+            self.fallback_queue = []
+        key, items = self._fallback_unsent
+        owed: dict[tuple[str, str], int] = {}
+        fees: dict[str, int] = {}
+        for i in items:
+            owed[(i.client, i.lane)] = owed.get((i.client, i.lane), 0) + i.cost - i.fee
+            fees[i.client] = fees.get(i.client, 0) + i.fee
+        postings = [P.Posting(P.client_hold(c, self.holder), P.account("fallback", lane), amount)
+                    for (c, lane), amount in sorted(owed.items()) if amount]
+        postings += [P.Posting(P.client_hold(c, self.holder), P.GATEWAY_FEES, fee)
+                     for c, fee in sorted(fees.items()) if fee]
+        entry = P.Entry(key, "fallback_batch", tuple(postings), {
+            "charges": [[i.request_id, i.client, f"fallback:{i.lane}", i.cost, i.fee] for i in items]})
+        try:
+            await self.ledger.apply(entry)  # type: ignore[attr-defined]
+            paid = True
+        except InsufficientFunds:
+            paid = False  # cannot happen while tabs cover their holds; never retry a refused entry
+            log.error("ledger refused fallback batch %s", key)
+        self._fallback_unsent = None
+        for i in items:
+            tab = self.tabs[i.client]
+            tab.pending -= i.cost
+            if paid:
+                tab.reserved -= i.cost
+        if paid:
+            self.stats["fallback_charged"] += len(items)
 
     async def _close_idle_tabs(self) -> None:
         cutoff = time.monotonic() - self.tab_idle_s

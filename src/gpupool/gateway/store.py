@@ -234,7 +234,8 @@ class Store:
         async with self.sessions() as s:
             rows = (await s.scalars(q)).all()
         return [{"request_id": r.request_id, "at": r.at, "model": r.model, "status": r.status, "cost": r.cost,
-                 "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens} for r in rows]
+                 "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                 "provider": r.provider} for r in rows]  # a node id, or fallback:NAME
 
     # ------------------------------------------------------------ batching writer
 

@@ -1,0 +1,235 @@
+"""Fallback lanes: when the pool cannot serve, a configured OpenAI-compatible upstream does.
+
+"The cloud" is a second, real gpupool gateway with its own echo provider. Our gateway
+has a lane to it that maps `cloud-only` (a model no pool provider serves), `echo`
+(served by a deliberately dear pool provider) and `stall` (served by a provider the
+test freezes) onto the cloud's echo models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from gpupool.devnet import Network, Proc
+from gpupool.ledger import SqlLedger
+from gpupool.routing.fallback import lane_cost
+from gpupool.market.pricing import Price
+from tests.integration.conftest import client_for, wait_until
+from tests.openai_schemas import validate
+
+FEE_BPS = 500  # the gateway's default fee
+LANE_PRICE = Price(100_000_000, 400_000_000)  # 100 / 400 µcr a token: costs big enough to see
+POOL_PRICE = "1000000000/1000000000"  # 1,000 µcr a token: a request's estimate is far above the lane's
+BUDGET_S = 1.0
+WORDS = "one two three four five"
+
+
+@dataclass
+class Nets:
+    ours: Network
+    cloud: Network
+    stall: Proc
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nets]:
+    home = tmp_path_factory.mktemp("fallback")
+    cloud = Network(home / "cloud")
+    ours: Network | None = None
+    try:
+        cloud.start_gateway()
+        cloud.start_provider(["echo=echo:chat", "echo-embed=echo:embeddings"])
+        cloud.wait_for_models({"echo": 1, "echo-embed": 1}, timeout=90)
+        price = f"{LANE_PRICE.per_m_in}/{LANE_PRICE.per_m_out}"
+        lane = (f"cloud={cloud.gateway_url}/v1 key_env=CLOUD_KEY model=cloud-only=echo@{price} "
+                f"model=cloud-embed=echo-embed@{price} model=echo@{price} model=stall=echo@{price}")
+        ours = Network(home / "ours", env={"CLOUD_KEY": cloud.dev_key()})
+        ours.start_gateway(extra=["--fallback", lane, "--fallback-first-token-budget-s", str(BUDGET_S)])
+        ours.start_provider(["echo=echo:chat"], extra=["--price", f"echo={POOL_PRICE}"])
+        stall = ours.start_provider(["stall=echo:chat"])
+        ours.wait_for_models({"echo": 1, "stall": 1}, timeout=90)
+        yield Nets(ours, cloud, stall)
+    finally:
+        if ours is not None:
+            for p in ours.providers:
+                ours.kill_provider(p, signal.SIGCONT)
+            ours.stop(timeout=10)
+        cloud.stop(timeout=10)
+
+
+def fallback_stats(net: Network) -> dict[str, dict[str, int]]:
+    r = httpx.get(net.gateway_url + "/admin/fallback", headers={"Authorization": f"Bearer {net.admin_token}"},
+                  timeout=10)
+    r.raise_for_status()
+    return r.json()["stats"]
+
+
+def ledger_balance(net: Network, account: str) -> int:
+    async def read() -> int:
+        ledger = await SqlLedger.open(net.db)
+        try:
+            return await ledger.balance(account)
+        finally:
+            await ledger.close()
+
+    return asyncio.run(read())
+
+
+def test_no_provider_for_the_model_is_served_by_the_lane_at_its_price(nets: Nets) -> None:
+    client = client_for(nets.ours, timeout=30)
+    owed_before = ledger_balance(nets.ours, "fallback:cloud")
+    raw_resp = client.chat.completions.with_raw_response.create(
+        model="cloud-only", messages=[{"role": "user", "content": WORDS}])
+    out = raw_resp.parse()
+    assert raw_resp.headers["x-gpupool-provider"] == "fallback:cloud"
+    assert out.choices[0].message.content == WORDS  # the cloud's echo answered
+    assert out.model == "cloud-only"
+    validate(json.loads(raw_resp.http_response.content), "CreateChatCompletionResponse")
+    usage = out.usage
+    assert usage is not None and usage.prompt_tokens == 5 and usage.completion_tokens == 5  # the cloud's counts
+    expected = lane_cost(LANE_PRICE, 5, 5, FEE_BPS)  # 500 + 2,000 µcr, plus the 5% fee
+    assert expected == 2_625
+    assert int(raw_resp.headers["x-gpupool-cost"]) == expected == usage.model_extra["cost_ucr"]
+
+    recent = httpx.get(nets.ours.gateway_url + "/v1/account", timeout=10,
+                       headers={"Authorization": f"Bearer {nets.ours.dev_key()}"}).json()["recent_charges"]
+    mine = next(c for c in recent if c["request_id"] == out.id)
+    assert mine["provider"] == "fallback:cloud" and mine["cost"] == expected
+    assert fallback_stats(nets.ours)["served"].get("no_provider", 0) >= 1
+    # Settled on the ledger: the lane's price is owed to the upstream, the fee is the gateway's.
+    wait_until(lambda: ledger_balance(nets.ours, "fallback:cloud") - owed_before == 2_500,
+               "the fallback charge to settle", timeout=30)
+
+
+def test_openai_client_streams_chat_and_embeds_through_the_lane(nets: Nets) -> None:
+    client = client_for(nets.ours, timeout=30)
+    cloud = client_for(nets.cloud, timeout=30)
+    with client.chat.completions.with_streaming_response.create(
+            model="cloud-only", messages=[{"role": "user", "content": WORDS}], stream=True,
+            stream_options={"include_usage": True}) as resp:
+        assert resp.headers["x-gpupool-provider"] == "fallback:cloud"
+        chunks = list(resp.parse())
+    for chunk in chunks:
+        validate(chunk.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == WORDS
+    assert {c.model for c in chunks} == {"cloud-only"} and len({c.id for c in chunks}) == 1
+    usage = chunks[-1].usage
+    assert usage is not None and not chunks[-1].choices
+    assert usage.model_extra["cost_ucr"] == lane_cost(LANE_PRICE, usage.prompt_tokens, usage.completion_tokens,
+                                                      FEE_BPS) > 0
+
+    texts = ["waterproof boots", "a frying pan"]
+    raw_resp = client.embeddings.with_raw_response.create(model="cloud-embed", input=texts)
+    emb = raw_resp.parse()
+    assert raw_resp.headers["x-gpupool-provider"] == "fallback:cloud"
+    direct = cloud.embeddings.create(model="echo-embed", input=texts)
+    assert [d.embedding for d in emb.data] == [d.embedding for d in direct.data]
+    assert emb.model == "cloud-embed"
+    assert int(raw_resp.headers["x-gpupool-cost"]) == lane_cost(LANE_PRICE, emb.usage.prompt_tokens, 0, FEE_BPS)
+    r = httpx.post(nets.ours.gateway_url + "/v1/embeddings", timeout=30,
+                   headers={"Authorization": f"Bearer {nets.ours.dev_key()}"},
+                   json={"model": "cloud-embed", "input": texts, "encoding_format": "float"})
+    validate(r.json(), "CreateEmbeddingResponse")
+    assert [d["embedding"] for d in r.json()["data"]] == [d.embedding for d in direct.data]
+
+    # Legacy completions, streamed, through httpx.
+    with httpx.stream("POST", nets.ours.gateway_url + "/v1/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {nets.ours.dev_key()}"},
+                      json={"model": "cloud-only", "prompt": WORDS, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["x-gpupool-provider"] == "fallback:cloud"
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == WORDS
+
+
+def test_a_client_that_forbids_fallback_gets_the_pool_error_as_before(nets: Nets) -> None:
+    client = client_for(nets.ours, timeout=30)
+    with pytest.raises(openai.NotFoundError):  # a model the pool never saw: 404, as without lanes
+        client.chat.completions.create(model="cloud-only", messages=[{"role": "user", "content": WORDS}],
+                                       extra_body={"gpupool": {"allow_fallback": False}})
+    # Every pool provider above the cap: 503, as without lanes (the lane would fit the cap).
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="echo", messages=[{"role": "user", "content": WORDS}],
+                                       extra_body={"gpupool": {"allow_fallback": False, "max_price": 10_000}})
+    assert info.value.status_code == 503
+    r = httpx.post(nets.ours.gateway_url + "/v1/chat/completions", timeout=30,
+                   headers={"Authorization": f"Bearer {nets.ours.dev_key()}", "X-Gpupool-Allow-Fallback": "false"},
+                   json={"model": "cloud-only", "messages": [{"role": "user", "content": WORDS}]})
+    assert r.status_code == 404
+    r = httpx.post(nets.ours.gateway_url + "/v1/chat/completions", timeout=30,
+                   headers={"Authorization": f"Bearer {nets.ours.dev_key()}"},
+                   json={"model": "cloud-only", "messages": [{"role": "user", "content": WORDS}],
+                         "gpupool": {"allow_fallback": "no"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "gpupool.allow_fallback"
+
+
+def test_a_price_cap_takes_the_cheaper_lane_but_never_a_lane_above_it(nets: Nets) -> None:
+    client = client_for(nets.ours, timeout=30)
+    # Estimates (6 input tokens, 16 output): pool 22,000 µcr; lane 7,000 + 5% = 7,350.
+    ask = {"model": "echo", "messages": [{"role": "user", "content": WORDS}], "max_tokens": 16}
+    raw_resp = client.chat.completions.with_raw_response.create(**ask, extra_body={"gpupool": {"max_price": 10_000}})
+    assert raw_resp.headers["x-gpupool-provider"] == "fallback:cloud"
+    assert int(raw_resp.headers["x-gpupool-cost"]) <= 10_000
+    assert fallback_stats(nets.ours)["served"].get("price", 0) >= 1
+    with pytest.raises(openai.APIStatusError) as info:  # the lane's estimate is over this cap too
+        client.chat.completions.create(**ask, extra_body={"gpupool": {"max_price": 5_000}})
+    assert info.value.status_code == 503
+    assert info.value.body["code"] == "no_provider_within_limits"  # type: ignore[index]
+    # Without a cap the pool serves, as always.
+    direct = client.chat.completions.with_raw_response.create(**ask)
+    assert not direct.headers["x-gpupool-provider"].startswith("fallback:")
+
+
+def test_a_stream_stalled_before_its_first_token_moves_to_the_lane_within_the_budget(nets: Nets) -> None:
+    client = client_for(nets.ours, timeout=60)
+    nets.ours.kill_provider(nets.stall, signal.SIGSTOP)  # connected, silent: the pool stalls
+    try:
+        started = time.monotonic()
+        with client.chat.completions.with_streaming_response.create(
+                model="stall", messages=[{"role": "user", "content": WORDS}], stream=True) as resp:
+            first_header = time.monotonic() - started
+            assert resp.headers["x-gpupool-provider"] == "fallback:cloud"
+            text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+    finally:
+        nets.ours.kill_provider(nets.stall, signal.SIGCONT)
+    assert text == WORDS
+    # The budget is 1 s; the pool's own stall limit is at least 2 s and then nobody else serves
+    # `stall`, so "stalled" (not "failed") proves the budget ended the wait. Slack for a busy CI box.
+    assert fallback_stats(nets.ours)["served"].get("stalled", 0) >= 1
+    assert BUDGET_S <= first_header < BUDGET_S + 8, first_header
+
+
+def test_a_dead_lane_leaves_a_clear_error(tmp_path: Path) -> None:
+    net = Network(tmp_path / "net")
+    try:
+        net.start_gateway(extra=["--fallback", "gone=http://127.0.0.1:9/v1 model=cloud-only@1/1"])
+        r = httpx.post(net.gateway_url + "/v1/chat/completions", timeout=30,
+                       headers={"Authorization": f"Bearer {net.dev_key()}"},
+                       json={"model": "cloud-only", "messages": [{"role": "user", "content": WORDS}]})
+        assert r.status_code == 502
+        message = r.json()["error"]["message"]
+        assert "gone: unreachable" in message and "cloud-only" in message, message
+    finally:
+        net.stop(timeout=10)
+
+
+def test_a_misconfigured_lane_stops_the_gateway_with_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "gpupool", "gateway", "--port", "0", "--db",
+                          f"sqlite+aiosqlite:///{tmp_path / 'g.db'}", "--key-file", str(tmp_path / "g.key"),
+                          "--fallback", "cloud=http://127.0.0.1:9/v1 key_env=NO_SUCH_VAR_X model=m@1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "NO_SUCH_VAR_X" in out.stderr and "Traceback" not in out.stderr, out.stderr

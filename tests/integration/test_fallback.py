@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,12 +54,13 @@ def nets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nets]:
         cloud.wait_for_models({"echo": 1, "echo-embed": 1}, timeout=90)
         price = f"{LANE_PRICE.per_m_in}/{LANE_PRICE.per_m_out}"
         lane = (f"cloud={cloud.gateway_url}/v1 key_env=CLOUD_KEY model=cloud-only=echo@{price} "
-                f"model=cloud-embed=echo-embed@{price} model=echo@{price} model=stall=echo@{price}")
+                f"model=cloud-embed=echo-embed@{price} model=echo@{price} model=stall=echo@{price} "
+                f"model=slow=echo@{price}")
         ours = Network(home / "ours", env={"CLOUD_KEY": cloud.dev_key()})
         ours.start_gateway(extra=["--fallback", lane, "--fallback-first-token-budget-s", str(BUDGET_S)])
         ours.start_provider(["echo=echo:chat"], extra=["--price", f"echo={POOL_PRICE}"])
-        stall = ours.start_provider(["stall=echo:chat"])
-        ours.wait_for_models({"echo": 1, "stall": 1}, timeout=90)
+        stall = ours.start_provider(["stall=echo:chat", "slow=echo:chat?delay_ms=400"])
+        ours.wait_for_models({"echo": 1, "stall": 1, "slow": 1}, timeout=90)
         yield Nets(ours, cloud, stall)
     finally:
         if ours is not None:
@@ -109,6 +112,11 @@ def test_no_provider_for_the_model_is_served_by_the_lane_at_its_price(nets: Nets
     # Settled on the ledger: the lane's price is owed to the upstream, the fee is the gateway's.
     wait_until(lambda: ledger_balance(nets.ours, "fallback:cloud") - owed_before == 2_500,
                "the fallback charge to settle", timeout=30)
+    # The operator records paying the upstream against that account (docs/fallback.md).
+    out_cli = subprocess.run([sys.executable, "-m", "gpupool", "ledger", "withdraw", "fallback:cloud", "2500",
+                              "--ledger", nets.ours.db], capture_output=True, text=True, timeout=60)
+    assert out_cli.returncode == 0, out_cli.stderr
+    assert ledger_balance(nets.ours, "fallback:cloud") == owed_before
 
 
 def test_openai_client_streams_chat_and_embeds_through_the_lane(nets: Nets) -> None:
@@ -209,6 +217,22 @@ def test_a_stream_stalled_before_its_first_token_moves_to_the_lane_within_the_bu
     assert BUDGET_S <= first_header < BUDGET_S + 8, first_header
 
 
+def test_a_pool_too_slow_for_the_deadline_leaves_the_lane_time_to_answer(nets: Nets) -> None:
+    # 10 words at 400 ms: the pool needs 4 s. With a 6 s deadline the pool gets half (the lane
+    # keeps up to fallback_reserve_s back), then the lane answers well before the deadline.
+    words = " ".join(f"w{i}" for i in range(10))
+    started = time.monotonic()
+    r = httpx.post(nets.ours.gateway_url + "/v1/chat/completions", timeout=30,
+                   headers={"Authorization": f"Bearer {nets.ours.dev_key()}", "X-Gpupool-Timeout": "6"},
+                   json={"model": "slow", "messages": [{"role": "user", "content": words}]})
+    elapsed = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    assert r.headers["x-gpupool-provider"] == "fallback:cloud"
+    assert r.json()["choices"][0]["message"]["content"] == words
+    assert 3.0 <= elapsed < 6.0, elapsed
+    assert fallback_stats(nets.ours)["served"].get("deadline", 0) >= 1
+
+
 def test_a_dead_lane_leaves_a_clear_error(tmp_path: Path) -> None:
     net = Network(tmp_path / "net")
     try:
@@ -224,9 +248,6 @@ def test_a_dead_lane_leaves_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_a_misconfigured_lane_stops_the_gateway_with_one_line(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-m", "gpupool", "gateway", "--port", "0", "--db",
                           f"sqlite+aiosqlite:///{tmp_path / 'g.db'}", "--key-file", str(tmp_path / "g.key"),
                           "--fallback", "cloud=http://127.0.0.1:9/v1 key_env=NO_SUCH_VAR_X model=m@1"],

@@ -237,7 +237,10 @@ class Fallbacks:
         self.live = live  # model -> does any provider serve it now
         self.on_fallback = on_fallback  # e.g. the metrics counter, by reason
         self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
-        self.stats: dict[str, dict[str, int]] = {"served": {}, "declined": {}, "lane_ok": {}, "lane_failed": {}}
+        # By pool-failure reason: served by a lane, declined (no lane may), failed (every lane failed);
+        # by lane: answers completed and failures. Keys are REASONS and configured names: bounded.
+        self.stats: dict[str, dict[str, int]] = {"served": {}, "declined": {}, "failed": {}, "lane_ok": {},
+                                                 "lane_failed": {}}
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -291,8 +294,6 @@ class Fallbacks:
             if reason is not None:
                 _count(self.stats["declined"], reason)
             raise exc
-        _count(self.stats["served"], decision.reason)
-        self.on_fallback(decision.reason)
         bound = max(decision.cost_of(lane, Need(plan.model, plan.input_bound, plan.need.max_output_tokens),
                                      self.settings.fee_bps) for lane in decision.lanes)
         if plan.need.max_price is not None:
@@ -304,9 +305,13 @@ class Fallbacks:
         for lane in decision.lanes:
             try:
                 if plan.stream:
-                    return await self._stream(lane, plan, body, hold, request, key, rid, deadline, started)
-                return await until_disconnect(request.receive, self._once(lane, plan, body, hold, key, rid,
-                                                                        deadline, started))
+                    response = await self._stream(lane, plan, body, hold, request, key, rid, deadline, started)
+                else:
+                    response = await until_disconnect(request.receive, self._once(lane, plan, body, hold, key,
+                                                                                  rid, deadline, started))
+                _count(self.stats["served"], decision.reason)  # by why the pool could not
+                self.on_fallback(decision.reason)
+                return response
             except LaneFailed as failure:
                 _count(self.stats["lane_failed"], lane.name)
                 failures.append(f"{lane.name}: {failure}")
@@ -315,6 +320,7 @@ class Fallbacks:
                 hold.release()
                 raise
         hold.release()
+        _count(self.stats["failed"], decision.reason)
         raise errors.ProviderFailed(f"the pool could not serve {plan.model!r} ({exc.message}) and the fallback "
                                     f"failed too ({'; '.join(failures)})")
 

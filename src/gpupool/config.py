@@ -83,6 +83,9 @@ class GatewaySettings:
                                                 "started (first token) by then is served by the lane")
     fallback_reserve_s: float = _opt(15.0, "with a fallback lane for the model, time kept back from a "
                                      "non-streaming request's deadline for the lane (at most half of it)")
+    batch_max_file_bytes: int = _opt(100 * 1024 * 1024, "largest batch input file accepted by POST /v1/files "
+                                     "(other requests keep --max-body-bytes)")
+    batch_reserve_slots: int = _opt(1, "slots per provider that batch work leaves free for interactive requests")
 
     def db_url(self) -> str:
         return self.db or f"sqlite+aiosqlite:///{default_home() / 'gateway.db'}"

@@ -5,6 +5,7 @@
     ├── AuthenticationFailed         401 authentication_error (invalid_api_key)
     ├── PaymentRequired              402 insufficient_quota (balance cannot cover the hold)
     ├── ModelNotFound                404 invalid_request_error (model_not_found)
+    ├── NotFound                     404 invalid_request_error (not_found: a file or batch, or another account's)
     ├── BodyTooLarge                 413 invalid_request_error (request_too_large)
     ├── NoCapacity                   429 rate_limit_error (no_capacity)
     ├── ProviderFailed               502 server_error (provider_error)
@@ -65,6 +66,12 @@ class ModelNotFound(GpupoolError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+
+
+class NotFound(GpupoolError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
 
 
 class BodyTooLarge(GpupoolError):

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
 from gpupool import __version__, errors
+from gpupool.batch.routes import BatchService
 from gpupool.config import GatewaySettings
 from gpupool.gateway import openai_api as oa
 from gpupool.gateway.billing import Hold
@@ -49,6 +50,7 @@ from gpupool.gateway.http import (
     until_disconnect,
 )
 from gpupool.gateway.hub import Hub, ProviderSession
+from gpupool.gateway.metering import Metering
 from gpupool.gateway.router import RouteOptions
 from gpupool.gateway.services import Services
 from gpupool.gateway.store import ApiKey, Store, account_for
@@ -74,15 +76,19 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     services = Services.wire(settings, hub, store, identity, ledger, dispatcher)
     billing, auditor, canaries, hardware_checks = (services.billing, services.auditor, services.canaries,
                                                    services.hardware_checks)
+    metering = Metering(hub, billing, auditor)  # the money path, shared with batches
+    batches = BatchService(settings, hub, store, dispatcher, metering, ledger)
     fallbacks = Fallbacks(settings, billing, store, lambda model: bool(hub.serving(model)))
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         store.start_writer()
         await services.start([k["account"] for k in await store.list_keys()])
+        await batches.start()
         try:
             yield
         finally:
+            await batches.close()  # before billing closes: its last charges settle with the rest
             await services.close()  # settles and returns tabs while providers are still connected
             await fallbacks.close()
             await store.close()
@@ -144,9 +150,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     async def reserve(key: ApiKey, model: str, tokens_in: int, max_tokens_out: int, route: RouteOptions) -> Hold:
         """Hold the most this request can cost on any provider it may go to (402 if unaffordable)."""
-        prices = [_price(s, model) for s in hub.serving(model)]
-        return await billing.reserve(key.account, pricing.hold_bound(prices, tokens_in, max_tokens_out,
-                                                                     route.max_price))
+        return await metering.reserve(key.account, model, tokens_in, max_tokens_out, route.max_price)
 
     def charge(hold: Hold, rid: str, model: str, session: ProviderSession, done: Done, key: ApiKey,
                payload: Payload, text: str = "") -> int:
@@ -154,11 +158,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
         `payload` and `text` are what the receipt covers: for a continued stream, the last
         provider's run (its receipt's request id), not the client's whole request."""
-        u = done.receipt.usage
-        cost = pricing.charge_for(_price(session, model), u.prompt_tokens, u.completion_tokens, hold.amount)
-        charged = hold.charge(rid, session.node_id, cost, done.receipt, session.public_key, done.settlement_sig)
-        auditor.after_served(done.receipt.request_id, model, session, payload, done, text, key.account, charged)
-        return charged
+        return metering.charge(hold, rid, model, session, done, key.account, payload, text)
 
     # ---------------------------------------------------------------- routes
 
@@ -423,12 +423,13 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             Route("/admin/billing", billing_state),
             Route("/admin/requests", requests_log),
             *fallbacks.routes(admin),
+            *batches.routes(client_key),
         ],
         exception_handlers={Exception: on_error, HTTPException: on_error, errors.GpupoolError: on_error,
                             ClientGone: on_error},
         lifespan=lifespan,
     )
-    return BodyLimit(app, settings.max_body_bytes)
+    return batches.upload_limit(BodyLimit(app, settings.max_body_bytes), app)
 
 
 def _check_task(hub: Hub, model: str, task: str) -> None:

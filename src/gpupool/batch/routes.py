@@ -1,0 +1,366 @@
+"""The OpenAI Files and Batch API on the gateway: thin routes over `BatchStore` and the `Runner`.
+
+    POST /v1/files (multipart, purpose=batch)   GET /v1/files   GET|DELETE /v1/files/{id}
+    GET /v1/files/{id}/content                  POST /v1/batches   GET /v1/batches (after, limit)
+    GET /v1/batches/{id}   POST /v1/batches/{id}/cancel   POST /v1/batches/estimate (gpupool)
+
+Files and batches belong to the API key's account: another account gets 404. An
+input file is validated line by line when uploaded (`validate.parse_file`) and again
+when a batch is created from it; batches take gpupool options from `metadata`
+(values are strings, as OpenAI's metadata): `gpupool_max_provider_share` ("0.3") and
+`gpupool_max_cost_ucr` ("5000000"). Bodies match OpenAI's `OpenAIFile`, `Batch` and
+`ListBatchesResponse` schemas, plus a `gpupool` object on batches (cost, privacy share).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gpupool import errors
+from gpupool.batch import estimate as est
+from gpupool.batch.runner import Runner
+from gpupool.batch.store import BatchRow, BatchStore, FileRow, ItemRow
+from gpupool.batch.validate import ENDPOINTS, parse_file
+from gpupool.config import GatewaySettings
+from gpupool.gateway.dispatch import Dispatcher
+from gpupool.gateway.http import JSON, BodyLimit, query_limit
+from gpupool.gateway.hub import Hub
+from gpupool.gateway.metering import Metering
+from gpupool.gateway.store import ApiKey, Store
+
+WINDOWS = {"24h": 24 * 3600}
+MAX_METADATA_KEYS = 16
+GPUPOOL_METADATA = ("gpupool_max_provider_share", "gpupool_max_cost_ucr")
+STAMPS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
+          "cancelled_at")
+
+
+class BatchService:
+    """Owns the batch tables and the runner for one gateway; `routes` are added to the app."""
+
+    def __init__(self, settings: GatewaySettings, hub: Hub, store: Store, dispatcher: Dispatcher,
+                 metering: Metering, ledger: Any):
+        self.settings = settings
+        self.hub = hub
+        self.store = store
+        self.dispatcher = dispatcher
+        self.metering = metering
+        self.ledger = ledger
+        self._bs: BatchStore | None = None
+        self.runner: Runner | None = None
+
+    @property
+    def bs(self) -> BatchStore:
+        assert self._bs is not None, "BatchService.start() runs in the app's lifespan"
+        return self._bs
+
+    async def start(self) -> None:
+        self._bs = await BatchStore.open(self.store.engine)
+        self.runner = Runner(self.bs, self.hub, self.dispatcher, self.metering, self.store, self.ledger,
+                             self.hub.identity.node_id, reserve_slots=self.settings.batch_reserve_slots,
+                             confirm_wait_s=self.settings.statement_wait_s + 5.0)
+        self.runner.start()
+
+    async def close(self) -> None:
+        if self.runner:
+            await self.runner.close()
+
+    def upload_limit(self, limited: ASGIApp, app: ASGIApp) -> ASGIApp:
+        """File uploads get their own, larger body limit; every other request keeps `limited`'s."""
+        uploads = BodyLimit(app, self.settings.batch_max_file_bytes)
+
+        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["path"] == "/v1/files" and scope["method"] == "POST":
+                return await uploads(scope, receive, send)
+            return await limited(scope, receive, send)
+
+        return asgi
+
+    def routes(self, client_key: Callable[[Request], Awaitable[ApiKey]]) -> list[Route]:
+        s = self
+
+        async def upload(request: Request) -> JSON:
+            key = await client_key(request)
+            try:
+                form = await request.form(max_files=1, max_fields=4)
+            except Exception as exc:  # noqa: BLE001 - python-multipart raises several types on bad input
+                raise errors.InvalidRequest(f"expected a multipart/form-data upload with fields file and purpose "
+                                            f"({exc})", param="file") from None
+            purpose = form.get("purpose")
+            if purpose != "batch":
+                raise errors.InvalidRequest("purpose must be \"batch\" (the only purpose this gateway stores)",
+                                            param="purpose")
+            upload_file = form.get("file")
+            if upload_file is None or isinstance(upload_file, str):
+                raise errors.InvalidRequest("missing the file field (the JSONL input)", param="file")
+            data = await upload_file.read()
+            await form.close()
+            parse_file(data, s.known_models())  # refuses the whole file, naming the line
+            row = FileRow(id="file-" + uuid.uuid4().hex[:24], account=key.account,
+                          filename=(upload_file.filename or "input.jsonl")[:256], purpose="batch", bytes=len(data),
+                          created_at=int(time.time()), content=data, batch_id=None, kind="input")
+            await s.bs.add_file(row)
+            return JSON(file_body(row))
+
+        async def list_files(request: Request) -> JSON:
+            key = await client_key(request)
+            limit = query_limit(request, 100, most=10_000)
+            rows = await s.bs.files(key.account, request.query_params.get("purpose"),
+                                    request.query_params.get("after"), limit + 1)
+            return JSON(page([file_body(r) for r in rows[:limit]], len(rows) > limit))
+
+        async def get_file(request: Request) -> JSON:
+            return JSON(file_body(await s._file(request, await client_key(request))))
+
+        async def delete_file(request: Request) -> JSON:
+            key = await client_key(request)
+            row = await s._file(request, key)
+            await s.bs.delete_file(row.id, key.account)
+            return JSON({"id": row.id, "object": "file", "deleted": True})
+
+        async def file_content(request: Request) -> Response:
+            row = await s._file(request, await client_key(request))
+            if row.kind == "input":
+                return Response(row.content or b"", media_type="application/octet-stream")
+            assert row.batch_id is not None
+            return StreamingResponse(s.bs.lines(row.batch_id, ok=row.kind == "output"),
+                                     media_type="application/octet-stream")
+
+        async def create_batch(request: Request) -> JSON:
+            key = await client_key(request)
+            body = await json_body(request)
+            endpoint, file_id, metadata = s._batch_request(body)
+            source = await s._input_file(key, file_id)
+            items, _ = await s._items(key, source, endpoint)
+            now = time.time()
+            max_share, max_cost = gpupool_options(metadata)
+            order = list(range(len(items)))
+            random.shuffle(order)  # privacy: no provider sees a contiguous run of the file
+            batch = BatchRow(id="batch_" + uuid.uuid4().hex[:24], account=key.account, key_id=key.id,
+                             endpoint=endpoint, model=items[0].model, input_file_id=source.id,
+                             completion_window=body["completion_window"], status="validating", created_at=int(now),
+                             expires_at=int(now) + WINDOWS[body["completion_window"]], stamps="{}",
+                             meta=json.dumps(metadata), total=len(items), completed=0, failed=0, cost_ucr=0,
+                             input_tokens=0, output_tokens=0, max_share=max_share, max_cost=max_cost,
+                             max_weight=max(i.weight for i in items), errors="")
+            rows = [ItemRow(batch_id=batch.id, idx=i, seq=order[i], custom_id=it.custom_id,
+                            body=it.body.decode(), weight=it.weight, state="pending", run_id=None, owner="",
+                            lease_until=0.0, attempts=0, reserved=0, ok=0, cost=0, prompt_tokens=0,
+                            completion_tokens=0, provider="", line=None) for i, it in enumerate(items)]
+            await s.bs.create_batch(batch, rows)
+            if s.runner:
+                s.runner.wake()
+            return JSON(await s._batch_body(batch))
+
+        async def estimate(request: Request) -> JSON:
+            key = await client_key(request)
+            body = await json_body(request)
+            source = await s._input_file(key, body.get("input_file_id"))
+            endpoint = body.get("endpoint") or _first_url(source)
+            items, _ = await s._items(key, source, endpoint)
+            model = items[0].model
+            prices = [s.metering_price(sess, model) for sess in s.hub.serving(model)]
+            return JSON(est.estimate(model, endpoint, items, prices, s.settings.fee_bps))
+
+        async def get_batch(request: Request) -> JSON:
+            return JSON(await s._batch_body(await s._batch(request, await client_key(request))))
+
+        async def cancel_batch(request: Request) -> JSON:
+            key = await client_key(request)
+            batch = await s._batch(request, key)
+            if batch.status in ("completed", "failed", "expired"):
+                raise errors.InvalidRequest(f"batch {batch.id} is {batch.status}; it cannot be cancelled",
+                                            param="batch_id")
+            await s.bs.set_status(batch.id, ("validating", "in_progress", "finalizing"), "cancelling", time.time())
+            if s.runner:
+                s.runner.wake()
+            return JSON(await s._batch_body(await s._batch(request, key)))
+
+        async def list_batches(request: Request) -> JSON:
+            key = await client_key(request)
+            limit = query_limit(request, 20, most=100)
+            rows = await s.bs.batches(key.account, request.query_params.get("after"), limit + 1)
+            return JSON(page([await s._batch_body(r) for r in rows[:limit]], len(rows) > limit))
+
+        return [
+            Route("/v1/files", upload, methods=["POST"]),
+            Route("/v1/files", list_files, methods=["GET"]),
+            Route("/v1/files/{file_id}", get_file, methods=["GET"]),
+            Route("/v1/files/{file_id}", delete_file, methods=["DELETE"]),
+            Route("/v1/files/{file_id}/content", file_content, methods=["GET"]),
+            Route("/v1/batches/estimate", estimate, methods=["POST"]),
+            Route("/v1/batches", create_batch, methods=["POST"]),
+            Route("/v1/batches", list_batches, methods=["GET"]),
+            Route("/v1/batches/{batch_id}", get_batch, methods=["GET"]),
+            Route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
+        ]
+
+    # ------------------------------------------------------------ helpers
+
+    def known_models(self) -> dict[str, str]:
+        return {name: offer.task for name, offer in self.hub.known_models.items()}
+
+    @staticmethod
+    def metering_price(session: Any, model: str) -> Any:
+        from gpupool.gateway.metering import price_of
+
+        return price_of(session, model)
+
+    async def _file(self, request: Request, key: ApiKey) -> FileRow:
+        file_id = request.path_params["file_id"]
+        row = await self.bs.file(file_id, key.account)
+        if row is None:
+            raise errors.NotFound(f"No such File object: {file_id[:80]}", param="file_id")
+        return row
+
+    async def _batch(self, request: Request, key: ApiKey) -> BatchRow:
+        batch_id = request.path_params["batch_id"]
+        row = await self.bs.batch(batch_id, key.account)
+        if row is None:
+            raise errors.NotFound(f"No such Batch object: {batch_id[:80]}", param="batch_id")
+        return row
+
+    async def _input_file(self, key: ApiKey, file_id: Any) -> FileRow:
+        if not isinstance(file_id, str) or not file_id:
+            raise errors.InvalidRequest("input_file_id is required", param="input_file_id")
+        row = await self.bs.file(file_id, key.account)
+        if row is None:
+            raise errors.NotFound(f"No such File object: {file_id[:80]}", param="input_file_id")
+        if row.kind != "input" or row.purpose != "batch":
+            raise errors.InvalidRequest(f"file {file_id} was not uploaded with purpose \"batch\"",
+                                        param="input_file_id")
+        return row
+
+    def _batch_request(self, body: dict[str, Any]) -> tuple[str, Any, dict[str, str]]:
+        extra = set(body) - {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
+        if extra:
+            name = sorted(extra)[0]
+            raise errors.InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name)
+        endpoint = body.get("endpoint")
+        if endpoint not in ENDPOINTS:
+            raise errors.InvalidRequest(f"endpoint must be one of {', '.join(ENDPOINTS)}", param="endpoint")
+        if body.get("completion_window") not in WINDOWS:
+            raise errors.InvalidRequest("completion_window must be \"24h\"", param="completion_window")
+        if body.get("output_expires_after") is not None:
+            raise errors.InvalidRequest("output_expires_after is not supported: outputs are kept until deleted",
+                                        param="output_expires_after")
+        metadata = body.get("metadata") or {}
+        if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA_KEYS or not all(
+                isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+                for k, v in metadata.items()):
+            raise errors.InvalidRequest("metadata must map at most 16 keys (≤64 characters) to strings "
+                                        "(≤512 characters)", param="metadata")
+        return endpoint, body.get("input_file_id"), metadata
+
+    async def _items(self, key: ApiKey, source: Any, endpoint: str) -> tuple[list[Any], bytes]:
+        row = source if isinstance(source, FileRow) else await self._input_file(key, source)
+        data = row.content or b""
+        items = parse_file(data, self.known_models())
+        for it in items:
+            if it.url != endpoint:
+                raise errors.InvalidRequest(f"line {it.line}: url {it.url} differs from the batch's endpoint "
+                                            f"{endpoint}", param="endpoint", code="invalid_batch_line")
+            if it.model != items[0].model:
+                raise errors.InvalidRequest(f"line {it.line}: model {it.model!r} differs from line 1's "
+                                            f"{items[0].model!r}; a batch runs one model", param="body.model",
+                                            code="invalid_batch_line")
+        return items, data
+
+    async def _batch_body(self, b: BatchRow) -> dict[str, Any]:
+        exposure = await self.bs.exposure(b.id)
+        stamps = json.loads(b.stamps or "{}")
+        out: dict[str, Any] = {
+            "id": b.id, "object": "batch", "endpoint": b.endpoint, "model": b.model,
+            "input_file_id": b.input_file_id, "completion_window": b.completion_window, "status": b.status,
+            "created_at": b.created_at, "expires_at": b.expires_at,
+            "request_counts": {"total": b.total, "completed": b.completed, "failed": b.failed},
+            "usage": {"input_tokens": b.input_tokens, "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens": b.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                      "total_tokens": b.input_tokens + b.output_tokens},
+            "metadata": json.loads(b.meta or "{}") or None,
+            "gpupool": {
+                "cost_ucr": b.cost_ucr,
+                "max_cost_ucr": b.max_cost,
+                "max_provider_share": b.max_share,
+                # Items sent to the provider that saw most of them, over all items (retries and
+                # straggler copies count: the provider saw them).
+                "provider_share_reached": round(max(exposure.values(), default=0) / b.total, 4) if b.total else 0.0,
+                "providers": len(exposure),
+            },
+        }
+        for k in STAMPS:
+            if k in stamps:
+                out[k] = stamps[k]
+        if b.output_file_id:
+            out["output_file_id"] = b.output_file_id
+        if b.error_file_id:
+            out["error_file_id"] = b.error_file_id
+        if b.errors:
+            out["errors"] = {"object": "list", "data": json.loads(b.errors)}
+        return out
+
+
+def gpupool_options(metadata: dict[str, str]) -> tuple[float | None, int | None]:
+    """The batch's privacy share and cost cap from its metadata (400 naming a bad value)."""
+    for k in metadata:
+        if k.startswith("gpupool_") and k not in GPUPOOL_METADATA:
+            raise errors.InvalidRequest(f"unknown gpupool option {k!r} (known: {', '.join(GPUPOOL_METADATA)})",
+                                        param=f"metadata.{k}")
+    share = cost = None
+    if "gpupool_max_provider_share" in metadata:
+        try:
+            share = float(metadata["gpupool_max_provider_share"])
+        except ValueError:
+            share = -1.0
+        if not 0 < share <= 1:
+            raise errors.InvalidRequest("gpupool_max_provider_share must be a number in (0, 1], e.g. \"0.3\"",
+                                        param="metadata.gpupool_max_provider_share")
+    if "gpupool_max_cost_ucr" in metadata:
+        raw = metadata["gpupool_max_cost_ucr"]
+        if not raw.isdigit():
+            raise errors.InvalidRequest("gpupool_max_cost_ucr must be a whole number of µcr, e.g. \"5000000\"",
+                                        param="metadata.gpupool_max_cost_ucr")
+        cost = int(raw)
+    return share, cost
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        raise errors.InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise errors.InvalidRequest("request body must be a JSON object")
+    return body
+
+
+def file_body(row: FileRow) -> dict[str, Any]:
+    return {"id": row.id, "object": "file", "bytes": row.bytes, "created_at": row.created_at,
+            "filename": row.filename, "purpose": row.purpose, "status": "processed"}
+
+
+def page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else "",
+            "last_id": data[-1]["id"] if data else "", "has_more": has_more}
+
+
+def _first_url(source: FileRow) -> str:
+    first = (source.content or b"").split(b"\n", 1)[0]
+    try:
+        return str(json.loads(first).get("url", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+__all__ = ["BatchService", "AsyncIterator"]

@@ -1,0 +1,59 @@
+"""Reserve and charge one provider request: the money path shared by the HTTP routes and batches.
+
+A client's request (gateway/app.py) and a batch shard (gpupool/batch/runner.py) pay
+the same way: before dispatch, hold the most the request can cost on any provider
+that may serve it; after, charge the serving provider's price for the usage in its
+signed receipt (capped by the hold) and let the auditor consider the answer.
+
+    metering = Metering(hub, billing, auditor)
+    async with await metering.reserve("alice", "minilm", tokens_in=900, max_tokens_out=0) as hold:
+        out = await dispatcher.complete(rid, "minilm", payload, deadline)
+        charged = metering.charge(hold, rid, "minilm", out.session, out.done, "alice", payload)
+"""
+
+from __future__ import annotations
+
+from gpupool.gateway.audits import Auditor
+from gpupool.gateway.billing import Billing, Hold
+from gpupool.gateway.hub import Hub, ProviderSession
+from gpupool.market import pricing
+from gpupool.protocol import Done, Payload
+
+
+def price_of(session: ProviderSession, model: str) -> pricing.Price:
+    offer = session.models[model]
+    return pricing.Price(offer.price_in, offer.price_out)
+
+
+class Metering:
+    def __init__(self, hub: Hub, billing: Billing, auditor: Auditor):
+        self.hub = hub
+        self.billing = billing
+        self.auditor = auditor
+
+    def bound(self, model: str, tokens_in: int, max_tokens_out: int, max_price: int | None = None) -> int:
+        """The most this request may cost on any provider serving `model` now."""
+        prices = [price_of(s, model) for s in self.hub.serving(model)]
+        return pricing.hold_bound(prices, tokens_in, max_tokens_out, max_price)
+
+    async def reserve(self, account: str, model: str, tokens_in: int, max_tokens_out: int,
+                      max_price: int | None = None) -> Hold:
+        """Hold the most this request can cost on any provider it may go to (402 if unaffordable)."""
+        return await self.billing.reserve(account, self.bound(model, tokens_in, max_tokens_out, max_price))
+
+    @staticmethod
+    def cost(hold: Hold, model: str, session: ProviderSession, done: Done) -> int:
+        """What `charge` will charge for this answer (its receipt's usage at the provider's price)."""
+        u = done.receipt.usage
+        return pricing.charge_for(price_of(session, model), u.prompt_tokens, u.completion_tokens, hold.amount)
+
+    def charge(self, hold: Hold, rid: str, model: str, session: ProviderSession, done: Done, account: str,
+               payload: Payload, text: str = "") -> int:
+        """Charge a served request from its receipt, and let the auditor consider it for an audit.
+
+        `payload` and `text` are what the receipt covers: for a continued stream, the last
+        provider's run (its receipt's request id), not the client's whole request."""
+        cost = self.cost(hold, model, session, done)
+        charged = hold.charge(rid, session.node_id, cost, done.receipt, session.public_key, done.settlement_sig)
+        self.auditor.after_served(done.receipt.request_id, model, session, payload, done, text, account, charged)
+        return charged

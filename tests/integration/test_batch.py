@@ -1,0 +1,264 @@
+"""The OpenAI Files and Batch API across real gateway and provider processes.
+
+The official `openai` client uploads, creates, polls and downloads; bad files are
+refused naming the line; batches belong to their account; cancel closes every item;
+and a gateway killed mid-batch (SIGKILL) and restarted on the same database finishes
+it with every custom_id exactly once and each item charged once on the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import signal
+import struct
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from gpupool.devnet import Network
+from tests.integration.conftest import client_for, raw, wait_until
+from tests.openai_schemas import validate
+
+PRICE = 50_000_000  # µcr per 1M input tokens: 50 µcr per echo token (a word), so costs are visible
+WORDS = ["red", "blue", "running", "shoes", "kettle", "lamp", "oak", "desk", "wool", "scarf"]
+
+
+def embed_lines(n: int, prefix: str = "sku", model: str = "echo-embed") -> list[dict[str, Any]]:
+    lines = []
+    for i in range(n):
+        text = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(1 + i % 4)) + f" {i}"
+        inp: Any = text if i % 5 else [text, text + " large"]  # some lines carry two inputs
+        lines.append({"custom_id": f"{prefix}-{i}", "method": "POST", "url": "/v1/embeddings",
+                      "body": {"model": model, "input": inp, "encoding_format": "float"}})
+    return lines
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+
+
+def start(network: Network, providers: int, serve: str = "echo-embed=echo:embeddings",
+          extra: list[str] | None = None) -> None:
+    network.start_gateway(extra=extra)
+    for _ in range(providers):
+        network.start_provider([serve, "echo=echo:chat"],
+                               extra=["--price", f"{serve.split('=')[0]}={PRICE}", "--price", f"echo={PRICE}/{PRICE}"])
+    network.wait_for_models({serve.split("=")[0]: providers}, timeout=60)
+
+
+def finished(client: openai.OpenAI, batch_id: str, timeout: float = 60) -> Any:
+    return wait_until(lambda: (b := client.batches.retrieve(batch_id)).status in
+                      ("completed", "cancelled", "failed", "expired") and b, f"batch {batch_id} to end", timeout)
+
+
+def read_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if not file_id:
+        return []
+    return [json.loads(x) for x in client.files.content(file_id).content.splitlines()]
+
+
+def ledger_charges(network: Network, request_ids: set[str]) -> dict[str, int]:
+    """Charges the gateway's SQL ledger settled for these request ids (read from its journal)."""
+    from sqlalchemy import select
+
+    from gpupool.ledger.sql import JournalRow, SqlLedger
+
+    async def read() -> dict[str, int]:
+        ledger = await SqlLedger.open(network.db)
+        try:
+            out: dict[str, int] = {}
+            async with ledger.sessions() as s:
+                rows = (await s.scalars(select(JournalRow.body).where(JournalRow.kind == "settle_batch"))).all()
+                for body in rows:
+                    for rid, _client, _provider, cost, _fee in json.loads(body)["memo"]["charges"]:
+                        if rid in request_ids:
+                            assert rid not in out, f"{rid} charged twice"
+                            out[rid] = cost
+            return out
+        finally:
+            await ledger.close()
+
+    return asyncio.run(read())
+
+
+def check_cost(network: Network, batch: Any, out: list[dict[str, Any]], errs: list[dict[str, Any]]) -> None:
+    """Batch cost = sum of its items' costs = what the ledger charged for its runs."""
+    item_costs = [x["response"]["body"]["usage"]["cost_ucr"] for x in out]
+    runs = {x["response"]["request_id"] for x in out}
+    charged = ledger_charges(network, runs)
+    assert batch.model_extra["gpupool"]["cost_ucr"] == sum(item_costs) == sum(charged.values()) > 0
+    assert set(charged) == runs  # every run that produced output was charged, once
+
+
+def test_official_client_runs_a_batch_over_the_pool(network: Network) -> None:
+    start(network, providers=2)
+    client = client_for(network)
+    lines = embed_lines(40)
+    uploaded = client.files.create(file=("catalog.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    validate(raw(network, "GET", f"/v1/files/{uploaded.id}", network.dev_key()).json(), "OpenAIFile")
+    assert uploaded.bytes == len(jsonl(lines)) and uploaded.purpose == "batch"
+    assert client.files.content(uploaded.id).content == jsonl(lines)
+
+    estimate = raw(network, "POST", "/v1/batches/estimate", network.dev_key(),
+                   json={"input_file_id": uploaded.id}).json()
+    assert estimate["requests"] == 40 and estimate["providers"] == 2
+    assert 0 < estimate["cost_ucr"]["low"] <= estimate["cost_ucr"]["high"]
+
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h",
+                                  metadata={"gpupool_max_provider_share": "0.6"})
+    assert batch.status in ("validating", "in_progress")
+    body = raw(network, "GET", f"/v1/batches/{batch.id}", network.dev_key()).json()
+    validate(body, "Batch")
+    done = finished(client, batch.id)
+    assert done.status == "completed", done
+    assert done.request_counts.total == done.request_counts.completed == 40 and done.request_counts.failed == 0
+    validate(raw(network, "GET", f"/v1/batches/{batch.id}", network.dev_key()).json(), "Batch")
+    listed = raw(network, "GET", "/v1/batches?limit=5", network.dev_key()).json()
+    validate(listed, "ListBatchesResponse")
+    assert listed["data"][0]["id"] == batch.id
+
+    out = read_lines(client, done.output_file_id)
+    assert sorted(x["custom_id"] for x in out) == sorted(x["custom_id"] for x in lines)
+    assert not done.error_file_id
+    # Results come back unchanged: each line's vectors are what a direct request returns.
+    direct = {}
+    for x in lines[:10]:
+        inp = x["body"]["input"]
+        r = client.embeddings.create(model="echo-embed", input=inp, encoding_format="float")
+        direct[x["custom_id"]] = [d.embedding for d in r.data]
+    for x in out:
+        assert x["error"] is None and x["response"]["status_code"] == 200
+        assert x["id"].startswith("batch_req_")
+        if x["custom_id"] in direct:
+            got = [d["embedding"] for d in x["response"]["body"]["data"]]
+            assert [[round(v, 6) for v in row] for row in got] == \
+                   [[round(v, 6) for v in row] for row in direct[x["custom_id"]]]
+    check_cost(network, done, out, [])
+    share = done.model_extra["gpupool"]
+    assert share["providers"] == 2 and 0 < share["provider_share_reached"] <= 0.6
+
+    # A chat batch through the same API.
+    chat = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "echo", "max_tokens": 8, "messages": [{"role": "user", "content": f"hello {i}"}]}}
+            for i in range(3)]
+    f2 = client.files.create(file=("chat.jsonl", io.BytesIO(jsonl(chat))), purpose="batch")
+    b2 = finished(client, client.batches.create(input_file_id=f2.id, endpoint="/v1/chat/completions",
+                                                completion_window="24h").id)
+    answers = {x["custom_id"]: x["response"]["body"]["choices"][0]["message"]["content"]
+               for x in read_lines(client, b2.output_file_id)}
+    assert answers == {f"q{i}": f"hello {i}" for i in range(3)}
+
+    files = raw(network, "GET", "/v1/files", network.dev_key()).json()
+    validate(files, "ListFilesResponse")
+    deleted = raw(network, "DELETE", f"/v1/files/{f2.id}", network.dev_key()).json()
+    validate(deleted, "DeleteFileResponse")
+    assert raw(network, "GET", f"/v1/files/{f2.id}", network.dev_key()).status_code == 404
+
+
+def test_bad_files_are_refused_naming_the_line_and_nothing_is_created(network: Network) -> None:
+    start(network, providers=1)
+    key = network.dev_key()
+    good = embed_lines(3)
+
+    def upload(content: bytes) -> httpx.Response:
+        return raw(network, "POST", "/v1/files", key, files={"file": ("x.jsonl", content)}, data={"purpose": "batch"})
+
+    cases = {
+        b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": "echo-embed", '
+        b'"input": "x"}}\n{not json\n': "line 2: not valid JSON",
+        jsonl(good + [good[1]]): "line 4: duplicate custom_id 'sku-1'",
+        jsonl(good[:1] + [{**good[1], "url": "/v1/images"}]): "line 2: unsupported url '/v1/images'",
+        jsonl(good[:2] + [{**good[2], "body": {"model": "nope", "input": "x"}}]): "line 3: the model 'nope' does not exist",
+        jsonl([{**good[0], "body": {"model": "echo-embed", "input": "x", "tools": []}}]): "line 1: Unrecognized request argument supplied: tools",
+        jsonl([{**good[0], "url": "/v1/chat/completions"}]): "line 1:",
+        b"": "the file is empty",
+    }
+    for content, message in cases.items():
+        r = upload(content)
+        assert r.status_code == 400, r.text
+        assert message in r.json()["error"]["message"], (message, r.json())
+    r = raw(network, "POST", "/v1/files", key, files={"file": ("x.jsonl", jsonl(good))}, data={"purpose": "fine-tune"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"
+    assert raw(network, "GET", "/v1/files", key).json()["data"] == []  # nothing half-created
+
+    # The batch's endpoint must match every line; bad options are named.
+    fid = upload(jsonl(good)).json()["id"]
+    r = raw(network, "POST", "/v1/batches", key, json={"input_file_id": fid, "endpoint": "/v1/chat/completions",
+                                                        "completion_window": "24h"})
+    assert r.status_code == 400 and "line 1: url /v1/embeddings differs" in r.json()["error"]["message"]
+    r = raw(network, "POST", "/v1/batches", key, json={"input_file_id": fid, "endpoint": "/v1/embeddings",
+                                                        "completion_window": "24h",
+                                                        "metadata": {"gpupool_max_provider_share": "1.5"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "metadata.gpupool_max_provider_share"
+    assert raw(network, "GET", "/v1/batches", key).json()["data"] == []
+
+    # Files over the upload limit are refused before they are read.
+    network.stop()
+
+
+def test_batches_belong_to_their_account_and_cancel_closes_every_item(network: Network) -> None:
+    network.start_gateway()
+    network.start_provider(["echo=echo:chat?delay_ms=100"], max_concurrency=2)  # one batch slot, ~5 items/s
+    network.wait_for_models({"echo": 1}, timeout=60)
+    client = client_for(network)
+    lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "echo", "messages": [{"role": "user", "content": f"hi {i}"}]}} for i in range(60)]
+    fid = client.files.create(file=("a.jsonl", io.BytesIO(jsonl(lines))), purpose="batch").id
+    batch = client.batches.create(input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h")
+
+    other = httpx.post(network.gateway_url + "/admin/keys", json={"name": "other-shop"}, timeout=10,
+                       headers={"Authorization": f"Bearer {network.admin_token}"}).json()["key"]
+    for path in (f"/v1/files/{fid}", f"/v1/files/{fid}/content", f"/v1/batches/{batch.id}"):
+        r = raw(network, "GET", path, other)
+        assert r.status_code == 404, (path, r.text)
+    assert raw(network, "POST", f"/v1/batches/{batch.id}/cancel", other).status_code == 404
+    assert raw(network, "GET", "/v1/batches", other).json()["data"] == []
+
+    wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed > 0, "some items done", 30)
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.status in ("cancelling", "cancelled")
+    done = finished(client, batch.id)
+    assert done.status == "cancelled"
+    out, errs = read_lines(client, done.output_file_id), read_lines(client, done.error_file_id)
+    ids = [x["custom_id"] for x in out + errs]
+    assert sorted(ids) == sorted(x["custom_id"] for x in lines)  # every item exactly once
+    assert errs and all(x["error"]["code"] == "batch_cancelled" for x in errs)
+    assert 0 < len(out) < len(lines)
+    assert done.request_counts.completed == len(out) and done.request_counts.failed == len(errs)
+
+
+def test_a_gateway_killed_mid_batch_finishes_it_after_restart_exactly_once(network: Network) -> None:
+    network.start_gateway()
+    for _ in range(2):
+        network.start_provider(["echo-embed=echo:embeddings?delay_ms=150"], max_concurrency=3,
+                               extra=["--price", f"echo-embed={PRICE}"])
+    network.wait_for_models({"echo-embed": 2}, timeout=60)
+    client = client_for(network)
+    lines = embed_lines(300)
+    fid = client.files.create(file=("big.jsonl", io.BytesIO(jsonl(lines))), purpose="batch").id
+    batch = client.batches.create(input_file_id=fid, endpoint="/v1/embeddings", completion_window="24h")
+    wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 40, "a part done", 60)
+    before = client.batches.retrieve(batch.id)
+    assert before.status == "in_progress" and before.request_counts.completed < len(lines)
+    assert network.gateway is not None
+    network.kill_provider(network.gateway, signal.SIGKILL)  # mid-batch: shards in flight, charges queued
+    network.gateway.popen.wait(10)
+    left = client_for(network)  # the same URL after restart? No: a new port; reconnect below
+    del left
+    old_url = network.gateway_url
+    network.start_gateway(port=int(old_url.rsplit(":", 1)[1]))  # providers reconnect to the same address
+    network.wait_for_models({"echo-embed": 2}, timeout=60)
+    client = client_for(network)
+    done = finished(client, batch.id, timeout=90)
+    assert done.status == "completed"
+    out, errs = read_lines(client, done.output_file_id), read_lines(client, done.error_file_id)
+    assert errs == []
+    assert sorted(x["custom_id"] for x in out) == sorted(x["custom_id"] for x in lines)
+    assert len({x["id"] for x in out}) == len(lines)
+    check_cost(network, done, out, errs)
+    _ = (struct, time)

@@ -139,3 +139,38 @@ def test_toml_list_of_tables_reaches_the_gateway_settings(tmp_path) -> None:  # 
     assert lane.models["echo"] == LaneModel("e", Price(10, 20))
     flagged = load(GatewaySettings, None, {"fallback": ["cloud=http://127.0.0.1:9/v1 model=echo=e@10/20"]}, environ={})
     assert parse_lanes(flagged.fallback, {})[0] == [lane]
+
+
+def test_fallback_charges_settle_to_the_lane_account_and_the_fee_with_no_provider_earnings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Billing against a real SQL ledger: hold from the tab, charge, one journal entry per batch."""
+    import asyncio
+
+    from gpupool.gateway.billing import Billing
+    from gpupool.ledger import SqlLedger
+    from gpupool.ledger import postings as P
+
+    async def run() -> dict[str, int]:
+        ledger = await SqlLedger.open(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}")
+        try:
+            await ledger.deposit("d1", "shop", 1_000_000)
+            billing = Billing(ledger, holder="gw1", fee_bps=500, tab_size=100_000, flush_interval_s=60,
+                              tab_idle_s=60, audit_window_s=3600)
+            hold = await billing.reserve("shop", 12_000)
+            assert hold.charge_fallback("r1", "cloud", 10_500, 500) == 10_500
+            assert hold.charge_fallback("r1", "cloud", 10_500, 500) == 10_500  # settled once only
+            capped = await billing.reserve("shop", 1_000)
+            assert capped.charge_fallback("r2", "cloud", 2_100, 100) == 1_000  # never above the hold
+            await billing.flush()
+            await billing.flush()  # nothing left: nothing written twice
+            assert billing.stats["fallback_charged"] == 2
+            await billing.close()  # the tab's rest goes back
+            return await ledger.balances()
+        finally:
+            await ledger.close()
+
+    balances = asyncio.run(run())
+    # r1: 10,000 owed upstream + 500 fee; r2 capped at 1,000 with its fee (100) kept whole: 900 + 100.
+    assert balances["fallback:cloud"] == 10_900
+    assert balances[P.GATEWAY_FEES] == 600
+    assert balances[P.client("shop")] == 1_000_000 - 11_500
+    assert not any(a.startswith("provider:") and v for a, v in balances.items())

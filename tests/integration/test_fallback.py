@@ -179,6 +179,10 @@ def test_a_client_that_forbids_fallback_gets_the_pool_error_as_before(nets: Nets
                    json={"model": "cloud-only", "messages": [{"role": "user", "content": WORDS}],
                          "gpupool": {"allow_fallback": "no"}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "gpupool.allow_fallback"
+    r = httpx.post(nets.ours.gateway_url + "/v1/chat/completions", timeout=30,  # refused even with no lane for it
+                   headers={"Authorization": f"Bearer {nets.ours.dev_key()}", "X-Gpupool-Allow-Fallback": "maybe"},
+                   json={"model": "no-lane-model", "messages": [{"role": "user", "content": WORDS}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "X-Gpupool-Allow-Fallback"
 
 
 def test_a_price_cap_takes_the_cheaper_lane_but_never_a_lane_above_it(nets: Nets) -> None:

@@ -249,6 +249,7 @@ class Fallbacks:
              route: RouteOptions) -> Plan | None:
         """A Plan if some lane could take this request; None leaves the pool to behave as without lanes."""
         model = getattr(body, "model", "")
+        allow = allow_fallback(request, body)  # checked even without lanes: a bad value is refused, not ignored
         if not self.lanes or not serves(self.lanes, model):
             return None
         if isinstance(payload, EmbedPayload):
@@ -260,8 +261,7 @@ class Fallbacks:
                           + sum(len(m.content.encode()) for m in payload.messages))
             bound, max_out = input_token_bound(text_bytes, len(payload.messages)), payload.max_tokens
         # ~4 characters per token: the estimate routing compares with max_price too.
-        need = Need(model, chars // 4 + 1, max_out, route.max_price, route.region, route.region_policy,
-                    allow_fallback(request, body))
+        need = Need(model, chars // 4 + 1, max_out, route.max_price, route.region, route.region_policy, allow)
         if not choose_lanes(self.lanes, "failed", need, self.settings.fee_bps).lanes:
             return None  # forbidden, too dear or out of region whatever happens in the pool
         opts = getattr(body, "stream_options", None)

@@ -4,9 +4,13 @@
     client = connect(["http://gw1:8000", "http://gw2:8000"], api_key="gp-...")
     client.chat.completions.create(model="tiny-llama", messages=[...])
 
+    from gpupool import sdk
+    vectors = sdk.map("minilm", texts, api_key="gp-...")   # many items over the pool, in input order
+
 Imports neither torch nor any provider code: a thin client install is enough.
 """
 
 from gpupool.sdk.failover import AsyncFailoverTransport, FailoverTransport, connect, connect_async
+from gpupool.sdk.map import MapError, amap, map
 
-__all__ = ["AsyncFailoverTransport", "FailoverTransport", "connect", "connect_async"]
+__all__ = ["AsyncFailoverTransport", "FailoverTransport", "MapError", "amap", "connect", "connect_async", "map"]

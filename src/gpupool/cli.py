@@ -31,6 +31,9 @@ app.add_typer(keys_app, name="keys")
 ledger_app = typer.Typer(help="The ledger: verify, deposit, withdraw, balance, deploy the EVM contract.",
                          no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
+from gpupool.batch.cli import batch_app  # noqa: E402 - an HTTP client only (no torch, no database)
+
+app.add_typer(batch_app, name="batch")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file")]
 

@@ -262,3 +262,46 @@ def test_a_gateway_killed_mid_batch_finishes_it_after_restart_exactly_once(netwo
     assert len({x["id"] for x in out}) == len(lines)
     check_cost(network, done, out, errs)
     _ = (struct, time)
+
+
+def test_cli_estimates_submits_and_a_cost_cap_is_never_exceeded(network: Network, tmp_path: Any) -> None:
+    start(network, providers=2)
+    key = network.dev_key()
+    path = tmp_path / "req.jsonl"
+    # Long inputs: the hold bound (a token per byte) is then ~6x an item's real cost (a token per word).
+    lines = [{"custom_id": f"long-{i}", "method": "POST", "url": "/v1/embeddings",
+              "body": {"model": "echo-embed", "input": " ".join(f"w{i}" for _ in range(50))}} for i in range(80)]
+    path.write_bytes(jsonl(lines))
+    env = {"GPUPOOL_API_KEY": key, "GPUPOOL_BASE_URL": network.gateway_url, "PATH": "/usr/bin:/bin"}
+
+    def cli(*args: str) -> Any:
+        import subprocess
+        import sys
+
+        return subprocess.run([sys.executable, "-m", "gpupool", "batch", *args], capture_output=True, text=True,
+                              timeout=120, env=env)
+
+    est = cli("estimate", str(path), "--json")
+    assert est.returncode == 0, est.stderr
+    high = json.loads(est.stdout)["cost_ucr"]["high"]
+    assert raw(network, "GET", "/v1/files", key).json()["data"] == []  # the estimate left nothing behind
+
+    # A cap at an eighth of the worst case: above one shard's bound, below what all items cost,
+    # so some items run, the rest are refused, and the cap holds.
+    cap = high // 8
+    sub = cli("submit", str(path), "--max-cost", str(cap), "--max-share", "0.7", "--wait")
+    batch_id = sub.stdout.strip()
+    assert batch_id.startswith("batch_"), sub.stderr
+    client = client_for(network)
+    done = client.batches.retrieve(batch_id)
+    assert done.status == "completed"
+    out, errs = read_lines(client, done.output_file_id), read_lines(client, done.error_file_id)
+    assert sorted(x["custom_id"] for x in out + errs) == sorted(x["custom_id"] for x in lines)
+    assert out and errs and all(x["error"]["code"] == "cost_cap_reached" for x in errs)
+    assert 0 < done.model_extra["gpupool"]["cost_ucr"] <= cap
+    check_cost(network, done, out, errs)
+    assert "completed" in cli("status", batch_id).stdout
+    got = cli("results", batch_id)
+    assert [json.loads(x)["custom_id"] for x in got.stdout.splitlines()] == [x["custom_id"] for x in out]
+    bad = cli("status", "batch_nope")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: No such Batch object")

@@ -204,13 +204,14 @@ class Runner:
                 return
             run_id = "bat-" + uuid.uuid4().hex
             items = await self.bs.claim(b.id, self.owner, run_id, n, self.lease_s, now, MAX_ITEM_ATTEMPTS)
-            if not items:
+            if not items:  # what is left was tried everywhere it could be
+                await self._close_exhausted(b)
                 return
             claimable -= len(items)
             shard = _Shard.build(b, run_id, items)
             bound = self.metering.bound(b.model, shard.tokens_in, shard.max_out)
             if not await self.bs.reserve_run(b.id, run_id, -(-bound // len(items)), b.max_cost, now):
-                await self.bs.release(b.id, run_id)
+                await self.bs.release(b.id, run_id, tried=False)
                 await self._cost_cap_reached(b, now)
                 return
             await self.bs.expose(b.id, slot.provider, len(items))
@@ -218,6 +219,12 @@ class Runner:
             running = Running(b.id, run_id, time.monotonic(), {slot.provider}, len(items))
             self.running[run_id] = running
             running.task = asyncio.create_task(self._run(b, shard, sessions[slot.provider], running))
+
+    async def _close_exhausted(self, b: BatchRow) -> None:
+        await self.bs.close_rest(b.id, lambda row: error_line(
+            b.id, row.idx, row.custom_id, "provider_error",
+            f"no provider could serve this request in {MAX_ITEM_ATTEMPTS} tries", 502), time.time(),
+            min_attempts=MAX_ITEM_ATTEMPTS)
 
     async def _cost_cap_reached(self, b: BatchRow, now: float) -> None:
         """No more shards fit under the batch's cost cap: once nothing of it is running, the rest fails."""
@@ -284,10 +291,7 @@ class Runner:
             outcome = await self._race(b, shard, first, r)
             if outcome is None:
                 await self.bs.release(b.id, shard.run_id)
-                await self.bs.close_rest(b.id, lambda row: error_line(
-                    b.id, row.idx, row.custom_id, "provider_error",
-                    f"no provider could serve this request in {MAX_ITEM_ATTEMPTS} tries", 502), time.time(),
-                    min_attempts=MAX_ITEM_ATTEMPTS)
+                await self._close_exhausted(b)
                 return
             elapsed = time.monotonic() - started
             prev = self.typical_s.get(b.id)

@@ -334,12 +334,13 @@ class BatchStore:
                                                   ItemRow.state.in_(("leased", "charging")))
                             .values(lease_until=until))
 
-    async def release(self, batch_id: str, run_id: str) -> None:
-        """The run failed: its items go back to pending for another try."""
+    async def release(self, batch_id: str, run_id: str, tried: bool = True) -> None:
+        """The run failed (`tried`) or never started: its items go back to pending for another try."""
         async with self.sessions.begin() as s:
             await s.execute(update(ItemRow).where(ItemRow.batch_id == batch_id, ItemRow.run_id == run_id,
                                                   ItemRow.state == "leased")
-                            .values(state="pending", reserved=0, lease_until=0.0))
+                            .values(state="pending", reserved=0, lease_until=0.0,
+                                    attempts=ItemRow.attempts - (0 if tried else 1)))
 
     async def finish(self, batch_id: str, run_id: str, results: list[Finished], charging: bool) -> int:
         """Store a run's results; `charging`: its charge still has to reach the ledger. Returns rows

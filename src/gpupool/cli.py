@@ -219,9 +219,13 @@ def keys_create(
     db: Annotated[Optional[str], typer.Option(help="the gateway's database URL")] = None,
     key: Annotated[Optional[str], typer.Option(help="register this exact key instead of a random one")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    rpm: Annotated[int, typer.Option(min=0, help="requests per minute (0: the gateway's --key-rpm)")] = 0,
+    tpm: Annotated[int, typer.Option(min=0, help="tokens per minute (0: the gateway's --key-tpm)")] = 0,
+    concurrency: Annotated[int, typer.Option(min=0, help="requests at once (0: the gateway's "
+                                             "--key-concurrency)")] = 0,
 ) -> None:
     """Create an API key in the gateway's database and print it (shown only once)."""
-    created = _with_store(db, lambda store: store.create_key(name, key))
+    created = _with_store(db, lambda store: store.create_key(name, key, rpm=rpm, tpm=tpm, concurrency=concurrency))
     typer.echo(created if quiet else f"API key for {name!r} (store it now; it is not shown again):\n{created}")
 
 

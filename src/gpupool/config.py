@@ -39,6 +39,21 @@ class GatewaySettings:
     key_file: Path = _opt(help="gateway identity key", factory=lambda: default_home() / "gateway.key")
     admin_token: str = _opt("", "bearer token for /admin/* (empty disables the admin API)")
     max_body_bytes: int = _opt(4 * 1024 * 1024, "largest accepted request body; larger gets 413")
+    header_timeout_s: float = _opt(10.0, "a client must send a request's headers (or finish a WebSocket "
+                                   "upgrade request) within this time, or the connection is closed")
+    body_timeout_s: float = _opt(60.0, "a client must send a request's whole body within this time after its "
+                                 "headers, or the connection is closed")
+    max_output_tokens: int = _opt(16384, "most completion tokens one request may ask for, whatever a provider "
+                                  "offers (each model's own limit, from its offers, applies below this)")
+    key_rpm: int = _opt(0, "default requests per minute per API key (0: unlimited); `gpupool keys create --rpm` "
+                        "sets one key's")
+    key_tpm: int = _opt(0, "default tokens per minute per API key, counted at admission as OpenAI does (prompt "
+                        "estimate + max_tokens; 0: unlimited)")
+    key_concurrency: int = _opt(0, "default requests at once per API key (0: only the fair share limits it)")
+    rate_burst_s: float = _opt(10.0, "a key's request and token budgets hold this many seconds of its rate, "
+                               "so short bursts pass")
+    fair_share: bool = _opt(True, "under load, each key may use at most its fair share of a model's provider "
+                            "slots while other keys wait (a key alone may use them all)")
     request_timeout_s: float = _opt(120.0, "default request deadline; clients may lower it "
                                     "with the X-Gpupool-Timeout header")
     max_attempts: int = _opt(3, "most providers one request may try (failover and hedging); providers lost "

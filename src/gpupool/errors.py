@@ -8,6 +8,7 @@
     ├── NotFound                     404 invalid_request_error (not_found: a file or batch, or another account's)
     ├── BodyTooLarge                 413 invalid_request_error (request_too_large)
     ├── NoCapacity                   429 rate_limit_error (no_capacity)
+    ├── RateLimited                  429 rate_limit_exceeded (a key's own limit; Retry-After)
     ├── ProviderFailed               502 server_error (provider_error)
     ├── NoProvider                   503 service_unavailable (no_provider)
     └── Timeout                      504 timeout (timeout)
@@ -84,6 +85,20 @@ class NoCapacity(GpupoolError):
     status = 429
     type = "rate_limit_error"
     code = "no_capacity"
+
+
+class RateLimited(GpupoolError):
+    """The key is over one of its limits (requests/min, tokens/min, concurrency, fair share).
+
+    `retry_after_s` becomes the response's Retry-After header."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
 
 
 class ProviderFailed(GpupoolError):

@@ -313,7 +313,7 @@ def test_two_gateways_settling_into_one_postgres_ledger_keep_the_books(tmp_path:
         for n in nets:
             n.wait_for_models({"echo": 2}, timeout=60)
         keys = [new_account(n, "shared", 0, u) for n, u in zip(nets, urls)]
-        assert admin_post(nets[0], "/admin/deposit", {"account": "shared", "amount": 20_000_000}).status_code == 201
+        assert admin_post(nets[0], "/admin/deposit", {"account": "shared", "amount": 20_000_000, "key": "dep-shared"}).status_code == 201
         clients = [client_for(n, k, timeout=30) for n, k in zip(nets, keys)]
         errors: list[str] = []
         costs: list[int] = []

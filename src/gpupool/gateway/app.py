@@ -11,6 +11,7 @@ than the whole rest of the gateway (measured with py-spy under bench/overhead).
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
@@ -22,7 +23,7 @@ import msgspec
 import pydantic
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
@@ -41,6 +42,8 @@ from gpupool.gateway.http import (
     SLOT,
     BodyLimit,
     ClientGone,
+    json_object,
+    request_timeout,
     EventStream,
     error_response,
     query_limit,
@@ -50,6 +53,7 @@ from gpupool.gateway.http import (
     until_disconnect,
 )
 from gpupool.gateway.hub import Hub, ProviderSession
+from gpupool.gateway.quota import Quotas, within_quota
 from gpupool.gateway.metering import Metering
 from gpupool.gateway.router import RouteOptions
 from gpupool.gateway.services import Services
@@ -60,7 +64,7 @@ from gpupool.ledger import Ledger, LedgerError
 from gpupool.ledger import postings
 from gpupool.market import pricing
 from gpupool.market.summary import Listing, summarize
-from gpupool.protocol import Done, Payload
+from gpupool.protocol import Done, EmbedPayload, Payload
 
 log = logging.getLogger("gpupool.gateway")
 
@@ -72,6 +76,7 @@ BodyT = TypeVar("BodyT", bound=pydantic.BaseModel)
 def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledger: Ledger) -> ASGIApp:
     hub = Hub(settings, identity, store)
     dispatcher = Dispatcher(hub, settings)
+    quotas = Quotas(settings, hub)  # per-key limits and fair shares (gateway/limits.py)
 
     services = Services.wire(settings, hub, store, identity, ledger, dispatcher)
     billing, auditor, canaries, hardware_checks = (services.billing, services.auditor, services.canaries,
@@ -95,7 +100,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             await ledger.close()
 
     async def on_error(_r: Request, exc: Exception) -> Response:
-        if isinstance(exc, ClientGone):
+        if isinstance(exc, (ClientGone, ClientDisconnect)):
             return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
         if isinstance(exc, errors.GpupoolError):
             return error_response(exc)
@@ -106,17 +111,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         return error_response(errors.GpupoolError("internal gateway error"))
 
     def parse(model: type[BodyT], raw: bytes) -> BodyT:
-        try:
-            return model.model_validate_json(raw)
-        except pydantic.ValidationError as exc:
-            first = exc.errors()[0] if exc.errors() else {}
-            if first.get("type") == "json_invalid":
-                raise errors.InvalidRequest("request body is not valid JSON") from None
-            loc = [str(p) for p in first.get("loc", ())]
-            where = ".".join(loc)
-            msg = first.get("msg", "invalid request body")
-            raise errors.InvalidRequest(f"{where}: {msg}" if where else msg,
-                                        param=loc[0] if loc else None) from None
+        return oa.parse(model, raw)  # type: ignore[type-var]
 
     # ---------------------------------------------------------------- auth
 
@@ -133,18 +128,11 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     def admin(request: Request) -> None:
         token = request.headers.get("authorization", "").partition(" ")[2].strip()
-        if not settings.admin_token or token != settings.admin_token:
+        if not settings.admin_token or not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
             raise errors.AuthenticationFailed("admin token required (set GPUPOOL_GATEWAY_ADMIN_TOKEN)")
 
     def deadline_for(request: Request) -> float:
-        timeout = settings.request_timeout_s
-        header = request.headers.get("x-gpupool-timeout")
-        if header:
-            try:
-                timeout = min(timeout, max(0.001, float(header)))
-            except ValueError:
-                raise errors.InvalidRequest("X-Gpupool-Timeout must be a number of seconds") from None
-        return time.monotonic() + timeout
+        return time.monotonic() + request_timeout(request, settings.request_timeout_s)
 
     # ---------------------------------------------------------------- money
 
@@ -183,8 +171,14 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     async def embeddings(request: Request) -> Response:
         key = await client_key(request)
         body = parse(oa.EmbeddingRequest, await request.body())
-        payload = body.payload(MAX_EMBEDDING_INPUTS)
+        payload = body.payload(MAX_EMBEDDING_INPUTS, quotas.model_limits(body.model))
         _check_task(hub, body.model, "embeddings")
+        deadline_for(request)  # a bad X-Gpupool-Timeout is a 400 before anything is counted
+        return await within_quota(quotas.admit(key, body.model, payload),
+                                  _embeddings(request, key, body, payload))
+
+    async def _embeddings(request: Request, key: ApiKey, body: oa.EmbeddingRequest,
+                          payload: EmbedPayload) -> Response:
         rid = "emb-" + uuid.uuid4().hex
         started = time.monotonic()
         route = route_options(request, body)
@@ -212,20 +206,24 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         key = await client_key(request)
         body = parse(oa.ChatCompletionRequest, await request.body())
         _check_task(hub, body.model, "generate")
-        payload = body.payload(DEFAULT_MAX_TOKENS)
+        payload = body.payload(DEFAULT_MAX_TOKENS, quotas.model_limits(body.model))
         route = route_options(request, body)
-        return await _generate(request, key, body.model, payload, "chatcmpl-", bool(body.stream),
-                               bool(body.stream_options and body.stream_options.include_usage), chat=True,
-                               route=route, plan=fallbacks.plan(request, body, "chat", payload, route))
+        deadline_for(request)
+        return await within_quota(quotas.admit(key, body.model, payload), _generate(
+            request, key, body.model, payload, "chatcmpl-", bool(body.stream),
+            bool(body.stream_options and body.stream_options.include_usage), chat=True,
+            route=route, plan=fallbacks.plan(request, body, "chat", payload, route)))
 
     async def completions(request: Request) -> Response:
         key = await client_key(request)
         body = parse(oa.CompletionRequest, await request.body())
         _check_task(hub, body.model, "generate")
-        payload, route = body.payload(), route_options(request, body)
-        return await _generate(request, key, body.model, payload, "cmpl-", bool(body.stream),
-                               bool(body.stream_options and body.stream_options.include_usage), chat=False,
-                               route=route, plan=fallbacks.plan(request, body, "completions", payload, route))
+        payload, route = body.payload(quotas.model_limits(body.model)), route_options(request, body)
+        deadline_for(request)
+        return await within_quota(quotas.admit(key, body.model, payload), _generate(
+            request, key, body.model, payload, "cmpl-", bool(body.stream),
+            bool(body.stream_options and body.stream_options.include_usage), chat=False,
+            route=route, plan=fallbacks.plan(request, body, "completions", payload, route)))
 
     async def _generate(request: Request, key: ApiKey, model: str, payload: Payload, prefix: str,
                         stream: bool, include_usage: bool, chat: bool, route: RouteOptions,
@@ -332,8 +330,16 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     async def account(request: Request) -> JSON:
         key = await client_key(request)
+        limit, after = query_limit(request, 20, most=100), request.query_params.get("after") or None
+        try:
+            charges = await store.recent_charges(key.account, limit + 1, after)
+        except KeyError:
+            raise errors.InvalidRequest("after must be a request id from this account's charges",
+                                        param="after") from None
         body = await billing.account(key.account)
-        body["recent_charges"] = await store.recent_charges(key.account, query_limit(request, 20))
+        # Paged like OpenAI's lists: pass the last id as `after` while has_more is true.
+        body["recent_charges"], body["has_more"] = charges[:limit], len(charges) > limit
+        body["last_id"] = charges[:limit][-1]["request_id"] if charges[:limit] else None
         return JSON(body)
 
     async def earnings(request: Request) -> JSON:
@@ -348,16 +354,29 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     async def reputation(request: Request) -> JSON:
         node_id = request.path_params["node_id"]
+        # Only nodes this gateway knows get a record: an unknown id must not create (and make
+        # the gateway sign) state for it, or anyone could grow the gateway's memory at will.
+        known = node_id in hub.sessions or node_id in auditor.providers or await store.provider_known(node_id)
+        if not known:
+            raise errors.ModelNotFound(f"no provider {node_id[:80]!r} is known to this gateway", param="node_id",
+                                       code="provider_not_found")
         return JSON(auditor.signed_record(node_id, identity))
 
     async def deposit(request: Request) -> JSON:
         admin(request)
-        body = await request.json()
+        expected = '{"account": NAME, "amount": µcr, "key": IDEMPOTENCY_KEY}'
+        body = await json_object(request, expected)
         try:
             acct, amount = account_for(str(body["account"])), int(body["amount"])
-            key = str(body.get("key") or f"deposit:{uuid.uuid4().hex}")
         except (KeyError, TypeError, ValueError):
-            raise errors.InvalidRequest('expected {"account": NAME, "amount": µcr, "key": optional}') from None
+            raise errors.InvalidRequest(f"expected {expected}") from None
+        # A deposit is credited once per key: a retry (lost answer, proxy resend) with the same
+        # key changes nothing. Without one a retry would credit twice, so one is required.
+        header_key = request.headers.get("idempotency-key")
+        key = str(body.get("key") or (f"deposit:{header_key}" if header_key else ""))
+        if not key:
+            raise errors.InvalidRequest("a deposit needs an idempotency key: a \"key\" field or an "
+                                        "Idempotency-Key header, unique per deposit", param="key")
         try:
             await ledger.deposit(key, acct, amount)
         except LedgerError as exc:
@@ -369,11 +388,16 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     async def create_key(request: Request) -> JSON:
         admin(request)
-        body = await request.json() if await request.body() else {}
+        body = await json_object(request, '{"name": ..., "account": optional, "rpm", "tpm", "concurrency": '
+                                          "optional limits}")
         name = str(body.get("name", "unnamed"))
         acct = account_for(str(body.get("account") or name))
-        return JSON({"name": name, "account": acct, "key": await store.create_key(name, account=acct)},
-                    status_code=201)
+        try:
+            limits = {k: int(body.get(k) or 0) for k in ("rpm", "tpm", "concurrency")}
+            created = await store.create_key(name, account=acct, **limits)
+        except (TypeError, ValueError) as exc:
+            raise errors.InvalidRequest(f"key limits must be non-negative integers ({exc})") from None
+        return JSON({"name": name, "account": acct, "key": created, **limits}, status_code=201)
 
     async def providers(request: Request) -> JSON:
         admin(request)
@@ -425,8 +449,10 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             *fallbacks.routes(admin),
             *batches.routes(client_key),
         ],
+        # ClientDisconnect by name: the catch-all `Exception` handler runs in Starlette's
+        # ServerErrorMiddleware, which logs a traceback and re-raises even after answering.
         exception_handlers={Exception: on_error, HTTPException: on_error, errors.GpupoolError: on_error,
-                            ClientGone: on_error},
+                            ClientGone: on_error, ClientDisconnect: on_error},
         lifespan=lifespan,
     )
     return batches.upload_limit(BodyLimit(app, settings.max_body_bytes), app)

@@ -29,9 +29,14 @@ from gpupool import errors, protocol
 from gpupool.config import GatewaySettings
 from gpupool.gateway.hub import Event, Hub, ProviderLost, ProviderSession
 from gpupool.gateway.router import DEFAULT_ROUTE, RouteOptions
-from gpupool.protocol import Cancel, Chunk, Done, EmbedPayload, Fail, Payload, Run
+from gpupool.protocol import Cancel, Chunk, Done, EmbedPayload, Fail, GeneratePayload, Payload, Run
 
-# Provider failure codes that mean the *request* is bad: retrying elsewhere won't help.
+# Provider failure codes that blame the *request*. The gateway checked the request at its
+# edge already, so one provider saying so is a claim to check, not a verdict: the request
+# goes to a second provider, and the client gets the 400 only if that one agrees (or
+# there is nobody else to ask); a provider whose claim another provider disproves by
+# serving the request has the failure counted against it (a "black hole" provider would
+# otherwise fail everything at no cost).
 CLIENT_FAULT_CODES = frozenset({"invalid_input", "context_length_exceeded", "unsupported_task"})
 
 
@@ -55,6 +60,12 @@ class Tries:
     over_capacity: int = 0
     lost: int = 0  # providers that vanished mid-request: the request was not at fault, so they count less
     failures: list[str] = field(default_factory=list)
+    # Providers that blamed the request, with their Fail: judged once another provider answers.
+    client_faults: list[tuple[ProviderSession, Fail]] = field(default_factory=list)
+
+    def client_fault_error(self) -> errors.InvalidRequest:
+        fail = self.client_faults[-1][1]
+        return errors.InvalidRequest(fail.message, code=fail.code)
 
     def exhausted(self, max_attempts: int) -> bool:
         """No more tries: `max_attempts` real failures, or twice that when providers keep vanishing."""
@@ -84,12 +95,30 @@ class Dispatcher:
 
     def choose(self, request_id: str, model: str, payload: Payload, tries: Tries, route: RouteOptions,
                stream: bool) -> ProviderSession:
-        if tries.exhausted(self.settings.max_attempts):
-            raise tries.error(model)
-        session = self.hub.router.choose(request_id, model, payload, time.monotonic(), self.rng, route, tries,
-                                         stream)
+        try:
+            if tries.exhausted(self.settings.max_attempts):
+                raise tries.error(model)
+            session = self.hub.router.choose(request_id, model, payload, time.monotonic(), self.rng, route, tries,
+                                             stream)
+        except errors.GpupoolError:
+            if tries.client_faults:  # nobody else to ask: the provider's word is all there is
+                raise tries.client_fault_error() from None
+            raise
         tries.tried.add(session.node_id)
         return session
+
+    def judge_client_faults(self, tries: Tries, request_id: str, model: str, payload: Payload) -> None:
+        """Another provider served a request that earlier ones refused as the client's fault:
+        those refusals were false, unless the request really exceeded that provider's own offer."""
+        for session, fail in tries.client_faults:
+            offer = session.models.get(model)
+            if (isinstance(payload, GeneratePayload) and offer is not None
+                    and payload.max_tokens > offer.max_output_tokens):
+                continue  # over its own advertised limit: an honest refusal
+            self.hub.router.on_failure(session, request_id, f"false client fault: {fail.code}")
+            self.hub.store.record_event(session.node_id, "false_client_fault",
+                                        f"{fail.code} for {request_id}, which another provider served")
+        tries.client_faults.clear()
 
     async def run_on(self, session: ProviderSession, request_id: str, model: str, payload: Payload,
                      deadline: float) -> Outcome | None:
@@ -144,11 +173,15 @@ class Dispatcher:
             self.hub.router.on_failure(session, request_id, event.reason)
             return
         assert isinstance(event, Fail)
-        # Busy or leaving is not broken, and a bad request is not the provider's fault.
+        # Busy or leaving is not broken; a claim that the request is bad is judged below.
         healthy = event.code in ("over_capacity", "draining") or event.code in CLIENT_FAULT_CODES
         self.hub.router.on_failure(session, request_id, event.code, counts=not healthy)
         if event.code in CLIENT_FAULT_CODES:
-            raise errors.InvalidRequest(event.message, code=event.code)
+            tries.client_faults.append((session, event))
+            if len(tries.client_faults) >= 2:  # a second provider agrees: it is the request
+                raise tries.client_fault_error()
+            tries.failures.append(f"{event.code}: {event.message}")
+            return
         if event.code == "deadline_exceeded":
             raise errors.Timeout(f"no answer for {model!r} before the deadline")
         if event.code == "over_capacity":
@@ -210,6 +243,7 @@ class Dispatcher:
                         outcome = task.result()  # re-raises client faults and timeouts
                         if outcome is not None:
                             outcome.attempts = len(tries.tried)
+                            self.judge_client_faults(tries, request_id, model, payload)
                             for other, other_session in running.items():
                                 # Slower than its own expected percentile: counts against it,
                                 # so a provider that stalls opens its breaker.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -25,6 +26,10 @@ log = logging.getLogger("gpupool.gateway")
 T = TypeVar("T")
 
 JSON_ENCODER = msgspec.json.Encoder()
+# Options a client may set in a body's `"gpupool": {...}` object; anything else is refused
+# (400 naming it), so a typo never silently routes differently. A new option goes here.
+GPUPOOL_OPTIONS = frozenset({"region", "region_policy", "max_price", "allow_fallback", "require_verified",
+                             "verified_only"})
 
 
 class JSON(Response):
@@ -35,7 +40,30 @@ class JSON(Response):
 
 
 def error_response(exc: errors.GpupoolError) -> JSON:
-    return JSON(exc.body(), status_code=exc.status)
+    retry_after = getattr(exc, "retry_after_s", None)
+    # Whole seconds, rounded up: a client that waits this long finds the limit open again.
+    headers = {"retry-after": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
+    return JSON(exc.body(), status_code=exc.status, headers=headers)
+
+
+def request_timeout(request: Request, default_s: float) -> float:
+    """Seconds this request may take: the gateway's default, lowered by `X-Gpupool-Timeout`.
+
+    The header must be a finite number of seconds above zero: `-1`, `0`, `nan` and `inf`
+    are mistakes (or probes), refused with a 400 naming the header rather than read as
+    "no deadline" or "expire at once".
+    """
+    header = request.headers.get("x-gpupool-timeout")
+    if header is None:
+        return default_s
+    try:
+        value = float(header)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise errors.InvalidRequest(f"X-Gpupool-Timeout must be a positive number of seconds, not {header[:32]!r}",
+                                    param="X-Gpupool-Timeout")
+    return min(default_s, value)
 
 
 class BodyLimit:
@@ -90,9 +118,13 @@ def route_options(request: Request, body: pydantic.BaseModel) -> RouteOptions:
     """Client routing options: headers `X-Gpupool-Region`, `X-Gpupool-Region-Policy`,
     `X-Gpupool-Max-Price` (µcr per request), or the same in a body field
     `"gpupool": {"region": ..., "region_policy": ..., "max_price": ...}`; headers win."""
-    extra = (body.model_extra or {}).get("gpupool") or {}
+    extra = getattr(body, "gpupool", None) or {}
     if not isinstance(extra, dict):
         raise errors.InvalidRequest("gpupool must be an object", param="gpupool")
+    unknown = set(extra) - GPUPOOL_OPTIONS
+    if unknown:
+        name = sorted(unknown)[0]
+        raise errors.InvalidRequest(f"unknown gpupool option {name!r}", param=f"gpupool.{name}")
     h = request.headers
     region = h.get("x-gpupool-region") or extra.get("region")
     policy = h.get("x-gpupool-region-policy") or extra.get("region_policy") or "prefer"
@@ -114,11 +146,23 @@ def route_options(request: Request, body: pydantic.BaseModel) -> RouteOptions:
     return RouteOptions(region=str(region) if region else None, region_policy=policy, max_price=max_price)
 
 
-def query_limit(request: Request, default: int = 100) -> int:
+def query_limit(request: Request, default: int = 100, most: int = 10_000) -> int:
     try:
-        return max(1, min(10_000, int(request.query_params.get("limit", str(default)))))
+        return max(1, min(most, int(request.query_params.get("limit", str(default)))))
     except ValueError:
         raise errors.InvalidRequest("limit must be an integer", param="limit") from None
+
+
+async def json_object(request: Request, param_hint: str) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 saying what was expected (never a 500)."""
+    raw = await request.body()
+    try:
+        body = msgspec.json.decode(raw) if raw else {}
+    except msgspec.DecodeError:
+        raise errors.InvalidRequest(f"request body is not valid JSON; expected {param_hint}") from None
+    if not isinstance(body, dict):
+        raise errors.InvalidRequest(f"request body must be a JSON object: {param_hint}")
+    return body
 
 
 SLOT = "\x00gpupool-slot\x00"
@@ -158,6 +202,11 @@ class EventStream(StreamingResponse):
     def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kw: Any):
         super().__init__(content, **kw)
         self._on_close = on_close
+        self._also: list[Callable[[], None]] = []
+
+    def add_close_callback(self, callback: Callable[[], None]) -> None:
+        """Also run `callback` when the stream ends, however it ends (e.g. a per-key quota release)."""
+        self._also.append(callback)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -165,6 +214,8 @@ class EventStream(StreamingResponse):
         except ClientGone:
             pass  # nobody is left to read the rest
         finally:
+            for callback in self._also:
+                callback()
             await self._on_close()
 
 

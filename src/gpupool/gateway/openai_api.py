@@ -1,10 +1,16 @@
 """OpenAI-compatible request bodies (pydantic, validated at the HTTP edge) and response builders.
 
-Requests accept what the official `openai` client sends and ignore fields we
-don't act on (e.g. `user`); fields that would change the answer in ways we
-cannot honour (`n > 1`, image parts, token-array inputs) are refused with a 400
-that names the field, rather than silently ignored. Responses are plain dicts
-shaped like OpenAI's published schemas (the tests validate them against it).
+Requests accept exactly what gpupool can honour. Every number is range-checked
+(`seed` within int64 as OpenAI documents it; `max_tokens` within the model's limit;
+no NaN or infinity anywhere), and a parameter the network does not implement
+(`tools`, `response_format` other than text, `logprobs`, `n > 1`, audio, ...) or an
+unknown field is refused with a 400 naming it, never silently ignored. Parameters
+sent with their neutral value (`null`, `logprobs: false`, `n: 1`, `presence_penalty:
+0`, ...) keep working, so clients that spell out defaults are served. Responses are
+plain dicts shaped like OpenAI's published schemas (the tests validate them against it).
+
+    body = parse(ChatCompletionRequest, raw_bytes)    # errors.InvalidRequest on anything wrong
+    payload = body.payload(default_max_tokens=256, limit=ModelLimits(2048, 8192))
 
 Sampled generation requests (temperature > 0) always reach the provider with a seed:
 the client's, or a random one the gateway picks, because checkers can only audit a
@@ -16,8 +22,10 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gpupool import errors
@@ -25,18 +33,140 @@ from gpupool.protocol import ChatMessage, EmbedPayload, GeneratePayload
 from gpupool.verify.sampler import GREEDY_BELOW
 
 MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 256
+MAX_MESSAGES = 2048
+MAX_CONTENT_PARTS = 256
+MAX_NAME_CHARS = 256
+MAX_EMBEDDING_DIMENSIONS = 65_536
+# OpenAI documents `seed` as an int64; the wire (msgpack) could carry up to 2**64-1, but a
+# value the official API refuses is refused here too.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+# No model generates 2**31 tokens: a ceiling that keeps every later sum in range.
+MAX_TOKENS_CEILING = 2**31 - 1
+# A token never covers more than this many characters (the longest vocabulary entries
+# are runs of spaces or dashes well below it), so len(text) / this is a lower bound on
+# the prompt's tokens: a prompt over the model's input limit even by that bound is refused
+# at the edge instead of costing a provider a tokenizer pass (or worse).
+MAX_CHARS_PER_TOKEN = 128
+
+BodyT = TypeVar("BodyT", bound="_Body")
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What the providers of a model accept: most completion tokens, most prompt tokens."""
+
+    max_output_tokens: int
+    max_input_tokens: int
+
+
+def parse(model: type[BodyT], raw: bytes) -> BodyT:
+    """Validate a request body; any problem becomes one InvalidRequest naming the parameter."""
+    try:
+        body = model.model_validate_json(raw)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        kind = first.get("type")
+        if kind == "json_invalid":
+            raise errors.InvalidRequest("request body is not valid JSON") from None
+        if kind == "model_type" and not first.get("loc"):
+            raise errors.InvalidRequest("request body must be a JSON object") from None
+        loc = [str(p) for p in first.get("loc", ())]
+        # `messages.0.content.list[...]` -> `messages.0.content`: the union branch is noise.
+        loc = [p for p in loc if not p.startswith(("list[", "str", "int", "dict["))] or loc
+        where = ".".join(loc)
+        if kind == "extra_forbidden":
+            raise errors.InvalidRequest(f"Unrecognized request argument supplied: {where} (gpupool does not "
+                                        "implement it; see docs/api.md)", param=where) from None
+        msg = str(first.get("msg", "invalid request body")).removeprefix("Value error, ")
+        raise errors.InvalidRequest(f"{where}: {msg}" if where else msg, param=where or None) from None
+    body.refuse_unsupported()
+    return body
+
+
+def _refuse(param: str, why: str) -> errors.InvalidRequest:
+    return errors.InvalidRequest(f"{param}: {why} (see docs/api.md for what gpupool supports)", param=param,
+                                 code="unsupported_parameter")
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str = Field(min_length=1)
+    model_config = _STRICT
+    model: str = Field(min_length=1, max_length=256)
+    # gpupool's own routing options (region, region_policy, max_price): gateway/http.py reads them.
+    gpupool: dict[str, Any] | None = None
+    # Tags for the client's own abuse tracking at OpenAI; nothing to honour, nothing changes.
+    user: str | None = Field(default=None, max_length=256)
+    safety_identifier: str | None = Field(default=None, max_length=256)
+
+    # Parameters OpenAI defines that gpupool does not implement: accepted only with a value
+    # that asks for nothing (so clients spelling out defaults keep working), else refused.
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+    def refuse_unsupported(self) -> None:
+        for name, neutral in self.NEUTRAL.items():
+            value = getattr(self, name)
+            if value is not None and value not in neutral:
+                raise _refuse(name, f"{_why(name)}; send null or omit it")
+
+
+def _why(name: str) -> str:
+    reasons = {
+        "tools": "tool calling is not implemented by the network's backends",
+        "tool_choice": "tool calling is not implemented by the network's backends",
+        "functions": "function calling is not implemented by the network's backends",
+        "function_call": "function calling is not implemented by the network's backends",
+        "parallel_tool_calls": "tool calling is not implemented by the network's backends",
+        "response_format": "only plain text output ({\"type\": \"text\"}) is supported; JSON mode is not",
+        "logprobs": "log-probabilities are not returned by this gateway",
+        "top_logprobs": "log-probabilities are not returned by this gateway",
+        "audio": "audio output is not supported",
+        "modalities": "only text output ([\"text\"]) is supported",
+        "prediction": "predicted outputs are not supported",
+        "frequency_penalty": "penalties are not implemented (only 0)",
+        "presence_penalty": "penalties are not implemented (only 0)",
+        "logit_bias": "logit bias is not implemented",
+        "store": "completions are not stored (only false)",
+        "metadata": "stored-completion metadata is not supported",
+        "service_tier": "service tiers are not offered (only auto or default)",
+        "reasoning_effort": "reasoning controls are not supported",
+        "verbosity": "verbosity controls are not supported",
+        "web_search_options": "web search is not supported",
+        "best_of": "best_of other than 1 is not supported",
+        "suffix": "suffix (insertion) is not supported",
+        "echo": "echo=true is not supported",
+    }
+    return reasons.get(name, "not supported")
 
 
 class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _STRICT
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    refusal: str | None = None  # an earlier assistant turn's refusal, echoed back: nothing to do
+    tool_call_id: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    tool_calls: list[Any] | None = None
+    # What an earlier answer carried, when a client sends it back as history (e.g.
+    # `message.model_dump()`): citations are output-only; audio and calls must be empty.
+    annotations: list[Any] | None = None
+    function_call: Any = None
+    audio: Any = None
+
+    @field_validator("content")
+    @classmethod
+    def _few_parts(cls, v: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        if isinstance(v, list) and len(v) > MAX_CONTENT_PARTS:
+            raise ValueError(f"at most {MAX_CONTENT_PARTS} content parts")
+        return v
+
+    @field_validator("tool_calls", "function_call", "audio")
+    @classmethod
+    def _nothing_we_cannot_replay(cls, v: Any) -> Any:
+        if v:
+            raise ValueError("tool calls and audio are not implemented by the network's backends")
+        return v
 
     def text(self) -> str:
         if self.content is None:
@@ -45,27 +175,33 @@ class ChatMessageIn(BaseModel):
             return self.content
         parts = []
         for part in self.content:
-            if part.get("type") != "text":
+            if part.get("type") != "text" or not isinstance(part.get("text", ""), str):
                 raise errors.InvalidRequest(
                     f"content parts of type {part.get('type')!r} are not supported; send text",
                     param="messages",
                 )
-            parts.append(str(part.get("text", "")))
+            parts.append(part.get("text", ""))
         return "".join(parts)
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    model_config = _STRICT
+    include_usage: bool | None = False
+    # Random padding OpenAI adds against side channels; our events carry none, so nothing to turn off.
+    include_obfuscation: bool | None = None
 
 
 class _Sampling(_Body):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=128)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, int] | None = Field(default=None, max_length=1024)
 
     @field_validator("n")
     @classmethod
@@ -77,8 +213,21 @@ class _Sampling(_Body):
     @field_validator("stop")
     @classmethod
     def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > MAX_STOP_SEQUENCES:
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > MAX_STOP_SEQUENCES:
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        for token, bias in (v or {}).items():
+            if not token.isdigit() or len(token) > 10:
+                raise ValueError(f"logit_bias keys are token ids, not {token[:20]!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError("logit_bias values must be between -100 and 100")
         return v
 
     def temperature_or_default(self) -> float:
@@ -97,15 +246,63 @@ class _Sampling(_Body):
         return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
 
 
-class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessageIn] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+def _output_tokens(requested: int | None, default: int, limit: ModelLimits | None, param: str) -> int:
+    """The completion budget: the client's within the model's limit (400 above it), else the default."""
+    if limit is None:
+        return requested or default
+    if requested is not None and requested > limit.max_output_tokens:
+        raise errors.InvalidRequest(
+            f"{param} is too large: {requested}. This model supports at most {limit.max_output_tokens} "
+            "completion tokens", param=param)
+    return requested or min(default, limit.max_output_tokens)
 
-    def payload(self, default_max_tokens: int) -> GeneratePayload:
+
+def _check_prompt(chars: int, limit: ModelLimits | None, param: str) -> None:
+    if limit is not None and chars // MAX_CHARS_PER_TOKEN > limit.max_input_tokens:
+        raise errors.InvalidRequest(
+            f"{param} is far longer than this model's context of {limit.max_input_tokens} tokens "
+            f"({chars} characters)", param=param, code="context_length_exceeded")
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CEILING)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CEILING)
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    parallel_tool_calls: Any = None
+    response_format: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    store: Any = None
+    metadata: Any = None
+    service_tier: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
+    prompt_cache_key: str | None = Field(default=None, max_length=256)  # a cache hint: nothing to honour
+
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "tools": ([],), "tool_choice": ("none",), "functions": ([],), "function_call": ("none",),
+        "parallel_tool_calls": (True, False), "response_format": ({"type": "text"},), "logprobs": (False,),
+        "top_logprobs": (0,), "audio": (), "modalities": (["text"],), "prediction": (), "store": (False,),
+        "metadata": ({},), "service_tier": ("auto", "default"), "reasoning_effort": (), "verbosity": (),
+        "web_search_options": (), "frequency_penalty": (0,), "presence_penalty": (0,), "logit_bias": ({},),
+    }
+
+    def payload(self, default_max_tokens: int, limit: ModelLimits | None = None) -> GeneratePayload:
+        param = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+        messages = [ChatMessage(role=m.role, content=m.text(), name=m.name or "") for m in self.messages]
+        _check_prompt(sum(len(m.content) for m in messages), limit, "messages")
         return GeneratePayload(
-            messages=[ChatMessage(role=m.role, content=m.text(), name=m.name or "") for m in self.messages],
-            max_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
+            messages=messages,
+            max_tokens=_output_tokens(self.max_completion_tokens or self.max_tokens, default_max_tokens, limit,
+                                      param),
             temperature=self.temperature_or_default(),
             top_p=1.0 if self.top_p is None else self.top_p,
             seed=self.replayable_seed(),
@@ -115,8 +312,16 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's documented default
+    max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS_CEILING)  # OpenAI's documented default
     echo: bool | None = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    best_of: int | None = Field(default=None, ge=0, le=20)
+    suffix: str | None = None
+
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "echo": (False,), "logprobs": (), "best_of": (1,), "suffix": ("",), "frequency_penalty": (0,),
+        "presence_penalty": (0,), "logit_bias": ({},),
+    }
 
     @field_validator("prompt")
     @classmethod
@@ -125,18 +330,12 @@ class CompletionRequest(_Sampling):
             raise ValueError("exactly one prompt per request is supported")
         return v
 
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("echo=true is not supported")
-        return v
-
-    def payload(self) -> GeneratePayload:
+    def payload(self, limit: ModelLimits | None = None) -> GeneratePayload:
         prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        _check_prompt(len(prompt), limit, "prompt")
         return GeneratePayload(
             prompt=prompt,
-            max_tokens=self.max_tokens or 16,
+            max_tokens=_output_tokens(self.max_tokens, 16, limit, "max_tokens"),
             temperature=self.temperature_or_default(),
             top_p=1.0 if self.top_p is None else self.top_p,
             seed=self.replayable_seed(),
@@ -147,9 +346,9 @@ class CompletionRequest(_Sampling):
 class EmbeddingRequest(_Body):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, le=MAX_EMBEDDING_DIMENSIONS)
 
-    def payload(self, max_inputs: int) -> EmbedPayload:
+    def payload(self, max_inputs: int, limit: ModelLimits | None = None) -> EmbedPayload:
         inputs = [self.input] if isinstance(self.input, str) else self.input
         if not inputs:
             raise errors.InvalidRequest("input must not be empty", param="input")
@@ -159,6 +358,7 @@ class EmbeddingRequest(_Body):
             raise errors.InvalidRequest(f"at most {max_inputs} inputs per request", param="input")
         if any(x == "" for x in inputs):
             raise errors.InvalidRequest("inputs must be non-empty strings", param="input")
+        _check_prompt(max(len(x) for x in inputs), limit, "input")  # type: ignore[arg-type]
         return EmbedPayload(inputs=list(inputs))  # type: ignore[arg-type]
 
 

@@ -18,6 +18,7 @@ import uvicorn
 
 from gpupool.config import GatewaySettings
 from gpupool.gateway.app import create_app
+from gpupool.gateway.slow_clients import guarded_http
 from gpupool.gc_tuning import freeze_startup_heap
 from gpupool.gateway.store import Store
 from gpupool.identity import Identity
@@ -48,7 +49,8 @@ async def serve(settings: GatewaySettings) -> None:
     config = uvicorn.Config(
         app,
         loop="none",  # the caller's loop (uvloop when installed) is already running
-        http="httptools",
+        # httptools, plus deadlines on each request's headers and body (gateway/slow_clients.py)
+        http=guarded_http(settings.header_timeout_s, settings.body_timeout_s),
         ws="websockets-sansio",
         ws_max_size=16 * 1024 * 1024,
         ws_ping_interval=None,  # the hub pings providers itself and measures RTT

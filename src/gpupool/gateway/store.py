@@ -24,6 +24,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Float,
+    Index,
     Integer,
     String,
     Text,
@@ -56,6 +57,11 @@ class ApiKeyRow(Base):
     account: Mapped[str] = mapped_column(String(64), default="", server_default="default")
     created_at: Mapped[float] = mapped_column(Float)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Per-key limits (gateway/limits.py); 0 = the gateway's default. Server defaults, so
+    # `add_missing_columns` adds them to databases made by older gpupools in place.
+    rpm: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tpm: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    max_concurrency: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ProviderRow(Base):
@@ -81,6 +87,8 @@ class PeerEventRow(Base):
 
 class RequestRow(Base):
     __tablename__ = "requests"
+    # /v1/account pages a client's charges newest first: one index walk, not a scan.
+    __table_args__ = (Index("ix_requests_account_at", "account", "at"),)
     request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     at: Mapped[float] = mapped_column(Float, index=True)
     key_id: Mapped[int] = mapped_column(Integer, index=True)
@@ -100,12 +108,39 @@ class ApiKey:
     id: int
     name: str
     account: str
+    # Limits stored with the key; 0 = the gateway's default (GatewaySettings.key_*).
+    rpm: int = 0
+    tpm: int = 0
+    concurrency: int = 0
+
+
+# How long a gateway trusts what it read about a key: a revocation (from the CLI, the
+# admin API or another gateway sharing the database) takes effect within this time.
+KEY_CACHE_S = 2.0
+KEY_CACHE_MAX = 10_000
 
 
 def account_for(name: str) -> str:
-    """A ledger account id from a key's name: lower case, [a-z0-9._-] (keys with one name share it)."""
+    """A ledger account id from a key's name: lower case, [a-z0-9._-]; keys with one name share it.
+
+    A name that is already such an id is used as it is. Any other name (upper case,
+    spaces, symbols, over 64 characters) gets a short hash of the exact name appended,
+    so distinct names never share an account ("Alice" and "alice!" spend from
+    different ones).
+    """
     slug = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-")
-    return slug[:64] or "default"
+    if slug == name and 0 < len(slug) <= 64:
+        return slug
+    if not name:
+        return "default"
+    return f"{slug[:50] or 'key'}.{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
+
+def _add_missing_indexes(conn: Any) -> None:
+    """create_all makes indexes only with new tables: add the ones older databases lack."""
+    for table in Base.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
 
 
 def hash_key(key: str) -> str:
@@ -116,7 +151,9 @@ class Store:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._key_cache: dict[str, ApiKey | None] = {}
+        # key hash -> (key or None if unknown/revoked, monotonic time the entry expires)
+        self._key_cache: dict[str, tuple[ApiKey | None, float]] = {}
+        self.key_cache_s = KEY_CACHE_S
         self._pending: list[tuple[Any, dict[str, Any]]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -127,6 +164,7 @@ class Store:
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
             await conn.run_sync(add_missing_columns, Base.metadata)
+            await conn.run_sync(_add_missing_indexes)
         return cls(engine)
 
     def start_writer(self) -> None:
@@ -141,17 +179,22 @@ class Store:
 
     # ------------------------------------------------------------ API keys
 
-    async def create_key(self, name: str, key: str | None = None, account: str | None = None) -> str:
+    async def create_key(self, name: str, key: str | None = None, account: str | None = None, *,
+                         rpm: int = 0, tpm: int = 0, concurrency: int = 0) -> str:
         """Create (or, given `key`, register) an API key; returns the plaintext once.
 
-        The key spends from ledger account `account` (default: derived from `name`).
+        The key spends from ledger account `account` (default: derived from `name`);
+        `rpm`, `tpm` and `concurrency` are its limits (0: the gateway's defaults).
         """
+        if min(rpm, tpm, concurrency) < 0:
+            raise ValueError("key limits must be 0 (the gateway's default) or positive")
         key = key or KEY_PREFIX + secrets.token_urlsafe(32)
         async with self.sessions.begin() as s:
             existing = await s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_key(key)))
             if existing is None:
                 s.add(ApiKeyRow(name=name, key_hash=hash_key(key), hint=key[:7], created_at=time.time(),
-                                account=account_for(account or name)))
+                                account=account_for(account or name),
+                                rpm=rpm, tpm=tpm, max_concurrency=concurrency))
         self._key_cache.pop(hash_key(key), None)
         return key
 
@@ -160,7 +203,7 @@ class Store:
             rows = (await s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id))).all()
         return [
             {"id": r.id, "name": r.name, "account": r.account, "hint": r.hint + "…", "created_at": r.created_at,
-             "revoked": r.revoked}
+             "revoked": r.revoked, "rpm": r.rpm, "tpm": r.tpm, "concurrency": r.max_concurrency}
             for r in rows
         ]
 
@@ -171,15 +214,29 @@ class Store:
         return bool(result.rowcount)
 
     async def authenticate(self, key: str) -> ApiKey | None:
+        """The key's record, or None if unknown or revoked.
+
+        Answers are cached for `key_cache_s` (2 s): long enough that a busy key costs one
+        database read every two seconds, short enough that a revocation written by any
+        process sharing the database reaches this gateway within that time. Misses are
+        cached too (a flood of wrong keys must not become a flood of queries), for the
+        same short time, so a key created a moment ago by another replica works soon.
+        """
         digest = hash_key(key)
-        if digest in self._key_cache:
-            return self._key_cache[digest]
+        now = time.monotonic()
+        cached = self._key_cache.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
         async with self.sessions() as s:
             row = await s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
-        found = ApiKey(row.id, row.name, row.account) if row is not None and not row.revoked else None
-        # Cache hits only: a miss might be a key created a moment ago by another replica.
-        if found is not None:
-            self._key_cache[digest] = found
+        found = (ApiKey(row.id, row.name, row.account, row.rpm, row.tpm, row.max_concurrency)
+                 if row is not None and not row.revoked else None)
+        if len(self._key_cache) >= KEY_CACHE_MAX:
+            # Bounded: drop what expired; if a flood of distinct keys filled it, start over.
+            self._key_cache = {d: e for d, e in self._key_cache.items() if e[1] > now}
+            if len(self._key_cache) >= KEY_CACHE_MAX:
+                self._key_cache.clear()
+        self._key_cache[digest] = (found, now + self.key_cache_s)
         return found
 
     # ------------------------------------------------------------ providers and events
@@ -201,6 +258,11 @@ class Store:
                 # ago (a provider connects to all its gateways at once): update that row.
                 if attempt == 1:
                     raise
+
+    async def provider_known(self, node_id: str) -> bool:
+        """Whether this provider ever connected to a gateway sharing this database."""
+        async with self.sessions() as s:
+            return await s.get(ProviderRow, node_id[:64]) is not None
 
     def record_event(self, peer: str, kind: str, detail: str) -> None:
         log.warning("peer %s: %s: %s", peer, kind, detail)
@@ -228,10 +290,19 @@ class Store:
             for r in rows
         ]
 
-    async def recent_charges(self, account: str, limit: int = 20) -> list[dict[str, Any]]:
+    async def recent_charges(self, account: str, limit: int = 20, after: str | None = None) -> list[dict[str, Any]]:
+        """The account's requests, newest first, `limit` of them; `after` a request id from the
+        previous page continues below it (an index range on (account, at), never a scan)."""
         await self._flush()
-        q = select(RequestRow).where(RequestRow.account == account).order_by(RequestRow.at.desc()).limit(limit)
+        q = select(RequestRow).where(RequestRow.account == account)
         async with self.sessions() as s:
+            if after:
+                cursor = await s.scalar(select(RequestRow.at).where(RequestRow.request_id == after,
+                                                                    RequestRow.account == account))
+                if cursor is None:
+                    raise KeyError(after)
+                q = q.where((RequestRow.at < cursor) | ((RequestRow.at == cursor) & (RequestRow.request_id < after)))
+            q = q.order_by(RequestRow.at.desc(), RequestRow.request_id.desc()).limit(limit)
             rows = (await s.scalars(q)).all()
         return [{"request_id": r.request_id, "at": r.at, "model": r.model, "status": r.status, "cost": r.cost,
                  "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,

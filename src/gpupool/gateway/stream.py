@@ -66,6 +66,7 @@ async def _first_event(d: Dispatcher, request_id: str, model: str, payload: Payl
             d.cancel(session, request_id)
             raise
         if isinstance(first, (Chunk, Done)):
+            d.judge_client_faults(tries, request_id, model, payload)
             return session, channel, first, sent_at
         session.close_channel(request_id)
         if isinstance(first, _Stalled):

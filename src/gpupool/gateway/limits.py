@@ -1,0 +1,230 @@
+"""Per-key limits and fair shares of the pool: a pure policy (state in, `now` in, decision out).
+
+Each API key may be limited in requests per minute, tokens per minute and requests at
+once (its own numbers, or the gateway's defaults), and under load every key gets a fair
+share of the providers' slots for a model, so that one key's flood cannot starve
+another key. Nothing here reads a clock, a socket or the database: the gateway passes
+`now` (monotonic seconds) and the model's capacity, and turns a refusal into a 429.
+
+    limiter = KeyLimiter(LimiterConfig(burst_s=10))
+    d = limiter.admit(key_id, KeyLimits(rpm=60), "llama", tokens=300, slots=8, now=t)
+    if not d.ok: ...                      # d.reason, d.retry_after_s
+    limiter.release(key_id, "llama", reserved=300, used=120, now=t2)   # once per admitted request
+
+Rates are token buckets: `rpm` refills rpm/60 requests per second and holds `burst_s`
+seconds of them (at least one), so short bursts pass and a steady flood is held at the
+rate. Tokens are counted at admission as the most the request may use (its prompt
+bound plus `max_tokens`) and settled to the receipt's usage when it ends, as OpenAI
+counts them.
+
+The fair share is max-min: a key may use what other keys leave unused, up to all slots
+plus some headroom (so the providers' queues keep a little room for a newcomer), and is
+always allowed its equal share among the keys active on that model (in flight, or seen
+within `active_window_s`). A key alone is therefore limited only by the pool's size.
+
+State per key expires once it has nothing in flight and its buckets would be full again,
+and the table never holds more than `max_keys` entries: whatever a client sends, memory
+stays bounded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """One key's limits; 0 means unlimited (the fair share still applies)."""
+
+    rpm: int = 0
+    tpm: int = 0
+    concurrency: int = 0
+
+
+@dataclass(frozen=True)
+class LimiterConfig:
+    burst_s: float = 10.0  # a bucket holds this many seconds of its rate
+    active_window_s: float = 2.0  # a key seen this recently counts for the fair share
+    headroom: float = 0.5  # beyond the slots, this share of them may be queued by keys
+    max_keys: int = 100_000
+
+
+@dataclass(frozen=True)
+class Decision:
+    ok: bool
+    reason: str = ""  # rpm | tpm | concurrency | fair_share
+    message: str = ""
+    retry_after_s: float = 0.0
+
+
+ADMIT = Decision(True)
+
+
+@dataclass
+class Bucket:
+    """A token bucket: `level` tokens at time `updated`; refills `rate` per second up to `capacity`."""
+
+    rate: float
+    capacity: float
+    level: float
+    updated: float
+
+    @classmethod
+    def full(cls, per_minute: int, burst_s: float, now: float) -> Bucket:
+        rate = per_minute / 60.0
+        capacity = max(1.0, rate * burst_s)
+        return cls(rate, capacity, capacity, now)
+
+    def refill(self, now: float) -> None:
+        if now > self.updated:
+            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+            self.updated = now
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds until `amount` (at most the capacity) is available; 0 if it is now."""
+        self.refill(now)
+        need = min(amount, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+    def take(self, amount: float) -> None:
+        # A request bigger than the whole bucket may pass when it is full, leaving it empty.
+        self.level -= min(amount, self.capacity)
+
+    def give_back(self, amount: float) -> None:
+        self.level = min(self.capacity, self.level + amount)
+
+    def full_at(self) -> float:
+        return self.updated + (self.capacity - self.level) / self.rate
+
+
+@dataclass
+class KeyState:
+    limits: KeyLimits
+    requests: Bucket | None = None
+    tokens: Bucket | None = None
+    in_flight: dict[str, int] = field(default_factory=dict)  # per model
+    total_in_flight: int = 0
+    last_seen: float = 0.0
+
+    def idle_until(self) -> float:
+        """When this entry carries no information any more (nothing in flight, buckets full)."""
+        ends = [self.last_seen]
+        ends += [b.full_at() for b in (self.requests, self.tokens) if b is not None]
+        return max(ends)
+
+
+class KeyLimiter:
+    def __init__(self, config: LimiterConfig | None = None):
+        self.config = config or LimiterConfig()
+        self.keys: dict[int, KeyState] = {}
+        # model -> key -> last time the key asked for the model (for the fair share)
+        self.active: dict[str, dict[int, float]] = {}
+        self._swept = 0.0
+
+    # ------------------------------------------------------------ decisions
+
+    def admit(self, key: int, limits: KeyLimits, model: str, tokens: int, slots: int, now: float) -> Decision:
+        """May this key start a request for `model` now? On ok the request is counted until `release`.
+
+        `tokens`: the most the request may use (prompt bound + max_tokens). `slots`: the
+        model's providers' concurrent slots (0 when nobody serves it: no fair share applies,
+        routing answers that case; callers then pass a fixed `model`, since only served
+        model names may become keys of the fair-share table)."""
+        self._sweep(now)
+        state = self._state(key, limits, now)
+        state.last_seen = now
+        if slots > 0:
+            self.active.setdefault(model, {})[key] = now
+        if limits.concurrency and state.total_in_flight >= limits.concurrency:
+            return Decision(False, "concurrency", f"concurrent requests: limit {limits.concurrency}, in flight "
+                            f"{state.total_in_flight}", retry_after_s=1.0)
+        if slots > 0:
+            cap = self.fair_cap(key, model, slots, now)
+            mine = state.in_flight.get(model, 0)
+            if mine >= cap:
+                return Decision(False, "fair_share", f"this key has {mine} requests in flight for {model!r}, its "
+                                f"fair share of the pool's {slots} slots while others wait", retry_after_s=1.0)
+        wait = state.requests.wait_for(1, now) if state.requests else 0.0
+        if wait > 0:
+            return Decision(False, "rpm", f"requests per min (RPM): limit {limits.rpm}", retry_after_s=wait)
+        wait = state.tokens.wait_for(tokens, now) if state.tokens else 0.0
+        if wait > 0:
+            return Decision(False, "tpm", f"tokens per min (TPM): limit {limits.tpm}, requested {tokens} (prompt "
+                            "estimate + max_tokens)", retry_after_s=wait)
+        if state.requests:
+            state.requests.take(1)
+        if state.tokens:
+            state.tokens.take(tokens)
+        state.in_flight[model] = state.in_flight.get(model, 0) + 1
+        state.total_in_flight += 1
+        return ADMIT
+
+    def release(self, key: int, model: str, reserved: int, used: int, now: float) -> None:
+        """An admitted request ended; `used` tokens (from its receipt, 0 if it failed) replace `reserved`."""
+        state = self.keys.get(key)
+        if state is None:
+            return
+        left = state.in_flight.get(model, 0) - 1
+        if left > 0:
+            state.in_flight[model] = left
+        else:
+            state.in_flight.pop(model, None)
+        state.total_in_flight = max(0, state.total_in_flight - 1)
+        state.last_seen = max(state.last_seen, now)
+        if state.tokens and reserved > used:
+            state.tokens.refill(now)
+            state.tokens.give_back(min(reserved, state.tokens.capacity) - min(used, state.tokens.capacity))
+
+    def fair_cap(self, key: int, model: str, slots: int, now: float) -> int:
+        """Most requests `key` may have in flight for `model`: max-min fair over the active keys."""
+        total = slots + max(1, math.floor(slots * self.config.headroom))
+        recent = self.active.get(model, {})
+        others = 0
+        active = 1
+        for other, seen in recent.items():
+            if other == key:
+                continue
+            busy = self.keys[other].in_flight.get(model, 0) if other in self.keys else 0
+            if busy or now - seen <= self.config.active_window_s:
+                active += 1
+                others += busy
+        share = math.ceil(total / active)
+        return max(share, total - others)
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _state(self, key: int, limits: KeyLimits, now: float) -> KeyState:
+        state = self.keys.get(key)
+        if state is None or state.limits != limits:
+            fresh = KeyState(limits)
+            fresh.requests = Bucket.full(limits.rpm, self.config.burst_s, now) if limits.rpm > 0 else None
+            fresh.tokens = Bucket.full(limits.tpm, self.config.burst_s, now) if limits.tpm > 0 else None
+            if state is not None:  # the key's limits changed: keep what it has in flight
+                fresh.in_flight, fresh.total_in_flight = state.in_flight, state.total_in_flight
+            elif len(self.keys) >= self.config.max_keys:
+                self._evict(now)
+            self.keys[key] = state = fresh
+        return state
+
+    def _sweep(self, now: float) -> None:
+        """Forget idle keys (at most once a second: the scan is over every key)."""
+        if now - self._swept < 1.0:
+            return
+        self._swept = now
+        window = self.config.active_window_s
+        for key in [k for k, s in self.keys.items() if not s.total_in_flight and s.idle_until() + window < now]:
+            del self.keys[key]
+        for model in list(self.active):
+            recent = self.active[model]
+            for key in [k for k, seen in recent.items() if now - seen > window
+                        and not (k in self.keys and self.keys[k].in_flight.get(model))]:
+                del recent[key]
+            if not recent:
+                del self.active[model]
+
+    def _evict(self, now: float) -> None:
+        """Table full: drop the longest-idle key with nothing in flight (its buckets restart full)."""
+        idle = [(s.last_seen, k) for k, s in self.keys.items() if not s.total_in_flight]
+        if idle:
+            del self.keys[min(idle)[1]]

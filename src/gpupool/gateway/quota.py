@@ -1,0 +1,124 @@
+"""Wires the per-key limits policy (`gateway.limits`) to the live gateway: keys, settings, the clock.
+
+    quotas = Quotas(settings, hub)
+    ticket = quotas.admit(key, model, payload)       # raises RateLimited / NoCapacity (429)
+    return await within_quota(ticket, respond())     # released when the answer (or stream) ends
+
+The decisions are `KeyLimiter`'s (pure, unit-tested); this module only supplies the
+key's limits (its own, else the gateway's defaults), the model's slot count from the
+live provider sessions, and `time.monotonic()`, and shapes refusals as errors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+from starlette.background import BackgroundTasks
+from starlette.responses import Response
+
+from gpupool import errors
+from gpupool.config import GatewaySettings
+from gpupool.gateway.http import EventStream
+from gpupool.gateway.limits import KeyLimiter, KeyLimits, LimiterConfig
+from gpupool.gateway.openai_api import ModelLimits
+from gpupool.protocol import EmbedPayload, Payload
+
+if TYPE_CHECKING:
+    from gpupool.gateway.hub import Hub
+    from gpupool.gateway.store import ApiKey
+
+# The fair-share table is keyed by model names only once a provider serves them; requests
+# for anything else share this entry (routing answers them with 404/503 at once).
+UNSERVED = ""
+
+
+class Ticket:
+    """One admitted request; `release` gives its place (and unused tokens) back, once."""
+
+    __slots__ = ("_quotas", "_key", "_model", "reserved", "_open")
+
+    def __init__(self, quotas: Quotas, key: int, model: str, reserved: int):
+        self._quotas, self._key, self._model, self.reserved = quotas, key, model, reserved
+        self._open = True
+
+    def release(self, used_tokens: int | None = None) -> None:
+        """`used_tokens`: what to count against tokens per minute; None counts the admission
+        estimate (as OpenAI does), 0 gives it all back (nothing was served)."""
+        if self._open:
+            self._open = False
+            used = self.reserved if used_tokens is None else used_tokens
+            self._quotas.limiter.release(self._key, self._model, self.reserved, used, time.monotonic())
+
+
+class Quotas:
+    def __init__(self, settings: GatewaySettings, hub: Hub):
+        self.settings = settings
+        self.hub = hub
+        self.limiter = KeyLimiter(LimiterConfig(burst_s=settings.rate_burst_s))
+        self.refused: dict[str, int] = {}  # reason -> count, for operators
+
+    def limits_for(self, key: ApiKey) -> KeyLimits:
+        s = self.settings
+        return KeyLimits(rpm=key.rpm or s.key_rpm, tpm=key.tpm or s.key_tpm,
+                         concurrency=key.concurrency or s.key_concurrency)
+
+    def model_limits(self, model: str) -> ModelLimits | None:
+        """The largest completion and prompt the model's live providers offer (None: nobody serves it).
+
+        The most generous provider sets the limit (one provider offering a tiny limit must
+        not shrink it for everyone), capped by the operator's `max_output_tokens`."""
+        offers = [s.models[model] for s in self.hub.serving(model)]
+        if not offers:
+            return None
+        return ModelLimits(max_output_tokens=max(1, min(self.settings.max_output_tokens,
+                                                        max(o.max_output_tokens for o in offers))),
+                           max_input_tokens=max(1, max(o.max_input_tokens for o in offers)))
+
+    def admit(self, key: ApiKey, model: str, payload: Payload) -> Ticket:
+        """Count the request against its key, or raise the 429 that says which limit it hit."""
+        tokens = estimate_tokens(payload)
+        slots = 0
+        if self.settings.fair_share:
+            slots = sum(s.offer.max_concurrency for s in self.hub.serving(model))
+        name = model if slots > 0 else UNSERVED
+        decision = self.limiter.admit(key.id, self.limits_for(key), name, tokens, slots, time.monotonic())
+        if not decision.ok:
+            self.refused[decision.reason] = self.refused.get(decision.reason, 0) + 1
+            if decision.reason == "fair_share":
+                # Not the key's own limit: the pool is busy and others need their share.
+                exc: errors.GpupoolError = errors.NoCapacity(
+                    f"{decision.message}; retry shortly", code="no_capacity")
+                exc.retry_after_s = decision.retry_after_s  # type: ignore[attr-defined]
+                raise exc
+            raise errors.RateLimited(f"Rate limit reached for this key on {decision.message}. Please try again "
+                                     f"in {decision.retry_after_s:.1f}s.", retry_after_s=decision.retry_after_s)
+        return Ticket(self, key.id, name, tokens)
+
+
+def estimate_tokens(payload: Payload) -> int:
+    """Tokens a request counts against its key's tokens-per-minute, as OpenAI counts them at
+    admission: about one per 4 characters of input, plus all of `max_tokens`."""
+    if isinstance(payload, EmbedPayload):
+        return sum(len(x) for x in payload.inputs) // 4 + len(payload.inputs)
+    chars = len(payload.prompt) + len(payload.continue_text) + sum(len(m.content) for m in payload.messages)
+    return chars // 4 + 1 + payload.max_tokens
+
+
+async def within_quota(ticket: Ticket, respond: Awaitable[Response]) -> Response:
+    """Await the route's response; the ticket is released when the client has it (streams: when
+    the stream ends, however it ends), or at once if the route raised."""
+    try:
+        response = await respond
+    except BaseException:
+        ticket.release(0)  # refused or failed before an answer: no tokens were used
+        raise
+    if isinstance(response, EventStream):
+        response.add_close_callback(ticket.release)
+    else:
+        # Starlette runs a response's background task once the body is sent (or the send failed).
+        tasks = BackgroundTasks([t for t in [response.background] if t is not None])
+        tasks.add_task(ticket.release)
+        response.background = tasks
+    return response

@@ -1,0 +1,109 @@
+"""Per-key limits and fair shares (gateway/limits.py): pure policy, explicit `now`."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpupool.gateway.limits import Bucket, KeyLimiter, KeyLimits, LimiterConfig
+
+NO_LIMITS = KeyLimits()
+
+
+def test_bucket_refills_at_its_rate_up_to_its_capacity() -> None:
+    b = Bucket.full(per_minute=60, burst_s=5, now=0.0)  # 1/s, holds 5
+    assert b.capacity == 5
+    for _ in range(5):
+        assert b.wait_for(1, 0.0) == 0
+        b.take(1)
+    assert b.wait_for(1, 0.0) == pytest.approx(1.0)
+    assert b.wait_for(1, 0.5) == pytest.approx(0.5)
+    assert b.wait_for(1, 100.0) == 0 and b.level == 5  # never above capacity
+
+
+def test_requests_per_minute_admit_a_burst_then_the_rate_with_retry_after() -> None:
+    lim = KeyLimiter(LimiterConfig(burst_s=10))
+    limits = KeyLimits(rpm=30)  # 0.5/s, burst of 5
+    now = 100.0
+    for _ in range(5):
+        d = lim.admit(1, limits, "m", 10, slots=0, now=now)
+        assert d.ok
+        lim.release(1, "m", 10, 10, now)
+    d = lim.admit(1, limits, "m", 10, slots=0, now=now)
+    assert not d.ok and d.reason == "rpm" and d.retry_after_s == pytest.approx(2.0)
+    assert lim.admit(1, limits, "m", 10, slots=0, now=now + 2.0).ok
+    # Another key has its own budget.
+    assert lim.admit(2, limits, "m", 10, slots=0, now=now).ok
+
+
+def test_tokens_per_minute_count_the_request_bound_and_give_back_unused() -> None:
+    lim = KeyLimiter(LimiterConfig(burst_s=60))
+    limits = KeyLimits(tpm=1000)
+    assert lim.admit(1, limits, "m", 800, slots=0, now=0.0).ok
+    d = lim.admit(1, limits, "m", 300, slots=0, now=0.0)
+    assert not d.ok and d.reason == "tpm" and d.retry_after_s == pytest.approx(6.0)  # 100 missing at 1000/min
+    lim.release(1, "m", reserved=800, used=100, now=0.0)  # used far less than it might have
+    assert lim.admit(1, limits, "m", 300, slots=0, now=0.0).ok
+    # A request larger than the whole budget passes once, on a full bucket, leaving it empty.
+    lim2 = KeyLimiter(LimiterConfig(burst_s=60))
+    assert lim2.admit(1, limits, "m", 50_000, slots=0, now=0.0).ok
+    assert not lim2.admit(1, limits, "m", 1, slots=0, now=0.0).ok
+
+
+def test_concurrency_limit_counts_requests_in_flight() -> None:
+    lim = KeyLimiter()
+    limits = KeyLimits(concurrency=2)
+    assert lim.admit(1, limits, "a", 1, 0, 0.0).ok
+    assert lim.admit(1, limits, "b", 1, 0, 0.0).ok
+    d = lim.admit(1, limits, "a", 1, 0, 0.0)
+    assert not d.ok and d.reason == "concurrency" and d.retry_after_s > 0
+    lim.release(1, "b", 1, 1, 0.1)
+    assert lim.admit(1, limits, "a", 1, 0, 0.2).ok
+
+
+def test_a_key_alone_may_use_the_whole_pool_plus_headroom() -> None:
+    lim = KeyLimiter(LimiterConfig(headroom=0.5))
+    admitted = sum(lim.admit(1, NO_LIMITS, "m", 1, slots=8, now=0.0).ok for _ in range(50))
+    assert admitted == 12  # 8 slots + 4 that may wait in the providers' queues
+
+
+def test_a_flooding_key_leaves_room_for_a_second_key() -> None:
+    lim = KeyLimiter(LimiterConfig(headroom=0.5, active_window_s=2.0))
+    flood = sum(lim.admit(1, NO_LIMITS, "m", 1, slots=8, now=0.0).ok for _ in range(200))
+    assert flood == 12
+    # The bystander arrives: it gets in at once, up to its equal share (12 / 2 keys).
+    bystander = sum(lim.admit(2, NO_LIMITS, "m", 1, slots=8, now=0.1).ok for _ in range(10))
+    assert bystander == 6
+    # The flooder may not replace its finished requests until it is back under what is left.
+    for _ in range(2):
+        lim.release(1, "m", 1, 1, now=0.2)
+    assert not lim.admit(1, NO_LIMITS, "m", 1, slots=8, now=0.2).ok
+    # Work-conserving: once the bystander goes quiet, the flooder may use everything again.
+    for _ in range(6):
+        lim.release(2, "m", 1, 1, now=0.3)
+    assert lim.admit(1, NO_LIMITS, "m", 1, slots=8, now=5.0).ok
+    assert lim.fair_cap(1, "m", 8, now=5.0) == 12
+
+
+def test_fair_share_is_per_model() -> None:
+    lim = KeyLimiter(LimiterConfig(headroom=0.0))
+    assert sum(lim.admit(1, NO_LIMITS, "a", 1, slots=2, now=0.0).ok for _ in range(5)) == 3  # headroom >= 1
+    assert lim.admit(1, NO_LIMITS, "b", 1, slots=2, now=0.0).ok  # a different model's slots
+
+
+def test_state_is_forgotten_when_idle_and_bounded() -> None:
+    lim = KeyLimiter(LimiterConfig(burst_s=10, max_keys=100))
+    for key in range(1000):
+        assert lim.admit(key, KeyLimits(rpm=60), f"m{key % 3}", 1, slots=4, now=0.0).ok
+        lim.release(key, f"m{key % 3}", 1, 1, now=0.0)
+    assert len(lim.keys) <= 100
+    lim.admit(5000, NO_LIMITS, "m0", 1, slots=4, now=100.0)  # a sweep runs on the next call
+    assert set(lim.keys) == {5000}
+    assert set(lim.active) == {"m0"} and set(lim.active["m0"]) == {5000}
+
+
+def test_changed_limits_take_effect_and_keep_what_is_in_flight() -> None:
+    lim = KeyLimiter()
+    assert lim.admit(1, KeyLimits(concurrency=1), "m", 1, 0, 0.0).ok
+    assert not lim.admit(1, KeyLimits(concurrency=1), "m", 1, 0, 0.0).ok
+    assert lim.admit(1, KeyLimits(concurrency=2), "m", 1, 0, 0.0).ok
+    assert lim.keys[1].total_in_flight == 2

@@ -269,8 +269,9 @@ def test_one_keys_flood_does_not_starve_another_key(net: Network) -> None:
 
     flood_status, latencies, statuses = asyncio.run(run())
     assert statuses == [200] * 12, statuses
-    # Each answer is 2 words at 100 ms each; queued behind at most a few of the flood's 0.8 s streams.
-    assert max(latencies) < 5.0, latencies
+    # Each answer is 2 words at 100 ms each, queued behind at most a few of the flood's 0.8 s streams
+    # (generous bound for a busy CI machine).
+    assert max(latencies) < 8.0, latencies
     assert flood_status.get(200, 0) > 10 and flood_status.get(429, 0) > 0, flood_status
 
 
@@ -343,7 +344,7 @@ def test_slow_headers_slow_bodies_and_unfinished_upgrades_are_cut_off(net: Netwo
 
     cut, bystander, answers = asyncio.run(run())
     assert max(cut) < HEADER_TIMEOUT_S + 3.0, sorted(cut)[-5:]
-    assert max(bystander) < 2.0, bystander
+    assert max(bystander) < 5.0, bystander  # generous: CI machines are busy; a held-up gateway takes 10 s+
     for answer in answers:
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b"request_timeout" in answer

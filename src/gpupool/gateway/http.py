@@ -28,8 +28,7 @@ T = TypeVar("T")
 JSON_ENCODER = msgspec.json.Encoder()
 # Options a client may set in a body's `"gpupool": {...}` object; anything else is refused
 # (400 naming it), so a typo never silently routes differently. A new option goes here.
-GPUPOOL_OPTIONS = frozenset({"region", "region_policy", "max_price", "allow_fallback", "require_verified",
-                             "verified_only"})
+GPUPOOL_OPTIONS = frozenset({"region", "region_policy", "max_price", "allow_fallback"})
 
 
 class JSON(Response):
@@ -143,7 +142,25 @@ def route_options(request: Request, body: pydantic.BaseModel) -> RouteOptions:
             raise errors.InvalidRequest("max_price must not be negative", param="gpupool.max_price")
     if region is None and policy == "require":
         raise errors.InvalidRequest("region_policy=require needs a region", param="gpupool.region")
-    return RouteOptions(region=str(region) if region else None, region_policy=policy, max_price=max_price)
+    return RouteOptions(region=str(region) if region else None, region_policy=policy, max_price=max_price,
+                        require_verified=_require_verified(h.get("x-gpupool-require-verified"),
+                                                           extra.get("require_verified")))
+
+
+def _require_verified(header: str | None, body: object) -> bool:
+    """`X-Gpupool-Require-Verified: true|false` or `"gpupool": {"require_verified": bool}`; anything
+    else is refused, never read as false (a client asking for audited models must get them)."""
+    if header is not None:
+        value = header.strip().lower()
+        if value not in ("true", "false", "1", "0"):
+            raise errors.InvalidRequest("X-Gpupool-Require-Verified must be true or false",
+                                        param="X-Gpupool-Require-Verified")
+        return value in ("true", "1")
+    if body is None:
+        return False
+    if not isinstance(body, bool):
+        raise errors.InvalidRequest("require_verified must be a boolean", param="gpupool.require_verified")
+    return body
 
 
 def query_limit(request: Request, default: int = 100, most: int = 10_000) -> int:

@@ -24,7 +24,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "ledger_evm.json"
 
 async def run_evm_bench(sizes: list[int], rpc: str | None = None, providers: int = 4) -> list[dict[str, Any]]:
     """One fresh contract; per size, one settle_batch of `size` signed receipts over `providers` providers."""
-    url = f"evm+{rpc}?contract={await deploy(rpc)}" if rpc else "evm+tester://"
+    url = f"evm+{rpc}?contract={await deploy(rpc, min_delay=0)}" if rpc else "evm+tester://"
     led = await EvmLedger.open(url)
     keys = {f"gp{i}": SettlementKey.generate() for i in range(providers)}
     for name, key in keys.items():

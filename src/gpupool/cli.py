@@ -322,16 +322,25 @@ def ledger_balance(account: str, ledger: LedgerOpt = None) -> None:
     typer.echo(f"{_with_ledger(ledger, lambda led: led.balance(postings.client(acct))):,}")
 
 
+# The contract's floor under audit windows: the gateway's default window, so an owner cannot
+# release earnings before checkers had the time the docs promise to contest them.
+DEFAULT_MIN_DELAY_S = int(config.GatewaySettings.__dataclass_fields__["audit_window_s"].default)
+
+
 @ledger_app.command("deploy")
 def ledger_deploy(rpc: Annotated[str, typer.Option(help="the chain's JSON-RPC URL")] = "http://127.0.0.1:8545",
                   private_key: Annotated[Optional[str], typer.Option(
                       envvar="GPUPOOL_EVM_PRIVATE_KEY", help="deployer key (default: the node's first account)")]
-                  = None) -> None:
+                  = None,
+                  min_delay: Annotated[int, typer.Option(
+                      min=0, help="seconds (chain time) earnings stay held and stakes unbond at least, whatever "
+                      "the owner asks later; fixed for the contract's life (default: the gateway's audit window)")]
+                  = DEFAULT_MIN_DELAY_S) -> None:
     """Deploy the ledger contract (Vyper, compiled here) and print the --ledger URL gateways use."""
     from gpupool.ledger.evm import deploy
 
-    address = asyncio.run(deploy(rpc, private_key))
-    typer.echo(f"deployed the gpupool ledger contract at {address}")
+    address = asyncio.run(deploy(rpc, private_key, min_delay=min_delay))
+    typer.echo(f"deployed the gpupool ledger contract at {address} (earnings held at least {min_delay} s)")
     typer.echo(f"gateways: gpupool gateway --ledger 'evm+{rpc}?contract={address}'")
 
 

@@ -71,3 +71,48 @@ def test_requests_settle_on_chain_in_batches_signed_by_the_provider(network: Net
     assert balances[P.GATEWAY_FEES] == fees and balances[P.provider_held(provider)] == sum(costs) - fees
     assert 1 <= batches < len(costs)  # receipts settled together, one transaction per batch
     assert "verified" in gpupool("ledger", "verify", "--ledger", ledger_url)
+
+
+async def test_confirmed_fraud_slashes_on_chain_with_the_providers_signed_receipt(  # noqa: F811
+        network: Network, anvil_url: str, tmp_path: Path) -> None:
+    """Two checkers fail the provider's answer: the gateway slashes through the contract, which
+    takes it only with evidence (the receipt the provider signed and the contract paid)."""
+    from gpupool.protocol import AuditJob
+    from tests.integration.test_audits import ask, judge_jobs, raw_checker
+    from tests.integration.test_bad_peers import events
+
+    deployed = gpupool("ledger", "deploy", "--rpc", anvil_url, "--min-delay", "0")
+    ledger_url = re.search(r"--ledger '([^']+)'", deployed).group(1)  # type: ignore[union-attr]
+    network.start_gateway(extra=[*FAST_SETTLE, "--ledger", ledger_url])
+    proc = network.start_provider(["echo=echo:chat"], extra=["--price", "echo=1000000/1000000",
+                                                             "--settlement-key-file", str(tmp_path / "s.key")])
+    network.wait_for_models({"echo": 1}, timeout=60)
+    key = new_account(network, "victim", 1_000_000)
+    client = client_for(network, key)
+    first, second = network.checker_identity("checker-0"), network.checker_identity("checker-1")
+    sockets = [await raw_checker(network, first, ["echo"]), await raw_checker(network, second, ["echo"])]
+    jobs: list[AuditJob] = []
+    tasks = [asyncio.create_task(judge_jobs(ws, ident, False, jobs, 0.5))
+             for ws, ident in zip(sockets, (first, second))]
+    paid = (await asyncio.to_thread(ask, client, "one two three")).usage.cost_ucr
+    assert paid > 0
+    deadline = asyncio.get_running_loop().time() + 60
+    while not events(network, "slashed"):
+        assert asyncio.get_running_loop().time() < deadline, events(network, "slash_pending")
+        await asyncio.sleep(0.2)
+    for t in tasks:
+        t.cancel()
+
+    from gpupool.ledger.evm import EvmLedger
+
+    led = await EvmLedger.open(ledger_url)
+    try:
+        slashed = await led.contract.events.Slashed().get_logs(from_block=0)
+        held = await led.balance(P.provider_held(proc.node_id))
+        victim = await led.balance(P.client("victim"))
+        problems = await led.verify()
+    finally:
+        await led.close()
+    assert len(slashed) == 1 and slashed[0]["args"]["held"] == paid - fee_of(paid, 1000)
+    assert held == 0  # its held earnings went back to the client
+    assert victim == 1_000_000 - fee_of(paid, 1000) and problems == []

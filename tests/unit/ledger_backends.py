@@ -148,7 +148,7 @@ async def open_backend(name: str, tmp_path: Path, request: pytest.FixtureRequest
             led = await EvmLedger.open("evm+tester://")
         else:
             rpc = request.getfixturevalue("anvil_url")
-            address = await deploy(rpc)  # a fresh contract per test: tests never see each other's state
+            address = await deploy(rpc, min_delay=0)  # a fresh contract per test: tests never see each other's state
             led = await EvmLedger.open(f"evm+{rpc}?contract={address}")
         yield Backend(name, led)
         await led.close()

@@ -197,3 +197,40 @@ async def test_deploy_and_open_by_url_on_anvil_with_a_chain_time_floor(anvil_url
     with pytest.raises(LedgerError, match="contract="):
         await EvmLedger.open(f"evm+{anvil_url}")
     await led.close()
+
+
+async def test_owner_powers_are_limited_held_earnings_and_bound_clients(anvil_url: str) -> None:  # noqa: F811
+    """The deploy default holds earnings for the audit window even against the owner's own
+    `release`; a client bound to its wallet is paid back only to that wallet and charged only
+    through provider-signed receipts."""
+    led = await EvmLedger.open(f"evm+{anvil_url}?contract={await deploy(anvil_url)}")
+    try:
+        assert await led._view("min_delay") == 3600  # the gateway's default audit window
+        await led.deposit("d-carol", "carol", 50_000)
+        await led.hold("r1", "carol", 20_000)
+        await led.settle("r1", "gpa", 12_000, fee_bps=0)
+        with pytest.raises(LedgerError, match="still held"):
+            await led.release("r1")  # the owner cannot release a request's earnings early
+        assert await led.balance(P.provider_held("gpa")) == 12_000
+
+        wallet = SettlementKey.generate()
+        with pytest.raises(LedgerError, match="not signed by the client's wallet"):
+            await led.bind_client("bob", wallet.address, SettlementKey.generate().sign_client_binding(
+                led.address, led.chain_id, "bob"))
+        await led.bind_client("bob", wallet.address, wallet.sign_client_binding(led.address, led.chain_id, "bob"))
+        assert await led.client_address("bob") == wallet.address
+        mine = SettlementKey.generate()  # the owner cannot re-bind bob to a wallet of its own
+        with pytest.raises(LedgerError, match="already bound"):
+            await led.bind_client("bob", mine.address, mine.sign_client_binding(led.address, led.chain_id, "bob"))
+        await led.deposit("d-bob", "bob", 30_000)
+        await led.hold("r2", "bob", 10_000)
+        with pytest.raises(LedgerError, match="signed receipts"):
+            await led.settle("r2", "gpa", 10_000, fee_bps=0)  # no receipt: the owner cannot charge bob
+        await led.release_hold("r2-back", "bob", 10_000)
+        owner_before = await led.w3.eth.get_balance(led.chain.sender)
+        await led.withdraw("w-bob", P.client("bob"), 30_000)  # sent by the owner...
+        assert await led.w3.eth.get_balance(wallet.address) == 30_000  # ...paid to bob's wallet only
+        assert await led.w3.eth.get_balance(led.chain.sender) < owner_before  # the owner only paid gas
+        assert await led.verify() == []
+    finally:
+        await led.close()

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from gpupool import protocol
 from gpupool.ledger import Ledger, LedgerError
+from gpupool.ledger.interface import Charge
 from gpupool.protocol import AuditJob, Done, Payload
 from gpupool.verify import (
     DEFAULT_SAMPLING,
@@ -59,6 +60,8 @@ JOB_TIMEOUT_S = 120.0
 # take it: checkers are slower than the traffic during probation, and without this bound a
 # cheater would keep serving (bad) answers until the verdicts caught up.
 MAX_AWAITING_VERDICTS = 6
+# A checker whose failing verdicts a second checker contradicted this many times gets no more jobs.
+MAX_OVERRULED = 3
 
 
 @dataclass
@@ -87,6 +90,9 @@ class PendingJob:
     checker: str
     sent_at: float
     confirmation: bool = False
+    accuser: str = ""  # a confirmation: the checker whose failing verdict it re-checks
+    # The provider-signed charge for the audited answer: what an on-chain slash must show.
+    evidence: Charge | None = None
 
 
 class Auditor:
@@ -100,6 +106,8 @@ class Auditor:
         self.providers: dict[str, ProviderAudits] = {}
         self.pending: dict[str, PendingJob] = {}
         self._slot_checker: dict[tuple[str, str], tuple[int, ProviderSession]] = {}
+        # Admitted checker -> how often a second checker contradicted its failing verdict.
+        self.overruled: dict[str, int] = {}
         # Called with each audit job whose answer a checker passed (the canaries' source).
         self.on_passed: Callable[[AuditJob, str], None] = lambda job, provider: None
         # Awaited before a slash: lets billing settle the provider's queued charges first.
@@ -140,18 +148,27 @@ class Auditor:
         self.stats["served"] += 1
         if not audit:
             return
-        checker = self._checker_for(model, exclude="")
+        # Never the audited node itself (a key serving as provider and checker would pass its own work).
+        checker = self._checker_for(model, exclude="", provider=session.node_id)
         if checker is None:
             self.stats["no_checker"] += 1
             return
         job = AuditJob(job_id="aud-" + uuid.uuid4().hex, model=model, payload=payload, receipt=done.receipt,
                        vectors=done.vectors, dimensions=done.dimensions, text=text,
                        token_ids=done.token_ids, logprobs=done.logprobs, urgent=urgent)
-        self._send(PendingJob(job, session.node_id, client, cost, checker.node_id, time.monotonic()), checker)
+        # Only a charge the provider signed with its settlement key (an EVM ledger) is evidence
+        # the contract accepts; on SQL the gateway's own receipt check stands in for it.
+        evidence = (Charge(request_id, client, session.node_id, cost, signature=done.settlement_sig)
+                    if cost > 0 and len(done.settlement_sig) == 65 else None)
+        self._send(PendingJob(job, session.node_id, client, cost, checker.node_id, time.monotonic(),
+                              evidence=evidence), checker)
 
-    def _checker_for(self, model: str, exclude: str) -> ProviderSession | None:
+    def _checker_for(self, model: str, exclude: str, provider: str = "") -> ProviderSession | None:
+        # Only admitted checkers are in `hub.checkers` (gateway/hub.py refuses the rest); offers
+        # carry no operator key, so "the same operator" can only be told by node id here.
         options = [c for c in self.hub.checkers.values()
-                   if model in c.models and c.node_id != exclude and not c.closed]
+                   if model in c.models and c.node_id not in (exclude, provider) and not c.closed
+                   and self.overruled.get(c.node_id, 0) < MAX_OVERRULED]
         chosen = checker_for_slot(options, self._slot_checker.get((model, exclude)), time.monotonic(), self.rng)
         if chosen is None:
             return None
@@ -203,11 +220,12 @@ class Auditor:
             state.failed_requests.append(pending.job.receipt.request_id)
         if self.apply(pending.provider, judgement, f"checker {checker.node_id[:12]}"):
             # Fraud needs a second opinion: the same job to another checker.
-            second = self._checker_for(pending.job.model, exclude=checker.node_id)
+            second = self._checker_for(pending.job.model, exclude=checker.node_id, provider=pending.provider)
             if second is not None:
                 job = AuditJob(**{**_fields(pending.job), "job_id": "conf-" + uuid.uuid4().hex, "urgent": True})
                 self._send(PendingJob(job, pending.provider, pending.client, pending.cost, second.node_id,
-                                      time.monotonic(), confirmation=True), second)
+                                      time.monotonic(), confirmation=True, evidence=pending.evidence), second)
+                self.pending[job.job_id].accuser = checker.node_id
             else:
                 self.hub.store.record_event(pending.provider, "slash_pending",
                                             "no second checker to confirm the fraud; suspended, not slashed")
@@ -236,6 +254,7 @@ class Auditor:
             # The second checker disagrees: suspension stands (traffic is at stake), money does not move.
             self.hub.store.record_event(pending.provider, "slash_not_confirmed",
                                         f"second checker {checker_id[:12]} passed the audited answer")
+            await self._overruled(pending.accuser, checker_id)
             return
         if state.slashed or state.slashing:
             return
@@ -251,13 +270,13 @@ class Auditor:
             if request_id not in failed:  # (failed ones are in `owed` already)
                 refunds[client] = refunds.get(client, 0) + cost
         try:
-            await self._slash(pending.provider, refunds, checker_id)
+            await self._slash(pending.provider, refunds, checker_id, pending.evidence)
         except LedgerError as exc:
             # Less at stake than owed: refund what can be taken, in proportion.
             log.warning("slash of %s for the full refunds failed (%s); refunding what is there",
                         pending.provider[:12], exc)
             refunds = await self._affordable(pending.provider, refunds)
-            await self._slash(pending.provider, refunds, checker_id)
+            await self._slash(pending.provider, refunds, checker_id, pending.evidence)
         self.stats["slashed"] += 1
         self.stats["refunded"] += sum(refunds.values())
         self.hub.store.record_event(pending.provider, "slashed",
@@ -265,9 +284,31 @@ class Auditor:
                                     f"{len(refunds)} clients for {len(state.unvouched)} requests since its last "
                                     f"passed audit ({len(state.failed_requests)} failed audits)")
 
-    async def _slash(self, provider: str, refunds: dict[str, int], checker_id: str) -> None:
+    async def _slash(self, provider: str, refunds: dict[str, int], checker_id: str,
+                     evidence: Charge | None) -> None:
         await self.ledger.slash(f"slash:{provider}:{uuid.uuid4().hex[:8]}", provider, refunds, checker_id,
-                                BOUNTY_BPS)
+                                BOUNTY_BPS, evidence=evidence)
+
+    async def _overruled(self, accuser: str, second: str) -> None:
+        """A checker's failing verdict was contradicted by a second admitted checker: it pays for that.
+
+        Its reputation as a checker drops (MAX_OVERRULED strikes and it gets no more jobs), and
+        where it has a stake in the ledger, the stake is slashed with the usual bounty to the
+        checker that contradicted it (no client is owed anything: the provider was not charged back)."""
+        if not accuser:
+            return
+        strikes = self.overruled[accuser] = self.overruled.get(accuser, 0) + 1
+        self.hub.store.record_event(accuser, "checker_overruled",
+                                    f"its failing verdict was passed by checker {second[:12]} "
+                                    f"({strikes}/{MAX_OVERRULED} strikes)")
+        from gpupool.ledger import postings as P
+
+        try:
+            if await self.ledger.balance(P.stake(accuser)) > 0:
+                await self.ledger.slash(f"slash:{accuser}:{uuid.uuid4().hex[:8]}", accuser, {}, second, BOUNTY_BPS)
+                self.hub.store.record_event(accuser, "checker_slashed", "stake slashed for an overruled verdict")
+        except LedgerError as exc:  # e.g. a chain that wants evidence: the strike still stands
+            log.warning("could not slash checker %s: %s", accuser[:12], exc)
 
     async def _affordable(self, provider: str, refunds: dict[str, int]) -> dict[str, int]:
         from gpupool.ledger import postings as P
@@ -288,7 +329,8 @@ class Auditor:
 
     def signed_record(self, node_id: str, identity: Identity) -> dict[str, object]:
         """The provider's portable reputation record, signed by this gateway (`verify.to_record`)."""
-        state = self.of(node_id)
+        # Read-only for ids this gateway never audited: an unauthenticated GET must not create state.
+        state = self.providers.get(node_id) or ProviderAudits()
         record = to_record(state.reputation or Reputation.new(node_id, time.time()), time.time())
         record["suspended"] = bool(state.suspended)
         return {"record": record, "gateway": identity.node_id, "public_key": identity.public_key.hex(),

@@ -134,6 +134,18 @@ class EvmLedger:
         address = await self._view("settlement", id_key(provider))
         return None if int(address, 16) == 0 else address
 
+    async def bind_client(self, client_id: str, wallet: str, signature: bytes) -> None:
+        """Bind `client_id` to its own wallet, once; `signature` is `SettlementKey.sign_client_binding`.
+
+        Afterwards the client's free funds leave the contract only to that wallet, and only
+        provider-signed receipts (settle_batch) can charge it: the owner can no longer move them."""
+        v, r, s = split_signature(signature)
+        await self._send("bind_client", self._k(client_id), wallet, v, r, s)
+
+    async def client_address(self, client_id: str) -> str | None:
+        address = await self._view("client_address", id_key(client_id))
+        return None if int(address, 16) == 0 else address
+
     async def set_checker(self, address: str, allowed: bool = True) -> None:
         await self._send("set_checker", address, allowed)
 
@@ -242,7 +254,7 @@ class EvmLedger:
                 return moved
 
     async def release(self, request_id: str) -> Entry:
-        provider_key, earned = await self._view("settled", id_key(request_id))
+        provider_key, earned, _at = await self._view("settled", id_key(request_id))
         if int.from_bytes(provider_key, "big") == 0:
             raise LedgerError(f"request {request_id!r} has no settled earnings to release")
         entry = P.release_entry(request_id, self._name(provider_key), earned)

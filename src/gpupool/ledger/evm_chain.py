@@ -26,6 +26,9 @@ from gpupool.ledger.sql import InsufficientFunds
 
 CONTRACT_SOURCE = Path(__file__).parent / "contracts" / "Ledger.vy"
 KEY_ENV = "GPUPOOL_EVM_PRIVATE_KEY"
+# Default floor (seconds of chain time) under audit windows and unbonding: the gateway's
+# default audit window, so held earnings stay contestable as long as the docs promise.
+DEFAULT_MIN_DELAY_S = 3600
 
 _compiled: dict[str, dict[str, Any]] = {}
 
@@ -127,11 +130,12 @@ async def deploy_on(chain: Chain, min_delay: int) -> str:
     return str(receipt["contractAddress"])
 
 
-async def deploy(rpc_url: str, private_key: str | None = None, min_delay: int = 0) -> str:
+async def deploy(rpc_url: str, private_key: str | None = None, min_delay: int = DEFAULT_MIN_DELAY_S) -> str:
     """Deploy a new ledger contract; returns its address (the owner is the deploying account).
 
     `min_delay` (seconds of chain time) is a floor the contract puts under every audit
-    window and unbonding delay, whatever the operator asks for.
+    window, every early release and every unbonding delay, whatever the owner asks for
+    later; it cannot be changed after deployment. 0 only for tests.
     """
     chain = await Chain.connect(rpc_url, private_key)
     try:

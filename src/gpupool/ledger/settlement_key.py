@@ -28,6 +28,7 @@ from eth_utils import keccak, to_checksum_address
 from gpupool.ledger.interface import Charge
 
 REGISTER_TAG = keccak(text="gpupool.register")
+BIND_CLIENT_TAG = keccak(text="gpupool.bind_client")
 
 
 def id_key(ident: str) -> bytes:
@@ -44,6 +45,12 @@ def registration_digest(contract: str, chain_id: int, provider: str) -> bytes:
     """What a settlement key signs to consent to being `provider`'s key in `contract`."""
     return keccak(encode(["address", "uint256", "bytes32", "bytes32"],
                          [contract, chain_id, REGISTER_TAG, id_key(provider)]))
+
+
+def client_binding_digest(contract: str, chain_id: int, client: str) -> bytes:
+    """What a client's wallet signs to consent to holding `client`'s funds in `contract`."""
+    return keccak(encode(["address", "uint256", "bytes32", "bytes32"],
+                         [contract, chain_id, BIND_CLIENT_TAG, id_key(client)]))
 
 
 def split_signature(signature: bytes) -> tuple[int, bytes, bytes]:
@@ -90,6 +97,9 @@ class SettlementKey:
 
     def sign_registration(self, contract: str, chain_id: int, provider: str) -> bytes:
         return self.sign_digest(registration_digest(contract, chain_id, provider))
+
+    def sign_client_binding(self, contract: str, chain_id: int, client: str) -> bytes:
+        return self.sign_digest(client_binding_digest(contract, chain_id, client))
 
 
 def signed_charge(key: SettlementKey, contract: str, chain_id: int, request_id: str, client: str,

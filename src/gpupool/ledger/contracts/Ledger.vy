@@ -42,6 +42,7 @@ struct Hold:
 struct Settled:
     provider: bytes32
     earned: uint256
+    at: uint256        # block time of the settlement: release() waits min_delay after it
 
 struct Unstake:
     provider: bytes32
@@ -74,6 +75,7 @@ owner: public(address)
 min_delay: public(uint256)           # floor (seconds of chain time) for audit windows and unbonding
 checkers: public(HashMap[address, bool])
 settlement: public(HashMap[bytes32, address])   # provider key -> its registered secp256k1 address
+client_address: public(HashMap[bytes32, address])  # client key -> the only address its funds may go to
 
 used: public(HashMap[bytes32, bytes32])          # idempotency key -> digest of the operation's content
 paid: public(HashMap[bytes32, bytes32])          # request key -> provider it was paid to
@@ -159,6 +161,17 @@ def register_provider(provider: bytes32, signer: address, v: uint8, r: bytes32, 
     self.settlement[provider] = signer
 
 
+@external
+def bind_client(client: bytes32, wallet: address, v: uint8, r: bytes32, s: bytes32):
+    # Set once, with the wallet's consent: from then on the client's free funds leave the
+    # contract only to that wallet, and move only by provider-signed receipts (settle_batch).
+    self._only_owner()
+    assert self.client_address[client] == empty(address), "client already bound"
+    digest: bytes32 = keccak256(abi_encode(self, chain.id, keccak256("gpupool.bind_client"), client))
+    assert ecrecover(digest, v, r, s) == wallet, "binding not signed by the client's wallet"
+    self.client_address[client] = wallet
+
+
 # ------------------------------------------------------------------ clients
 
 @external
@@ -185,6 +198,10 @@ def withdraw(key: bytes32, kind: uint8, ident: bytes32, amount: uint256):
         # A provider's earnings only ever go to its own settlement address.
         to = self.settlement[ident]
         assert msg.sender == self.owner or msg.sender == to, "only the owner or the provider"
+    elif kind == CLIENT and self.client_address[ident] != empty(address):
+        # A bound client's funds only ever go back to its own wallet.
+        to = self.client_address[ident]
+        assert msg.sender == self.owner or msg.sender == to, "only the owner or the client"
     else:
         self._only_owner()
     if not self._first(key, keccak256(abi_encode(keccak256("withdraw"), kind, ident, amount))):
@@ -251,6 +268,7 @@ def settle(key: bytes32, hold_key: bytes32, request: bytes32, provider: bytes32,
     h: Hold = self.holds[hold_key]
     assert h.amount > 0, "no hold for this request"
     assert cost <= h.amount, "cost outside the hold"
+    assert self.client_address[h.client] == empty(address), "a bound client pays only by signed receipts"
     if not self._first(key, keccak256(abi_encode(keccak256("settle"), provider, cost, fee_bps))):
         return
     assert self.paid[request] == empty(bytes32), "request already paid"
@@ -261,7 +279,7 @@ def settle(key: bytes32, hold_key: bytes32, request: bytes32, provider: bytes32,
     self.provider_held[provider] += cost - fee
     self.fees += fee
     self.paid[request] = provider
-    self.settled[request] = Settled(provider=provider, earned=cost - fee)
+    self.settled[request] = Settled(provider=provider, earned=cost - fee, at=block.timestamp)
 
 
 @external
@@ -349,6 +367,7 @@ def release(key: bytes32, request: bytes32):
     self._only_owner()
     s: Settled = self.settled[request]
     assert s.provider != empty(bytes32), "request has no settled earnings to release"
+    assert block.timestamp >= s.at + self.min_delay, "still held (chain time)"
     if not self._first(key, keccak256(abi_encode(keccak256("release"), s.provider, s.earned))):
         return
     assert self.provider_held[s.provider] >= s.earned, "insufficient funds: provider held"

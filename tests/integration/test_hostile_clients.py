@@ -11,12 +11,14 @@ official `openai` package, httpx and raw sockets.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -28,7 +30,7 @@ from gpupool import protocol
 from gpupool.devnet import Network
 from gpupool.identity import Identity
 from gpupool.protocol import Challenge, Fail, Hardware, Hello, ModelOffer, Offer, Proof, Run, Welcome
-from tests.integration.conftest import audits_body, client_for, raw, wait_until
+from tests.integration.conftest import PG_URL, audits_body, client_for, pg_available, raw, wait_until
 from tests.openai_schemas import validate
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hello there"}]}
@@ -526,3 +528,70 @@ def test_a_provider_blaming_every_request_on_the_client_is_found_out(net: Networ
                                   if e["kind"] == "false_client_fault"], "the false refusals to be recorded", 10)
     assert 1 <= len(falsely) <= 10, falsely  # its breaker opens after 5: then it gets no more work
     assert {e["peer"] for e in falsely} != {honest.node_id}
+
+
+# ---------------------------------------------------------------- the keys table, on databases made before limits
+
+
+OLD_SCHEMA = [
+    "CREATE TABLE api_keys (id {id}, name VARCHAR(200) NOT NULL, key_hash VARCHAR(64) NOT NULL "
+    "UNIQUE, hint VARCHAR(16) NOT NULL, account VARCHAR(64) NOT NULL DEFAULT 'default', created_at FLOAT NOT NULL, "
+    "revoked BOOLEAN NOT NULL)",
+    "CREATE TABLE requests (request_id VARCHAR(64) PRIMARY KEY, at FLOAT NOT NULL, key_id INTEGER NOT NULL, "
+    "account VARCHAR(64) NOT NULL DEFAULT '', model VARCHAR(200) NOT NULL, provider VARCHAR(64) NOT NULL, "
+    "status VARCHAR(32) NOT NULL, attempts INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, "
+    "completion_tokens INTEGER NOT NULL, latency_ms FLOAT NOT NULL, cost BIGINT NOT NULL DEFAULT 0)",
+    "INSERT INTO api_keys (name, key_hash, hint, account, created_at, revoked) VALUES "
+    f"('old', '{hashlib.sha256(b'gp-old-key').hexdigest()}', 'gp-old-', 'old', 0, false)",
+]
+
+
+async def _migrate_and_use(url: str) -> None:
+    from sqlalchemy import inspect, text
+
+    from gpupool.db import create_engine
+    from gpupool.gateway.store import Store
+
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        serial = "SERIAL PRIMARY KEY" if url.startswith("postgresql") else "INTEGER PRIMARY KEY AUTOINCREMENT"
+        for sql in OLD_SCHEMA:
+            await conn.execute(text(sql.replace("{id}", serial)))
+    await engine.dispose()
+    store = await Store.open(url)
+    try:
+        old = await store.authenticate("gp-old-key")
+        assert old is not None and (old.rpm, old.tpm, old.concurrency) == (0, 0, 0)
+        new = await store.create_key("new", rpm=60, tpm=1000, concurrency=2)
+        got = await store.authenticate(new)
+        assert got is not None and (got.rpm, got.tpm, got.concurrency) == (60, 1000, 2)
+        async with store.engine.connect() as conn:
+            indexes = await conn.run_sync(lambda c: inspect(c).get_indexes("requests"))
+        assert "ix_requests_account_at" in {i["name"] for i in indexes}
+    finally:
+        await store.close()
+
+
+def test_older_sqlite_databases_gain_the_limit_columns_in_place(tmp_path: Path) -> None:
+    asyncio.run(_migrate_and_use(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"))
+
+
+@pytest.mark.skipif(not pg_available(), reason="PostgreSQL not reachable at 127.0.0.1:5432")
+def test_older_postgres_databases_gain_the_limit_columns_in_place() -> None:
+    import asyncpg
+
+    name = f"gpupool_keys_{int(time.time() * 1000) % 10**9}"
+    admin_url = PG_URL.replace("postgresql+asyncpg", "postgresql").rsplit("/", 1)[0] + "/postgres"
+
+    async def run() -> None:
+        conn = await asyncpg.connect(admin_url)
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+        try:
+            await _migrate_and_use(PG_URL.rsplit("/", 1)[0] + "/" + name)
+        finally:
+            conn = await asyncpg.connect(admin_url)
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            await conn.close()
+
+    asyncio.run(run())

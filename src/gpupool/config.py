@@ -72,6 +72,21 @@ class GatewaySettings:
     ping_interval_s: float = _opt(2.0, "how often providers are pinged (RTT measurement, liveness)")
     liveness_timeout_s: float = _opt(20.0, "a provider silent for this long is dropped")
     handshake_timeout_s: float = _opt(10.0, "time a connecting provider has to finish the handshake")
+    admitted_checkers: list[str] = _opt(help="node id of a checker this gateway admits (sends audit jobs, counts "
+                                        "its verdicts); repeat per checker. Other checkers are refused",
+                                        flag="checker", factory=list)
+    checker_min_stake: int = _opt(0, "also admit any checker with at least this many µcr staked in the ledger "
+                                  "(0: only --checker ids are admitted)")
+    max_offer_models: int = _opt(64, "most models one provider's offer may list")
+    max_model_name: int = _opt(128, "longest model name (characters) an offer may use")
+    max_price_in: int = _opt(100_000_000, "highest input price (µcr per 1M tokens) an offer may ask; "
+                             "a dearer offer is refused")
+    max_price_out: int = _opt(100_000_000, "highest output price (µcr per 1M tokens) an offer may ask")
+    max_statement_digests: int = _opt(4096, "most receipt digests one provider statement may list")
+    max_queued_events: int = _opt(4096, "most answer frames (chunks) waiting for one request; a provider "
+                                  "flooding more is disconnected")
+    known_model_ttl_s: float = _opt(300.0, "a model no connected provider offers is forgotten after this long "
+                                    "(until then requests for it are 503 rather than 404)")
     ready_file: Path | None = _opt(None, "write {url, port} as JSON here once listening")
     ledger: str = _opt("", "ledger URL: sqlite+aiosqlite:///PATH, postgresql+asyncpg://..., or "
                        "evm+http://HOST:PORT?contract=0x... (default: the gateway's database)")

@@ -80,6 +80,9 @@ class Network:
         self.checkers: list[Proc] = []
         self._registered: set[str] = set()
         self.admin_token = "devnet-admin-" + os.urandom(8).hex()
+        # Gateways admit checkers by node id (--checker): these names' keys are made before the
+        # gateway starts and admitted by it; `start_checker` runs under one of them.
+        self.checker_names: list[str] = ["checker", "checker-gen", *(f"checker-{i}" for i in range(4))]
 
     # ------------------------------------------------------------ processes
 
@@ -101,6 +104,8 @@ class Network:
         ready.unlink(missing_ok=True)
         args = ["gateway", "--host", host, "--port", str(port), "--db", self.db,
                 "--key-file", str(self.home / "gateway.key"), "--ready-file", str(ready), *(extra or [])]
+        for name in self.checker_names:
+            args += ["--checker", Identity.load_or_create(self.home / f"{name}.key").node_id]
         self.gateway = self._spawn("gateway", args, {"GPUPOOL_GATEWAY_ADMIN_TOKEN": self.admin_token})
         deadline = time.monotonic() + timeout
         while not ready.exists():
@@ -133,9 +138,18 @@ class Network:
         self.providers.append(proc)
         return proc
 
+    def checker_identity(self, name: str) -> Identity:
+        """The key of an admitted checker name, e.g. for a test's own checker peer."""
+        if name not in self.checker_names:
+            raise NetworkError(f"checker {name!r} is not admitted (Network.checker_names)")
+        return Identity.load_or_create(self.home / f"{name}.key")
+
     def start_checker(self, serve: list[str], *, name: str = "", extra: list[str] | None = None) -> Proc:
         """Start a checker process holding the `serve` reference models (stopped with the network)."""
         name = name or f"checker-{len(self.checkers)}"
+        if name not in self.checker_names:
+            raise NetworkError(f"checker {name!r} would not be admitted: add it to Network.checker_names "
+                               "before start_gateway")
         args = ["checker", "--gateway", self.ws_url, "--key-file", str(self.home / f"{name}.key")]
         for s in serve:
             args += ["--serve", s]

@@ -39,6 +39,12 @@ SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
 
 # Largest frame a peer may send; larger frames are a protocol violation.
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+# Before a peer has proven its key it may only send small frames: a Hello or a Proof is
+# under 200 bytes, so a few KiB leaves room for an `agent` string and nothing more. Checked
+# on the raw frame, before decoding, so a 16 MB Hello costs the gateway no parsing.
+MAX_UNPROVEN_FRAME_BYTES = 4 * 1024
+# The Offer comes right after the Proof: a signed list of (bounded) model offers.
+MAX_OFFER_FRAME_BYTES = 256 * 1024
 
 # WebSocket close codes (4000-4999 are for applications).
 CLOSE_BAD_VERSION = 4001
@@ -47,6 +53,8 @@ CLOSE_PROTOCOL_ERROR = 4003
 CLOSE_HANDSHAKE_TIMEOUT = 4004
 CLOSE_DUPLICATE = 4005
 CLOSE_GATEWAY_SHUTDOWN = 4006
+CLOSE_NOT_ADMITTED = 4007  # a checker the gateway's operator has not admitted
+CLOSE_LIMIT = 4008  # a peer went over a per-session limit (offer size, prices, queued output)
 
 Task = Literal["embeddings", "generate"]
 
@@ -255,7 +263,9 @@ class AuditJob(_Msg, tag="audit"):
     """Gateway -> checker: re-run a served request and judge the provider's committed answer.
 
     Sent after the provider committed (its receipt is in hand), so it cannot know which
-    of its answers are audited. The output travels as the provider sent it.
+    of its answers are audited. The output travels as the provider sent it. It carries
+    only what the check needs: the request (which the checker must see to re-run it),
+    the provider's signed receipt and output; never the client's account, key or address.
     """
 
     job_id: str

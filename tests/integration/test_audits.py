@@ -67,7 +67,7 @@ async def echo_and_passing_checker(network: Network, gateway_extra: list[str], p
     network.start_gateway(extra=gateway_extra)
     network.start_provider(["echo=echo:chat"], extra=provider_extra)
     network.wait_for_models({"echo": 1}, timeout=60)
-    checker = Identity.generate()
+    checker = network.checker_identity("checker")  # admitted: devnet passes its node id as --checker
     ws = await raw_checker(network, checker, ["echo"])
     jobs: list[AuditJob] = []
     return checker, ws, jobs, asyncio.create_task(judge_jobs(ws, checker, True, jobs))
@@ -108,7 +108,7 @@ async def test_failed_audits_suspend_and_a_second_checker_confirms_the_slash(net
     network.wait_for_models({"echo": 1}, timeout=60)
     key = new_account(network, "victim", 1_000_000)
     client = client_for(network, key)
-    first, second = Identity.generate(), Identity.generate()
+    first, second = network.checker_identity("checker-0"), network.checker_identity("checker-1")
     ws1, ws2 = await raw_checker(network, first, ["echo"]), await raw_checker(network, second, ["echo"])
     jobs1: list[AuditJob] = []
     jobs2: list[AuditJob] = []
@@ -187,7 +187,7 @@ async def test_confirmed_fraud_refunds_every_request_since_the_last_passed_audit
     judging.cancel()
     await ws.close()  # no checker now: the next answer is served unaudited
     c2 = (await asyncio.to_thread(ask, client, "four five six")).usage.cost_ucr
-    first, second = Identity.generate(), Identity.generate()
+    first, second = network.checker_identity("checker-0"), network.checker_identity("checker-1")
     failing = [await raw_checker(network, first, ["echo"]), await raw_checker(network, second, ["echo"])]
     tasks = [asyncio.create_task(judge_jobs(w, i, False, [])) for w, i in zip(failing, (first, second))]
     c3 = (await asyncio.to_thread(ask, client, "seven eight nine")).usage.cost_ucr  # audited, fails: fraud

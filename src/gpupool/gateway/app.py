@@ -164,7 +164,9 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                 "owned_by": "gpupool",
                 "gpupool": {"task": offer.task, "description": offer.description,
                             "providers": len(sessions),
-                            "regions": sorted({s.offer.region for s in sessions})},
+                            "regions": sorted({s.offer.region for s in sessions}),
+                            # False: no admitted checker holds it, so its answers are never audited.
+                            "verified": hub.model_verified(name)},
             })
         return JSON({"object": "list", "data": data})
 
@@ -325,8 +327,8 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                 listings.append(Listing(name, offer.task, session.node_id, session.offer.region, offer.price_in,
                                         offer.price_out, session.offer.max_concurrency, len(session.channels),
                                         session.draining or session.closed, speed))
-        return JSON({"object": "list", "fee_bps": settings.fee_bps, "unit": "µcr per 1M tokens",
-                     "data": summarize(listings)})
+        data = [{**row, "verified": hub.model_verified(str(row["model"]))} for row in summarize(listings)]
+        return JSON({"object": "list", "fee_bps": settings.fee_bps, "unit": "µcr per 1M tokens", "data": data})
 
     async def account(request: Request) -> JSON:
         key = await client_key(request)

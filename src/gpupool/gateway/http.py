@@ -28,7 +28,7 @@ T = TypeVar("T")
 JSON_ENCODER = msgspec.json.Encoder()
 # Options a client may set in a body's `"gpupool": {...}` object; anything else is refused
 # (400 naming it), so a typo never silently routes differently. A new option goes here.
-GPUPOOL_OPTIONS = frozenset({"region", "region_policy", "max_price", "allow_fallback"})
+GPUPOOL_OPTIONS = frozenset({"region", "region_policy", "max_price", "allow_fallback", "require_verified"})
 
 
 class JSON(Response):

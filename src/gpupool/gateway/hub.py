@@ -5,6 +5,15 @@ request channels, its measured round-trip time. A provider that breaks the
 protocol (bad signature, unknown version, garbage frame, lying receipt) is
 disconnected with a clear close reason and recorded in the store's peer events;
 its in-flight requests see `ProviderLost` and the dispatcher moves them.
+
+Peers are strangers, so everything one can make the gateway hold is bounded
+(docs/operations.md, "Peer limits"): before a peer has proven its key only frames of a
+few KiB are decoded; after, its offer (models, name lengths, prices), statements,
+batches and the answer frames queued per request have limits, and output beyond a
+request's `max_tokens` is a violation. A session is registered only once its handshake
+completed (a peer that vanishes half-way leaves nothing behind), and the table of
+models ever offered forgets a model nobody has offered for a while. Checkers are
+admitted by the operator (`--checker NODE_ID`) or by stake, never by their own say.
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -41,12 +51,25 @@ from gpupool.protocol import (
     Statement,
     Verdict,
     Proof,
+    Run,
+    GeneratePayload,
     Welcome,
 )
 from gpupool.gateway.router import LiveRouter
 from gpupool.routing import smooth_rtt
 
 log = logging.getLogger("gpupool.gateway.hub")
+# Peer events recorded per minute; beyond this a flood of bad peers is counted, not written
+# row by row (the events table would otherwise grow at whatever rate strangers connect).
+EVENTS_PER_MINUTE = 600
+# Pings whose Pong may still come: older nonces are forgotten (their Pong is then ignored).
+PINGS_REMEMBERED = 8
+# Offers remembered per session for requests already dispatched (the price they are charged at).
+DISPATCH_OFFERS_REMEMBERED = 4096
+# A chunk normally carries at least one token; a little slack for providers that split text.
+CHUNK_SLACK = 8
+# Past this many speed/breaker records, those of providers not connected are dropped.
+MAX_ROUTER_RECORDS = 10_000
 
 
 @dataclass(frozen=True)
@@ -60,11 +83,20 @@ Event = Chunk | Done | Fail | ProviderLost
 class PeerViolation(Exception):
     """A provider broke the protocol; it is disconnected with `code` and `reason`."""
 
-    def __init__(self, kind: str, reason: str, code: int = protocol.CLOSE_PROTOCOL_ERROR):
+    def __init__(self, kind: str, reason: str, code: int = protocol.CLOSE_PROTOCOL_ERROR, node_id: str = ""):
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
         self.code = code
+        self.node_id = node_id  # the peer's proven node id, when known before its session exists
+
+
+@dataclass
+class RunWatch:
+    """What the gateway asked of one run, to hold the provider's answer to it."""
+
+    max_tokens: int  # 0: not a generation (no output limit to enforce)
+    chunks: int = 0
 
 
 @dataclass(eq=False)
@@ -81,22 +113,50 @@ class ProviderSession:
     last_seen: float = 0.0
     load: LoadReport | None = None
     closed: bool = False
+    max_queued: int = 4096  # answer frames waiting per request (GatewaySettings.max_queued_events)
+    # Ping nonce -> when this gateway sent it (its own clock): RTT never comes from the provider.
+    pings: dict[int, float] = field(default_factory=dict)
+    runs: dict[str, RunWatch] = field(default_factory=dict)  # open request id -> its limits
+    # Run id -> the model offer it was dispatched under: a later Offer must not reprice it.
+    dispatch_offers: OrderedDict[str, ModelOffer] = field(default_factory=OrderedDict)
 
     def open_channel(self, request_id: str) -> asyncio.Queue[Event]:
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        queue: asyncio.Queue[Event] = asyncio.Queue(self.max_queued + 1)  # +1: room for ProviderLost
         self.channels[request_id] = queue
         return queue
 
     def close_channel(self, request_id: str) -> None:
         self.channels.pop(request_id, None)
+        self.runs.pop(request_id, None)
+
+    def offer_at_dispatch(self, request_id: str, model: str) -> ModelOffer | None:
+        """The offer (prices) `request_id` was sent under; the current one if it is not remembered."""
+        return self.dispatch_offers.get(request_id) or self.models.get(model)
 
     async def send(self, msg: protocol.Message) -> None:
         if self.closed:
             raise ConnectionError("provider connection is closed")
+        if isinstance(msg, Run):
+            self._dispatched(msg)
         try:
             await self.ws.send_bytes(protocol.encode(msg))
         except Exception as exc:  # starlette/uvicorn raise several types for a dead socket
             raise ConnectionError(f"provider connection is closed: {exc}") from exc
+
+    def _dispatched(self, run: Run) -> None:
+        offer = self.models.get(run.model)
+        if offer is not None:
+            self.dispatch_offers[run.request_id] = offer
+            while len(self.dispatch_offers) > DISPATCH_OFFERS_REMEMBERED:
+                self.dispatch_offers.popitem(last=False)
+        limit = run.payload.max_tokens if isinstance(run.payload, GeneratePayload) else 0
+        if run.request_id in self.channels:
+            self.runs[run.request_id] = RunWatch(max(limit, 0))
+
+    def ping_sent(self, nonce: int) -> None:
+        self.pings[nonce] = time.monotonic()
+        while len(self.pings) > PINGS_REMEMBERED:
+            del self.pings[next(iter(self.pings))]
 
 
 class Hub:
@@ -109,6 +169,10 @@ class Hub:
         # Every model any provider offered since start: tells "unknown model" (404)
         # apart from "known, but nobody serves it right now" (503).
         self.known_models: dict[str, ModelOffer] = {}
+        self._unoffered: dict[str, float] = {}  # known model -> since when nobody offers it
+        # Admission by stake (checker_min_stake): the µcr a node has staked in the ledger.
+        self.stake_of: Callable[[str], Awaitable[int]] | None = None
+        self._events_window = (0.0, 0, 0)  # (window start, recorded, suppressed)
         self._ping_nonce = itertools.count()
         self.router = LiveRouter(self, settings)
         # Called with (node id, receipt digests) for each verified Statement; billing listens.
@@ -139,6 +203,10 @@ class Hub:
         ready = [s for s in live if not self.is_held_back(s.node_id)]
         return ready or live
 
+    def model_verified(self, model: str) -> bool:
+        """Whether an admitted checker holds `model` now, i.e. its answers can be audited."""
+        return any(model in c.models and not c.closed for c in self.checkers.values())
+
     def live_models(self) -> dict[str, list[ProviderSession]]:
         out: dict[str, list[ProviderSession]] = {}
         for session in self.sessions.values():
@@ -154,21 +222,45 @@ class Hub:
         session: ProviderSession | None = None
         try:
             session = await asyncio.wait_for(self._handshake(ws, peer), self.settings.handshake_timeout_s)
+            # Registered only now, with nothing awaited before serving starts: a peer that
+            # vanished during the handshake was never registered, and a registered one is
+            # pinged (liveness) from this moment and removed in `finally` whatever happens.
+            self._register(session, peer)
             await self._serve(session)
         except TimeoutError:
-            self.store.record_event(peer, "handshake_timeout", "no complete handshake in time")
+            self.record_event(peer, "handshake_timeout", "no complete handshake in time")
             await self._close(ws, protocol.CLOSE_HANDSHAKE_TIMEOUT, "handshake timed out")
         except PeerViolation as exc:
-            self.store.record_event(session.node_id if session else peer, exc.kind, exc.reason)
+            self.record_event(session.node_id if session else exc.node_id or peer, exc.kind, exc.reason)
             await self._close(ws, exc.code, exc.reason)
         except WebSocketDisconnect:
             pass
         except asyncio.CancelledError:
             await self._close(ws, protocol.CLOSE_GATEWAY_SHUTDOWN, "gateway shutting down")
             raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a send to a peer that already left
+            log.info("peer %s dropped: %s: %s", session.node_id[:12] if session else peer, type(exc).__name__, exc)
+            await self._close(ws, protocol.CLOSE_PROTOCOL_ERROR, "connection failed")
         finally:
             if session is not None:
                 self._remove(session, "provider disconnected")
+
+    def record_event(self, peer: str, kind: str, detail: str) -> None:
+        """Record a peer event, at most EVENTS_PER_MINUTE a minute; the rest are counted in one row."""
+        now = time.monotonic()
+        start, recorded, suppressed = self._events_window
+        if now - start >= 60:
+            if suppressed:
+                self.store.record_event("gateway", "events_suppressed",
+                                        f"{suppressed} peer events over the limit of {EVENTS_PER_MINUTE} a minute "
+                                        "were not recorded")
+            start, recorded, suppressed = now, 0, 0
+        if recorded < EVENTS_PER_MINUTE:
+            self.store.record_event(peer, kind, detail)
+            recorded += 1
+        else:
+            suppressed += 1
+        self._events_window = (start, recorded, suppressed)
 
     async def _close(self, ws: WebSocket, code: int, reason: str) -> None:
         if ws.application_state == WebSocketState.CONNECTED:
@@ -177,20 +269,23 @@ class Hub:
             except Exception:  # noqa: BLE001 - the peer may already be gone
                 pass
 
-    async def _recv(self, ws: WebSocket) -> protocol.Message:
+    async def _recv(self, ws: WebSocket, limit: int = protocol.MAX_FRAME_BYTES) -> protocol.Message:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
         data = message.get("bytes")
         if data is None:
             raise PeerViolation("garbage_frame", "text frame received; expected binary msgpack")
+        if len(data) > limit:  # the raw size, before any decoding
+            raise PeerViolation("frame_too_large", f"frame of {len(data)} bytes exceeds the {limit} allowed here",
+                                protocol.CLOSE_LIMIT)
         try:
             return protocol.decode(data)
         except protocol.ProtocolError as exc:
             raise PeerViolation("garbage_frame", str(exc)[:200]) from exc
 
     async def _handshake(self, ws: WebSocket, peer: str) -> ProviderSession:
-        hello = await self._recv(ws)
+        hello = await self._recv(ws, protocol.MAX_UNPROVEN_FRAME_BYTES)
         if not isinstance(hello, Hello):
             raise PeerViolation("bad_handshake", f"expected hello, got {type(hello).__name__}")
         if hello.version not in protocol.SUPPORTED_VERSIONS:
@@ -205,39 +300,59 @@ class Hub:
         node_id = node_id_for(hello.public_key)
         nonce = secrets.token_bytes(32)
         await ws.send_bytes(protocol.encode(Challenge(nonce, self.identity.node_id)))
-        proof = await self._recv(ws)
+        proof = await self._recv(ws, protocol.MAX_UNPROVEN_FRAME_BYTES)
         if not isinstance(proof, Proof):
             raise PeerViolation("bad_handshake", f"expected proof, got {type(proof).__name__}")
         if not verify_signature(hello.public_key, proof.signature,
                                 protocol.challenge_bytes(nonce, self.identity.node_id)):
             raise PeerViolation("bad_signature", "challenge signature does not verify",
                                 protocol.CLOSE_BAD_SIGNATURE)
-        offer = await self._recv(ws)
+        offer = await self._recv(ws, protocol.MAX_OFFER_FRAME_BYTES)
         if not isinstance(offer, Offer):
             raise PeerViolation("bad_handshake", f"expected offer, got {type(offer).__name__}")
         self._check_offer(offer, hello.public_key, node_id)
+        if offer.role not in ("provider", "checker"):
+            raise PeerViolation("bad_offer", f"unknown role {offer.role!r}")
+        if offer.role == "checker":
+            await self._admit_checker(node_id)
         session = ProviderSession(
             node_id=node_id, public_key=hello.public_key, offer=offer, ws=ws,
             connected_at=time.monotonic(), last_seen=time.monotonic(),
-            models={m.name: m for m in offer.models},
+            models={m.name: m for m in offer.models}, max_queued=max(1, self.settings.max_queued_events),
         )
-        if offer.role not in ("provider", "checker"):
-            raise PeerViolation("bad_offer", f"unknown role {offer.role!r}")
-        pool = self.checkers if offer.role == "checker" else self.sessions
-        old = pool.get(node_id)
-        if old is not None:
-            # Same key reconnected (e.g. after a network blip): the new link wins.
-            self._remove(old, "replaced by a newer connection")
-            await self._close(old.ws, protocol.CLOSE_DUPLICATE, "replaced by a newer connection")
-        pool[node_id] = session
-        if offer.role == "provider":
-            self.known_models.update(session.models)
         contract, chain_id = self.settlement or ("", 0)
         await ws.send_bytes(protocol.encode(Welcome(secrets.token_hex(8), node_id, contract, chain_id)))
         await self.store.upsert_provider(node_id, hello.public_key, offer.region, list(session.models))
-        log.info("provider %s connected from %s: %s in %s", node_id[:12], peer,
-                 ", ".join(session.models), offer.region)
         return session
+
+    def _register(self, session: ProviderSession, peer: str) -> None:
+        pool = self.checkers if session.offer.role == "checker" else self.sessions
+        old = pool.get(session.node_id)
+        if old is not None:
+            # Same key reconnected (e.g. after a network blip): the new link wins.
+            self._remove(old, "replaced by a newer connection")
+            asyncio.ensure_future(self._close(old.ws, protocol.CLOSE_DUPLICATE, "replaced by a newer connection"))
+        pool[session.node_id] = session
+        if session.offer.role == "provider":
+            self._offered(session.models)
+        log.info("%s %s connected from %s: %s in %s", session.offer.role, session.node_id[:12], peer,
+                 ", ".join(session.models), session.offer.region)
+
+    async def _admit_checker(self, node_id: str) -> None:
+        """A checker sees clients' prompts and its verdicts move money: only the operator admits one."""
+        if node_id in self.settings.admitted_checkers:
+            return
+        need = self.settings.checker_min_stake
+        if need > 0 and self.stake_of is not None:
+            staked = await self.stake_of(node_id)
+            if staked >= need:
+                return
+            raise PeerViolation("checker_not_admitted",
+                                f"checker {node_id} is not admitted: {staked} µcr staked, {need} needed",
+                                protocol.CLOSE_NOT_ADMITTED, node_id)
+        raise PeerViolation("checker_not_admitted",
+                            f"checker {node_id} is not admitted by this gateway (operator: --checker {node_id})",
+                            protocol.CLOSE_NOT_ADMITTED, node_id)
 
     def _check_offer(self, offer: Offer, public_key: bytes, node_id: str) -> None:
         if offer.node_id != node_id:
@@ -248,6 +363,39 @@ class Hub:
             raise PeerViolation("bad_offer", "offer lists no models")
         if offer.max_concurrency < 1:
             raise PeerViolation("bad_offer", "max_concurrency must be at least 1")
+        s = self.settings
+        if len(offer.models) > s.max_offer_models:
+            raise PeerViolation("offer_too_large", f"offer lists {len(offer.models)} models; this gateway accepts "
+                                f"at most {s.max_offer_models}", protocol.CLOSE_LIMIT)
+        for m in offer.models:
+            if not m.name or len(m.name) > s.max_model_name:
+                raise PeerViolation("bad_offer", f"model names must be 1-{s.max_model_name} characters "
+                                    f"(got {len(m.name)})", protocol.CLOSE_LIMIT)
+            if not 0 <= m.price_in <= s.max_price_in or not 0 <= m.price_out <= s.max_price_out:
+                raise PeerViolation("price_out_of_bounds",
+                                    f"{m.name[:40]}: price {m.price_in}/{m.price_out} µcr per 1M tokens is outside "
+                                    f"this gateway's bounds 0-{s.max_price_in}/0-{s.max_price_out}",
+                                    protocol.CLOSE_LIMIT)
+
+    def _offered(self, models: Iterable[str] | dict[str, ModelOffer]) -> None:
+        if isinstance(models, dict):
+            self.known_models.update(models)
+        for name in models:
+            self._unoffered.pop(name, None)
+
+    def _unoffer(self, names: Iterable[str]) -> None:
+        """These models may have lost their last provider: start (or finish) forgetting them."""
+        now = time.monotonic()
+        live = {name for s in self.sessions.values() if not s.closed for name in s.models}
+        for name in names:
+            if name not in live and name in self.known_models:
+                self._unoffered.setdefault(name, now)
+        for name, since in list(self._unoffered.items()):
+            if name in live:
+                del self._unoffered[name]
+            elif now - since >= self.settings.known_model_ttl_s:
+                del self._unoffered[name]
+                self.known_models.pop(name, None)
 
     async def _serve(self, session: ProviderSession) -> None:
         pinger = asyncio.create_task(self._ping_loop(session))
@@ -260,9 +408,15 @@ class Hub:
                 if isinstance(msg, (Chunk, Done, Fail)):
                     self._deliver(session, msg)
                 elif isinstance(msg, Batch):
+                    if len(msg.items) > self.settings.max_queued_events:
+                        raise PeerViolation("flood", f"batch of {len(msg.items)} items exceeds "
+                                            f"{self.settings.max_queued_events}", protocol.CLOSE_LIMIT)
                     for item in msg.items:
                         self._deliver(session, item)
                 elif isinstance(msg, Statement):
+                    if len(msg.digests) > self.settings.max_statement_digests:
+                        raise PeerViolation("statement_too_large", f"statement lists {len(msg.digests)} digests; "
+                                            f"at most {self.settings.max_statement_digests}", protocol.CLOSE_LIMIT)
                     if not protocol.verify_statement(msg, session.public_key):
                         raise PeerViolation("bad_signature", "receipt statement signature does not verify",
                                             protocol.CLOSE_BAD_SIGNATURE)
@@ -278,9 +432,11 @@ class Hub:
                 elif isinstance(msg, SettlementAddress):
                     self.on_settlement_address(session.node_id, msg)
                 elif isinstance(msg, Pong):
-                    sample = time.monotonic() - msg.sent_at
-                    if 0 <= sample < 60:
-                        session.rtt_s = smooth_rtt(session.rtt_s, sample)
+                    # Timed from this gateway's own record of the nonce it sent: a Pong's
+                    # `sent_at` is the provider's word, and a forged one could claim any RTT.
+                    sent = session.pings.pop(msg.nonce, None)
+                    if sent is not None:
+                        session.rtt_s = smooth_rtt(session.rtt_s, time.monotonic() - sent)
                 elif isinstance(msg, LoadReport):
                     session.load = msg
                 elif isinstance(msg, Drain):
@@ -288,8 +444,15 @@ class Hub:
                     log.info("provider %s is draining: %s", session.node_id[:12], msg.reason)
                 elif isinstance(msg, Offer):
                     self._check_offer(msg, session.public_key, session.node_id)
+                    if msg.role != session.offer.role:
+                        raise PeerViolation("bad_offer", "a session cannot change its role")
+                    old = session.models
+                    # A new dict (never mutated in place): requests in flight keep the offer they
+                    # were dispatched under (`dispatch_offers`), so their price does not change.
                     session.offer, session.models = msg, {m.name: m for m in msg.models}
-                    self.known_models.update(session.models)
+                    if msg.role == "provider":
+                        self._offered(session.models)
+                        self._unoffer(set(old) - set(session.models))
                 else:
                     raise PeerViolation("unexpected_message", f"unexpected {type(msg).__name__} after handshake")
         finally:
@@ -298,24 +461,45 @@ class Hub:
     @staticmethod
     def _deliver(session: ProviderSession, msg: Chunk | Done | Fail) -> None:
         channel = session.channels.get(msg.request_id)
-        if channel is not None:
-            channel.put_nowait(msg)
-        # else: a late answer for a cancelled or timed-out request; drop it.
+        if channel is None:
+            return  # a late answer for a cancelled or timed-out request; drop it
+        watch = session.runs.get(msg.request_id)
+        if watch is not None and watch.max_tokens:
+            if isinstance(msg, Chunk):
+                watch.chunks += 1
+                over = watch.chunks > watch.max_tokens + CHUNK_SLACK
+            elif isinstance(msg, Done):
+                over = max(msg.receipt.usage.completion_tokens, len(msg.token_ids)) > watch.max_tokens
+            else:
+                over = False
+            if over:
+                raise PeerViolation("output_over_max_tokens", f"request {msg.request_id[:40]} asked for at most "
+                                    f"{watch.max_tokens} tokens; the provider sent more")
+        if channel.qsize() >= session.max_queued:
+            raise PeerViolation("flood", f"more than {session.max_queued} answer frames queued for one request",
+                                protocol.CLOSE_LIMIT)
+        channel.put_nowait(msg)
 
     async def _ping_loop(self, session: ProviderSession) -> None:
         interval = self.settings.ping_interval_s
         try:
-            await session.send(Ping(next(self._ping_nonce), time.monotonic()))
+            await self._ping(session)
             while True:
                 await asyncio.sleep(interval)
                 if time.monotonic() - session.last_seen > self.settings.liveness_timeout_s:
-                    self.store.record_event(session.node_id, "unresponsive", "no message within the liveness timeout")
+                    self.record_event(session.node_id, "unresponsive", "no message within the liveness timeout")
                     self._remove(session, "provider unresponsive")
                     await self._close(session.ws, protocol.CLOSE_PROTOCOL_ERROR, "unresponsive")
                     return
-                await session.send(Ping(next(self._ping_nonce), time.monotonic()))
+                self._unoffer(())  # finish forgetting models whose time is up
+                await self._ping(session)
         except (ConnectionError, RuntimeError, WebSocketDisconnect):
             return
+
+    async def _ping(self, session: ProviderSession) -> None:
+        nonce = next(self._ping_nonce)
+        session.ping_sent(nonce)
+        await session.send(Ping(nonce, time.monotonic()))
 
     def _remove(self, session: ProviderSession, reason: str) -> None:
         if session.closed:
@@ -326,12 +510,21 @@ class Hub:
         if self.checkers.get(session.node_id) is session:
             del self.checkers[session.node_id]
         for channel in session.channels.values():
+            if channel.full():  # a flooded queue: what is in it no longer matters
+                channel.get_nowait()
             channel.put_nowait(ProviderLost(reason))
-        log.info("provider %s left: %s", session.node_id[:12], reason)
+        if session.offer.role == "provider":
+            self._unoffer(session.models)
+        records = self.router.records
+        if len(records) > MAX_ROUTER_RECORDS:
+            # Fresh keys cost nothing: past the bound, forget what was learned about absent nodes.
+            for node_id in [n for n in records if n not in self.sessions]:
+                del records[node_id]
+        log.info("%s %s left: %s", session.offer.role, session.node_id[:12], reason)
 
     def disconnect(self, session: ProviderSession, kind: str, reason: str) -> None:
         """Throw out a provider that lied (e.g. a bad receipt); its work is moved elsewhere."""
-        self.store.record_event(session.node_id, kind, reason)
+        self.record_event(session.node_id, kind, reason)
         self._remove(session, reason)
         asyncio.create_task(self._close(session.ws, protocol.CLOSE_PROTOCOL_ERROR, reason))
 

@@ -20,8 +20,12 @@ from gpupool.market import pricing
 from gpupool.protocol import Done, Payload
 
 
-def price_of(session: ProviderSession, model: str) -> pricing.Price:
-    offer = session.models[model]
+def price_of(session: ProviderSession, model: str, request_id: str = "") -> pricing.Price:
+    """The provider's price for `model`; with `request_id`, the price that run was dispatched under
+    (an Offer re-sent while it ran does not change what it costs)."""
+    offer = session.offer_at_dispatch(request_id, model) if request_id else session.models[model]
+    if offer is None:
+        raise KeyError(model)
     return pricing.Price(offer.price_in, offer.price_out)
 
 
@@ -45,7 +49,8 @@ class Metering:
     def cost(hold: Hold, model: str, session: ProviderSession, done: Done) -> int:
         """What `charge` will charge for this answer (its receipt's usage at the provider's price)."""
         u = done.receipt.usage
-        return pricing.charge_for(price_of(session, model), u.prompt_tokens, u.completion_tokens, hold.amount)
+        price = price_of(session, model, done.receipt.request_id)
+        return pricing.charge_for(price, u.prompt_tokens, u.completion_tokens, hold.amount)
 
     def charge(self, hold: Hold, rid: str, model: str, session: ProviderSession, done: Done, account: str,
                payload: Payload, text: str = "") -> int:

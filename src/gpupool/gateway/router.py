@@ -48,6 +48,7 @@ class RouteOptions:
     region: str | None = None
     region_policy: str = "prefer"
     max_price: int | None = None  # µcr for the whole request
+    require_verified: bool = False  # only models an admitted checker audits (else 503)
 
 
 DEFAULT_ROUTE = RouteOptions()
@@ -137,6 +138,10 @@ class LiveRouter:
             if model in self.hub.known_models:
                 raise errors.NoProvider(f"no provider is serving {model!r} right now; retry later")
             raise errors.ModelNotFound(f"The model {model!r} does not exist", param="model")
+        if options.require_verified and not self.hub.model_verified(model):
+            raise errors.NoProvider(f"{model!r} is not verified: no admitted checker audits it now, and the "
+                                    "request requires verified models (gpupool.require_verified)",
+                                    param="gpupool.require_verified", code="model_not_verified")
         self._refresh_prior(model, now)
         by_id = {s.node_id: s for s in sessions}
         request = self.route_request(model, payload, options, stream)

@@ -64,6 +64,13 @@ class Services:
         hub.is_held_back = auditor.is_held_back
         hub.reputation_of = auditor.reputation_of
 
+        async def stake_of(node_id: str) -> int:  # checker admission by stake (checker_min_stake)
+            from gpupool.ledger import postings as P
+
+            return await ledger.balance(P.stake(node_id))
+
+        hub.stake_of = stake_of
+
         hardware_checks = HardwareChecker(hub.disconnect, interval_s=settings.hardware_proof_interval_s,
                                           max_n=settings.hardware_proof_max_n)
         hub.on_provider_connected = hardware_checks.on_connect

@@ -1,0 +1,393 @@
+"""Hostile providers and checkers against a real gateway: each attack is refused or contained,
+and an honest bystander (a real echo provider and a client using it) keeps being served.
+
+The attackers are raw WebSocket peers speaking our protocol (`gpupool.protocol`) with
+keys of their own, the way a malicious node would; the gateway and the bystander are
+real processes (devnet). Issue 9, the peer side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import openai
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from gpupool import protocol
+from gpupool.devnet import Network
+from gpupool.identity import Identity
+from gpupool.protocol import Challenge, Hardware, Hello, ModelOffer, Offer, Proof, Run, Welcome
+from tests.integration.conftest import client_for, raw, wait_until_async
+from tests.integration.test_audits import judge_jobs
+from tests.integration.test_bad_peers import events
+from tests.integration.test_billing import FAST_SETTLE, new_account
+
+TTL_S = 1.0  # --known-model-ttl-s: how long a model nobody offers is still "known"
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    """A gateway with small peer limits and one honest echo provider: the bystander."""
+    network = Network(Path(tmp_path_factory.mktemp("hostile")) / "net")
+    try:
+        network.start_gateway(extra=[*FAST_SETTLE, "--known-model-ttl-s", str(TTL_S), "--ping-interval-s", "0.5",
+                                     "--max-queued-events", "64", "--max-statement-digests", "256"])
+        network.start_provider(["echo=echo:chat"])
+        network.wait_for_models({"echo": 1}, timeout=60)
+        yield network
+    finally:
+        network.stop(timeout=10)
+
+
+def offer_for(ident: Identity, models: list[ModelOffer], role: str = "provider") -> Offer:
+    offer = Offer(node_id=ident.node_id, models=models, hardware=Hardware("test", 1, 1024), region="test",
+                  max_concurrency=4, issued_at=time.time(), role=role)
+    return msgspec.structs.replace(offer, signature=ident.sign(protocol.signed_bytes(offer)))
+
+
+async def start_handshake(net: Network, ident: Identity, models: list[ModelOffer], role: str = "provider") -> Any:
+    """Hello, Proof and Offer sent; the caller reads the Welcome (or the close)."""
+    ws = await connect(net.ws_url + "/v1/providers/ws", max_size=None)
+    await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
+    challenge = protocol.decode(await ws.recv())
+    assert isinstance(challenge, Challenge)
+    await ws.send(protocol.encode(Proof(ident.sign(protocol.challenge_bytes(challenge.nonce, challenge.gateway_id)))))
+    await ws.send(protocol.encode(offer_for(ident, models, role)))
+    return ws
+
+
+async def joined(net: Network, ident: Identity, models: list[ModelOffer], role: str = "provider") -> Any:
+    ws = await start_handshake(net, ident, models, role)
+    assert isinstance(protocol.decode(await ws.recv()), Welcome)
+    return ws
+
+
+async def closed_with(ws: Any, code: int) -> str:
+    """Read until the gateway closes the connection; its close code must be `code`. Returns the reason."""
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        while True:
+            msg = protocol.decode(await asyncio.wait_for(ws.recv(), 15))
+            if isinstance(msg, protocol.Ping):
+                await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
+    assert info.value.rcvd is not None, "the connection dropped without a close frame"
+    assert info.value.rcvd.code == code, info.value.rcvd
+    return info.value.rcvd.reason
+
+
+async def bystander_served(net: Network, n: int = 3) -> float:
+    """The honest client still gets right answers from the honest provider; returns the slowest latency."""
+    client = client_for(net, timeout=30)
+    slowest = 0.0
+    for i in range(n):
+        started = time.monotonic()
+        out = await asyncio.to_thread(client.chat.completions.create, model="echo",
+                                      messages=[{"role": "user", "content": f"bystander {i}"}])
+        slowest = max(slowest, time.monotonic() - started)
+        assert out.choices[0].message.content == f"bystander {i}"
+    assert slowest < 5, f"bystander took {slowest:.2f}s"
+    return slowest
+
+
+async def wait_events(net: Network, kind: str) -> list[dict]:
+    return await wait_until_async(lambda: events(net, kind), f"a {kind} event", timeout=15)
+
+
+def echo(name: str = "echo", **kw: Any) -> ModelOffer:
+    return ModelOffer(name, "generate", "echo", **kw)
+
+
+# ---------------------------------------------------------------- checkers
+
+
+async def test_checkers_are_admitted_by_the_operator_never_self_declared(net: Network) -> None:
+    stranger = Identity.generate()
+    ws = await start_handshake(net, stranger, [echo()], role="checker")
+    reason = await closed_with(ws, protocol.CLOSE_NOT_ADMITTED)
+    assert "not admitted" in reason and stranger.node_id[:40] in reason
+    (event,) = [e for e in await wait_events(net, "checker_not_admitted") if e["peer"] == stranger.node_id]
+    assert "--checker" in event["detail"]
+    assert (await asyncio.to_thread(raw, net, "GET", "/admin/audits",
+                                    net.admin_token)).json()["checkers"] == []
+    # A checker whose node id the operator admitted (devnet passes it as --checker) is welcomed.
+    admitted = net.checker_identity("checker-3")
+    ws = await joined(net, admitted, [echo("only-checked")], role="checker")
+    await ws.close()
+    await bystander_served(net)
+
+
+async def test_a_node_never_audits_its_own_answers(network: Network) -> None:
+    """One key as provider and as (admitted) checker of the same model: its answers go unaudited."""
+    network.start_gateway(extra=FAST_SETTLE)
+    me = network.checker_identity("checker-0")
+    provider_ws = await joined(network, me, [echo("mine")])
+    checker_ws = await joined(network, me, [echo("mine")], role="checker")
+    jobs: list[protocol.AuditJob] = []
+    judging = asyncio.create_task(judge_jobs(checker_ws, me, True, jobs))
+    from tests.integration.test_billing import answer_one_run
+
+    client = client_for(network, timeout=30)
+    for i in range(3):
+        answering = asyncio.create_task(answer_one_run(provider_ws, me.node_id, "x", protocol.Usage(1, 1), me))
+        await asyncio.to_thread(client.chat.completions.create, model="mine",
+                                messages=[{"role": "user", "content": f"q{i}"}], max_tokens=5)
+        await asyncio.wait_for(answering, 10)
+    await asyncio.sleep(1.0)
+    assert jobs == []  # probation audits every answer, yet none reached the provider's own checker
+    stats = (await asyncio.to_thread(raw, network, "GET", "/admin/audits", network.admin_token)).json()
+    assert stats["stats"]["no_checker"] >= 3, stats
+    judging.cancel()
+
+
+async def test_a_checker_overruled_by_a_second_checker_pays_for_it(network: Network) -> None:
+    network.start_gateway(extra=FAST_SETTLE)
+    network.start_provider(["echo=echo:chat"])
+    network.wait_for_models({"echo": 1}, timeout=60)
+    liar, honest = network.checker_identity("checker-1"), network.checker_identity("checker-2")
+    liar_ws = await joined(network, liar, [echo()], role="checker")
+    honest_ws = await joined(network, honest, [echo()], role="checker")
+    liar_jobs: list[protocol.AuditJob] = []
+    judging = [asyncio.create_task(judge_jobs(liar_ws, liar, False, liar_jobs)),
+               asyncio.create_task(judge_jobs(honest_ws, honest, True, []))]
+    client = client_for(network, timeout=30)
+    # Every answer is audited (probation), each 2 s slot by one checker drawn at random. Once the
+    # liar fails one (a hard failure suspends the provider), the fraud needs a second admitted
+    # checker to confirm it: the honest one, which passes it.
+    for i in range(30):
+        try:
+            await asyncio.to_thread(client.chat.completions.create, model="echo",
+                                    messages=[{"role": "user", "content": f"honest answer {i}"}])
+        except openai.APIStatusError as exc:
+            assert exc.status_code == 503  # suspended on the liar's word, pending the second opinion
+            break
+        if liar_jobs:
+            break
+        await asyncio.sleep(0.7)
+    overruled = await wait_events(network, "checker_overruled")
+    assert overruled[0]["peer"] == liar.node_id and honest.node_id[:12] in overruled[0]["detail"]
+    assert not events(network, "slashed")  # no money moved on the liar's word
+    for task in judging:
+        task.cancel()
+
+
+# ---------------------------------------------------------------- bounds before and after the key is proven
+
+
+async def test_a_huge_hello_is_refused_before_it_is_decoded(net: Network) -> None:
+    ident = Identity.generate()
+    async with connect(net.ws_url + "/v1/providers/ws", max_size=None) as ws:
+        # A valid Hello (it would decode fine) carrying an 8 MB field.
+        await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key, agent="x" * 8_000_000)))
+        reason = await closed_with(ws, protocol.CLOSE_LIMIT)
+    assert "exceeds" in reason
+    assert await wait_events(net, "frame_too_large")
+    await bystander_served(net)
+
+
+@pytest.mark.parametrize("models, words", [
+    ([echo(price_in=10**15, price_out=10**15)], "outside this gateway's bounds"),
+    ([echo(f"fake-{i}") for i in range(1_000)], "at most 64"),
+    ([echo("m" * 5000)], "model names must be"),
+])
+async def test_offers_beyond_the_operators_limits_are_refused(net: Network, models: list[ModelOffer],
+                                                              words: str) -> None:
+    ws = await start_handshake(net, Identity.generate(), models)
+    assert words in await closed_with(ws, protocol.CLOSE_LIMIT)
+    # An uncapped client is not priced out (402) by the refused offer, nor routed to it.
+    await bystander_served(net)
+    listed = (await asyncio.to_thread(raw, net, "GET", "/v1/market")).json()["data"]
+    assert [m["price_in"] for m in listed if m["model"] == "echo"] == [{"min": 0, "max": 0}]
+
+
+async def test_a_resent_offer_with_a_dear_price_is_refused_mid_session(net: Network) -> None:
+    ident = Identity.generate()
+    ws = await joined(net, ident, [echo("cheap-then-dear")])
+    await ws.send(protocol.encode(offer_for(ident, [echo("cheap-then-dear", price_out=10**15)])))
+    assert "bounds" in await closed_with(ws, protocol.CLOSE_LIMIT)
+
+
+async def test_a_huge_statement_disconnects_its_provider(net: Network) -> None:
+    ident = Identity.generate()
+    ws = await joined(net, ident, [echo("stating")])
+    digests = [bytes(32)] * 5_000
+    await ws.send(protocol.encode(protocol.Statement(1, digests, ident.sign(protocol.statement_bytes(1, digests)))))
+    assert "digests" in await closed_with(ws, protocol.CLOSE_LIMIT)
+    await bystander_served(net)
+
+
+async def liar_serving(net: Network, model: str, frames: Any) -> tuple[Identity, Any]:
+    """A raw provider, alone serving `model`, answering any Run it gets with `frames(run)`."""
+    ident = Identity.generate()
+    ws = await joined(net, ident, [echo(model)])
+
+    async def serve() -> None:
+        try:
+            async for frame in ws:
+                msg = protocol.decode(frame)
+                if isinstance(msg, protocol.Ping):
+                    await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
+                elif isinstance(msg, Run):
+                    for out in frames(msg):
+                        await ws.send(protocol.encode(out))
+        except websockets.ConnectionClosed:
+            return  # thrown out, as it should be
+
+    return ident, asyncio.create_task(serve())
+
+
+async def thrown_out_for(net: Network, ident: Identity, model: str, kind: str, serving: Any) -> None:
+    """A client asks the liar; it is disconnected for `kind`, and the client never sees what it sent."""
+    client = client_for(net, timeout=30)
+    with pytest.raises(openai.APIStatusError) as info:
+        await asyncio.to_thread(client.chat.completions.create, model=model, max_tokens=4,
+                                messages=[{"role": "user", "content": "one two three four five six"}])
+    assert info.value.status_code in (502, 503), info.value  # its only provider was thrown out
+    assert "spam" not in str(info.value.body)
+    assert [e for e in await wait_events(net, kind) if e["peer"] == ident.node_id]
+    await asyncio.wait_for(serving, 10)  # the gateway closed the liar's connection
+    await bystander_served(net)
+
+
+async def test_output_beyond_max_tokens_disconnects_its_provider(net: Network) -> None:
+    def overrun(run: Run) -> list[protocol.Message]:
+        text = " ".join(["spam"] * 50)
+        receipt = protocol.Receipt(run.request_id, "", run.model, protocol.payload_hash(run.payload),
+                                   protocol.output_hash(text), protocol.Usage(5, 50), "length")
+        return [*(protocol.Chunk(run.request_id, i, "spam ") for i in range(50)),
+                protocol.Done(run.request_id, receipt, text=text)]
+
+    ident, serving = await liar_serving(net, "overrun", overrun)
+    await thrown_out_for(net, ident, "overrun", "output_over_max_tokens", serving)
+
+
+async def test_a_provider_flooding_answer_frames_is_disconnected(net: Network) -> None:
+    def flood(run: Run) -> list[protocol.Message]:
+        return [protocol.Batch([protocol.Chunk(run.request_id, i, "spam") for i in range(1_000)])]
+
+    ident, serving = await liar_serving(net, "flooded", flood)
+    await thrown_out_for(net, ident, "flooded", "flood", serving)
+
+
+# ---------------------------------------------------------------- sessions that end, tables that expire
+
+
+async def test_a_peer_leaving_right_after_its_offer_is_not_left_registered(net: Network) -> None:
+    before = (await asyncio.to_thread(raw, net, "GET", "/healthz")).json()["providers"]
+    for i in range(5):
+        ws = await start_handshake(net, Identity.generate(), [echo(), echo(f"ghost-{i}")])
+        # Gone before the gateway could even send its Welcome.
+        ws.transport.abort() if hasattr(ws, "transport") else await ws.close()
+    await asyncio.sleep(1.0)
+    health = (await asyncio.to_thread(raw, net, "GET", "/healthz")).json()
+    assert health["providers"] == before, health  # none of the five stayed registered
+    assert not [m for m in health["models"] if m.startswith("ghost")]
+    await bystander_served(net)
+
+
+async def test_models_nobody_offers_any_more_are_forgotten(net: Network) -> None:
+    ws = await joined(net, Identity.generate(), [echo("fleeting")])
+    await ws.close()
+    client = client_for(net, timeout=30)
+
+    def status() -> int:
+        try:
+            client.chat.completions.create(model="fleeting", messages=[{"role": "user", "content": "hi"}])
+        except openai.APIStatusError as exc:
+            return exc.status_code
+        return 200
+
+    assert await asyncio.to_thread(status) == 503  # known, nobody serves it right now
+    await asyncio.sleep(TTL_S + 1.5)  # the next ping round sweeps it
+    assert await asyncio.to_thread(status) == 404  # forgotten: the table does not keep it forever
+
+
+async def test_rtt_is_measured_by_the_gateway_not_taken_from_a_forged_pong(net: Network) -> None:
+    ident = Identity.generate()
+    ws = await joined(net, ident, [echo("far-away")])
+
+    async def forge() -> None:
+        async for frame in ws:
+            msg = protocol.decode(frame)
+            if isinstance(msg, protocol.Ping):
+                await asyncio.sleep(0.3)  # really 300 ms away...
+                # ...but claims the ping was sent just now, and answers a nonce never sent.
+                await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at + 0.3)))
+                await ws.send(protocol.encode(protocol.Pong(msg.nonce + 10_000, msg.sent_at + 10)))
+
+    forging = asyncio.create_task(forge())
+
+    def rtt_ms() -> float | None:
+        row = [p for p in net.admin("/admin/providers") if p["node_id"] == ident.node_id]
+        return row[0]["rtt_ms"] if row else None
+
+    measured = await wait_until_async(lambda: (r := rtt_ms()) is not None and r, "an RTT sample", timeout=10)
+    assert measured >= 250, f"rtt {measured} ms: the forged timestamp was believed"
+    forging.cancel()
+    await ws.close()
+
+
+# ---------------------------------------------------------------- prices fixed at dispatch
+
+
+async def test_a_resent_offer_does_not_reprice_requests_in_flight(net: Network) -> None:
+    ident = Identity.generate()
+    cheap = echo("repriced", price_in=1_000_000, price_out=1_000_000)
+    ws = await joined(net, ident, [cheap])
+
+    async def answer() -> None:
+        while True:
+            msg = protocol.decode(await ws.recv())
+            if isinstance(msg, Run):
+                # Mid-request, the provider raises its price 100-fold (within the operator's bounds).
+                await ws.send(protocol.encode(offer_for(ident, [echo("repriced", price_in=10**8, price_out=10**8)])))
+                text = "answer"
+                receipt = protocol.Receipt(msg.request_id, ident.node_id, msg.model,
+                                           protocol.payload_hash(msg.payload), protocol.output_hash(text),
+                                           protocol.Usage(100, 200), "stop", time.time())
+                receipt = msgspec.structs.replace(receipt, signature=ident.sign(protocol.signed_bytes(receipt)))
+                await ws.send(protocol.encode(protocol.Done(msg.request_id, receipt, text=text)))
+                return
+
+    answering = asyncio.create_task(answer())
+    key = new_account(net, "repriced-client", 10_000_000)
+    out = await asyncio.to_thread(client_for(net, key, timeout=30).chat.completions.create, model="repriced",
+                                  messages=[{"role": "user", "content": "hi"}], max_tokens=400)
+    await asyncio.wait_for(answering, 10)
+    assert out.usage.cost_ucr == 300  # 100 + 200 tokens at the 1 µcr/token it was dispatched under
+    await ws.close()
+
+
+# ---------------------------------------------------------------- unaudited models
+
+
+async def test_unaudited_models_are_marked_and_a_client_can_refuse_them(net: Network) -> None:
+    def verified(path: str, field: str) -> bool:
+        body = raw(net, "GET", path, net.dev_key()).json()["data"]
+        row = [m for m in body if m.get("id", m.get("model")) == "echo"][0]
+        return row["gpupool"]["verified"] if field == "models" else row["verified"]
+
+    assert not verified("/v1/models", "models") and not verified("/v1/market", "market")
+    strict = {"model": "echo", "messages": [{"role": "user", "content": "audited only"}],
+              "gpupool": {"require_verified": True}}
+    r = await asyncio.to_thread(raw, net, "POST", "/v1/chat/completions", net.dev_key(), json=strict)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_verified", r.text
+    r = await asyncio.to_thread(raw, net, "POST", "/v1/chat/completions", net.dev_key(),
+                                json={**strict, "gpupool": {"require_verified": "yes"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "gpupool.require_verified"
+    # An admitted checker holding the model: now it is audited, and the strict client is served.
+    checker = net.checker_identity("checker-2")
+    ws = await joined(net, checker, [echo()], role="checker")
+    judging = asyncio.create_task(judge_jobs(ws, checker, True, []))
+    assert await asyncio.to_thread(verified, "/v1/models", "models")
+    assert await asyncio.to_thread(verified, "/v1/market", "market")
+    r = await asyncio.to_thread(raw, net, "POST", "/v1/chat/completions", net.dev_key(), json=strict)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "audited only"
+    judging.cancel()
+    await ws.close()
+    await wait_until_async(lambda: not verified("/v1/models", "models"), "echo unverified again", timeout=10)

@@ -267,14 +267,19 @@ def _with_ledger(url: str | None, call: Callable[[Any], Any]) -> Any:
 
 
 @ledger_app.command("verify")
-def ledger_verify(ledger: LedgerOpt = None) -> None:
-    """Check the ledger: SQL replays the hash-chained journal; EVM checks the contract's code and coin."""
-    problems = _with_ledger(ledger, lambda led: led.verify())
+def ledger_verify(ledger: LedgerOpt = None,
+                  window: Annotated[float, typer.Option(
+                      min=0, help="the audit window promised to providers and checkers (s): earnings released "
+                      "sooner are reported (0: only each release's own recorded window)")] = 0.0) -> None:
+    """Check the ledger: SQL replays the hash-chained journal (entries and their times) and checks the
+    paid-once records and release times; EVM checks the contract's code, coin and holding floor."""
+    problems = _with_ledger(ledger, lambda led: led.verify(min_window_s=window))
     for problem in problems:
         typer.echo(problem, err=True)
     if problems:
         raise typer.Exit(1)
-    typer.echo("ledger verified: no money created or lost, history intact")
+    typer.echo("ledger verified: no money created or lost, history intact, each receipt paid once, "
+               "no earnings released early")
 
 
 @ledger_app.command("deposit")

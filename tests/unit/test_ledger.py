@@ -21,6 +21,7 @@ from sqlalchemy import text
 
 from gpupool.ledger import InsufficientFunds, LedgerError, SqlLedger
 from gpupool.ledger import postings as P
+from gpupool.ledger.interface import Charge
 
 from .ledger_backends import Backend, anvil_url, backend, drop_pg_database, pg_database  # noqa: F401 - fixtures
 
@@ -204,7 +205,11 @@ async def test_release_due_makes_only_old_batches_withdrawable(backend: Backend)
     assert await led.release_due(now + 7200, window_s=3600) == 0  # released once
     await led.withdraw("payout", P.provider_free("gpa"), 9_000)
     assert await led.balance(P.provider_free("gpa")) == 0
-    assert await led.verify() == []
+    if backend.is_evm:
+        assert await led.verify() == []
+    else:  # the caller's clock ran two hours ahead of the journal's: SQL's verify says so
+        (problem,) = await led.verify()
+        assert "released" in problem and "before its 3600 s audit window ended" in problem
 
 
 async def test_tampering_with_the_journal_or_balances_is_detected(tmp_path: Path) -> None:
@@ -219,6 +224,43 @@ async def test_tampering_with_the_journal_or_balances_is_detected(tmp_path: Path
         await conn.execute(text("UPDATE ledger_accounts SET balance = balance + 1 WHERE name = 'client:alice'"))
     assert any("created or lost" in p for p in await led.verify())
     await led.close()
+
+
+async def test_verify_checks_paid_once_records_and_release_times(url: str) -> None:
+    """Rows edited behind the ledger's back: a batch's time moved back (its earnings then release
+    early), a paid-once record deleted (its receipt could be charged again) or invented."""
+    led = await SqlLedger.open(url)
+    try:
+        await led.deposit("dep", "alice", 100_000)
+        await led.hold("tab", "alice", 50_000)
+        await led.settle_batch("b1", [Charge("q1", "alice", "gpa", 10_000), Charge("q2", "alice", "gpa", 5_000)], 0)
+        assert await led.release_due(time.time(), window_s=3600) == 0
+        assert await led.verify() == []
+        async with led.engine.begin() as conn:  # the batch "happened" two hours ago
+            await conn.execute(text("UPDATE ledger_journal SET at = at - 7200 WHERE key = 'b1'"))
+        assert await led.release_due(time.time(), window_s=3600) == 15_000  # released early...
+        problems = await led.verify()
+        assert any("(b1)" in p and "time was edited" in p for p in problems), problems  # ...and detected
+        async with led.engine.begin() as conn:
+            await conn.execute(text("UPDATE ledger_journal SET at = at + 7200 WHERE key = 'b1'"))
+            await conn.execute(text("DELETE FROM ledger_paid WHERE request_id = 'q1'"))
+            await conn.execute(text("INSERT INTO ledger_paid (request_id, batch) VALUES ('q9', 'b1')"))
+        problems = await led.verify()
+        assert any("'q1' was paid by b1 but its paid-once record is missing" in p for p in problems), problems
+        assert any("paid-once record for request 'q9'" in p for p in problems), problems
+        # The restored time chains again; the release came before the window it recorded.
+        assert any("release:b1: earnings released" in p for p in problems), problems
+        assert not any("does not chain" in p for p in problems), problems
+        # The operator's command says the same, one line per problem, and fails.
+        import subprocess
+        import sys
+
+        out = subprocess.run([sys.executable, "-m", "gpupool", "ledger", "verify", "--ledger", url],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert "'q1' was paid by b1 but its paid-once record is missing" in out.stderr
+    finally:
+        await led.close()
 
 
 OPS = st.lists(st.tuples(st.sampled_from(["deposit", "hold", "settle", "cancel", "release", "withdraw"]),

@@ -338,12 +338,20 @@ class EvmLedger:
                     break
         return out
 
-    async def verify(self) -> list[str]:
-        """Problems found: foreign code at the address, coin that does not match the books, negative sums."""
+    async def verify(self, min_window_s: float = 0.0) -> list[str]:
+        """Problems found: foreign code at the address, coin that does not match the books, negative
+        sums, and a chain-time floor (`min_delay`) shorter than the promised audit window.
+
+        Paid-once and release times need no separate check here: the contract itself refuses
+        a second payment and any release before `min_delay`."""
         problems: list[str] = []
         code = bytes(await self.w3.eth.get_code(self.address))
         if code != bytes.fromhex(compiled()["bytecode_runtime"].removeprefix("0x")):
             return [f"the code at {self.address} is not the gpupool ledger contract"]  # nothing else can be read
+        min_delay = await self._view("min_delay")
+        if min_delay < min_window_s:
+            problems.append(f"the contract holds earnings for at least {min_delay} s, less than the promised "
+                            f"{min_window_s:g} s audit window: its owner can release them sooner")
         inside = await self._view("deposited") - await self._view("withdrawn")
         coin = await self.w3.eth.get_balance(self.address)
         if coin != inside:

@@ -105,4 +105,5 @@ class Ledger(Protocol):
 
     async def history(self, acct: str, limit: int = 100) -> list[dict[str, Any]]: ...
 
-    async def verify(self) -> list[str]: ...
+    async def verify(self, min_window_s: float = 0.0) -> list[str]:
+        """Every problem found ([] = sound); earnings released sooner than `min_window_s` are one."""

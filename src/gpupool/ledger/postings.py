@@ -98,9 +98,14 @@ class Entry:
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
-def chain_hash(prev: str, entry: Entry) -> str:
-    """Each journal row commits to the one before it: editing history breaks the chain."""
-    return hashlib.sha256(prev.encode() + b"\x00" + entry.canonical()).hexdigest()
+def chain_hash(prev: str, entry: Entry, at_ms: int | None = None) -> str:
+    """Each journal row commits to the one before it: editing history breaks the chain.
+
+    `at_ms` (the row's time, in ms) is committed too, because time moves money: held
+    earnings are released by it. Rows written before times were committed pass `None`.
+    """
+    when = b"" if at_ms is None else b"\x00" + str(at_ms).encode()
+    return hashlib.sha256(prev.encode() + b"\x00" + entry.canonical() + when).hexdigest()
 
 
 GENESIS = "0" * 64
@@ -188,11 +193,17 @@ def settle_batch_entry(key: str, charges: list[tuple[str, str, str, int]], fee_b
                  {"charges": rows, "earned": dict(sorted(earned.items())), "fee_bps": fee_bps})
 
 
-def release_batch_entry(batch_key: str, earned: dict[str, int]) -> Entry:
-    """A settled batch's earnings leave the audit window: held -> withdrawable, per provider."""
+def release_batch_entry(batch_key: str, earned: dict[str, int], window_s: float | None = None) -> Entry:
+    """A settled batch's earnings leave the audit window: held -> withdrawable, per provider.
+
+    `window_s` (the audit window it waited) goes in the memo, so `verify` can check the
+    release came no sooner than that after the batch."""
+    memo: dict[str, object] = {"batch": batch_key, "released": earned}
+    if window_s is not None:
+        memo["window_s"] = window_s
     return Entry(f"release:{batch_key}", "release", tuple(
         Posting(provider_held(p), provider_free(p), amount) for p, amount in sorted(earned.items()) if amount),
-        {"batch": batch_key, "released": earned})
+        memo)
 
 
 def cancel_hold_entry(request_id: str, client_id: str, hold: int) -> Entry:

@@ -30,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from gpupool.db import create_engine, normalize_url
 from gpupool.ledger import postings as P
 from gpupool.ledger.interface import BatchResult, Charge
+from gpupool.ledger.journal_checks import paid_once_problems, release_time_problems
 from gpupool.ledger.postings import GENESIS, Entry, LedgerError, Posting, chain_hash
 
 T = TypeVar("T")
@@ -113,8 +114,11 @@ class SqlLedger:
         head = await s.scalar(select(JournalRow.hash).order_by(JournalRow.seq.desc()).limit(1))
         prev = head or GENESIS
         await self._move(s, entry)
+        # The time is hashed with the entry (whole ms, exact through a float column): editing
+        # a batch's time to release its earnings early breaks the chain.
+        at_ms = round(time.time() * 1000)
         s.add(JournalRow(key=entry.key, kind=entry.kind, body=entry.canonical().decode(), prev_hash=prev,
-                         hash=chain_hash(prev, entry), at=time.time()))
+                         hash=chain_hash(prev, entry, at_ms), at=at_ms / 1000))
         return entry
 
     async def _locked(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -216,7 +220,8 @@ class SqlLedger:
                 # A slash may have taken held earnings since: release what is still there.
                 have = {p: int(await s.scalar(select(AccountRow.balance).where(
                     AccountRow.name == P.provider_held(p))) or 0) for p in earned}
-                entry = await self._append(s, P.release_batch_entry(key, {p: min(a, have[p]) for p, a in earned.items()}))
+                entry = await self._append(s, P.release_batch_entry(
+                    key, {p: min(a, have[p]) for p, a in earned.items()}, window_s))
                 return sum(p.amount for p in entry.postings)
 
             moved += await self._locked(work)
@@ -297,20 +302,34 @@ class SqlLedger:
                     break
         return out
 
-    async def verify(self) -> list[str]:
-        """Replay the journal: every problem found (broken chain, balances that disagree). [] = sound."""
+    async def verify(self, min_window_s: float = 0.0) -> list[str]:
+        """Replay the journal: every problem found. [] = sound.
+
+        Checks the hash chain (entries and their times), balances against the replay, the
+        paid-once records against the batches that paid (`journal_checks`),
+        and that each batch's earnings were released no sooner than the window recorded
+        with the release, and never sooner than `min_window_s` (the audit window promised).
+        """
         problems: list[str] = []
         replayed: dict[str, int] = {}
         prev = GENESIS
         async with self.sessions() as s:
             rows = (await s.scalars(select(JournalRow).order_by(JournalRow.seq))).all()
+            paid_rows = {r.request_id: r.batch for r in (await s.scalars(select(PaidRow))).all()}
+        entries = []
         for row in rows:
             entry = _entry_from_body(row.body)
-            if row.prev_hash != prev or row.hash != chain_hash(prev, entry):
-                problems.append(f"journal row {row.seq} ({row.key}) does not chain to the one before it")
+            entries.append((row, entry))
+            # Rows written before times were hashed carry the older hash (the time alone unchecked).
+            if row.prev_hash != prev or row.hash not in (chain_hash(prev, entry, round(row.at * 1000)),
+                                                         chain_hash(prev, entry)):
+                problems.append(f"journal row {row.seq} ({row.key}) does not chain to the one before it "
+                                "(its entry or its time was edited)")
             prev = row.hash
             for name, delta in entry.deltas().items():
                 replayed[name] = replayed.get(name, 0) + delta
+        problems += paid_once_problems([(r.key, r.kind, e.memo) for r, e in entries], paid_rows)
+        problems += release_time_problems([(r.key, r.kind, r.at, e.memo) for r, e in entries], min_window_s)
         stored = await self.balances()
         for name in sorted(set(stored) | set(replayed)):
             if stored.get(name, 0) != replayed.get(name, 0):

@@ -173,7 +173,8 @@ def list_batches(limit: int = 20, gateway: GatewayOpt = DEFAULT_GATEWAY, api_key
 
 @batch_app.command()
 def results(batch_id: str,
-            output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here (default: stdout)")] = None,
+            output: Annotated[Optional[Path], typer.Option("--output", "-o",
+                                                           help="write here (default: stdout)")] = None,
             errors: Annotated[bool, typer.Option("--errors", help="the error file instead of the output")] = False,
             gateway: GatewayOpt = DEFAULT_GATEWAY, api_key: KeyOpt = None) -> None:
     """Download a finished batch's output (or error) lines, in input order."""

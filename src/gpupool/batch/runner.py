@@ -17,6 +17,7 @@ and marks the items done. A gateway that dies leaves leases that run out and
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -78,7 +79,7 @@ def error_line(batch_id: str, idx: int, custom_id: str, code: str, message: str,
 
 class Runner:
     def __init__(self, bs: BatchStore, hub: Hub, dispatcher: Dispatcher, metering: Metering, store: Store,
-                 ledger: Any, node_id: str, reserve_slots: int = 1, lease_s: float = 20.0, poll_s: float = 0.1,
+                 ledger: Any, node_id: str, reserve_slots: int = 1, lease_s: float = 10.0, poll_s: float = 0.1,
                  confirm_wait_s: float = 15.0, rng: random.Random | None = None):
         self.bs = bs
         self.hub = hub
@@ -96,6 +97,7 @@ class Runner:
         self.running: dict[str, Running] = {}
         self.to_confirm: dict[str, tuple[str, float]] = {}  # run id -> (batch id, when charged)
         self.typical_s: dict[str, float] = {}  # batch id -> smoothed shard time
+        self.shard_limit: dict[str, int] = {}  # batch id -> most items per shard that fit its cost cap
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._renewed = 0.0
@@ -152,12 +154,15 @@ class Runner:
                 if r.batch_id == b.id and r.task:
                     r.task.cancel()
             if counts["leased_live"] == 0 and counts["charging"] == 0:
-                await self._finish(b, "cancelled", now, "batch_cancelled", "the batch was cancelled before this "
-                                   "request ran")
+                if "expiring_at" in json.loads(b.stamps or "{}"):
+                    await self._finish(b, "expired", now, "batch_expired", "the batch expired before this request ran")
+                else:
+                    await self._finish(b, "cancelled", now, "batch_cancelled", "the batch was cancelled before "
+                                       "this request ran")
             return
         if b.status == "in_progress" and now > b.expires_at:
-            await self.bs.set_status(b.id, ("in_progress",), "cancelling", now)  # stop; then close as expired
-            await self._finish(b, "expired", now, "batch_expired", "the batch expired before this request ran")
+            # Stop like a cancel (running shards end first), then close as expired.
+            await self.bs.set_status(b.id, ("in_progress",), "cancelling", now, mark="expiring_at")
             return
         if b.status == "finalizing" or (counts["claimable"] == 0 and counts["leased"] == 0
                                         and counts["charging"] == 0):
@@ -177,6 +182,8 @@ class Runner:
                  for kind in ("output", "error")]
         if await self.bs.finalize(b.id, status, files, now):
             log.info("batch %s %s", b.id, status)
+        self.typical_s.pop(b.id, None)
+        self.shard_limit.pop(b.id, None)
 
     def _slots(self, b: BatchRow, exposure: dict[str, int]) -> tuple[list[policy.Slot], dict[str, ProviderSession]]:
         sessions = {s.node_id: s for s in self.hub.serving(b.model) if not s.draining}
@@ -200,6 +207,7 @@ class Runner:
                 return
             n = policy.shard_items(task, b.max_weight, policy.cap_room(slot, cap), claimable,
                                    sum(s.free for s in slots))
+            n = min(n, self.shard_limit.get(b.id, n))
             if n <= 0:
                 return
             run_id = "bat-" + uuid.uuid4().hex
@@ -212,6 +220,10 @@ class Runner:
             bound = self.metering.bound(b.model, shard.tokens_in, shard.max_out)
             if not await self.bs.reserve_run(b.id, run_id, -(-bound // len(items)), b.max_cost, now):
                 await self.bs.release(b.id, run_id, tried=False)
+                if len(items) > 1:  # a smaller shard may still fit under the cost cap
+                    self.shard_limit[b.id] = len(items) // 2
+                    claimable += len(items)
+                    continue
                 await self._cost_cap_reached(b, now)
                 return
             await self.bs.expose(b.id, slot.provider, len(items))
@@ -367,11 +379,16 @@ class Runner:
                 del self.to_confirm[run_id]
         if now - self._recovered > 2.0:  # runs left `charging` by a gateway that died
             self._recovered = now
-            orphans = [(b, r) for b, r in await self.bs.charging(None, now) if r not in self.to_confirm]
+            orphans = [o for o in await self.bs.orphans(now) if o[1] not in self.to_confirm]
             if orphans:
-                paid = await self._paid([r for _, r in orphans])
-                for batch_id, run_id in orphans:
-                    await self.bs.confirm(batch_id, run_id, run_id in paid)
+                paid = await self._paid([r for _, r, _ in orphans])
+                for batch_id, run_id, until in orphans:
+                    if run_id in paid:
+                        await self.bs.confirm(batch_id, run_id, True)
+                    elif until < now - self.confirm_wait_s:
+                        # Its gateway has been gone longer than any charge can take to settle
+                        # (a receipt unsigned by then is never paid): run the items again.
+                        await self.bs.confirm(batch_id, run_id, False)
 
     async def _paid(self, run_ids: list[str]) -> set[str]:
         """Which of these runs the ledger has charged (each request id is paid at most once)."""

@@ -234,14 +234,17 @@ class BatchStore:
             return list((await s.scalars(select(BatchRow).where(BatchRow.status.in_(ACTIVE))
                                          .order_by(BatchRow.created_at))).all())
 
-    async def set_status(self, batch_id: str, old: tuple[str, ...], new: str, now: float) -> bool:
-        """Move a batch from one of `old` to `new` (stamping `<new>_at`); False if another got there first."""
+    async def set_status(self, batch_id: str, old: tuple[str, ...], new: str, now: float, mark: str = "") -> bool:
+        """Move a batch from one of `old` to `new` (stamping `<new>_at`, and `mark` if given); False if
+        another got there first."""
         async with self.sessions.begin() as s:
             row = await s.get(BatchRow, batch_id, with_for_update=self.pg)
             if row is None or row.status not in old:
                 return False
             stamps = json.loads(row.stamps or "{}")
             stamps.setdefault(f"{new}_at", int(now))
+            if mark:
+                stamps.setdefault(mark, int(now))
             row.status, row.stamps = new, json.dumps(stamps)
         return True
 
@@ -370,13 +373,13 @@ class BatchStore:
             input_tokens=BatchRow.input_tokens + sum(r.prompt_tokens for r in results),
             output_tokens=BatchRow.output_tokens + sum(r.completion_tokens for r in results)))
 
-    async def charging(self, owner: str | None, now: float) -> list[tuple[str, str]]:
-        """(batch id, run id) of runs whose charge is not confirmed: this owner's, or any whose lease ran out."""
-        cond = ItemRow.owner == owner if owner is not None else ItemRow.lease_until < now
+    async def orphans(self, now: float) -> list[tuple[str, str, float]]:
+        """(batch id, run id, lease end) of runs left `charging` by a gateway whose lease ran out."""
         async with self.sessions() as s:
-            rows = (await s.execute(select(ItemRow.batch_id, ItemRow.run_id).where(
-                ItemRow.state == "charging", cond).distinct())).all()
-        return [(b, r) for b, r in rows if r]
+            rows = (await s.execute(select(ItemRow.batch_id, ItemRow.run_id, func.max(ItemRow.lease_until)).where(
+                ItemRow.state == "charging", ItemRow.lease_until < now)
+                .group_by(ItemRow.batch_id, ItemRow.run_id))).all()
+        return [(b, r, float(until)) for b, r, until in rows if r]
 
     async def confirm(self, batch_id: str, run_id: str, paid: bool) -> None:
         """The run's charge reached the ledger (`paid`): its items are done; else they run again."""
@@ -399,8 +402,9 @@ class BatchStore:
         cost cap), or with `min_attempts` only for those tried that often (failed everywhere)."""
         n = 0
         async with self.sessions.begin() as s:
-            rows = (await s.scalars(select(ItemRow).where(ItemRow.batch_id == batch_id, ItemRow.attempts >= min_attempts, or_(
-                ItemRow.state == "pending", and_(ItemRow.state == "leased", ItemRow.lease_until < now))))).all()
+            rows = (await s.scalars(select(ItemRow).where(
+                ItemRow.batch_id == batch_id, ItemRow.attempts >= min_attempts,
+                or_(ItemRow.state == "pending", and_(ItemRow.state == "leased", ItemRow.lease_until < now))))).all()
             for row in rows:
                 row.state, row.ok, row.line, row.cost, row.reserved = "done", 0, make_line(row), 0, 0
                 n += 1
@@ -416,9 +420,10 @@ class BatchStore:
             if row is None or row.status in TERMINAL:
                 return False
             for f in files:
-                n, size = (await s.execute(select(func.count(), func.coalesce(func.sum(func.length(ItemRow.line) + 1), 0))
-                                           .where(ItemRow.batch_id == batch_id, ItemRow.state == "done",
-                                                  ItemRow.ok == int(f.kind == "output")))).one()
+                size_of = func.coalesce(func.sum(func.length(ItemRow.line) + 1), 0)
+                n, size = (await s.execute(select(func.count(), size_of).where(
+                    ItemRow.batch_id == batch_id, ItemRow.state == "done",
+                    ItemRow.ok == int(f.kind == "output")))).one()
                 if not n:
                     continue  # as OpenAI: no error file when nothing failed
                 f.bytes = int(size)

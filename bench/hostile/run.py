@@ -5,10 +5,13 @@
 
 One gateway and two honest echo providers (`echo` chat at 2 ms per token, `echo-embed`
 embeddings; no models, so the 2-core machine measures the gateway, not inference).
-A bystander process (bystander.py) sends 10 requests/s from its own API key, open loop,
+A bystander process (bystander.py) sends 20 requests/s from its own API key, open loop,
 alternating a short chat completion and an embedding, from start to end. First a
 baseline window with no attack, then each attack of attacks.py in turn, for
---duration seconds each, from an attacker key of its own (or fresh peer keys).
+--duration seconds each, from an attacker key of its own (or fresh peer keys), each
+after a quiet window of --quiet-s seconds. The baseline is the first window and every
+quiet window pooled: other jobs on a shared machine load the baseline as they load the
+attacks, and the p99 of a few thousand requests is steadier than that of 150.
 
 Per attack: the bystander's success rate (HTTP 200) and p50/p99 latency over the
 requests it started during the attack, p99 as a ratio of the baseline's, its success
@@ -19,7 +22,13 @@ after within 10 % of RSS before; and the attack itself contained (attacks.py: re
 closed or bounded by the gateway, whether or not this bystander noticed). Between attacks the runner waits until the bystander's
 key is served again (at most --settle-s), so one attack's aftermath is not charged to
 the next; attacks whose damage outlasted them before the fixes run last.
-If the gateway dies, the attack is marked so and a fresh network is started for the rest.
+If the gateway dies, the attack is marked so and a fresh network is started for the rest
+(at the attacks' niceness: see --attacker-nice).
+
+The attacks run in this process at niceness 10 (--attacker-nice): on a 2-core machine
+an attacker flooding requests as fast as it can would otherwise take a core from the
+gateway, and its own CPU would be counted as the gateway's slowness; the gateway still
+has to handle everything the attacker manages to send.
 """
 
 from __future__ import annotations
@@ -160,6 +169,9 @@ async def run_attack(rig: Rig, name: str, duration: float, after_s: float) -> di
         attacker = await asyncio.wait_for(ATTACKS[name](rig.target(), duration), duration + 90)
     except Exception as exc:  # noqa: BLE001 - an attack that breaks is reported, the bench goes on
         attacker = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    attack_s = time.time() - started
+    # An attack refused at once still gets its whole window: what it set off may outlast it.
+    await asyncio.sleep(max(0.0, started + duration - time.time()))
     ended = time.time()
     await asyncio.sleep(after_s)
     sampling = False
@@ -167,7 +179,8 @@ async def run_attack(rig: Rig, name: str, duration: float, after_s: float) -> di
     alive = rig.gateway_alive()
     rss_after = rss_kib(pid) if alive else 0
     return {
-        "attack": name, "started": started, "seconds": round(ended - started, 1), "gateway_alive": alive,
+        "attack": name, "started": started, "attack_s": round(attack_s, 1), "window_s": round(ended - started, 1),
+        "gateway_alive": alive,
         "bystander": window_stats(rig.samples(started, ended)),
         "bystander_after": window_stats(rig.samples(ended, ended + after_s)),
         "rss_kib": {"before": rss_before, "peak": peak, "after": rss_after},
@@ -201,9 +214,14 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per attack")
     parser.add_argument("--baseline-s", type=float, default=15.0)
     parser.add_argument("--after-s", type=float, default=5.0, help="seconds measured after each attack")
+    parser.add_argument("--quiet-s", type=float, default=5.0,
+                        help="seconds without attack measured before each attack (pooled into the baseline)")
     parser.add_argument("--settle-s", type=float, default=30.0, help="longest wait for service between attacks")
-    parser.add_argument("--rate", type=float, default=10.0, help="bystander requests per second")
+    parser.add_argument("--rate", type=float, default=20.0, help="bystander requests per second")
     parser.add_argument("--max-concurrency", type=int, default=32, help="per honest provider")
+    parser.add_argument("--attacker-nice", type=int, default=10,
+                        help="niceness of the attacks (this process) once the network and bystander run: on a "
+                             "small machine the attacker's own CPU would otherwise count as gateway slowness")
     parser.add_argument("--src", type=Path, default=None,
                         help="run gateway and providers from this src/ directory, e.g. an older commit's: "
                              "git archive COMMIT src | tar -x -C /tmp/before  then  --src /tmp/before/src")
@@ -218,6 +236,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="gpupool-hostile-"))
     print(f"hostile: network under {home}; {len(names)} attacks x {args.duration:.0f} s", flush=True)
     rig = Rig(home, args.rate, args.max_concurrency, args.src)
+    os.nice(args.attacker_nice)  # after the gateway, providers and bystander started at the usual priority
     rows: list[dict[str, Any]] = []
     restarts = 0
     try:
@@ -226,20 +245,25 @@ def main() -> None:
         b0 = time.time()
         rss_base = rss_kib(rig.gateway_pid)
         time.sleep(args.baseline_s)
-        baseline = window_stats(rig.samples(b0, time.time()))
-        baseline["rss_kib"] = max(rss_base, rss_kib(rig.gateway_pid))
-        print(f"baseline: {baseline['requests']} requests, success {baseline['success'] * 100:.1f}%, "
-              f"p50 {baseline['p50_ms']:.1f} ms, p99 {baseline['p99_ms']:.1f} ms, "
-              f"gateway RSS {baseline['rss_kib'] / 1024:.0f} MiB", flush=True)
+        quiet = rig.samples(b0, time.time())
+        first = window_stats(quiet)
+        rss_base = max(rss_base, rss_kib(rig.gateway_pid))
+        print(f"baseline: {first['requests']} requests, success {first['success'] * 100:.1f}%, "
+              f"p50 {first['p50_ms']:.1f} ms, p99 {first['p99_ms']:.1f} ms, "
+              f"gateway RSS {rss_base / 1024:.0f} MiB", flush=True)
         for name in names:
             if not rig.gateway_alive():
                 rig.stop()
                 restarts += 1
                 rig = Rig(home / f"restart-{restarts}", args.rate, args.max_concurrency, args.src)
             waited = wait_served(rig, args.settle_s)
+            q0 = time.time()
+            time.sleep(args.quiet_s)
+            quiet_before = rig.samples(q0, time.time())
+            quiet += quiet_before
             row = asyncio.run(run_attack(rig, name, args.duration, args.after_s))
             row["settled_s_before"] = round(waited, 1)
-            row["missed"] = verdict(row, baseline["p99_ms"])
+            row["quiet_before"] = window_stats(quiet_before)
             rows.append(row)
             by = row["bystander"]
             print(f"  {name}: success {by['success'] * 100:.1f}% p99 {by['p99_ms']:.0f} ms, "
@@ -247,6 +271,12 @@ def main() -> None:
                   f"{row['rss_kib']['after'] / 1024:.0f} MiB; attacker saw {row['attacker']}"[:600], flush=True)
     finally:
         rig.stop()
+    # The baseline: the first window and the quiet window before each attack, pooled, so that the
+    # load other jobs put on a shared machine during the run is in the baseline as in the attacks.
+    baseline = window_stats(quiet)
+    baseline["rss_kib"] = rss_base
+    for row in rows:
+        row["missed"] = verdict(row, baseline["p99_ms"])
     table_rows = [["(baseline)", baseline["success"] * 100, baseline["p50_ms"], baseline["p99_ms"], 1.0, None,
                    baseline["rss_kib"] / 1024, None, None, None, "-"]]
     for row in rows:

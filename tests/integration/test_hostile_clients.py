@@ -46,8 +46,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         network.start_gateway(extra=["--header-timeout-s", str(HEADER_TIMEOUT_S),
                                      "--body-timeout-s", str(BODY_TIMEOUT_S)])
         for _ in range(2):
+            # Short queues (4 slots + 4 waiting each): a flood fills every place the providers have.
             network.start_provider(["echo=echo:chat", "echo-embed=echo:embeddings", "slow=echo:chat?delay_ms=100"],
-                                   max_concurrency=4)
+                                   max_concurrency=4, extra=["--max-queue", "4"])
         network.wait_for_models({"echo": 2, "echo-embed": 2, "slow": 2}, timeout=90)
         yield network
     finally:
@@ -270,6 +271,7 @@ def test_one_keys_flood_does_not_starve_another_key(net: Network) -> None:
         return flood_status, latencies, statuses
 
     flood_status, latencies, statuses = asyncio.run(run())
+    print(f"bystander statuses {statuses} latencies {[round(x, 2) for x in latencies]} flood {flood_status}")
     assert statuses == [200] * 12, statuses
     # Each answer is 2 words at 100 ms each, queued behind at most a few of the flood's 0.8 s streams
     # (generous bound for a busy CI machine).

@@ -107,3 +107,24 @@ def test_changed_limits_take_effect_and_keep_what_is_in_flight() -> None:
     assert not lim.admit(1, KeyLimits(concurrency=1), "m", 1, 0, 0.0).ok
     assert lim.admit(1, KeyLimits(concurrency=2), "m", 1, 0, 0.0).ok
     assert lim.keys[1].total_in_flight == 2
+
+
+def test_a_newcomer_always_finds_a_place_the_flood_cannot_take() -> None:
+    lim = KeyLimiter(LimiterConfig(headroom=0.5, active_window_s=2.0))
+    assert sum(lim.admit(1, NO_LIMITS, "m", 1, slots=8, now=0.0).ok for _ in range(50)) == 12
+    # The second key has asked (and its request ended): it is active and holds nothing.
+    assert lim.admit(2, NO_LIMITS, "m", 1, slots=8, now=0.1).ok
+    lim.release(2, "m", 1, 1, now=0.1)
+    # The flood's finished requests may not all be replaced: one place stays for the newcomer.
+    lim.release(1, "m", 1, 1, now=0.2)
+    assert not lim.admit(1, NO_LIMITS, "m", 1, slots=8, now=0.2).ok
+    assert lim.fair_cap(1, "m", 8, now=0.2) == 11
+    assert lim.admit(2, NO_LIMITS, "m", 1, slots=8, now=0.3).ok
+
+
+def test_the_fair_share_never_exceeds_the_places_providers_report() -> None:
+    lim = KeyLimiter(LimiterConfig(headroom=0.5))
+    assert sum(lim.admit(1, NO_LIMITS, "m", 1, slots=8, now=0.0, places=10).ok for _ in range(50)) == 10
+    lim2 = KeyLimiter(LimiterConfig(headroom=0.5))
+    # One slot and no queue: a key alone gets exactly that place.
+    assert sum(lim2.admit(1, NO_LIMITS, "m", 1, slots=1, now=0.0, places=1).ok for _ in range(5)) == 1

@@ -18,9 +18,11 @@ bound plus `max_tokens`) and settled to the receipt's usage when it ends, as Ope
 counts them.
 
 The fair share is max-min: a key may use what other keys leave unused, up to all slots
-plus some headroom (so the providers' queues keep a little room for a newcomer), and is
-always allowed its equal share among the keys active on that model (in flight, or seen
-within `active_window_s`). A key alone is therefore limited only by the pool's size.
+plus some headroom (never more than the places the providers report: slots and queue),
+and is always allowed its equal share among the keys active on that model (in flight,
+or seen within `active_window_s`). Each other active key is kept one place beyond what
+it holds (up to its share), so a newcomer always finds room at once instead of racing a
+flood for every freed place. A key alone is therefore limited only by the pool's size.
 
 State per key expires once it has nothing in flight and its buckets would be full again,
 and the table never holds more than `max_keys` entries: whatever a client sends, memory
@@ -124,13 +126,15 @@ class KeyLimiter:
 
     # ------------------------------------------------------------ decisions
 
-    def admit(self, key: int, limits: KeyLimits, model: str, tokens: int, slots: int, now: float) -> Decision:
+    def admit(self, key: int, limits: KeyLimits, model: str, tokens: int, slots: int, now: float,
+              places: int | None = None) -> Decision:
         """May this key start a request for `model` now? On ok the request is counted until `release`.
 
         `tokens`: the most the request may use (prompt bound + max_tokens). `slots`: the
         model's providers' concurrent slots (0 when nobody serves it: no fair share applies,
         routing answers that case; callers then pass a fixed `model`, since only served
-        model names may become keys of the fair-share table)."""
+        model names may become keys of the fair-share table). `places`: the requests the
+        providers accept at once, slots plus queues (None: not known yet)."""
         self._sweep(now)
         state = self._state(key, limits, now)
         state.last_seen = now
@@ -140,7 +144,7 @@ class KeyLimiter:
             return Decision(False, "concurrency", f"concurrent requests: limit {limits.concurrency}, in flight "
                             f"{state.total_in_flight}", retry_after_s=1.0)
         if slots > 0:
-            cap = self.fair_cap(key, model, slots, now)
+            cap = self.fair_cap(key, model, slots, now, places)
             mine = state.in_flight.get(model, 0)
             if mine >= cap:
                 return Decision(False, "fair_share", f"this key has {mine} requests in flight for {model!r}, its "
@@ -176,21 +180,23 @@ class KeyLimiter:
             state.tokens.refill(now)
             state.tokens.give_back(min(reserved, state.tokens.capacity) - min(used, state.tokens.capacity))
 
-    def fair_cap(self, key: int, model: str, slots: int, now: float) -> int:
+    def fair_cap(self, key: int, model: str, slots: int, now: float, places: int | None = None) -> int:
         """Most requests `key` may have in flight for `model`: max-min fair over the active keys."""
         total = slots + max(1, math.floor(slots * self.config.headroom))
+        if places is not None:
+            total = max(1, min(total, places))
         recent = self.active.get(model, {})
-        others = 0
-        active = 1
+        busy: list[int] = []
         for other, seen in recent.items():
             if other == key:
                 continue
-            busy = self.keys[other].in_flight.get(model, 0) if other in self.keys else 0
-            if busy or now - seen <= self.config.active_window_s:
-                active += 1
-                others += busy
-        share = math.ceil(total / active)
-        return max(share, total - others)
+            held = self.keys[other].in_flight.get(model, 0) if other in self.keys else 0
+            if held or now - seen <= self.config.active_window_s:
+                busy.append(held)
+        share = math.ceil(total / (len(busy) + 1))
+        # Every other active key keeps one place beyond what it holds, up to its share.
+        reserved = sum(min(share, held + 1) for held in busy)
+        return max(share, total - reserved)
 
     # ------------------------------------------------------------ bookkeeping
 

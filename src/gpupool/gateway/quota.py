@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from starlette.background import BackgroundTasks
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from gpupool import errors
 from gpupool.config import GatewaySettings
@@ -79,11 +79,16 @@ class Quotas:
     def admit(self, key: ApiKey, model: str, payload: Payload) -> Ticket:
         """Count the request against its key, or raise the 429 that says which limit it hit."""
         tokens = estimate_tokens(payload)
-        slots = 0
+        slots, places = 0, None
         if self.settings.fair_share:
-            slots = sum(s.offer.max_concurrency for s in self.hub.serving(model))
+            sessions = self.hub.serving(model)
+            slots = sum(s.offer.max_concurrency for s in sessions)
+            # Slots plus queues, as the providers last reported them (unknown until each has).
+            if sessions and all(s.load is not None for s in sessions):
+                places = sum(s.load.capacity for s in sessions)  # type: ignore[union-attr]
         name = model if slots > 0 else UNSERVED
-        decision = self.limiter.admit(key.id, self.limits_for(key), name, tokens, slots, time.monotonic())
+        decision = self.limiter.admit(key.id, self.limits_for(key), name, tokens, slots, time.monotonic(),
+                                      places)
         if not decision.ok:
             self.refused[decision.reason] = self.refused.get(decision.reason, 0) + 1
             if decision.reason == "fair_share":
@@ -116,9 +121,15 @@ async def within_quota(ticket: Ticket, respond: Awaitable[Response]) -> Response
         raise
     if isinstance(response, EventStream):
         response.add_close_callback(ticket.release)
-    else:
-        # Starlette runs a response's background task once the body is sent (or the send failed).
+    elif isinstance(response, StreamingResponse):
+        # Another kind of stream (e.g. a fallback lane's): Starlette runs background tasks
+        # once the body is sent. An async one: a sync task would run in a worker thread.
+        async def release() -> None:
+            ticket.release()
+
         tasks = BackgroundTasks([t for t in [response.background] if t is not None])
-        tasks.add_task(ticket.release)
+        tasks.add_task(release)
         response.background = tasks
+    else:
+        ticket.release()  # the work is done; sending the bytes holds no provider
     return response

@@ -34,6 +34,9 @@ def _opt(default: Any = None, help: str = "", flag: str = "", factory: Any = Non
 class GatewaySettings:
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8000, "port to listen on; 0 picks a free one")
+    tls_cert: Path | None = _opt(None, "serve https:// and wss:// with this certificate chain (PEM); "
+                                 "with --tls-key")
+    tls_key: Path | None = _opt(None, "the private key (PEM) of --tls-cert")
     db: str = _opt("", "database URL: sqlite+aiosqlite:///PATH or postgresql+asyncpg://... "
                    "(default: SQLite under ~/.gpupool)")
     key_file: Path = _opt(help="gateway identity key", factory=lambda: default_home() / "gateway.key")
@@ -128,6 +131,8 @@ class GatewaySettings:
 class ProviderSettings:
     gateways: list[str] = _opt(help="gateway URL ws://HOST:PORT; repeat for several", flag="gateway",
                                factory=lambda: ["ws://127.0.0.1:8000"])
+    ca_cert: Path | None = _opt(None, "trust gateways whose certificate this CA (PEM) signed, instead of the "
+                                "system's CA store (a private network's own CA)")
     serve: list[str] = _opt(help="NAME=BACKEND[:SPEC]; repeat for several models", factory=list)
     prices: list[str] = _opt(help="NAME=IN or NAME=IN/OUT: price in µcr per 1M input (and output) tokens; "
                              "repeat per model (unpriced models are free)", flag="price", factory=list)
@@ -148,6 +153,8 @@ class ProviderSettings:
 class CheckerSettings:
     gateways: list[str] = _opt(help="gateway URL ws://HOST:PORT; repeat for several", flag="gateway",
                                factory=lambda: ["ws://127.0.0.1:8000"])
+    ca_cert: Path | None = _opt(None, "trust gateways whose certificate this CA (PEM) signed, instead of the "
+                                "system's CA store (a private network's own CA)")
     serve: list[str] = _opt(help="NAME=BACKEND[:SPEC]: a reference model to audit NAME with; repeat",
                             factory=list)
     key_file: Path = _opt(help="checker identity key (verdicts are signed with it)",

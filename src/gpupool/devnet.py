@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from typing import Any
 import httpx
 
 from gpupool.identity import Identity
+from gpupool.tls import client_context
 
 DEV_KEY_FILE = "dev-api-key"
 
@@ -66,8 +68,13 @@ class Proc:
 
 
 class Network:
-    def __init__(self, home: Path, *, db: str | None = None, env: dict[str, str] | None = None):
+    def __init__(self, home: Path, *, db: str | None = None, env: dict[str, str] | None = None,
+                 tls: tuple[Path, Path, Path] | None = None):
+        """`tls`: (certificate, key, CA) to serve https:// and wss://; providers and checkers trust the CA."""
         self.home = Path(home).expanduser()
+        self.tls = tls
+        # This object's own httpx calls trust the same CA.
+        self.verify: ssl.SSLContext | bool = client_context(tls[2]) if tls else True
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
         self.db = db or f"sqlite+aiosqlite:///{self.home / 'gateway.db'}"
@@ -104,6 +111,8 @@ class Network:
         ready.unlink(missing_ok=True)
         args = ["gateway", "--host", host, "--port", str(port), "--db", self.db,
                 "--key-file", str(self.home / "gateway.key"), "--ready-file", str(ready), *(extra or [])]
+        if self.tls:
+            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         for name in self.checker_names:
             args += ["--checker", Identity.load_or_create(self.home / f"{name}.key").node_id]
         self.gateway = self._spawn("gateway", args, {"GPUPOOL_GATEWAY_ADMIN_TOKEN": self.admin_token})
@@ -119,7 +128,7 @@ class Network:
 
     @property
     def ws_url(self) -> str:
-        return self.gateway_url.replace("http://", "ws://", 1)
+        return self.gateway_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
 
     def start_provider(self, serve: list[str], *, region: str | None = None, max_concurrency: int = 4,
                        gateways: list[str] | None = None, extra: list[str] | None = None,
@@ -134,9 +143,12 @@ class Network:
             args += ["--gateway", url]
         for s in serve:
             args += ["--serve", s]
-        proc = self._spawn(f"provider-{index + 1}", args + (extra or []), env, prefix)
+        proc = self._spawn(f"provider-{index + 1}", args + self._trust() + (extra or []), env, prefix)
         self.providers.append(proc)
         return proc
+
+    def _trust(self) -> list[str]:
+        return ["--ca-cert", str(self.tls[2])] if self.tls else []
 
     def checker_identity(self, name: str) -> Identity:
         """The key of an admitted checker name, e.g. for a test's own checker peer."""
@@ -153,17 +165,18 @@ class Network:
         args = ["checker", "--gateway", self.ws_url, "--key-file", str(self.home / f"{name}.key")]
         for s in serve:
             args += ["--serve", s]
-        proc = self._spawn(name, args + (extra or []))
+        proc = self._spawn(name, args + self._trust() + (extra or []))
         self.checkers.append(proc)
         return proc
 
     # ------------------------------------------------------------ readiness and keys
 
     def health(self) -> dict[str, Any]:
-        return httpx.get(self.gateway_url + "/healthz", timeout=5).json()
+        return httpx.get(self.gateway_url + "/healthz", timeout=5, verify=self.verify).json()
 
     def admin(self, path: str) -> Any:
-        r = httpx.get(self.gateway_url + path, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=5)
+        r = httpx.get(self.gateway_url + path, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=5,
+                      verify=self.verify)
         r.raise_for_status()
         return r.json()["data"]
 

@@ -467,8 +467,9 @@ def test_distinct_key_names_get_distinct_accounts(net: Network) -> None:
 # ---------------------------------------------------------------- providers that blame the client
 
 
-async def _black_hole(net: Network, model: str, stop: asyncio.Event) -> None:
-    """A provider that offers `model` and fails every request with a client-fault code."""
+async def _black_hole(net: Network, model: str, stop: asyncio.Event, first_word: bool = False) -> None:
+    """A provider that offers `model` and fails every request with a client-fault code
+    (with `first_word`, after streaming the prompt's first word, as if it had started)."""
     ident = Identity.generate()
     offer = Offer(node_id=ident.node_id, models=[ModelOffer(model, "generate", "echo")],
                   hardware=Hardware("test", 1, 1024), region="local", max_concurrency=4, issued_at=time.time())
@@ -486,6 +487,9 @@ async def _black_hole(net: Network, model: str, stop: asyncio.Event) -> None:
             except TimeoutError:
                 continue
             if isinstance(msg, Run):
+                if first_word and msg.stream:
+                    word = msg.payload.messages[-1].content.split()[0]  # type: ignore[union-attr]
+                    await ws.send(protocol.encode(protocol.Chunk(msg.request_id, 0, word)))
                 await ws.send(protocol.encode(Fail(msg.request_id, "invalid_input", "your request is bad")))
             elif isinstance(msg, protocol.Ping):
                 await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
@@ -530,6 +534,52 @@ def test_a_provider_blaming_every_request_on_the_client_is_found_out(net: Networ
                                   if e["kind"] == "false_client_fault"], "the false refusals to be recorded", 10)
     assert 1 <= len(falsely) <= 10, falsely  # its breaker opens after 5: then it gets no more work
     assert {e["peer"] for e in falsely} != {honest.node_id}
+
+
+def test_a_provider_blaming_the_client_mid_stream_is_replaced(net: Network) -> None:
+    honest = net.start_provider(["midway=echo:chat?delay_ms=20"], max_concurrency=1)
+    admin = {"Authorization": f"Bearer {net.admin_token}"}
+
+    async def run() -> list[tuple[str, dict]]:
+        stop = asyncio.Event()
+        hole = asyncio.create_task(_black_hole(net, "midway", stop, first_word=True))
+        try:
+            async with httpx.AsyncClient(base_url=net.gateway_url, timeout=30,
+                                         headers={"Authorization": f"Bearer {net.dev_key()}"}) as http:
+                deadline = time.monotonic() + 60
+                while sum(1 for p in (await http.get("/admin/providers", headers=admin)).json()["data"]
+                          if "midway" in p["models"] and p["rtt_ms"] is not None) < 2:
+                    assert time.monotonic() < deadline and not hole.done(), "the providers never joined"
+                    await asyncio.sleep(0.1)
+
+                async def one(i: int) -> tuple[str, dict]:
+                    text, last = "", {}
+                    body = {"model": "midway", "stream": True,
+                            "messages": [{"role": "user", "content": f"streamed words number {i}"}]}
+                    async with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+                        assert resp.status_code == 200
+                        async for line in resp.aiter_lines():
+                            if line.startswith("data: {"):
+                                event = json.loads(line[6:])
+                                assert "error" not in event, event
+                                if event["choices"]:
+                                    text += event["choices"][0]["delta"].get("content") or ""
+                                    last = event
+                    return text, last
+
+                out = []
+                for wave in range(4):  # while the honest provider is busy, routing tries the idle hole
+                    out += await asyncio.gather(*(one(wave * 3 + i) for i in range(3)))
+                return out
+        finally:
+            stop.set()
+            await asyncio.gather(hole, return_exceptions=True)
+
+    out = asyncio.run(run())
+    # Every stream is whole; those the hole started were continued by the honest provider.
+    assert [text for text, _ in out] == [f"streamed words number {i}" for i in range(12)]
+    continued = [last["gpupool"] for _, last in out if "gpupool" in last]
+    assert continued and all(c["providers"][-1] == honest.node_id for c in continued), continued
 
 
 # ---------------------------------------------------------------- the keys table, on databases made before limits

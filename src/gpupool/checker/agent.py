@@ -53,6 +53,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -286,6 +287,7 @@ class _LinkSettings:
     """The part of ProviderSettings a GatewayLink reads."""
 
     reconnect_max_s: float
+    ca_cert: Path | None = None  # wss:// gateways: the CA that signed their certificate (else the system's)
 
 
 class CheckerAgent:
@@ -297,7 +299,7 @@ class CheckerAgent:
         self.identity = identity
         self.backends = dict(backends)
         self.checker_settings = settings
-        self.settings = _LinkSettings(settings.reconnect_max_s)  # what GatewayLink.run reads
+        self.settings = _LinkSettings(settings.reconnect_max_s, settings.ca_cert)  # what GatewayLink reads
         self.draining = False
         self.slots = asyncio.Semaphore(max(1, settings.max_concurrency))
         self.in_flight = 0
@@ -371,7 +373,7 @@ class CheckerLink(GatewayLink):
     """A provider's gateway link (connect, backoff, reconnect) that serves audit jobs instead of Runs."""
 
     def __init__(self, agent: CheckerAgent, url: str):
-        # GatewayLink reads only identity, settings.reconnect_max_s, draining and make_offer.
+        # GatewayLink reads only identity, settings.reconnect_max_s and .ca_cert, draining and make_offer.
         super().__init__(agent, url)  # type: ignore[arg-type]
         self.checker = agent
         self._jobs: set[asyncio.Task[None]] = set()

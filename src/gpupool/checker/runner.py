@@ -10,6 +10,7 @@ from gpupool.checker.agent import CheckerAgent
 from gpupool.config import CheckerSettings
 from gpupool.identity import Identity
 from gpupool.provider.backends import ServeSpec, make_backend
+from gpupool.tls import client_context
 
 log = logging.getLogger("gpupool.checker")
 
@@ -21,6 +22,7 @@ def build_agent(settings: CheckerSettings) -> CheckerAgent:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"a model name may be held once per checker: {names}")
+    client_context(settings.ca_cert)  # a bad --ca-cert: one line now, before any model loads
     backends = {s.name: make_backend(s) for s in specs}
     for backend in backends.values():  # routine verdicts can wait to share a forward pass
         backend.set_batch_window(settings.batch_window_s)

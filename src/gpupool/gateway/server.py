@@ -20,6 +20,7 @@ from gpupool.config import GatewaySettings
 from gpupool.gateway.app import create_app
 from gpupool.gateway.slow_clients import guarded_http
 from gpupool.gc_tuning import freeze_startup_heap
+from gpupool.tls import server_files
 from gpupool.gateway.store import Store
 from gpupool.identity import Identity
 from gpupool.ledger import open_ledger
@@ -37,6 +38,7 @@ def _event_loop() -> str:
 
 
 async def serve(settings: GatewaySettings) -> None:
+    tls = server_files(settings.tls_cert, settings.tls_key)  # checked before anything starts
     identity = Identity.load_or_create(settings.key_file)
     store = await Store.open(settings.db_url())
     ledger = await open_ledger(settings.ledger_url())
@@ -59,15 +61,21 @@ async def serve(settings: GatewaySettings) -> None:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     server = uvicorn.Server(config)
-    url = f"http://{settings.host}:{port}"
+    url = f"{'https' if tls else 'http'}://{settings.host}:{port}"
 
     async def announce() -> None:
         while not server.started:
             await asyncio.sleep(0.01)
         freeze_startup_heap()
         log.warning("gateway %s listening on %s", identity.node_id[:12], url)
+        if not tls and settings.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("no TLS on %s: API keys, prompts and answers cross the network in clear text; "
+                        "use --tls-cert/--tls-key, or a TLS reverse proxy in front (docs/operations.md)",
+                        settings.host)
         if settings.ready_file:
             tmp = f"{settings.ready_file}.tmp"
             with open(tmp, "w") as f:

@@ -166,8 +166,8 @@ class Stream:
                     else:
                         reason = (f"{event.code}: {event.message}" if isinstance(event, Fail)
                                   else f"provider lost ({event.reason})")
-                        if isinstance(event, Fail) and event.code in CLIENT_FAULT_CODES:
-                            raise errors.InvalidRequest(event.message, code=event.code)
+                        # Even a client-fault code counts here: a provider that has streamed
+                        # tokens accepted the request, so blaming it now is its own failure.
                         self._d.hub.router.on_failure(self.session, self._run_id, reason)
                         await self._continue_elsewhere("".join(sent), self._chunks, reason)
                         mine = []

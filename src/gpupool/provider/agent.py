@@ -29,6 +29,7 @@ from gpupool.config import ProviderSettings
 from gpupool.identity import Identity
 from gpupool.market.pricing import Price, cost
 from gpupool.provider.settlement import Settlement
+from gpupool.tls import certificate_problem, client_context
 from gpupool.protocol import (
     ModelOffer,
     Batch,
@@ -150,6 +151,9 @@ class GatewayLink:
         self.url = url.rstrip("/")
         if not self.url.endswith("/v1/providers/ws"):
             self.url += "/v1/providers/ws"
+        # wss://: the gateway's certificate is verified (the system's CAs, or --ca-cert); a bad
+        # --ca-cert stops the start with one line rather than failing every reconnect.
+        self._tls = client_context(agent.settings.ca_cert) if self.url.startswith("wss://") else None
         self._ws: ClientConnection | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._outbox: list[Chunk | Done | Fail] = []
@@ -166,6 +170,8 @@ class GatewayLink:
             try:
                 async with connect(
                     self.url,
+                    # wss://: the gateway's certificate is verified (system CAs, or --ca-cert)
+                    ssl=self._tls,
                     max_size=protocol.MAX_FRAME_BYTES,
                     ping_interval=10,
                     ping_timeout=20,
@@ -188,7 +194,14 @@ class GatewayLink:
                 if exc.rcvd and exc.rcvd.code in (protocol.CLOSE_BAD_VERSION, protocol.CLOSE_BAD_SIGNATURE):
                     backoff = self.agent.settings.reconnect_max_s  # retrying fast won't help
             except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
-                log.warning("cannot reach gateway %s: %s", self.url, exc)
+                tls_problem = certificate_problem(exc)
+                if tls_problem:
+                    # Not a network blip: retrying fast won't help, and the fix is the operator's.
+                    log.error("cannot connect to gateway %s: %s (a private CA: pass --ca-cert FILE)",
+                              self.url, tls_problem)
+                    backoff = self.agent.settings.reconnect_max_s
+                else:
+                    log.warning("cannot reach gateway %s: %s", self.url, exc)
             finally:
                 self._ws = None
                 self._outbox.clear()  # answers for a dead connection: the gateway moved that work

@@ -12,6 +12,7 @@ from gpupool.identity import Identity
 from gpupool.market.pricing import Price, parse_price
 from gpupool.provider.agent import ProviderAgent
 from gpupool.provider.backends import ServeSpec, make_backend
+from gpupool.tls import client_context
 
 log = logging.getLogger("gpupool.provider")
 
@@ -24,6 +25,7 @@ def build_agent(settings: ProviderSettings) -> ProviderAgent:
     if len(set(names)) != len(names):
         raise ValueError(f"a model name may be served once per provider: {names}")
     prices = parse_prices(settings.prices, names)  # before loading models: a typo fails fast
+    client_context(settings.ca_cert)  # a bad --ca-cert: one line now, before any model loads
     backends = {s.name: make_backend(s) for s in specs}
     return ProviderAgent(Identity.load_or_create(settings.key_file), backends, settings, prices)
 

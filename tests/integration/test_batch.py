@@ -380,3 +380,24 @@ async def _owners(batch_id: str) -> set[str]:
     finally:
         await engine.dispose()
     return {r[0].split(":")[0] for r in rows}
+
+
+def test_a_straggling_shard_is_copied_to_another_provider_near_the_end(network: Network) -> None:
+    network.start_gateway()
+    network.start_provider(["echo-embed=echo:embeddings"], extra=["--price", f"echo-embed={PRICE}"])
+    network.start_provider(["echo-embed=echo:embeddings?delay_ms=30000"], extra=["--price", f"echo-embed={PRICE}"])
+    network.wait_for_models({"echo-embed": 2}, timeout=60)
+    client = client_for(network)
+    lines = embed_lines(120)
+    fid = client.files.create(file=("s.jsonl", io.BytesIO(jsonl(lines))), purpose="batch").id
+    started = time.monotonic()
+    batch = client.batches.create(input_file_id=fid, endpoint="/v1/embeddings", completion_window="24h")
+    done = finished(client, batch.id, timeout=60)
+    took = time.monotonic() - started
+    # Shards sent to the 30 s provider were copied to the fast one once they ran past the
+    # straggler limit (a few seconds), so the batch did not wait for the slow provider.
+    assert done.status == "completed" and took < 20, took
+    out = read_lines(client, done.output_file_id)
+    assert sorted(x["custom_id"] for x in out) == sorted(x["custom_id"] for x in lines)
+    assert done.model_extra["gpupool"]["providers"] == 2  # the slow provider did get work
+    check_cost(network, done, out, [])  # the copy that lost was never charged

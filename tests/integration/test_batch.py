@@ -160,7 +160,8 @@ def test_official_client_runs_a_batch_over_the_pool(network: Network) -> None:
 
 
 def test_bad_files_are_refused_naming_the_line_and_nothing_is_created(network: Network) -> None:
-    start(network, providers=1)
+    # Uploads have their own limit, above the one every other request keeps.
+    start(network, providers=1, extra=["--max-body-bytes", "2000", "--batch-max-file-bytes", "20000"])
     key = network.dev_key()
     good = embed_lines(3)
 
@@ -198,8 +199,13 @@ def test_bad_files_are_refused_naming_the_line_and_nothing_is_created(network: N
     assert r.status_code == 400 and r.json()["error"]["param"] == "metadata.gpupool_max_provider_share"
     assert raw(network, "GET", "/v1/batches", key).json()["data"] == []
 
-    # Files over the upload limit are refused before they are read.
-    network.stop()
+    big = jsonl(embed_lines(60))
+    assert 2000 < len(big) < 20000
+    assert upload(big).status_code == 200  # over --max-body-bytes, within the upload limit
+    r = upload(big * 3)
+    assert r.status_code == 413 and "exceeds the limit of 20000 bytes" in r.json()["error"]["message"]
+    r = raw(network, "POST", "/v1/embeddings", key, json={"model": "echo-embed", "input": ["x" * 3000]})
+    assert r.status_code == 413  # other routes keep their own limit
 
 
 def test_batches_belong_to_their_account_and_cancel_closes_every_item(network: Network) -> None:

@@ -1,7 +1,10 @@
-"""The one `gpupool` command: gateway, provider, devnet, demo, keys.
+"""The one `gpupool` command: gateway, provider, checker, devnet, demo, keys, ledger, money views.
 
 Flags map one-to-one onto the fields of `GatewaySettings` / `ProviderSettings`
 (a test checks that), and each also reads `GPUPOOL_<ROLE>_<FIELD>` and `--config FILE`.
+Every role also takes `-v/--verbose`, `-q/--quiet`, `--log-format` and `--log-requests`
+(gpupool/logs.py). Ordinary mistakes end in one line naming the fix and exit status 1
+(cli_support.friendly); a bad flag value exits 2.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import logging
 import os
 import signal
 import sys
@@ -22,25 +24,57 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from gpupool import config
+from gpupool import config, errors, logs
+from gpupool.cli_support import (
+    credits,
+    database_url,
+    default_gateway,
+    friendly,
+    ledger_url,
+    pointer_path,
+    redact,
+    remove_devnet_pointer,
+    require_existing,
+    running_devnet,
+    say_database,
+    write_devnet_pointer,
+)
+from gpupool.urls import ws_url
 
+# Plain click help (no rich tables): full flag names at any width, no `<bool>` tags; up to
+# 120 columns where the terminal has them.
+HELP = {"max_content_width": 120}
 app = typer.Typer(help="gpupool: pool idle GPUs into one OpenAI-compatible inference network.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-keys_app = typer.Typer(help="Create, list and revoke client API keys.", no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings=HELP)
+keys_app = typer.Typer(help="Create, list and revoke client API keys.", no_args_is_help=True,
+                       rich_markup_mode=None, context_settings=HELP)
 app.add_typer(keys_app, name="keys")
 ledger_app = typer.Typer(help="The ledger: verify, deposit, withdraw, balance, deploy the EVM contract.",
-                         no_args_is_help=True)
+                         no_args_is_help=True, rich_markup_mode=None, context_settings=HELP)
 app.add_typer(ledger_app, name="ledger")
 from gpupool.batch.cli import batch_app  # noqa: E402 - an HTTP client only (no torch, no database)
 
 app.add_typer(batch_app, name="batch")
+from gpupool import cli_views  # noqa: E402 - account, providers, status (HTTP clients only)
+
+cli_views.register(app)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file")]
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+LOG_OPTIONS = [
+    ("verbose", int, typer.Option("--verbose", "-v", count=True, show_default=False, help="also log one line per request "
+                                  "(-vv: debug lines too)"), 0),
+    ("quiet", bool, typer.Option("--quiet", "-q", help="log warnings and errors only"), False),
+    ("log_format", str, typer.Option("--log-format", help="text, or json (one object per line)"), "text"),
+    ("log_requests", bool, typer.Option("--log-requests", help="one line per request (as -v)"), False),
+]
 
 
 def _run(coro: object) -> None:
@@ -76,21 +110,31 @@ def settings_command(cls: type, run: Callable[[Any], None], doc: str, group: boo
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
                                         annotation=Annotated[Optional[base], option], default=None))
     params.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=ConfigOpt, default=None))
-    params.append(inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY,
-                                    annotation=Annotated[bool, typer.Option("--verbose", "-v")], default=False))
+    for name, kind, option, default in LOG_OPTIONS:
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                        annotation=Annotated[kind, option], default=default))
 
     def command(*args: Any, **kwargs: Any) -> None:
         ctx = kwargs.pop("ctx", args[0] if args else None)
         if ctx is not None and ctx.invoked_subcommand:
             return
-        _logging(kwargs.pop("verbose"))
+        verbose, quiet = kwargs.pop("verbose"), kwargs.pop("quiet")
+        log_format, log_requests = kwargs.pop("log_format"), kwargs.pop("log_requests")
         config_file = kwargs.pop("config_file")
+        settings = None
         try:
+            logs.setup(-1 if quiet else verbose, log_format, log_requests)
             settings = config.load(cls, config_file, kwargs)
             run(settings)
         except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            raise _fail(str(exc), 2) from None
+        except (OSError, LookupError, errors.StartupError) as exc:
+            raise _fail(friendly(exc, port=getattr(settings, "port", None)) or f"{exc}") from None
+        except Exception as exc:
+            message = friendly(exc)
+            if message is None:
+                raise
+            raise _fail(message) from None
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
@@ -116,6 +160,7 @@ app.command("gateway")(settings_command(
 def _run_checker(settings: config.CheckerSettings) -> None:
     from gpupool.checker.runner import serve
 
+    settings.gateways = [ws_url(u) for u in settings.gateways]  # http(s):// works too
     _run(serve(settings))
 
 
@@ -123,37 +168,39 @@ app.command("checker")(settings_command(
     config.CheckerSettings, _run_checker,
     "Run a checker: hold reference models, re-run audited requests, send signed verdicts to gateways."))
 
-provider_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+provider_app = typer.Typer(invoke_without_command=True, no_args_is_help=False, rich_markup_mode=None,
+                           context_settings=HELP)
 provider_app.callback()(settings_command(
     config.ProviderSettings, _run_provider,
     "Run a provider: load models and serve them to one or more gateways "
     "(`gpupool provider earnings` shows what it has earned).", group=True))
 app.add_typer(provider_app, name="provider")
 
-GatewayOpt = Annotated[str, typer.Option("--gateway", help="gateway base URL")]
+GatewayOpt = Annotated[Optional[str], typer.Option(
+    "--gateway", help="gateway base URL, http(s):// or ws(s):// (default: the running devnet's, else "
+    "http://127.0.0.1:8000)")]
 
 
-def _get(url: str) -> Any:
+def _get(url: str, api_key: str | None = None) -> Any:
     import httpx
 
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = httpx.get(url, timeout=10)
+        response = httpx.get(url, timeout=10, headers=headers)
     except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach {url}: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise _fail(f"cannot reach {url}: {exc} (is the gateway running? pass --gateway)") from None
     if response.status_code != 200:
-        typer.echo(f"error: {url} answered {response.status_code}: {response.text[:300]}", err=True)
-        raise typer.Exit(1)
+        try:
+            detail = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            detail = response.text[:300]
+        raise _fail(f"{url} answered {response.status_code}: {detail}")
     return response.json()
-
-
-def _credits(ucr: int | None) -> str:
-    return "-" if ucr is None else f"{ucr / 1_000_000:,.6f}"
 
 
 @provider_app.command("earnings")
 def provider_earnings(
-    gateway: GatewayOpt = "http://127.0.0.1:8000",
+    gateway: GatewayOpt = None,
     key_file: Annotated[Path, typer.Option(help="the provider's identity key")] = config.default_home() / "provider.key",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
@@ -163,26 +210,25 @@ def provider_earnings(
     from gpupool.identity import Identity
 
     if not key_file.exists():
-        typer.echo(f"error: no provider key at {key_file} (pass --key-file)", err=True)
-        raise typer.Exit(2)
+        raise _fail(f"no provider key at {key_file} (pass --key-file)", 2)
     node_id = Identity.load_or_create(key_file).node_id
-    body = _get(f"{gateway.rstrip('/')}/v1/providers/{node_id}/earnings")
+    body = _get(f"{default_gateway(gateway)}/v1/providers/{node_id}/earnings")
     if as_json:
         typer.echo(json.dumps(body, indent=2))
         return
     typer.echo(f"provider {node_id}")
     for what in ("held", "withdrawable", "staked"):
-        typer.echo(f"  {what:<13} {_credits(body[what]):>18} credits  ({body[what]:,} µcr)")
+        typer.echo(f"  {what:<13} {credits(body[what]):>36}")
     typer.echo(f"  held earnings become withdrawable {body['audit_window_s']:.0f} s after settlement")
 
 
 @app.command()
-def market(gateway: GatewayOpt = "http://127.0.0.1:8000",
+def market(gateway: GatewayOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """List what the network offers: per model, providers, prices, capacity and measured speed."""
     import json
 
-    body = _get(f"{gateway.rstrip('/')}/v1/market")
+    body = _get(f"{default_gateway(gateway)}/v1/market")
     if as_json:
         typer.echo(json.dumps(body, indent=2))
         return
@@ -199,18 +245,33 @@ def market(gateway: GatewayOpt = "http://127.0.0.1:8000",
                    f"{speed:>16}  {','.join(m['regions'])}")
 
 
-def _with_store(db: str | None, call: Callable[[Any], Any]) -> Any:
-    """Open the gateway's store (default database unless `db`), run one call, close it."""
+def _with_store(db: str | None, call: Callable[[Any], Any], create: bool = False) -> Any:
+    """Open the gateway's store (see cli_support.database_url), say which, run one call, close it.
+
+    Without `create`, a SQLite file that does not exist is an error rather than a new database."""
     from gpupool.gateway.store import Store
 
+    url, origin = database_url(db)
+    say_database(url, origin)
+
     async def go() -> Any:
-        store = await Store.open(db or config.GatewaySettings().db_url())
+        store = await Store.open(url)
         try:
             return await call(store)
         finally:
             await store.close()
 
-    return asyncio.run(go())
+    try:
+        if not create:
+            require_existing(url)
+        return asyncio.run(go())
+    except OSError as exc:
+        raise _fail(f"cannot open the database {redact(url)}: {exc}") from None
+    except Exception as exc:
+        message = friendly(exc)
+        if message is None:
+            raise
+        raise _fail(message) from None
 
 
 @keys_app.command("create")
@@ -225,23 +286,31 @@ def keys_create(
                                              "--key-concurrency)")] = 0,
 ) -> None:
     """Create an API key in the gateway's database and print it (shown only once)."""
-    created = _with_store(db, lambda store: store.create_key(name, key, rpm=rpm, tpm=tpm, concurrency=concurrency))
+    created = _with_store(db, lambda store: store.create_key(name, key, rpm=rpm, tpm=tpm, concurrency=concurrency),
+                          create=True)
     typer.echo(created if quiet else f"API key for {name!r} (store it now; it is not shown again):\n{created}")
 
 
 @keys_app.command("list")
 def keys_list(db: Annotated[Optional[str], typer.Option(help="the gateway's database URL")] = None) -> None:
     """List API keys (hints only; keys are stored hashed)."""
-    for k in _with_store(db, lambda store: store.list_keys()):
-        typer.echo(f"{k['id']:>4}  {k['hint']:<10}  {k['name']:<20} {'revoked' if k['revoked'] else ''}")
+    keys = _with_store(db, lambda store: store.list_keys())
+    if not keys:
+        typer.echo("no API keys yet: create one with `gpupool keys create --name NAME`")
+        return
+    typer.echo(f"{'id':>4}  {'key':<10}  {'name':<20} {'account':<20} {'limits (rpm/tpm/conc.)':<22} state")
+    for k in keys:
+        limits = "/".join(str(k[x] or "-") for x in ("rpm", "tpm", "concurrency"))
+        typer.echo(f"{k['id']:>4}  {k['hint']:<10}  {k['name']:<20} {k['account']:<20} {limits:<22} "
+                   f"{'revoked' if k['revoked'] else 'active'}")
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: int, db: Annotated[Optional[str], typer.Option()] = None) -> None:
+def keys_revoke(key_id: int, db: Annotated[Optional[str], typer.Option(help="the gateway's database URL")]
+                = None) -> None:
     """Revoke an API key by id (see `gpupool keys list`)."""
     if not _with_store(db, lambda store: store.revoke_key(key_id)):
-        typer.echo(f"no key with id {key_id}", err=True)
-        raise typer.Exit(1)
+        raise _fail(f"no key with id {key_id} (see `gpupool keys list`)")
     typer.echo(f"revoked key {key_id}")
 
 
@@ -249,21 +318,31 @@ LedgerOpt = Annotated[Optional[str], typer.Option("--ledger", help="ledger URL (
                                                   "database): sqlite:///…, postgresql://…, evm+http://…?contract=0x…")]
 
 
-def _with_ledger(url: str | None, call: Callable[[Any], Any]) -> Any:
+def _with_ledger(flag: str | None, call: Callable[[Any], Any], create: bool = False) -> Any:
+    """Open the ledger (see cli_support.ledger_url), say which, run one call, close it."""
     from gpupool.ledger import LedgerError, open_ledger
 
+    url, origin = ledger_url(flag)
+    say_database(url, origin, "ledger")
+
     async def go() -> Any:
-        ledger = await open_ledger(url or config.GatewaySettings().ledger_url())
+        ledger = await open_ledger(url)
         try:
             return await call(ledger)
         finally:
             await ledger.close()
 
     try:
+        if not create:
+            require_existing(url)
         return asyncio.run(go())
     except LedgerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise _fail(str(exc)) from None
+    except Exception as exc:
+        message = friendly(exc)
+        if message is None:
+            raise
+        raise _fail(message) from None
 
 
 @ledger_app.command("verify")
@@ -298,7 +377,7 @@ def ledger_deposit(account: str, amount: Annotated[int, typer.Argument(help="µc
         await led.deposit(key or f"deposit:{uuid.uuid4().hex}", acct, amount)
         return await led.balance(postings.client(acct))
 
-    typer.echo(f"account {acct!r}: balance {_with_ledger(ledger, go):,} µcr")
+    typer.echo(f"account {acct!r}: balance {credits(_with_ledger(ledger, go, create=True))}")
 
 
 @ledger_app.command("withdraw")
@@ -314,17 +393,31 @@ def ledger_withdraw(account: Annotated[str, typer.Argument(help="a ledger accoun
         await led.withdraw(key or f"withdraw:{uuid.uuid4().hex}", account, amount)
         return await led.balance(account)
 
-    typer.echo(f"{account}: {_with_ledger(ledger, go):,} µcr left")
+    typer.echo(f"{account}: {credits(_with_ledger(ledger, go))} left")
 
 
 @ledger_app.command("balance")
-def ledger_balance(account: str, ledger: LedgerOpt = None) -> None:
-    """Show a client account's balance (µcr)."""
+def ledger_balance(account: Annotated[str, typer.Argument(help="a client account (a key's name, e.g. devnet), "
+                                                          "or a full ledger account such as provider:gp…")],
+                   ledger: LedgerOpt = None,
+                   ucr: Annotated[bool, typer.Option("--ucr", help="print only the number, in µcr")] = False) -> None:
+    """Show an account's balance, in credits and µcr (1 credit = 1,000,000 µcr)."""
     from gpupool.gateway.store import account_for
     from gpupool.ledger import postings
 
-    acct = account_for(account)
-    typer.echo(f"{_with_ledger(ledger, lambda led: led.balance(postings.client(acct))):,}")
+    name = account if ":" in account else postings.client(account_for(account))
+
+    async def go(led: Any) -> int | None:
+        balance = await led.balance(name)
+        if balance == 0 and name not in await led.balances():
+            return None
+        return balance
+
+    balance = _with_ledger(ledger, go)
+    if balance is None:
+        raise _fail(f"no such account {name!r} in this ledger (a client's account appears with its first "
+                    "deposit; `gpupool keys list` shows which account each key spends from)")
+    typer.echo(f"{balance}" if ucr else f"{name}: {credits(balance)}")
 
 
 # The contract's floor under audit windows: the gateway's default window, so an owner cannot
@@ -351,16 +444,26 @@ def ledger_deploy(rpc: Annotated[str, typer.Option(help="the chain's JSON-RPC UR
 
 @app.command()
 def devnet(
-    port: Annotated[int, typer.Option(help="gateway port")] = 8000,
-    providers: Annotated[int, typer.Option(help="number of provider processes")] = 3,
-    home: Annotated[Optional[Path], typer.Option(help="where keys, database and logs go")] = None,
+    port: Annotated[int, typer.Option(help="gateway port (0: any free one)")] = 8000,
+    providers: Annotated[int, typer.Option(min=1, help="number of provider processes")] = 3,
+    checkers: Annotated[int, typer.Option(min=0, help="number of checker processes (audits)")] = 2,
+    home: Annotated[Optional[Path], typer.Option(help="where keys, database and logs go "
+                                                 "(default: ~/.gpupool/devnet)")] = None,
     echo_only: Annotated[bool, typer.Option("--echo-only", help="serve only the no-model echo backend")] = False,
 ) -> None:
-    """Start a local network (1 gateway + N providers) and serve until Ctrl-C."""
+    """Start a local network (1 gateway, N providers, checkers) and serve until Ctrl-C."""
     from gpupool.devnet import Network, NetworkError
-    from gpupool.devnet_setup import banner, default_serve, dev_price_args, prepare_models
+    from gpupool.devnet_setup import (
+        banner,
+        checker_serve,
+        default_serve,
+        dev_price_args,
+        prepare_models,
+    )
 
-    home = home or Path(os.environ.get("GPUPOOL_HOME", "~/.gpupool")).expanduser() / "devnet"
+    home = home or config.default_home() / "devnet"
+    if running_devnet():
+        raise _fail(f"a devnet is already running (see {pointer_path()}); stop it with Ctrl-C first")
     if not echo_only:
         prepare_models(progress=True)
     serve_list = ["echo=echo:chat"] if echo_only else default_serve()
@@ -373,27 +476,43 @@ def devnet(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     net = Network(home)
+    names = [f"checker-{i}" for i in range(checkers)]
+    net.checker_names += [n for n in names if n not in net.checker_names]  # the gateway admits these
     try:
         typer.echo(f"starting gateway on 127.0.0.1:{port} (logs in {home / 'logs'})")
         url = net.start_gateway(port=port)
         for _ in range(providers):
             net.start_provider(serve_list, extra=dev_price_args(serve_list))
-        typer.echo(f"starting {providers} providers (loading models)...")
+        for name in names:
+            net.start_checker(checker_serve(serve_list), name=name)
+        what = "echo providers" if echo_only else "providers (loading models)"
+        typer.echo(f"starting {providers} {what} and {checkers} checkers...")
         net.wait_for_models({s.split('=')[0]: providers for s in serve_list}, progress=True)
-        typer.echo(banner(url, net.dev_key(), echo_only))
+        net.wait_for_checkers(checkers, progress=True)
+        key = net.dev_key()
+        pointer = write_devnet_pointer({"home": str(home), "db": net.db, "url": url,
+                                        "admin_token": net.admin_token, "key_file": str(net.key_file)})
+        typer.echo(banner(url, key, echo_only, admin_token=net.admin_token, checkers=checkers,
+                          providers=providers, pointer=pointer))
         while not stop:
-            dead = [p for p in net.providers + [net.gateway] if p and not p.alive()]
+            dead = [p for p in net.providers + net.checkers + [net.gateway] if p and not p.alive()]
             if dead:
                 typer.echo(f"{dead[0].name} exited unexpectedly:\n{dead[0].log_tail()}", err=True)
                 break
             time.sleep(0.5)
-    except NetworkError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    except (NetworkError, httpx_errors()) as exc:
+        raise _fail(str(exc)) from None
     finally:
-        typer.echo("stopping: draining providers, then the gateway...")
+        remove_devnet_pointer()
+        typer.echo("stopping: draining providers and checkers, then the gateway...")
         net.stop()
         typer.echo("stopped.")
+
+
+def httpx_errors() -> type[Exception]:
+    import httpx
+
+    return httpx.HTTPError
 
 
 @app.command()
@@ -426,7 +545,8 @@ def ask(
 
 @app.command()
 def demo(
-    home: Annotated[Optional[Path], typer.Option(help="where the demo network keeps its files")] = None,
+    home: Annotated[Optional[Path], typer.Option(help="where the demo network keeps its files and logs "
+                                                 "(default: ~/.gpupool/demo)")] = None,
     providers: Annotated[int, typer.Option(help="number of provider processes")] = 3,
 ) -> None:
     """Start a local network, run a retail search + chat scenario through it, print results, stop."""

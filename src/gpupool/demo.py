@@ -14,9 +14,7 @@ Everything it starts is stopped before it returns.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from typing import Any
 
 from gpupool.devnet import Network, NetworkError
 from gpupool.devnet_setup import default_serve, dev_price_args, prepare_models
+from gpupool.identity import default_home
 
 BATCH = 32
 QUERIES = [
@@ -86,9 +85,11 @@ def run_demo(home: Path | None, providers: int) -> int:
         print(f"error: {exc}")
         return 1
 
-    # No home given: a throwaway directory, so a demo run leaves nothing behind.
-    temporary = home is None
-    root = Path(tempfile.mkdtemp(prefix="gpupool-demo-")) if home is None else home
+    # One place per user (~/.gpupool/demo), so the logs it names are still there afterwards;
+    # each run starts them afresh.
+    root = Path(home).expanduser() if home is not None else default_home() / "demo"
+    for old in (root / "logs").glob("*.log"):
+        old.unlink(missing_ok=True)
     net = Network(root)
     try:
         print(f"starting gateway and {providers} providers (logs in {net.home / 'logs'})...",
@@ -117,8 +118,7 @@ def run_demo(home: Path | None, providers: int) -> int:
     finally:
         print("stopping the network...", flush=True)
         net.stop()
-        if temporary:
-            shutil.rmtree(root, ignore_errors=True)
+        print(f"logs kept in {net.home / 'logs'}", flush=True)
 
 
 def _scenario(url: str, key: str, catalog: list[dict[str, Any]]) -> None:

@@ -1,4 +1,4 @@
-"""A whole local network of real processes: one gateway and N providers.
+"""A whole local network of real processes: one gateway, N providers and checkers.
 
 Used by `gpupool devnet`, `gpupool demo`, the integration tests and the benchmarks,
 so they all exercise the same processes a real deployment runs.
@@ -201,6 +201,32 @@ class Network:
             if time.monotonic() > deadline:
                 raise NetworkError(f"providers not ready after {timeout}s ({status})")
             time.sleep(0.2)
+
+    def wait_for_checkers(self, count: int, timeout: float = 180, progress: bool = False) -> None:
+        """Wait until `count` checkers are connected (and admitted) to the gateway."""
+        deadline = time.monotonic() + timeout
+        last = -1
+        while True:
+            r = httpx.get(self.gateway_url + "/admin/audits", timeout=5, verify=self.verify,
+                          headers={"Authorization": f"Bearer {self.admin_token}"})
+            r.raise_for_status()
+            joined = len(r.json().get("checkers", []))
+            if joined >= count:
+                return
+            dead = [c for c in self.checkers if not c.alive()]
+            if dead:
+                raise NetworkError(f"{dead[0].name} exited at start:\n{dead[0].log_tail()}")
+            if progress and joined != last:
+                print(f"  waiting for checkers ({joined}/{count})", flush=True)
+                last = joined
+            if time.monotonic() > deadline:
+                raise NetworkError(f"checkers not connected after {timeout}s ({joined}/{count}); "
+                                   f"see {self.home / 'logs'}")
+            time.sleep(0.2)
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / DEV_KEY_FILE
 
     def dev_key(self) -> str:
         """The development API key, created once per network home and reused."""

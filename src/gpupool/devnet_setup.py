@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def default_serve() -> list[str]:
     return ["minilm=embeddings:minilm", "tiny-llama=generate:tiny-llama"]
 
 
 # Devnet prices (µcr per 1M tokens) so every request is metered and charged like on a real network.
-DEV_PRICES = ["minilm=20000", "tiny-llama=100000/400000"]
+DEV_PRICES = ["minilm=20000", "tiny-llama=100000/400000", "echo=10000/40000"]
 DEV_STARTING_BALANCE = 1_000 * 1_000_000  # 1,000 credits for the development key's account
+
+
+def checker_serve(serve: list[str]) -> list[str]:
+    """Checkers hold the same models as reference (echo re-runs are exact too)."""
+    return list(serve)
 
 
 def dev_price_args(serve: list[str]) -> list[str]:
@@ -29,18 +36,24 @@ def prepare_models(progress: bool = False) -> None:
     create_tiny_llama(path)
 
 
-def banner(url: str, key: str, echo_only: bool = False) -> str:
+def banner(url: str, key: str, echo_only: bool = False, *, admin_token: str = "", checkers: int = 0,
+           providers: int = 0, pointer: Path | None = None) -> str:
     chat_model = "echo" if echo_only else "tiny-llama"
     embed = "" if echo_only else f"""
   curl {url}/v1/embeddings -H "Authorization: Bearer {key}" \\
        -H "Content-Type: application/json" -d '{{"model": "minilm", "input": "red running shoes"}}'
 """
+    models = ("echo (no model)" if echo_only else
+              "minilm (real all-MiniLM-L6-v2 embeddings), tiny-llama (UNTRAINED demo model: random weights, "
+              "gibberish text)")
     return f"""
-gpupool devnet is up.
+gpupool devnet is up: 1 gateway, {providers} providers, {checkers} checkers.
 
-  base URL : {url}/v1
-  API key  : {key}
-  models   : {"echo (no model)" if echo_only else "minilm (real all-MiniLM-L6-v2 embeddings), tiny-llama (UNTRAINED demo model: random weights, gibberish text)"}
+  dashboard   : {url}/
+  base URL    : {url}/v1
+  API key     : {key}
+  admin token : {admin_token}   (for {url}/admin/*: -H "Authorization: Bearer {admin_token}")
+  models      : {models}
 
 curl:
   curl {url}/v1/chat/completions -H "Authorization: Bearer {key}" \\
@@ -56,10 +69,13 @@ openai (Python):
       if chunk.choices:
           print(chunk.choices[0].delta.content or "", end="", flush=True)
 
-money: the key's account starts with {DEV_STARTING_BALANCE // 1_000_000:,} credits; each response's
-  usage.cost_ucr says what it cost (µcr). Balance and charges:
-  curl {url}/v1/account -H "Authorization: Bearer {key}"
-  .venv/bin/gpupool market --gateway {url}
+money: the key's account starts with {DEV_STARTING_BALANCE // 1_000_000:,} credits (1 credit = 1,000,000 µcr);
+  each response's usage.cost_ucr says what it cost. In another terminal (they find this devnet
+  through {pointer or "~/.gpupool/devnet.json"}):
+  .venv/bin/gpupool status       # gateway, models, providers, checkers
+  .venv/bin/gpupool account      # the key's balance, holds and recent charges
+  .venv/bin/gpupool providers    # who serves what, where
+  .venv/bin/gpupool ledger balance devnet
 
 Press Ctrl-C to stop every process this command started.
 """

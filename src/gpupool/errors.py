@@ -117,3 +117,10 @@ class Timeout(GpupoolError):
     status = 504
     type = "timeout"
     code = "timeout"
+
+
+class StartupError(Exception):
+    """A process cannot start for a reason its operator can fix (no model loaded, port in use).
+
+    Not an HTTP error: the CLI prints its message as one line and exits with status 1.
+    """

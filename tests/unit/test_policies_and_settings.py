@@ -132,9 +132,13 @@ def test_ledger_cli_deposits_withdraws_and_verifies(tmp_path: Path) -> None:
         assert (out.returncode == 0) == ok, out.stderr
         return out
 
-    assert "5,000,000" in run("deposit", "My Shop", "5000000", "--key", "pay-1").stdout
-    assert "5,000,000" in run("deposit", "My Shop", "5000000", "--key", "pay-1").stdout  # replay: once
-    assert "3,000,000 µcr left" in run("withdraw", "client:my-shop", "2000000").stdout
-    assert "insufficient" in run("withdraw", "client:my-shop", "9000000", ok=False).stderr.lower()
-    assert run("balance", "my-shop").stdout.strip() == "3,000,000"
+    out = run("deposit", "My Shop", "5000000", "--key", "pay-1").stdout
+    assert "(5,000,000 µcr)" in out
+    acct = out.split("'")[1]  # "My Shop" is not an account id: it gets a hash suffix (store.account_for)
+    assert "(5,000,000 µcr)" in run("deposit", "My Shop", "5000000", "--key", "pay-1").stdout  # replay: once
+    assert "3.000000 cr (3,000,000 µcr) left" in run("withdraw", f"client:{acct}", "2000000").stdout
+    assert "insufficient" in run("withdraw", f"client:{acct}", "9000000", ok=False).stderr.lower()
+    assert run("balance", "My Shop").stdout.strip() == f"client:{acct}: 3.000000 cr (3,000,000 µcr)"
+    assert run("balance", "My Shop", "--ucr").stdout.strip() == "3000000"
+    assert "no such account" in run("balance", "nobody", ok=False).stderr
     assert "verified" in run("verify").stdout

@@ -33,7 +33,7 @@ from gpupool import __version__, errors
 from gpupool.batch.routes import BatchService
 from gpupool.config import GatewaySettings
 from gpupool.gateway import openai_api as oa
-from gpupool.gateway.billing import Hold
+from gpupool.gateway.billing import Hold, charge_view
 from gpupool.gateway.dispatch import Dispatcher
 from gpupool.gateway.fallback import Fallbacks, Plan
 from gpupool.gateway.http import (
@@ -60,6 +60,7 @@ from gpupool.gateway.services import Services
 from gpupool.gateway.store import ApiKey, Store, account_for
 from gpupool.gateway.stream import open_stream
 from gpupool.identity import Identity
+from gpupool.logs import REQUESTS, request_line
 from gpupool.ledger import Ledger, LedgerError
 from gpupool.ledger import postings
 from gpupool.market import pricing
@@ -67,6 +68,7 @@ from gpupool.market.summary import Listing, summarize
 from gpupool.protocol import Done, EmbedPayload, Payload
 
 log = logging.getLogger("gpupool.gateway")
+REQUEST_LOG = logging.getLogger(REQUESTS)
 
 DEFAULT_MAX_TOKENS = 256
 MAX_EMBEDDING_INPUTS = 2048
@@ -340,7 +342,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                                         param="after") from None
         body = await billing.account(key.account)
         # Paged like OpenAI's lists: pass the last id as `after` while has_more is true.
-        body["recent_charges"], body["has_more"] = charges[:limit], len(charges) > limit
+        body["recent_charges"], body["has_more"] = [charge_view(c) for c in charges[:limit]], len(charges) > limit
         body["last_id"] = charges[:limit][-1]["request_id"] if charges[:limit] else None
         return JSON(body)
 
@@ -469,9 +471,13 @@ def _check_task(hub: Hub, model: str, task: str) -> None:
 
 def _log(store: Store, rid: str, key: ApiKey, model: str, provider: str, status: str, attempts: int,
          prompt: int, completion: int, started: float, cost: int) -> None:
+    latency_ms = (time.monotonic() - started) * 1000
     store.record_request(request_id=rid, at=time.time(), key_id=key.id, account=key.account, model=model,
                          provider=provider, status=status, attempts=attempts, prompt_tokens=prompt,
-                         completion_tokens=completion, latency_ms=(time.monotonic() - started) * 1000, cost=cost)
+                         completion_tokens=completion, latency_ms=latency_ms, cost=cost)
+    # One line per request with -v / --log-requests (gpupool/logs.py); a no-op otherwise.
+    request_line(REQUEST_LOG, request_id=rid, key=key.name, model=model, provider=provider[:14], status=status,
+                 attempts=attempts, tokens=f"{prompt}+{completion}", latency_ms=round(latency_ms, 1), cost_ucr=cost)
 
 
 def _price(session: ProviderSession, model: str) -> pricing.Price:

@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,8 +213,10 @@ class Billing:
 
     # ------------------------------------------------------------ per request
 
-    async def reserve(self, client: str, amount: int) -> Hold:
-        """Reserve `amount` µcr for one request, or raise 402 if the client cannot cover it."""
+    async def reserve(self, client: str, amount: int, fix: str = "lower max_tokens") -> Hold:
+        """Reserve `amount` µcr for one request, or raise 402 if the client cannot cover it.
+
+        `fix`: what the 402 suggests besides adding credits (embeddings have no max_tokens)."""
         if amount <= 0:
             return Hold(self, None, 0)  # free model: nothing to reserve
         tab = self.tabs.get(client)
@@ -222,13 +225,13 @@ class Billing:
         if tab.available < amount:
             async with tab.lock:
                 if tab.available < amount:
-                    await self._top_up(tab, amount - tab.available)
+                    await self._top_up(tab, amount - tab.available, fix)
         tab.committed += amount
         tab.in_flight += 1
         tab.last_used = time.monotonic()
         return Hold(self, tab, amount)
 
-    async def _top_up(self, tab: Tab, needed: int) -> None:
+    async def _top_up(self, tab: Tab, needed: int, fix: str = "lower max_tokens") -> None:
         # A whole tab when the balance allows (one write serves many requests), else just what is needed.
         for amount in dict.fromkeys((max(needed, self.tab_size), needed)):
             try:
@@ -241,7 +244,7 @@ class Billing:
         balance = await self.ledger.balance(P.client(tab.client))
         raise errors.PaymentRequired(
             f"insufficient balance: this request may cost up to {needed + tab.available:,} µcr but account "
-            f"{tab.client!r} has {balance + tab.available:,} µcr available; add credits or lower max_tokens")
+            f"{tab.client!r} has {balance + tab.available:,} µcr available; add credits or {fix}")
 
     # ------------------------------------------------------------ batches
 
@@ -397,16 +400,61 @@ class Billing:
     # ------------------------------------------------------------ reading
 
     async def account(self, client: str) -> dict[str, Any]:
+        """What `/v1/account` shows: money in µcr (integers), times in ISO 8601, every hold with a reason.
+
+        `balance` is spendable now; `held` is this gateway's prepaid tab for the account (see
+        the module docstring): requests draw on it without a ledger write each, and its unused
+        rest returns to `balance` after `tab_idle_s` without requests."""
         tab = self.tabs.get(client)
         reserved = await self.ledger.balance(P.client_hold(client, self.holder))
+        balance = await self.ledger.balance(P.client(client))
         history = await self.ledger.history(P.client(client), limit=20)
+        holds = []
+        if reserved:
+            holds.append({
+                "kind": "tab", "amount_ucr": reserved,
+                "in_use_ucr": (tab.committed + tab.pending) if tab else 0,
+                "reason": f"prepaid tab for this account's requests on this gateway (one ledger write serves "
+                          f"many requests); requests in flight and charges not yet settled draw on it, and "
+                          f"the unused rest returns to the balance after {self.tab_idle_s:g} s without requests",
+            })
         return {
-            "object": "gpupool.account", "account": client,
-            "balance": await self.ledger.balance(P.client(client)),
-            "held": reserved, "in_flight": tab.in_flight if tab else 0,
+            "object": "gpupool.account", "account": client, "unit": "µcr", "ucr_per_credit": UCR_PER_CREDIT,
+            "balance": balance, "held": reserved, "total": balance + reserved,
+            "in_flight": tab.in_flight if tab else 0,
             "unsettled_charges": tab.pending if tab else 0,
-            "recent": history,
+            "holds": holds,
+            "recent": [_movement(h) for h in history],
         }
+
+
+UCR_PER_CREDIT = 1_000_000
+# What a ledger entry of each kind means to the client whose account it touched.
+MOVEMENTS = {
+    "deposit": "deposit",
+    "withdraw": "withdrawal",
+    "hold": "reserved for requests (moved to a gateway's prepaid tab)",
+    "release_hold": "unused prepaid tab returned",
+    "slash": "refund from a provider slashed for a wrong answer",
+}
+
+
+def iso(ts: float | None) -> str | None:
+    """A Unix time as ISO 8601 (UTC, milliseconds), as the API shows times."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _movement(entry: dict[str, Any]) -> dict[str, Any]:
+    """A ledger history row, in words: internal keys (hold:tab:…) stay inside."""
+    return {"seq": entry["seq"], "at": iso(entry.get("at")), "kind": entry["kind"], "delta": entry["delta"],
+            "description": MOVEMENTS.get(entry["kind"], entry["kind"].replace("_", " "))}
+
+
+def charge_view(charge: dict[str, Any]) -> dict[str, Any]:
+    """One of `store.recent_charges`, with its time in ISO 8601 and its cost unit named."""
+    return {**charge, "at": iso(charge.get("at"))}
 
 
 def _verified(batch: list[PendingCharge]) -> list[PendingCharge]:

@@ -43,7 +43,9 @@ class Metering:
     async def reserve(self, account: str, model: str, tokens_in: int, max_tokens_out: int,
                       max_price: int | None = None) -> Hold:
         """Hold the most this request can cost on any provider it may go to (402 if unaffordable)."""
-        return await self.billing.reserve(account, self.bound(model, tokens_in, max_tokens_out, max_price))
+        # An embedding's cost is all input: the 402 says so instead of "lower max_tokens".
+        fix = "lower max_tokens" if max_tokens_out else "send fewer or shorter inputs"
+        return await self.billing.reserve(account, self.bound(model, tokens_in, max_tokens_out, max_price), fix)
 
     @staticmethod
     def cost(hold: Hold, model: str, session: ProviderSession, done: Done) -> int:

@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from gpupool import __version__, protocol
 from gpupool.config import ProviderSettings
+from gpupool.errors import StartupError
 from gpupool.identity import Identity
 from gpupool.market.pricing import Price, cost
 from gpupool.provider.settlement import Settlement
@@ -107,9 +108,25 @@ class ProviderAgent:
         )
 
     async def start_backends(self) -> None:
-        for backend in self.backends.values():
+        """Load every model; one that fails (engine down, no such directory) is left out, with a
+        line saying why, and the others are served. StartupError when none could be loaded."""
+        failed: dict[str, str] = {}
+        for backend in list(self.backends.values()):
             log.info("loading %s (%s %s)", backend.name, backend.kind, backend.spec or "")
-            await backend.start()
+            try:
+                await backend.start()
+            except Exception as exc:  # noqa: BLE001 - any load failure is this model's, not the provider's
+                failed[backend.name] = str(exc) or type(exc).__name__
+                del self.backends[backend.name]
+                await _close_quietly(backend)
+                log.error("not serving %s: %s", backend.name, failed[backend.name])
+        if failed and not self.backends:
+            raise StartupError("no model could be loaded: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
+        if failed:
+            log.warning("serving %s; left out %s (fix it and restart the provider)",
+                        ", ".join(self.backends), ", ".join(failed))
+        else:
+            log.info("loaded %s", ", ".join(self.backends))
 
     def request_drain(self) -> None:
         self._drain_requested.set()
@@ -141,6 +158,13 @@ class ProviderAgent:
             log.warning("drain timeout: leaving with %d requests unfinished", left)
         else:
             log.info("drained")
+
+
+async def _close_quietly(backend: Backend) -> None:
+    try:
+        await backend.close()
+    except Exception:  # noqa: BLE001 - it never started: whatever it holds goes with the process
+        pass
 
 
 class GatewayLink:

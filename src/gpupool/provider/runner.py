@@ -13,6 +13,7 @@ from gpupool.market.pricing import Price, parse_price
 from gpupool.provider.agent import ProviderAgent
 from gpupool.provider.backends import ServeSpec, make_backend
 from gpupool.tls import client_context
+from gpupool.urls import ws_url
 
 log = logging.getLogger("gpupool.provider")
 
@@ -25,6 +26,8 @@ def build_agent(settings: ProviderSettings) -> ProviderAgent:
     if len(set(names)) != len(names):
         raise ValueError(f"a model name may be served once per provider: {names}")
     prices = parse_prices(settings.prices, names)  # before loading models: a typo fails fast
+    # http(s):// as well as ws(s)://: people paste the address they call the API at.
+    settings.gateways = [ws_url(u) for u in settings.gateways]
     client_context(settings.ca_cert)  # a bad --ca-cert: one line now, before any model loads
     backends = {s.name: make_backend(s) for s in specs}
     return ProviderAgent(Identity.load_or_create(settings.key_file), backends, settings, prices)
@@ -58,8 +61,8 @@ async def serve(settings: ProviderSettings) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    log.warning("provider %s serving %s in region %s -> %s", agent.identity.node_id[:12],
-                ", ".join(agent.backends), settings.region, ", ".join(settings.gateways))
+    log.info("provider %s starting: %s in region %s -> %s", agent.identity.node_id[:12],
+             ", ".join(agent.backends), settings.region, ", ".join(settings.gateways))
     freeze_startup_heap()  # backends and models are loaded
     try:
         await agent.run()

@@ -6,7 +6,9 @@
 | `generate`   | transformers causal LM, streamed      | model dir; `tiny-llama` = demo model   |
 | `upstream`   | a local OpenAI-compatible engine      | base URL `?model=&task=&key=`          |
 | `echo`       | no model; network benchmarks only     | `chat` or `embeddings`, `?delay_ms=`   |
-| `redteam`    | cheats, for the red-team suite only   | `MODE[:BASE_SPEC][?rate=]`, see redteam.py |
+
+(`redteam`, a backend that cheats on purpose, exists for the red-team tests; it is
+accepted but never listed to users.)
 
 Heavy imports (torch) happen only when an ML backend is constructed, so providers
 that serve only `upstream` or `echo` do not need the `ml` extra.
@@ -18,7 +20,9 @@ from dataclasses import dataclass
 
 from gpupool.provider.backends.base import Backend, BackendError
 
-BACKEND_KINDS = ("embeddings", "generate", "upstream", "echo", "redteam")
+# What users are told about; BACKEND_KINDS also accepts the test-only `redteam`.
+PUBLIC_KINDS = ("embeddings", "generate", "upstream", "echo")
+BACKEND_KINDS = (*PUBLIC_KINDS, "redteam")
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class ServeSpec:
             raise ValueError(f"--serve expects NAME=BACKEND[:SPEC], got {text!r}")
         backend, _, spec = rest.partition(":")
         if backend not in BACKEND_KINDS:
-            raise ValueError(f"unknown backend {backend!r} in {text!r}; choose from {', '.join(BACKEND_KINDS)}")
+            raise ValueError(f"unknown backend {backend!r} in {text!r}; choose from {', '.join(PUBLIC_KINDS)}")
         return cls(name=name, backend=backend, spec=spec)
 
 
@@ -61,4 +65,4 @@ def make_backend(serve: ServeSpec) -> Backend:
     return GenerateBackend(serve.name, serve.spec)
 
 
-__all__ = ["Backend", "BackendError", "ServeSpec", "make_backend", "BACKEND_KINDS"]
+__all__ = ["Backend", "BackendError", "ServeSpec", "make_backend", "BACKEND_KINDS", "PUBLIC_KINDS"]

@@ -81,6 +81,10 @@ class EmbeddingsBackend(Backend):
         self._model = model
 
     async def start(self) -> None:
+        if not self._is_minilm and not Path(self.spec).expanduser().is_dir():
+            # Before importing torch: a mistyped directory fails in a moment.
+            raise BackendError("model_not_found", f"embedding model directory {Path(self.spec).expanduser()} "
+                               "not found")
         await self._thread.call(self._load)
 
     async def close(self) -> None:

@@ -139,6 +139,8 @@ class GenerateBackend(Backend):
         self._model = model
 
     async def start(self) -> None:
+        if self.spec not in ("", TINY_LLAMA_ALIAS):
+            self._resolve_path()  # a mistyped directory fails now, not after seconds of importing torch
         await self._thread.call(self._load)
 
     async def close(self) -> None:

@@ -147,6 +147,8 @@ class ProviderSettings:
     settlement_key_file: Path = _opt(help="secp256k1 key that signs receipts for gateways settling on an EVM "
                                      "ledger (created when first needed)",
                                      factory=lambda: default_home() / "settlement.key")
+    metrics_port: int = _opt(0, "serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (0: off)")
+    metrics_host: str = _opt("127.0.0.1", "address the metrics server listens on (0.0.0.0: every interface)")
 
 
 @dataclass
@@ -164,6 +166,8 @@ class CheckerSettings:
     batch_window_s: float = _opt(1.0, "how long an embeddings audit waits for others to share its "
                                        "forward pass")
     reconnect_max_s: float = _opt(30.0, "longest wait between reconnection attempts")
+    metrics_port: int = _opt(0, "serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (0: off)")
+    metrics_host: str = _opt("127.0.0.1", "address the metrics server listens on (0.0.0.0: every interface)")
 
 
 S = TypeVar("S")

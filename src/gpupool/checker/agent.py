@@ -304,6 +304,7 @@ class CheckerAgent:
         self.slots = asyncio.Semaphore(max(1, settings.max_concurrency))
         self.in_flight = 0
         self.verdicts = 0
+        self.judged: dict[str, int] = {}  # verdict (or why none) -> audit jobs (gpupool.metrics)
         self._stop = asyncio.Event()
         self._hardware = probe()
 
@@ -346,11 +347,15 @@ class CheckerAgent:
             for backend in self.backends.values():
                 await backend.close()
 
+    def _judged(self, verdict: str) -> None:
+        self.judged[verdict] = self.judged.get(verdict, 0) + 1
+
     async def audit(self, job: AuditJob) -> protocol.Verdict | None:
         """Judge `job` under the concurrency bound; None when it cannot be judged here."""
         backend = self.backends.get(job.model)
         if backend is None:
             log.warning("audit %s: no reference for %r", job.job_id, job.model)
+            self._judged("no_reference")
             return None
         self.in_flight += 1
         try:
@@ -358,11 +363,13 @@ class CheckerAgent:
                 judgement = await judge(backend, job)
         except BackendError as exc:
             log.warning("audit %s: the reference cannot run it: %s", job.job_id, exc)
+            self._judged("reference_failed")
             return None
         finally:
             self.in_flight -= 1
         verdict = sign_verdict(self.identity, job, judgement)
         self.verdicts += 1
+        self._judged("passed" if verdict.passed else "hard_failed" if verdict.hard else "failed")
         log.info("verdict %s: provider %s request %s %s%s (%s, score %.4f)", job.job_id,
                  verdict.provider[:12], verdict.request_id, "pass" if verdict.passed else "FAIL",
                  " hard" if verdict.hard else "", verdict.reason, verdict.score)

@@ -8,6 +8,7 @@ import signal
 
 from gpupool.checker.agent import CheckerAgent
 from gpupool.config import CheckerSettings
+from gpupool.metrics import checker_registry, serve_metrics
 from gpupool.identity import Identity
 from gpupool.provider.backends import ServeSpec, make_backend
 from gpupool.tls import client_context
@@ -45,6 +46,7 @@ async def serve(settings: CheckerSettings) -> None:
         loop.add_signal_handler(sig, on_signal)
     log.warning("checker %s holding %s -> %s", agent.identity.node_id[:12],
                 ", ".join(agent.backends), ", ".join(settings.gateways))
+    serve_metrics(checker_registry(agent), settings.metrics_host, settings.metrics_port)  # 0: off
     try:
         await agent.run()
     except asyncio.CancelledError:

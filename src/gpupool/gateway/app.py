@@ -55,6 +55,9 @@ from gpupool.gateway.http import (
 from gpupool.gateway.hub import Hub, ProviderSession
 from gpupool.gateway.quota import Quotas, within_quota
 from gpupool.gateway.metering import Metering
+from gpupool.gateway.metrics import GatewayMetrics, note_first_token, note_model, note_request
+from gpupool.gateway.public_api import public_routes
+from gpupool.gateway.dashboard import dashboard_routes
 from gpupool.gateway.router import RouteOptions
 from gpupool.gateway.services import Services
 from gpupool.gateway.store import ApiKey, Store, account_for
@@ -86,6 +89,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     metering = Metering(hub, billing, auditor)  # the money path, shared with batches
     batches = BatchService(settings, hub, store, dispatcher, metering, ledger)
     fallbacks = Fallbacks(settings, billing, store, lambda model: bool(hub.serving(model)))
+    metrics = GatewayMetrics(hub, services, quotas, fallbacks)  # Prometheus (/metrics) and /v1/stats
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -265,6 +269,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             if isinstance(exc, errors.GpupoolError):  # no first token from the pool: a lane may serve
                 return await fallbacks.take_over(exc, plan, request, key, rid, deadline, started)
             raise
+        note_first_token()
 
         async def events() -> AsyncIterator[bytes]:
             created = int(time.time())
@@ -452,6 +457,9 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             Route("/admin/requests", requests_log),
             *fallbacks.routes(admin),
             *batches.routes(client_key),
+            Route("/metrics", metrics.endpoint),
+            *public_routes(hub, services, metrics),
+            *dashboard_routes(),
         ],
         # ClientDisconnect by name: the catch-all `Exception` handler runs in Starlette's
         # ServerErrorMiddleware, which logs a traceback and re-raises even after answering.
@@ -459,10 +467,11 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                             ClientGone: on_error, ClientDisconnect: on_error},
         lifespan=lifespan,
     )
-    return batches.upload_limit(BodyLimit(app, settings.max_body_bytes), app)
+    return metrics.middleware(batches.upload_limit(BodyLimit(app, settings.max_body_bytes), app))
 
 
 def _check_task(hub: Hub, model: str, task: str) -> None:
+    note_model(model)
     offer = hub.known_models.get(model)
     if offer is not None and offer.task != task:
         route = "/v1/embeddings" if offer.task == "embeddings" else "/v1/chat/completions"
@@ -471,6 +480,7 @@ def _check_task(hub: Hub, model: str, task: str) -> None:
 
 def _log(store: Store, rid: str, key: ApiKey, model: str, provider: str, status: str, attempts: int,
          prompt: int, completion: int, started: float, cost: int) -> None:
+    note_request(model, status, prompt, completion, cost)
     latency_ms = (time.monotonic() - started) * 1000
     store.record_request(request_id=rid, at=time.time(), key_id=key.id, account=key.account, model=model,
                          provider=provider, status=status, attempts=attempts, prompt_tokens=prompt,

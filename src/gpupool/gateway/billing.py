@@ -161,7 +161,7 @@ class Billing:
         self._task: asyncio.Task[None] | None = None
         self._released_at = 0.0
         self.stats = {"batches": 0, "charged": 0, "rejected": 0, "bad_receipts": 0, "refused_slashed": 0,
-                      "fallback_charged": 0}
+                      "fallback_charged": 0, "settled_microcredits": 0}
         # Providers whose answers are no longer paid for (slashed); set by the auditor's wiring.
         self.unpaid: Callable[[str], bool] = lambda provider: False
 
@@ -337,6 +337,7 @@ class Billing:
                         tab.reserved -= item.cost
                 self.stats["batches"] += 1
                 self.stats["charged"] += len(paid)
+                self.stats["settled_microcredits"] += sum(i.cost for i in items if i.request_id in paid)
                 self.stats["rejected"] += len(result.rejected)
                 if result.rejected:
                     log.warning("ledger refused %d charges: %s", len(result.rejected),

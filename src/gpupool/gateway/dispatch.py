@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from gpupool import errors, protocol
 from gpupool.config import GatewaySettings
 from gpupool.gateway.hub import Event, Hub, ProviderLost, ProviderSession
+from gpupool.gateway.metrics import note_routing
 from gpupool.gateway.router import DEFAULT_ROUTE, RouteOptions
 from gpupool.protocol import Cancel, Chunk, Done, EmbedPayload, Fail, GeneratePayload, Payload, Run
 
@@ -219,6 +220,8 @@ class Dispatcher:
             async with asyncio.timeout_at(loop_deadline(deadline)):
                 while True:
                     if not running:
+                        if tries.tried:
+                            note_routing("failover")  # the last provider failed: another one tries
                         session = self.choose(request_id, model, payload, tries, route, stream=False)
                         running[self._start(session, request_id, model, payload, deadline, tries)] = session
                     wait_s = None
@@ -236,6 +239,7 @@ class Dispatcher:
                             session = self.choose(request_id, model, payload, tries, route, stream=False)
                         except errors.GpupoolError:
                             continue  # nobody else to ask: keep waiting for the first
+                        note_routing("hedge")
                         running[self._start(session, request_id, model, payload, deadline, tries)] = session
                         continue
                     for task in finished:

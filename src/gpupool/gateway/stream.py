@@ -26,6 +26,7 @@ import msgspec
 from gpupool import errors
 from gpupool.gateway.dispatch import CLIENT_FAULT_CODES, Dispatcher, Tries, deadline_ms, loop_deadline
 from gpupool.gateway.hub import Event, ProviderSession
+from gpupool.gateway.metrics import note_routing
 from gpupool.gateway.router import DEFAULT_ROUTE, RouteOptions
 from gpupool.protocol import Chunk, Done, Fail, GeneratePayload, Payload, Run
 
@@ -48,7 +49,11 @@ async def open_stream(d: Dispatcher, request_id: str, model: str, payload: Paylo
 async def _first_event(d: Dispatcher, request_id: str, model: str, payload: Payload, deadline: float,
                        tries: Tries, route: RouteOptions,
                        ) -> tuple[ProviderSession, asyncio.Queue[Event], Chunk | Done, float]:
+    first_pick = True
     while True:
+        if not first_pick:
+            note_routing("failover")  # the last provider failed before its first token
+        first_pick = False
         session = d.choose(request_id, model, payload, tries, route, stream=True)
         channel = session.open_channel(request_id)
         sent_at = time.monotonic()
@@ -183,6 +188,7 @@ class Stream:
             raise errors.ProviderFailed(f"provider failed mid-stream: {reason}; the output is incomplete")
         self.session.close_channel(self._run_id)
         self.continued += 1
+        note_routing("stream_continuation")
         # Each chunk is at least one token, so this never exceeds the client's max_tokens.
         remaining = max(1, payload.max_tokens - pieces)
         self._run_payload = msgspec.structs.replace(payload, continue_text=payload.continue_text + text_so_far,

@@ -29,6 +29,7 @@ from gpupool.config import ProviderSettings
 from gpupool.errors import StartupError
 from gpupool.identity import Identity
 from gpupool.market.pricing import Price, cost
+from gpupool.metrics import count_answer
 from gpupool.provider.settlement import Settlement
 from gpupool.tls import certificate_problem, client_context
 from gpupool.protocol import (
@@ -77,6 +78,7 @@ class ProviderAgent:
         self.settings = settings
         self.admission = Admission(settings.max_concurrency, settings.max_queue)
         self.draining = False
+        self.answers: dict[tuple[str, str], int] = {}  # (model, outcome) -> answers sent (gpupool.metrics)
         self._drain_requested = asyncio.Event()
         self._links: list[GatewayLink] = []
         self._hardware = probe()
@@ -271,6 +273,8 @@ class GatewayLink:
 
     def _post(self, msg: Chunk | Done | Fail) -> None:
         """Queue an answer message; what is ready in the same loop turn leaves as one frame."""
+        if not isinstance(msg, Chunk):
+            count_answer(self.agent.answers, msg)
         self._outbox.append(msg)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())

@@ -10,6 +10,7 @@ from gpupool.config import ProviderSettings
 from gpupool.gc_tuning import freeze_startup_heap
 from gpupool.identity import Identity
 from gpupool.market.pricing import Price, parse_price
+from gpupool.metrics import provider_registry, serve_metrics
 from gpupool.provider.agent import ProviderAgent
 from gpupool.provider.backends import ServeSpec, make_backend
 from gpupool.tls import client_context
@@ -63,6 +64,7 @@ async def serve(settings: ProviderSettings) -> None:
         loop.add_signal_handler(sig, on_signal)
     log.info("provider %s starting: %s in region %s -> %s", agent.identity.node_id[:12],
              ", ".join(agent.backends), settings.region, ", ".join(settings.gateways))
+    serve_metrics(provider_registry(agent), settings.metrics_host, settings.metrics_port)  # 0: off
     freeze_startup_heap()  # backends and models are loaded
     try:
         await agent.run()

@@ -12,6 +12,7 @@ from gpupool.metrics import checker_registry, serve_metrics
 from gpupool.identity import Identity
 from gpupool.provider.backends import ServeSpec, make_backend
 from gpupool.tls import client_context
+from gpupool.urls import ws_url
 
 log = logging.getLogger("gpupool.checker")
 
@@ -23,6 +24,7 @@ def build_agent(settings: CheckerSettings) -> CheckerAgent:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"a model name may be held once per checker: {names}")
+    settings.gateways = [ws_url(u) for u in settings.gateways]  # https://gw -> wss://gw, as the provider
     client_context(settings.ca_cert)  # a bad --ca-cert: one line now, before any model loads
     backends = {s.name: make_backend(s) for s in specs}
     for backend in backends.values():  # routine verdicts can wait to share a forward pass

@@ -138,7 +138,9 @@ def test_unaffordable_requests_get_402_and_no_ending_leaks_a_hold(network: Netwo
     client = client_for(network, key, timeout=30)
     msgs = [{"role": "user", "content": "one two three four five six"}]
     with pytest.raises(openai.APIStatusError) as info:
-        client.chat.completions.create(model="echo", messages=msgs, max_tokens=5_000)
+        # The most the model offers (2,048) on a long prompt: more than the balance could pay.
+        client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "word " * 250}],
+                                       max_tokens=2_048)
     assert info.value.status_code == 402
     assert info.value.body["code"] == "insufficient_quota" and "3,000 µcr available" in info.value.body["message"]
     paid = client.chat.completions.create(model="echo", messages=msgs, max_tokens=100).usage.cost_ucr

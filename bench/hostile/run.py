@@ -60,6 +60,20 @@ from common import (  # noqa: E402
     write_json,
 )
 
+
+
+def _reexec_for_src() -> None:
+    """--src DIR: run this script again with DIR first on PYTHONPATH, so that this process (devnet,
+    the wire module the attacks speak) and every process it starts use that tree's gpupool."""
+    if "--src" not in sys.argv[:-1]:
+        return
+    src = str(Path(sys.argv[sys.argv.index("--src") + 1]).resolve())
+    if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != src:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+_reexec_for_src()
 need_gpupool()
 
 from attacks import ATTACKS, Target  # noqa: E402
@@ -75,10 +89,11 @@ TARGET_RSS_RATIO = 1.10
 class Rig:
     """The network under attack, the two client keys and the bystander process."""
 
-    def __init__(self, home: Path, rate: float, max_concurrency: int, src: Path | None = None):
+    def __init__(self, home: Path, rate: float, max_concurrency: int):
         self.home = home
-        # --src: the network's processes import gpupool from another tree (PYTHONPATH beats the editable install).
-        self.net = Network(home / "net", env={"PYTHONPATH": str(src)} if src else None)
+        # --src: the network's processes import gpupool from that tree (PYTHONPATH, set by _reexec_for_src,
+        # beats the editable install and is inherited).
+        self.net = Network(home / "net")
         self.net.start_gateway()
         for _ in range(2):
             self.net.start_provider(PROVIDER_SERVE, max_concurrency=max_concurrency)
@@ -235,7 +250,7 @@ def main() -> None:
     raise_fd_limit()
     home = Path(tempfile.mkdtemp(prefix="gpupool-hostile-"))
     print(f"hostile: network under {home}; {len(names)} attacks x {args.duration:.0f} s", flush=True)
-    rig = Rig(home, args.rate, args.max_concurrency, args.src)
+    rig = Rig(home, args.rate, args.max_concurrency)
     os.nice(args.attacker_nice)  # after the gateway, providers and bystander started at the usual priority
     rows: list[dict[str, Any]] = []
     restarts = 0
@@ -255,7 +270,7 @@ def main() -> None:
             if not rig.gateway_alive():
                 rig.stop()
                 restarts += 1
-                rig = Rig(home / f"restart-{restarts}", args.rate, args.max_concurrency, args.src)
+                rig = Rig(home / f"restart-{restarts}", args.rate, args.max_concurrency)
             waited = wait_served(rig, args.settle_s)
             q0 = time.time()
             time.sleep(args.quiet_s)

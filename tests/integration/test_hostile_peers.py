@@ -122,6 +122,31 @@ async def test_checkers_are_admitted_by_the_operator_never_self_declared(net: Ne
     await bystander_served(net)
 
 
+async def test_a_checker_can_be_admitted_by_its_stake(network: Network) -> None:
+    """--checker-min-stake: a checker with that much staked in the ledger is admitted; less is refused."""
+    from gpupool.ledger import SqlLedger
+    from gpupool.ledger import postings as P
+
+    network.start_gateway(extra=["--checker-min-stake", "5000000"])
+    staker = Identity.generate()
+
+    async def stake(amount: int, key: str) -> None:
+        ledger = await SqlLedger.open(network.db)
+        try:
+            await ledger.apply(P.Entry(f"{key}:earn", "test", (P.Posting(P.WORLD, P.provider_free(staker.node_id),
+                                                                           amount),)))
+            await ledger.stake(key, staker.node_id, amount)
+        finally:
+            await ledger.close()
+
+    await stake(1_000_000, "stake-1")
+    ws = await start_handshake(network, staker, [echo()], role="checker")
+    assert "1000000 µcr staked, 5000000 needed" in await closed_with(ws, protocol.CLOSE_NOT_ADMITTED)
+    await stake(4_000_000, "stake-2")
+    ws = await joined(network, staker, [echo()], role="checker")
+    await ws.close()
+
+
 async def test_a_node_never_audits_its_own_answers(network: Network) -> None:
     """One key as provider and as (admitted) checker of the same model: its answers go unaudited."""
     network.start_gateway(extra=FAST_SETTLE)
@@ -281,8 +306,9 @@ async def test_a_peer_leaving_right_after_its_offer_is_not_left_registered(net: 
     before = (await asyncio.to_thread(raw, net, "GET", "/healthz")).json()["providers"]
     for i in range(5):
         ws = await start_handshake(net, Identity.generate(), [echo(), echo(f"ghost-{i}")])
-        # Gone before the gateway could even send its Welcome.
-        ws.transport.abort() if hasattr(ws, "transport") else await ws.close()
+        # Gone right after its Offer, before reading the Welcome. (Before the fix, 4 of 5 such
+        # peers stayed registered for good, counting for routing and hold prices.)
+        await ws.close()
     await asyncio.sleep(1.0)
     health = (await asyncio.to_thread(raw, net, "GET", "/healthz")).json()
     assert health["providers"] == before, health  # none of the five stayed registered

@@ -72,7 +72,7 @@ def test_settings_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command,cls,renamed", [
-    ("gateway", config.GatewaySettings, {}),
+    ("gateway", config.GatewaySettings, {"admitted_checkers": "checker"}),
     ("provider", config.ProviderSettings, {"gateways": "gateway", "prices": "price"}),
     ("checker", config.CheckerSettings, {"gateways": "gateway"}),
 ])

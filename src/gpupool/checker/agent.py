@@ -328,6 +328,9 @@ class CheckerAgent:
         return self._stop.is_set()
 
     async def run(self) -> None:
+        # Gateways admit checkers by node id (never self-declared): the operator needs this one.
+        log.warning("checker node id %s: a gateway's operator admits it with --checker %s",
+                    self.identity.node_id, self.identity.node_id)
         for backend in self.backends.values():
             log.info("loading reference %s (%s %s)", backend.name, backend.kind, backend.spec or "")
             await backend.start()

@@ -5,6 +5,9 @@ HMAC of the request id under this gateway's secret whether the request is audite
 (`verify.decide`: a draw under the rate the provider's record earns, and never too
 many requests in a row unaudited), and if so sends an `AuditJob` with the request and
 the provider's committed output to a checker holding that model. The provider cannot tell audited work from the rest.
+Checkers are those the hub admitted (the operator's `--checker` list, or stake); a job never
+goes to the audited node's own key, and a checker whose failing verdict a second checker
+contradicts is struck (and slashed where it staked): after MAX_OVERRULED strikes it gets no jobs.
 
 Each signed `Verdict` updates the provider's record and reputation (which the router
 uses) and its recent verdicts; `verify.suspension` decides whether to suspend it
@@ -64,6 +67,8 @@ MAX_AWAITING_VERDICTS = 6
 MAX_OVERRULED = 3
 # A checker whose failing verdicts a second checker contradicted this many times gets no more jobs.
 MAX_OVERRULED = 3
+# A checker whose failing verdicts a second checker contradicted this many times gets no more jobs.
+MAX_OVERRULED = 3
 
 
 @dataclass
@@ -94,6 +99,7 @@ class PendingJob:
     confirmation: bool = False
     accuser: str = ""  # a confirmation: the checker whose failing verdict it re-checks
     accuser: str = ""  # a confirmation: the checker whose failing verdict it re-checks
+    accuser: str = ""  # a confirmation: the checker whose failing verdict it re-checks
     # The provider-signed charge for the audited answer: what an on-chain slash must show.
     evidence: Charge | None = None
 
@@ -109,6 +115,8 @@ class Auditor:
         self.providers: dict[str, ProviderAudits] = {}
         self.pending: dict[str, PendingJob] = {}
         self._slot_checker: dict[tuple[str, str], tuple[int, ProviderSession]] = {}
+        # Admitted checker -> how often a second checker contradicted its failing verdict.
+        self.overruled: dict[str, int] = {}
         # Admitted checker -> how often a second checker contradicted its failing verdict.
         self.overruled: dict[str, int] = {}
         # Admitted checker -> how often a second checker contradicted its failing verdict.
@@ -232,6 +240,7 @@ class Auditor:
                                       time.monotonic(), confirmation=True, evidence=pending.evidence), second)
                 self.pending[job.job_id].accuser = checker.node_id
                 self.pending[job.job_id].accuser = checker.node_id
+                self.pending[job.job_id].accuser = checker.node_id
             else:
                 self.hub.store.record_event(pending.provider, "slash_pending",
                                             "no second checker to confirm the fraud; suspended, not slashed")
@@ -294,6 +303,27 @@ class Auditor:
                      evidence: Charge | None) -> None:
         await self.ledger.slash(f"slash:{provider}:{uuid.uuid4().hex[:8]}", provider, refunds, checker_id,
                                 BOUNTY_BPS, evidence=evidence)
+
+    async def _overruled(self, accuser: str, second: str) -> None:
+        """A checker's failing verdict was contradicted by a second admitted checker: it pays for that.
+
+        Its reputation as a checker drops (MAX_OVERRULED strikes and it gets no more jobs), and
+        where it has a stake in the ledger, the stake is slashed with the usual bounty to the
+        checker that contradicted it (no client is owed anything: the provider was not charged back)."""
+        if not accuser:
+            return
+        strikes = self.overruled[accuser] = self.overruled.get(accuser, 0) + 1
+        self.hub.store.record_event(accuser, "checker_overruled",
+                                    f"its failing verdict was passed by checker {second[:12]} "
+                                    f"({strikes}/{MAX_OVERRULED} strikes)")
+        from gpupool.ledger import postings as P
+
+        try:
+            if await self.ledger.balance(P.stake(accuser)) > 0:
+                await self.ledger.slash(f"slash:{accuser}:{uuid.uuid4().hex[:8]}", accuser, {}, second, BOUNTY_BPS)
+                self.hub.store.record_event(accuser, "checker_slashed", "stake slashed for an overruled verdict")
+        except LedgerError as exc:  # e.g. a chain that wants evidence: the strike still stands
+            log.warning("could not slash checker %s: %s", accuser[:12], exc)
 
     async def _overruled(self, accuser: str, second: str) -> None:
         """A checker's failing verdict was contradicted by a second admitted checker: it pays for that.

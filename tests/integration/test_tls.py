@@ -7,7 +7,10 @@ A provider that does not trust the CA never connects, and says why in one line.
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,12 @@ import trustme
 
 from gpupool.devnet import Network
 from tests.integration.conftest import wait_until
+
+
+def gpupool(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    return subprocess.run([sys.executable, "-m", "gpupool", *args], capture_output=True, text=True, timeout=60,
+                          env={**clean, **(env or {})})
 
 
 @pytest.fixture
@@ -60,6 +69,14 @@ def test_https_and_wss_end_to_end_with_a_private_ca(tls_net: Network, tls_files:
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three"
         # The checker audits over wss:// too: its verdict comes back through the same TLS link.
         wait_until(lambda: any(r["audits"] >= 1 for r in tls_net.admin("/admin/audits")), "a verdict", 60)
+
+    # The CLI (httpx) trusts a private CA through SSL_CERT_FILE, and without it says why in one line.
+    earnings = ["provider", "earnings", "--gateway", url, "--key-file", str(tls_net.home / "provider-1.key")]
+    trusted = gpupool(*earnings, "--json", env={"SSL_CERT_FILE": ca})
+    assert trusted.returncode == 0 and '"held"' in trusted.stdout, trusted.stderr
+    untrusted = gpupool(*earnings)
+    assert untrusted.returncode != 0 and "Traceback" not in untrusted.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr and len(untrusted.stderr.strip().splitlines()) <= 2
 
     # Without the CA, clients refuse the gateway (the certificate is the test's own), and
     # plain http:// on the TLS port gets no answer.

@@ -65,10 +65,6 @@ JOB_TIMEOUT_S = 120.0
 MAX_AWAITING_VERDICTS = 6
 # A checker whose failing verdicts a second checker contradicted this many times gets no more jobs.
 MAX_OVERRULED = 3
-# A checker whose failing verdicts a second checker contradicted this many times gets no more jobs.
-MAX_OVERRULED = 3
-# A checker whose failing verdicts a second checker contradicted this many times gets no more jobs.
-MAX_OVERRULED = 3
 
 
 @dataclass
@@ -98,8 +94,6 @@ class PendingJob:
     sent_at: float
     confirmation: bool = False
     accuser: str = ""  # a confirmation: the checker whose failing verdict it re-checks
-    accuser: str = ""  # a confirmation: the checker whose failing verdict it re-checks
-    accuser: str = ""  # a confirmation: the checker whose failing verdict it re-checks
     # The provider-signed charge for the audited answer: what an on-chain slash must show.
     evidence: Charge | None = None
 
@@ -115,10 +109,6 @@ class Auditor:
         self.providers: dict[str, ProviderAudits] = {}
         self.pending: dict[str, PendingJob] = {}
         self._slot_checker: dict[tuple[str, str], tuple[int, ProviderSession]] = {}
-        # Admitted checker -> how often a second checker contradicted its failing verdict.
-        self.overruled: dict[str, int] = {}
-        # Admitted checker -> how often a second checker contradicted its failing verdict.
-        self.overruled: dict[str, int] = {}
         # Admitted checker -> how often a second checker contradicted its failing verdict.
         self.overruled: dict[str, int] = {}
         # Called with each audit job whose answer a checker passed (the canaries' source).
@@ -239,8 +229,6 @@ class Auditor:
                 self._send(PendingJob(job, pending.provider, pending.client, pending.cost, second.node_id,
                                       time.monotonic(), confirmation=True, evidence=pending.evidence), second)
                 self.pending[job.job_id].accuser = checker.node_id
-                self.pending[job.job_id].accuser = checker.node_id
-                self.pending[job.job_id].accuser = checker.node_id
             else:
                 self.hub.store.record_event(pending.provider, "slash_pending",
                                             "no second checker to confirm the fraud; suspended, not slashed")
@@ -303,48 +291,6 @@ class Auditor:
                      evidence: Charge | None) -> None:
         await self.ledger.slash(f"slash:{provider}:{uuid.uuid4().hex[:8]}", provider, refunds, checker_id,
                                 BOUNTY_BPS, evidence=evidence)
-
-    async def _overruled(self, accuser: str, second: str) -> None:
-        """A checker's failing verdict was contradicted by a second admitted checker: it pays for that.
-
-        Its reputation as a checker drops (MAX_OVERRULED strikes and it gets no more jobs), and
-        where it has a stake in the ledger, the stake is slashed with the usual bounty to the
-        checker that contradicted it (no client is owed anything: the provider was not charged back)."""
-        if not accuser:
-            return
-        strikes = self.overruled[accuser] = self.overruled.get(accuser, 0) + 1
-        self.hub.store.record_event(accuser, "checker_overruled",
-                                    f"its failing verdict was passed by checker {second[:12]} "
-                                    f"({strikes}/{MAX_OVERRULED} strikes)")
-        from gpupool.ledger import postings as P
-
-        try:
-            if await self.ledger.balance(P.stake(accuser)) > 0:
-                await self.ledger.slash(f"slash:{accuser}:{uuid.uuid4().hex[:8]}", accuser, {}, second, BOUNTY_BPS)
-                self.hub.store.record_event(accuser, "checker_slashed", "stake slashed for an overruled verdict")
-        except LedgerError as exc:  # e.g. a chain that wants evidence: the strike still stands
-            log.warning("could not slash checker %s: %s", accuser[:12], exc)
-
-    async def _overruled(self, accuser: str, second: str) -> None:
-        """A checker's failing verdict was contradicted by a second admitted checker: it pays for that.
-
-        Its reputation as a checker drops (MAX_OVERRULED strikes and it gets no more jobs), and
-        where it has a stake in the ledger, the stake is slashed with the usual bounty to the
-        checker that contradicted it (no client is owed anything: the provider was not charged back)."""
-        if not accuser:
-            return
-        strikes = self.overruled[accuser] = self.overruled.get(accuser, 0) + 1
-        self.hub.store.record_event(accuser, "checker_overruled",
-                                    f"its failing verdict was passed by checker {second[:12]} "
-                                    f"({strikes}/{MAX_OVERRULED} strikes)")
-        from gpupool.ledger import postings as P
-
-        try:
-            if await self.ledger.balance(P.stake(accuser)) > 0:
-                await self.ledger.slash(f"slash:{accuser}:{uuid.uuid4().hex[:8]}", accuser, {}, second, BOUNTY_BPS)
-                self.hub.store.record_event(accuser, "checker_slashed", "stake slashed for an overruled verdict")
-        except LedgerError as exc:  # e.g. a chain that wants evidence: the strike still stands
-            log.warning("could not slash checker %s: %s", accuser[:12], exc)
 
     async def _overruled(self, accuser: str, second: str) -> None:
         """A checker's failing verdict was contradicted by a second admitted checker: it pays for that.

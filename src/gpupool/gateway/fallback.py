@@ -177,6 +177,8 @@ def pool_failure_reason(exc: BaseException, pool_live: bool) -> str | None:
     if isinstance(exc, errors.ModelNotFound):
         return "no_provider"
     if isinstance(exc, errors.NoProvider):
+        if exc.code == "model_not_verified":
+            return None  # the client asked for audited answers: no lane's answers are audited
         if exc.code == "no_provider_within_limits":
             return "price" if exc.param == "max_price" else "region"
         return "failed" if pool_live else "no_provider"

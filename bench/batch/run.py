@@ -68,10 +68,24 @@ def direct_floor(texts: list[str], pack: int, threads: int = 1) -> tuple[float, 
     torch.set_num_threads(threads)
     model = SentenceTransformer(str(get_model_path()), device="cpu")
     model.encode(texts[:64])  # warm up
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     rows = [model.encode(texts[i:i + pack], convert_to_numpy=True) for i in range(0, len(texts), pack)]
-    elapsed = time.monotonic() - started
+    elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
+    global FLOOR_CPU_MS
+    FLOOR_CPU_MS = cpu / len(texts) * 1000
     return len(texts) / elapsed, np.concatenate(rows)
+
+
+FLOOR_CPU_MS = float("nan")  # CPU ms per item in the last floor run (robust to a busy machine)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (from /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pool_run(texts: list[str], providers: int, floor_vectors: Any) -> dict[str, Any]:
@@ -85,10 +99,14 @@ def pool_run(texts: list[str], providers: int, floor_vectors: Any) -> dict[str, 
                 net.start_provider(["minilm=embeddings"], max_concurrency=4)
             net.wait_for_models({"minilm": providers}, timeout=600)
             key = net.dev_key()
+            procs = [net.gateway, *net.providers]
+            cpu_before = {p.popen.pid: cpu_s(p.popen.pid) for p in procs if p is not None}
             started = time.monotonic()
             vectors = sdk.map("minilm", texts, base_url=net.gateway_url, api_key=key, job_id=f"bench-{providers}",
                               state_dir=Path(home), progress=False)
             elapsed = time.monotonic() - started
+            cpu = {pid: cpu_s(pid) - before for pid, before in cpu_before.items()}
+            gateway_cpu = cpu.get(net.gateway.popen.pid, 0.0) if net.gateway else 0.0
             got = np.asarray(vectors, dtype=np.float32)
             cos = (got * floor_vectors).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(floor_vectors, axis=1))
             batch = httpx.get(net.gateway_url + "/v1/batches", headers={"Authorization": f"Bearer {key}"},
@@ -96,7 +114,9 @@ def pool_run(texts: list[str], providers: int, floor_vectors: Any) -> dict[str, 
             return {"providers": providers, "items": len(texts), "seconds": round(elapsed, 2),
                     "items_per_s": round(len(texts) / elapsed, 1), "min_cosine_vs_floor": round(float(cos.min()), 5),
                     "providers_used": batch["gpupool"]["providers"],
-                    "top_provider_share": batch["gpupool"]["provider_share_reached"]}
+                    "top_provider_share": batch["gpupool"]["provider_share_reached"],
+                    "cpu_ms_per_item": round(sum(cpu.values()) / len(texts) * 1000, 3),
+                    "gateway_cpu_ms_per_item": round(gateway_cpu / len(texts) * 1000, 3)}
         finally:
             net.stop()
 
@@ -219,6 +239,7 @@ def main() -> None:
             one: dict[str, Any] = {"round": r + 1, "load_before": os.getloadavg()[0]}
             floor, floor_vectors = direct_floor(texts, args.pack)
             one["floor_items_per_s"] = round(floor, 1)
+            one["floor_cpu_ms_per_item"] = round(FLOOR_CPU_MS, 3)
             one["floor_all_cores_items_per_s"] = round(direct_floor(texts, args.pack, threads=cores)[0], 1)
             one["pool"] = []
             for p in counts:
@@ -232,22 +253,29 @@ def main() -> None:
         result["rounds"] = rounds
         med_floor = median(x["floor_items_per_s"] for x in rounds)
         med_all = median(x["floor_all_cores_items_per_s"] for x in rounds)
-        rows = [["direct (1 process, 1 thread)", args.n, round(med_floor, 1), 1.0, "-", "-"],
+        floor_cpu = median(x["floor_cpu_ms_per_item"] for x in rounds)
+        rows = [["direct (1 process, 1 thread)", args.n, round(med_floor, 1), 1.0, "-", 1.0, "-", "-"],
                 [f"direct (1 process, {cores} threads)", args.n, round(med_all, 1), round(med_all / med_floor, 3),
-                 "-", "-"]]
+                 "-", "-", "-", "-"]]
+        result["floor_cpu_ms_per_item"] = round(floor_cpu, 3)
         summary = []
         for i, p in enumerate(counts):
             ips = median(x["pool"][i]["items_per_s"] for x in rounds)
             ratio = median(x["pool"][i]["ratio_to_floor"] for x in rounds)
             scaling = median(x["pool"][i]["items_per_s"] / x["pool"][0]["items_per_s"] for x in rounds)
             cos = min(x["pool"][i]["min_cosine_vs_floor"] for x in rounds)
+            cpu_ratio = median(x["pool"][i]["cpu_ms_per_item"] / x["floor_cpu_ms_per_item"] for x in rounds)
+            gw_ms = median(x["pool"][i]["gateway_cpu_ms_per_item"] for x in rounds)
             summary.append({"providers": p, "items_per_s": round(ips, 1), "ratio_to_floor": round(ratio, 3),
-                            "scaling_vs_first": round(scaling, 3), "min_cosine_vs_floor": cos})
-            rows.append([f"pool, {p} provider(s)", args.n, round(ips, 1), round(ratio, 3), round(scaling, 3), cos])
+                            "scaling_vs_first": round(scaling, 3), "min_cosine_vs_floor": cos,
+                            "cpu_per_item_vs_floor": round(cpu_ratio, 3), "gateway_cpu_ms_per_item": gw_ms})
+            rows.append([f"pool, {p} provider(s)", args.n, round(ips, 1), round(ratio, 3), round(scaling, 3),
+                         round(cpu_ratio, 3), gw_ms, cos])
         result["floor_items_per_s"] = round(med_floor, 1)
         result["floor_all_cores_items_per_s"] = round(med_all, 1)
         result["pool"] = summary
-        print_table(["path", "items", "items/s", "x floor", f"x {counts[0]} provider(s)", "min cosine"], rows,
+        print_table(["path", "items", "items/s", "x floor", f"x {counts[0]} provider(s)", "CPU/item x floor",
+                     "gateway CPU ms/item", "min cosine"], rows,
                     title=f"MiniLM embeddings, {args.n:,} catalogue texts, {args.pack} inputs per call, "
                           f"medians of {args.rounds} round(s)")
     if not args.skip_kills:

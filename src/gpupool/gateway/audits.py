@@ -279,7 +279,15 @@ class Auditor:
             log.warning("slash of %s for the full refunds failed (%s); refunding what is there",
                         pending.provider[:12], exc)
             refunds = await self._affordable(pending.provider, refunds)
-            await self._slash(pending.provider, refunds, checker_id, pending.evidence)
+            try:
+                await self._slash(pending.provider, refunds, checker_id, pending.evidence)
+            except LedgerError as again:
+                # E.g. a chain that refuses the evidence (its charge not paid yet): the provider stays
+                # suspended, the failure is recorded, and a later confirmed failure may slash.
+                self.hub.store.record_event(pending.provider, "slash_failed", f"the ledger refused: {again}")
+                log.warning("slash of %s failed: %s", pending.provider[:12], again)
+                state.slashed = state.slashing = False
+                return
         self.stats["slashed"] += 1
         self.stats["refunded"] += sum(refunds.values())
         self.hub.store.record_event(pending.provider, "slashed",

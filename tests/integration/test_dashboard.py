@@ -11,8 +11,9 @@ Chromium is Debian's (`/usr/bin/chromium`, installed by `make test`), driven by 
 
 from __future__ import annotations
 
+import io
+import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,8 +169,19 @@ def test_overview_shows_exactly_the_connected_providers(net: Network, traffic: l
         page.close()
 
 
-def test_account_page_shows_the_keys_balance_and_charges(net: Network, traffic: list[str], browser: Any,
-                                                         artifacts: Path) -> None:
+def test_account_page_shows_the_keys_balance_charges_and_batches(net: Network, traffic: list[str], browser: Any,
+                                                                  artifacts: Path) -> None:
+    client = client_for(net)
+    lines = [{"custom_id": f"item-{i}", "method": "POST", "url": "/v1/embeddings",
+              "body": {"model": "echo-embed", "input": f"catalogue line {i}"}} for i in range(3)]
+    uploaded = client.files.create(file=("items.jsonl", io.BytesIO(b"".join(json.dumps(x).encode() + b"\n"
+                                                                         for x in lines))), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
+    wait_until(lambda: client.batches.retrieve(batch.id).status in ("completed", "failed", "cancelled", "expired"),
+               "the batch to end", 60)
+    # Nothing moving while the page and the API are compared: charges settled, the tab returned.
+    wait_until(lambda: (a := account(net))["held"] == 0 and a["unsettled_charges"] == 0, "the tab to close", 60)
+
     page, problems = open_page(browser, net.gateway_url + "/dashboard/account.html")
     try:
         # A wrong key is a clear message, not a page of zeros.
@@ -201,11 +213,16 @@ def test_account_page_shows_the_keys_balance_and_charges(net: Network, traffic: 
         # The key lives in this tab's sessionStorage only: never in the URL or localStorage.
         assert net.dev_key() not in page.url
         assert page.evaluate("Object.keys(localStorage).length") == 0
-        # The batch section is shown exactly when the gateway serves GET /v1/batches.
-        batches = httpx.get(net.gateway_url + "/v1/batches", headers={"Authorization": f"Bearer {net.dev_key()}"},
-                            timeout=10)
-        page.wait_for_timeout(500)
-        assert page.locator("#batches-section").is_visible() == (batches.status_code == 200)
+        # The key's batch jobs, with their progress, as GET /v1/batches lists them.
+        listed = httpx.get(net.gateway_url + "/v1/batches", headers={"Authorization": f"Bearer {net.dev_key()}"},
+                           timeout=10).json()["data"]
+        row = page.locator(f"#batches tbody tr[data-batch='{batch.id}']")
+        row.wait_for(timeout=15_000)
+        b = next(x for x in listed if x["id"] == batch.id)
+        c = b["request_counts"]
+        cells = row.locator("td").all_inner_texts()
+        assert cells[1] == b["status"] == "completed" and c["total"] == c["completed"] == 3
+        assert cells[3] == f'{c["completed"]} / {c["failed"]} / {c["total"]}' and "100%" in cells[4]
         assert problems == []
         shot(page, artifacts, "account")
     finally:

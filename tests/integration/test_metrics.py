@@ -169,3 +169,49 @@ async def test_gateway_provider_and_checker_metrics_move_with_traffic(network: N
     except Exception:  # noqa: BLE001 - no NVML here
         has_gpu = False
     assert (total(p, "gpupool_gpu_memory_total_bytes") > 0) == has_gpu
+
+
+def test_public_providers_list_pages_and_stats_refuse_bad_parameters(echo_net: Network) -> None:
+    """/v1/providers and /v1/stats need no key, page like OpenAI lists, show nothing private and
+    refuse parameters they cannot honour with a 400 naming them."""
+    net = echo_net
+    client = client_for(net)
+    for i in range(2):
+        client.chat.completions.create(model="echo", messages=[{"role": "user", "content": f"hi {i}"}], max_tokens=4)
+    connected = sorted(p["node_id"] for p in net.admin("/admin/providers"))
+
+    first = raw(net, "GET", "/v1/providers?limit=1").json()
+    assert first["object"] == "list" and len(first["data"]) == 1 and first["has_more"] is True
+    assert first["first_id"] == first["last_id"] == first["data"][0]["id"]
+    second = raw(net, "GET", f"/v1/providers?limit=1&after={first['last_id']}").json()
+    assert len(second["data"]) == 1 and second["has_more"] is False
+    assert [first["data"][0]["id"], second["data"][0]["id"]] == connected
+    entry = first["data"][0]
+    assert set(entry) == {"id", "object", "region", "location", "models", "load", "state", "rtt_ms",
+                          "verified_gflops", "gpus", "reputation", "audits"}
+    assert entry["state"] == "serving" and entry["load"]["max_concurrency"] == 4
+    assert raw(net, "GET", f"/v1/providers/{entry['id']}").json() == entry
+    everything = raw(net, "GET", "/v1/providers?limit=100").text
+    assert "127.0.0.1" not in everything and net.dev_key() not in everything
+
+    def refused(path: str, param: str, status: int = 400) -> None:
+        r = raw(net, "GET", path)
+        assert r.status_code == status and r.json()["error"]["param"] == param, (path, r.text)
+
+    refused("/v1/providers?limit=many", "limit")
+    refused("/v1/providers?after=" + "x" * 300, "after")
+    refused("/v1/providers/gp-not-connected", "node_id", 404)
+    refused("/v1/stats?window_s=5", "window_s")
+    refused("/v1/stats?window_s=ten", "window_s")
+
+    stats = raw(net, "GET", "/v1/stats?window_s=60").json()
+    assert stats["totals"]["requests"] == 2 and stats["totals"]["errors"] == 0
+    assert [m["model"] for m in stats["models"]] == ["echo"] and stats["providers"]["serving"] == 2
+    assert sum(b["requests"] for b in stats["series"]) == 2 and stats["totals"]["p95_latency_ms"] > 0
+
+    # The dashboard's files, and nothing outside its folder.
+    home = raw(net, "GET", "/")
+    assert home.status_code == 200 and home.headers["content-type"].startswith("text/html")
+    assert raw(net, "GET", "/dashboard/vendor/land-110m.json").json()["type"] == "Topology"
+    for path in ("/dashboard/../app.py", "/dashboard/%2e%2e/__init__.py", "/dashboard/__init__.py"):
+        assert raw(net, "GET", path).status_code == 404, path

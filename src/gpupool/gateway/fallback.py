@@ -44,6 +44,7 @@ from gpupool.config import GatewaySettings
 from gpupool.gateway import openai_api as oa
 from gpupool.gateway.billing import Billing, Hold
 from gpupool.gateway.http import JSON, EventStream, sse, until_disconnect
+from gpupool.gateway.metrics import note_first_token, note_request, note_routing
 from gpupool.gateway.router import RouteOptions
 from gpupool.gateway.store import ApiKey, Store
 from gpupool.market.pricing import Price, cost, input_token_bound, parse_price
@@ -311,7 +312,8 @@ class Fallbacks:
                 else:
                     response = await until_disconnect(request.receive, self._once(lane, plan, body, hold, key,
                                                                                   rid, deadline, started))
-                _count(self.stats["served"], decision.reason)  # by why the pool could not
+                _count(self.stats["served"], decision.reason)  # by why the pool could not (gpupool_fallbacks)
+                note_routing("fallback")
                 self.on_fallback(decision.reason)
                 return response
             except LaneFailed as failure:
@@ -356,6 +358,8 @@ class Fallbacks:
 
     def _record(self, rid: str, key: ApiKey, plan: Plan, lane: Lane, status: str, pt: int, ct: int,
                 started: float, cost_: int) -> None:
+        # Metrics label a lane's answer "fallback" (the middleware also sees the header).
+        note_request(plan.model, "fallback" if status == "ok" else status, pt, ct, cost_)
         self.store.record_request(request_id=rid, at=time.time(), key_id=key.id, account=key.account,
                                   model=plan.model, provider=f"fallback:{lane.name}", status=status, attempts=1,
                                   prompt_tokens=pt, completion_tokens=ct,
@@ -418,6 +422,7 @@ class Fallbacks:
         except BaseException:
             await resp.aclose()
             raise
+        note_first_token()
         provider = f"fallback:{lane.name}"
         obj = "chat.completion.chunk" if plan.kind == "chat" else "text_completion"
 

@@ -77,6 +77,14 @@ def fallback_stats(net: Network) -> dict[str, dict[str, int]]:
     return r.json()["stats"]
 
 
+def metric(text: str, series: str) -> float:
+    """The value of one series in a Prometheus text exposition (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def ledger_balance(net: Network, account: str) -> int:
     async def read() -> int:
         ledger = await SqlLedger.open(net.db)
@@ -109,6 +117,9 @@ def test_no_provider_for_the_model_is_served_by_the_lane_at_its_price(nets: Nets
     mine = next(c for c in recent if c["request_id"] == out.id)
     assert mine["provider"] == "fallback:cloud" and mine["cost"] == expected
     assert fallback_stats(nets.ours)["served"].get("no_provider", 0) >= 1
+    metrics = httpx.get(nets.ours.gateway_url + "/metrics", timeout=10).text
+    assert metric(metrics, 'gpupool_fallbacks_total{reason="no_provider",result="served"}') >= 1
+    assert metric(metrics, 'gpupool_routing_decisions_total{decision="fallback"}') >= 1
     # Settled on the ledger: the lane's price is owed to the upstream, the fee is the gateway's.
     wait_until(lambda: ledger_balance(nets.ours, "fallback:cloud") - owed_before == 250,
                "the fallback charge to settle", timeout=30)

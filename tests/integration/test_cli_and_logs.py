@@ -53,7 +53,8 @@ def one_line_error(out: subprocess.CompletedProcess[str]) -> str:
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     network = Network(tmp_path_factory.mktemp("cli") / "net")
     try:
-        network.start_gateway(extra=["-v", "--log-format", "json"])
+        # Tabs stay open for the whole module (default 5 s): the account test reads one on a busy machine.
+        network.start_gateway(extra=["-v", "--log-format", "json", "--tab-idle-s", "300"])
         dead_engine = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
         network.start_provider(["echo=echo:chat", "vec=echo:embeddings", f"big=upstream:{dead_engine}"],
                                gateways=[network.gateway_url],  # http://, not ws://
@@ -75,6 +76,18 @@ def test_a_provider_keeps_serving_its_healthy_models_when_one_engine_is_down(net
     assert "HTTP Request:" not in log and "it/s]" not in log
 
 
+def test_a_gateway_that_stays_down_is_one_warning_not_one_per_retry(net: Network) -> None:
+    dead = f"ws://127.0.0.1:{free_port()}"
+    proc = net.start_provider(["echo=echo:chat"], gateways=[dead], extra=["-vv", "--reconnect-max-s", "0.1"])
+    try:
+        wait_until(lambda: proc.log_path.read_text().count("DEBUG gpupool.provider: cannot reach gateway") >= 3,
+                   "a few retries", timeout=60)
+        assert proc.log_path.read_text().count("WARNING gpupool.provider: cannot reach gateway") == 1
+    finally:
+        net.kill_provider(proc)
+        net.providers.remove(proc)
+
+
 def test_request_lines_in_json_with_v(net: Network) -> None:
     out = client_for(net).chat.completions.create(model="echo", messages=[{"role": "user", "content": "log me"}])
     gateway_log = net.gateway.log_path  # type: ignore[union-attr]
@@ -92,6 +105,9 @@ def test_request_lines_in_json_with_v(net: Network) -> None:
     # Lifecycle events are there at INFO: listening, and the provider joining.
     text = gateway_log.read_text()
     assert "listening on http://" in text and "connected from" in text
+    admin = {"Authorization": f"Bearer {net.admin_token}"}
+    httpx.post(net.gateway_url + "/admin/keys", json={"name": "logged"}, headers=admin, timeout=10).raise_for_status()
+    wait_until(lambda: "API key 'logged' created" in gateway_log.read_text(), "the key's lifecycle line")
 
 
 def test_account_explains_holds_in_plain_words(net: Network) -> None:

@@ -406,6 +406,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             created = await store.create_key(name, account=acct, **limits)
         except (TypeError, ValueError) as exc:
             raise errors.InvalidRequest(f"key limits must be non-negative integers ({exc})") from None
+        log.info("API key %r created for account %s (admin API)", name[:64], acct)
         return JSON({"name": name, "account": acct, "key": created, **limits}, status_code=201)
 
     async def providers(request: Request) -> JSON:

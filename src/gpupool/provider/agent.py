@@ -114,7 +114,7 @@ class ProviderAgent:
         line saying why, and the others are served. StartupError when none could be loaded."""
         failed: dict[str, str] = {}
         for backend in list(self.backends.values()):
-            log.info("loading %s (%s %s)", backend.name, backend.kind, backend.spec or "")
+            log.info("loading %s (%s%s)", backend.name, backend.kind, f" {backend.spec}" if backend.spec else "")
             try:
                 await backend.start()
             except Exception as exc:  # noqa: BLE001 - any load failure is this model's, not the provider's
@@ -188,6 +188,7 @@ class GatewayLink:
         self._to_state = asyncio.Event()  # set while `_unstated` has digests
         self._settlement: Settlement | None = None  # set when this gateway settles on chain
         self._statements = 0
+        self._last_said = ""  # the last connection problem logged at WARNING
 
     async def run(self) -> None:
         backoff = 0.25
@@ -207,6 +208,7 @@ class GatewayLink:
                     self._ws = ws
                     await self._handshake(ws)
                     log.info("connected to %s", self.url)
+                    self._last_said = ""
                     stating = asyncio.create_task(self._statement_loop())
                     try:
                         await self._serve(ws)
@@ -227,7 +229,14 @@ class GatewayLink:
                               self.url, tls_problem)
                     backoff = self.agent.settings.reconnect_max_s
                 else:
-                    log.warning("cannot reach gateway %s: %s", self.url, exc)
+                    # Once per distinct cause, then quiet until it changes: a gateway down for an
+                    # hour is one line, not one per retry.
+                    said = f"cannot reach gateway {self.url}: {exc}"
+                    if said != self._last_said:
+                        log.warning("%s (retrying, at most every %g s)", said, self.agent.settings.reconnect_max_s)
+                    else:
+                        log.debug("%s", said)
+                    self._last_said = said
             finally:
                 self._ws = None
                 self._outbox.clear()  # answers for a dead connection: the gateway moved that work

@@ -210,6 +210,9 @@ def test_account_page_shows_the_keys_balance_charges_and_batches(net: Network, t
         for rid in traffic:
             assert int(page.get_attribute(f"#charges tr[data-request='{rid}'] td[data-ucr]", "data-ucr")) == costs[rid]
         assert sum(costs[r] for r in traffic) > 0
+        # Ledger movements (deposit, tab reserved and returned) as the API lists them.
+        shown_moves = page.eval_on_selector_all("#movements tbody tr td[data-ucr]", "tds => tds.map(t => t.dataset.ucr)")
+        assert [int(x) for x in shown_moves] == [m["delta"] for m in body["recent"]] and shown_moves
         # The key lives in this tab's sessionStorage only: never in the URL or localStorage.
         assert net.dev_key() not in page.url
         assert page.evaluate("Object.keys(localStorage).length") == 0

@@ -51,6 +51,11 @@ async function loadAccount(more) {
   }
   setText("in-flight", a.in_flight);
   explainHolds(a);
+  // The account's own ledger entries, as the gateway describes them (newer gateways say what each is).
+  const moves = Array.isArray(a.recent) ? a.recent.filter((m) => m && typeof m.delta === "number") : [];
+  document.getElementById("movements-section").hidden = moves.length === 0;
+  fillTable(document.querySelector("#movements tbody"), moves.map((m) => el("tr", {"data-seq": m.seq},
+    el("td", {}, when(m.at)), el("td", {}, m.description || m.kind || ""), creditsEl("td", m.delta, {class: "num"}))));
   const rows = (a.recent_charges || []).map(chargeRow);
   const body = document.querySelector("#charges tbody");
   if (more) body.append(...rows); else fillTable(body, rows);

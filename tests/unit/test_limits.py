@@ -122,9 +122,12 @@ def test_a_newcomer_always_finds_a_place_the_flood_cannot_take() -> None:
     assert lim.admit(2, NO_LIMITS, "m", 1, slots=8, now=0.3).ok
 
 
-def test_the_fair_share_never_exceeds_the_places_providers_report() -> None:
+def test_a_key_alone_uses_the_providers_queues_but_leaves_spare_places() -> None:
     lim = KeyLimiter(LimiterConfig(headroom=0.5))
-    assert sum(lim.admit(1, NO_LIMITS, "m", 1, slots=8, now=0.0, places=10).ok for _ in range(50)) == 10
+    # 10 places reported: one is kept for a newcomer.
+    assert sum(lim.admit(1, NO_LIMITS, "m", 1, slots=8, now=0.0, places=10).ok for _ in range(50)) == 9
+    lim3 = KeyLimiter(LimiterConfig(spare=0.125))
+    assert sum(lim3.admit(1, NO_LIMITS, "m", 1, slots=4, now=0.0, places=40).ok for _ in range(50)) == 35
     lim2 = KeyLimiter(LimiterConfig(headroom=0.5))
     # One slot and no queue: a key alone gets exactly that place.
     assert sum(lim2.admit(1, NO_LIMITS, "m", 1, slots=1, now=0.0, places=1).ok for _ in range(5)) == 1

@@ -17,12 +17,13 @@ rate. Tokens are counted at admission as the most the request may use (its promp
 bound plus `max_tokens`) and settled to the receipt's usage when it ends, as OpenAI
 counts them.
 
-The fair share is max-min: a key may use what other keys leave unused, up to all slots
-plus some headroom (never more than the places the providers report: slots and queue),
-and is always allowed its equal share among the keys active on that model (in flight,
-or seen within `active_window_s`). Each other active key is kept one place beyond what
-it holds (up to its share), so a newcomer always finds room at once instead of racing a
-flood for every freed place. A key alone is therefore limited only by the pool's size.
+The fair share is max-min: a key may use what other keys leave unused, up to the
+places the providers report (slots and queues) less a few kept spare for a newcomer's
+first request (`spare`, at least one; before any report, twice the slots), and is always
+allowed its equal share among the keys active on that model (in flight, or seen within
+`active_window_s`). Each other active key is kept one place beyond what it holds (up to
+its share), so a newcomer finds room at once instead of racing a flood for every freed
+place. A key alone is therefore limited only by the pool's size.
 
 State per key expires once it has nothing in flight and its buckets would be full again,
 and the table never holds more than `max_keys` entries: whatever a client sends, memory
@@ -48,7 +49,8 @@ class KeyLimits:
 class LimiterConfig:
     burst_s: float = 10.0  # a bucket holds this many seconds of its rate
     active_window_s: float = 2.0  # a key seen this recently counts for the fair share
-    headroom: float = 0.5  # beyond the slots, this share of them may be queued by keys
+    headroom: float = 1.0  # before providers report their queues: this share of the slots may queue
+    spare: float = 0.125  # of the places providers report, this share (at least one) is kept for newcomers
     max_keys: int = 100_000
 
 
@@ -182,9 +184,10 @@ class KeyLimiter:
 
     def fair_cap(self, key: int, model: str, slots: int, now: float, places: int | None = None) -> int:
         """Most requests `key` may have in flight for `model`: max-min fair over the active keys."""
-        total = slots + max(1, math.floor(slots * self.config.headroom))
         if places is not None:
-            total = max(1, min(total, places))
+            total = max(1, places - max(1, math.floor(places * self.config.spare)))
+        else:
+            total = slots + max(1, math.floor(slots * self.config.headroom))
         recent = self.active.get(model, {})
         busy: list[int] = []
         for other, seen in recent.items():

@@ -97,6 +97,13 @@ async def test_gateway_provider_and_checker_metrics_move_with_traffic(network: N
                                                 max_tokens=8, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "streamed"
         client.embeddings.create(model="echo-embed", input=["a", "b", "c"])
+        # A stream the client walks away from after its first token (~1.5 s of words at 30 ms each).
+        with httpx.stream("POST", network.gateway_url + "/v1/chat/completions", timeout=30,
+                          headers={"Authorization": f"Bearer {key}"},
+                          json={"model": "echo", "stream": True, "max_tokens": 200,
+                                "messages": [{"role": "user", "content": " ".join(["word"] * 50)}]}) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
         with pytest.raises(openai.BadRequestError):
@@ -136,10 +143,11 @@ async def test_gateway_provider_and_checker_metrics_move_with_traffic(network: N
     assert total(g, "gpupool_requests_total", route="chat", status="400", outcome="error") == 1
     assert value(g, "gpupool_requests_total", route="chat", model="echo", status="429", outcome="error") == 1
     assert value(g, "gpupool_limit_hits_total", limit="rpm") == 1
-    # Histograms: every chat request for echo timed (8 served, 1 refused); one stream with a first token.
-    assert value(g, "gpupool_request_duration_seconds_count", route="chat", model="echo") == 9
+    assert value(g, "gpupool_requests_total", route="chat", model="echo", status="200", outcome="cancelled") == 1
+    # Histograms: every chat request for echo timed (8 served, 1 abandoned, 1 refused); two streams started.
+    assert value(g, "gpupool_request_duration_seconds_count", route="chat", model="echo") == 10
     assert value(g, "gpupool_request_duration_seconds_sum", route="chat", model="echo") > 8 * 0.03
-    assert value(g, "gpupool_time_to_first_token_seconds_count", model="echo") == 1
+    assert value(g, "gpupool_time_to_first_token_seconds_count", model="echo") == 2
     assert value(g, "gpupool_tokens_total", model="echo", direction="out") == sum(
         c["completion_tokens"] for c in charges if c["model"] == "echo")
     assert value(g, "gpupool_tokens_total", model="echo-embed", direction="in") == sum(
@@ -157,7 +165,8 @@ async def test_gateway_provider_and_checker_metrics_move_with_traffic(network: N
 
     # The provider's own view: what it answered, its slots; no GPU series without NVML (no error either).
     p = scrape(f"http://127.0.0.1:{provider_port}/metrics")
-    served = [c for c in charges if c["provider"] == provider.node_id and c["model"] == "echo"]
+    served = [c for c in charges if c["provider"] == provider.node_id and c["model"] == "echo"
+              and c["status"] == "ok"]
     assert value(p, "gpupool_provider_requests_total", model="echo", outcome="ok") == len(served) == 8
     assert value(p, "gpupool_provider_requests_total", model="echo-embed", outcome="ok") == 1
     assert value(p, "gpupool_provider_slots") == 1 and value(p, "gpupool_provider_queue_length") == 0

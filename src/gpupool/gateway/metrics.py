@@ -66,7 +66,8 @@ WINDOW_ENTRIES = 50_000  # requests remembered for /v1/stats (bounded whatever t
 class _Req:
     """What one request's handlers told the middleware (see the `note_*` functions)."""
 
-    __slots__ = ("metrics", "started", "model", "outcome", "tokens_in", "tokens_out", "cost", "ttft", "status")
+    __slots__ = ("metrics", "started", "model", "outcome", "tokens_in", "tokens_out", "cost", "ttft", "status",
+                 "complete")
 
     def __init__(self, metrics: GatewayMetrics, started: float):
         self.metrics = metrics
@@ -76,6 +77,7 @@ class _Req:
         self.tokens_in = self.tokens_out = self.cost = 0
         self.ttft: float | None = None
         self.status = 500  # until the response starts: an exception before that is a 500
+        self.complete = False  # the last body message went out (else the client left mid-answer)
 
 
 _CURRENT: ContextVar[_Req | None] = ContextVar("gpupool_request_metrics", default=None)
@@ -211,6 +213,8 @@ class GatewayMetrics:
                             if name == b"x-gpupool-provider" and value.startswith(b"fallback:"):
                                 rec.outcome = "fallback"
                                 self.routing["fallback"].inc()
+                elif not message.get("more_body", False):
+                    rec.complete = True
                 await send(message)
 
             self.in_flight += 1
@@ -226,6 +230,8 @@ class GatewayMetrics:
     def _finished(self, route: str, rec: _Req, elapsed: float) -> None:
         status = rec.status
         outcome = rec.outcome or ("ok" if status < 400 else "cancelled" if status == 499 else "error")
+        if outcome == "ok" and not rec.complete:
+            outcome = "cancelled"  # e.g. a stream the client closed: its route may not have said so yet
         model = self.model_label(rec.model)
         key = (route, model, str(status), outcome)
         self.requests[key] = self.requests.get(key, 0) + 1

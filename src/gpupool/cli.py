@@ -437,7 +437,13 @@ def ledger_deploy(rpc: Annotated[str, typer.Option(help="the chain's JSON-RPC UR
     """Deploy the ledger contract (Vyper, compiled here) and print the --ledger URL gateways use."""
     from gpupool.ledger.evm import deploy
 
-    address = asyncio.run(deploy(rpc, private_key, min_delay=min_delay))
+    try:
+        address = asyncio.run(deploy(rpc, private_key, min_delay=min_delay))
+    except Exception as exc:
+        message = friendly(exc)
+        if message is None:
+            raise
+        raise _fail(f"{message} (is the chain's node running at {rpc}?)") from None
     typer.echo(f"deployed the gpupool ledger contract at {address} (earnings held at least {min_delay} s)")
     typer.echo(f"gateways: gpupool gateway --ledger 'evm+{rpc}?contract={address}'")
 

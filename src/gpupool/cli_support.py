@@ -161,8 +161,14 @@ def friendly(exc: BaseException, *, port: int | None = None) -> str | None:
     db = _database_problem(exc)
     if db:
         return db
-    if isinstance(exc, ConnectionRefusedError | TimeoutError):
+    if isinstance(exc, ConnectionError | TimeoutError) or (
+            isinstance(exc, OSError) and exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                                                       errno.ETIMEDOUT)):
         return f"cannot connect: {exc}"
+    if isinstance(exc, OSError):
+        # Files, sockets, an HTTP library's connection error (aiohttp's are OSErrors): the
+        # message names the path or host, and nothing in a traceback would help more.
+        return f"{exc}"
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         return (f"the database driver {exc.name!r} is not installed; gpupool uses sqlite+aiosqlite:///PATH or "
                 "postgresql+asyncpg://USER@HOST/DB")

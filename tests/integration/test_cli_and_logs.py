@@ -184,6 +184,9 @@ def test_ordinary_mistakes_end_in_one_line(tmp_path: Path) -> None:
     assert "cannot open the database postgresql+asyncpg://me:***@" in line and "secret" not in line
     assert "driver 'MySQLdb' is not installed" in one_line_error(gpupool("keys", "list", "--db", "mysql://h/x",
                                                                           env=env))
+    # An EVM ledger whose node is not running.
+    chain = f"evm+http://127.0.0.1:{free_port()}?contract=0x{'0' * 39}1"
+    assert "cannot connect" in one_line_error(gpupool("ledger", "balance", "devnet", "--ledger", chain, env=env))
     # Reading a database that does not exist neither creates it nor shows an empty list.
     missing = tmp_path / "nowhere.db"
     assert "no database at" in one_line_error(gpupool("keys", "list", "--db", f"sqlite+aiosqlite:///{missing}",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gpupool import errors
-from gpupool.gateway.fallback import PoolStalled, parse_lanes, pool_failure_reason
+from gpupool.gateway.fallback import PoolStalled, pool_failure_reason
+from gpupool.gateway.fallback_lanes import parse_lanes
 from gpupool.market.pricing import Price
 from gpupool.routing.fallback import REASONS, Lane, LaneModel, Need, choose_lanes, lane_cost, pool_deadline
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import msgspec
 
 from gpupool import errors
-from gpupool.gateway.dispatch import CLIENT_FAULT_CODES, Dispatcher, Tries, deadline_ms, loop_deadline
+from gpupool.gateway.dispatch import Dispatcher, Tries, deadline_ms, loop_deadline
 from gpupool.gateway.hub import Event, ProviderSession
 from gpupool.gateway.metrics import note_routing
 from gpupool.gateway.router import DEFAULT_ROUTE, RouteOptions

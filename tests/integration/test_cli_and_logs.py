@@ -213,3 +213,20 @@ def test_help_shows_whole_flag_names_and_hides_test_backends() -> None:
         assert flag in gateway.stdout
     bad = gpupool("provider", "--serve", "m=teleport", "--key-file", "/nonexistent/p.key")
     assert bad.returncode == 2 and "upstream" in bad.stderr and "redteam" not in bad.stderr
+
+
+@pytest.mark.ml
+def test_model_libraries_do_not_fill_the_provider_log(net: Network) -> None:
+    """sentence-transformers and transformers print progress bars and INFO lines while loading
+    (visible with -vv); by default a provider's log has only gpupool's own lines."""
+    dead = f"ws://127.0.0.1:{free_port()}"
+    proc = net.start_provider(["minilm=embeddings:minilm", "t=generate:tiny-llama"], gateways=[dead])
+    try:
+        log = wait_until(lambda: "loaded minilm, t" in (text := proc.log_path.read_text()) and text,
+                         "the models to load", timeout=180)
+        lines = [x for x in log.splitlines() if x.strip()]
+        assert all(" gpupool." in x for x in lines), lines  # every line is ours: no bars, no warnings
+        assert "it/s" not in log and "Warning" not in log
+    finally:
+        net.kill_provider(proc)
+        net.providers.remove(proc)

@@ -81,6 +81,8 @@ class GatewaySettings:
     checker_min_stake: int = _opt(0, "also admit any checker with at least this many µcr staked in the ledger "
                                   "(0: only --checker ids are admitted)")
     max_offer_models: int = _opt(64, "most models one provider's offer may list")
+    max_provider_sessions: int = _opt(10_000, "most provider connections held at once; more are refused (a "
+                                      "reconnecting node replaces its own)")
     max_model_name: int = _opt(128, "longest model name (characters) an offer may use")
     max_price_in: int = _opt(100_000_000, "highest input price (µcr per 1M tokens) an offer may ask; "
                              "a dearer offer is refused")

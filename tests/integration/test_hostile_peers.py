@@ -237,6 +237,18 @@ async def test_a_resent_offer_with_a_dear_price_is_refused_mid_session(net: Netw
     assert "bounds" in await closed_with(ws, protocol.CLOSE_LIMIT)
 
 
+async def test_provider_connections_are_bounded(network: Network) -> None:
+    network.start_gateway(extra=["--max-provider-sessions", "2"])
+    first, second = Identity.generate(), Identity.generate()
+    held = [await joined(network, first, [echo()]), await joined(network, second, [echo()])]
+    ws = await start_handshake(network, Identity.generate(), [echo()])
+    assert "limit of 2 provider connections" in await closed_with(ws, protocol.CLOSE_LIMIT)
+    held.append(await joined(network, first, [echo()]))  # a node reconnecting replaces its own session
+    assert (await asyncio.to_thread(raw, network, "GET", "/healthz")).json()["providers"] == 2
+    for ws in held:
+        await ws.close()
+
+
 async def test_a_huge_statement_disconnects_its_provider(net: Network) -> None:
     ident = Identity.generate()
     ws = await joined(net, ident, [echo("stating")])

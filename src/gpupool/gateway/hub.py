@@ -222,10 +222,14 @@ class Hub:
         session: ProviderSession | None = None
         try:
             session = await asyncio.wait_for(self._handshake(ws, peer), self.settings.handshake_timeout_s)
-            # Registered only now, with nothing awaited before serving starts: a peer that
-            # vanished during the handshake was never registered, and a registered one is
-            # pinged (liveness) from this moment and removed in `finally` whatever happens.
+            # Registered only now: a peer that vanished during the handshake was never
+            # registered, and a registered one is removed in `finally` whatever happens
+            # (liveness pings start with `_serve`, right after its Welcome).
             self._register(session, peer)
+            # Welcomed once registered, so a peer that has its Welcome counts (e.g. against the
+            # session bound); if this send fails, `finally` removes the session again.
+            contract, chain_id = self.settlement or ("", 0)
+            await ws.send_bytes(protocol.encode(Welcome(secrets.token_hex(8), session.node_id, contract, chain_id)))
             await self._serve(session)
         except TimeoutError:
             self.record_event(peer, "handshake_timeout", "no complete handshake in time")
@@ -315,13 +319,15 @@ class Hub:
             raise PeerViolation("bad_offer", f"unknown role {offer.role!r}")
         if offer.role == "checker":
             await self._admit_checker(node_id)
+        elif node_id not in self.sessions and len(self.sessions) >= self.settings.max_provider_sessions:
+            # Keys cost nothing to make: the number of sessions is bounded, not only what each holds.
+            raise PeerViolation("gateway_full", f"this gateway holds its limit of {len(self.sessions)} provider "
+                                "connections; try another gateway or later", protocol.CLOSE_LIMIT, node_id)
         session = ProviderSession(
             node_id=node_id, public_key=hello.public_key, offer=offer, ws=ws,
             connected_at=time.monotonic(), last_seen=time.monotonic(),
             models={m.name: m for m in offer.models}, max_queued=max(1, self.settings.max_queued_events),
         )
-        contract, chain_id = self.settlement or ("", 0)
-        await ws.send_bytes(protocol.encode(Welcome(secrets.token_hex(8), node_id, contract, chain_id)))
         await self.store.upsert_provider(node_id, hello.public_key, offer.region, list(session.models))
         return session
 

@@ -148,6 +148,12 @@ def test_small_api_errors_name_the_fix_and_the_param(net: Network) -> None:
     assert r.status_code == 402
     message = r.json()["error"]["message"]
     assert "fewer or shorter inputs" in message and "max_tokens" not in message
+
+    def refused_line() -> bool:  # with -v, refused requests are logged too
+        rows = [json.loads(x) for x in net.gateway.log_path.read_text().splitlines() if x.strip()]  # type: ignore[union-attr]
+        return any(r.get("path") == "/v1/embeddings" and r.get("status") == 402 for r in rows)
+
+    wait_until(refused_line, "the 402's log line", timeout=30)
     chat = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
     r = raw(net, "POST", "/v1/chat/completions", key=net.dev_key(), json={**chat, "n": 2})
     assert r.status_code == 400 and "Value error" not in r.json()["error"]["message"]

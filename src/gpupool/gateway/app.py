@@ -109,6 +109,9 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         if isinstance(exc, (ClientGone, ClientDisconnect)):
             return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
         if isinstance(exc, errors.GpupoolError):
+            # Refused requests get their line too (-v): a 402 or 429 is what an operator looks for.
+            request_line(REQUEST_LOG, request_id="-", path=_r.url.path[:100], status=exc.status,
+                         error=exc.code or exc.type, param=exc.param)
             return error_response(exc)
         if isinstance(exc, HTTPException):
             return JSON({"error": {"message": str(exc.detail), "type": "invalid_request_error",

@@ -131,7 +131,8 @@ class GatewaySettings:
 
 @dataclass
 class ProviderSettings:
-    gateways: list[str] = _opt(help="gateway URL ws://HOST:PORT; repeat for several", flag="gateway",
+    gateways: list[str] = _opt(help="gateway URL: wss://HOST, ws://HOST:PORT, or its https:// / http:// address "
+                               "(converted); repeat for several", flag="gateway",
                                factory=lambda: ["ws://127.0.0.1:8000"])
     ca_cert: Path | None = _opt(None, "trust gateways whose certificate this CA (PEM) signed, instead of the "
                                 "system's CA store (a private network's own CA)")
@@ -155,7 +156,8 @@ class ProviderSettings:
 
 @dataclass
 class CheckerSettings:
-    gateways: list[str] = _opt(help="gateway URL ws://HOST:PORT; repeat for several", flag="gateway",
+    gateways: list[str] = _opt(help="gateway URL: wss://HOST, ws://HOST:PORT, or its https:// / http:// address "
+                               "(converted); repeat for several", flag="gateway",
                                factory=lambda: ["ws://127.0.0.1:8000"])
     ca_cert: Path | None = _opt(None, "trust gateways whose certificate this CA (PEM) signed, instead of the "
                                 "system's CA store (a private network's own CA)")

@@ -7,8 +7,9 @@ disconnected with a clear close reason and recorded in the store's peer events;
 its in-flight requests see `ProviderLost` and the dispatcher moves them.
 
 Peers are strangers, so everything one can make the gateway hold is bounded
-(docs/operations.md, "Peer limits"): before a peer has proven its key only frames of a
-few KiB are decoded; after, its offer (models, name lengths, prices), statements,
+(docs/operations.md, "Peer limits"): before a peer has proven its key the transport takes
+no frame over 256 KiB (refused from its header, never buffered) and only frames of a few
+KiB are decoded; after, its offer (models, name lengths, prices), statements,
 batches and the answer frames queued per request have limits, and output beyond a
 request's `max_tokens` is a violation. A session is registered only once its handshake
 completed (a peer that vanishes half-way leaves nothing behind), and the table of
@@ -70,6 +71,16 @@ DISPATCH_OFFERS_REMEMBERED = 4096
 CHUNK_SLACK = 8
 # Past this many speed/breaker records, those of providers not connected are dropped.
 MAX_ROUTER_RECORDS = 10_000
+CLOSE_MESSAGE_TOO_BIG = 1009  # RFC 6455: what the transport closes with when a frame is over its limit
+
+
+def _transport_frame_limit(ws: WebSocket, max_bytes: int) -> None:
+    """Set the WebSocket transport's own frame limit for this connection, where the server exposes
+    it (uvicorn's websockets-sansio protocol); elsewhere `Hub._recv`'s check of the raw size,
+    before decoding, still stands."""
+    conn = getattr(getattr(getattr(ws, "_receive", None), "__self__", None), "conn", None)
+    if conn is not None and hasattr(conn, "max_message_size"):
+        conn.max_message_size = max_bytes
 
 
 @dataclass(frozen=True)
@@ -217,11 +228,15 @@ class Hub:
     # ------------------------------------------------------------ connection lifecycle
 
     async def handle(self, ws: WebSocket) -> None:
+        # Until the key is proven the transport takes no frame over the Offer's limit: a bigger
+        # one is refused from its header (close 1009), before its payload is even buffered.
+        _transport_frame_limit(ws, protocol.MAX_OFFER_FRAME_BYTES)
         await ws.accept()
         peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "unknown"
         session: ProviderSession | None = None
         try:
             session = await asyncio.wait_for(self._handshake(ws, peer), self.settings.handshake_timeout_s)
+            _transport_frame_limit(ws, protocol.MAX_FRAME_BYTES)
             # Registered only now: a peer that vanished during the handshake was never
             # registered, and a registered one is removed in `finally` whatever happens
             # (liveness pings start with `_serve`, right after its Welcome).
@@ -276,6 +291,8 @@ class Hub:
     async def _recv(self, ws: WebSocket, limit: int = protocol.MAX_FRAME_BYTES) -> protocol.Message:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
+            if message.get("code") == CLOSE_MESSAGE_TOO_BIG:  # the transport refused a frame over its limit
+                raise PeerViolation("frame_too_large", "frame exceeds the size allowed here", CLOSE_MESSAGE_TOO_BIG)
             raise WebSocketDisconnect(message.get("code", 1000))
         data = message.get("bytes")
         if data is None:

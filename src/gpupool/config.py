@@ -87,9 +87,11 @@ class GatewaySettings:
     max_price_in: int = _opt(100_000_000, "highest input price (µcr per 1M tokens) an offer may ask; "
                              "a dearer offer is refused")
     max_price_out: int = _opt(100_000_000, "highest output price (µcr per 1M tokens) an offer may ask")
-    max_statement_digests: int = _opt(4096, "most receipt digests one provider statement may list")
-    max_queued_events: int = _opt(4096, "most answer frames (chunks) waiting for one request; a provider "
-                                  "flooding more is disconnected")
+    max_statement_digests: int = _opt(4096, "most receipt digests one provider statement may list (at least "
+                                      "1024: honest providers send up to that many)")
+    max_queued_events: int = _opt(4096, "most answer frames (chunks) waiting for one request, and items in one "
+                                  "batch frame (at least 1024: honest providers batch up to that many); a "
+                                  "provider flooding more is disconnected")
     known_model_ttl_s: float = _opt(300.0, "a model no connected provider offers is forgotten after this long "
                                     "(until then requests for it are 503 rather than 404)")
     ready_file: Path | None = _opt(None, "write {url, port} as JSON here once listening")

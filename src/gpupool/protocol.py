@@ -53,6 +53,11 @@ CLOSE_PROTOCOL_ERROR = 4003
 CLOSE_HANDSHAKE_TIMEOUT = 4004
 CLOSE_DUPLICATE = 4005
 CLOSE_GATEWAY_SHUTDOWN = 4006
+# Most items a peer puts in one Batch, and digests in one Statement. A gateway refuses more
+# only above its own limits (GatewaySettings, default 4096), which must not be set below these.
+MAX_BATCH_ITEMS = 1024
+MAX_STATEMENT_DIGESTS = 1024
+
 CLOSE_NOT_ADMITTED = 4007  # a checker the gateway's operator has not admitted
 CLOSE_LIMIT = 4008  # a peer went over a per-session limit (offer size, prices, queued output)
 

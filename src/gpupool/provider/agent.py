@@ -291,7 +291,9 @@ class GatewayLink:
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # one loop turn: let other requests' ready messages join
         while self._outbox:
-            items, self._outbox = self._outbox, []
+            # Bounded frames: a gateway disconnects a peer whose Batch is over its limit.
+            n = protocol.MAX_BATCH_ITEMS
+            items, self._outbox = self._outbox[:n], self._outbox[n:]
             digests = [protocol.receipt_digest(m.receipt) for m in items if isinstance(m, Done)]
             if digests:
                 self._unstated += digests
@@ -300,12 +302,12 @@ class GatewayLink:
 
     async def _state(self) -> None:
         """Sign the receipts sent since the last statement: the gateway pays only for signed ones."""
-        if not self._unstated:
-            return
-        digests, self._unstated = self._unstated, []
-        self._statements += 1
-        sig = self.agent.identity.sign(protocol.statement_bytes(self._statements, digests))
-        await self._send(Statement(self._statements, digests, sig))
+        while self._unstated:  # several statements when more were sent than one may list
+            n = protocol.MAX_STATEMENT_DIGESTS
+            digests, self._unstated = self._unstated[:n], self._unstated[n:]
+            self._statements += 1
+            sig = self.agent.identity.sign(protocol.statement_bytes(self._statements, digests))
+            await self._send(Statement(self._statements, digests, sig))
 
     async def _statement_loop(self) -> None:
         while True:

@@ -467,6 +467,7 @@ def devnet(
         prepare_models,
     )
 
+    logs.quiet_third_parties()  # before transformers is imported: no progress bars while preparing models
     home = home or config.default_home() / "devnet"
     if running_devnet():
         raise _fail(f"a devnet is already running (see {pointer_path()}); stop it with Ctrl-C first")
@@ -558,6 +559,7 @@ def demo(
     """Start a local network, run a retail search + chat scenario through it, print results, stop."""
     from gpupool.demo import run_demo
 
+    logs.quiet_third_parties()
     sys.exit(run_demo(home, providers))
 
 

@@ -81,14 +81,16 @@ def account(gateway: GatewayOpt = None, api_key: KeyOpt = None, limit: Annotated
     if not charges:
         out.print("  no charges yet")
         return
+    # Charges are a few µcr each: the column is in µcr (its header says so), credits would be all zeros.
     table = Table(title="recent charges (newest first)", title_justify="left")
-    for col, kw in (("at (UTC)", {}), ("request", {}), ("model", {}), ("provider", {}), ("status", {}),
-                    ("tokens in/out", {"justify": "right"}), ("cost", {"justify": "right"})):
+    for col, kw in (("at (UTC)", {"no_wrap": True}), ("request", {"no_wrap": True}), ("model", {}),
+                    ("provider", {"no_wrap": True}), ("status", {}), ("tokens in/out", {"justify": "right"}),
+                    ("cost (µcr)", {"justify": "right", "no_wrap": True})):
         table.add_column(col, **kw)
     for c in charges:
         table.add_row(str(c.get("at") or "")[:19].replace("T", " "), c["request_id"][:24], c["model"],
                       str(c["provider"])[:14], c["status"], f"{c['prompt_tokens']}/{c['completion_tokens']}",
-                      credits(c["cost"]))
+                      f"{c['cost']:,}")
     out.print(table)
 
 
@@ -115,7 +117,7 @@ def providers(gateway: GatewayOpt = None, as_json: JsonOpt = False) -> None:
                   title_justify="left")
     for col in ("provider", "region", "state", "models (price in/out)", "load", "RTT ms", "GFLOP/s", "reputation",
                 "audits ok/failed"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "models (price in/out)")
     for p in rows:
         models = ", ".join(f"{m['name']} ({m['price_in']:,}/{m['price_out']:,})" for m in p.get("models", []))
         load = p.get("load") or {}

@@ -85,7 +85,6 @@ def test_a_gateway_that_stays_down_is_one_warning_not_one_per_retry(net: Network
         assert proc.log_path.read_text().count("WARNING gpupool.provider: cannot reach gateway") == 1
     finally:
         net.kill_provider(proc)
-        net.providers.remove(proc)
 
 
 def test_request_lines_in_json_with_v(net: Network) -> None:
@@ -235,4 +234,3 @@ def test_model_libraries_do_not_fill_the_provider_log(net: Network) -> None:
         assert "it/s" not in log and "Warning" not in log
     finally:
         net.kill_provider(proc)
-        net.providers.remove(proc)

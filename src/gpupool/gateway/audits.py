@@ -65,6 +65,8 @@ JOB_TIMEOUT_S = 120.0
 MAX_AWAITING_VERDICTS = 6
 # A checker whose failing verdicts a second checker contradicted this many times gets no more jobs.
 MAX_OVERRULED = 3
+# Past this many provider records, those of providers gone with nothing at stake are dropped.
+MAX_PROVIDER_RECORDS = 20_000
 
 
 @dataclass
@@ -121,8 +123,20 @@ class Auditor:
     def of(self, node_id: str) -> ProviderAudits:
         state = self.providers.get(node_id)
         if state is None:
+            if len(self.providers) >= MAX_PROVIDER_RECORDS:
+                self._prune()
             state = self.providers[node_id] = ProviderAudits(reputation=Reputation.new(node_id, time.time()))
         return state
+
+    def _prune(self) -> None:
+        """Forget the records of providers that left with nothing at stake here: fresh keys cost
+        nothing, so the table is bounded. A returning node starts over on probation (every
+        answer audited), the cautious side; suspended, slashed or owing ones are kept."""
+        busy = {p.provider for p in self.pending.values()}
+        for node_id in [n for n, s in self.providers.items()
+                        if n not in self.hub.sessions and n not in busy and not s.suspended and not s.slashed
+                        and not s.slashing and not s.owed and s.awaiting <= 0]:
+            del self.providers[node_id]
 
     def is_suspended(self, node_id: str) -> bool:
         state = self.providers.get(node_id)

@@ -1,6 +1,8 @@
 """The attacks of issue 9, each a small bounded function against a running gateway.
 
-    result = asyncio.run(huge_numbers(Target(url, key, admin_token), duration=15))
+    sys.path.insert(0, "bench/hostile")          # attacks.py and peers.py import each other by name
+    from attacks import ATTACKS, Target
+    result = asyncio.run(ATTACKS["huge_numbers"](Target(url, key, admin_token), 15))
 
 Every attack runs for about `duration` seconds (a few take a fixed amount of work and
 stop early), cleans up what it opened, and returns what the attacker saw: status

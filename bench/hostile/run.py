@@ -1,6 +1,6 @@
 """Hostile benchmark: does an honest client keep being served while others attack the gateway?
 
-    .venv/bin/python bench/hostile/run.py                      # ~5 min; bench/results/hostile.json
+    .venv/bin/python bench/hostile/run.py                      # ~7 min; bench/results/hostile.json
     .venv/bin/python bench/hostile/run.py --attacks huge_numbers,stream_flood --duration 10
 
 One gateway and two honest echo providers (`echo` chat at 2 ms per token, `echo-embed`

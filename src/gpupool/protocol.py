@@ -379,6 +379,44 @@ def decode(frame: bytes | str) -> Message:
 # ---------------------------------------------------------------- signing
 
 
+class _Lists(msgspec.Struct, forbid_unknown_fields=False):
+    """The lists of a frame a receiver bounds, kept as raw msgpack: reading it skips every value."""
+
+    digests: msgspec.Raw = msgspec.Raw()
+    items: msgspec.Raw = msgspec.Raw()
+    models: msgspec.Raw = msgspec.Raw()
+    token_ids: msgspec.Raw = msgspec.Raw()
+    logprobs: msgspec.Raw = msgspec.Raw()
+
+
+_lists_decoder = msgspec.msgpack.Decoder(_Lists)
+
+
+def list_lengths(frame: bytes) -> dict[str, int]:
+    """Lengths of a frame's top-level `digests`, `items`, `models`, `token_ids` and `logprobs`
+    lists from their msgpack array headers, without decoding their elements: a receiver can
+    refuse a 250,000-digest Statement at a fifth of the cost of decoding it (4 vs 20 ms for
+    8.5 MB). Fields a frame lacks count 0; an undecodable frame raises ProtocolError."""
+    try:
+        lists = _lists_decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"undecodable frame: {exc}") from exc
+    return {name: _array_len(bytes(getattr(lists, name))) for name in _Lists.__struct_fields__}
+
+
+def _array_len(raw: bytes) -> int:
+    if not raw:
+        return 0
+    head = raw[0]
+    if 0x90 <= head <= 0x9F:  # fixarray
+        return head & 0x0F
+    if head == 0xDC:  # array 16
+        return int.from_bytes(raw[1:3], "big")
+    if head == 0xDD:  # array 32
+        return int.from_bytes(raw[1:5], "big")
+    return 0  # not an array: the full decode refuses it
+
+
 def challenge_bytes(nonce: bytes, gateway_id: str) -> bytes:
     # Binding the gateway id stops a proof being replayed to another gateway.
     return b"gpupool-challenge-v1\x00" + gateway_id.encode() + b"\x00" + nonce

@@ -261,6 +261,11 @@ async def test_a_huge_statement_disconnects_its_provider(net: Network) -> None:
     digests = [bytes(32)] * 5_000
     await ws.send(protocol.encode(protocol.Statement(1, digests, ident.sign(protocol.statement_bytes(1, digests)))))
     assert "digests" in await closed_with(ws, protocol.CLOSE_LIMIT)
+    # A big one (3.4 MB) is counted from its array header and refused before it is decoded.
+    ws = await joined(net, ident, [echo("stating")])
+    digests = [bytes(32)] * 100_000
+    await ws.send(protocol.encode(protocol.Statement(2, digests, b"\x00" * 64)))
+    assert "lists 100000 digests" in await closed_with(ws, protocol.CLOSE_LIMIT)
     await bystander_served(net)
 
 

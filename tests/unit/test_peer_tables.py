@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gpupool import protocol
 from gpupool.config import GatewaySettings
 from gpupool.gateway import audits
 from gpupool.gateway.audits import Auditor
@@ -22,3 +23,18 @@ def test_provider_records_of_departed_fresh_keys_are_bounded(monkeypatch: pytest
     assert len(auditor.providers) <= 101
     # What is at stake is never forgotten: a suspension, refunds owed.
     assert auditor.is_suspended("cheater") and auditor.providers["owes"].owed == {"alice": 5}
+
+
+@pytest.mark.parametrize("n", [0, 3, 15, 16, 70_000])  # fixarray, array 16, array 32 headers
+def test_list_lengths_are_read_from_headers(n: int) -> None:
+    frame = protocol.encode(protocol.Statement(1, [bytes(32)] * n, b"sig"))
+    assert protocol.list_lengths(frame) == {"digests": n, "items": 0, "models": 0, "token_ids": 0, "logprobs": 0}
+    done = protocol.Done("r", protocol.Receipt("r", "n", "m", b"", b"", protocol.Usage(1, n)),
+                         token_ids=list(range(n)), logprobs=[0.0] * n)
+    assert protocol.list_lengths(protocol.encode(done))["token_ids"] == n == protocol.list_lengths(
+        protocol.encode(done))["logprobs"]
+
+
+def test_list_lengths_refuse_garbage() -> None:
+    with pytest.raises(protocol.ProtocolError):
+        protocol.list_lengths(b"\xc1\xc1")

@@ -71,6 +71,8 @@ DISPATCH_OFFERS_REMEMBERED = 4096
 CHUNK_SLACK = 8
 # Past this many speed/breaker records, those of providers not connected are dropped.
 MAX_ROUTER_RECORDS = 10_000
+# Frames above this size have their lists counted before they are decoded (below it, decoding is cheap).
+BIG_FRAME_BYTES = 64 * 1024
 CLOSE_MESSAGE_TOO_BIG = 1009  # RFC 6455: what the transport closes with when a frame is over its limit
 
 
@@ -300,10 +302,29 @@ class Hub:
         if len(data) > limit:  # the raw size, before any decoding
             raise PeerViolation("frame_too_large", f"frame of {len(data)} bytes exceeds the {limit} allowed here",
                                 protocol.CLOSE_LIMIT)
+        if len(data) > BIG_FRAME_BYTES:
+            self._check_lists(data)
         try:
             return protocol.decode(data)
         except protocol.ProtocolError as exc:
             raise PeerViolation("garbage_frame", str(exc)[:200]) from exc
+
+    def _check_lists(self, frame: bytes) -> None:
+        """A big frame's lists are counted from their headers before it is decoded: decoding (and
+        for a Statement, hashing and verifying) an oversized one would stall every other peer."""
+        try:
+            lengths = protocol.list_lengths(frame)
+        except protocol.ProtocolError as exc:
+            raise PeerViolation("garbage_frame", str(exc)[:200]) from exc
+        s = self.settings
+        # (list, its limit, the event kind the same violation has when found after decoding)
+        limits = [("digests", s.max_statement_digests, "statement_too_large"), ("items", s.max_queued_events, "flood"),
+                  ("models", s.max_offer_models, "offer_too_large"),
+                  ("token_ids", s.max_output_tokens, "output_over_max_tokens"),
+                  ("logprobs", s.max_output_tokens, "output_over_max_tokens")]
+        for name, most, kind in limits:
+            if lengths[name] > most:
+                raise PeerViolation(kind, f"a frame lists {lengths[name]} {name}; at most {most}", protocol.CLOSE_LIMIT)
 
     async def _handshake(self, ws: WebSocket, peer: str) -> ProviderSession:
         hello = await self._recv(ws, protocol.MAX_UNPROVEN_FRAME_BYTES)

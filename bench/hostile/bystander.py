@@ -5,7 +5,8 @@
 Open loop: a request starts every 1/rate seconds whatever the earlier ones are doing,
 so a slow gateway shows as latency and failures, not as fewer requests. Alternates a
 short chat completion and a one-input embedding. One line per finished request:
-`started_unix  latency_s  status` (status 0: no answer, e.g. refused or timed out).
+`started_unix  latency_s  status  kind` (status 0: no answer, e.g. refused or timed out;
+kind: chat or embed).
 It runs in a process of its own so the attacks' CPU (in run.py) does not sit in its
 event loop and distort its timings; it stops on SIGTERM.
 """
@@ -45,7 +46,8 @@ async def main(url: str, key: str, out_path: str, rate: float, chat_model: str, 
                 status = r.status_code
             except httpx.HTTPError:
                 status = 0
-            out.write(f"{started:.6f}\t{time.perf_counter() - t0:.6f}\t{status}\n")
+            kind = "embed" if i % 2 else "chat"
+            out.write(f"{started:.6f}\t{time.perf_counter() - t0:.6f}\t{status}\t{kind}\n")
 
         i = 0
         next_at = time.perf_counter()

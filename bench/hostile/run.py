@@ -126,13 +126,13 @@ class Rig:
                    json={"account": body["account"], "amount": deposit, "key": f"bench-{name}"}).raise_for_status()
         return str(body["key"])
 
-    def samples(self, start: float, end: float) -> list[tuple[float, int]]:
-        """(latency s, status) of the bystander's requests started in [start, end)."""
+    def samples(self, start: float, end: float) -> list[tuple[float, int, str]]:
+        """(latency s, status, kind) of the bystander's requests started in [start, end)."""
         out = []
         for line in self.log.read_text().splitlines():
             parts = line.split("\t")
-            if len(parts) == 3 and start <= float(parts[0]) < end:
-                out.append((float(parts[1]), int(parts[2])))
+            if len(parts) == 4 and start <= float(parts[0]) < end:
+                out.append((float(parts[1]), int(parts[2]), parts[3]))
         return out
 
     def stop(self) -> None:
@@ -140,12 +140,12 @@ class Rig:
         self.net.stop(timeout=10)
 
 
-def window_stats(samples: list[tuple[float, int]]) -> dict[str, Any]:
+def window_stats(samples: list[tuple[float, int, str]]) -> dict[str, Any]:
     lat_ms = [s[0] * 1000 for s in samples]
     statuses: dict[str, int] = {}
-    for _, status in samples:
-        statuses[str(status)] = statuses.get(str(status), 0) + 1
-    ok = sum(1 for _, status in samples if status == 200)
+    for _, status, kind in samples:
+        statuses[f"{kind} {status}"] = statuses.get(f"{kind} {status}", 0) + 1
+    ok = sum(1 for _, status, _ in samples if status == 200)
     return {"requests": len(samples), "success": ok / len(samples) if samples else float("nan"),
             "p50_ms": percentile(lat_ms, 50), "p99_ms": percentile(lat_ms, 99), "statuses": statuses}
 

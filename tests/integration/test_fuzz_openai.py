@@ -15,7 +15,7 @@ do not), so the cases reach routing, the providers and back instead of stopping 
 (default 300, derandomized so a failure reproduces); schemathesis adds its coverage
 cases (boundary values, wrong types, unsupported methods) on top, so CI sends about
 2,200 requests in ~20 s. The issue's manual run, `GPUPOOL_FUZZ_CASES=3000`, sends
-about 4,900 in ~2-4 min. With
+about 4,900 in 1.5-4 min (quiet or busy 2-core box). With
 `GPUPOOL_FUZZ_KEEP_GOING=1` a 5xx does not stop the run: every bad case is counted and
 listed when the network stops (a measurement of how many cases fail, not just the first).
 """

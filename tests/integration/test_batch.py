@@ -340,6 +340,7 @@ def test_cli_estimates_submits_and_a_cost_cap_is_never_exceeded(network: Network
 
 @pytest.mark.skipif(not pg_available(), reason=f"PostgreSQL not reachable at {PG_URL}")
 def test_two_gateways_on_postgresql_share_a_batch_and_one_finishes_it_when_the_other_dies(tmp_path: Any) -> None:
+    asyncio.run(_retire_stale_batches())  # a run killed mid-way leaves its batch in the shared database
     a, b = Network(tmp_path / "a", db=PG_URL), Network(tmp_path / "b", db=PG_URL)
     try:
         a.start_gateway()
@@ -370,6 +371,20 @@ def test_two_gateways_on_postgresql_share_a_batch_and_one_finishes_it_when_the_o
     finally:
         a.stop()
         b.stop()
+
+
+async def _retire_stale_batches() -> None:
+    """Earlier runs on this PostgreSQL (killed, or failed before finishing) leave batches in
+    progress there; this test's gateways would otherwise spend their slots finishing those."""
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg", "postgresql"), timeout=5)
+    try:
+        if await conn.fetchval("select to_regclass('batches') is not null"):
+            await conn.execute("update batches set status = 'cancelled' "
+                               "where status in ('validating', 'in_progress', 'finalizing', 'cancelling')")
+    finally:
+        await conn.close()
 
 
 async def _owners(batch_id: str) -> set[str]:

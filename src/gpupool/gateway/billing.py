@@ -94,21 +94,17 @@ class Hold:
     def charge(self, request_id: str, provider: str, cost: int, receipt: Receipt, public_key: bytes,
                settlement_sig: bytes = b"") -> int:
         """Charge `cost` (capped by the hold) for a served request; returns what was charged."""
-        if self.charged is not None:
-            return self.charged
-        self.charged = min(cost, self.amount)
-        tab = self._tab
-        if tab is not None:
-            self._finish(tab)
-            if self.charged > 0:
-                tab.pending += self.charged
-                self._billing.queue.append(PendingCharge(request_id, tab.client, provider, self.charged,
-                                                         receipt, public_key, protocol.receipt_digest(receipt),
-                                                         time.monotonic(), settlement_sig))
-        return self.charged
+        return self._charge(cost, lambda client, amount: self._billing.queue.append(PendingCharge(
+            request_id, client, provider, amount, receipt, public_key, protocol.receipt_digest(receipt),
+            time.monotonic(), settlement_sig)))
 
     def charge_fallback(self, request_id: str, lane: str, cost: int, fee: int) -> int:
         """Charge `cost` (capped by the hold) for a request a fallback lane served; returns what was charged."""
+        return self._charge(cost, lambda client, amount: self._billing.fallback_queue.append(
+            FallbackCharge(request_id, client, lane, amount, min(fee, amount))))
+
+    def _charge(self, cost: int, enqueue: Callable[[str, int], None]) -> int:
+        """Charge once, capped by the hold; `enqueue(client, amount)` queues the settlement."""
         if self.charged is not None:
             return self.charged
         self.charged = min(cost, self.amount)
@@ -117,8 +113,7 @@ class Hold:
             self._finish(tab)
             if self.charged > 0:
                 tab.pending += self.charged
-                self._billing.fallback_queue.append(
-                    FallbackCharge(request_id, tab.client, lane, self.charged, min(fee, self.charged)))
+                enqueue(tab.client, self.charged)
         return self.charged
 
     def release(self) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import os
 import signal
 import sys
 import time

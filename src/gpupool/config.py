@@ -55,6 +55,8 @@ class GatewaySettings:
     key_concurrency: int = _opt(0, "default requests at once per API key (0: only the fair share limits it)")
     rate_burst_s: float = _opt(10.0, "a key's request and token budgets hold this many seconds of its rate, "
                                "so short bursts pass")
+    anonymous_rate: float = _opt(20.0, "requests per second per client address without an API key (public reads, "
+                                 "the dashboard) and with a key that fails; over it, a delayed 429 (0: unlimited)")
     fair_share: bool = _opt(True, "under load, each key may use at most its fair share of a model's provider "
                             "slots while other keys wait (a key alone may use them all)")
     request_timeout_s: float = _opt(120.0, "default request deadline; clients may lower it "

@@ -7,7 +7,7 @@
     ├── ModelNotFound                404 invalid_request_error (model_not_found)
     ├── NotFound                     404 invalid_request_error (not_found: a file or batch, or another account's)
     ├── BodyTooLarge                 413 invalid_request_error (request_too_large)
-    ├── NoCapacity                   429 rate_limit_error (no_capacity)
+    ├── NoCapacity                   429 rate_limit_error (no_capacity; Retry-After)
     ├── RateLimited                  429 rate_limit_exceeded (a key's own limit; Retry-After)
     ├── ProviderFailed               502 server_error (provider_error)
     ├── NoProvider                   503 service_unavailable (no_provider)
@@ -82,9 +82,18 @@ class BodyTooLarge(GpupoolError):
 
 
 class NoCapacity(GpupoolError):
+    """Every provider that could serve the request is busy (or the key holds its fair share).
+
+    Always carries a Retry-After: slots free up within seconds, and the official clients
+    wait that long before they retry."""
+
     status = 429
     type = "rate_limit_error"
     code = "no_capacity"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
 
 
 class RateLimited(GpupoolError):

@@ -107,10 +107,15 @@ def test_out_of_range_numbers_are_400s_that_never_count_against_providers(net: N
         ({**CHAT, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({**CHAT, "stop": "x" * 1000}, "stop"),
         ({**CHAT, "presence_penalty": 3}, "presence_penalty"),
-        ({**CHAT, "messages": [{"role": "user", "content": "x" * (2 << 20)}]}, "messages"),  # far over the context
+        # Over echo's 8,192-token context even at 128 characters a token, yet a body under the bound below.
+        ({**CHAT, "messages": [{"role": "user", "content": "x" * 1_100_000}]}, "messages"),
     ]
     for body, param in bad:
         error_of(raw(net, "POST", chat, key=key, json=body), 400, param)
+    # A body no served context could take is refused from its Content-Length, before it is parsed.
+    huge = error_of(raw(net, "POST", chat, key=key, json={**CHAT, "messages": [
+        {"role": "user", "content": "word " * 800_000}]}), 413)
+    assert huge["code"] == "request_too_large" and "8192 tokens" in huge["message"], huge
     for value in ("NaN", "Infinity", "-Infinity", "1e999"):
         content = json.dumps(CHAT)[:-1] + f', "temperature": {value}}}'
         error_of(raw(net, "POST", chat, key=key, content=content.encode(),
@@ -398,7 +403,7 @@ def test_a_revoked_key_is_refused_by_the_running_gateway_within_seconds(net: Net
 def test_reputation_of_unknown_nodes_is_404_and_creates_nothing(net: Network) -> None:
     before = len(audits_body(net)["data"])
     with httpx.Client(base_url=net.gateway_url, timeout=10) as http:
-        for i in range(300):
+        for i in range(100):  # within an address's burst of requests without a key
             r = http.get(f"/v1/providers/{i:064x}/reputation")
             assert r.status_code == 404, r.text
         validate(r.json(), "ErrorResponse")
@@ -406,6 +411,56 @@ def test_reputation_of_unknown_nodes_is_404_and_creates_nothing(net: Network) ->
         known = net.providers[0].node_id
         record = http.get(f"/v1/providers/{known}/reputation").json()
     assert record["record"]["provider_id"] == known and record["signature"]
+
+
+def test_a_flood_without_a_key_is_held_back_and_keyed_clients_are_not(net: Network) -> None:
+    """16 connections reading public routes back to back, then bad keys: past the address's
+    burst each gets a 429 (Retry-After), held back ~1 s, so the flood slows to a trickle; a
+    client with a key, from the same address, is served throughout."""
+    flood_s = 4.0
+
+    async def run() -> tuple[dict[int, int], dict[int, int], list[int]]:
+        anonymous: dict[int, int] = {}
+        bad_keys: dict[int, int] = {}
+        stop = time.monotonic() + flood_s
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+        async with httpx.AsyncClient(base_url=net.gateway_url, timeout=30, limits=limits) as http:
+            async def reader(i: int) -> None:
+                n = 0
+                while time.monotonic() < stop:
+                    n += 1
+                    if i % 2:
+                        r = await http.get(f"/v1/providers/{i:032x}{n:032x}/reputation")
+                        anonymous[r.status_code] = anonymous.get(r.status_code, 0) + 1
+                    else:
+                        r = await http.get("/v1/models", headers={"Authorization": f"Bearer gp-bad-{i}-{n}"})
+                        bad_keys[r.status_code] = bad_keys.get(r.status_code, 0) + 1
+                    if r.status_code == 429:
+                        assert int(r.headers["retry-after"]) >= 1
+
+            async def bystander() -> list[int]:
+                statuses = []
+                async with httpx.AsyncClient(base_url=net.gateway_url, timeout=30,
+                                             headers={"Authorization": f"Bearer {net.dev_key()}"}) as mine:
+                    while time.monotonic() < stop:
+                        statuses.append((await mine.post("/v1/chat/completions", json=CHAT)).status_code)
+                        await asyncio.sleep(0.1)
+                return statuses
+
+            flood = [asyncio.create_task(reader(i)) for i in range(16)]
+            statuses = await bystander()
+            await asyncio.gather(*flood)
+        return anonymous, bad_keys, statuses
+
+    anonymous, bad_keys, statuses = asyncio.run(run())
+    print(f"anonymous {anonymous} bad keys {bad_keys} bystander {len(statuses)} requests")
+    assert set(statuses) == {200}, statuses
+    assert anonymous.get(429, 0) > 0 and set(anonymous) <= {404, 429}, anonymous
+    assert bad_keys.get(401, 0) > 0 and set(bad_keys) <= {401}, bad_keys  # a bad key is told so, only later
+    # Unlimited, 16 readers on loopback make hundreds of requests a second; held back, the
+    # flood gets its burst (200) and rate (20/s), then about one answer per connection a second.
+    total = sum(anonymous.values()) + sum(bad_keys.values())
+    assert total < 200 + 20 * flood_s + 16 * (flood_s + 2), (anonymous, bad_keys)
 
 
 def test_account_history_is_paged(net: Network) -> None:

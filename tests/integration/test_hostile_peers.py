@@ -261,12 +261,69 @@ async def test_a_huge_statement_disconnects_its_provider(net: Network) -> None:
     digests = [bytes(32)] * 5_000
     await ws.send(protocol.encode(protocol.Statement(1, digests, ident.sign(protocol.statement_bytes(1, digests)))))
     assert "digests" in await closed_with(ws, protocol.CLOSE_LIMIT)
-    # A big one (3.4 MB) is counted from its array header and refused before it is decoded.
+    # A bigger one (500 KB) is counted from its array header and refused before it is decoded.
+    ws = await joined(net, ident, [echo("stating")])
+    digests = [bytes(32)] * 15_000
+    await ws.send(protocol.encode(protocol.Statement(2, digests, b"\x00" * 64)))
+    assert "lists 15000 digests" in await closed_with(ws, protocol.CLOSE_LIMIT)
+    # One of 3.4 MB is over the frame size a provider with no big answer due may send: the
+    # transport refuses it from its header (1009), so the gateway never even buffers it.
     ws = await joined(net, ident, [echo("stating")])
     digests = [bytes(32)] * 100_000
-    await ws.send(protocol.encode(protocol.Statement(2, digests, b"\x00" * 64)))
-    assert "lists 100000 digests" in await closed_with(ws, protocol.CLOSE_LIMIT)
+    await ws.send(protocol.encode(protocol.Statement(3, digests, b"\x00" * 64)))
+    await closed_with(ws, 1009)
     await bystander_served(net)
+
+
+async def test_a_big_answer_passes_only_while_it_is_due(net: Network) -> None:
+    """The frame limit grows with the answers a provider owes: 1,024 embeddings of 384 floats
+    (1.5 MiB) come through; the same size unasked for closes the connection."""
+    ident = Identity.generate()
+    dims = 384
+    ws = await joined(net, ident, [ModelOffer("wide-embed", "embeddings", "echo", dimensions=dims)])
+
+    async def serve() -> None:
+        async for frame in ws:
+            msg = protocol.decode(frame)
+            if isinstance(msg, protocol.Ping):
+                await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
+            elif isinstance(msg, Run):
+                assert isinstance(msg.payload, protocol.EmbedPayload)
+                n = len(msg.payload.inputs)
+                vectors = b"\x00\x00\x80\x3f" * (n * dims)  # 1.0f everywhere
+                receipt = protocol.Receipt(msg.request_id, ident.node_id, msg.model,
+                                           protocol.payload_hash(msg.payload), protocol.output_hash(vectors),
+                                           protocol.Usage(n, 0))
+                await ws.send(protocol.encode(protocol.Done(msg.request_id, receipt, vectors=vectors,
+                                                            dimensions=dims)))
+
+    serving = asyncio.create_task(serve())
+    client = client_for(net, timeout=60)
+    out = await asyncio.to_thread(client.embeddings.create, model="wide-embed", input=["x"] * 1024)
+    assert len(out.data) == 1024 and len(out.data[0].embedding) == dims
+    serving.cancel()
+    await ws.send(b"\x00" * (1536 * 1024))  # nothing is due now
+    await closed_with(ws, 1009)
+
+
+async def test_a_peer_silent_after_its_upgrade_loses_its_socket(network: Network) -> None:
+    """Upgraded, then never a Hello and never an answer to the close frame: the socket goes
+    soon after the handshake deadline, not when the peer pleases."""
+    network.start_gateway(extra=["--handshake-timeout-s", "1"])
+    host, port = network.gateway_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /v1/providers/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    started = time.monotonic()
+    got = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), 30):
+            got += chunk
+    finally:
+        writer.close()
+    held = time.monotonic() - started
+    assert got.startswith(b"HTTP/1.1 101") and b"\x88" in got.partition(b"\r\n\r\n")[2], got[:200]
+    assert held < 1 + 2 + 2, f"socket held {held:.1f}s"  # handshake deadline + close timeout + slack
 
 
 async def liar_serving(net: Network, model: str, frames: Any) -> tuple[Identity, Any]:

@@ -69,19 +69,42 @@ def test_a_key_alone_may_use_the_whole_pool_plus_headroom() -> None:
 def test_a_flooding_key_leaves_room_for_a_second_key() -> None:
     lim = KeyLimiter(LimiterConfig(headroom=0.5, active_window_s=2.0))
     flood = sum(lim.admit(1, NO_LIMITS, "m", 1, slots=8, now=0.0).ok for _ in range(200))
-    assert flood == 12
-    # The bystander arrives: it gets in at once, up to its equal share (12 / 2 keys).
+    assert flood == 12  # alone: the 8 slots and 4 queued places
+    # The bystander arrives: it gets in at once, up to its equal share of the slots (7 kept / 2 keys).
     bystander = sum(lim.admit(2, NO_LIMITS, "m", 1, slots=8, now=0.1).ok for _ in range(10))
-    assert bystander == 6
-    # The flooder may not replace its finished requests until it is back under what is left.
+    assert bystander == 4
+    # The flooder may not replace its finished requests until it is back under its share.
     for _ in range(2):
         lim.release(1, "m", 1, 1, now=0.2)
     assert not lim.admit(1, NO_LIMITS, "m", 1, slots=8, now=0.2).ok
     # Work-conserving: once the bystander goes quiet, the flooder may use everything again.
-    for _ in range(6):
+    for _ in range(4):
         lim.release(2, "m", 1, 1, now=0.3)
     assert lim.admit(1, NO_LIMITS, "m", 1, slots=8, now=5.0).ok
     assert lim.fair_cap(1, "m", 8, now=5.0) == 12
+
+
+def test_with_others_active_a_flood_never_queues_behind_the_slots() -> None:
+    # A flood of long streams that filled the providers' queues would make every other key's
+    # request wait behind it: with another key active, only slots are shared out.
+    lim = KeyLimiter(LimiterConfig(spare=0.125, active_window_s=2.0))
+    assert lim.admit(2, NO_LIMITS, "m", 1, slots=64, now=0.0, places=192).ok  # the bystander
+    lim.release(2, "m", 1, 1, now=0.0)
+    flood = sum(lim.admit(1, NO_LIMITS, "m", 1, slots=64, now=0.1, places=192).ok for _ in range(300))
+    assert flood == 64 - 8 - 1  # slots, less the spare eighth, less one kept for the bystander
+    assert lim.admit(2, NO_LIMITS, "m", 1, slots=64, now=0.2, places=192).ok
+
+
+def test_models_on_the_same_providers_share_one_fair_share() -> None:
+    # The flood asks for "chat"; the bystander for "embed", served by the same providers.
+    lim = KeyLimiter(LimiterConfig(spare=0.125, active_window_s=2.0))
+    assert lim.admit(2, NO_LIMITS, "embed", 1, slots=16, now=0.0, places=16, related=("chat",)).ok
+    lim.release(2, "embed", 1, 1, now=0.0)
+    flood = sum(lim.admit(1, NO_LIMITS, "chat", 1, slots=16, now=0.1, places=16, related=("embed",)).ok
+                for _ in range(50))
+    assert flood == 16 - 2 - 1
+    # What the flood holds on "chat" counts when it asks for "embed" too.
+    assert not lim.admit(1, NO_LIMITS, "embed", 1, slots=16, now=0.1, places=16, related=("chat",)).ok
 
 
 def test_fair_share_is_per_model() -> None:
@@ -115,10 +138,10 @@ def test_a_newcomer_always_finds_a_place_the_flood_cannot_take() -> None:
     # The second key has asked (and its request ended): it is active and holds nothing.
     assert lim.admit(2, NO_LIMITS, "m", 1, slots=8, now=0.1).ok
     lim.release(2, "m", 1, 1, now=0.1)
-    # The flood's finished requests may not all be replaced: one place stays for the newcomer.
+    # The flood's finished requests may not be replaced until one slot stays for the newcomer.
     lim.release(1, "m", 1, 1, now=0.2)
     assert not lim.admit(1, NO_LIMITS, "m", 1, slots=8, now=0.2).ok
-    assert lim.fair_cap(1, "m", 8, now=0.2) == 11
+    assert lim.fair_cap(1, "m", 8, now=0.2) == 6  # 8 slots, 1 spare, 1 kept for the newcomer
     assert lim.admit(2, NO_LIMITS, "m", 1, slots=8, now=0.3).ok
 
 

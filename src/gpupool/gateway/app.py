@@ -33,6 +33,7 @@ from gpupool import __version__, errors
 from gpupool.batch.routes import BatchService
 from gpupool.config import GatewaySettings
 from gpupool.gateway import openai_api as oa
+from gpupool.gateway.anonymous_limits import AddressLimiter, AnonymousLimit
 from gpupool.gateway.billing import Hold, charge_view
 from gpupool.gateway.dispatch import Dispatcher
 from gpupool.gateway.fallback import Fallbacks, Plan
@@ -471,7 +472,11 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                             ClientGone: on_error, ClientDisconnect: on_error},
         lifespan=lifespan,
     )
-    return metrics.middleware(batches.upload_limit(BodyLimit(app, settings.max_body_bytes), app))
+    body_limit = BodyLimit(app, settings.max_body_bytes,
+                           lambda path: oa.generation_body_limit(path, hub.largest_context()))
+    anonymous = AnonymousLimit(batches.upload_limit(body_limit, app),
+                               AddressLimiter(settings.anonymous_rate, settings.rate_burst_s))
+    return metrics.middleware(anonymous)
 
 
 def _check_task(hub: Hub, model: str, task: str) -> None:

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 
 from gpupool import errors, protocol
 from gpupool.config import GatewaySettings
-from gpupool.gateway.hub import Event, Hub, ProviderLost, ProviderSession
+from gpupool.gateway.hub import Hub
+from gpupool.gateway.session import Event, ProviderLost, ProviderSession
 from gpupool.gateway.metrics import note_routing
 from gpupool.gateway.router import DEFAULT_ROUTE, RouteOptions
 from gpupool.protocol import Cancel, Chunk, Done, EmbedPayload, Fail, GeneratePayload, Payload, Run

@@ -66,19 +66,29 @@ def request_timeout(request: Request, default_s: float) -> float:
 
 
 class BodyLimit:
-    """Refuse bodies over the limit with 413 before any of it is parsed or buffered."""
+    """Refuse bodies over the limit with 413 before any of it is parsed or buffered.
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    `limit_for(path)`, where given, may lower the limit for a route and says why: a prompt
+    that cannot fit any served model's context is refused from its Content-Length instead
+    of costing the event loop a parse of megabytes of JSON."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, limit_for: Callable[[str], tuple[int, str]] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.limit_for = limit_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit, why = self.max_bytes, ""
+        if self.limit_for is not None:
+            lower, reason = self.limit_for(scope["path"])
+            if lower < limit:
+                limit, why = lower, reason
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit():
-                if int(value) > self.max_bytes:
-                    return await error_response(self._too_large())(scope, receive, send)
+                if int(value) > limit:
+                    return await error_response(self._too_large(limit, why))(scope, receive, send)
                 # The server reads exactly content-length bytes, so the body cannot exceed
                 # the limit: pass it through untouched (no per-request wrapper to allocate).
                 return await self.app(scope, receive, send)
@@ -92,8 +102,8 @@ class BodyLimit:
                 return  # client went away before sending the body
             chunk = message.get("body", b"")
             seen += len(chunk)
-            if seen > self.max_bytes:
-                return await error_response(self._too_large())(scope, receive, send)
+            if seen > limit:
+                return await error_response(self._too_large(limit, why))(scope, receive, send)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -109,8 +119,9 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    def _too_large(self) -> errors.BodyTooLarge:
-        return errors.BodyTooLarge(f"request body exceeds the limit of {self.max_bytes} bytes")
+    @staticmethod
+    def _too_large(limit: int, why: str) -> errors.BodyTooLarge:
+        return errors.BodyTooLarge(f"request body exceeds the limit of {limit} bytes" + (f": {why}" if why else ""))
 
 
 def route_options(request: Request, body: pydantic.BaseModel) -> RouteOptions:

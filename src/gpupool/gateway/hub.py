@@ -24,14 +24,24 @@ import itertools
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gpupool import protocol
 from gpupool.config import GatewaySettings
+from gpupool.gateway.router import LiveRouter
+from gpupool.gateway.session import (
+    ANSWER_FRAME_BYTES,
+    CLOSE_MESSAGE_TOO_BIG,
+    Event,
+    PeerViolation,
+    ProviderLost,
+    ProviderSession,
+    hardware_answer_bytes,
+    set_close_timeout,
+    set_frame_limit,
+)
 from gpupool.gateway.store import Store
 from gpupool.identity import Identity, node_id_for, verify_signature
 from gpupool.protocol import (
@@ -48,128 +58,24 @@ from gpupool.protocol import (
     Offer,
     Ping,
     Pong,
+    Proof,
     SettlementAddress,
     Statement,
     Verdict,
-    Proof,
-    Run,
-    GeneratePayload,
     Welcome,
 )
-from gpupool.gateway.router import LiveRouter
 from gpupool.routing import smooth_rtt
+
+__all__ = ["Event", "Hub", "PeerViolation", "ProviderLost", "ProviderSession"]
 
 log = logging.getLogger("gpupool.gateway.hub")
 # Peer events recorded per minute; beyond this a flood of bad peers is counted, not written
 # row by row (the events table would otherwise grow at whatever rate strangers connect).
 EVENTS_PER_MINUTE = 600
-# Pings whose Pong may still come: older nonces are forgotten (their Pong is then ignored).
-PINGS_REMEMBERED = 8
-# Offers remembered per session for requests already dispatched (the price they are charged at).
-DISPATCH_OFFERS_REMEMBERED = 4096
-# A chunk normally carries at least one token; a little slack for providers that split text.
-CHUNK_SLACK = 8
 # Past this many speed/breaker records, those of providers not connected are dropped.
 MAX_ROUTER_RECORDS = 10_000
 # Frames above this size have their lists counted before they are decoded (below it, decoding is cheap).
 BIG_FRAME_BYTES = 64 * 1024
-CLOSE_MESSAGE_TOO_BIG = 1009  # RFC 6455: what the transport closes with when a frame is over its limit
-
-
-def _transport_frame_limit(ws: WebSocket, max_bytes: int) -> None:
-    """Set the WebSocket transport's own frame limit for this connection, where the server exposes
-    it (uvicorn's websockets-sansio protocol); elsewhere `Hub._recv`'s check of the raw size,
-    before decoding, still stands."""
-    conn = getattr(getattr(getattr(ws, "_receive", None), "__self__", None), "conn", None)
-    if conn is not None and hasattr(conn, "max_message_size"):
-        conn.max_message_size = max_bytes
-
-
-@dataclass(frozen=True)
-class ProviderLost:
-    reason: str
-
-
-Event = Chunk | Done | Fail | ProviderLost
-
-
-class PeerViolation(Exception):
-    """A provider broke the protocol; it is disconnected with `code` and `reason`."""
-
-    def __init__(self, kind: str, reason: str, code: int = protocol.CLOSE_PROTOCOL_ERROR, node_id: str = ""):
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-        self.code = code
-        self.node_id = node_id  # the peer's proven node id, when known before its session exists
-
-
-@dataclass
-class RunWatch:
-    """What the gateway asked of one run, to hold the provider's answer to it."""
-
-    max_tokens: int  # 0: not a generation (no output limit to enforce)
-    chunks: int = 0
-
-
-@dataclass(eq=False)
-class ProviderSession:
-    node_id: str
-    public_key: bytes
-    offer: Offer
-    ws: WebSocket
-    connected_at: float
-    models: dict[str, ModelOffer] = field(default_factory=dict)
-    channels: dict[str, asyncio.Queue[Event]] = field(default_factory=dict)
-    draining: bool = False
-    rtt_s: float | None = None
-    last_seen: float = 0.0
-    load: LoadReport | None = None
-    closed: bool = False
-    max_queued: int = 4096  # answer frames waiting per request (GatewaySettings.max_queued_events)
-    # Ping nonce -> when this gateway sent it (its own clock): RTT never comes from the provider.
-    pings: dict[int, float] = field(default_factory=dict)
-    runs: dict[str, RunWatch] = field(default_factory=dict)  # open request id -> its limits
-    # Run id -> the model offer it was dispatched under: a later Offer must not reprice it.
-    dispatch_offers: OrderedDict[str, ModelOffer] = field(default_factory=OrderedDict)
-
-    def open_channel(self, request_id: str) -> asyncio.Queue[Event]:
-        queue: asyncio.Queue[Event] = asyncio.Queue(self.max_queued + 1)  # +1: room for ProviderLost
-        self.channels[request_id] = queue
-        return queue
-
-    def close_channel(self, request_id: str) -> None:
-        self.channels.pop(request_id, None)
-        self.runs.pop(request_id, None)
-
-    def offer_at_dispatch(self, request_id: str, model: str) -> ModelOffer | None:
-        """The offer (prices) `request_id` was sent under; the current one if it is not remembered."""
-        return self.dispatch_offers.get(request_id) or self.models.get(model)
-
-    async def send(self, msg: protocol.Message) -> None:
-        if self.closed:
-            raise ConnectionError("provider connection is closed")
-        if isinstance(msg, Run):
-            self._dispatched(msg)
-        try:
-            await self.ws.send_bytes(protocol.encode(msg))
-        except Exception as exc:  # starlette/uvicorn raise several types for a dead socket
-            raise ConnectionError(f"provider connection is closed: {exc}") from exc
-
-    def _dispatched(self, run: Run) -> None:
-        offer = self.models.get(run.model)
-        if offer is not None:
-            self.dispatch_offers[run.request_id] = offer
-            while len(self.dispatch_offers) > DISPATCH_OFFERS_REMEMBERED:
-                self.dispatch_offers.popitem(last=False)
-        limit = run.payload.max_tokens if isinstance(run.payload, GeneratePayload) else 0
-        if run.request_id in self.channels:
-            self.runs[run.request_id] = RunWatch(max(limit, 0))
-
-    def ping_sent(self, nonce: int) -> None:
-        self.pings[nonce] = time.monotonic()
-        while len(self.pings) > PINGS_REMEMBERED:
-            del self.pings[next(iter(self.pings))]
 
 
 class Hub:
@@ -183,6 +89,7 @@ class Hub:
         # apart from "known, but nobody serves it right now" (503).
         self.known_models: dict[str, ModelOffer] = {}
         self._unoffered: dict[str, float] = {}  # known model -> since when nobody offers it
+        self._largest_context: int | None = None  # cache of largest_context(), reset when offers change
         # Admission by stake (checker_min_stake): the µcr a node has staked in the ledger.
         self.stake_of: Callable[[str], Awaitable[int]] | None = None
         self._events_window = (0.0, 0, 0)  # (window start, recorded, suppressed)
@@ -232,13 +139,14 @@ class Hub:
     async def handle(self, ws: WebSocket) -> None:
         # Until the key is proven the transport takes no frame over the Offer's limit: a bigger
         # one is refused from its header (close 1009), before its payload is even buffered.
-        _transport_frame_limit(ws, protocol.MAX_OFFER_FRAME_BYTES)
+        set_frame_limit(ws, protocol.MAX_OFFER_FRAME_BYTES)
+        set_close_timeout(ws)
         await ws.accept()
         peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "unknown"
         session: ProviderSession | None = None
         try:
             session = await asyncio.wait_for(self._handshake(ws, peer), self.settings.handshake_timeout_s)
-            _transport_frame_limit(ws, protocol.MAX_FRAME_BYTES)
+            session.apply_frame_limit(session.base_frame_bytes)
             # Registered only now: a peer that vanished during the handshake was never
             # registered, and a registered one is removed in `finally` whatever happens
             # (liveness pings start with `_serve`, right after its Welcome).
@@ -290,7 +198,9 @@ class Hub:
             except Exception:  # noqa: BLE001 - the peer may already be gone
                 pass
 
-    async def _recv(self, ws: WebSocket, limit: int = protocol.MAX_FRAME_BYTES) -> protocol.Message:
+    async def _recv(self, ws: WebSocket, limit: int | Callable[[], int]) -> protocol.Message:
+        """The next frame, decoded. `limit` may be a callable: a session's limit can grow while
+        we wait (a Run was sent meanwhile), so it is read once the frame is here."""
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
             if message.get("code") == CLOSE_MESSAGE_TOO_BIG:  # the transport refused a frame over its limit
@@ -299,6 +209,8 @@ class Hub:
         data = message.get("bytes")
         if data is None:
             raise PeerViolation("garbage_frame", "text frame received; expected binary msgpack")
+        if callable(limit):
+            limit = limit()
         if len(data) > limit:  # the raw size, before any decoding
             raise PeerViolation("frame_too_large", f"frame of {len(data)} bytes exceeds the {limit} allowed here",
                                 protocol.CLOSE_LIMIT)
@@ -365,6 +277,7 @@ class Hub:
             node_id=node_id, public_key=hello.public_key, offer=offer, ws=ws,
             connected_at=time.monotonic(), last_seen=time.monotonic(),
             models={m.name: m for m in offer.models}, max_queued=max(1, self.settings.max_queued_events),
+            base_frame_bytes=max(ANSWER_FRAME_BYTES, hardware_answer_bytes(self.settings.hardware_proof_max_n)),
         )
         await self.store.upsert_provider(node_id, hello.public_key, offer.region, list(session.models))
         return session
@@ -421,9 +334,17 @@ class Hub:
                                     f"this gateway's bounds 0-{s.max_price_in}/0-{s.max_price_out}",
                                     protocol.CLOSE_LIMIT)
 
+    def largest_context(self) -> int | None:
+        """The most prompt tokens any known generation model takes (None: no such model is known)."""
+        if self._largest_context is None:
+            self._largest_context = max((o.max_input_tokens for o in self.known_models.values()
+                                         if o.task == "generate"), default=0)
+        return self._largest_context or None
+
     def _offered(self, models: Iterable[str] | dict[str, ModelOffer]) -> None:
         if isinstance(models, dict):
             self.known_models.update(models)
+            self._largest_context = None
         for name in models:
             self._unoffered.pop(name, None)
 
@@ -440,6 +361,7 @@ class Hub:
             elif now - since >= self.settings.known_model_ttl_s:
                 del self._unoffered[name]
                 self.known_models.pop(name, None)
+                self._largest_context = None
 
     async def _serve(self, session: ProviderSession) -> None:
         pinger = asyncio.create_task(self._ping_loop(session))
@@ -447,16 +369,16 @@ class Hub:
             self.on_provider_connected(session)
         try:
             while True:
-                msg = await self._recv(session.ws)
+                msg = await self._recv(session.ws, lambda: session.frame_limit)
                 session.last_seen = time.monotonic()
                 if isinstance(msg, (Chunk, Done, Fail)):
-                    self._deliver(session, msg)
+                    session.deliver(msg)
                 elif isinstance(msg, Batch):
                     if len(msg.items) > self.settings.max_queued_events:
                         raise PeerViolation("flood", f"batch of {len(msg.items)} items exceeds "
                                             f"{self.settings.max_queued_events}", protocol.CLOSE_LIMIT)
                     for item in msg.items:
-                        self._deliver(session, item)
+                        session.deliver(item)
                 elif isinstance(msg, Statement):
                     if len(msg.digests) > self.settings.max_statement_digests:
                         raise PeerViolation("statement_too_large", f"statement lists {len(msg.digests)} digests; "
@@ -501,28 +423,6 @@ class Hub:
                     raise PeerViolation("unexpected_message", f"unexpected {type(msg).__name__} after handshake")
         finally:
             pinger.cancel()
-
-    @staticmethod
-    def _deliver(session: ProviderSession, msg: Chunk | Done | Fail) -> None:
-        channel = session.channels.get(msg.request_id)
-        if channel is None:
-            return  # a late answer for a cancelled or timed-out request; drop it
-        watch = session.runs.get(msg.request_id)
-        if watch is not None and watch.max_tokens:
-            if isinstance(msg, Chunk):
-                watch.chunks += 1
-                over = watch.chunks > watch.max_tokens + CHUNK_SLACK
-            elif isinstance(msg, Done):
-                over = max(msg.receipt.usage.completion_tokens, len(msg.token_ids)) > watch.max_tokens
-            else:
-                over = False
-            if over:
-                raise PeerViolation("output_over_max_tokens", f"request {msg.request_id[:40]} asked for at most "
-                                    f"{watch.max_tokens} tokens; the provider sent more")
-        if channel.qsize() >= session.max_queued:
-            raise PeerViolation("flood", f"more than {session.max_queued} answer frames queued for one request",
-                                protocol.CLOSE_LIMIT)
-        channel.put_nowait(msg)
 
     async def _ping_loop(self, session: ProviderSession) -> None:
         interval = self.settings.ping_interval_s

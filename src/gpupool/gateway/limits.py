@@ -17,13 +17,17 @@ rate. Tokens are counted at admission as the most the request may use (its promp
 bound plus `max_tokens`) and settled to the receipt's usage when it ends, as OpenAI
 counts them.
 
-The fair share is max-min: a key may use what other keys leave unused, up to the
-places the providers report (slots and queues) less a few kept spare for a newcomer's
-first request (`spare`, at least one; before any report, twice the slots), and is always
-allowed its equal share among the keys active on that model (in flight, or seen within
-`active_window_s`). Each other active key is kept one place beyond what it holds (up to
-its share), so a newcomer finds room at once instead of racing a flood for every freed
-place. A key alone is therefore limited only by the pool's size.
+The fair share is max-min over the providers' slots: a key alone may use the whole
+pool, its queues included, less a few places kept spare for a newcomer's first request
+(`spare`, at least one; before any report, the slots plus `headroom`). Once other keys
+are active on the same providers (in flight, or seen within `active_window_s`), a key
+may hold at most the slots (less `spare` of them) that the others leave, and always its
+equal share: queued places are not shared out, since a request queued behind a flood's
+long streams waits as long as one refused. Each other active key is kept one slot
+beyond what it holds (up to its share), so a newcomer finds a free slot at once instead
+of racing a flood for every freed one. Providers share their slots among the models they
+serve, so the caller passes the models served by the same providers (`related`): a key's
+requests for any of them count against its share.
 
 State per key expires once it has nothing in flight and its buckets would be full again,
 and the table never holds more than `max_keys` entries: whatever a client sends, memory
@@ -129,14 +133,15 @@ class KeyLimiter:
     # ------------------------------------------------------------ decisions
 
     def admit(self, key: int, limits: KeyLimits, model: str, tokens: int, slots: int, now: float,
-              places: int | None = None) -> Decision:
+              places: int | None = None, related: tuple[str, ...] = ()) -> Decision:
         """May this key start a request for `model` now? On ok the request is counted until `release`.
 
         `tokens`: the most the request may use (prompt bound + max_tokens). `slots`: the
         model's providers' concurrent slots (0 when nobody serves it: no fair share applies,
         routing answers that case; callers then pass a fixed `model`, since only served
         model names may become keys of the fair-share table). `places`: the requests the
-        providers accept at once, slots plus queues (None: not known yet)."""
+        providers accept at once, slots plus queues (None: not known yet). `related`: other
+        models served by the same providers, whose requests share their slots."""
         self._sweep(now)
         state = self._state(key, limits, now)
         state.last_seen = now
@@ -146,8 +151,8 @@ class KeyLimiter:
             return Decision(False, "concurrency", f"concurrent requests: limit {limits.concurrency}, in flight "
                             f"{state.total_in_flight}", retry_after_s=1.0)
         if slots > 0:
-            cap = self.fair_cap(key, model, slots, now, places)
-            mine = state.in_flight.get(model, 0)
+            cap = self.fair_cap(key, model, slots, now, places, related)
+            mine = sum(state.in_flight.get(m, 0) for m in (model, *related))
             if mine >= cap:
                 return Decision(False, "fair_share", f"this key has {mine} requests in flight for {model!r}, its "
                                 f"fair share of the pool's {slots} slots while others wait", retry_after_s=1.0)
@@ -182,23 +187,27 @@ class KeyLimiter:
             state.tokens.refill(now)
             state.tokens.give_back(min(reserved, state.tokens.capacity) - min(used, state.tokens.capacity))
 
-    def fair_cap(self, key: int, model: str, slots: int, now: float, places: int | None = None) -> int:
-        """Most requests `key` may have in flight for `model`: max-min fair over the active keys."""
-        if places is not None:
-            total = max(1, places - max(1, math.floor(places * self.config.spare)))
-        else:
-            total = slots + max(1, math.floor(slots * self.config.headroom))
-        recent = self.active.get(model, {})
-        busy: list[int] = []
-        for other, seen in recent.items():
-            if other == key:
-                continue
-            held = self.keys[other].in_flight.get(model, 0) if other in self.keys else 0
-            if held or now - seen <= self.config.active_window_s:
-                busy.append(held)
-        share = math.ceil(total / (len(busy) + 1))
-        # Every other active key keeps one place beyond what it holds, up to its share.
-        reserved = sum(min(share, held + 1) for held in busy)
+    def fair_cap(self, key: int, model: str, slots: int, now: float, places: int | None = None,
+                 related: tuple[str, ...] = ()) -> int:
+        """Most requests `key` may have in flight for `model` (and `related`): max-min fair over the active keys."""
+        models = (model, *related)
+        others: dict[int, int] = {}  # other active key -> what it holds on these providers
+        for m in models:
+            for other, seen in self.active.get(m, {}).items():
+                if other == key or other in others:
+                    continue
+                state = self.keys.get(other)
+                held = sum(state.in_flight.get(x, 0) for x in models) if state else 0
+                if held or now - seen <= self.config.active_window_s:
+                    others[other] = held
+        if not others:  # alone: the providers' queues too
+            if places is not None:
+                return max(1, places - max(1, math.floor(places * self.config.spare)))
+            return slots + max(1, math.floor(slots * self.config.headroom))
+        total = max(1, slots - math.floor(slots * self.config.spare))
+        share = math.ceil(total / (len(others) + 1))
+        # Every other active key keeps one slot beyond what it holds, up to its share.
+        reserved = sum(min(share, held + 1) for held in others.values())
         return max(share, total - reserved)
 
     # ------------------------------------------------------------ bookkeeping

@@ -49,6 +49,11 @@ MAX_TOKENS_CEILING = 2**31 - 1
 # at the edge instead of costing a provider a tokenizer pass (or worse).
 MAX_CHARS_PER_TOKEN = 128
 
+# Room in a generation request's body beyond its prompt text: roles, up to MAX_MESSAGES
+# message envelopes, stop sequences and the sampling fields.
+BODY_SLACK_BYTES = 256 * 1024
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
 BodyT = TypeVar("BodyT", bound="_Body")
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -256,6 +261,16 @@ def _output_tokens(requested: int | None, default: int, limit: ModelLimits | Non
             f"{param} is too large: {requested}. This model supports at most {limit.max_output_tokens} "
             "completion tokens", param=param)
     return requested or min(default, limit.max_output_tokens)
+
+
+def generation_body_limit(path: str, largest_context: int | None) -> tuple[int, str]:
+    """The largest body a generation route can need: a JSON body holds at least one byte per
+    prompt character, so one over the largest served context by MAX_CHARS_PER_TOKEN is refused
+    (413) from its Content-Length, before the event loop parses megabytes of it."""
+    if path not in GENERATION_PATHS or largest_context is None:
+        return 2**63, ""
+    return (largest_context * MAX_CHARS_PER_TOKEN + BODY_SLACK_BYTES,
+            f"no model served here takes a prompt that long (the largest context is {largest_context} tokens)")
 
 
 def _check_prompt(chars: int, limit: ModelLimits | None, param: str) -> None:

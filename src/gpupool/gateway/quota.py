@@ -79,24 +79,23 @@ class Quotas:
     def admit(self, key: ApiKey, model: str, payload: Payload) -> Ticket:
         """Count the request against its key, or raise the 429 that says which limit it hit."""
         tokens = estimate_tokens(payload)
-        slots, places = 0, None
+        slots, places, related = 0, None, ()
         if self.settings.fair_share:
             sessions = self.hub.serving(model)
             slots = sum(s.offer.max_concurrency for s in sessions)
             # Slots plus queues, as the providers last reported them (unknown until each has).
             if sessions and all(s.load is not None for s in sessions):
                 places = sum(s.load.capacity for s in sessions)  # type: ignore[union-attr]
+            # The same providers' other models share their slots (offers are bounded per session).
+            related = tuple({m for s in sessions for m in s.models} - {model})
         name = model if slots > 0 else UNSERVED
         decision = self.limiter.admit(key.id, self.limits_for(key), name, tokens, slots, time.monotonic(),
-                                      places)
+                                      places, related)
         if not decision.ok:
             self.refused[decision.reason] = self.refused.get(decision.reason, 0) + 1
             if decision.reason == "fair_share":
                 # Not the key's own limit: the pool is busy and others need their share.
-                exc: errors.GpupoolError = errors.NoCapacity(
-                    f"{decision.message}; retry shortly", code="no_capacity")
-                exc.retry_after_s = decision.retry_after_s  # type: ignore[attr-defined]
-                raise exc
+                raise errors.NoCapacity(f"{decision.message}; retry shortly", retry_after_s=decision.retry_after_s)
             raise errors.RateLimited(f"Rate limit reached for this key on {decision.message}. Please try again "
                                      f"in {decision.retry_after_s:.1f}s.", retry_after_s=decision.retry_after_s)
         return Ticket(self, key.id, name, tokens)

@@ -25,7 +25,7 @@ import msgspec
 
 from gpupool import errors
 from gpupool.gateway.dispatch import Dispatcher, Tries, deadline_ms, loop_deadline
-from gpupool.gateway.hub import Event, ProviderSession
+from gpupool.gateway.session import Event, ProviderSession
 from gpupool.gateway.metrics import note_routing
 from gpupool.gateway.router import DEFAULT_ROUTE, RouteOptions
 from gpupool.protocol import Chunk, Done, Fail, GeneratePayload, Payload, Run

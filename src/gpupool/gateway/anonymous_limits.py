@@ -1,0 +1,111 @@
+"""A rate per client address for requests that carry no API key (and for failed keys).
+
+Public reads (`/v1/providers`, `/v1/stats`, the dashboard, `/metrics`) and 401s cost the
+gateway CPU but no credits, so nothing else holds back a client that floods them. A
+request with a key is never refused here (its key has its own limits, gateway/limits.py),
+so a flood from an address does not lock out the paying clients behind the same NAT;
+but a 401 counts against the address, and once over the rate it is held back too.
+
+Over its rate a request gets 429 with Retry-After, and the answer is held back for up to
+`hold_s` first: a flooder that waits for each answer before sending the next (most do)
+is slowed to a few requests per connection per second at the cost of a sleeping
+coroutine, where an immediate 429 would only let it ask again at once. At most
+`max_held` answers are held at a time; beyond that they go out at once.
+
+    limiter = AddressLimiter(rate=20, burst_s=10)
+    wait = limiter.admit("203.0.113.9", now)      # 0.0: go ahead; else seconds until allowed
+
+Behind a reverse proxy every client has the proxy's address: run uvicorn's
+`--forwarded-allow-ips` (docs/operations.md) or raise `--anonymous-rate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gpupool import errors
+from gpupool.gateway.http import error_response
+from gpupool.gateway.limits import Bucket
+
+
+class AddressLimiter:
+    """Token buckets per client address: pure policy, `now` passed in, bounded table."""
+
+    def __init__(self, rate: float, burst_s: float = 10.0, max_addresses: int = 100_000):
+        self.rate = rate
+        self.burst_s = burst_s
+        self.max_addresses = max_addresses
+        self.buckets: dict[str, Bucket] = {}
+        self._swept = 0.0
+
+    def admit(self, address: str, now: float) -> float:
+        """0.0 if `address` may make a request now (it is counted), else the seconds to wait."""
+        if self.rate <= 0:
+            return 0.0
+        bucket = self.buckets.get(address)
+        if bucket is None:
+            self._sweep(now)
+            bucket = self.buckets[address] = Bucket.full(int(self.rate * 60), self.burst_s, now)
+        wait = bucket.wait_for(1, now)
+        if wait == 0.0:
+            bucket.take(1)
+        return wait
+
+    def _sweep(self, now: float) -> None:
+        """Forget full buckets (they hold nothing); when still full, drop the oldest entries."""
+        if len(self.buckets) < self.max_addresses and now - self._swept < 10.0:
+            return
+        self._swept = now
+        self.buckets = {a: b for a, b in self.buckets.items() if b.full_at() > now}
+        while len(self.buckets) >= self.max_addresses:
+            del self.buckets[next(iter(self.buckets))]
+
+
+class AnonymousLimit:
+    """ASGI middleware: requests without `Authorization`, and those answered 401, count
+    against their address's rate; over it they get a (held-back) 429."""
+
+    def __init__(self, app: ASGIApp, limiter: AddressLimiter, hold_s: float = 1.0, max_held: int = 256):
+        self.app = app
+        self.limiter = limiter
+        self.hold_s = hold_s
+        self.max_held = max_held
+        self.held = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limiter.rate <= 0:
+            return await self.app(scope, receive, send)
+        address = scope["client"][0] if scope.get("client") else "unknown"
+        if any(name == b"authorization" for name, _ in scope.get("headers", ())):
+            # Keyed: never refused here; a 401 is counted, and held back once over the rate.
+            return await self.app(scope, receive, self._holding_401s(address, send))
+        wait = self.limiter.admit(address, time.monotonic())
+        if wait == 0.0:
+            return await self.app(scope, receive, send)
+        await self._hold()
+        exc = errors.RateLimited(f"too many requests without an API key from {address}; send your key, or retry "
+                                 f"in {wait:.1f}s", retry_after_s=wait)
+        await error_response(exc)(scope, receive, send)
+
+    async def _hold(self) -> None:
+        # The full `hold_s`, not just until the next request would be allowed (a few ms at
+        # 20/s): the point is to slow each of the flooder's connections to a request a second.
+        if self.held >= self.max_held:
+            return
+        self.held += 1
+        try:
+            await asyncio.sleep(self.hold_s)
+        finally:
+            self.held -= 1
+
+    def _holding_401s(self, address: str, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                wait = self.limiter.admit(address, time.monotonic())
+                if wait > 0:
+                    await self._hold()
+            await send(message)
+        return wrapped

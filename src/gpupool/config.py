@@ -94,6 +94,11 @@ class GatewaySettings:
     max_queued_events: int = _opt(4096, "most answer frames (chunks) waiting for one request, and items in one "
                                   "batch frame (at least 1024: honest providers batch up to that many); a "
                                   "provider flooding more is disconnected")
+    retention_days: float = _opt(30.0, "provider rows of nodes unseen, and peer events, older than this are "
+                                 "deleted (hourly)")
+    max_provider_rows: int = _opt(100_000, "provider rows kept in the database (one per node key that ever "
+                                  "connected; keys cost nothing): beyond it, the longest-unseen go")
+    max_peer_events: int = _opt(1_000_000, "peer event rows kept in the database; beyond it, the oldest go")
     known_model_ttl_s: float = _opt(300.0, "a model no connected provider offers is forgotten after this long "
                                     "(until then requests for it are 503 rather than 404)")
     ready_file: Path | None = _opt(None, "write {url, port} as JSON here once listening")

@@ -226,6 +226,29 @@ async def test_tampering_with_the_journal_or_balances_is_detected(tmp_path: Path
     await led.close()
 
 
+async def test_account_history_reads_the_index_and_old_databases_gain_it(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    led = await SqlLedger.open(f"sqlite+aiosqlite:///{path}")
+    for i in range(30):
+        await led.deposit(f"d{i}", "alice" if i % 3 else "bob", 100 + i)
+    newest = await led.history("client:alice", limit=5)
+    assert [h["key"] for h in newest] == ["d29", "d28", "d26", "d25", "d23"]
+    assert [h["delta"] for h in newest] == [129, 128, 126, 125, 123]
+    assert len(await led.history("client:bob", limit=100)) == 10
+    # A database written before the index existed: the index is filled once, on open.
+    async with led.engine.begin() as conn:
+        await conn.execute(text("DROP TABLE ledger_account_entries"))
+    await led.close()
+    led = await SqlLedger.open(f"sqlite+aiosqlite:///{path}")
+    assert await led.history("client:alice", limit=5) == newest
+    assert await led.verify() == []
+    # An index row edited behind the ledger's back is found.
+    async with led.engine.begin() as conn:
+        await conn.execute(text("UPDATE ledger_account_entries SET delta = 1 WHERE seq = 30 AND account = 'client:alice'"))
+    assert any("account index disagrees" in p for p in await led.verify())
+    await led.close()
+
+
 async def test_verify_checks_paid_once_records_and_release_times(url: str) -> None:
     """Rows edited behind the ledger's back: a batch's time moved back (its earnings then release
     early), a paid-once record deleted (its receipt could be charged again) or invented."""

@@ -61,7 +61,7 @@ from gpupool.gateway.public_api import public_routes
 from gpupool.gateway.dashboard import dashboard_routes
 from gpupool.gateway.router import RouteOptions
 from gpupool.gateway.services import Services
-from gpupool.gateway.store import ApiKey, Store, account_for
+from gpupool.gateway.store import ApiKey, Retention, Store, account_for
 from gpupool.gateway.stream import open_stream
 from gpupool.identity import Identity
 from gpupool.logs import REQUESTS, request_line
@@ -94,7 +94,8 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        store.start_writer()
+        store.start_writer(Retention(keep_s=settings.retention_days * 86400, max_providers=settings.max_provider_rows,
+                                     max_events=settings.max_peer_events, connected=lambda: list(hub.sessions)))
         await services.start([k["account"] for k in await store.list_keys()])
         await batches.start()
         try:

@@ -17,6 +17,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    delete,
     insert,
     select,
     update,
@@ -41,6 +43,8 @@ from gpupool.db import add_missing_columns, create_engine
 log = logging.getLogger("gpupool.gateway.store")
 
 KEY_PREFIX = "gp-"
+# Request and event log rows held in memory while the database does not take writes.
+MAX_PENDING_ROWS = 100_000
 
 
 class Base(DeclarativeBase):
@@ -147,6 +151,17 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Retention:
+    """How much the store keeps of what strangers cause (GatewaySettings: --retention-days...)."""
+
+    keep_s: float = 30 * 86400  # provider rows unseen and peer events older than this go
+    max_providers: int = 100_000  # beyond this, the longest-unseen (not connected) rows go
+    max_events: int = 1_000_000
+    every_s: float = 3600.0
+    connected: Callable[[], Iterable[str]] = lambda: ()
+
+
 class Store:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
@@ -157,6 +172,8 @@ class Store:
         self._pending: list[tuple[Any, dict[str, Any]]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        self.dropped = 0  # log rows dropped because the database was unreachable too long
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -167,13 +184,16 @@ class Store:
             await conn.run_sync(_add_missing_indexes)
         return cls(engine)
 
-    def start_writer(self) -> None:
+    def start_writer(self, retention: Retention | None = None) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        if retention is not None:
+            self._pruner = asyncio.create_task(self._prune_loop(retention), name="store-pruner")
 
     async def close(self) -> None:
-        if self._writer:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
+        tasks = [t for t in (self._writer, self._pruner) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._flush()
         await self.engine.dispose()
 
@@ -311,8 +331,43 @@ class Store:
     # ------------------------------------------------------------ batching writer
 
     def _queue(self, table: Any, row: dict[str, Any]) -> None:
+        if len(self._pending) >= MAX_PENDING_ROWS:
+            # The database has been unreachable for a while: keep the newest rows, count the rest.
+            del self._pending[:MAX_PENDING_ROWS // 10]
+            self.dropped += MAX_PENDING_ROWS // 10
+            log.error("the database is not taking writes: %d request/event log rows dropped so far", self.dropped)
         self._pending.append((table, row))
         self._wake.set()
+
+    async def _prune_loop(self, retention: Retention) -> None:
+        while True:
+            try:
+                removed = await self.prune(time.time(), retention)
+                if any(removed.values()):
+                    log.info("pruned %s", ", ".join(f"{n} {what}" for what, n in removed.items()))
+            except Exception as exc:  # noqa: BLE001 - pruning must never take the gateway down
+                log.warning("pruning the store failed (will retry): %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(retention.every_s)
+
+    async def prune(self, now: float, retention: Retention) -> dict[str, int]:
+        """Bound what strangers can make the database hold: provider rows (one per key that ever
+        completed a handshake; keys cost nothing) and peer events. Connected providers are kept."""
+        await self._flush()
+        connected = set(retention.connected())
+        async with self.sessions.begin() as s:
+            stale = (await s.scalars(select(ProviderRow.node_id).where(
+                ProviderRow.last_seen < now - retention.keep_s))).all()
+            over = (await s.scalars(select(ProviderRow.node_id).order_by(ProviderRow.last_seen.desc())
+                                    .offset(retention.max_providers))).all()
+            gone = [n for n in {*stale, *over} if n not in connected]
+            for i in range(0, len(gone), 500):
+                await s.execute(delete(ProviderRow).where(ProviderRow.node_id.in_(gone[i:i + 500])))
+            old_events = await s.execute(delete(PeerEventRow).where(PeerEventRow.at < now - retention.keep_s))
+            cutoff = await s.scalar(select(PeerEventRow.id).order_by(PeerEventRow.id.desc())
+                                    .offset(retention.max_events).limit(1))
+            extra = await s.execute(delete(PeerEventRow).where(PeerEventRow.id <= cutoff)) if cutoff else None
+        return {"providers": len(gone),
+                "peer events": old_events.rowcount + (extra.rowcount if extra is not None else 0)}
 
     async def _write_loop(self) -> None:
         while True:

@@ -147,10 +147,26 @@ async def stream_flood(t: Target, duration: float, streams: int = 200, words: in
             except TimeoutError:
                 return "open at end"
 
-        statuses = await _loop(duration, streams, one)
-    # Contained: the key's own limit refused most of the flood (429), instead of it holding every slot.
-    held = statuses.get("open at end", 0)
-    return {"statuses": dict(statuses), "contained": held < streams // 2}
+        async def sample_in_flight() -> list[dict[str, int]]:
+            """What the providers hold near the end of the flood (admin view), every second."""
+            seen = []
+            while time.monotonic() < end - 0.5:
+                await asyncio.sleep(1.0)
+                if t.admin_token:
+                    rows = await asyncio.to_thread(t.admin, "/admin/providers")
+                    seen.append({"in_flight": sum(p["in_flight"] for p in rows),
+                                 "slots": sum(p["max_concurrency"] for p in rows)})
+            return seen
+
+        statuses, samples = await asyncio.gather(_loop(duration, streams, one), sample_in_flight())
+    # Contained: the flood was refused (429) beyond a share of the slots, so it never held every
+    # slot (nor queued behind them). "open at end" counts requests unanswered when the attack
+    # stopped: streams, and 429s the gateway held back because the key ignored Retry-After.
+    late = samples[len(samples) // 2:]
+    most = max((x["in_flight"] for x in late), default=None)
+    slots = late[-1]["slots"] if late else None
+    return {"statuses": dict(statuses), "providers_in_flight_max": most, "provider_slots": slots,
+            "contained": statuses.get("429", 0) > 0 and most is not None and slots is not None and most < slots}
 
 
 async def reputation_reads(t: Target, duration: float, reads: int = 10_000) -> dict[str, Any]:

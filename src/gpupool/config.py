@@ -55,6 +55,12 @@ class GatewaySettings:
     key_concurrency: int = _opt(0, "default requests at once per API key (0: only the fair share limits it)")
     rate_burst_s: float = _opt(10.0, "a key's request and token budgets hold this many seconds of its rate, "
                                "so short bursts pass")
+    trusted_proxies: str = _opt("", "comma-separated addresses of reverse proxies whose X-Forwarded-For gives the "
+                                "client's address (for --anonymous-rate); empty: the connection's address")
+    over_share_stream_pace_ms: float = _opt(20.0, "while other keys are active, the streams of a key holding more "
+                                            "than its equal share of the providers' slots send at most one event "
+                                            "this often, so relaying its flood cannot take the gateway's CPU from "
+                                            "the others (0: off; a key alone is never paced)")
     anonymous_rate: float = _opt(20.0, "requests per second per client address without an API key (public reads, "
                                  "the dashboard) and with a key that fails; over it, a delayed 429 (0: unlimited)")
     fair_share: bool = _opt(True, "under load, each key may use at most its fair share of a model's provider "

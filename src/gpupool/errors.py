@@ -91,9 +91,10 @@ class NoCapacity(GpupoolError):
     type = "rate_limit_error"
     code = "no_capacity"
 
-    def __init__(self, message: str, *, retry_after_s: float = 1.0, code: str | None = None):
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, code: str | None = None, hold_s: float = 0.0):
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
+        self.hold_s = hold_s  # the gateway holds the answer back this long (the client ignored a Retry-After)
 
 
 class RateLimited(GpupoolError):
@@ -105,9 +106,10 @@ class RateLimited(GpupoolError):
     type = "rate_limit_exceeded"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after_s: float, code: str | None = None):
+    def __init__(self, message: str, *, retry_after_s: float, code: str | None = None, hold_s: float = 0.0):
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
+        self.hold_s = hold_s  # the gateway holds the answer back this long (the client ignored a Retry-After)
 
 
 class ProviderFailed(GpupoolError):

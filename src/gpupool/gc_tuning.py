@@ -7,11 +7,18 @@ SSE streams opened at once: gen-2 passes of 40-80 ms in the gateway, each one
 delaying the next token of every open stream by as much (bench/streaming). Freezing
 the start-up heap takes those objects out of every later collection, so a pass only
 walks what was allocated since.
+
+And hand freed memory back to the OS: after a burst glibc keeps the pages a process
+freed, so its RSS would stay at the burst's peak (`hand_back_memory`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import ctypes.util
 import gc
+from collections.abc import Callable
 
 
 def freeze_startup_heap() -> None:
@@ -23,3 +30,43 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _glibc_trim() -> tuple[Callable[[], int], Callable[[], object]] | None:
+    """(free heap bytes, malloc_trim) from glibc; None on other C libraries (nothing to hand back)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim, info = libc.malloc_trim, libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    info.restype = _MallInfo2
+    return (lambda: int(info().fordblks)), (lambda: trim(0))
+
+
+async def hand_back_memory(every_s: float = 5.0, min_free: int = 8 * 1024 * 1024) -> None:
+    """Every `every_s` seconds, return freed heap pages to the OS when `min_free` more bytes
+    of the heap are free than after the last trim (glibc only).
+
+    Request bodies, prompts and answers are malloc'd buffers: after a burst (a flood of
+    big requests, hundreds of streams) glibc keeps the freed pages, so the process's RSS
+    stays at its peak. `malloc_trim` hands them back; it takes a few milliseconds on a
+    fragmented heap, which is why it runs only when there is that much to hand back."""
+    glibc = _glibc_trim()
+    if glibc is None:
+        return
+    free_bytes, trim = glibc
+    # Trimmed pages still count as free heap (they are only given back, not unmapped), so
+    # trim again only once that much more has been freed since the last trim.
+    after_last = 0
+    while True:
+        await asyncio.sleep(every_s)
+        free = free_bytes()
+        if free - after_last > min_free:
+            trim()
+        after_last = min(after_last, free) if free - after_last <= min_free else free

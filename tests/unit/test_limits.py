@@ -154,3 +154,25 @@ def test_a_key_alone_uses_the_providers_queues_but_leaves_spare_places() -> None
     lim2 = KeyLimiter(LimiterConfig(headroom=0.5))
     # One slot and no queue: a key alone gets exactly that place.
     assert sum(lim2.admit(1, NO_LIMITS, "m", 1, slots=1, now=0.0, places=1).ok for _ in range(5)) == 1
+
+
+def test_a_key_over_its_equal_share_is_told_so_only_while_others_are_active() -> None:
+    lim = KeyLimiter(LimiterConfig(spare=0.125, active_window_s=2.0))
+    alone = [lim.admit(1, NO_LIMITS, "m", 1, slots=16, now=0.0, places=16) for _ in range(10)]
+    assert all(d.ok and not d.over_share for d in alone)  # a key alone is never paced
+    assert lim.admit(2, NO_LIMITS, "m", 1, slots=16, now=0.1, places=16).ok  # a second key arrives
+    d = lim.admit(1, NO_LIMITS, "m", 1, slots=16, now=0.2, places=16)
+    assert d.ok and d.over_share  # 10 held, its equal share of the 14 kept slots is 7
+    d = lim.admit(2, NO_LIMITS, "m", 1, slots=16, now=0.2, places=16)
+    assert d.ok and not d.over_share
+
+
+def test_a_key_back_before_its_retry_after_is_marked_early() -> None:
+    lim = KeyLimiter(LimiterConfig(burst_s=1))
+    limits = KeyLimits(rpm=60)  # one a second, a burst of one
+    assert lim.admit(1, limits, "m", 1, slots=0, now=0.0).ok
+    first = lim.admit(1, limits, "m", 1, slots=0, now=0.1)
+    assert not first.ok and not first.early and first.retry_after_s == pytest.approx(0.9)
+    spin = lim.admit(1, limits, "m", 1, slots=0, now=0.2)  # did not wait as it was told
+    assert not spin.ok and spin.early
+    assert lim.admit(1, limits, "m", 1, slots=0, now=1.2).ok  # waited: served, never marked

@@ -6,17 +6,17 @@ request with a key is never refused here (its key has its own limits, gateway/li
 so a flood from an address does not lock out the paying clients behind the same NAT;
 but a 401 counts against the address, and once over the rate it is held back too.
 
-Over its rate a request gets 429 with Retry-After, and the answer is held back for up to
-`hold_s` first: a flooder that waits for each answer before sending the next (most do)
-is slowed to a few requests per connection per second at the cost of a sleeping
-coroutine, where an immediate 429 would only let it ask again at once. At most
-`max_held` answers are held at a time; beyond that they go out at once.
+Over its rate a request gets 429 with Retry-After, and the answer is held back for
+`hold_s` first (`HoldBack`, also used for keyed clients that come back before their
+Retry-After): a flooder that waits for each answer before sending the next (most do)
+is slowed to a request per connection per second at the cost of a sleeping
+coroutine, where an immediate 429 would only let it ask again at once.
 
     limiter = AddressLimiter(rate=20, burst_s=10)
     wait = limiter.admit("203.0.113.9", now)      # 0.0: go ahead; else seconds until allowed
 
-Behind a reverse proxy every client has the proxy's address: run uvicorn's
-`--forwarded-allow-ips` (docs/operations.md) or raise `--anonymous-rate`.
+Behind a reverse proxy every client has the proxy's address: list the proxy in
+`--trusted-proxies` (its X-Forwarded-For then gives the client's), or raise `--anonymous-rate`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gpupool import errors
 from gpupool.gateway.http import error_response
@@ -64,48 +64,54 @@ class AddressLimiter:
             del self.buckets[next(iter(self.buckets))]
 
 
-class AnonymousLimit:
-    """ASGI middleware: requests without `Authorization`, and those answered 401, count
-    against their address's rate; over it they get a (held-back) 429."""
+class HoldBack:
+    """Answers held back before they are sent, at most `max_held` at a time (beyond that they go
+    out at once): a refused client that waits for each answer before asking again (most
+    do) is slowed to one request per connection per hold, at the cost of a sleeping coroutine."""
 
-    def __init__(self, app: ASGIApp, limiter: AddressLimiter, hold_s: float = 1.0, max_held: int = 256):
-        self.app = app
-        self.limiter = limiter
-        self.hold_s = hold_s
+    def __init__(self, max_held: int = 256):
         self.max_held = max_held
         self.held = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.limiter.rate <= 0:
-            return await self.app(scope, receive, send)
-        address = scope["client"][0] if scope.get("client") else "unknown"
-        if any(name == b"authorization" for name, _ in scope.get("headers", ())):
-            # Keyed: never refused here; a 401 is counted, and held back once over the rate.
-            return await self.app(scope, receive, self._holding_401s(address, send))
-        wait = self.limiter.admit(address, time.monotonic())
-        if wait == 0.0:
-            return await self.app(scope, receive, send)
-        await self._hold()
-        exc = errors.RateLimited(f"too many requests without an API key from {address}; send your key, or retry "
-                                 f"in {wait:.1f}s", retry_after_s=wait)
-        await error_response(exc)(scope, receive, send)
-
-    async def _hold(self) -> None:
-        # The full `hold_s`, not just until the next request would be allowed (a few ms at
-        # 20/s): the point is to slow each of the flooder's connections to a request a second.
-        if self.held >= self.max_held:
+    async def hold(self, seconds: float) -> None:
+        if seconds <= 0 or self.held >= self.max_held:
             return
         self.held += 1
         try:
-            await asyncio.sleep(self.hold_s)
+            await asyncio.sleep(seconds)
         finally:
             self.held -= 1
 
-    def _holding_401s(self, address: str, send: Send) -> Send:
-        async def wrapped(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 401:
-                wait = self.limiter.admit(address, time.monotonic())
-                if wait > 0:
-                    await self._hold()
-            await send(message)
-        return wrapped
+
+class AnonymousLimit:
+    """Requests without `Authorization` count against their address's rate and, over it, get
+    a held-back 429 (`middleware`); failed keys count the same once known (`failed_key`)."""
+
+    def __init__(self, limiter: AddressLimiter, holdback: HoldBack, hold_s: float = 1.0):
+        self.limiter = limiter
+        self.holdback = holdback
+        # The full `hold_s`, not just until the next request would be allowed (a few ms at
+        # 20/s): the point is to slow each of the flooder's connections to a request a second.
+        self.hold_s = hold_s
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        async def limited(scope: Scope, receive: Receive, send: Send) -> None:
+            # A request with a key passes untouched (no wrapper on its sends: a stream makes thousands).
+            if scope["type"] != "http" or self.limiter.rate <= 0 or any(
+                    name == b"authorization" for name, _ in scope.get("headers", ())):
+                return await app(scope, receive, send)
+            address = scope["client"][0] if scope.get("client") else "unknown"
+            wait = self.limiter.admit(address, time.monotonic())
+            if wait == 0.0:
+                return await app(scope, receive, send)
+            await self.holdback.hold(self.hold_s)
+            exc = errors.RateLimited(f"too many requests without an API key from {address}; send your key, or "
+                                     f"retry in {wait:.1f}s", retry_after_s=wait)
+            await error_response(exc)(scope, receive, send)
+
+        return limited
+
+    async def failed_key(self, address: str) -> None:
+        """A key was refused (401): counted against the address, and held back once over its rate."""
+        if self.limiter.admit(address, time.monotonic()) > 0:
+            await self.holdback.hold(self.hold_s)

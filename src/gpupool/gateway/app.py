@@ -33,7 +33,7 @@ from gpupool import __version__, errors
 from gpupool.batch.routes import BatchService
 from gpupool.config import GatewaySettings
 from gpupool.gateway import openai_api as oa
-from gpupool.gateway.anonymous_limits import AddressLimiter, AnonymousLimit
+from gpupool.gateway.anonymous_limits import AddressLimiter, AnonymousLimit, HoldBack
 from gpupool.gateway.billing import Hold, charge_view
 from gpupool.gateway.dispatch import Dispatcher
 from gpupool.gateway.fallback import Fallbacks, Plan
@@ -107,9 +107,17 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             await store.close()
             await ledger.close()
 
+    # Keyless requests and failed keys: a rate per client address (gateway/anonymous_limits.py).
+    holdback = HoldBack()  # refused answers held back from clients that flood or ignore Retry-After
+    anonymous = AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback)
+
     async def on_error(_r: Request, exc: Exception) -> Response:
         if isinstance(exc, (ClientGone, ClientDisconnect)):
             return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+        if isinstance(exc, errors.AuthenticationFailed):
+            await anonymous.failed_key(_r.client.host if _r.client else "unknown")
+        if isinstance(exc, (errors.RateLimited, errors.NoCapacity)):
+            await holdback.hold(exc.hold_s)
         if isinstance(exc, errors.GpupoolError):
             # Refused requests get their line too (-v): a 402 or 429 is what an operator looks for.
             request_line(REQUEST_LOG, request_id="-", path=_r.url.path[:100], status=exc.status,
@@ -183,12 +191,13 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     async def embeddings(request: Request) -> Response:
         key = await client_key(request)
-        body = parse(oa.EmbeddingRequest, await request.body())
-        payload = body.payload(MAX_EMBEDDING_INPUTS, quotas.model_limits(body.model))
-        _check_task(hub, body.model, "embeddings")
-        deadline_for(request)  # a bad X-Gpupool-Timeout is a 400 before anything is counted
-        return await within_quota(quotas.admit(key, body.model, payload),
-                                  _embeddings(request, key, body, payload))
+        async with quotas.turn(key.id):
+            body = parse(oa.EmbeddingRequest, await request.body())
+            payload = body.payload(MAX_EMBEDDING_INPUTS, quotas.model_limits(body.model))
+            _check_task(hub, body.model, "embeddings")
+            deadline_for(request)  # a bad X-Gpupool-Timeout is a 400 before anything is counted
+            ticket = quotas.admit(key, body.model, payload)
+        return await within_quota(ticket, _embeddings(request, key, body, payload))
 
     async def _embeddings(request: Request, key: ApiKey, body: oa.EmbeddingRequest,
                           payload: EmbedPayload) -> Response:
@@ -217,30 +226,35 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     async def chat(request: Request) -> Response:
         key = await client_key(request)
-        body = parse(oa.ChatCompletionRequest, await request.body())
-        _check_task(hub, body.model, "generate")
-        payload = body.payload(DEFAULT_MAX_TOKENS, quotas.model_limits(body.model))
-        route = route_options(request, body)
-        deadline_for(request)
-        return await within_quota(quotas.admit(key, body.model, payload), _generate(
+        async with quotas.turn(key.id):
+            body = parse(oa.ChatCompletionRequest, await request.body())
+            _check_task(hub, body.model, "generate")
+            payload = body.payload(DEFAULT_MAX_TOKENS, quotas.model_limits(body.model))
+            route = route_options(request, body)
+            deadline_for(request)
+            ticket = quotas.admit(key, body.model, payload)
+        return await within_quota(ticket, _generate(
             request, key, body.model, payload, "chatcmpl-", bool(body.stream),
             bool(body.stream_options and body.stream_options.include_usage), chat=True,
-            route=route, plan=fallbacks.plan(request, body, "chat", payload, route)))
+            route=route, plan=fallbacks.plan(request, body, "chat", payload, route), pace_s=ticket.stream_pace_s))
 
     async def completions(request: Request) -> Response:
         key = await client_key(request)
-        body = parse(oa.CompletionRequest, await request.body())
-        _check_task(hub, body.model, "generate")
-        payload, route = body.payload(quotas.model_limits(body.model)), route_options(request, body)
-        deadline_for(request)
-        return await within_quota(quotas.admit(key, body.model, payload), _generate(
+        async with quotas.turn(key.id):
+            body = parse(oa.CompletionRequest, await request.body())
+            _check_task(hub, body.model, "generate")
+            payload, route = body.payload(quotas.model_limits(body.model)), route_options(request, body)
+            deadline_for(request)
+            ticket = quotas.admit(key, body.model, payload)
+        return await within_quota(ticket, _generate(
             request, key, body.model, payload, "cmpl-", bool(body.stream),
             bool(body.stream_options and body.stream_options.include_usage), chat=False,
-            route=route, plan=fallbacks.plan(request, body, "completions", payload, route)))
+            route=route, plan=fallbacks.plan(request, body, "completions", payload, route),
+            pace_s=ticket.stream_pace_s))
 
     async def _generate(request: Request, key: ApiKey, model: str, payload: Payload, prefix: str,
                         stream: bool, include_usage: bool, chat: bool, route: RouteOptions,
-                        plan: Plan | None = None) -> Response:
+                        plan: Plan | None = None, pace_s: float = 0.0) -> Response:
         rid = prefix + uuid.uuid4().hex
         started = time.monotonic()
         deadline = deadline_for(request)
@@ -268,7 +282,8 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
         try:
             opened = await fallbacks.first_event(plan, deadline,
-                                                 open_stream(dispatcher, rid, model, payload, deadline, route))
+                                                 open_stream(dispatcher, rid, model, payload, deadline, route,
+                                                                         pace_s))
         except BaseException as exc:
             hold.release()
             if isinstance(exc, errors.GpupoolError):  # no first token from the pool: a lane may serve
@@ -475,9 +490,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     )
     body_limit = BodyLimit(app, settings.max_body_bytes,
                            lambda path: oa.generation_body_limit(path, hub.largest_context()))
-    anonymous = AnonymousLimit(batches.upload_limit(body_limit, app),
-                               AddressLimiter(settings.anonymous_rate, settings.rate_burst_s))
-    return metrics.middleware(anonymous)
+    return metrics.middleware(anonymous.middleware(batches.upload_limit(body_limit, app)))
 
 
 def _check_task(hub: Hub, model: str, task: str) -> None:

@@ -27,7 +27,9 @@ long streams waits as long as one refused. Each other active key is kept one slo
 beyond what it holds (up to its share), so a newcomer finds a free slot at once instead
 of racing a flood for every freed one. Providers share their slots among the models they
 serve, so the caller passes the models served by the same providers (`related`): a key's
-requests for any of them count against its share.
+requests for any of them count against its share. A key admitted beyond its equal share
+while others are active is told so (`Decision.over_share`): the gateway then paces its
+streams, since relaying its tokens costs the gateway's CPU, which the others share too.
 
 State per key expires once it has nothing in flight and its buckets would be full again,
 and the table never holds more than `max_keys` entries: whatever a client sends, memory
@@ -36,6 +38,7 @@ stays bounded.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -64,9 +67,14 @@ class Decision:
     reason: str = ""  # rpm | tpm | concurrency | fair_share
     message: str = ""
     retry_after_s: float = 0.0
+    # Admitted while holding more than its equal share with other keys active: its streams
+    # are paced (gateway/stream.py), so its flood of tokens cannot take the gateway's CPU too.
+    over_share: bool = False
+    early: bool = False  # refused again before the Retry-After of its last refusal
 
 
 ADMIT = Decision(True)
+ADMIT_OVER_SHARE = Decision(True, over_share=True)
 
 
 @dataclass
@@ -114,6 +122,7 @@ class KeyState:
     in_flight: dict[str, int] = field(default_factory=dict)  # per model
     total_in_flight: int = 0
     last_seen: float = 0.0
+    retry_at: float = 0.0  # the Retry-After its last refusal gave
 
     def idle_until(self) -> float:
         """When this entry carries no information any more (nothing in flight, buckets full)."""
@@ -141,18 +150,34 @@ class KeyLimiter:
         routing answers that case; callers then pass a fixed `model`, since only served
         model names may become keys of the fair-share table). `places`: the requests the
         providers accept at once, slots plus queues (None: not known yet). `related`: other
-        models served by the same providers, whose requests share their slots."""
+        models served by the same providers, whose requests share their slots.
+
+        A refusal says `early` when the key came back before the Retry-After of its last
+        refusal: the gateway holds such answers back (a client spinning on 429s would
+        otherwise take the CPU it was refused)."""
         self._sweep(now)
         state = self._state(key, limits, now)
+        decision = self._decide(state, key, limits, model, tokens, slots, now, places, related)
+        if not decision.ok:
+            early = now < state.retry_at
+            state.retry_at = now + decision.retry_after_s
+            if early:
+                decision = dataclasses.replace(decision, early=True)
+        return decision
+
+    def _decide(self, state: KeyState, key: int, limits: KeyLimits, model: str, tokens: int, slots: int,
+                now: float, places: int | None, related: tuple[str, ...]) -> Decision:
         state.last_seen = now
         if slots > 0:
             self.active.setdefault(model, {})[key] = now
         if limits.concurrency and state.total_in_flight >= limits.concurrency:
             return Decision(False, "concurrency", f"concurrent requests: limit {limits.concurrency}, in flight "
                             f"{state.total_in_flight}", retry_after_s=1.0)
+        over_share = False
         if slots > 0:
-            cap = self.fair_cap(key, model, slots, now, places, related)
+            cap, share = self._caps(key, model, slots, now, places, related)
             mine = sum(state.in_flight.get(m, 0) for m in (model, *related))
+            over_share = share is not None and mine >= share
             if mine >= cap:
                 return Decision(False, "fair_share", f"this key has {mine} requests in flight for {model!r}, its "
                                 f"fair share of the pool's {slots} slots while others wait", retry_after_s=1.0)
@@ -169,7 +194,7 @@ class KeyLimiter:
             state.tokens.take(tokens)
         state.in_flight[model] = state.in_flight.get(model, 0) + 1
         state.total_in_flight += 1
-        return ADMIT
+        return ADMIT_OVER_SHARE if over_share else ADMIT
 
     def release(self, key: int, model: str, reserved: int, used: int, now: float) -> None:
         """An admitted request ended; `used` tokens (from its receipt, 0 if it failed) replace `reserved`."""
@@ -190,6 +215,11 @@ class KeyLimiter:
     def fair_cap(self, key: int, model: str, slots: int, now: float, places: int | None = None,
                  related: tuple[str, ...] = ()) -> int:
         """Most requests `key` may have in flight for `model` (and `related`): max-min fair over the active keys."""
+        return self._caps(key, model, slots, now, places, related)[0]
+
+    def _caps(self, key: int, model: str, slots: int, now: float, places: int | None,
+              related: tuple[str, ...]) -> tuple[int, int | None]:
+        """(the fair cap, the equal share among active keys; None when the key is alone)."""
         models = (model, *related)
         others: dict[int, int] = {}  # other active key -> what it holds on these providers
         for m in models:
@@ -202,13 +232,13 @@ class KeyLimiter:
                     others[other] = held
         if not others:  # alone: the providers' queues too
             if places is not None:
-                return max(1, places - max(1, math.floor(places * self.config.spare)))
-            return slots + max(1, math.floor(slots * self.config.headroom))
+                return max(1, places - max(1, math.floor(places * self.config.spare))), None
+            return slots + max(1, math.floor(slots * self.config.headroom)), None
         total = max(1, slots - math.floor(slots * self.config.spare))
         share = math.ceil(total / (len(others) + 1))
         # Every other active key keeps one slot beyond what it holds, up to its share.
         reserved = sum(min(share, held + 1) for held in others.values())
-        return max(share, total - reserved)
+        return max(share, total - reserved), share
 
     # ------------------------------------------------------------ bookkeeping
 

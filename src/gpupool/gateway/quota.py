@@ -11,8 +11,10 @@ live provider sessions, and `time.monotonic()`, and shapes refusals as errors.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from starlette.background import BackgroundTasks
@@ -32,16 +34,22 @@ if TYPE_CHECKING:
 # The fair-share table is keyed by model names only once a provider serves them; requests
 # for anything else share this entry (routing answers them with 404/503 at once).
 UNSERVED = ""
+# A key refused again before its last Retry-After has its 429 held back this long: spinning
+# on 429s would otherwise cost the gateway the CPU (parsing, routing) its share refused.
+EARLY_RETRY_HOLD_S = 1.0
 
 
 class Ticket:
     """One admitted request; `release` gives its place (and unused tokens) back, once."""
 
-    __slots__ = ("_quotas", "_key", "_model", "reserved", "_open")
+    __slots__ = ("_quotas", "_key", "_model", "reserved", "_open", "stream_pace_s")
 
-    def __init__(self, quotas: Quotas, key: int, model: str, reserved: int):
+    def __init__(self, quotas: Quotas, key: int, model: str, reserved: int, stream_pace_s: float = 0.0):
         self._quotas, self._key, self._model, self.reserved = quotas, key, model, reserved
         self._open = True
+        # > 0: the key holds more than its equal share while others wait; its stream sends at
+        # most one event this often (gateway/stream.py).
+        self.stream_pace_s = stream_pace_s
 
     def release(self, used_tokens: int | None = None) -> None:
         """`used_tokens`: what to count against tokens per minute; None counts the admission
@@ -58,6 +66,28 @@ class Quotas:
         self.hub = hub
         self.limiter = KeyLimiter(LimiterConfig(burst_s=settings.rate_burst_s))
         self.refused: dict[str, int] = {}  # reason -> count, for operators
+        self._turns: dict[int, tuple[asyncio.Lock, int]] = {}  # key id -> (its lock, requests using it)
+
+    @asynccontextmanager
+    async def turn(self, key_id: int) -> AsyncIterator[None]:
+        """One request of a key at a time parses its body and is admitted.
+
+        That work is CPU on the event loop (a chat body is parsed and validated, limits are
+        checked), done synchronously: a key sending 200 requests at once would otherwise
+        queue 200 parses ahead of everyone else's request. Taking turns per key, each of
+        its requests waits behind its own, and another key's request runs between two of
+        them. The table holds only keys with a request in this phase."""
+        lock, users = self._turns.get(key_id) or (asyncio.Lock(), 0)
+        self._turns[key_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._turns[key_id]
+            if users == 1:
+                del self._turns[key_id]
+            else:
+                self._turns[key_id] = (lock, users - 1)
 
     def limits_for(self, key: ApiKey) -> KeyLimits:
         s = self.settings
@@ -93,12 +123,17 @@ class Quotas:
                                       places, related)
         if not decision.ok:
             self.refused[decision.reason] = self.refused.get(decision.reason, 0) + 1
+            # Back before its last Retry-After: the answer is held back (the client waits either way).
+            hold = EARLY_RETRY_HOLD_S if decision.early else 0.0
             if decision.reason == "fair_share":
                 # Not the key's own limit: the pool is busy and others need their share.
-                raise errors.NoCapacity(f"{decision.message}; retry shortly", retry_after_s=decision.retry_after_s)
+                raise errors.NoCapacity(f"{decision.message}; retry shortly", retry_after_s=decision.retry_after_s,
+                                        hold_s=hold)
             raise errors.RateLimited(f"Rate limit reached for this key on {decision.message}. Please try again "
-                                     f"in {decision.retry_after_s:.1f}s.", retry_after_s=decision.retry_after_s)
-        return Ticket(self, key.id, name, tokens)
+                                     f"in {decision.retry_after_s:.1f}s.", retry_after_s=decision.retry_after_s,
+                                     hold_s=hold)
+        pace = self.settings.over_share_stream_pace_ms / 1000 if decision.over_share else 0.0
+        return Ticket(self, key.id, name, tokens, pace)
 
 
 def estimate_tokens(payload: Payload) -> int:

@@ -19,7 +19,7 @@ import uvicorn
 from gpupool.config import GatewaySettings
 from gpupool.gateway.app import create_app
 from gpupool.gateway.slow_clients import guarded_http
-from gpupool.gc_tuning import freeze_startup_heap
+from gpupool.gc_tuning import freeze_startup_heap, hand_back_memory
 from gpupool.tls import server_files
 from gpupool.gateway.store import Store
 from gpupool.identity import Identity
@@ -57,7 +57,10 @@ async def serve(settings: GatewaySettings) -> None:
         ws_max_size=16 * 1024 * 1024,
         ws_ping_interval=None,  # the hub pings providers itself and measures RTT
         ws_per_message_deflate=False,  # msgpack frames are small: compressing them costs more than it saves
-        proxy_headers=False,  # nothing reads the client address; saves a middleware frame per request
+        # The client address counts only for keyless requests (--anonymous-rate); behind a
+        # reverse proxy it comes from X-Forwarded-For, trusted from the listed proxies only.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
@@ -83,7 +86,9 @@ async def serve(settings: GatewaySettings) -> None:
             os.replace(tmp, settings.ready_file)
 
     announcer = asyncio.create_task(announce())
+    trimmer = asyncio.create_task(hand_back_memory())
     try:
         await server.serve(sockets=[sock])
     finally:
         announcer.cancel()
+        trimmer.cancel()

@@ -34,8 +34,11 @@ log = logging.getLogger("gpupool.gateway.stream")
 
 
 async def open_stream(d: Dispatcher, request_id: str, model: str, payload: Payload, deadline: float,
-                      route: RouteOptions = DEFAULT_ROUTE) -> Stream:
-    """Start a stream; returns once the first event arrived, so errors before it keep their HTTP status."""
+                      route: RouteOptions = DEFAULT_ROUTE, pace_s: float = 0.0) -> Stream:
+    """Start a stream; returns once the first event arrived, so errors before it keep their HTTP status.
+
+    `pace_s` > 0: after each piece sent, wait this long and send what arrived meanwhile as one
+    piece (the key holds more than its share while others wait, gateway/limits.py)."""
     tries = Tries()
     try:
         async with asyncio.timeout_at(loop_deadline(deadline)):
@@ -43,7 +46,9 @@ async def open_stream(d: Dispatcher, request_id: str, model: str, payload: Paylo
                 d, request_id, model, payload, deadline, tries, route)
     except TimeoutError:
         raise errors.Timeout(f"no answer for {model!r} before the deadline") from None
-    return Stream(d, session, channel, request_id, model, payload, deadline, first, tries, route, sent_at)
+    stream = Stream(d, session, channel, request_id, model, payload, deadline, first, tries, route, sent_at)
+    stream.pace_s = pace_s
+    return stream
 
 
 async def _first_event(d: Dispatcher, request_id: str, model: str, payload: Payload, deadline: float,
@@ -124,6 +129,7 @@ class Stream:
         self._closed = False
         self._started = sent_at
         self._first_at: float | None = time.monotonic() - sent_at  # dispatch to first event
+        self.pace_s = 0.0
 
     @property
     def attempts(self) -> int:
@@ -157,6 +163,8 @@ class Stream:
                         sent.append(text)
                         mine.append(text)
                         yield text
+                        if self.pace_s:
+                            await asyncio.sleep(self.pace_s)
                     elif isinstance(event, Done):
                         part = "".join(mine)
                         if not self._d.receipt_ok(self.session, self._run_id, self.model, self._run_payload,

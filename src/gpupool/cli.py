@@ -1,4 +1,7 @@
-"""The one `gpupool` command: gateway, provider, checker, devnet, demo, keys, ledger, money views.
+"""The one `gpupool` command: gateway, provider, checker, keys, market, devnet, ask, demo.
+
+Registered here from their own modules: `gpupool ledger ...` (ledger/cli.py), `gpupool batch ...`
+(batch/cli.py) and the money views `account`, `providers`, `status` (cli_views.py).
 
 Flags map one-to-one onto the fields of `GatewaySettings` / `ProviderSettings`
 (a test checks that), and each also reads `GPUPOOL_<ROLE>_<FIELD>` and `--config FILE`.
@@ -25,11 +28,12 @@ import typer
 
 from gpupool import config, errors, logs
 from gpupool.cli_support import (
+    HELP,
     credits,
     database_url,
     default_gateway,
+    fail,
     friendly,
-    ledger_url,
     pointer_path,
     redact,
     remove_devnet_pointer,
@@ -38,19 +42,15 @@ from gpupool.cli_support import (
     say_database,
     write_devnet_pointer,
 )
+from gpupool.ledger.cli import ledger_app
 from gpupool.urls import ws_url
 
-# Plain click help (no rich tables): full flag names at any width, no `<bool>` tags; up to
-# 120 columns where the terminal has them.
-HELP = {"max_content_width": 120}
 app = typer.Typer(help="gpupool: pool idle GPUs into one OpenAI-compatible inference network.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, context_settings=HELP)
 keys_app = typer.Typer(help="Create, list and revoke client API keys.", no_args_is_help=True,
                        rich_markup_mode=None, context_settings=HELP)
 app.add_typer(keys_app, name="keys")
-ledger_app = typer.Typer(help="The ledger: verify, deposit, withdraw, balance, deploy the EVM contract.",
-                         no_args_is_help=True, rich_markup_mode=None, context_settings=HELP)
 app.add_typer(ledger_app, name="ledger")
 from gpupool.batch.cli import batch_app  # noqa: E402 - an HTTP client only (no torch, no database)
 
@@ -60,11 +60,6 @@ from gpupool import cli_views  # noqa: E402 - account, providers, status (HTTP c
 cli_views.register(app)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file")]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 LOG_OPTIONS = [
@@ -126,14 +121,14 @@ def settings_command(cls: type, run: Callable[[Any], None], doc: str, group: boo
             settings = config.load(cls, config_file, kwargs)
             run(settings)
         except ValueError as exc:
-            raise _fail(str(exc), 2) from None
+            raise fail(str(exc), 2) from None
         except (OSError, LookupError, errors.StartupError) as exc:
-            raise _fail(friendly(exc, port=getattr(settings, "port", None)) or f"{exc}") from None
+            raise fail(friendly(exc, port=getattr(settings, "port", None)) or f"{exc}") from None
         except Exception as exc:
             message = friendly(exc)
             if message is None:
                 raise
-            raise _fail(message) from None
+            raise fail(message) from None
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
@@ -187,13 +182,13 @@ def _get(url: str, api_key: str | None = None) -> Any:
     try:
         response = httpx.get(url, timeout=10, headers=headers)
     except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach {url}: {exc} (is the gateway running? pass --gateway)") from None
+        raise fail(f"cannot reach {url}: {exc} (is the gateway running? pass --gateway)") from None
     if response.status_code != 200:
         try:
             detail = response.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             detail = response.text[:300]
-        raise _fail(f"{url} answered {response.status_code}: {detail}")
+        raise fail(f"{url} answered {response.status_code}: {detail}")
     return response.json()
 
 
@@ -209,7 +204,7 @@ def provider_earnings(
     from gpupool.identity import Identity
 
     if not key_file.exists():
-        raise _fail(f"no provider key at {key_file} (pass --key-file)", 2)
+        raise fail(f"no provider key at {key_file} (pass --key-file)", 2)
     node_id = Identity.load_or_create(key_file).node_id
     body = _get(f"{default_gateway(gateway)}/v1/providers/{node_id}/earnings")
     if as_json:
@@ -265,12 +260,12 @@ def _with_store(db: str | None, call: Callable[[Any], Any], create: bool = False
             require_existing(url)
         return asyncio.run(go())
     except OSError as exc:
-        raise _fail(f"cannot open the database {redact(url)}: {exc}") from None
+        raise fail(f"cannot open the database {redact(url)}: {exc}") from None
     except Exception as exc:
         message = friendly(exc)
         if message is None:
             raise
-        raise _fail(message) from None
+        raise fail(message) from None
 
 
 @keys_app.command("create")
@@ -309,142 +304,8 @@ def keys_revoke(key_id: int, db: Annotated[Optional[str], typer.Option(help="the
                 = None) -> None:
     """Revoke an API key by id (see `gpupool keys list`)."""
     if not _with_store(db, lambda store: store.revoke_key(key_id)):
-        raise _fail(f"no key with id {key_id} (see `gpupool keys list`)")
+        raise fail(f"no key with id {key_id} (see `gpupool keys list`)")
     typer.echo(f"revoked key {key_id}")
-
-
-LedgerOpt = Annotated[Optional[str], typer.Option("--ledger", help="ledger URL (default: the gateway's "
-                                                  "database): sqlite:///…, postgresql://…, evm+http://…?contract=0x…")]
-
-
-def _with_ledger(flag: str | None, call: Callable[[Any], Any], create: bool = False) -> Any:
-    """Open the ledger (see cli_support.ledger_url), say which, run one call, close it."""
-    from gpupool.ledger import LedgerError, open_ledger
-
-    url, origin = ledger_url(flag)
-    say_database(url, origin, "ledger")
-
-    async def go() -> Any:
-        ledger = await open_ledger(url)
-        try:
-            return await call(ledger)
-        finally:
-            await ledger.close()
-
-    try:
-        if not create:
-            require_existing(url)
-        return asyncio.run(go())
-    except LedgerError as exc:
-        raise _fail(str(exc)) from None
-    except Exception as exc:
-        message = friendly(exc)
-        if message is None:
-            raise
-        raise _fail(message) from None
-
-
-@ledger_app.command("verify")
-def ledger_verify(ledger: LedgerOpt = None,
-                  window: Annotated[float, typer.Option(
-                      min=0, help="the audit window promised to providers and checkers (s): earnings released "
-                      "sooner are reported (0: only each release's own recorded window)")] = 0.0) -> None:
-    """Check the ledger: SQL replays the hash-chained journal (entries and their times) and checks the
-    paid-once records and release times; EVM checks the contract's code, coin and holding floor."""
-    problems = _with_ledger(ledger, lambda led: led.verify(min_window_s=window))
-    for problem in problems:
-        typer.echo(problem, err=True)
-    if problems:
-        raise typer.Exit(1)
-    typer.echo("ledger verified: no money created or lost, history intact, each receipt paid once, "
-               "no earnings released early")
-
-
-@ledger_app.command("deposit")
-def ledger_deposit(account: str, amount: Annotated[int, typer.Argument(help="µcr (1 credit = 1,000,000)")],
-                   key: Annotated[Optional[str], typer.Option(help="idempotency key (repeat-safe)")] = None,
-                   ledger: LedgerOpt = None) -> None:
-    """Credit a client account (after it paid you): its API keys can then spend it."""
-    import uuid
-
-    from gpupool.gateway.store import account_for
-    from gpupool.ledger import postings
-
-    acct = account_for(account)
-
-    async def go(led: Any) -> int:
-        await led.deposit(key or f"deposit:{uuid.uuid4().hex}", acct, amount)
-        return await led.balance(postings.client(acct))
-
-    typer.echo(f"account {acct!r}: balance {credits(_with_ledger(ledger, go, create=True))}")
-
-
-@ledger_app.command("withdraw")
-def ledger_withdraw(account: Annotated[str, typer.Argument(help="a ledger account, e.g. provider:gp… (withdrawable "
-                                                           "earnings), client:NAME, checker:ID or gateway:fees")],
-                    amount: Annotated[int, typer.Argument(help="µcr")],
-                    key: Annotated[Optional[str], typer.Option(help="idempotency key (repeat-safe)")] = None,
-                    ledger: LedgerOpt = None) -> None:
-    """Pay money out of the network (the operator records a payout; on EVM the contract sends the coin)."""
-    import uuid
-
-    async def go(led: Any) -> int:
-        await led.withdraw(key or f"withdraw:{uuid.uuid4().hex}", account, amount)
-        return await led.balance(account)
-
-    typer.echo(f"{account}: {credits(_with_ledger(ledger, go))} left")
-
-
-@ledger_app.command("balance")
-def ledger_balance(account: Annotated[str, typer.Argument(help="a client account (a key's name, e.g. devnet), "
-                                                          "or a full ledger account such as provider:gp…")],
-                   ledger: LedgerOpt = None,
-                   ucr: Annotated[bool, typer.Option("--ucr", help="print only the number, in µcr")] = False) -> None:
-    """Show an account's balance, in credits and µcr (1 credit = 1,000,000 µcr)."""
-    from gpupool.gateway.store import account_for
-    from gpupool.ledger import postings
-
-    name = account if ":" in account else postings.client(account_for(account))
-
-    async def go(led: Any) -> int | None:
-        balance = await led.balance(name)
-        if balance == 0 and name not in await led.balances():
-            return None
-        return balance
-
-    balance = _with_ledger(ledger, go)
-    if balance is None:
-        raise _fail(f"no such account {name!r} in this ledger (a client's account appears with its first "
-                    "deposit; `gpupool keys list` shows which account each key spends from)")
-    typer.echo(f"{balance}" if ucr else f"{name}: {credits(balance)}")
-
-
-# The contract's floor under audit windows: the gateway's default window, so an owner cannot
-# release earnings before checkers had the time the docs promise to contest them.
-DEFAULT_MIN_DELAY_S = int(config.GatewaySettings.__dataclass_fields__["audit_window_s"].default)
-
-
-@ledger_app.command("deploy")
-def ledger_deploy(rpc: Annotated[str, typer.Option(help="the chain's JSON-RPC URL")] = "http://127.0.0.1:8545",
-                  private_key: Annotated[Optional[str], typer.Option(
-                      envvar="GPUPOOL_EVM_PRIVATE_KEY", help="deployer key (default: the node's first account)")]
-                  = None,
-                  min_delay: Annotated[int, typer.Option(
-                      min=0, help="seconds (chain time) earnings stay held and stakes unbond at least, whatever "
-                      "the owner asks later; fixed for the contract's life (default: the gateway's audit window)")]
-                  = DEFAULT_MIN_DELAY_S) -> None:
-    """Deploy the ledger contract (Vyper, compiled here) and print the --ledger URL gateways use."""
-    from gpupool.ledger.evm import deploy
-
-    try:
-        address = asyncio.run(deploy(rpc, private_key, min_delay=min_delay))
-    except Exception as exc:
-        message = friendly(exc)
-        if message is None:
-            raise
-        raise _fail(f"{message} (is the chain's node running at {rpc}?)") from None
-    typer.echo(f"deployed the gpupool ledger contract at {address} (earnings held at least {min_delay} s)")
-    typer.echo(f"gateways: gpupool gateway --ledger 'evm+{rpc}?contract={address}'")
 
 
 @app.command()
@@ -469,7 +330,7 @@ def devnet(
     logs.quiet_third_parties()  # before transformers is imported: no progress bars while preparing models
     home = home or config.default_home() / "devnet"
     if running_devnet():
-        raise _fail(f"a devnet is already running (see {pointer_path()}); stop it with Ctrl-C first")
+        raise fail(f"a devnet is already running (see {pointer_path()}); stop it with Ctrl-C first")
     if not echo_only:
         prepare_models(progress=True)
     serve_list = ["echo=echo:chat"] if echo_only else default_serve()
@@ -507,7 +368,7 @@ def devnet(
                 break
             time.sleep(0.5)
     except (NetworkError, httpx_errors()) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     finally:
         remove_devnet_pointer()
         typer.echo("stopping: draining providers and checkers, then the gateway...")

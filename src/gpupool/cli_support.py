@@ -1,4 +1,4 @@
-"""What the `gpupool` commands share: finding the database, units, and errors a person can act on.
+"""What the `gpupool` commands share: finding the database, units, help layout, and errors a person can act on.
 
     url, origin = database_url(None)        # flag > GPUPOOL_GATEWAY_DB > a running devnet's > ~/.gpupool
     say_database(url, origin)               # every command that reads a database says which one
@@ -18,10 +18,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import typer
+
 from gpupool.identity import default_home
 
 DEVNET_POINTER = "devnet.json"
 UCR_PER_CREDIT = 1_000_000
+# Plain click help (no rich tables): full flag names at any width, no `<bool>` tags; up to
+# 120 columns where the terminal has them (`context_settings=HELP` on a Typer app or group).
+HELP: dict[str, Any] = {"max_content_width": 120}
 
 
 # ---------------------------------------------------------------- units
@@ -146,6 +151,12 @@ def default_api_key(flag: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------- errors a person can act on
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print `error: MESSAGE` to stderr; `raise fail(...)` ends the command with exit status `code`."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
 
 def friendly(exc: BaseException, *, port: int | None = None) -> str | None:
     """One or two lines for an ordinary mistake; None when `exc` is a bug (let it show)."""

@@ -6,6 +6,10 @@ Every movement is a balanced double-entry journal entry with an idempotency key.
 Vyper contracts. `open_ledger(url)` picks the backend from the URL.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from gpupool.ledger.interface import BatchResult, Charge, Ledger
 from gpupool.ledger.postings import (
     Entry,
@@ -14,7 +18,19 @@ from gpupool.ledger.postings import (
     account,
     fee_of,
 )
-from gpupool.ledger.sql import InsufficientFunds, SqlLedger
+
+if TYPE_CHECKING:
+    from gpupool.ledger.sql import InsufficientFunds, SqlLedger
+
+
+def __getattr__(name: str) -> Any:
+    # The SQL backend (and with it SQLAlchemy) loads on first use: `gpupool --help` and the
+    # HTTP-only commands import this package (gpupool.ledger.cli) without needing it.
+    if name in ("InsufficientFunds", "SqlLedger"):
+        from gpupool.ledger import sql
+
+        return getattr(sql, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 async def open_ledger(url: str) -> Ledger:
@@ -23,6 +39,8 @@ async def open_ledger(url: str) -> Ledger:
         from gpupool.ledger.evm import EvmLedger  # web3 is only imported when a chain is used
 
         return await EvmLedger.open(url)
+    from gpupool.ledger.sql import SqlLedger
+
     return await SqlLedger.open(url)
 
 

@@ -160,6 +160,9 @@ class ProviderSettings:
     max_concurrency: int = _opt(4, "requests run at once")
     max_queue: int = _opt(16, "requests allowed to wait beyond that; more are refused (retryable)")
     key_file: Path = _opt(help="provider identity key", factory=lambda: default_home() / "provider.key")
+    operator_key_file: Path | None = _opt(None, "your operator key (created if missing): nodes you run with the same "
+                                          "one, providers and checkers, are known as one operator, and a gateway "
+                                          "never has one of them audit another")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, time to finish in-flight work before leaving")
     reconnect_max_s: float = _opt(30.0, "longest wait between reconnection attempts")
     settlement_key_file: Path = _opt(help="secp256k1 key that signs receipts for gateways settling on an EVM "
@@ -180,6 +183,8 @@ class CheckerSettings:
                             factory=list)
     key_file: Path = _opt(help="checker identity key (verdicts are signed with it)",
                           factory=lambda: default_home() / "checker.key")
+    operator_key_file: Path | None = _opt(None, "your operator key (created if missing): a gateway never sends this "
+                                          "checker audits of providers run with the same one")
     max_concurrency: int = _opt(32, "audit jobs accepted at once (each model runs them in order, "
                                     "embeddings in shared batches)")
     batch_window_s: float = _opt(1.0, "how long an embeddings audit waits for others to share its "

@@ -32,7 +32,7 @@ from typing import Literal, Union
 
 import msgspec
 
-from gpupool.identity import verify_signature
+from gpupool.identity import Identity, verify_signature
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
@@ -148,6 +148,10 @@ class Offer(_Msg, tag="offer"):
     longitude: float = 0.0
     # "provider" serves client traffic; "checker" holds reference models and judges audit jobs.
     role: str = "provider"
+    # Optional: the public key of the node's operator, and its signature over
+    # `operator_bytes(node_id)`. Nodes of one operator never audit each other.
+    operator: bytes = b""
+    operator_sig: bytes = b""
     signature: bytes = b""
 
 
@@ -420,6 +424,27 @@ def _array_len(raw: bytes) -> int:
 def challenge_bytes(nonce: bytes, gateway_id: str) -> bytes:
     # Binding the gateway id stops a proof being replayed to another gateway.
     return b"gpupool-challenge-v1\x00" + gateway_id.encode() + b"\x00" + nonce
+
+
+def operator_bytes(node_id: str) -> bytes:
+    """What an operator's key signs to vouch that `node_id` is one of its nodes (Offer.operator_sig)."""
+    return b"gpupool-operator-v1\x00" + node_id.encode()
+
+
+def sign_offer(offer: Offer, node: Identity, operator: Identity | None = None) -> Offer:
+    """The offer signed by its node, and vouched for by its operator's key where it has one."""
+    if operator is not None:
+        offer = msgspec.structs.replace(offer, operator=operator.public_key,
+                                        operator_sig=operator.sign(operator_bytes(offer.node_id)))
+    return msgspec.structs.replace(offer, signature=node.sign(signed_bytes(offer)))
+
+
+def operator_ok(offer: Offer) -> bool:
+    """No operator claimed, or a valid one: a 32-byte key whose signature vouches for this node."""
+    if not offer.operator:
+        return not offer.operator_sig
+    return len(offer.operator) == 32 and verify_signature(offer.operator, offer.operator_sig,
+                                                          operator_bytes(offer.node_id))
 
 
 def signed_bytes(claim: Offer | Receipt | Verdict) -> bytes:

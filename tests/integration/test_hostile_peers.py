@@ -46,25 +46,28 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         network.stop(timeout=10)
 
 
-def offer_for(ident: Identity, models: list[ModelOffer], role: str = "provider") -> Offer:
+def offer_for(ident: Identity, models: list[ModelOffer], role: str = "provider",
+              operator: Identity | None = None) -> Offer:
     offer = Offer(node_id=ident.node_id, models=models, hardware=Hardware("test", 1, 1024), region="test",
                   max_concurrency=4, issued_at=time.time(), role=role)
-    return msgspec.structs.replace(offer, signature=ident.sign(protocol.signed_bytes(offer)))
+    return protocol.sign_offer(offer, ident, operator)
 
 
-async def start_handshake(net: Network, ident: Identity, models: list[ModelOffer], role: str = "provider") -> Any:
+async def start_handshake(net: Network, ident: Identity, models: list[ModelOffer], role: str = "provider",
+                          operator: Identity | None = None) -> Any:
     """Hello, Proof and Offer sent; the caller reads the Welcome (or the close)."""
     ws = await connect(net.ws_url + "/v1/providers/ws", max_size=None)
     await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
     challenge = protocol.decode(await ws.recv())
     assert isinstance(challenge, Challenge)
     await ws.send(protocol.encode(Proof(ident.sign(protocol.challenge_bytes(challenge.nonce, challenge.gateway_id)))))
-    await ws.send(protocol.encode(offer_for(ident, models, role)))
+    await ws.send(protocol.encode(offer_for(ident, models, role, operator)))
     return ws
 
 
-async def joined(net: Network, ident: Identity, models: list[ModelOffer], role: str = "provider") -> Any:
-    ws = await start_handshake(net, ident, models, role)
+async def joined(net: Network, ident: Identity, models: list[ModelOffer], role: str = "provider",
+                 operator: Identity | None = None) -> Any:
+    ws = await start_handshake(net, ident, models, role, operator)
     assert isinstance(protocol.decode(await ws.recv()), Welcome)
     return ws
 
@@ -168,6 +171,53 @@ async def test_a_node_never_audits_its_own_answers(network: Network) -> None:
     stats = (await asyncio.to_thread(raw, network, "GET", "/admin/audits", network.admin_token)).json()
     assert stats["stats"]["no_checker"] >= 3, stats
     judging.cancel()
+
+
+async def test_nodes_of_one_operator_never_audit_each_other(network: Network) -> None:
+    """A provider and an admitted checker with different node keys but one operator key: the
+    checker never gets the provider's audits; a checker of another operator does. An offer
+    claiming an operator key that did not sign for the node is refused."""
+    network.start_gateway(extra=FAST_SETTLE)
+    operator, stranger = Identity.generate(), Identity.generate()
+    provider = Identity.generate()
+    forged = msgspec.structs.replace(offer_for(provider, [echo("ours")], operator=operator),
+                                     operator=stranger.public_key)
+    ws = await connect(network.ws_url + "/v1/providers/ws", max_size=None)
+    await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, provider.public_key)))
+    challenge = protocol.decode(await ws.recv())
+    await ws.send(protocol.encode(Proof(provider.sign(protocol.challenge_bytes(challenge.nonce, challenge.gateway_id)))))
+    await ws.send(protocol.encode(msgspec.structs.replace(forged, signature=provider.sign(protocol.signed_bytes(forged)))))
+    assert "operator key" in await closed_with(ws, protocol.CLOSE_BAD_SIGNATURE)
+
+    provider_ws = await joined(network, provider, [echo("ours")], operator=operator)
+    ours = network.checker_identity("checker-0")
+    ours_ws = await joined(network, ours, [echo("ours")], role="checker", operator=operator)
+    ours_jobs: list[protocol.AuditJob] = []
+    judging = [asyncio.create_task(judge_jobs(ours_ws, ours, True, ours_jobs))]
+    from tests.integration.test_billing import answer_one_run
+
+    client = client_for(network, timeout=30)
+
+    async def ask(i: int) -> None:
+        answering = asyncio.create_task(answer_one_run(provider_ws, provider.node_id, "x", protocol.Usage(1, 1),
+                                                       provider))
+        await asyncio.to_thread(client.chat.completions.create, model="ours",
+                                messages=[{"role": "user", "content": f"q{i}"}], max_tokens=5)
+        await asyncio.wait_for(answering, 10)
+
+    for i in range(3):
+        await ask(i)
+    await asyncio.sleep(1.0)
+    assert ours_jobs == []  # probation audits every answer, yet none went to the operator's own checker
+    theirs = network.checker_identity("checker-1")
+    theirs_ws = await joined(network, theirs, [echo("ours")], role="checker", operator=stranger)
+    theirs_jobs: list[protocol.AuditJob] = []
+    judging.append(asyncio.create_task(judge_jobs(theirs_ws, theirs, True, theirs_jobs)))
+    await ask(3)
+    await wait_until_async(lambda: theirs_jobs, "an audit job for the other operator's checker", timeout=15)
+    assert ours_jobs == []
+    for task in judging:
+        task.cancel()
 
 
 async def test_a_checker_overruled_by_a_second_checker_pays_for_it(network: Network) -> None:

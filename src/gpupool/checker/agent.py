@@ -297,6 +297,7 @@ class CheckerAgent:
         if not backends:
             raise ValueError("a checker must hold at least one reference model (--serve NAME=BACKEND[:SPEC])")
         self.identity = identity
+        self.operator: Identity | None = None  # the operator key vouching for this node (--operator-key-file)
         self.backends = dict(backends)
         self.checker_settings = settings
         self.settings = _LinkSettings(settings.reconnect_max_s, settings.ca_cert)  # what GatewayLink reads
@@ -318,7 +319,7 @@ class CheckerAgent:
             issued_at=time.time(),
             role="checker",
         )
-        return msgspec.structs.replace(offer, signature=self.identity.sign(protocol.signed_bytes(offer)))
+        return protocol.sign_offer(offer, self.identity, self.operator)
 
     def stop(self) -> None:
         self._stop.set()

@@ -29,7 +29,10 @@ def build_agent(settings: CheckerSettings) -> CheckerAgent:
     backends = {s.name: make_backend(s) for s in specs}
     for backend in backends.values():  # routine verdicts can wait to share a forward pass
         backend.set_batch_window(settings.batch_window_s)
-    return CheckerAgent(Identity.load_or_create(settings.key_file), backends, settings)
+    agent = CheckerAgent(Identity.load_or_create(settings.key_file), backends, settings)
+    if settings.operator_key_file is not None:
+        agent.operator = Identity.load_or_create(settings.operator_key_file)
+    return agent
 
 
 async def serve(settings: CheckerSettings) -> None:

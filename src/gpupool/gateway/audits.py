@@ -98,6 +98,7 @@ class PendingJob:
     accuser: str = ""  # a confirmation: the checker whose failing verdict it re-checks
     # The provider-signed charge for the audited answer: what an on-chain slash must show.
     evidence: Charge | None = None
+    operator: str = ""  # the audited provider's operator (ProviderSession.operator)
 
 
 class Auditor:
@@ -165,8 +166,8 @@ class Auditor:
         self.stats["served"] += 1
         if not audit:
             return
-        # Never the audited node itself (a key serving as provider and checker would pass its own work).
-        checker = self._checker_for(model, exclude="", provider=session.node_id)
+        # Never the audited node itself, nor a checker of its operator (it would pass its own work).
+        checker = self._checker_for(model, exclude="", provider=session.node_id, operator=session.operator)
         if checker is None:
             self.stats["no_checker"] += 1
             return
@@ -178,13 +179,15 @@ class Auditor:
         evidence = (Charge(request_id, client, session.node_id, cost, signature=done.settlement_sig)
                     if cost > 0 and len(done.settlement_sig) == 65 else None)
         self._send(PendingJob(job, session.node_id, client, cost, checker.node_id, time.monotonic(),
-                              evidence=evidence), checker)
+                              evidence=evidence, operator=session.operator), checker)
 
-    def _checker_for(self, model: str, exclude: str, provider: str = "") -> ProviderSession | None:
-        # Only admitted checkers are in `hub.checkers` (gateway/hub.py refuses the rest); offers
-        # carry no operator key, so "the same operator" can only be told by node id here.
+    def _checker_for(self, model: str, exclude: str, provider: str = "", operator: str = "") -> ProviderSession | None:
+        # Only admitted checkers are in `hub.checkers` (gateway/hub.py refuses the rest). "The same
+        # operator" is what offers declare (a signed operator key); an operator who hides its key
+        # is caught only by the admission of its checkers, which the gateway's operator decides.
         options = [c for c in self.hub.checkers.values()
                    if model in c.models and c.node_id not in (exclude, provider) and not c.closed
+                   and (not operator or c.operator != operator)
                    and self.overruled.get(c.node_id, 0) < MAX_OVERRULED]
         chosen = checker_for_slot(options, self._slot_checker.get((model, exclude)), time.monotonic(), self.rng)
         if chosen is None:
@@ -237,7 +240,8 @@ class Auditor:
             state.failed_requests.append(pending.job.receipt.request_id)
         if self.apply(pending.provider, judgement, f"checker {checker.node_id[:12]}"):
             # Fraud needs a second opinion: the same job to another checker.
-            second = self._checker_for(pending.job.model, exclude=checker.node_id, provider=pending.provider)
+            second = self._checker_for(pending.job.model, exclude=checker.node_id, provider=pending.provider,
+                                       operator=pending.operator)
             if second is not None:
                 job = AuditJob(**{**_fields(pending.job), "job_id": "conf-" + uuid.uuid4().hex, "urgent": True})
                 self._send(PendingJob(job, pending.provider, pending.client, pending.cost, second.node_id,

@@ -316,6 +316,9 @@ class Hub:
             raise PeerViolation("bad_offer", "offer node id does not match the handshake key")
         if not protocol.verify_claim(offer, public_key):
             raise PeerViolation("bad_signature", "offer signature does not verify", protocol.CLOSE_BAD_SIGNATURE)
+        if not protocol.operator_ok(offer):
+            raise PeerViolation("bad_signature", "the offer's operator key does not vouch for this node",
+                                protocol.CLOSE_BAD_SIGNATURE)
         if not offer.models:
             raise PeerViolation("bad_offer", "offer lists no models")
         if offer.max_concurrency < 1:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from starlette.websockets import WebSocket
 
 from gpupool import protocol
+from gpupool.identity import node_id_for
 from gpupool.protocol import Chunk, Done, EmbedPayload, Fail, GeneratePayload, LoadReport, ModelOffer, Offer, Run
 
 # Pings whose Pong may still come: older nonces are forgotten (their Pong is then ignored).
@@ -131,6 +132,12 @@ class ProviderSession:
     base_frame_bytes: int = ANSWER_FRAME_BYTES  # raised by the hub where hardware proofs need more
     frame_limit: int = 0  # set by the hub once the handshake completes
     due_bytes: int = 0  # sum of the open runs' answer_bytes
+
+    @property
+    def operator(self) -> str:
+        """Who runs this node: its operator key's node id where the offer names one (verified at
+        the handshake), else the node itself. Nodes of one operator never audit each other."""
+        return node_id_for(self.offer.operator) if self.offer.operator else self.node_id
 
     def open_channel(self, request_id: str) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue(self.max_queued + 1)  # +1: room for ProviderLost

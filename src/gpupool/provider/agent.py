@@ -73,6 +73,7 @@ class ProviderAgent:
         if not backends:
             raise ValueError("a provider must serve at least one model (--serve NAME=BACKEND[:SPEC])")
         self.identity = identity
+        self.operator: Identity | None = None  # the operator key vouching for this node (--operator-key-file)
         self.prices = dict(prices or {})
         self.backends = dict(backends)
         self.settings = settings
@@ -100,7 +101,7 @@ class ProviderAgent:
             max_concurrency=self.settings.max_concurrency,
             issued_at=time.time(),
         )
-        return msgspec.structs.replace(offer, signature=self.identity.sign(protocol.signed_bytes(offer)))
+        return protocol.sign_offer(offer, self.identity, self.operator)
 
     def load_report(self) -> LoadReport:
         return LoadReport(

@@ -31,7 +31,10 @@ def build_agent(settings: ProviderSettings) -> ProviderAgent:
     settings.gateways = [ws_url(u) for u in settings.gateways]
     client_context(settings.ca_cert)  # a bad --ca-cert: one line now, before any model loads
     backends = {s.name: make_backend(s) for s in specs}
-    return ProviderAgent(Identity.load_or_create(settings.key_file), backends, settings, prices)
+    agent = ProviderAgent(Identity.load_or_create(settings.key_file), backends, settings, prices)
+    if settings.operator_key_file is not None:
+        agent.operator = Identity.load_or_create(settings.operator_key_file)
+    return agent
 
 
 def parse_prices(items: list[str], names: list[str]) -> dict[str, Price]:

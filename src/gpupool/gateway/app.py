@@ -191,12 +191,11 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     async def embeddings(request: Request) -> Response:
         key = await client_key(request)
-        async with quotas.turn(key.id):
-            body = parse(oa.EmbeddingRequest, await request.body())
-            payload = body.payload(MAX_EMBEDDING_INPUTS, quotas.model_limits(body.model))
-            _check_task(hub, body.model, "embeddings")
-            deadline_for(request)  # a bad X-Gpupool-Timeout is a 400 before anything is counted
-            ticket = quotas.admit(key, body.model, payload)
+        body = parse(oa.EmbeddingRequest, await request.body())
+        payload = body.payload(MAX_EMBEDDING_INPUTS, quotas.model_limits(body.model))
+        _check_task(hub, body.model, "embeddings")
+        deadline_for(request)  # a bad X-Gpupool-Timeout is a 400 before anything is counted
+        ticket = quotas.admit(key, body.model, payload)
         return await within_quota(ticket, _embeddings(request, key, body, payload))
 
     async def _embeddings(request: Request, key: ApiKey, body: oa.EmbeddingRequest,
@@ -226,13 +225,12 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     async def chat(request: Request) -> Response:
         key = await client_key(request)
-        async with quotas.turn(key.id):
-            body = parse(oa.ChatCompletionRequest, await request.body())
-            _check_task(hub, body.model, "generate")
-            payload = body.payload(DEFAULT_MAX_TOKENS, quotas.model_limits(body.model))
-            route = route_options(request, body)
-            deadline_for(request)
-            ticket = quotas.admit(key, body.model, payload)
+        body = parse(oa.ChatCompletionRequest, await request.body())
+        _check_task(hub, body.model, "generate")
+        payload = body.payload(DEFAULT_MAX_TOKENS, quotas.model_limits(body.model))
+        route = route_options(request, body)
+        deadline_for(request)
+        ticket = quotas.admit(key, body.model, payload)
         return await within_quota(ticket, _generate(
             request, key, body.model, payload, "chatcmpl-", bool(body.stream),
             bool(body.stream_options and body.stream_options.include_usage), chat=True,
@@ -240,12 +238,11 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
 
     async def completions(request: Request) -> Response:
         key = await client_key(request)
-        async with quotas.turn(key.id):
-            body = parse(oa.CompletionRequest, await request.body())
-            _check_task(hub, body.model, "generate")
-            payload, route = body.payload(quotas.model_limits(body.model)), route_options(request, body)
-            deadline_for(request)
-            ticket = quotas.admit(key, body.model, payload)
+        body = parse(oa.CompletionRequest, await request.body())
+        _check_task(hub, body.model, "generate")
+        payload, route = body.payload(quotas.model_limits(body.model)), route_options(request, body)
+        deadline_for(request)
+        ticket = quotas.admit(key, body.model, payload)
         return await within_quota(ticket, _generate(
             request, key, body.model, payload, "cmpl-", bool(body.stream),
             bool(body.stream_options and body.stream_options.include_usage), chat=False,

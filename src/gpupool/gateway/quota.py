@@ -11,10 +11,8 @@ live provider sessions, and `time.monotonic()`, and shapes refusals as errors.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from starlette.background import BackgroundTasks
@@ -66,28 +64,6 @@ class Quotas:
         self.hub = hub
         self.limiter = KeyLimiter(LimiterConfig(burst_s=settings.rate_burst_s))
         self.refused: dict[str, int] = {}  # reason -> count, for operators
-        self._turns: dict[int, tuple[asyncio.Lock, int]] = {}  # key id -> (its lock, requests using it)
-
-    @asynccontextmanager
-    async def turn(self, key_id: int) -> AsyncIterator[None]:
-        """One request of a key at a time parses its body and is admitted.
-
-        That work is CPU on the event loop (a chat body is parsed and validated, limits are
-        checked), done synchronously: a key sending 200 requests at once would otherwise
-        queue 200 parses ahead of everyone else's request. Taking turns per key, each of
-        its requests waits behind its own, and another key's request runs between two of
-        them. The table holds only keys with a request in this phase."""
-        lock, users = self._turns.get(key_id) or (asyncio.Lock(), 0)
-        self._turns[key_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._turns[key_id]
-            if users == 1:
-                del self._turns[key_id]
-            else:
-                self._turns[key_id] = (lock, users - 1)
 
     def limits_for(self, key: ApiKey) -> KeyLimits:
         s = self.settings

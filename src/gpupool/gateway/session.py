@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.websockets import WebSocket
 
@@ -51,9 +52,15 @@ def set_frame_limit(ws: WebSocket, max_bytes: int) -> None:
     """The transport refuses a bigger frame from its header (close 1009), before buffering it,
     where the server exposes its limit; elsewhere `Hub._recv`'s check of the raw size, before
     decoding, still stands."""
-    conn = getattr(_transport(ws), "conn", None)
-    if conn is not None and hasattr(conn, "max_message_size"):
+    conn = _connection(ws)
+    if conn is not None:
         conn.max_message_size = max_bytes
+
+
+def _connection(ws: WebSocket) -> Any:
+    """The websockets protocol state behind `ws`, whose frame limit can be set (None elsewhere)."""
+    conn = getattr(_transport(ws), "conn", None)
+    return conn if hasattr(conn, "max_message_size") else None
 
 
 def set_close_timeout(ws: WebSocket) -> None:
@@ -132,6 +139,7 @@ class ProviderSession:
     base_frame_bytes: int = ANSWER_FRAME_BYTES  # raised by the hub where hardware proofs need more
     frame_limit: int = 0  # set by the hub once the handshake completes
     due_bytes: int = 0  # sum of the open runs' answer_bytes
+    _conn: Any = None  # the transport's frame-limit holder (False: the server exposes none)
 
     @property
     def operator(self) -> str:
@@ -185,7 +193,10 @@ class ProviderSession:
     def apply_frame_limit(self, limit: int) -> None:
         if limit != self.frame_limit:
             self.frame_limit = limit
-            set_frame_limit(self.ws, limit)
+            if self._conn is None:  # looked up once: this runs on every dispatch of a big answer
+                self._conn = _connection(self.ws) or False
+            if self._conn:
+                self._conn.max_message_size = limit
 
     def ping_sent(self, nonce: int) -> None:
         self.pings[nonce] = time.monotonic()

@@ -49,14 +49,16 @@ def _glibc_trim() -> tuple[Callable[[], int], Callable[[], object]] | None:
     return (lambda: int(info().fordblks)), (lambda: trim(0))
 
 
-async def hand_back_memory(every_s: float = 5.0, min_free: int = 8 * 1024 * 1024) -> None:
-    """Every `every_s` seconds, return freed heap pages to the OS when `min_free` more bytes
-    of the heap are free than after the last trim (glibc only).
+async def hand_back_memory(quiet: Callable[[], bool] = lambda: True, every_s: float = 1.0,
+                           min_free: int = 8 * 1024 * 1024) -> None:
+    """Return freed heap pages to the OS (glibc only): checked every `every_s` seconds, done
+    when `quiet()` says nothing is being served and `min_free` more bytes of the heap are
+    free than after the last trim.
 
     Request bodies, prompts and answers are malloc'd buffers: after a burst (a flood of
     big requests, hundreds of streams) glibc keeps the freed pages, so the process's RSS
     stays at its peak. `malloc_trim` hands them back; it takes a few milliseconds on a
-    fragmented heap, which is why it runs only when there is that much to hand back."""
+    fragmented heap, and under load the pages would only be faulted back in."""
     glibc = _glibc_trim()
     if glibc is None:
         return
@@ -67,6 +69,8 @@ async def hand_back_memory(every_s: float = 5.0, min_free: int = 8 * 1024 * 1024
     while True:
         await asyncio.sleep(every_s)
         free = free_bytes()
-        if free - after_last > min_free:
+        if free - after_last > min_free and quiet():
             trim()
-        after_last = min(after_last, free) if free - after_last <= min_free else free
+            after_last = free
+        elif free < after_last:
+            after_last = free

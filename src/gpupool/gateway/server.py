@@ -19,7 +19,7 @@ import uvicorn
 from gpupool.config import GatewaySettings
 from gpupool.gateway.app import create_app
 from gpupool.gateway.slow_clients import guarded_http
-from gpupool.gc_tuning import freeze_startup_heap, hand_back_memory
+from gpupool.gc_tuning import freeze_startup_heap
 from gpupool.tls import server_files
 from gpupool.gateway.store import Store
 from gpupool.identity import Identity
@@ -86,9 +86,7 @@ async def serve(settings: GatewaySettings) -> None:
             os.replace(tmp, settings.ready_file)
 
     announcer = asyncio.create_task(announce())
-    trimmer = asyncio.create_task(hand_back_memory())
     try:
         await server.serve(sockets=[sock])
     finally:
         announcer.cancel()
-        trimmer.cancel()

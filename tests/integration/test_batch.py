@@ -197,6 +197,12 @@ def test_bad_files_are_refused_naming_the_line_and_nothing_is_created(network: N
                                                         "completion_window": "24h",
                                                         "metadata": {"gpupool_max_provider_share": "1.5"}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "metadata.gpupool_max_provider_share"
+    # No admitted checker audits echo-embed here: a batch that requires verified models is refused.
+    for value, status in (("maybe", 400), ("true", 503)):
+        r = raw(network, "POST", "/v1/batches", key, json={"input_file_id": fid, "endpoint": "/v1/embeddings",
+                                                            "completion_window": "24h",
+                                                            "metadata": {"gpupool_require_verified": value}})
+        assert r.status_code == status and r.json()["error"]["param"] == "metadata.gpupool_require_verified", r.text
     assert raw(network, "GET", "/v1/batches", key).json()["data"] == []
 
     big = jsonl(embed_lines(60))

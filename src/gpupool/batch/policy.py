@@ -107,3 +107,9 @@ def split_cost(total: int, weights: list[int]) -> list[int]:
     for i in order[:total - sum(base)]:
         base[i] += 1
     return base
+
+
+def require_verified(metadata: dict[str, str]) -> bool:
+    """Whether a batch runs only while an admitted checker audits its model (its metadata's
+    `gpupool_require_verified`, validated when the batch was created)."""
+    return metadata.get("gpupool_require_verified") == "true"

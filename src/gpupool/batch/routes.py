@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gpupool import errors
 from gpupool.batch import estimate as est
+from gpupool.batch import policy
 from gpupool.batch.runner import Runner
 from gpupool.batch.store import BatchRow, BatchStore, FileRow, ItemRow
 from gpupool.batch.validate import ENDPOINTS, parse_file
@@ -40,7 +41,7 @@ from gpupool.gateway.store import ApiKey, Store
 
 WINDOWS = {"24h": 24 * 3600}
 MAX_METADATA_KEYS = 16
-GPUPOOL_METADATA = ("gpupool_max_provider_share", "gpupool_max_cost_ucr")
+GPUPOOL_METADATA = ("gpupool_max_provider_share", "gpupool_max_cost_ucr", "gpupool_require_verified")
 STAMPS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
           "cancelled_at")
 
@@ -144,6 +145,10 @@ class BatchService:
             items, _ = await s._items(key, source, endpoint)
             now = time.time()
             max_share, max_cost = gpupool_options(metadata)
+            if policy.require_verified(metadata) and not s.hub.model_verified(items[0].model):
+                raise errors.NoProvider(f"{items[0].model!r} is not verified: no admitted checker audits it now, "
+                                        "and the batch requires verified models (metadata.gpupool_require_verified)",
+                                        param="metadata.gpupool_require_verified", code="model_not_verified")
             order = list(range(len(items)))
             random.shuffle(order)  # privacy: no provider sees a contiguous run of the file
             batch = BatchRow(id="batch_" + uuid.uuid4().hex[:24], account=key.account, key_id=key.id,
@@ -331,6 +336,9 @@ def gpupool_options(metadata: dict[str, str]) -> tuple[float | None, int | None]
             raise errors.InvalidRequest("gpupool_max_cost_ucr must be a whole number of µcr, e.g. \"5000000\"",
                                         param="metadata.gpupool_max_cost_ucr")
         cost = int(raw)
+    if metadata.get("gpupool_require_verified", "false") not in ("true", "false"):
+        raise errors.InvalidRequest("gpupool_require_verified must be \"true\" or \"false\"",
+                                    param="metadata.gpupool_require_verified")
     return share, cost
 
 

@@ -204,6 +204,8 @@ class Runner:
         return slots, sessions
 
     async def _dispatch(self, b: BatchRow, counts: dict[str, int], now: float) -> None:
+        if policy.require_verified(json.loads(b.meta or "{}")) and not self.hub.model_verified(b.model):
+            return  # its items wait (until the batch expires) for an admitted checker of the model
         exposure = await self.bs.exposure(b.id)
         slots, sessions = self._slots(b, exposure)
         task = "embeddings" if b.endpoint == "/v1/embeddings" else "generate"

@@ -1,4 +1,4 @@
-"""The gateway's HTTP surface: OpenAI-compatible routes, the provider WebSocket, admin.
+"""The gateway's HTTP surface: OpenAI-compatible routes and the provider WebSocket (admin: admin_api.py).
 
 Routes are thin: authenticate, validate the body (pydantic), hand the work to the
 `Dispatcher`, shape the answer. Every error leaves as an OpenAI error body via
@@ -12,7 +12,6 @@ than the whole rest of the gateway (measured with py-spy under bench/overhead).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 import uuid
@@ -20,7 +19,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
-import msgspec
 import pydantic
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,6 +32,7 @@ from gpupool import __version__, errors
 from gpupool.batch.routes import BatchService
 from gpupool.config import GatewaySettings
 from gpupool.gateway import openai_api as oa
+from gpupool.gateway.admin_api import admin_check, admin_routes
 from gpupool.gateway.anonymous_limits import AddressLimiter, AnonymousLimit, HoldBack
 from gpupool.gateway.billing import Hold, charge_view
 from gpupool.gateway.dispatch import Dispatcher
@@ -44,7 +43,6 @@ from gpupool.gateway.http import (
     SLOT,
     BodyLimit,
     ClientGone,
-    json_object,
     request_timeout,
     EventStream,
     error_response,
@@ -62,12 +60,12 @@ from gpupool.gateway.public_api import public_routes
 from gpupool.gateway.dashboard import dashboard_routes
 from gpupool.gateway.router import RouteOptions
 from gpupool.gateway.services import Services
-from gpupool.gateway.store import ApiKey, Retention, Store, account_for
+from gpupool.gateway.store import ApiKey, Retention, Store
 from gpupool.gc_tuning import hand_back_memory
 from gpupool.gateway.stream import open_stream
 from gpupool.identity import Identity
 from gpupool.logs import REQUESTS, request_line
-from gpupool.ledger import Ledger, LedgerError
+from gpupool.ledger import Ledger
 from gpupool.ledger import postings
 from gpupool.market import pricing
 from gpupool.market.summary import Listing, summarize
@@ -77,6 +75,7 @@ log = logging.getLogger("gpupool.gateway")
 REQUEST_LOG = logging.getLogger(REQUESTS)
 
 DEFAULT_MAX_TOKENS = 256
+QUIET_REQUESTS_PER_S = 50  # below this rate the gateway may pause a few ms to hand memory back
 MAX_EMBEDDING_INPUTS = 2048
 T = TypeVar("T")
 BodyT = TypeVar("BodyT", bound=pydantic.BaseModel)
@@ -87,12 +86,20 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     quotas = Quotas(settings, hub)  # per-key limits and fair shares (gateway/limits.py)
 
     services = Services.wire(settings, hub, store, identity, ledger, dispatcher)
-    billing, auditor, canaries, hardware_checks = (services.billing, services.auditor, services.canaries,
-                                                   services.hardware_checks)
+    billing, auditor = services.billing, services.auditor
     metering = Metering(hub, billing, auditor)  # the money path, shared with batches
     batches = BatchService(settings, hub, store, dispatcher, metering, ledger)
     fallbacks = Fallbacks(settings, billing, store, lambda model: bool(hub.serving(model)))
     metrics = GatewayMetrics(hub, services, quotas, fallbacks)  # Prometheus (/metrics) and /v1/stats
+
+    seen_started = [0]
+
+    def quiet() -> bool:
+        """Whether freed heap may go back to the OS now (called once a second): not under load,
+        where trimming only faults the same pages back in (bench/overhead measured ~7% fewer
+        requests/s) and its few milliseconds stall the next requests."""
+        started, seen_started[0] = metrics.started - seen_started[0], metrics.started
+        return started < QUIET_REQUESTS_PER_S and metrics.in_flight <= 1
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -100,9 +107,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                                      max_events=settings.max_peer_events, connected=lambda: list(hub.sessions)))
         await services.start([k["account"] for k in await store.list_keys()])
         await batches.start()
-        # Freed heap goes back to the OS only while no request is being answered: trimming
-        # under load would only fault the same pages back in (measured: ~7% fewer requests/s).
-        trimmer = asyncio.create_task(hand_back_memory(quiet=lambda: metrics.in_flight == 0))
+        trimmer = asyncio.create_task(hand_back_memory(quiet=quiet))
         try:
             yield
         finally:
@@ -151,10 +156,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             raise errors.AuthenticationFailed("Incorrect API key provided")
         return key
 
-    def admin(request: Request) -> None:
-        token = request.headers.get("authorization", "").partition(" ")[2].strip()
-        if not settings.admin_token or not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
-            raise errors.AuthenticationFailed("admin token required (set GPUPOOL_GATEWAY_ADMIN_TOKEN)")
+    admin = admin_check(settings)
 
     def deadline_for(request: Request) -> float:
         return time.monotonic() + request_timeout(request, settings.request_timeout_s)
@@ -394,71 +396,9 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
                                        code="provider_not_found")
         return JSON(auditor.signed_record(node_id, identity))
 
-    async def deposit(request: Request) -> JSON:
-        admin(request)
-        expected = '{"account": NAME, "amount": µcr, "key": IDEMPOTENCY_KEY}'
-        body = await json_object(request, expected)
-        try:
-            acct, amount = account_for(str(body["account"])), int(body["amount"])
-        except (KeyError, TypeError, ValueError):
-            raise errors.InvalidRequest(f"expected {expected}") from None
-        # A deposit is credited once per key: a retry (lost answer, proxy resend) with the same
-        # key changes nothing. Without one a retry would credit twice, so one is required.
-        header_key = request.headers.get("idempotency-key")
-        key = str(body.get("key") or (f"deposit:{header_key}" if header_key else ""))
-        if not key:
-            raise errors.InvalidRequest("a deposit needs an idempotency key: a \"key\" field or an "
-                                        "Idempotency-Key header, unique per deposit", param="key")
-        try:
-            await ledger.deposit(key, acct, amount)
-        except LedgerError as exc:
-            raise errors.InvalidRequest(str(exc)) from None
-        return JSON({"account": acct, "balance": await ledger.balance(postings.client(acct))}, status_code=201)
-
     async def provider_ws(ws: WebSocket) -> None:
         await hub.handle(ws)
 
-    async def create_key(request: Request) -> JSON:
-        admin(request)
-        body = await json_object(request, '{"name": ..., "account": optional, "rpm", "tpm", "concurrency": '
-                                          "optional limits}")
-        name = str(body.get("name", "unnamed"))
-        acct = account_for(str(body.get("account") or name))
-        try:
-            limits = {k: int(body.get(k) or 0) for k in ("rpm", "tpm", "concurrency")}
-            created = await store.create_key(name, account=acct, **limits)
-        except (TypeError, ValueError) as exc:
-            raise errors.InvalidRequest(f"key limits must be non-negative integers ({exc})") from None
-        log.info("API key %r created for account %s (admin API)", name[:64], acct)
-        return JSON({"name": name, "account": acct, "key": created, **limits}, status_code=201)
-
-    async def providers(request: Request) -> JSON:
-        admin(request)
-        return JSON({"data": [
-            {"node_id": s.node_id, "region": s.offer.region, "models": sorted(s.models),
-             "in_flight": len(s.channels), "max_concurrency": s.offer.max_concurrency,
-             "rtt_ms": None if s.rtt_s is None else round(s.rtt_s * 1000, 3), "draining": s.draining,
-             "hardware": msgspec.to_builtins(s.offer.hardware),
-             "verified_gflops": hardware_checks.verified_gflops(s.node_id)}
-            for s in hub.sessions.values()]})
-
-    async def audits(request: Request) -> JSON:
-        admin(request)
-        return JSON({"stats": auditor.stats, "canaries": canaries.stats, "checkers": sorted(hub.checkers),
-                     "data": auditor.summary()})
-
-    async def billing_state(request: Request) -> JSON:
-        admin(request)
-        return JSON({"stats": billing.stats, "open_tabs": len(billing.tabs), "queued_charges": len(billing.queue)})
-
-    async def events_log(request: Request) -> JSON:
-        admin(request)
-        peer = request.query_params.get("peer")
-        return JSON({"data": await store.peer_events(peer, query_limit(request))})
-
-    async def requests_log(request: Request) -> JSON:
-        admin(request)
-        return JSON({"data": await store.recent_requests(query_limit(request))})
 
     app = Starlette(
         routes=[
@@ -472,13 +412,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             Route("/v1/providers/{node_id}/earnings", earnings),
             Route("/v1/providers/{node_id}/reputation", reputation),
             WebSocketRoute("/v1/providers/ws", provider_ws),
-            Route("/admin/keys", create_key, methods=["POST"]),
-            Route("/admin/deposit", deposit, methods=["POST"]),
-            Route("/admin/providers", providers),
-            Route("/admin/events", events_log),
-            Route("/admin/audits", audits),
-            Route("/admin/billing", billing_state),
-            Route("/admin/requests", requests_log),
+            *admin_routes(settings, hub, services),
             *fallbacks.routes(admin),
             *batches.routes(client_key),
             Route("/metrics", metrics.endpoint),

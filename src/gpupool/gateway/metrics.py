@@ -166,6 +166,7 @@ class GatewayMetrics:
         self.routing = {d: routing.labels(d) for d in (*DECISIONS, "other")}
         self.extra_limit_hits: dict[str, int] = {}
         self.in_flight = 0
+        self.started = 0  # HTTP requests ever started (the heap trimmer reads how busy the gateway is)
         self.models: set[str] = set()
         self.window: deque[Sample] = deque(maxlen=WINDOW_ENTRIES)
         self._children: dict[tuple[str, ...], Any] = {}
@@ -218,6 +219,7 @@ class GatewayMetrics:
                 await send(message)
 
             self.in_flight += 1
+            self.started += 1
             try:
                 await app(scope, receive, send_seen)
             finally:

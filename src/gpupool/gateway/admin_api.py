@@ -1,0 +1,124 @@
+"""The operator's admin API: keys, deposits and what the gateway knows, behind the admin token.
+
+    routes = admin_routes(settings, hub, services)   # added to the app's route list
+
+- `POST /admin/keys`: create a client key (optionally with limits); `POST /admin/deposit`:
+  credit an account, once per idempotency key.
+- `GET /admin/providers`, `/admin/events`, `/admin/audits`, `/admin/billing`,
+  `/admin/requests`: connected providers, peer events, audit state, billing queues,
+  the request log.
+
+Every route needs `Authorization: Bearer <--admin-token>` (compared in constant time);
+without a configured token the admin API is off (401).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+from starlette.requests import Request
+from starlette.routing import Route
+
+from gpupool import errors
+from gpupool.config import GatewaySettings
+from gpupool.gateway.http import JSON, json_object, query_limit
+from gpupool.gateway.store import account_for
+from gpupool.ledger import LedgerError, postings
+
+if TYPE_CHECKING:
+    from gpupool.gateway.hub import Hub
+    from gpupool.gateway.services import Services
+
+log = logging.getLogger("gpupool.gateway")
+
+
+def admin_check(settings: GatewaySettings) -> Callable[[Request], None]:
+    """Raises 401 unless the request carries the admin token (and one is configured)."""
+    def check(request: Request) -> None:
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()
+        if not settings.admin_token or not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
+            raise errors.AuthenticationFailed("admin token required (set GPUPOOL_GATEWAY_ADMIN_TOKEN)")
+    return check
+
+
+def admin_routes(settings: GatewaySettings, hub: Hub, services: Services) -> list[Route]:
+    check = admin_check(settings)
+    store, ledger, billing = services.store, services.ledger, services.billing
+    auditor, canaries, hardware_checks = services.auditor, services.canaries, services.hardware_checks
+
+    async def deposit(request: Request) -> JSON:
+        check(request)
+        expected = '{"account": NAME, "amount": µcr, "key": IDEMPOTENCY_KEY}'
+        body = await json_object(request, expected)
+        try:
+            acct, amount = account_for(str(body["account"])), int(body["amount"])
+        except (KeyError, TypeError, ValueError):
+            raise errors.InvalidRequest(f"expected {expected}") from None
+        # A deposit is credited once per key: a retry (lost answer, proxy resend) with the same
+        # key changes nothing. Without one a retry would credit twice, so one is required.
+        header_key = request.headers.get("idempotency-key")
+        key = str(body.get("key") or (f"deposit:{header_key}" if header_key else ""))
+        if not key:
+            raise errors.InvalidRequest("a deposit needs an idempotency key: a \"key\" field or an "
+                                        "Idempotency-Key header, unique per deposit", param="key")
+        try:
+            await ledger.deposit(key, acct, amount)
+        except LedgerError as exc:
+            raise errors.InvalidRequest(str(exc)) from None
+        return JSON({"account": acct, "balance": await ledger.balance(postings.client(acct))}, status_code=201)
+
+    async def create_key(request: Request) -> JSON:
+        check(request)
+        body = await json_object(request, '{"name": ..., "account": optional, "rpm", "tpm", "concurrency": '
+                                          "optional limits}")
+        name = str(body.get("name", "unnamed"))
+        acct = account_for(str(body.get("account") or name))
+        try:
+            limits = {k: int(body.get(k) or 0) for k in ("rpm", "tpm", "concurrency")}
+            created = await store.create_key(name, account=acct, **limits)
+        except (TypeError, ValueError) as exc:
+            raise errors.InvalidRequest(f"key limits must be non-negative integers ({exc})") from None
+        log.info("API key %r created for account %s (admin API)", name[:64], acct)
+        return JSON({"name": name, "account": acct, "key": created, **limits}, status_code=201)
+
+    async def providers(request: Request) -> JSON:
+        check(request)
+        return JSON({"data": [
+            {"node_id": s.node_id, "region": s.offer.region, "models": sorted(s.models),
+             "in_flight": len(s.channels), "max_concurrency": s.offer.max_concurrency,
+             "rtt_ms": None if s.rtt_s is None else round(s.rtt_s * 1000, 3), "draining": s.draining,
+             "hardware": msgspec.to_builtins(s.offer.hardware),
+             "verified_gflops": hardware_checks.verified_gflops(s.node_id)}
+            for s in hub.sessions.values()]})
+
+    async def audits(request: Request) -> JSON:
+        check(request)
+        return JSON({"stats": auditor.stats, "canaries": canaries.stats, "checkers": sorted(hub.checkers),
+                     "data": auditor.summary()})
+
+    async def billing_state(request: Request) -> JSON:
+        check(request)
+        return JSON({"stats": billing.stats, "open_tabs": len(billing.tabs), "queued_charges": len(billing.queue)})
+
+    async def events_log(request: Request) -> JSON:
+        check(request)
+        peer = request.query_params.get("peer")
+        return JSON({"data": await store.peer_events(peer, query_limit(request))})
+
+    async def requests_log(request: Request) -> JSON:
+        check(request)
+        return JSON({"data": await store.recent_requests(query_limit(request))})
+
+    return [
+        Route("/admin/keys", create_key, methods=["POST"]),
+        Route("/admin/deposit", deposit, methods=["POST"]),
+        Route("/admin/providers", providers),
+        Route("/admin/events", events_log),
+        Route("/admin/audits", audits),
+        Route("/admin/billing", billing_state),
+        Route("/admin/requests", requests_log),
+    ]

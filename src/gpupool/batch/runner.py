@@ -1,7 +1,6 @@
 """The batch runner: a task in each gateway that claims shards of items and runs them on the pool.
 
-Every `poll_s` (or sooner, when a shard ends or a batch is created here; every
-`idle_poll_s` while no batch is active anywhere) the runner looks at the active batches:
+Every `poll_s` (or sooner, when a shard ends) the runner looks at the active batches:
 it moves new ones to `in_progress`, claims shards for providers with free batch slots
 (`policy.pick_provider`, `policy.shard_items`), runs each shard through the normal
 dispatcher (receipts, reputation, audits apply) and the gateway's money path
@@ -81,7 +80,7 @@ def error_line(batch_id: str, idx: int, custom_id: str, code: str, message: str,
 class Runner:
     def __init__(self, bs: BatchStore, hub: Hub, dispatcher: Dispatcher, metering: Metering, store: Store,
                  ledger: Any, node_id: str, reserve_slots: int = 1, lease_s: float = 10.0, poll_s: float = 0.1,
-                 confirm_wait_s: float = 15.0, rng: random.Random | None = None, idle_poll_s: float = 2.0):
+                 confirm_wait_s: float = 15.0, rng: random.Random | None = None):
         self.bs = bs
         self.hub = hub
         self.dispatcher = dispatcher
@@ -93,11 +92,6 @@ class Runner:
         self.reserve_slots = reserve_slots
         self.lease_s = lease_s
         self.poll_s = poll_s
-        # Nothing to do: look less often (a query ten times a second costs every request a
-        # little latency); a batch created on this gateway wakes the runner at once, one
-        # created on another gateway sharing the database is found within this time.
-        self.idle_poll_s = idle_poll_s
-        self._idle = False
         self.confirm_wait_s = confirm_wait_s
         self.rng = rng or random.Random()
         self.running: dict[str, Running] = {}
@@ -135,7 +129,7 @@ class Runner:
                 log.exception("batch runner tick failed")
                 await asyncio.sleep(1.0)
             try:
-                await asyncio.wait_for(self._wake.wait(), self.idle_poll_s if self._idle else self.poll_s)
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -145,10 +139,8 @@ class Runner:
         if now - self._renewed > self.lease_s / 4:
             self._renewed = now
             await self.bs.renew([*self.running, *self.to_confirm], self.owner, now + self.lease_s)
-        active = await self.bs.active()
-        for b in active:
+        for b in await self.bs.active():
             await self._advance(b, now)
-        self._idle = not (active or self.running or self.to_confirm)
 
     # ------------------------------------------------------------ one batch
 

@@ -103,6 +103,11 @@ class ProviderAgent:
         )
         return protocol.sign_offer(offer, self.identity, self.operator)
 
+    async def report_load(self) -> None:
+        """Send the current load to every connected gateway."""
+        report = self.load_report()
+        await asyncio.gather(*(link.send_load(report) for link in self._links), return_exceptions=True)
+
     def load_report(self) -> LoadReport:
         return LoadReport(
             in_flight=self.admission.in_flight,
@@ -324,6 +329,9 @@ class GatewayLink:
             await asyncio.shield(self._flusher)
         await self._state()
 
+    async def send_load(self, report: LoadReport) -> None:
+        await self._send(report)
+
     async def send_drain(self) -> None:
         await self._send(Drain(reason="provider is shutting down"))
 
@@ -401,7 +409,10 @@ class GatewayLink:
             log.exception("request %s failed", run.request_id)
             self._post(Fail(run.request_id, "internal_error", f"{type(exc).__name__}: {exc}", True))
         finally:
-            await self._send(agent.load_report())
+            # To every gateway, not only this one: each decides from its last report how many
+            # slots are free, and a run for another gateway (one that may have died meanwhile)
+            # ending must free them in every gateway's view.
+            await agent.report_load()
 
     async def _execute(self, run: Run, backend: Backend) -> Done:
         payload = run.payload

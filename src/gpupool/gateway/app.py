@@ -75,7 +75,6 @@ log = logging.getLogger("gpupool.gateway")
 REQUEST_LOG = logging.getLogger(REQUESTS)
 
 DEFAULT_MAX_TOKENS = 256
-QUIET_REQUESTS_PER_S = 50  # below this rate the gateway may pause a few ms to hand memory back
 MAX_EMBEDDING_INPUTS = 2048
 T = TypeVar("T")
 BodyT = TypeVar("BodyT", bound=pydantic.BaseModel)
@@ -92,22 +91,13 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     fallbacks = Fallbacks(settings, billing, store, lambda model: bool(hub.serving(model)))
     metrics = GatewayMetrics(hub, services, quotas, fallbacks)  # Prometheus (/metrics) and /v1/stats
 
-    seen_started = [0]
-
-    def quiet() -> bool:
-        """Whether freed heap may go back to the OS now (called once a second): not under load,
-        where trimming only faults the same pages back in (bench/overhead measured ~7% fewer
-        requests/s) and its few milliseconds stall the next requests."""
-        started, seen_started[0] = metrics.started - seen_started[0], metrics.started
-        return started < QUIET_REQUESTS_PER_S and metrics.in_flight <= 1
-
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         store.start_writer(Retention(keep_s=settings.retention_days * 86400, max_providers=settings.max_provider_rows,
                                      max_events=settings.max_peer_events, connected=lambda: list(hub.sessions)))
         await services.start([k["account"] for k in await store.list_keys()])
         await batches.start()
-        trimmer = asyncio.create_task(hand_back_memory(quiet=quiet))
+        trimmer = asyncio.create_task(hand_back_memory(quiet=metrics.quiet))
         try:
             yield
         finally:

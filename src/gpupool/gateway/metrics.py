@@ -166,7 +166,8 @@ class GatewayMetrics:
         self.routing = {d: routing.labels(d) for d in (*DECISIONS, "other")}
         self.extra_limit_hits: dict[str, int] = {}
         self.in_flight = 0
-        self.started = 0  # HTTP requests ever started (the heap trimmer reads how busy the gateway is)
+        self.started = 0  # HTTP requests ever started
+        self._started_at_check = 0
         self.models: set[str] = set()
         self.window: deque[Sample] = deque(maxlen=WINDOW_ENTRIES)
         self._children: dict[tuple[str, ...], Any] = {}
@@ -195,6 +196,14 @@ class GatewayMetrics:
         return child
 
     # ------------------------------------------------------------ the middleware
+
+    def quiet(self) -> bool:
+        """Whether the gateway is quiet since the last call (called once a second by the heap
+        trimmer, gc_tuning.hand_back_memory): under 50 requests since then and at most one in
+        flight. Trimming under load only faults the same pages back in (bench/overhead: ~7%
+        fewer requests/s) and its few milliseconds stall the next requests."""
+        started, self._started_at_check = self.started - self._started_at_check, self.started
+        return started < 50 and self.in_flight <= 1
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         async def timed(scope: Scope, receive: Receive, send: Send) -> None:

@@ -30,6 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gpupool import protocol
 from gpupool.config import GatewaySettings
+from gpupool.gateway.peer_limits import check_lists, check_offer
 from gpupool.gateway.router import LiveRouter
 from gpupool.gateway.session import (
     ANSWER_FRAME_BYTES,
@@ -215,28 +216,11 @@ class Hub:
             raise PeerViolation("frame_too_large", f"frame of {len(data)} bytes exceeds the {limit} allowed here",
                                 protocol.CLOSE_LIMIT)
         if len(data) > BIG_FRAME_BYTES:
-            self._check_lists(data)
+            check_lists(data, self.settings)
         try:
             return protocol.decode(data)
         except protocol.ProtocolError as exc:
             raise PeerViolation("garbage_frame", str(exc)[:200]) from exc
-
-    def _check_lists(self, frame: bytes) -> None:
-        """A big frame's lists are counted from their headers before it is decoded: decoding (and
-        for a Statement, hashing and verifying) an oversized one would stall every other peer."""
-        try:
-            lengths = protocol.list_lengths(frame)
-        except protocol.ProtocolError as exc:
-            raise PeerViolation("garbage_frame", str(exc)[:200]) from exc
-        s = self.settings
-        # (list, its limit, the event kind the same violation has when found after decoding)
-        limits = [("digests", s.max_statement_digests, "statement_too_large"), ("items", s.max_queued_events, "flood"),
-                  ("models", s.max_offer_models, "offer_too_large"),
-                  ("token_ids", s.max_output_tokens, "output_over_max_tokens"),
-                  ("logprobs", s.max_output_tokens, "output_over_max_tokens")]
-        for name, most, kind in limits:
-            if lengths[name] > most:
-                raise PeerViolation(kind, f"a frame lists {lengths[name]} {name}; at most {most}", protocol.CLOSE_LIMIT)
 
     async def _handshake(self, ws: WebSocket, peer: str) -> ProviderSession:
         hello = await self._recv(ws, protocol.MAX_UNPROVEN_FRAME_BYTES)
@@ -264,7 +248,7 @@ class Hub:
         offer = await self._recv(ws, protocol.MAX_OFFER_FRAME_BYTES)
         if not isinstance(offer, Offer):
             raise PeerViolation("bad_handshake", f"expected offer, got {type(offer).__name__}")
-        self._check_offer(offer, hello.public_key, node_id)
+        check_offer(offer, hello.public_key, node_id, self.settings)
         if offer.role not in ("provider", "checker"):
             raise PeerViolation("bad_offer", f"unknown role {offer.role!r}")
         if offer.role == "checker":
@@ -310,32 +294,6 @@ class Hub:
         raise PeerViolation("checker_not_admitted",
                             f"checker {node_id} is not admitted by this gateway (operator: --checker {node_id})",
                             protocol.CLOSE_NOT_ADMITTED, node_id)
-
-    def _check_offer(self, offer: Offer, public_key: bytes, node_id: str) -> None:
-        if offer.node_id != node_id:
-            raise PeerViolation("bad_offer", "offer node id does not match the handshake key")
-        if not protocol.verify_claim(offer, public_key):
-            raise PeerViolation("bad_signature", "offer signature does not verify", protocol.CLOSE_BAD_SIGNATURE)
-        if not protocol.operator_ok(offer):
-            raise PeerViolation("bad_signature", "the offer's operator key does not vouch for this node",
-                                protocol.CLOSE_BAD_SIGNATURE)
-        if not offer.models:
-            raise PeerViolation("bad_offer", "offer lists no models")
-        if offer.max_concurrency < 1:
-            raise PeerViolation("bad_offer", "max_concurrency must be at least 1")
-        s = self.settings
-        if len(offer.models) > s.max_offer_models:
-            raise PeerViolation("offer_too_large", f"offer lists {len(offer.models)} models; this gateway accepts "
-                                f"at most {s.max_offer_models}", protocol.CLOSE_LIMIT)
-        for m in offer.models:
-            if not m.name or len(m.name) > s.max_model_name:
-                raise PeerViolation("bad_offer", f"model names must be 1-{s.max_model_name} characters "
-                                    f"(got {len(m.name)})", protocol.CLOSE_LIMIT)
-            if not 0 <= m.price_in <= s.max_price_in or not 0 <= m.price_out <= s.max_price_out:
-                raise PeerViolation("price_out_of_bounds",
-                                    f"{m.name[:40]}: price {m.price_in}/{m.price_out} µcr per 1M tokens is outside "
-                                    f"this gateway's bounds 0-{s.max_price_in}/0-{s.max_price_out}",
-                                    protocol.CLOSE_LIMIT)
 
     def largest_context(self) -> int | None:
         """The most prompt tokens any known generation model takes (None: no such model is known)."""
@@ -412,7 +370,7 @@ class Hub:
                     session.draining = True
                     log.info("provider %s is draining: %s", session.node_id[:12], msg.reason)
                 elif isinstance(msg, Offer):
-                    self._check_offer(msg, session.public_key, session.node_id)
+                    check_offer(msg, session.public_key, session.node_id, self.settings)
                     if msg.role != session.offer.role:
                         raise PeerViolation("bad_offer", "a session cannot change its role")
                     old = session.models

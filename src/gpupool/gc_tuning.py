@@ -8,6 +8,13 @@ delaying the next token of every open stream by as much (bench/streaming). Freez
 the start-up heap takes those objects out of every later collection, so a pass only
 walks what was allocated since.
 
+Python's default young-generation threshold (700 net allocations) is made for short
+scripts: in a server holding a thousand open streams, every young collection finds
+requests that are simply still running, moves them to the old generation, and that
+growth soon triggers a full pass over all of them. Serving processes collect the
+young generation only every `YOUNG_THRESHOLD` net allocations, and do the full pass
+while quiet (`hand_back_memory`).
+
 And hand freed memory back to the OS: after a burst glibc keeps the pages a process
 freed, so its RSS would stay at the burst's peak (`hand_back_memory`).
 """
@@ -20,9 +27,19 @@ import ctypes.util
 import gc
 from collections.abc import Callable
 
+# Net allocations of tracked objects between young collections (Python's default: 700).
+# Measured with bench/streaming (1,000 streams opening within 1.5 s): p99 time to first
+# token 740 and 1,152 ms with the default, 205 and 176 ms with this, interleaved runs.
+YOUNG_THRESHOLD = 50_000
+# Young collections per middle one, middle per full one (full passes also wait until the
+# old generation grew by a quarter, CPython's own rule).
+MIDDLE_THRESHOLD = 20
+OLD_THRESHOLD = 100
+
 
 def freeze_startup_heap() -> None:
-    """Collect once, then move every surviving object to the permanent generation.
+    """Collect once, move every surviving object to the permanent generation, and
+    collect less often from now on (`YOUNG_THRESHOLD`).
 
     Call when start-up is over (modules imported, models loaded, server listening).
     Frozen objects are never collected: garbage made before this call and still
@@ -30,6 +47,7 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)
 
 
 class _MallInfo2(ctypes.Structure):
@@ -50,26 +68,32 @@ def _glibc_trim() -> tuple[Callable[[], int], Callable[[], object]] | None:
 
 
 async def hand_back_memory(quiet: Callable[[], bool] = lambda: True, every_s: float = 1.0,
-                           min_free: int = 8 * 1024 * 1024) -> None:
-    """Return freed heap pages to the OS (glibc only): checked every `every_s` seconds, done
-    when `quiet()` says nothing is being served and `min_free` more bytes of the heap are
-    free than after the last trim.
+                           min_free: int = 1024 * 1024) -> None:
+    """While `quiet()` (checked every `every_s` seconds) says little is being served: collect
+    the garbage the raised thresholds left (a full pass, once a young collection happened
+    since the last one), and return freed heap pages to the OS (glibc only) once `min_free`
+    more bytes of the heap are free than after the last trim.
 
     Request bodies, prompts and answers are malloc'd buffers: after a burst (a flood of
     big requests, hundreds of streams) glibc keeps the freed pages, so the process's RSS
     stays at its peak. `malloc_trim` hands them back; it takes a few milliseconds on a
     fragmented heap, and under load the pages would only be faulted back in."""
     glibc = _glibc_trim()
-    if glibc is None:
-        return
-    free_bytes, trim = glibc
     # Trimmed pages still count as free heap (they are only given back, not unmapped), so
     # trim again only once that much more has been freed since the last trim.
     after_last = 0
     while True:
         await asyncio.sleep(every_s)
+        if not quiet():
+            continue
+        _, young_collections, middle_collections = gc.get_count()
+        if young_collections or middle_collections:
+            gc.collect()
+        if glibc is None:
+            continue
+        free_bytes, trim = glibc
         free = free_bytes()
-        if free - after_last > min_free and quiet():
+        if free - after_last > min_free:
             trim()
             after_last = free
         elif free < after_last:

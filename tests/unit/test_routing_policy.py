@@ -180,3 +180,22 @@ def test_legacy_signature_still_works() -> None:
     assert pick([Candidate("a", 0, 1)], 0.0, random.Random(1), ()) == Candidate("a", 0, 1)
     assert pick([], 0.0, random.Random(1)) is None
     assert pick_with_reasons([], 0.0, random.Random(1)).explain() == "no provider available"
+
+
+def test_a_decision_leaves_no_reference_cycles() -> None:
+    """Routing runs per request: garbage only the cyclic collector can free would pile up
+    between its (deliberately rare, gc_tuning) passes and cost a full pass to clear."""
+    import gc
+
+    cands = big_pool(3) + [cand("pricey", price_in=10**12)]  # few: all are scanned
+    request = RouteRequest("m", input_tokens=500, max_output_tokens=200, max_price=10**6)
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(50):
+            d = pick_with_reasons(cands, 0.0, random.Random(i), request=request)
+            assert d.choice is not None and d.cheapest_excluded_price is not None
+            pick_with_reasons(big_pool(5000), 0.0, random.Random(i), request=REQ)  # sampled, not scanned
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

@@ -172,14 +172,17 @@ class _Evaluator:
     the request's constants: it runs for every sampled candidate.
     """
 
-    __slots__ = ("now", "est", "counts", "cheapest", "evaluate", "objective")
+    __slots__ = ("now", "est", "counts", "_cheapest", "evaluate", "objective")
 
     def __init__(self, now: float, exclude: Collection[str], request: RouteRequest | None,
                  weights: RoutingWeights) -> None:
         self.now = now
         counts: dict[str, int] = {}
         self.counts = counts
-        self.cheapest: int | None = None
+        # The closures below hold this list, never `self`: a decision must not be a reference
+        # cycle, or every request leaves garbage only the cyclic collector can free.
+        cheapest: list[int] = []
+        self._cheapest = cheapest
         est = self.est = Estimator(request, weights) if request is not None else None
         model = request.model if request is not None else None
         region = request.region if request is not None else None
@@ -225,14 +228,21 @@ class _Evaluator:
                     if prefer and c.region != region:
                         s *= off_factor
                     return s, cost
-                if self.cheapest is None or cost < self.cheapest:
-                    self.cheapest = cost
+                if not cheapest:
+                    cheapest.append(cost)
+                elif cost < cheapest[0]:
+                    cheapest[0] = cost
                 reason = "price"
             counts[reason] = counts.get(reason, 0) + 1
             return None, 0
 
         self.evaluate = evaluate
         self.objective = objective
+
+    @property
+    def cheapest(self) -> int | None:
+        """The lowest price among candidates dropped for their price (None: none was)."""
+        return self._cheapest[0] if self._cheapest else None
 
     def decision(self, c: Candidate, s: float, cost: int, examined: int, scanned: bool) -> Decision:
         probe = is_probe(c.breaker, self.now)

@@ -118,6 +118,11 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         if isinstance(exc, errors.AuthenticationFailed):
             await anonymous.failed_key(_r.client.host if _r.client else "unknown")
         if isinstance(exc, (errors.RateLimited, errors.NoCapacity)):
+            if exc.hold_s > 0:
+                # What the refused request read and parsed (its body, its prompt) need not wait
+                # with it: a flood of big refused requests would otherwise hold megabytes.
+                exc.__traceback__ = None
+                _r.__dict__.pop("_body", None)
             await holdback.hold(exc.hold_s)
         if isinstance(exc, errors.GpupoolError):
             # Refused requests get their line too (-v): a 402 or 429 is what an operator looks for.

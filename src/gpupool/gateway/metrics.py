@@ -29,10 +29,9 @@ key, account or request id.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, disable_created_metrics,
                                generate_latest)
@@ -41,6 +40,8 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gpupool.gateway.recent_requests import RecentRequests
 
 if TYPE_CHECKING:
     from gpupool.gateway.fallback import Fallbacks
@@ -133,16 +134,6 @@ def note_limit_hit(limit: str) -> None:
 # ------------------------------------------------------------------ the metrics of one app
 
 
-class Sample(NamedTuple):
-    """One finished inference request, for the /v1/stats window (a tuple: cheap to make per request)."""
-
-    at: float  # time.time()
-    model: str
-    latency_s: float
-    ok: bool
-    ttft_s: float | None
-
-
 class GatewayMetrics:
     def __init__(self, hub: Hub, services: Services, quotas: Quotas | None = None,
                  fallbacks: Fallbacks | None = None, max_models: int = MAX_MODELS):
@@ -169,7 +160,7 @@ class GatewayMetrics:
         self.started = 0  # HTTP requests ever started
         self._started_at_check = 0
         self.models: set[str] = set()
-        self.window: deque[Sample] = deque(maxlen=WINDOW_ENTRIES)
+        self.window = RecentRequests(WINDOW_ENTRIES)
         self._children: dict[tuple[str, ...], Any] = {}
         r.register(_LiveCollector(self))
 
@@ -257,7 +248,7 @@ class GatewayMetrics:
             self.tokens[(model, "out")] = self.tokens.get((model, "out"), 0) + rec.tokens_out
         if rec.cost:
             self.charged[model] = self.charged.get(model, 0) + rec.cost
-        self.window.append(Sample(time.time(), model, elapsed, outcome in ("ok", "fallback"), rec.ttft))
+        self.window.add(time.time(), model, elapsed, outcome in ("ok", "fallback"), rec.ttft)
 
     # ------------------------------------------------------------ the scrape
 

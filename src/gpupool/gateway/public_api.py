@@ -25,7 +25,8 @@ from starlette.routing import Route
 
 from gpupool import errors
 from gpupool.gateway.http import JSON, query_limit
-from gpupool.gateway.metrics import GatewayMetrics, Sample, provider_state
+from gpupool.gateway.metrics import GatewayMetrics, provider_state
+from gpupool.gateway.recent_requests import Sample
 
 if TYPE_CHECKING:
     from gpupool.gateway.hub import Hub, ProviderSession
@@ -105,7 +106,7 @@ def public_routes(hub: Hub, services: Services, metrics: GatewayMetrics) -> list
         if hit is None or now - hit[0] >= 1.0:
             if len(cache) > 16:
                 cache.clear()
-            body = summarize_window(list(metrics.window), now, window_s)
+            body = summarize_window(metrics.window.samples(), now, window_s)
             states = {"serving": 0, "draining": 0, "suspended": 0}
             for s in list(hub.sessions.values()):
                 states[provider_state(s.draining or s.closed, auditor.is_suspended(s.node_id))] += 1

@@ -51,6 +51,7 @@ from gpupool.gateway.http import (
     sse,
     sse_template,
     until_disconnect,
+    with_server_send,
 )
 from gpupool.gateway.hub import Hub, ProviderSession
 from gpupool.gateway.quota import Quotas, within_quota
@@ -422,7 +423,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     )
     body_limit = BodyLimit(app, settings.max_body_bytes,
                            lambda path: oa.generation_body_limit(path, hub.largest_context()))
-    return metrics.middleware(anonymous.middleware(batches.upload_limit(body_limit, app)))
+    return with_server_send(metrics.middleware(anonymous.middleware(batches.upload_limit(body_limit, app))))
 
 
 def _check_task(hub: Hub, model: str, task: str) -> None:

@@ -225,9 +225,15 @@ SERVER_SEND = "gpupool.server_send"
 def with_server_send(app: ASGIApp) -> ASGIApp:
     """The outermost middleware: remembers the server's `send` for `EventStream`'s tokens."""
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope[SERVER_SEND] = send
-        await app(scope, receive, send)
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        scope[SERVER_SEND] = send
+        try:
+            await app(scope, receive, send)
+        finally:
+            # `send` is bound to the server's per-request object, which holds `scope`: left
+            # here, every request would end as a reference cycle for the collector to find.
+            del scope[SERVER_SEND]
 
     return asgi
 

@@ -176,3 +176,15 @@ def test_a_key_back_before_its_retry_after_is_marked_early() -> None:
     spin = lim.admit(1, limits, "m", 1, slots=0, now=0.2)  # did not wait as it was told
     assert not spin.ok and spin.early
     assert lim.admit(1, limits, "m", 1, slots=0, now=1.2).ok  # waited: served, never marked
+
+
+def test_held_back_answers_wait_at_least_the_hold_and_are_spread_out() -> None:
+    """A flood refused at once must not come back at once: holds are spread over [1, 1.5) x."""
+    import random
+
+    from gpupool.gateway.anonymous_limits import HoldBack
+
+    back = HoldBack(rng=random.Random(7))
+    holds = [back.duration(1.0) for _ in range(1000)]
+    assert min(holds) >= 1.0 and max(holds) < 1.5
+    assert max(holds) - min(holds) > 0.4  # spread, not one wave

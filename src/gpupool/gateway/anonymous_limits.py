@@ -22,6 +22,7 @@ Behind a reverse proxy every client has the proxy's address: list the proxy in
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -67,18 +68,28 @@ class AddressLimiter:
 class HoldBack:
     """Answers held back before they are sent, at most `max_held` at a time (beyond that they go
     out at once): a refused client that waits for each answer before asking again (most
-    do) is slowed to one request per connection per hold, at the cost of a sleeping coroutine."""
+    do) is slowed to one request per connection per hold, at the cost of a sleeping coroutine.
 
-    def __init__(self, max_held: int = 256):
+    Each hold lasts between `seconds` and `spread` times that, at random: a flood refused all
+    at once would otherwise come back all at once, every second, and each of those waves
+    (hundreds of requests to read, parse and refuse back to back) delays everyone else's
+    requests by as long as it takes."""
+
+    def __init__(self, max_held: int = 256, spread: float = 1.5, rng: random.Random | None = None):
         self.max_held = max_held
+        self.spread = spread
+        self.rng = rng or random.Random()
         self.held = 0
+
+    def duration(self, seconds: float) -> float:
+        return seconds * self.rng.uniform(1.0, self.spread)
 
     async def hold(self, seconds: float) -> None:
         if seconds <= 0 or self.held >= self.max_held:
             return
         self.held += 1
         try:
-            await asyncio.sleep(seconds)
+            await asyncio.sleep(self.duration(seconds))
         finally:
             self.held -= 1
 

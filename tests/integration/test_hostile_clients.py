@@ -238,6 +238,23 @@ def test_key_limits_give_429_with_retry_after_and_spare_other_keys(net: Network)
     assert asyncio.run(two_at_once()) == [200, 429]
 
 
+def test_a_key_ignoring_retry_after_is_refused_before_its_body_is_read(net: Network) -> None:
+    """Back early once is tolerated (another thread, another model); back early again, the
+    next request is refused unread: a body that is not even JSON gets the 429, not a 400."""
+    spinner = new_key(net, "spinner", rpm=6)  # one per 10 s, a burst of one
+    assert raw(net, "POST", "/v1/chat/completions", key=spinner, json=CHAT).status_code == 200
+    told = raw(net, "POST", "/v1/chat/completions", key=spinner, json=CHAT)
+    assert error_of(told, 429) and int(told.headers["retry-after"]) >= 5
+    early = raw(net, "POST", "/v1/chat/completions", key=spinner, json=CHAT)
+    assert "requests per min" in error_of(early, 429)["message"]
+    unread = raw(net, "POST", "/v1/chat/completions", key=spinner, content=b"{not json",
+                 headers={"Content-Type": "application/json"})
+    err = error_of(unread, 429)
+    assert "keeps retrying before its Retry-After" in err["message"] and int(unread.headers["retry-after"]) >= 1
+    assert unread.elapsed.total_seconds() >= 0.9  # held back like any early retry
+    bystander_ok(net, 2)
+
+
 def test_one_keys_flood_does_not_starve_another_key(net: Network) -> None:
     """200 streams from one key against 8 provider slots; a second key must still be served."""
     flooder = new_key(net, "flooder")

@@ -188,3 +188,17 @@ def test_held_back_answers_wait_at_least_the_hold_and_are_spread_out() -> None:
     holds = [back.duration(1.0) for _ in range(1000)]
     assert min(holds) >= 1.0 and max(holds) < 1.5
     assert max(holds) - min(holds) > 0.4  # spread, not one wave
+
+
+def test_a_key_early_twice_in_a_row_is_refused_before_its_request_is_read() -> None:
+    lim = KeyLimiter(LimiterConfig(burst_s=1))
+    limits = KeyLimits(rpm=60)
+    assert lim.admit(1, limits, "m", 1, slots=0, now=0.0).ok
+    assert not lim.admit(1, limits, "m", 1, slots=0, now=0.1).ok  # told: retry after 0.9 s
+    assert lim.ignored_retry_after(1, 0.15) == 0.0  # one early retry may be another thread
+    assert lim.admit(1, limits, "m", 1, slots=0, now=0.2).early  # back early: told again
+    assert lim.ignored_retry_after(1, 0.3) == pytest.approx(0.7)  # early again: refused unread until 1.0
+    assert lim.ignored_retry_after(2, 0.3) == 0.0  # other keys are not touched
+    assert lim.ignored_retry_after(1, 1.2) == 0.0  # the wait is over
+    assert lim.admit(1, limits, "m", 1, slots=0, now=1.2).ok
+    assert lim.ignored_retry_after(1, 1.21) == 0.0  # served: forgotten

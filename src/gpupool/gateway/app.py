@@ -150,6 +150,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         key = await store.authenticate(token.strip())
         if key is None:
             raise errors.AuthenticationFailed("Incorrect API key provided")
+        quotas.refuse_if_ignoring_retry_after(key)
         return key
 
     admin = admin_check(settings)

@@ -123,6 +123,7 @@ class KeyState:
     total_in_flight: int = 0
     last_seen: float = 0.0
     retry_at: float = 0.0  # the Retry-After its last refusal gave
+    ignoring_retry_after: bool = False  # its last refusal came before the Retry-After of the one before
 
     def idle_until(self) -> float:
         """When this entry carries no information any more (nothing in flight, buckets full)."""
@@ -161,9 +162,22 @@ class KeyLimiter:
         if not decision.ok:
             early = now < state.retry_at
             state.retry_at = now + decision.retry_after_s
+            state.ignoring_retry_after = early
             if early:
                 decision = dataclasses.replace(decision, early=True)
+        else:
+            state.ignoring_retry_after = False
         return decision
+
+    def ignored_retry_after(self, key: int, now: float) -> float:
+        """Seconds left of the key's last Retry-After if it came back early once already and is
+        early again (a client ignoring Retry-After; 0.0 otherwise). Such a request can be
+        refused before its body is read: one early retry may be another model or a
+        concurrent thread, a second in a row is the client not waiting at all."""
+        state = self.keys.get(key)
+        if state is None or not state.ignoring_retry_after or now >= state.retry_at:
+            return 0.0
+        return state.retry_at - now
 
     def _decide(self, state: KeyState, key: int, limits: KeyLimits, model: str, tokens: int, slots: int,
                 now: float, places: int | None, related: tuple[str, ...]) -> Decision:

@@ -82,6 +82,16 @@ class Quotas:
                                                         max(o.max_output_tokens for o in offers))),
                            max_input_tokens=max(1, max(o.max_input_tokens for o in offers)))
 
+    def refuse_if_ignoring_retry_after(self, key: ApiKey) -> None:
+        """Before the body is read: a key that keeps coming back before its Retry-After gets a
+        held-back 429 at once (reading and parsing each of its requests first cost the event
+        loop what everyone else's requests wait for)."""
+        wait = self.limiter.ignored_retry_after(key.id, time.monotonic())
+        if wait > 0:
+            self.refused["ignored_retry_after"] = self.refused.get("ignored_retry_after", 0) + 1
+            raise errors.RateLimited(f"This key keeps retrying before its Retry-After; wait {wait:.1f}s before the "
+                                     "next request.", retry_after_s=wait, hold_s=EARLY_RETRY_HOLD_S)
+
     def admit(self, key: ApiKey, model: str, payload: Payload) -> Ticket:
         """Count the request against its key, or raise the 429 that says which limit it hit."""
         tokens = estimate_tokens(payload)

@@ -50,6 +50,23 @@ def freeze_startup_heap() -> None:
     gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)
 
 
+M_ARENA_MAX = -8  # glibc's mallopt() parameter number for the most arenas it may create
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Let glibc keep at most `arenas` heaps (glibc only; elsewhere nothing to do).
+
+    By default glibc gives each thread that allocates an arena of its own (up to 8 per
+    core): the database threads each got one, and what a burst left in those arenas was
+    not handed back. Measured with bench/hostile `stream_flood` alone: gateway RSS after
+    1.11x of before, 1.09-1.10x with two arenas. Call before any thread starts."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):
+        pass
+
+
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]

@@ -19,7 +19,7 @@ import uvicorn
 from gpupool.config import GatewaySettings
 from gpupool.gateway.app import create_app
 from gpupool.gateway.slow_clients import guarded_http
-from gpupool.gc_tuning import freeze_startup_heap
+from gpupool.gc_tuning import freeze_startup_heap, limit_malloc_arenas
 from gpupool.tls import server_files
 from gpupool.gateway.store import Store
 from gpupool.identity import Identity
@@ -38,6 +38,7 @@ def _event_loop() -> str:
 
 
 async def serve(settings: GatewaySettings) -> None:
+    limit_malloc_arenas()  # before the database threads start (gc_tuning)
     tls = server_files(settings.tls_cert, settings.tls_key)  # checked before anything starts
     identity = Identity.load_or_create(settings.key_file)
     store = await Store.open(settings.db_url())

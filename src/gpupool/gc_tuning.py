@@ -53,6 +53,13 @@ def freeze_startup_heap() -> None:
 M_ARENA_MAX = -8  # glibc's mallopt() parameter number for the most arenas it may create
 
 
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """Let glibc keep at most `arenas` heaps (glibc only; elsewhere nothing to do).
 
@@ -60,11 +67,9 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     core): the database threads each got one, and what a burst left in those arenas was
     not handed back. Measured with bench/hostile `stream_flood` alone: gateway RSS after
     1.11x of before, 1.09-1.10x with two arenas. Call before any thread starts."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_ARENA_MAX, arenas)
-    except (OSError, AttributeError):
-        pass
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is not None:
+        mallopt(M_ARENA_MAX, arenas)
 
 
 class _MallInfo2(ctypes.Structure):
@@ -74,10 +79,9 @@ class _MallInfo2(ctypes.Structure):
 
 def _glibc_trim() -> tuple[Callable[[], int], Callable[[], object]] | None:
     """(free heap bytes, malloc_trim) from glibc; None on other C libraries (nothing to hand back)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim, info = libc.malloc_trim, libc.mallinfo2
-    except (OSError, AttributeError):
+    libc = _libc()
+    trim, info = getattr(libc, "malloc_trim", None), getattr(libc, "mallinfo2", None)
+    if trim is None or info is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     info.restype = _MallInfo2
@@ -95,7 +99,8 @@ async def hand_back_memory(quiet: Callable[[], bool] = lambda: True, every_s: fl
     big requests, hundreds of streams) glibc keeps the freed pages, so the process's RSS
     stays at its peak. `malloc_trim` hands them back; it takes a few milliseconds on a
     fragmented heap, and under load the pages would only be faulted back in."""
-    glibc = _glibc_trim()
+    # Elsewhere than glibc nothing is trimmed: no free bytes are ever reported.
+    free_bytes, trim = _glibc_trim() or ((lambda: 0), (lambda: None))
     # Trimmed pages still count as free heap (they are only given back, not unmapped), so
     # trim again only once that much more has been freed since the last trim.
     after_last = 0
@@ -106,9 +111,6 @@ async def hand_back_memory(quiet: Callable[[], bool] = lambda: True, every_s: fl
         _, young_collections, middle_collections = gc.get_count()
         if young_collections or middle_collections:
             gc.collect()
-        if glibc is None:
-            continue
-        free_bytes, trim = glibc
         free = free_bytes()
         if free - after_last > min_free:
             trim()

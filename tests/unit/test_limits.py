@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from gpupool.gateway.anonymous_limits import HoldBack
 from gpupool.gateway.limits import Bucket, KeyLimiter, KeyLimits, LimiterConfig
 
 NO_LIMITS = KeyLimits()
@@ -180,10 +183,6 @@ def test_a_key_back_before_its_retry_after_is_marked_early() -> None:
 
 def test_held_back_answers_wait_at_least_the_hold_and_are_spread_out() -> None:
     """A flood refused at once must not come back at once: holds are spread over [1, 1.5) x."""
-    import random
-
-    from gpupool.gateway.anonymous_limits import HoldBack
-
     back = HoldBack(rng=random.Random(7))
     holds = [back.duration(1.0) for _ in range(1000)]
     assert min(holds) >= 1.0 and max(holds) < 1.5

@@ -256,16 +256,14 @@ class EventStream(StreamingResponse):
         super().__init__(content, **kw)
         self._on_close = on_close
         self._also: list[Callable[[], None]] = []
-        self._server_send: Send | None = None
 
     def add_close_callback(self, callback: Callable[[], None]) -> None:
         """Also run `callback` when the stream ends, however it ends (e.g. a per-key quota release)."""
         self._also.append(callback)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._server_send = scope.get(SERVER_SEND)
         try:
-            await until_disconnect(receive, self.stream_response(send))
+            await until_disconnect(receive, self.stream_response(send, scope.get(SERVER_SEND)))
         except ClientGone:
             pass  # nobody is left to read the rest
         finally:
@@ -273,9 +271,9 @@ class EventStream(StreamingResponse):
                 callback()
             await self._on_close()
 
-    async def stream_response(self, send: Send) -> None:
+    async def stream_response(self, send: Send, server_send: Send | None = None) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        direct = self._server_send or send
+        direct = server_send or send
         async for chunk in self.body_iterator:
             await direct({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

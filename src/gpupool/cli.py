@@ -137,7 +137,7 @@ def settings_command(cls: type, run: Callable[[Any], None], doc: str, group: boo
 
 
 def _run_gateway(settings: config.GatewaySettings) -> None:
-    from gpupool.gateway.server import serve
+    from gpupool.gateway.web.server import serve
 
     _run(serve(settings))
 

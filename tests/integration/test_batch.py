@@ -290,7 +290,7 @@ def test_a_gateway_killed_mid_batch_finishes_it_after_restart_exactly_once(netwo
 async def _attempts(db: str, batch_id: str) -> list[int]:
     from sqlalchemy import select
 
-    from gpupool.batch.store import ItemRow
+    from gpupool.gateway.batches.store import ItemRow
     from gpupool.db import create_engine
 
     engine = create_engine(db)
@@ -397,7 +397,7 @@ async def _owners(batch_id: str) -> set[str]:
     """Which gateway processes finished the batch's items (read from the shared database)."""
     from sqlalchemy import select
 
-    from gpupool.batch.store import ItemRow
+    from gpupool.gateway.batches.store import ItemRow
     from gpupool.db import create_engine
 
     engine = create_engine(PG_URL)

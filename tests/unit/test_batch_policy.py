@@ -10,7 +10,7 @@ import pytest
 from gpupool import errors
 from gpupool.batch import policy
 from gpupool.batch.policy import Slot
-from gpupool.batch.validate import parse_file
+from gpupool.gateway.batches.validate import parse_file
 
 MODELS = {"minilm": "embeddings", "llm": "generate"}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gpupool import errors
-from gpupool.gateway.fallback import PoolStalled, pool_failure_reason
-from gpupool.gateway.fallback_lanes import parse_lanes
+from gpupool.gateway.fallback.lanes import PoolStalled, pool_failure_reason
+from gpupool.gateway.fallback.lane_config import parse_lanes
 from gpupool.market.pricing import Price
 from gpupool.routing.fallback import REASONS, Lane, LaneModel, Need, choose_lanes, lane_cost, pool_deadline
 
@@ -146,7 +146,7 @@ def test_fallback_charges_settle_to_the_lane_account_and_the_fee_with_no_provide
     """Billing against a real SQL ledger: hold from the tab, charge, one journal entry per batch."""
     import asyncio
 
-    from gpupool.gateway.billing import Billing
+    from gpupool.gateway.money.billing import Billing
     from gpupool.ledger import SqlLedger
     from gpupool.ledger import postings as P
 

@@ -6,7 +6,7 @@ import asyncio
 import gc
 from typing import Any
 
-from gpupool.gateway.http import SERVER_SEND, with_server_send
+from gpupool.gateway.edge.http import SERVER_SEND, with_server_send
 
 
 class _ServerCycle:

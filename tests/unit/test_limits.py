@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from gpupool.gateway.anonymous_limits import HoldBack
-from gpupool.gateway.limits import Bucket, KeyLimiter, KeyLimits, LimiterConfig
+from gpupool.gateway.money.anonymous_limits import HoldBack
+from gpupool.gateway.money.limits import Bucket, KeyLimiter, KeyLimits, LimiterConfig
 
 NO_LIMITS = KeyLimits()
 

@@ -10,9 +10,9 @@ from sqlalchemy import select, update
 
 from gpupool import protocol
 from gpupool.config import GatewaySettings
-from gpupool.gateway import audits
-from gpupool.gateway.audits import Auditor
-from gpupool.gateway.hub import Hub
+from gpupool.gateway.trust import audits
+from gpupool.gateway.trust.audits import Auditor
+from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.store import ProviderRow, Retention, Store
 from gpupool.identity import Identity
 

@@ -105,7 +105,7 @@ def test_errors_map_to_openai_bodies() -> None:
 
 
 def test_gateway_cli_and_sdk_import_without_torch() -> None:
-    code = ("import sys, gpupool.cli, gpupool.gateway.app, gpupool.provider.agent, gpupool.devnet;"
+    code = ("import sys, gpupool.cli, gpupool.gateway.web.app, gpupool.provider.agent, gpupool.devnet;"
             "import gpupool.provider.backends.echo, gpupool.provider.backends.upstream;"
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)

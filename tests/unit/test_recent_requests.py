@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpupool.gateway.recent_requests import RecentRequests, Sample
+from gpupool.gateway.web.recent_requests import RecentRequests, Sample
 
 
 def test_it_keeps_the_last_requests_in_order_and_forgets_older_ones() -> None:

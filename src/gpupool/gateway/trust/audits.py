@@ -53,7 +53,7 @@ from gpupool.verify import (
 from gpupool.verify import Verdict as Judgement
 
 if TYPE_CHECKING:
-    from gpupool.gateway.hub import Hub, ProviderSession
+    from gpupool.gateway.peers.hub import Hub, ProviderSession
     from gpupool.identity import Identity
 
 log = logging.getLogger("gpupool.gateway.audits")

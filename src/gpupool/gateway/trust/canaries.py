@@ -29,9 +29,9 @@ from gpupool.verify import Verdict as Judgement
 from gpupool.verify import fail
 
 if TYPE_CHECKING:
-    from gpupool.gateway.audits import Auditor
-    from gpupool.gateway.dispatch import Dispatcher
-    from gpupool.gateway.hub import Hub, ProviderSession
+    from gpupool.gateway.trust.audits import Auditor
+    from gpupool.gateway.dispatch.dispatcher import Dispatcher
+    from gpupool.gateway.peers.hub import Hub, ProviderSession
 
 log = logging.getLogger("gpupool.gateway.canaries")
 POOL_PER_MODEL = 200

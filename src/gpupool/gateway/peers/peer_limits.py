@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from gpupool import protocol
 from gpupool.config import GatewaySettings
-from gpupool.gateway.session import PeerViolation
+from gpupool.gateway.peers.session import PeerViolation
 from gpupool.protocol import Offer
 
 

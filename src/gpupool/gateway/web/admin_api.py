@@ -25,13 +25,13 @@ from starlette.routing import Route
 
 from gpupool import errors
 from gpupool.config import GatewaySettings
-from gpupool.gateway.http import JSON, json_object, query_limit
+from gpupool.gateway.edge.http import JSON, json_object, query_limit
 from gpupool.gateway.store import account_for
 from gpupool.ledger import LedgerError, postings
 
 if TYPE_CHECKING:
-    from gpupool.gateway.hub import Hub
-    from gpupool.gateway.services import Services
+    from gpupool.gateway.peers.hub import Hub
+    from gpupool.gateway.web.services import Services
 
 log = logging.getLogger("gpupool.gateway")
 

@@ -12,13 +12,13 @@ import logging
 from dataclasses import dataclass
 
 from gpupool.config import GatewaySettings
-from gpupool.gateway.audits import Auditor
-from gpupool.gateway.billing import Billing
-from gpupool.gateway.canaries import Canaries
-from gpupool.gateway.dispatch import Dispatcher
-from gpupool.gateway.hardware_checks import HardwareChecker
-from gpupool.gateway.http import spawn
-from gpupool.gateway.hub import Hub
+from gpupool.gateway.trust.audits import Auditor
+from gpupool.gateway.money.billing import Billing
+from gpupool.gateway.trust.canaries import Canaries
+from gpupool.gateway.dispatch.dispatcher import Dispatcher
+from gpupool.gateway.trust.hardware_checks import HardwareChecker
+from gpupool.gateway.edge.http import spawn
+from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.store import Store
 from gpupool.identity import Identity
 from gpupool.ledger import Ledger

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 from gpupool import errors, protocol
 from gpupool.config import GatewaySettings
-from gpupool.gateway.hub import Hub
-from gpupool.gateway.session import Event, ProviderLost, ProviderSession
-from gpupool.gateway.metrics import note_routing
-from gpupool.gateway.router import DEFAULT_ROUTE, RouteOptions
+from gpupool.gateway.peers.hub import Hub
+from gpupool.gateway.peers.session import Event, ProviderLost, ProviderSession
+from gpupool.gateway.web.metrics import note_routing
+from gpupool.gateway.dispatch.router import DEFAULT_ROUTE, RouteOptions
 from gpupool.protocol import Cancel, Chunk, Done, EmbedPayload, Fail, GeneratePayload, Payload, Run
 
 # Provider failure codes that blame the *request*. The gateway checked the request at its

@@ -27,16 +27,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gpupool import errors
-from gpupool.batch import estimate as est
+from gpupool.gateway.batches import estimate as est
 from gpupool.batch import policy
-from gpupool.batch.runner import Runner
-from gpupool.batch.store import BatchRow, BatchStore, FileRow, ItemRow
-from gpupool.batch.validate import ENDPOINTS, parse_file
+from gpupool.gateway.batches.runner import Runner
+from gpupool.gateway.batches.store import BatchRow, BatchStore, FileRow, ItemRow
+from gpupool.gateway.batches.validate import ENDPOINTS, parse_file
 from gpupool.config import GatewaySettings
-from gpupool.gateway.dispatch import Dispatcher
-from gpupool.gateway.http import JSON, BodyLimit, query_limit
-from gpupool.gateway.hub import Hub
-from gpupool.gateway.metering import Metering
+from gpupool.gateway.dispatch.dispatcher import Dispatcher
+from gpupool.gateway.edge.http import JSON, BodyLimit, query_limit
+from gpupool.gateway.peers.hub import Hub
+from gpupool.gateway.money.metering import Metering
 from gpupool.gateway.store import ApiKey, Store
 
 WINDOWS = {"24h": 24 * 3600}
@@ -217,7 +217,7 @@ class BatchService:
 
     @staticmethod
     def metering_price(session: Any, model: str) -> Any:
-        from gpupool.gateway.metering import price_of
+        from gpupool.gateway.money.metering import price_of
 
         return price_of(session, model)
 

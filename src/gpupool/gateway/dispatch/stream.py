@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import msgspec
 
 from gpupool import errors
-from gpupool.gateway.dispatch import Dispatcher, Tries, deadline_ms, loop_deadline
-from gpupool.gateway.session import Event, ProviderSession
-from gpupool.gateway.metrics import note_routing
-from gpupool.gateway.router import DEFAULT_ROUTE, RouteOptions
+from gpupool.gateway.dispatch.dispatcher import Dispatcher, Tries, deadline_ms, loop_deadline
+from gpupool.gateway.peers.session import Event, ProviderSession
+from gpupool.gateway.web.metrics import note_routing
+from gpupool.gateway.dispatch.router import DEFAULT_ROUTE, RouteOptions
 from gpupool.protocol import Chunk, Done, Fail, GeneratePayload, Payload, Run
 
 log = logging.getLogger("gpupool.gateway.stream")

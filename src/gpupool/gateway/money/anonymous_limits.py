@@ -28,8 +28,8 @@ import time
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gpupool import errors
-from gpupool.gateway.http import error_response
-from gpupool.gateway.limits import Bucket
+from gpupool.gateway.edge.http import error_response
+from gpupool.gateway.money.limits import Bucket
 
 
 class AddressLimiter:

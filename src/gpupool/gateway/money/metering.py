@@ -13,9 +13,9 @@ signed receipt (capped by the hold) and let the auditor consider the answer.
 
 from __future__ import annotations
 
-from gpupool.gateway.audits import Auditor
-from gpupool.gateway.billing import Billing, Hold
-from gpupool.gateway.hub import Hub, ProviderSession
+from gpupool.gateway.trust.audits import Auditor
+from gpupool.gateway.money.billing import Billing, Hold
+from gpupool.gateway.peers.hub import Hub, ProviderSession
 from gpupool.market import pricing
 from gpupool.protocol import Done, Payload
 

@@ -24,13 +24,13 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gpupool import errors
-from gpupool.gateway.http import JSON, query_limit
-from gpupool.gateway.metrics import GatewayMetrics, provider_state
-from gpupool.gateway.recent_requests import Sample
+from gpupool.gateway.edge.http import JSON, query_limit
+from gpupool.gateway.web.metrics import GatewayMetrics, provider_state
+from gpupool.gateway.web.recent_requests import Sample
 
 if TYPE_CHECKING:
-    from gpupool.gateway.hub import Hub, ProviderSession
-    from gpupool.gateway.services import Services
+    from gpupool.gateway.peers.hub import Hub, ProviderSession
+    from gpupool.gateway.web.services import Services
 
 MAX_WINDOW_S = 3600
 DEFAULT_WINDOW_S = 300

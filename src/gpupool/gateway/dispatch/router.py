@@ -35,8 +35,8 @@ from gpupool.routing import breaker as breakers
 from gpupool.routing.speed import hardware_speed, pool_prior
 
 if TYPE_CHECKING:
-    from gpupool.gateway.dispatch import Tries
-    from gpupool.gateway.hub import Hub, ProviderSession
+    from gpupool.gateway.dispatch.dispatcher import Tries
+    from gpupool.gateway.peers.hub import Hub, ProviderSession
 
 # Client-side routing options (header or body field `gpupool`), see docs/routing.md.
 REGION_POLICIES = ("prefer", "require")

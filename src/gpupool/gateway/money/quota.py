@@ -20,13 +20,13 @@ from starlette.responses import Response, StreamingResponse
 
 from gpupool import errors
 from gpupool.config import GatewaySettings
-from gpupool.gateway.http import EventStream
-from gpupool.gateway.limits import KeyLimiter, KeyLimits, LimiterConfig
-from gpupool.gateway.openai_api import ModelLimits
+from gpupool.gateway.edge.http import EventStream
+from gpupool.gateway.money.limits import KeyLimiter, KeyLimits, LimiterConfig
+from gpupool.gateway.edge.openai_api import ModelLimits
 from gpupool.protocol import EmbedPayload, Payload
 
 if TYPE_CHECKING:
-    from gpupool.gateway.hub import Hub
+    from gpupool.gateway.peers.hub import Hub
     from gpupool.gateway.store import ApiKey
 
 # The fair-share table is keyed by model names only once a provider serves them; requests

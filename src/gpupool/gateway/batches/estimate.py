@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpupool.batch.validate import DEFAULT_MAX_TOKENS, Item
+from gpupool.gateway.batches.validate import DEFAULT_MAX_TOKENS, Item
 from gpupool.market import pricing
 
 BYTES_PER_TOKEN = 4  # English text in common tokenizers; only an estimate, charges use receipts

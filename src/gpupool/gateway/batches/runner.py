@@ -30,13 +30,13 @@ import msgspec
 
 from gpupool import errors
 from gpupool.batch import policy
-from gpupool.batch.store import BatchRow, BatchStore, Claimed, FileRow, Finished, ItemRow
-from gpupool.batch.validate import DEFAULT_MAX_TOKENS
-from gpupool.gateway import openai_api as oa
-from gpupool.gateway.dispatch import Dispatcher, Outcome
-from gpupool.gateway.http import spawn
-from gpupool.gateway.hub import Hub, ProviderSession
-from gpupool.gateway.metering import Metering
+from gpupool.gateway.batches.store import BatchRow, BatchStore, Claimed, FileRow, Finished, ItemRow
+from gpupool.gateway.batches.validate import DEFAULT_MAX_TOKENS
+from gpupool.gateway.edge import openai_api as oa
+from gpupool.gateway.dispatch.dispatcher import Dispatcher, Outcome
+from gpupool.gateway.edge.http import spawn
+from gpupool.gateway.peers.hub import Hub, ProviderSession
+from gpupool.gateway.money.metering import Metering
 from gpupool.gateway.store import Store
 from gpupool.market import pricing
 from gpupool.protocol import EmbedPayload, Payload

@@ -29,15 +29,15 @@ from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
 from gpupool import __version__, errors
-from gpupool.batch.routes import BatchService
+from gpupool.gateway.batches.routes import BatchService
 from gpupool.config import GatewaySettings
-from gpupool.gateway import openai_api as oa
-from gpupool.gateway.admin_api import admin_check, admin_routes
-from gpupool.gateway.anonymous_limits import AddressLimiter, AnonymousLimit, HoldBack
-from gpupool.gateway.billing import Hold, charge_view
-from gpupool.gateway.dispatch import Dispatcher
-from gpupool.gateway.fallback import Fallbacks, Plan
-from gpupool.gateway.http import (
+from gpupool.gateway.edge import openai_api as oa
+from gpupool.gateway.web.admin_api import admin_check, admin_routes
+from gpupool.gateway.money.anonymous_limits import AddressLimiter, AnonymousLimit, HoldBack
+from gpupool.gateway.money.billing import Hold, charge_view
+from gpupool.gateway.dispatch.dispatcher import Dispatcher
+from gpupool.gateway.fallback.lanes import Fallbacks, Plan
+from gpupool.gateway.edge.http import (
     JSON,
     JSON_ENCODER,
     SLOT,
@@ -53,17 +53,17 @@ from gpupool.gateway.http import (
     until_disconnect,
     with_server_send,
 )
-from gpupool.gateway.hub import Hub, ProviderSession
-from gpupool.gateway.quota import Quotas, within_quota
-from gpupool.gateway.metering import Metering
-from gpupool.gateway.metrics import GatewayMetrics, note_first_token, note_model, note_request
-from gpupool.gateway.public_api import public_routes
-from gpupool.gateway.dashboard import dashboard_routes
-from gpupool.gateway.router import RouteOptions
-from gpupool.gateway.services import Services
+from gpupool.gateway.peers.hub import Hub, ProviderSession
+from gpupool.gateway.money.quota import Quotas, within_quota
+from gpupool.gateway.money.metering import Metering
+from gpupool.gateway.web.metrics import GatewayMetrics, note_first_token, note_model, note_request
+from gpupool.gateway.web.public_api import public_routes
+from gpupool.gateway.web.dashboard import dashboard_routes
+from gpupool.gateway.dispatch.router import RouteOptions
+from gpupool.gateway.web.services import Services
 from gpupool.gateway.store import ApiKey, Retention, Store
 from gpupool.gc_tuning import hand_back_memory
-from gpupool.gateway.stream import open_stream
+from gpupool.gateway.dispatch.stream import open_stream
 from gpupool.identity import Identity
 from gpupool.logs import REQUESTS, request_line
 from gpupool.ledger import Ledger

@@ -40,12 +40,12 @@ from starlette.routing import Route
 
 from gpupool import errors
 from gpupool.config import GatewaySettings
-from gpupool.gateway import openai_api as oa
-from gpupool.gateway.billing import Billing, Hold
-from gpupool.gateway.fallback_lanes import parse_lanes
-from gpupool.gateway.http import JSON, EventStream, sse, until_disconnect
-from gpupool.gateway.metrics import note_first_token, note_request, note_routing
-from gpupool.gateway.router import RouteOptions
+from gpupool.gateway.edge import openai_api as oa
+from gpupool.gateway.money.billing import Billing, Hold
+from gpupool.gateway.fallback.lane_config import parse_lanes
+from gpupool.gateway.edge.http import JSON, EventStream, sse, until_disconnect
+from gpupool.gateway.web.metrics import note_first_token, note_request, note_routing
+from gpupool.gateway.dispatch.router import RouteOptions
 from gpupool.gateway.store import ApiKey, Store
 from gpupool.market.pricing import cost, input_token_bound
 from gpupool.protocol import EmbedPayload, Payload

@@ -41,13 +41,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gpupool.gateway.recent_requests import RecentRequests
+from gpupool.gateway.web.recent_requests import RecentRequests
 
 if TYPE_CHECKING:
-    from gpupool.gateway.fallback import Fallbacks
-    from gpupool.gateway.hub import Hub
-    from gpupool.gateway.quota import Quotas
-    from gpupool.gateway.services import Services
+    from gpupool.gateway.fallback.lanes import Fallbacks
+    from gpupool.gateway.peers.hub import Hub
+    from gpupool.gateway.money.quota import Quotas
+    from gpupool.gateway.web.services import Services
 
 # Fixed route labels: anything else is "other", so a client cannot mint label values with URLs.
 ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",

@@ -17,8 +17,8 @@ import socket
 import uvicorn
 
 from gpupool.config import GatewaySettings
-from gpupool.gateway.app import create_app
-from gpupool.gateway.slow_clients import guarded_http
+from gpupool.gateway.web.app import create_app
+from gpupool.gateway.edge.slow_clients import guarded_http
 from gpupool.gc_tuning import freeze_startup_heap, limit_malloc_arenas
 from gpupool.tls import server_files
 from gpupool.gateway.store import Store

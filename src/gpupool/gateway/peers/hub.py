@@ -30,9 +30,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gpupool import protocol
 from gpupool.config import GatewaySettings
-from gpupool.gateway.peer_limits import check_lists, check_offer
-from gpupool.gateway.router import LiveRouter
-from gpupool.gateway.session import (
+from gpupool.gateway.peers.peer_limits import check_lists, check_offer
+from gpupool.gateway.dispatch.router import LiveRouter
+from gpupool.gateway.peers.session import (
     ANSWER_FRAME_BYTES,
     CLOSE_MESSAGE_TOO_BIG,
     Event,

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpupool.gateway.session import ProviderSession
+from gpupool.gateway.peers.session import ProviderSession
 from gpupool.protocol import HardwareAnswer, HardwareChallenge, Offer
 from gpupool.verify import hardware
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import msgspec
 
 from gpupool import errors
-from gpupool.gateway import openai_api as oa
+from gpupool.gateway.edge import openai_api as oa
 
 ENDPOINTS = {"/v1/embeddings": "embeddings", "/v1/chat/completions": "generate", "/v1/completions": "generate"}
 MAX_ITEMS = 50_000  # as OpenAI: larger jobs are split into several batches (the SDK does)

@@ -29,15 +29,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gpupool import errors
 from gpupool.gateway.batches import estimate as est
 from gpupool.batch import policy
-from gpupool.gateway.batches.runner import Runner
+from gpupool.gateway.batches.runner import BatchDeps, Runner
 from gpupool.gateway.batches.store import BatchRow, BatchStore, FileRow, ItemRow
 from gpupool.gateway.batches.validate import ENDPOINTS, parse_file
 from gpupool.config import GatewaySettings
-from gpupool.gateway.dispatch.dispatcher import Dispatcher
 from gpupool.gateway.edge.http import JSON, BodyLimit, query_limit
-from gpupool.gateway.peers.hub import Hub
-from gpupool.gateway.money.metering import Metering
-from gpupool.gateway.store import ApiKey, Store
+from gpupool.gateway.money.metering import price_of
+from gpupool.gateway.store import ApiKey
 
 WINDOWS = {"24h": 24 * 3600}
 MAX_METADATA_KEYS = 16
@@ -49,26 +47,21 @@ STAMPS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expir
 class BatchService:
     """Owns the batch tables and the runner for one gateway; `routes` are added to the app."""
 
-    def __init__(self, settings: GatewaySettings, hub: Hub, store: Store, dispatcher: Dispatcher,
-                 metering: Metering, ledger: Any):
+    def __init__(self, settings: GatewaySettings, deps: BatchDeps):
         self.settings = settings
-        self.hub = hub
-        self.store = store
-        self.dispatcher = dispatcher
-        self.metering = metering
-        self.ledger = ledger
-        self._bs: BatchStore | None = None
+        self.deps = deps
+        self.hub, self.store = deps.hub, deps.store
+        self._batch_store: BatchStore | None = None
         self.runner: Runner | None = None
 
     @property
     def bs(self) -> BatchStore:
-        assert self._bs is not None, "BatchService.start() runs in the app's lifespan"
-        return self._bs
+        assert self._batch_store is not None, "BatchService.start() runs in the app's lifespan"
+        return self._batch_store
 
     async def start(self) -> None:
-        self._bs = await BatchStore.open(self.store.engine)
-        self.runner = Runner(self.bs, self.hub, self.dispatcher, self.metering, self.store, self.ledger,
-                             self.hub.identity.node_id, reserve_slots=self.settings.batch_reserve_slots,
+        self._batch_store = await BatchStore.open(self.store.engine)
+        self.runner = Runner(self.bs, self.deps, self.hub.identity.node_id, reserve_slots=self.settings.batch_reserve_slots,
                              confirm_wait_s=self.settings.statement_wait_s + 5.0)
         self.runner.start()
 
@@ -174,7 +167,7 @@ class BatchService:
             endpoint = body.get("endpoint") or _first_url(source)
             items, _ = await s._items(key, source, endpoint)
             model = items[0].model
-            prices = [s.metering_price(sess, model) for sess in s.hub.serving(model)]
+            prices = [price_of(sess, model) for sess in s.deps.dispatcher.router.serving(model)]
             return JSON(est.estimate(model, endpoint, items, prices, s.settings.fee_bps))
 
         async def get_batch(request: Request) -> JSON:
@@ -214,12 +207,6 @@ class BatchService:
 
     def known_models(self) -> dict[str, str]:
         return {name: offer.task for name, offer in self.hub.known_models.items()}
-
-    @staticmethod
-    def metering_price(session: Any, model: str) -> Any:
-        from gpupool.gateway.money.metering import price_of
-
-        return price_of(session, model)
 
     async def _file(self, request: Request, key: ApiKey) -> FileRow:
         file_id = request.path_params["file_id"]

@@ -38,6 +38,7 @@ from gpupool.gateway.edge.http import spawn
 from gpupool.gateway.peers.hub import Hub, ProviderSession
 from gpupool.gateway.money.metering import Metering
 from gpupool.gateway.store import Store
+from gpupool.ledger import Ledger
 from gpupool.market import pricing
 from gpupool.protocol import EmbedPayload, Payload
 
@@ -77,16 +78,24 @@ def error_line(batch_id: str, idx: int, custom_id: str, code: str, message: str,
                        "error": {"code": code, "message": message}})
 
 
+@dataclass(frozen=True)
+class BatchDeps:
+    """What batches need of the gateway: the pool, dispatch, the money path, its store and ledger
+    (the same for the HTTP side, `BatchService`, and the `Runner`)."""
+
+    hub: Hub
+    dispatcher: Dispatcher
+    metering: Metering
+    store: Store
+    ledger: Ledger
+
+
 class Runner:
-    def __init__(self, bs: BatchStore, hub: Hub, dispatcher: Dispatcher, metering: Metering, store: Store,
-                 ledger: Any, node_id: str, reserve_slots: int = 1, lease_s: float = 10.0, poll_s: float = 0.1,
-                 confirm_wait_s: float = 15.0, rng: random.Random | None = None):
+    def __init__(self, bs: BatchStore, deps: BatchDeps, node_id: str, reserve_slots: int = 1, lease_s: float = 10.0,
+                 poll_s: float = 0.1, confirm_wait_s: float = 15.0, rng: random.Random | None = None):
         self.bs = bs
-        self.hub = hub
-        self.dispatcher = dispatcher
-        self.metering = metering
-        self.store = store
-        self.ledger = ledger
+        self.hub, self.dispatcher, self.metering = deps.hub, deps.dispatcher, deps.metering
+        self.store, self.ledger = deps.store, deps.ledger
         self.prefix = f"{node_id[:24]}:"
         self.owner = self.prefix + uuid.uuid4().hex[:8]  # leases of this process, not of an earlier one
         self.reserve_slots = reserve_slots
@@ -186,7 +195,7 @@ class Runner:
         self.shard_limit.pop(b.id, None)
 
     def _slots(self, b: BatchRow, exposure: dict[str, int]) -> tuple[list[policy.Slot], dict[str, ProviderSession]]:
-        sessions = {s.node_id: s for s in self.hub.serving(b.model) if not s.draining}
+        sessions = {s.node_id: s for s in self.dispatcher.router.serving(b.model) if not s.draining}
         slots = []
         for s in sessions.values():
             load = s.load
@@ -219,7 +228,8 @@ class Runner:
                 return
             claimable -= len(items)
             shard = _Shard.build(b, run_id, items)
-            bound = self.metering.bound(b.model, shard.tokens_in, shard.max_out)
+            bound = self.metering.bound(self.dispatcher.router.serving(b.model), b.model, shard.tokens_in,
+                                        shard.max_out)
             if not await self.bs.reserve_run(b.id, run_id, -(-bound // len(items)), b.max_cost, now):
                 await self.bs.release(b.id, run_id, tried=False)
                 if len(items) > 1:  # a smaller shard may still fit under the cost cap
@@ -294,7 +304,8 @@ class Runner:
 
     async def _run_inner(self, b: BatchRow, shard: _Shard, first: ProviderSession, r: Running) -> None:
         try:
-            hold = await self.metering.reserve(b.account, b.model, shard.tokens_in, shard.max_out)
+            hold = await self.metering.reserve(b.account, self.dispatcher.router.serving(b.model), b.model,
+                                               shard.tokens_in, shard.max_out)
         except errors.PaymentRequired as exc:
             await self.bs.finish(b.id, shard.run_id, [
                 Finished(c.idx, False, error_line(b.id, c.idx, c.custom_id, "insufficient_quota", exc.message, 402))

@@ -23,14 +23,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gpupool import errors, protocol
 from gpupool.config import GatewaySettings
+from gpupool.gateway.store import Store
+from gpupool.gateway.dispatch.router import LiveRouter, TrustView
 from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.peers.session import Event, ProviderLost, ProviderSession
-from gpupool.gateway.web.metrics import note_routing
-from gpupool.gateway.dispatch.router import DEFAULT_ROUTE, RouteOptions
+from gpupool.gateway.probes import note_routing
+from gpupool.gateway.dispatch.tries import Tries
+from gpupool.routing.options import DEFAULT_ROUTE, RouteOptions
 from gpupool.protocol import Cancel, Chunk, Done, EmbedPayload, Fail, GeneratePayload, Payload, Run
 
 # Provider failure codes that blame the *request*. The gateway checked the request at its
@@ -54,39 +57,15 @@ class Outcome:
         return self.session.node_id
 
 
-@dataclass
-class Tries:
-    """Providers tried for one request and what went wrong, to pick the right final error."""
-
-    tried: set[str] = field(default_factory=set)
-    over_capacity: int = 0
-    lost: int = 0  # providers that vanished mid-request: the request was not at fault, so they count less
-    failures: list[str] = field(default_factory=list)
-    # Providers that blamed the request, with their Fail: judged once another provider answers.
-    client_faults: list[tuple[ProviderSession, Fail]] = field(default_factory=list)
-
-    def client_fault_error(self) -> errors.InvalidRequest:
-        fail = self.client_faults[-1][1]
-        return errors.InvalidRequest(fail.message, code=fail.code)
-
-    def exhausted(self, max_attempts: int) -> bool:
-        """No more tries: `max_attempts` real failures, or twice that when providers keep vanishing."""
-        return len(self.tried) - self.lost >= max_attempts or len(self.tried) >= 2 * max_attempts
-
-    def error(self, model: str, why_not_others: str = "") -> errors.GpupoolError:
-        if self.failures and self.over_capacity == len(self.failures):
-            return errors.NoCapacity(
-                f"all {len(self.tried)} providers tried for {model!r} are at capacity; retry shortly"
-            )
-        detail = "; ".join(self.failures[-3:]) or "no provider available"
-        if why_not_others:
-            detail += f"; others: {why_not_others}"
-        return errors.NoProvider(f"no provider could serve {model!r} ({detail})")
-
-
 class Dispatcher:
-    def __init__(self, hub: Hub, settings: GatewaySettings, rng: random.Random | None = None):
+    """Owns the live router; `trust` is what gateway/trust/ says of providers (routing reads it)."""
+
+    def __init__(self, hub: Hub, store: Store, settings: GatewaySettings, trust: TrustView = TrustView(),
+                 rng: random.Random | None = None):
         self.hub = hub
+        self.store = store
+        self.router = LiveRouter(hub, settings, trust)
+        hub.listeners.left.append(self.router.forget_if_crowded)
         self.settings = settings
         self.rng = rng or random.Random()
 
@@ -96,12 +75,12 @@ class Dispatcher:
     # ------------------------------------------------------------ one attempt
 
     def choose(self, request_id: str, model: str, payload: Payload, tries: Tries, route: RouteOptions,
-               stream: bool) -> ProviderSession:
+               stream: bool, serving: list[ProviderSession] | None = None) -> ProviderSession:
         try:
             if tries.exhausted(self.settings.max_attempts):
                 raise tries.error(model)
-            session = self.hub.router.choose(request_id, model, payload, time.monotonic(), self.rng, route, tries,
-                                             stream)
+            session = self.router.choose(request_id, model, payload, time.monotonic(), self.rng, route, tries,
+                                         stream, serving)
         except errors.GpupoolError:
             if tries.client_faults:  # nobody else to ask: the provider's word is all there is
                 raise tries.client_fault_error() from None
@@ -117,8 +96,8 @@ class Dispatcher:
             if (isinstance(payload, GeneratePayload) and offer is not None
                     and payload.max_tokens > offer.max_output_tokens):
                 continue  # over its own advertised limit: an honest refusal
-            self.hub.router.on_failure(session, request_id, f"false client fault: {fail.code}")
-            self.hub.store.record_event(session.node_id, "false_client_fault",
+            self.router.on_failure(session, request_id, f"false client fault: {fail.code}")
+            self.store.record_event(session.node_id, "false_client_fault",
                                         f"{fail.code} for {request_id}, which another provider served")
         tries.client_faults.clear()
 
@@ -151,20 +130,20 @@ class Dispatcher:
                     if not self.receipt_ok(session, request_id, model, payload, event, text):
                         tries.failures.append("a provider returned an invalid receipt")
                         return None
-                    self.hub.router.on_success(session, request_id, model, payload, event,
+                    self.router.on_success(session, request_id, model, payload, event,
                                                time.monotonic() - started)
                     return Outcome(event, session, 0, text)
                 self.note_failure(session, request_id, event, tries, model)
                 return None
         except ConnectionError:
             finished = True
-            self.hub.router.on_failure(session, request_id, "connection lost")
+            self.router.on_failure(session, request_id, "connection lost")
             tries.failures.append("provider connection lost")
             return None
         finally:
             session.close_channel(request_id)
             if not finished:
-                self.hub.router.on_abandoned(session, request_id)
+                self.router.on_abandoned(session, request_id)
                 self.cancel(session, request_id)
 
     def note_failure(self, session: ProviderSession, request_id: str, event: Event, tries: Tries,
@@ -172,12 +151,12 @@ class Dispatcher:
         if isinstance(event, ProviderLost):
             tries.failures.append(f"provider lost: {event.reason}")
             tries.lost += 1
-            self.hub.router.on_failure(session, request_id, event.reason)
+            self.router.on_failure(session, request_id, event.reason)
             return
         assert isinstance(event, Fail)
         # Busy or leaving is not broken; a claim that the request is bad is judged below.
         healthy = event.code in ("over_capacity", "draining") or event.code in CLIENT_FAULT_CODES
-        self.hub.router.on_failure(session, request_id, event.code, counts=not healthy)
+        self.router.on_failure(session, request_id, event.code, counts=not healthy)
         if event.code in CLIENT_FAULT_CODES:
             tries.client_faults.append((session, event))
             if len(tries.client_faults) >= 2:  # a second provider agrees: it is the request
@@ -213,7 +192,9 @@ class Dispatcher:
     # ------------------------------------------------------------ non-streaming, with hedging
 
     async def complete(self, request_id: str, model: str, payload: Payload, deadline: float,
-                       route: RouteOptions = DEFAULT_ROUTE) -> Outcome:
+                       route: RouteOptions = DEFAULT_ROUTE,
+                       serving: list[ProviderSession] | None = None) -> Outcome:
+        """`serving`: the request's serving set if the caller looked it up already (`router.serving`)."""
         tries = Tries()
         running: dict[asyncio.Task[Outcome | None], ProviderSession] = {}
         hedged = False
@@ -223,12 +204,13 @@ class Dispatcher:
                     if not running:
                         if tries.tried:
                             note_routing("failover")  # the last provider failed: another one tries
-                        session = self.choose(request_id, model, payload, tries, route, stream=False)
+                        session = self.choose(request_id, model, payload, tries, route, stream=False,
+                                              serving=serving)
                         running[self._start(session, request_id, model, payload, deadline, tries)] = session
                     wait_s = None
                     if not hedged and self.settings.hedging and len(running) == 1:
                         (first_session,) = running.values()
-                        wait_s = self.hub.router.hedge_delay(first_session, model, payload, route)
+                        wait_s = self.router.hedge_delay(first_session, model, payload, route)
                         if wait_s is not None:
                             # Leave a second copy half of the time that is left, whatever the estimate.
                             left = deadline - time.monotonic()
@@ -252,7 +234,7 @@ class Dispatcher:
                             for other, other_session in running.items():
                                 # Slower than its own expected percentile: counts against it,
                                 # so a provider that stalls opens its breaker.
-                                self.hub.router.on_failure(other_session, request_id, "lost a hedge race")
+                                self.router.on_failure(other_session, request_id, "lost a hedge race")
                                 other.cancel()
                             return outcome
         except TimeoutError:

@@ -1,22 +1,30 @@
 """Wires the pure routing policy (`gpupool.routing`) to live provider sessions.
 
-The hub owns one `LiveRouter`. It keeps what routing learns about each provider
+The dispatcher owns one `LiveRouter`. It keeps what routing learns about each provider
 (measured speed per model, circuit breaker) keyed by node id, so it survives
 reconnects; builds `Candidate` snapshots for `routing.pick_with_reasons`; and turns
 outcomes into observations (`routing.speed.observe`, `routing.breaker.*`). Every
 decision is made by the pure functions that the simulator also runs; this class
 only holds state and translates.
+
+It reads the pool from the hub (who offers a model) and what trust says of each
+provider from a `TrustView` handed to it (suspended, held back, reputation, proven
+hardware), so routing never reaches into the auditor or the hardware checks.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from gpupool import errors
 from gpupool.config import GatewaySettings
+from gpupool.gateway.dispatch.tries import Tries
+from gpupool.gateway.payload_size import PayloadSize
+from gpupool.gateway.peers.hub import Hub
+from gpupool.gateway.peers.session import ProviderSession
 from gpupool.protocol import Done, EmbedPayload, GeneratePayload, Payload
 from gpupool.routing import (
     CLOSED,
@@ -32,26 +40,29 @@ from gpupool.routing import (
     pick_with_reasons,
 )
 from gpupool.routing import breaker as breakers
+from gpupool.routing.options import RouteOptions
 from gpupool.routing.speed import hardware_speed, pool_prior
 
-if TYPE_CHECKING:
-    from gpupool.gateway.dispatch.dispatcher import Tries
-    from gpupool.gateway.peers.hub import Hub, ProviderSession
 
-# Client-side routing options (header or body field `gpupool`), see docs/routing.md.
-REGION_POLICIES = ("prefer", "require")
 PRIOR_REFRESH_S = 2.0
 
 
+# Past this many speed/breaker records, those of providers not connected are dropped.
+MAX_ROUTER_RECORDS = 10_000
+
+
 @dataclass(frozen=True)
-class RouteOptions:
-    region: str | None = None
-    region_policy: str = "prefer"
-    max_price: int | None = None  # µcr for the whole request
-    require_verified: bool = False  # only models an admitted checker audits (else 503)
+class TrustView:
+    """What trust (gateway/trust/) says of a provider, as routing reads it; the defaults trust everyone."""
 
-
-DEFAULT_ROUTE = RouteOptions()
+    is_suspended: Callable[[str], bool] = lambda node_id: False
+    # Providers whose answers mostly await audit verdicts wait, unless nobody else can serve.
+    is_held_back: Callable[[str], bool] = lambda node_id: False
+    reputation_of: Callable[[str], float] = lambda node_id: 0.5
+    # Whether a provider's hardware proof has passed: until then its speed claims are ignored.
+    hardware_verified: Callable[[str], bool] = lambda node_id: True
+    # Its verified GFLOP/s from the last passed proof (None: none yet, or proofs are off).
+    hardware_gflops: Callable[[str], float | None] = lambda node_id: None
 
 
 @dataclass
@@ -67,15 +78,30 @@ class ProviderRecord:
 
 
 class LiveRouter:
-    def __init__(self, hub: Hub, settings: GatewaySettings):
+    def __init__(self, hub: Hub, settings: GatewaySettings, trust: TrustView = TrustView()):
         self.hub = hub
         self.settings = settings
+        self.trust = trust
         self.weights = RoutingWeights()
         self.breaker_config = BreakerConfig(failure_threshold=settings.breaker_failures,
                                             cooldown_s=settings.breaker_cooldown_s)
         self.records: dict[str, ProviderRecord] = {}
         self._prior_at = 0.0
         self._pool_gflops = 0.0  # median verified GFLOP/s of connected providers; 0 = none proved
+
+    def serving(self, model: str) -> list[ProviderSession]:
+        """Who may take a request for `model` now: a request looks this up once, at its start."""
+        trust = self.trust
+        live = [s for s in self.hub.offering(model) if not trust.is_suspended(s.node_id)]
+        ready = [s for s in live if not trust.is_held_back(s.node_id)]
+        return ready or live
+
+    def forget_if_crowded(self, _left: ProviderSession) -> None:
+        """A provider left (hub listener): past the bound, forget what was learned about absent nodes,
+        since fresh keys cost nothing."""
+        if len(self.records) > MAX_ROUTER_RECORDS:
+            for node_id in [n for n in self.records if n not in self.hub.sessions]:
+                del self.records[node_id]
 
     def record(self, node_id: str) -> ProviderRecord:
         rec = self.records.get(node_id)
@@ -86,16 +112,12 @@ class LiveRouter:
     # ------------------------------------------------------------ snapshots
 
     def route_request(self, model: str, payload: Payload, options: RouteOptions, stream: bool) -> RouteRequest:
-        if isinstance(payload, EmbedPayload):
-            chars = sum(len(x) for x in payload.inputs)
-            return RouteRequest(model, "embeddings", input_tokens=chars // 4 + 1, items=len(payload.inputs),
-                                max_price=options.max_price, region=options.region,
-                                region_policy=options.region_policy, stream=stream)  # type: ignore[arg-type]
-        chars = len(payload.prompt) + len(payload.continue_text) + sum(len(m.content) for m in payload.messages)
-        # ~4 characters per token: a routing estimate only; usage comes from the receipt.
-        return RouteRequest(model, "generate", input_tokens=chars // 4 + 1, max_output_tokens=payload.max_tokens,
-                            max_price=options.max_price, region=options.region,
-                            region_policy=options.region_policy, stream=stream)  # type: ignore[arg-type]
+        size = PayloadSize.of(payload)  # ~4 characters per token: a routing estimate only; usage comes from the receipt
+        return RouteRequest(model, "embeddings" if size.embeddings else "generate",
+                            input_tokens=size.tokens_estimate, max_output_tokens=size.max_output,
+                            items=size.items if size.embeddings else 1, max_price=options.max_price,
+                            region=options.region, region_policy=options.region_policy,  # type: ignore[arg-type]
+                            stream=stream)
 
     def candidate(self, session: ProviderSession, model: str) -> Candidate:
         rec = self.record(session.node_id)
@@ -103,10 +125,10 @@ class LiveRouter:
         claimed = None
         # Claims count (capped) only once the provider proved hardware; measurements replace them anyway.
         if (offer.claimed_decode_tps or offer.claimed_items_per_s or offer.claimed_prefill_tps) \
-                and self.hub.hardware_verified(session.node_id):
+                and self.trust.hardware_verified(session.node_id):
             claimed = SpeedEstimate(prefill_tps=offer.claimed_prefill_tps, decode_tps=offer.claimed_decode_tps,
                                     items_per_s=offer.claimed_items_per_s)
-        elif self._pool_gflops > 0 and (gflops := self.hub.hardware_gflops(session.node_id)):
+        elif self._pool_gflops > 0 and (gflops := self.trust.hardware_gflops(session.node_id)):
             # No claim: clearly more proven compute than the pool's stands in until measured.
             claimed = hardware_speed(self.weights.prior_speed, gflops / self._pool_gflops,
                                      self.weights.max_claim_factor)
@@ -123,7 +145,7 @@ class LiveRouter:
             backlog_s=rec.backlog_s if rec.pending else None,
             price_in=offer.price_in,
             price_out=offer.price_out,
-            reputation=self.hub.reputation_of(session.node_id),
+            reputation=self.trust.reputation_of(session.node_id),
             speed=rec.speed.get(model),
             claimed_speed=claimed,
             breaker=rec.breaker,
@@ -132,8 +154,11 @@ class LiveRouter:
     # ------------------------------------------------------------ choice
 
     def choose(self, request_id: str, model: str, payload: Payload, now: float, rng: random.Random,
-               options: RouteOptions, tries: Tries, stream: bool) -> ProviderSession:
-        sessions = self.hub.serving(model)
+               options: RouteOptions, tries: Tries, stream: bool,
+               serving: list[ProviderSession] | None = None) -> ProviderSession:
+        """`serving`: the request's serving set, looked up once at its start (`serving(model)`); a
+        retry looks again, since the pool may have changed since."""
+        sessions = serving if serving is not None and not tries.tried else self.serving(model)
         if not sessions and not tries.tried:
             if model in self.hub.known_models:
                 raise errors.NoProvider(f"no provider is serving {model!r} right now; retry later")
@@ -172,7 +197,7 @@ class LiveRouter:
         estimates = [r.speed.get(model) for r in self.records.values()]
         prior = pool_prior(estimates, RoutingWeights().prior_speed, min_measured=1)
         self.weights = RoutingWeights(prior_speed=prior, sample_k=self.weights.sample_k)
-        proven = sorted(g for s in self.hub.sessions.values() if (g := self.hub.hardware_gflops(s.node_id)))
+        proven = sorted(g for s in self.hub.sessions.values() if (g := self.trust.hardware_gflops(s.node_id)))
         self._pool_gflops = proven[len(proven) // 2] if proven else 0.0
 
     def _settle(self, session: ProviderSession, request_id: str) -> bool:

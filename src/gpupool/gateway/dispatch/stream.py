@@ -24,73 +24,76 @@ from dataclasses import dataclass
 import msgspec
 
 from gpupool import errors
-from gpupool.gateway.dispatch.dispatcher import Dispatcher, Tries, deadline_ms, loop_deadline
+from gpupool.gateway.dispatch.dispatcher import Dispatcher, deadline_ms, loop_deadline
+from gpupool.gateway.dispatch.tries import Tries
 from gpupool.gateway.peers.session import Event, ProviderSession
-from gpupool.gateway.web.metrics import note_routing
-from gpupool.gateway.dispatch.router import DEFAULT_ROUTE, RouteOptions
+from gpupool.gateway.probes import note_routing
+from gpupool.routing.options import DEFAULT_ROUTE, RouteOptions
 from gpupool.protocol import Chunk, Done, Fail, GeneratePayload, Payload, Run
 
 log = logging.getLogger("gpupool.gateway.stream")
 
 
-async def open_stream(d: Dispatcher, request_id: str, model: str, payload: Payload, deadline: float,
-                      route: RouteOptions = DEFAULT_ROUTE, pace_s: float = 0.0) -> Stream:
+async def open_stream(dispatcher: Dispatcher, request_id: str, model: str, payload: Payload, deadline: float,
+                      route: RouteOptions = DEFAULT_ROUTE, pace_s: float = 0.0,
+                      serving: list[ProviderSession] | None = None) -> Stream:
     """Start a stream; returns once the first event arrived, so errors before it keep their HTTP status.
 
     `pace_s` > 0: after each piece sent, wait this long and send what arrived meanwhile as one
-    piece (the key holds more than its share while others wait, gateway/limits.py)."""
+    piece (the key holds more than its share while others wait, gateway/money/limits.py).
+    `serving`: the request's serving set if the caller looked it up already."""
     tries = Tries()
     try:
         async with asyncio.timeout_at(loop_deadline(deadline)):
             session, channel, first, sent_at = await _first_event(
-                d, request_id, model, payload, deadline, tries, route)
+                dispatcher, request_id, model, payload, deadline, tries, route, serving)
     except TimeoutError:
         raise errors.Timeout(f"no answer for {model!r} before the deadline") from None
-    stream = Stream(d, session, channel, request_id, model, payload, deadline, first, tries, route, sent_at)
+    stream = Stream(dispatcher, session, channel, request_id, model, payload, deadline, first, tries, route, sent_at)
     stream.pace_s = pace_s
     return stream
 
 
-async def _first_event(d: Dispatcher, request_id: str, model: str, payload: Payload, deadline: float,
-                       tries: Tries, route: RouteOptions,
+async def _first_event(dispatcher: Dispatcher, request_id: str, model: str, payload: Payload, deadline: float,
+                       tries: Tries, route: RouteOptions, serving: list[ProviderSession] | None = None,
                        ) -> tuple[ProviderSession, asyncio.Queue[Event], Chunk | Done, float]:
     first_pick = True
     while True:
         if not first_pick:
             note_routing("failover")  # the last provider failed before its first token
         first_pick = False
-        session = d.choose(request_id, model, payload, tries, route, stream=True)
+        session = dispatcher.choose(request_id, model, payload, tries, route, stream=True, serving=serving)
         channel = session.open_channel(request_id)
         sent_at = time.monotonic()
         try:
             await session.send(Run(request_id, model, payload, deadline_ms(deadline)))
-            first = await _await_first(d, session, channel, model, payload, route)
+            first = await _await_first(dispatcher, session, channel, model, payload, route)
         except ConnectionError:
             session.close_channel(request_id)
-            d.hub.router.on_failure(session, request_id, "connection lost")
+            dispatcher.router.on_failure(session, request_id, "connection lost")
             tries.failures.append("provider connection lost")
             continue
         except BaseException:  # deadline or client gone: stop the work at the provider
             session.close_channel(request_id)
-            d.hub.router.on_abandoned(session, request_id)
-            d.cancel(session, request_id)
+            dispatcher.router.on_abandoned(session, request_id)
+            dispatcher.cancel(session, request_id)
             raise
         if isinstance(first, (Chunk, Done)):
-            d.judge_client_faults(tries, request_id, model, payload)
+            dispatcher.judge_client_faults(tries, request_id, model, payload)
             return session, channel, first, sent_at
         session.close_channel(request_id)
         if isinstance(first, _Stalled):
-            d.cancel(session, request_id)
-            d.hub.router.on_failure(session, request_id, "no first token in time")
+            dispatcher.cancel(session, request_id)
+            dispatcher.router.on_failure(session, request_id, "no first token in time")
             tries.failures.append("provider stalled before the first token")
             continue
-        d.note_failure(session, request_id, first, tries, model)
+        dispatcher.note_failure(session, request_id, first, tries, model)
 
 
-async def _await_first(d: Dispatcher, session: ProviderSession, channel: asyncio.Queue[Event], model: str,
+async def _await_first(dispatcher: Dispatcher, session: ProviderSession, channel: asyncio.Queue[Event], model: str,
                        payload: Payload, route: RouteOptions) -> Event | _Stalled:
     """The first event, or _Stalled if it takes far longer than this provider should need."""
-    limit = d.hub.router.first_byte_limit(session, model, payload, route)
+    limit = dispatcher.router.first_byte_limit(session, model, payload, route)
     try:
         return await asyncio.wait_for(channel.get(), limit)
     except TimeoutError:
@@ -108,7 +111,7 @@ class Stream:
     def __init__(self, dispatcher: Dispatcher, session: ProviderSession, channel: asyncio.Queue[Event],
                  request_id: str, model: str, payload: Payload, deadline: float, first: Chunk | Done,
                  tries: Tries, route: RouteOptions, sent_at: float):
-        self._d = dispatcher
+        self._dispatcher = dispatcher
         self.session = session
         self._channel = channel
         self.request_id = request_id
@@ -167,10 +170,10 @@ class Stream:
                             await asyncio.sleep(self.pace_s)
                     elif isinstance(event, Done):
                         part = "".join(mine)
-                        if not self._d.receipt_ok(self.session, self._run_id, self.model, self._run_payload,
+                        if not self._dispatcher.receipt_ok(self.session, self._run_id, self.model, self._run_payload,
                                                   event, part):
                             raise errors.ProviderFailed("the provider's answer failed verification")
-                        self._d.hub.router.on_success(self.session, self._run_id, self.model, self._run_payload,
+                        self._dispatcher.router.on_success(self.session, self._run_id, self.model, self._run_payload,
                                                       event, time.monotonic() - self._started, self._first_at)
                         self.done = event
                         self.text = "".join(sent)
@@ -181,7 +184,7 @@ class Stream:
                                   else f"provider lost ({event.reason})")
                         # Even a client-fault code counts here: a provider that has streamed
                         # tokens accepted the request, so blaming it now is its own failure.
-                        self._d.hub.router.on_failure(self.session, self._run_id, reason)
+                        self._dispatcher.router.on_failure(self.session, self._run_id, reason)
                         await self._continue_elsewhere("".join(sent), self._chunks, reason)
                         mine = []
         except TimeoutError:
@@ -192,7 +195,7 @@ class Stream:
     async def _continue_elsewhere(self, text_so_far: str, pieces: int, reason: str) -> None:
         """Hand the stream to another provider that continues from `text_so_far`."""
         payload = self.payload
-        if not isinstance(payload, GeneratePayload) or not self._d.settings.stream_continuation:
+        if not isinstance(payload, GeneratePayload) or not self._dispatcher.settings.stream_continuation:
             raise errors.ProviderFailed(f"provider failed mid-stream: {reason}; the output is incomplete")
         self.session.close_channel(self._run_id)
         self.continued += 1
@@ -205,7 +208,7 @@ class Stream:
         self.tries.failures.append(reason)
         try:
             session, channel, first, sent_at = await _first_event(
-                self._d, self._run_id, self.model, self._run_payload, self.deadline, self.tries, self._route)
+                self._dispatcher, self._run_id, self.model, self._run_payload, self.deadline, self.tries, self._route)
         except errors.GpupoolError as exc:
             raise errors.ProviderFailed(f"provider failed mid-stream ({reason}) and no other could continue: "
                                         f"{exc.message}") from None
@@ -221,5 +224,5 @@ class Stream:
         self._closed = True
         self.session.close_channel(self._run_id)
         if self.done is None:
-            self._d.hub.router.on_abandoned(self.session, self._run_id)
-            self._d.cancel(self.session, self._run_id)
+            self._dispatcher.router.on_abandoned(self.session, self._run_id)
+            self._dispatcher.cancel(self.session, self._run_id)

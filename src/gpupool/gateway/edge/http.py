@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gpupool import errors
-from gpupool.gateway.dispatch.router import REGION_POLICIES, RouteOptions
+from gpupool.routing.options import REGION_POLICIES, RouteOptions
 
 log = logging.getLogger("gpupool.gateway")
 T = TypeVar("T")

@@ -9,7 +9,7 @@ provider, all excluded by price or region, at capacity, failed, out of its share
 time, stalled), `Fallbacks.take_over` asks the pure policy (`routing.fallback`)
 which lanes may serve, and calls them in order until one answers:
 
-    plan = fallbacks.plan(request, body, "chat", payload, route)
+    plan = fallbacks.plan(request, body, "chat", size, route, pool_live=bool(serving))
     try:
         out = await dispatcher.complete(rid, model, payload, fallbacks.pool_deadline(plan, deadline), route)
     except errors.GpupoolError as exc:
@@ -42,13 +42,13 @@ from gpupool import errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway.edge import openai_api as oa
 from gpupool.gateway.money.billing import Billing, Hold
+from gpupool.gateway.payload_size import PayloadSize
 from gpupool.gateway.fallback.lane_config import parse_lanes
 from gpupool.gateway.edge.http import JSON, EventStream, sse, until_disconnect
-from gpupool.gateway.web.metrics import note_first_token, note_request, note_routing
-from gpupool.gateway.dispatch.router import RouteOptions
+from gpupool.gateway.probes import note_first_token, note_request, note_routing
+from gpupool.routing.options import RouteOptions
 from gpupool.gateway.store import ApiKey, Store
-from gpupool.market.pricing import cost, input_token_bound
-from gpupool.protocol import EmbedPayload, Payload
+from gpupool.market.pricing import cost
 from gpupool.routing.fallback import (
     REASONS,
     Lane,
@@ -132,7 +132,7 @@ class LaneFailed(Exception):
 
 class Fallbacks:
     def __init__(self, settings: GatewaySettings, billing: Billing, store: Store,
-                 live: Callable[[str], bool], environ: Mapping[str, str] | None = None,
+                 environ: Mapping[str, str] | None = None,
                  on_fallback: Callable[[str], None] = lambda reason: None):
         self.lanes, self._keys = parse_lanes(settings.fallback, environ)
         if self.lanes and not hasattr(billing.ledger, "apply"):
@@ -140,7 +140,6 @@ class Fallbacks:
         self.settings = settings
         self.billing = billing
         self.store = store
-        self.live = live  # model -> does any provider serve it now
         self.on_fallback = on_fallback  # e.g. the metrics counter, by reason
         self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
         # By pool-failure reason: served by a lane, declined (no lane may), failed (every lane failed);
@@ -151,28 +150,22 @@ class Fallbacks:
     async def close(self) -> None:
         await self.client.aclose()
 
-    def plan(self, request: Request, body: pydantic.BaseModel, kind: str, payload: Payload,
-             route: RouteOptions) -> Plan | None:
-        """A Plan if some lane could take this request; None leaves the pool to behave as without lanes."""
+    def plan(self, request: Request, body: pydantic.BaseModel, kind: str, size: PayloadSize,
+             route: RouteOptions, pool_live: bool) -> Plan | None:
+        """A Plan if some lane could take this request; None leaves the pool to behave as without lanes.
+        `pool_live`: whether providers serve the model now (the request's serving set is not empty)."""
         model = getattr(body, "model", "")
         allow = allow_fallback(request, body)  # checked even without lanes: a bad value is refused, not ignored
         if not self.lanes or not serves(self.lanes, model):
             return None
-        if isinstance(payload, EmbedPayload):
-            chars = sum(len(x) for x in payload.inputs)
-            bound, max_out = input_token_bound(sum(len(x.encode()) for x in payload.inputs), len(payload.inputs)), 0
-        else:
-            chars = len(payload.prompt) + len(payload.continue_text) + sum(len(m.content) for m in payload.messages)
-            text_bytes = (len(payload.prompt.encode()) + len(payload.continue_text.encode())
-                          + sum(len(m.content.encode()) for m in payload.messages))
-            bound, max_out = input_token_bound(text_bytes, len(payload.messages)), payload.max_tokens
         # ~4 characters per token: the estimate routing compares with max_price too.
-        need = Need(model, chars // 4 + 1, max_out, route.max_price, route.region, route.region_policy, allow)
+        need = Need(model, size.tokens_estimate, size.max_output, route.max_price, route.region,
+                    route.region_policy, allow)
         if not choose_lanes(self.lanes, "failed", need, self.settings.fee_bps).lanes:
             return None  # forbidden, too dear or out of region whatever happens in the pool
         opts = getattr(body, "stream_options", None)
-        return Plan(kind, model, need, bound, bool(getattr(body, "stream", False)),
-                    bool(opts and opts.include_usage), self.live(model))
+        return Plan(kind, model, need, size.input_token_bound, bool(getattr(body, "stream", False)),
+                    bool(opts and opts.include_usage), pool_live)
 
     def pool_deadline(self, plan: Plan | None, deadline: float) -> float:
         if plan is None:

@@ -1,21 +1,24 @@
 """Reserve and charge one provider request: the money path shared by the HTTP routes and batches.
 
-A client's request (gateway/app.py) and a batch shard (gpupool/batch/runner.py) pay
+A client's request (gateway/web/inference.py) and a batch shard (gateway/batches/runner.py) pay
 the same way: before dispatch, hold the most the request can cost on any provider
 that may serve it; after, charge the serving provider's price for the usage in its
 signed receipt (capped by the hold) and let the auditor consider the answer.
 
-    metering = Metering(hub, billing, auditor)
-    async with await metering.reserve("alice", "minilm", tokens_in=900, max_tokens_out=0) as hold:
+    metering = Metering(billing, auditor)
+    serving = router.serving("minilm")           # the request's serving set, looked up once
+    async with await metering.reserve("alice", serving, "minilm", tokens_in=900, max_tokens_out=0) as hold:
         out = await dispatcher.complete(rid, "minilm", payload, deadline)
         charged = metering.charge(hold, rid, "minilm", out.session, out.done, "alice", payload)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gpupool.gateway.trust.audits import Auditor
 from gpupool.gateway.money.billing import Billing, Hold
-from gpupool.gateway.peers.hub import Hub, ProviderSession
+from gpupool.gateway.peers.session import ProviderSession
 from gpupool.market import pricing
 from gpupool.protocol import Done, Payload
 
@@ -30,22 +33,23 @@ def price_of(session: ProviderSession, model: str, request_id: str = "") -> pric
 
 
 class Metering:
-    def __init__(self, hub: Hub, billing: Billing, auditor: Auditor):
-        self.hub = hub
+    def __init__(self, billing: Billing, auditor: Auditor):
         self.billing = billing
         self.auditor = auditor
 
-    def bound(self, model: str, tokens_in: int, max_tokens_out: int, max_price: int | None = None) -> int:
-        """The most this request may cost on any provider serving `model` now."""
-        prices = [price_of(s, model) for s in self.hub.serving(model)]
+    @staticmethod
+    def bound(serving: Sequence[ProviderSession], model: str, tokens_in: int, max_tokens_out: int,
+              max_price: int | None = None) -> int:
+        """The most this request may cost on any of the providers serving `model` (`serving`)."""
+        prices = [price_of(s, model) for s in serving]
         return pricing.hold_bound(prices, tokens_in, max_tokens_out, max_price)
 
-    async def reserve(self, account: str, model: str, tokens_in: int, max_tokens_out: int,
-                      max_price: int | None = None) -> Hold:
+    async def reserve(self, account: str, serving: Sequence[ProviderSession], model: str, tokens_in: int,
+                      max_tokens_out: int, max_price: int | None = None) -> Hold:
         """Hold the most this request can cost on any provider it may go to (402 if unaffordable)."""
         # An embedding's cost is all input: the 402 says so instead of "lower max_tokens".
         fix = "lower max_tokens" if max_tokens_out else "send fewer or shorter inputs"
-        return await self.billing.reserve(account, self.bound(model, tokens_in, max_tokens_out, max_price), fix)
+        return await self.billing.reserve(account, self.bound(serving, model, tokens_in, max_tokens_out, max_price), fix)
 
     @staticmethod
     def cost(hold: Hold, model: str, session: ProviderSession, done: Done) -> int:

@@ -1,19 +1,19 @@
 """Wires the per-key limits policy (`gateway.limits`) to the live gateway: keys, settings, the clock.
 
-    quotas = Quotas(settings, hub)
-    ticket = quotas.admit(key, model, payload)       # raises RateLimited / NoCapacity (429)
+    quotas = Quotas(settings)
+    ticket = quotas.admit(key, model, size, serving)  # raises RateLimited / NoCapacity (429)
     return await within_quota(ticket, respond())     # released when the answer (or stream) ends
 
 The decisions are `KeyLimiter`'s (pure, unit-tested); this module only supplies the
 key's limits (its own, else the gateway's defaults), the model's slot count from the
-live provider sessions, and `time.monotonic()`, and shapes refusals as errors.
+request's serving set (looked up once by the route), and `time.monotonic()`, and shapes
+refusals as errors.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Sequence
 
 from starlette.background import BackgroundTasks
 from starlette.responses import Response, StreamingResponse
@@ -23,11 +23,10 @@ from gpupool.config import GatewaySettings
 from gpupool.gateway.edge.http import EventStream
 from gpupool.gateway.money.limits import KeyLimiter, KeyLimits, LimiterConfig
 from gpupool.gateway.edge.openai_api import ModelLimits
-from gpupool.protocol import EmbedPayload, Payload
+from gpupool.gateway.payload_size import PayloadSize
+from gpupool.gateway.peers.session import ProviderSession
+from gpupool.gateway.store import ApiKey
 
-if TYPE_CHECKING:
-    from gpupool.gateway.peers.hub import Hub
-    from gpupool.gateway.store import ApiKey
 
 # The fair-share table is keyed by model names only once a provider serves them; requests
 # for anything else share this entry (routing answers them with 404/503 at once).
@@ -59,9 +58,8 @@ class Ticket:
 
 
 class Quotas:
-    def __init__(self, settings: GatewaySettings, hub: Hub):
+    def __init__(self, settings: GatewaySettings):
         self.settings = settings
-        self.hub = hub
         self.limiter = KeyLimiter(LimiterConfig(burst_s=settings.rate_burst_s))
         self.refused: dict[str, int] = {}  # reason -> count, for operators
 
@@ -70,12 +68,12 @@ class Quotas:
         return KeyLimits(rpm=key.rpm or s.key_rpm, tpm=key.tpm or s.key_tpm,
                          concurrency=key.concurrency or s.key_concurrency)
 
-    def model_limits(self, model: str) -> ModelLimits | None:
+    def model_limits(self, model: str, serving: Sequence[ProviderSession]) -> ModelLimits | None:
         """The largest completion and prompt the model's live providers offer (None: nobody serves it).
 
         The most generous provider sets the limit (one provider offering a tiny limit must
         not shrink it for everyone), capped by the operator's `max_output_tokens`."""
-        offers = [s.models[model] for s in self.hub.serving(model)]
+        offers = [s.models[model] for s in serving]
         if not offers:
             return None
         return ModelLimits(max_output_tokens=max(1, min(self.settings.max_output_tokens,
@@ -92,12 +90,12 @@ class Quotas:
             raise errors.RateLimited(f"This key keeps retrying before its Retry-After; wait {wait:.1f}s before the "
                                      "next request.", retry_after_s=wait, hold_s=EARLY_RETRY_HOLD_S)
 
-    def admit(self, key: ApiKey, model: str, payload: Payload) -> Ticket:
+    def admit(self, key: ApiKey, model: str, size: PayloadSize, serving: Sequence[ProviderSession]) -> Ticket:
         """Count the request against its key, or raise the 429 that says which limit it hit."""
-        tokens = estimate_tokens(payload)
+        tokens = size.quota_tokens
         slots, places, related = 0, None, ()
         if self.settings.fair_share:
-            sessions = self.hub.serving(model)
+            sessions = serving
             slots = sum(s.offer.max_concurrency for s in sessions)
             # Slots plus queues, as the providers last reported them (unknown until each has).
             if sessions and all(s.load is not None for s in sessions):
@@ -120,15 +118,6 @@ class Quotas:
                                      hold_s=hold)
         pace = self.settings.over_share_stream_pace_ms / 1000 if decision.over_share else 0.0
         return Ticket(self, key.id, name, tokens, pace)
-
-
-def estimate_tokens(payload: Payload) -> int:
-    """Tokens a request counts against its key's tokens-per-minute, as OpenAI counts them at
-    admission: about one per 4 characters of input, plus all of `max_tokens`."""
-    if isinstance(payload, EmbedPayload):
-        return sum(len(x) for x in payload.inputs) // 4 + len(payload.inputs)
-    chars = len(payload.prompt) + len(payload.continue_text) + sum(len(m.content) for m in payload.messages)
-    return chars // 4 + 1 + payload.max_tokens
 
 
 async def within_quota(ticket: Ticket, respond: Awaitable[Response]) -> Response:

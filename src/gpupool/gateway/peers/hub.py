@@ -31,7 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from gpupool import protocol
 from gpupool.config import GatewaySettings
 from gpupool.gateway.peers.peer_limits import check_lists, check_offer
-from gpupool.gateway.dispatch.router import LiveRouter
+from gpupool.gateway.peers.listeners import HubListeners
 from gpupool.gateway.peers.session import (
     ANSWER_FRAME_BYTES,
     CLOSE_MESSAGE_TOO_BIG,
@@ -73,14 +73,19 @@ log = logging.getLogger("gpupool.gateway.hub")
 # Peer events recorded per minute; beyond this a flood of bad peers is counted, not written
 # row by row (the events table would otherwise grow at whatever rate strangers connect).
 EVENTS_PER_MINUTE = 600
-# Past this many speed/breaker records, those of providers not connected are dropped.
-MAX_ROUTER_RECORDS = 10_000
 # Frames above this size have their lists counted before they are decoded (below it, decoding is cheap).
 BIG_FRAME_BYTES = 64 * 1024
 
 
 class Hub:
-    def __init__(self, settings: GatewaySettings, identity: Identity, store: Store):
+    """The registry of connected peers and their offers; changes are published to `listeners`.
+
+    `stake_of` (admission by stake, `checker_min_stake`): the µcr a node has staked in the
+    ledger. `settlement`: on an EVM ledger, (contract, chain id) announced in each Welcome."""
+
+    def __init__(self, settings: GatewaySettings, identity: Identity, store: Store, *,
+                 stake_of: Callable[[str], Awaitable[int]] | None = None,
+                 settlement: tuple[str, int] | None = None):
         self.settings = settings
         self.identity = identity
         self.store = store
@@ -91,38 +96,17 @@ class Hub:
         self.known_models: dict[str, ModelOffer] = {}
         self._unoffered: dict[str, float] = {}  # known model -> since when nobody offers it
         self._largest_context: int | None = None  # cache of largest_context(), reset when offers change
-        # Admission by stake (checker_min_stake): the µcr a node has staked in the ledger.
-        self.stake_of: Callable[[str], Awaitable[int]] | None = None
+        self.stake_of = stake_of
+        self.settlement = settlement
+        self.listeners = HubListeners()
         self._events_window = (0.0, 0, 0)  # (window start, recorded, suppressed)
         self._ping_nonce = itertools.count()
-        self.router = LiveRouter(self, settings)
-        # Called with (node id, receipt digests) for each verified Statement; billing listens.
-        self.on_statement: Callable[[str, list[bytes]], None] = lambda node_id, digests: None
-        # On an EVM ledger: (contract, chain id) announced in Welcome, and who registers settlement keys.
-        self.settlement: tuple[str, int] | None = None
-        self.on_settlement_address: Callable[[str, SettlementAddress], None] = lambda node_id, msg: None
-        # Verification (gateway/audits.py): verdicts from checkers, and who is suspended.
-        self.on_verdict: Callable[[ProviderSession, Verdict], Awaitable[None]] | None = None
-        self.is_suspended: Callable[[str], bool] = lambda node_id: False
-        self.is_held_back: Callable[[str], bool] = lambda node_id: False
-        self.reputation_of: Callable[[str], float] = lambda node_id: 0.5
-        # Whether a provider's hardware proof has passed: until then its speed claims are ignored.
-        self.hardware_verified: Callable[[str], bool] = lambda node_id: True
-        # Its verified GFLOP/s from the last passed proof (None: none yet, or proofs are off).
-        self.hardware_gflops: Callable[[str], float | None] = lambda node_id: None
-        # Hardware proof (gateway/hardware_checks.py): told of each provider-role session once it is
-        # registered (it then sends challenges), and handed the provider's answers.
-        self.on_provider_connected: Callable[[ProviderSession], None] = lambda session: None
-        self.on_hardware_answer: Callable[[ProviderSession, HardwareAnswer], None] = lambda session, msg: None
 
     # ------------------------------------------------------------ queries
 
-    def serving(self, model: str) -> list[ProviderSession]:
-        live = [s for s in self.sessions.values()
-                if model in s.models and not s.closed and not self.is_suspended(s.node_id)]
-        # Providers whose answers mostly await audit verdicts wait, unless nobody else can serve.
-        ready = [s for s in live if not self.is_held_back(s.node_id)]
-        return ready or live
+    def offering(self, model: str) -> list[ProviderSession]:
+        """The open provider sessions that offer `model` (whether trust lets them serve is the router's call)."""
+        return [s for s in self.sessions.values() if model in s.models and not s.closed]
 
     def model_verified(self, model: str) -> bool:
         """Whether an admitted checker holds `model` now, i.e. its answers can be audited."""
@@ -327,7 +311,8 @@ class Hub:
     async def _serve(self, session: ProviderSession) -> None:
         pinger = asyncio.create_task(self._ping_loop(session))
         if session.offer.role == "provider":
-            self.on_provider_connected(session)
+            for joined in self.listeners.joined:
+                joined(session)
         try:
             while True:
                 msg = await self._recv(session.ws, lambda: session.frame_limit)
@@ -347,17 +332,20 @@ class Hub:
                     if not protocol.verify_statement(msg, session.public_key):
                         raise PeerViolation("bad_signature", "receipt statement signature does not verify",
                                             protocol.CLOSE_BAD_SIGNATURE)
-                    self.on_statement(session.node_id, msg.digests)
+                    for listener in self.listeners.statement:
+                        listener(session.node_id, msg.digests)
                 elif isinstance(msg, Verdict) and session.offer.role == "checker":
                     if msg.checker != session.node_id or not protocol.verify_claim(msg, session.public_key):
                         raise PeerViolation("bad_signature", "verdict signature does not verify",
                                             protocol.CLOSE_BAD_SIGNATURE)
-                    if self.on_verdict is not None:
-                        await self.on_verdict(session, msg)
+                    for on_verdict in self.listeners.verdict:
+                        await on_verdict(session, msg)
                 elif isinstance(msg, HardwareAnswer):
-                    self.on_hardware_answer(session, msg)
+                    for on_answer in self.listeners.hardware_answer:
+                        on_answer(session, msg)
                 elif isinstance(msg, SettlementAddress):
-                    self.on_settlement_address(session.node_id, msg)
+                    for on_address in self.listeners.settlement_address:
+                        on_address(session.node_id, msg)
                 elif isinstance(msg, Pong):
                     # Timed from this gateway's own record of the nonce it sent: a Pong's
                     # `sent_at` is the provider's word, and a forged one could claim any RTT.
@@ -380,6 +368,8 @@ class Hub:
                     if msg.role == "provider":
                         self._offered(session.models)
                         self._unoffer(set(old) - set(session.models))
+                        for changed in self.listeners.offer_changed:
+                            changed(session)
                 else:
                     raise PeerViolation("unexpected_message", f"unexpected {type(msg).__name__} after handshake")
         finally:
@@ -420,11 +410,8 @@ class Hub:
             channel.put_nowait(ProviderLost(reason))
         if session.offer.role == "provider":
             self._unoffer(session.models)
-        records = self.router.records
-        if len(records) > MAX_ROUTER_RECORDS:
-            # Fresh keys cost nothing: past the bound, forget what was learned about absent nodes.
-            for node_id in [n for n in records if n not in self.sessions]:
-                del records[node_id]
+            for left in self.listeners.left:
+                left(session)
         log.info("%s %s left: %s", session.offer.role, session.node_id[:12], reason)
 
     def disconnect(self, session: ProviderSession, kind: str, reason: str) -> None:

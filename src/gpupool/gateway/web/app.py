@@ -56,10 +56,11 @@ from gpupool.gateway.edge.http import (
 from gpupool.gateway.peers.hub import Hub, ProviderSession
 from gpupool.gateway.money.quota import Quotas, within_quota
 from gpupool.gateway.money.metering import Metering
-from gpupool.gateway.web.metrics import GatewayMetrics, note_first_token, note_model, note_request
+from gpupool.gateway.probes import note_first_token, note_model, note_request
+from gpupool.gateway.web.metrics import GatewayMetrics
 from gpupool.gateway.web.public_api import public_routes
 from gpupool.gateway.web.dashboard import dashboard_routes
-from gpupool.gateway.dispatch.router import RouteOptions
+from gpupool.routing.options import RouteOptions
 from gpupool.gateway.web.services import Services
 from gpupool.gateway.store import ApiKey, Retention, Store
 from gpupool.gc_tuning import hand_back_memory

@@ -6,9 +6,9 @@
 
 Instrumentation stays out of the request logic. The ASGI middleware sees each HTTP
 request once (route, status, duration, in flight); the routes add what only they
-know through the small module-level `note_*` functions below, which write into the
-current request's record (a context variable the middleware sets), so they need no
-handle on the app:
+know through the small `note_*` functions of `gateway/probes.py`, which write into the
+current request's `RequestProbe` (a context variable this middleware sets), so they need
+no handle on the app:
 
     note_model(model)                  # the request is for this model (label)
     note_request(model, outcome, tokens_in, tokens_out, cost_ucr)
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, disable_created_metrics,
@@ -41,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gpupool.gateway.probes import CURRENT, RequestProbe
 from gpupool.gateway.web.recent_requests import RecentRequests
 
 if TYPE_CHECKING:
@@ -62,73 +62,6 @@ LIMITS = ("rpm", "tpm", "concurrency", "fair_share")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 MAX_MODELS = 100
 WINDOW_ENTRIES = 50_000  # requests remembered for /v1/stats (bounded whatever the traffic)
-
-
-class _Req:
-    """What one request's handlers told the middleware (see the `note_*` functions)."""
-
-    __slots__ = ("metrics", "started", "model", "outcome", "tokens_in", "tokens_out", "cost", "ttft", "status",
-                 "complete")
-
-    def __init__(self, metrics: GatewayMetrics, started: float):
-        self.metrics = metrics
-        self.started = started
-        self.model = ""
-        self.outcome = ""
-        self.tokens_in = self.tokens_out = self.cost = 0
-        self.ttft: float | None = None
-        self.status = 500  # until the response starts: an exception before that is a 500
-        self.complete = False  # the last body message went out (else the client left mid-answer)
-
-
-_CURRENT: ContextVar[_Req | None] = ContextVar("gpupool_request_metrics", default=None)
-
-
-# ------------------------------------------------------------------ what routes call
-
-
-def note_model(model: str) -> None:
-    """The current request asks for `model` (labels its metrics once it ends)."""
-    rec = _CURRENT.get()
-    if rec is not None:
-        rec.model = model
-
-
-def note_request(model: str, outcome: str, tokens_in: int, tokens_out: int, cost: int) -> None:
-    """The current request ended: outcome ok/error/cancelled, its usage and what it was charged (µcr)."""
-    rec = _CURRENT.get()
-    if rec is not None:
-        rec.model, rec.outcome, rec.tokens_in, rec.tokens_out, rec.cost = model, outcome, tokens_in, tokens_out, cost
-
-
-def note_first_token() -> None:
-    """A stream's first token is on its way to the client (time-to-first-token ends here)."""
-    rec = _CURRENT.get()
-    if rec is not None and rec.ttft is None:
-        rec.ttft = time.perf_counter() - rec.started
-
-
-def note_routing(decision: str) -> None:
-    """Count a routing decision for the current request: one of `DECISIONS`."""
-    rec = _CURRENT.get()
-    if rec is not None:
-        m = rec.metrics
-        m.routing[decision if decision in m.routing else "other"].inc()
-
-
-def note_limit_hit(limit: str) -> None:
-    """Count a request a per-key limit refused (`gpupool_limit_hits_total{limit=...}`).
-
-    Limits the quota module refuses are counted from `Quotas.refused` at scrape time;
-    call this for any other limit (the label is kept to `LIMITS` plus what is noted here,
-    at most 20 names)."""
-    rec = _CURRENT.get()
-    if rec is not None:
-        extra = rec.metrics.extra_limit_hits
-        if limit in extra or len(extra) < 20:
-            extra[limit] = extra.get(limit, 0) + 1
-        else:
-            extra["other"] = extra.get("other", 0) + 1
 
 
 # ------------------------------------------------------------------ the metrics of one app
@@ -203,8 +136,8 @@ class GatewayMetrics:
                 return
             path: str = scope["path"]
             route = ROUTES.get(path) or _prefixed(path)
-            rec = _Req(self, time.perf_counter())
-            token = _CURRENT.set(rec)
+            rec = RequestProbe(self.routing, self.extra_limit_hits, time.perf_counter())
+            token = CURRENT.set(rec)
 
             async def send_seen(message: Message) -> None:
                 if message["type"] == "http.response.start":
@@ -224,12 +157,12 @@ class GatewayMetrics:
                 await app(scope, receive, send_seen)
             finally:
                 self.in_flight -= 1
-                _CURRENT.reset(token)
+                CURRENT.reset(token)
                 self._finished(route, rec, time.perf_counter() - rec.started)
 
         return timed
 
-    def _finished(self, route: str, rec: _Req, elapsed: float) -> None:
+    def _finished(self, route: str, rec: RequestProbe, elapsed: float) -> None:
         status = rec.status
         outcome = rec.outcome or ("ok" if status < 400 else "cancelled" if status == 499 else "error")
         if outcome == "ok" and not rec.complete:

@@ -1,6 +1,6 @@
 """The operator's admin API: keys, deposits and what the gateway knows, behind the admin token.
 
-    routes = admin_routes(settings, hub, services)   # added to the app's route list
+    routes = admin_routes(gw)   # added to the app's route list (gw: web/context.py)
 
 - `POST /admin/keys`: create a client key (optionally with limits); `POST /admin/deposit`:
   credit an account, once per idempotency key.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
@@ -27,11 +26,9 @@ from gpupool import errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway.edge.http import JSON, json_object, query_limit
 from gpupool.gateway.store import account_for
+from gpupool.gateway.web.context import Gateway
 from gpupool.ledger import LedgerError, postings
 
-if TYPE_CHECKING:
-    from gpupool.gateway.peers.hub import Hub
-    from gpupool.gateway.web.services import Services
 
 log = logging.getLogger("gpupool.gateway")
 
@@ -45,10 +42,10 @@ def admin_check(settings: GatewaySettings) -> Callable[[Request], None]:
     return check
 
 
-def admin_routes(settings: GatewaySettings, hub: Hub, services: Services) -> list[Route]:
-    check = admin_check(settings)
-    store, ledger, billing = services.store, services.ledger, services.billing
-    auditor, canaries, hardware_checks = services.auditor, services.canaries, services.hardware_checks
+def admin_routes(gw: Gateway) -> list[Route]:
+    check = admin_check(gw.settings)
+    hub, store, ledger, billing = gw.hub, gw.store, gw.ledger, gw.billing
+    auditor, canaries, hardware_checks = gw.auditor, gw.canaries, gw.hardware_checks
 
     async def deposit(request: Request) -> JSON:
         check(request)

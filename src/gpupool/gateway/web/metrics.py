@@ -1,6 +1,7 @@
 """Prometheus metrics for the gateway, and the recent-traffic window behind `/v1/stats`.
 
-    metrics = GatewayMetrics(hub, services, quotas, fallbacks)   # one per app: its own registry
+    metrics = GatewayMetrics(hub.known_models)   # one per app: its own registry
+    metrics.registry.register(LiveCollector(metrics, ...))   # state read at scrape (metrics_collector.py)
     app = metrics.middleware(app)                                 # times every HTTP request
     Route("/metrics", metrics.endpoint)
 
@@ -18,7 +19,7 @@ no handle on the app:
 
 Everything that is a state rather than an event (providers by state, checkers, open
 tabs and holds, audit and billing counts the services already keep) is read at
-scrape time by a custom collector: zero cost per request.
+scrape time by `LiveCollector` (web/metrics_collector.py): zero cost per request.
 
 Label sets are bounded: routes come from a fixed table, model names only from
 offers (the first `max_models` distinct ones, then "other"), decisions and limits
@@ -29,13 +30,12 @@ key, account or request id.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, disable_created_metrics,
                                generate_latest)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -43,11 +43,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gpupool.gateway.probes import CURRENT, RequestProbe
 from gpupool.gateway.web.recent_requests import RecentRequests
 
-if TYPE_CHECKING:
-    from gpupool.gateway.fallback.lanes import Fallbacks
-    from gpupool.gateway.peers.hub import Hub
-    from gpupool.gateway.money.quota import Quotas
-    from gpupool.gateway.web.services import Services
 
 # Fixed route labels: anything else is "other", so a client cannot mint label values with URLs.
 ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
@@ -68,9 +63,8 @@ WINDOW_ENTRIES = 50_000  # requests remembered for /v1/stats (bounded whatever t
 
 
 class GatewayMetrics:
-    def __init__(self, hub: Hub, services: Services, quotas: Quotas | None = None,
-                 fallbacks: Fallbacks | None = None, max_models: int = MAX_MODELS):
-        self.hub, self.services, self.quotas, self.fallbacks = hub, services, quotas, fallbacks
+    def __init__(self, known_models: Mapping[str, object], max_models: int = MAX_MODELS):
+        self.known_models = known_models  # the hub's models ever offered: only these become labels
         self.max_models = max_models
         # `*_created` series double the output and no dashboard reads them (process-wide switch).
         disable_created_metrics()
@@ -95,7 +89,6 @@ class GatewayMetrics:
         self.models: set[str] = set()
         self.window = RecentRequests(WINDOW_ENTRIES)
         self._children: dict[tuple[str, ...], Any] = {}
-        r.register(_LiveCollector(self))
 
     # ------------------------------------------------------------ labels
 
@@ -103,7 +96,7 @@ class GatewayMetrics:
         """`model` if an offer named it (the first `max_models` such), else "unknown"/"other"."""
         if not model or model in self.models:
             return model
-        if model not in self.hub.known_models:
+        if model not in self.known_models:
             return "unknown"  # a client's free text never becomes a label
         if len(self.models) >= self.max_models:
             return "other"
@@ -196,107 +189,13 @@ def _prefixed(path: str) -> str:
     return "other"
 
 
-class _LiveCollector(Collector):
-    """State read at scrape time from the hub and the gateway's services (no per-request cost)."""
-
-    def __init__(self, metrics: GatewayMetrics):
-        self.m = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        m = self.m
-        hub, services = m.hub, m.services
-        c = CounterMetricFamily("gpupool_requests", "HTTP requests by route, model, status and outcome",
-                                labels=["route", "model", "status", "outcome"])
-        for labels, n in list(m.requests.items()):
-            c.add_metric(list(labels), n)
-        yield c
-        c = CounterMetricFamily("gpupool_tokens", "tokens served, from receipts", labels=["model", "direction"])
-        for labels, n in list(m.tokens.items()):
-            c.add_metric(list(labels), n)
-        yield c
-        c = CounterMetricFamily("gpupool_charged_microcredits", "µcr charged to clients", labels=["model"])
-        for model, n in list(m.charged.items()):
-            c.add_metric([model], n)
-        yield c
-        yield _gauge("gpupool_requests_in_flight", "HTTP requests being answered", m.in_flight)
-
-        states = {"serving": 0, "draining": 0, "suspended": 0}
-        slots = busy = 0
-        for s in list(hub.sessions.values()):
-            states[provider_state(s.draining or s.closed, services.auditor.is_suspended(s.node_id))] += 1
-            slots += s.offer.max_concurrency
-            busy += len(s.channels)
-        g = GaugeMetricFamily("gpupool_providers", "providers connected, by state", labels=["state"])
-        for state, n in states.items():
-            g.add_metric([state], n)
-        yield g
-        yield _gauge("gpupool_checkers", "checkers connected", len(hub.checkers))
-        yield _gauge("gpupool_provider_slots", "concurrent requests connected providers offer", slots)
-        yield _gauge("gpupool_provider_slots_busy", "requests running on providers", busy)
-        yield _gauge("gpupool_models", "models served by at least one provider", len(hub.live_models()))
-
-        c = CounterMetricFamily("gpupool_limit_hits", "requests refused by a per-key limit", labels=["limit"])
-        hits = dict(m.quotas.refused) if m.quotas is not None else {}
-        for name, n in m.extra_limit_hits.items():
-            hits[name] = hits.get(name, 0) + n
-        for name in sorted(set(LIMITS) | set(hits)):
-            c.add_metric([name], hits.get(name, 0))
-        yield c
-
-        if m.fallbacks is not None:
-            c = CounterMetricFamily("gpupool_fallbacks", "requests the pool could not serve, by why and what "
-                                    "the fallback lanes did (served, declined, failed)", labels=["reason", "result"])
-            for result in ("served", "declined", "failed"):
-                for reason, n in sorted(m.fallbacks.stats.get(result, {}).items()):
-                    c.add_metric([reason, result], n)
-            yield c
-
-        a = services.auditor.stats
-        yield _counter("gpupool_audits_requested", "served requests sent to a checker for audit", a["audited"])
-        yield _counter("gpupool_audits_without_checker", "requests chosen for audit with no checker to take it",
-                       a["no_checker"])
-        c = CounterMetricFamily("gpupool_audit_verdicts", "checker verdicts received", labels=["verdict"])
-        c.add_metric(["passed"], a["passed"])
-        c.add_metric(["failed"], a["failed"])
-        yield c
-        yield _counter("gpupool_suspensions", "providers suspended after failed audits", a["suspended"])
-        yield _counter("gpupool_slashes", "providers slashed on confirmed fraud", a["slashed"])
-        yield _counter("gpupool_refunded_microcredits", "µcr refunded to clients from slashes", a["refunded"])
-        c = CounterMetricFamily("gpupool_canaries", "canary requests by result", labels=["result"])
-        for result, n in services.canaries.stats.items():
-            c.add_metric([result], n)
-        yield c
-        c = CounterMetricFamily("gpupool_hardware_proofs", "hardware proofs by result", labels=["result"])
-        for result, n in services.hardware_checks.stats.items():
-            c.add_metric([result], n)
-        yield c
-
-        b = services.billing
-        tabs = list(b.tabs.values())
-        yield _gauge("gpupool_billing_reserved_microcredits", "µcr held on the ledger for clients' tabs",
-                     sum(t.reserved for t in tabs))
-        yield _gauge("gpupool_billing_held_microcredits", "µcr held by requests in flight",
-                     sum(t.committed for t in tabs))
-        yield _gauge("gpupool_billing_unsettled_microcredits", "µcr charged, waiting for the next settlement",
-                     sum(t.pending for t in tabs))
-        yield _gauge("gpupool_billing_open_tabs", "clients with an open tab", len(tabs))
-        st = b.stats
-        yield _counter("gpupool_settled_microcredits", "µcr settled on the ledger", st.get("settled_microcredits", 0))
-        c = CounterMetricFamily("gpupool_settled_charges", "charges by settlement result", labels=["result"])
-        for result, key in (("settled", "charged"), ("rejected", "rejected"), ("bad_receipt", "bad_receipts"),
-                            ("refused_slashed", "refused_slashed"), ("fallback", "fallback_charged")):
-            c.add_metric([result], st.get(key, 0))
-        yield c
-        yield _counter("gpupool_settlement_batches", "ledger writes that settled charges", st.get("batches", 0))
-
-
 def provider_state(draining: bool, suspended: bool) -> str:
     return "suspended" if suspended else "draining" if draining else "serving"
 
 
-def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
-def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)

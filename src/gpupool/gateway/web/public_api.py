@@ -1,6 +1,6 @@
 """Public, key-less views of the network: the providers list and recent traffic.
 
-    routes = public_routes(hub, services, metrics)   # added to the app's route list
+    routes = public_routes(gw)   # added to the app's route list (gw: web/context.py)
 
 - `GET /v1/providers` (paged like OpenAI lists: `limit`, `after`): per connected
   provider its node id, region, models with prices, load, state, measured RTT and
@@ -18,30 +18,30 @@ hostile poller) cannot make the gateway sort its window on every request.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.routing import Route
 
 from gpupool import errors
 from gpupool.gateway.edge.http import JSON, query_limit
-from gpupool.gateway.web.metrics import GatewayMetrics, provider_state
+from gpupool.gateway.peers.session import ProviderSession
+from gpupool.gateway.web.context import Gateway
+from gpupool.gateway.web.metrics import provider_state
 from gpupool.gateway.web.recent_requests import Sample
 
-if TYPE_CHECKING:
-    from gpupool.gateway.peers.hub import Hub, ProviderSession
-    from gpupool.gateway.web.services import Services
 
 MAX_WINDOW_S = 3600
 DEFAULT_WINDOW_S = 300
 MAX_ID = 200  # node ids are 64 hex characters; anything much longer is not one
 
 
-def public_routes(hub: Hub, services: Services, metrics: GatewayMetrics) -> list[Route]:
-    auditor, hardware_checks = services.auditor, services.hardware_checks
+def public_routes(gw: Gateway) -> list[Route]:
+    hub, metrics, auditor, hardware_checks = gw.hub, gw.metrics, gw.auditor, gw.hardware_checks
+    records = gw.dispatcher.router.records
 
     def describe(s: ProviderSession) -> dict[str, Any]:
-        rec = hub.router.records.get(s.node_id)
+        rec = records.get(s.node_id)
         models = []
         for name, offer in sorted(s.models.items()):
             sp = rec.speed.get(name) if rec else None

@@ -1,0 +1,151 @@
+"""The gateway's parts, built and wired in one place: the context every route handler is given.
+
+    gw = Gateway.build(settings, store, identity, ledger)
+    await gw.start()            # in the app's lifespan
+    ...                         # routes: handler(gw, request)
+    await gw.close()
+
+Construction follows the rooms from the bottom up: the hub (the registry of peers), trust
+(auditor, hardware proofs), dispatch (which owns the live router and reads trust through a
+`TrustView`), canaries, money (billing, quotas, metering), fallback lanes, batches, then the
+HTTP edge's limits and the metrics. Who listens to the hub's changes is decided here and
+nowhere else; no part looks another up through a third.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from gpupool.config import GatewaySettings
+from gpupool.gateway.batches.routes import BatchService
+from gpupool.gateway.batches.runner import BatchDeps
+from gpupool.gateway.dispatch.dispatcher import Dispatcher
+from gpupool.gateway.dispatch.router import TrustView
+from gpupool.gateway.edge.http import spawn
+from gpupool.gateway.fallback.lanes import Fallbacks
+from gpupool.gateway.money.anonymous_limits import AddressLimiter, AnonymousLimit, HoldBack
+from gpupool.gateway.money.billing import Billing
+from gpupool.gateway.money.metering import Metering
+from gpupool.gateway.money.quota import Quotas
+from gpupool.gateway.peers.hub import Hub
+from gpupool.gateway.store import Retention, Store
+from gpupool.gateway.trust.audits import Auditor
+from gpupool.gateway.trust.canaries import Canaries
+from gpupool.gateway.trust.hardware_checks import HardwareChecker
+from gpupool.gateway.web.metrics import GatewayMetrics
+from gpupool.gateway.web.metrics_collector import LiveCollector
+from gpupool.identity import Identity
+from gpupool.ledger import Ledger, postings
+from gpupool.protocol import SettlementAddress
+from gpupool.verify import SamplingPolicy
+
+log = logging.getLogger("gpupool.gateway")
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    identity: Identity
+    store: Store
+    ledger: Ledger
+    hub: Hub
+    dispatcher: Dispatcher
+    auditor: Auditor
+    hardware_checks: HardwareChecker
+    canaries: Canaries
+    billing: Billing
+    quotas: Quotas  # per-key limits and fair shares (money/limits.py)
+    metering: Metering  # the money path, shared with batches
+    fallbacks: Fallbacks
+    batches: BatchService
+    holdback: HoldBack  # refused answers held back from clients that flood or ignore Retry-After
+    anonymous: AnonymousLimit  # keyless requests and failed keys: a rate per client address
+    metrics: GatewayMetrics  # Prometheus (/metrics) and /v1/stats
+
+    @classmethod
+    def build(cls, settings: GatewaySettings, store: Store, identity: Identity, ledger: Ledger) -> Gateway:
+        evm = isinstance(getattr(ledger, "address", None), str)  # an EVM ledger: providers sign costs for the chain
+
+        async def stake_of(node_id: str) -> int:  # checker admission by stake (checker_min_stake)
+            return await ledger.balance(postings.stake(node_id))
+
+        hub = Hub(settings, identity, store, stake_of=stake_of,
+                  settlement=(ledger.address, ledger.chain_id) if evm else None)  # type: ignore[attr-defined]
+
+        def bad_receipt(node_id: str, why: str) -> None:
+            session = hub.sessions.get(node_id)
+            if session is not None:
+                hub.disconnect(session, "bad_receipt", why)
+            else:
+                store.record_event(node_id, "bad_receipt", why)
+
+        billing = Billing(ledger, holder=identity.node_id, fee_bps=settings.fee_bps, tab_size=settings.tab_size,
+                          flush_interval_s=settings.settle_interval_s, tab_idle_s=settings.tab_idle_s,
+                          audit_window_s=settings.audit_window_s, statement_wait_s=settings.statement_wait_s,
+                          on_bad_receipt=bad_receipt)
+        auditor = Auditor(hub, ledger, sampling=SamplingPolicy(probation_requests=settings.audit_probation_requests))
+        hardware_checks = HardwareChecker(hub.disconnect, interval_s=settings.hardware_proof_interval_s,
+                                          max_n=settings.hardware_proof_max_n)
+        proofs = settings.hardware_proof_max_n > 0
+        trust = TrustView(is_suspended=auditor.is_suspended, is_held_back=auditor.is_held_back,
+                          reputation_of=auditor.reputation_of,
+                          **({"hardware_verified": lambda node_id: hardware_checks.verified_gflops(node_id) is not None,
+                              "hardware_gflops": hardware_checks.verified_gflops} if proofs else {}))
+        dispatcher = Dispatcher(hub, store, settings, trust)
+        canaries = Canaries(hub, dispatcher, auditor, settings.canary_interval_s)
+        auditor.on_passed = canaries.remember
+        auditor.before_slash = billing.settle_provider
+        billing.unpaid = auditor.is_slashed
+
+        listeners = hub.listeners
+        listeners.statement.append(billing.statement)
+        listeners.verdict.append(auditor.on_verdict)
+        listeners.joined.append(hardware_checks.on_connect)
+        listeners.hardware_answer.append(hardware_checks.on_answer)
+        if evm:
+            listeners.settlement_address.append(
+                lambda node_id, msg: spawn(register_settlement_key(ledger, store, node_id, msg)))
+
+        metering = Metering(billing, auditor)
+        holdback = HoldBack()
+        gw = cls(settings, identity, store, ledger, hub, dispatcher, auditor, hardware_checks, canaries, billing,
+                 Quotas(settings), metering, Fallbacks(settings, billing, store),
+                 BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger)), holdback,
+                 AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback),
+                 GatewayMetrics(hub.known_models))
+        gw.metrics.registry.register(LiveCollector(gw.metrics, gw))
+        return gw
+
+    async def start(self) -> None:
+        s, hub = self.settings, self.hub
+        self.store.start_writer(Retention(keep_s=s.retention_days * 86400, max_providers=s.max_provider_rows,
+                                          max_events=s.max_peer_events, connected=lambda: list(hub.sessions)))
+        await self.billing.start([k["account"] for k in await self.store.list_keys()])
+        self.canaries.start()
+        await self.batches.start()
+
+    async def close(self) -> None:
+        await self.batches.close()  # before billing closes: its last charges settle with the rest
+        await self.canaries.close()
+        try:
+            await self.billing.close()  # providers are still connected to sign the last receipts
+        except Exception:  # noqa: BLE001 - the ledger unreachable: a restart returns the reserves
+            log.exception("billing could not settle and close its tabs at shutdown")
+        await self.hub.close_all()
+        await self.hardware_checks.close()
+        await self.fallbacks.close()
+        await self.store.close()
+        await self.ledger.close()
+
+
+async def register_settlement_key(ledger: Ledger, store: Store, node_id: str, msg: SettlementAddress) -> None:
+    """A provider announced its on-chain settlement key (EVM ledger): register it once."""
+    registered = await ledger.settlement_address(node_id)  # type: ignore[attr-defined]
+    if registered is None:
+        await ledger.register_provider(node_id, msg.address, msg.registration)  # type: ignore[attr-defined]
+        log.info("registered settlement key %s for provider %s", msg.address, node_id[:12])
+    elif registered.lower() != msg.address.lower():
+        # Registration is set once: receipts signed with another key would never be paid.
+        store.record_event(node_id, "settlement_key_mismatch",
+                           f"announced {msg.address}, contract has {registered}: its receipts will not be paid")

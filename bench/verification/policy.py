@@ -1,6 +1,6 @@
 """Verification targets, measured on the gateway's own policy code (fast, no processes).
 
-Replays, request by request, exactly what `gateway/audits.py` does: `decide` (an HMAC
+Replays, request by request, exactly what `gateway/trust/audits.py` does: `decide` (an HMAC
 of a fresh request id under a random gateway secret against the rate the provider's
 record earns, with the cap on unaudited runs), `record_verdict`, and `suspension` over the recent verdicts, for
 many simulated providers. A verdict arrives `lag` requests after the audited answer

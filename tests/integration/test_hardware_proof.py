@@ -1,7 +1,7 @@
 """Hardware proof through real processes: honest providers earn a verified speed, wrong answers are thrown out.
 
 The gateway challenges every provider at admission and then at jittered intervals
-(short here) with a seeded matrix product; see gateway/hardware_checks.py. The
+(short here) with a seeded matrix product; see gateway/trust/hardware_checks.py. The
 cheater is a raw WebSocket peer speaking the wire protocol itself.
 """
 

@@ -1,4 +1,4 @@
-"""HTTP edge helpers (gateway/http.py) that need no network: the server-send shortcut."""
+"""HTTP edge helpers (gateway/edge/http.py) that need no network: the server-send shortcut."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-key limits and fair shares (gateway/limits.py): pure policy, explicit `now`."""
+"""Per-key limits and fair shares (gateway/money/limits.py): pure policy, explicit `now`."""
 
 from __future__ import annotations
 

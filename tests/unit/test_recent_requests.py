@@ -1,4 +1,4 @@
-"""The /v1/stats ring of recent requests (gateway/recent_requests.py)."""
+"""The /v1/stats ring of recent requests (gateway/web/recent_requests.py)."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ class ApiKeyRow(Base):
     account: Mapped[str] = mapped_column(String(64), default="", server_default="default")
     created_at: Mapped[float] = mapped_column(Float)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Per-key limits (gateway/limits.py); 0 = the gateway's default. Server defaults, so
+    # Per-key limits (gateway/money/limits.py); 0 = the gateway's default. Server defaults, so
     # `add_missing_columns` adds them to databases made by older gpupools in place.
     rpm: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     tpm: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

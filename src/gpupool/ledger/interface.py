@@ -5,7 +5,7 @@ Two backends implement it: `SqlLedger` (SQLite or PostgreSQL, the default) and
 suite. Amounts are integer µcr (1 credit = 1,000,000 µcr); account names are the
 strings built in `postings` (`client:alice`, `provider:gp…:held`, ...).
 
-How a gateway uses it, per client (see gateway/billing.py):
+How a gateway uses it, per client (see gateway/money/billing.py):
 
     await ledger.hold("tab:gw1:alice:1", "alice", 2_000_000)     # reserve a tab, one write
     ...requests run against the tab in memory...

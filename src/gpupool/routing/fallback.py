@@ -7,7 +7,7 @@ it within the request's constraints, and only if the client allows it and the
 lane's estimated cost stays within the client's price cap.
 
 Pure: the gateway turns what happened in the pool into a `reason`, the request
-into a `Need`, and calls `choose_lanes`; the I/O lives in `gateway/fallback.py`.
+into a `Need`, and calls `choose_lanes`; the I/O lives in `gateway/fallback/lanes.py`.
 
     d = choose_lanes(lanes, "no_provider", Need("llama-3-8b", input_tokens=600, max_output_tokens=256),
                      fee_bps=500)

@@ -47,9 +47,11 @@ STAMPS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expir
 class BatchService:
     """Owns the batch tables and the runner for one gateway; `routes` are added to the app."""
 
-    def __init__(self, settings: GatewaySettings, deps: BatchDeps):
+    def __init__(self, settings: GatewaySettings, deps: BatchDeps,
+                 client_key: Callable[[Request], Awaitable[ApiKey]]):
         self.settings = settings
         self.deps = deps
+        self.client_key = client_key  # the caller's API key, or a 401
         self.hub, self.store = deps.hub, deps.store
         self._batch_store: BatchStore | None = None
         self.runner: Runner | None = None
@@ -80,128 +82,128 @@ class BatchService:
 
         return asgi
 
-    def routes(self, client_key: Callable[[Request], Awaitable[ApiKey]]) -> list[Route]:
-        s = self
-
-        async def upload(request: Request) -> JSON:
-            key = await client_key(request)
-            try:
-                form = await request.form(max_files=1, max_fields=4)
-            except Exception as exc:  # noqa: BLE001 - python-multipart raises several types on bad input
-                raise errors.InvalidRequest(f"expected a multipart/form-data upload with fields file and purpose "
-                                            f"({exc})", param="file") from None
-            purpose = form.get("purpose")
-            if purpose != "batch":
-                raise errors.InvalidRequest("purpose must be \"batch\" (the only purpose this gateway stores)",
-                                            param="purpose")
-            upload_file = form.get("file")
-            if upload_file is None or isinstance(upload_file, str):
-                raise errors.InvalidRequest("missing the file field (the JSONL input)", param="file")
-            data = await upload_file.read()
-            await form.close()
-            parse_file(data, s.known_models())  # refuses the whole file, naming the line
-            row = FileRow(id="file-" + uuid.uuid4().hex[:24], account=key.account,
-                          filename=(upload_file.filename or "input.jsonl")[:256], purpose="batch", bytes=len(data),
-                          created_at=int(time.time()), content=data, batch_id=None, kind="input")
-            await s.bs.add_file(row)
-            return JSON(file_body(row))
-
-        async def list_files(request: Request) -> JSON:
-            key = await client_key(request)
-            limit = query_limit(request, 100, most=10_000)
-            rows = await s.bs.files(key.account, request.query_params.get("purpose"),
-                                    request.query_params.get("after"), limit + 1)
-            return JSON(page([file_body(r) for r in rows[:limit]], len(rows) > limit))
-
-        async def get_file(request: Request) -> JSON:
-            return JSON(file_body(await s._file(request, await client_key(request))))
-
-        async def delete_file(request: Request) -> JSON:
-            key = await client_key(request)
-            row = await s._file(request, key)
-            await s.bs.delete_file(row.id, key.account)
-            return JSON({"id": row.id, "object": "file", "deleted": True})
-
-        async def file_content(request: Request) -> Response:
-            row = await s._file(request, await client_key(request))
-            if row.kind == "input":
-                return Response(row.content or b"", media_type="application/octet-stream")
-            assert row.batch_id is not None
-            return StreamingResponse(s.bs.lines(row.batch_id, ok=row.kind == "output"),
-                                     media_type="application/octet-stream")
-
-        async def create_batch(request: Request) -> JSON:
-            key = await client_key(request)
-            body = await json_body(request)
-            endpoint, file_id, metadata = s._batch_request(body)
-            source = await s._input_file(key, file_id)
-            items, _ = await s._items(key, source, endpoint)
-            now = time.time()
-            max_share, max_cost = gpupool_options(metadata)
-            if policy.require_verified(metadata) and not s.hub.model_verified(items[0].model):
-                raise errors.NoProvider(f"{items[0].model!r} is not verified: no admitted checker audits it now, "
-                                        "and the batch requires verified models (metadata.gpupool_require_verified)",
-                                        param="metadata.gpupool_require_verified", code="model_not_verified")
-            order = list(range(len(items)))
-            random.shuffle(order)  # privacy: no provider sees a contiguous run of the file
-            batch = BatchRow(id="batch_" + uuid.uuid4().hex[:24], account=key.account, key_id=key.id,
-                             endpoint=endpoint, model=items[0].model, input_file_id=source.id,
-                             completion_window=body["completion_window"], status="validating", created_at=int(now),
-                             expires_at=int(now) + WINDOWS[body["completion_window"]], stamps="{}",
-                             meta=json.dumps(metadata), total=len(items), completed=0, failed=0, cost_ucr=0,
-                             input_tokens=0, output_tokens=0, max_share=max_share, max_cost=max_cost,
-                             max_weight=max(i.weight for i in items), errors="")
-            rows = [ItemRow(batch_id=batch.id, idx=i, seq=order[i], custom_id=it.custom_id,
-                            body=it.body.decode(), weight=it.weight, state="pending", run_id=None, owner="",
-                            lease_until=0.0, attempts=0, reserved=0, ok=0, cost=0, prompt_tokens=0,
-                            completion_tokens=0, provider="", line=None) for i, it in enumerate(items)]
-            await s.bs.create_batch(batch, rows)
-            if s.runner:
-                s.runner.wake()
-            return JSON(await s._batch_body(batch))
-
-        async def estimate(request: Request) -> JSON:
-            key = await client_key(request)
-            body = await json_body(request)
-            source = await s._input_file(key, body.get("input_file_id"))
-            endpoint = body.get("endpoint") or _first_url(source)
-            items, _ = await s._items(key, source, endpoint)
-            model = items[0].model
-            prices = [price_of(sess, model) for sess in s.deps.dispatcher.router.serving(model)]
-            return JSON(est.estimate(model, endpoint, items, prices, s.settings.fee_bps))
-
-        async def get_batch(request: Request) -> JSON:
-            return JSON(await s._batch_body(await s._batch(request, await client_key(request))))
-
-        async def cancel_batch(request: Request) -> JSON:
-            key = await client_key(request)
-            batch = await s._batch(request, key)
-            if batch.status in ("completed", "failed", "expired"):
-                raise errors.InvalidRequest(f"batch {batch.id} is {batch.status}; it cannot be cancelled",
-                                            param="batch_id")
-            await s.bs.set_status(batch.id, ("validating", "in_progress", "finalizing"), "cancelling", time.time())
-            if s.runner:
-                s.runner.wake()
-            return JSON(await s._batch_body(await s._batch(request, key)))
-
-        async def list_batches(request: Request) -> JSON:
-            key = await client_key(request)
-            limit = query_limit(request, 20, most=100)
-            rows = await s.bs.batches(key.account, request.query_params.get("after"), limit + 1)
-            return JSON(page([await s._batch_body(r) for r in rows[:limit]], len(rows) > limit))
-
+    def routes(self) -> list[Route]:
         return [
-            Route("/v1/files", upload, methods=["POST"]),
-            Route("/v1/files", list_files, methods=["GET"]),
-            Route("/v1/files/{file_id}", get_file, methods=["GET"]),
-            Route("/v1/files/{file_id}", delete_file, methods=["DELETE"]),
-            Route("/v1/files/{file_id}/content", file_content, methods=["GET"]),
-            Route("/v1/batches/estimate", estimate, methods=["POST"]),
-            Route("/v1/batches", create_batch, methods=["POST"]),
-            Route("/v1/batches", list_batches, methods=["GET"]),
-            Route("/v1/batches/{batch_id}", get_batch, methods=["GET"]),
-            Route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
+            Route("/v1/files", self.upload, methods=["POST"]),
+            Route("/v1/files", self.list_files, methods=["GET"]),
+            Route("/v1/files/{file_id}", self.get_file, methods=["GET"]),
+            Route("/v1/files/{file_id}", self.delete_file, methods=["DELETE"]),
+            Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
+            Route("/v1/batches/estimate", self.estimate, methods=["POST"]),
+            Route("/v1/batches", self.create_batch, methods=["POST"]),
+            Route("/v1/batches", self.list_batches, methods=["GET"]),
+            Route("/v1/batches/{batch_id}", self.get_batch, methods=["GET"]),
+            Route("/v1/batches/{batch_id}/cancel", self.cancel_batch, methods=["POST"]),
         ]
+
+    # ------------------------------------------------------------ handlers
+
+    async def upload(self, request: Request) -> JSON:
+        key = await self.client_key(request)
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except Exception as exc:  # noqa: BLE001 - python-multipart raises several types on bad input
+            raise errors.InvalidRequest(f"expected a multipart/form-data upload with fields file and purpose "
+                                        f"({exc})", param="file") from None
+        purpose = form.get("purpose")
+        if purpose != "batch":
+            raise errors.InvalidRequest("purpose must be \"batch\" (the only purpose this gateway stores)",
+                                        param="purpose")
+        upload_file = form.get("file")
+        if upload_file is None or isinstance(upload_file, str):
+            raise errors.InvalidRequest("missing the file field (the JSONL input)", param="file")
+        data = await upload_file.read()
+        await form.close()
+        parse_file(data, self.known_models())  # refuses the whole file, naming the line
+        row = FileRow(id="file-" + uuid.uuid4().hex[:24], account=key.account,
+                      filename=(upload_file.filename or "input.jsonl")[:256], purpose="batch", bytes=len(data),
+                      created_at=int(time.time()), content=data, batch_id=None, kind="input")
+        await self.bs.add_file(row)
+        return JSON(file_body(row))
+
+    async def list_files(self, request: Request) -> JSON:
+        key = await self.client_key(request)
+        limit = query_limit(request, 100, most=10_000)
+        rows = await self.bs.files(key.account, request.query_params.get("purpose"),
+                                request.query_params.get("after"), limit + 1)
+        return JSON(page([file_body(r) for r in rows[:limit]], len(rows) > limit))
+
+    async def get_file(self, request: Request) -> JSON:
+        return JSON(file_body(await self._file(request, await self.client_key(request))))
+
+    async def delete_file(self, request: Request) -> JSON:
+        key = await self.client_key(request)
+        row = await self._file(request, key)
+        await self.bs.delete_file(row.id, key.account)
+        return JSON({"id": row.id, "object": "file", "deleted": True})
+
+    async def file_content(self, request: Request) -> Response:
+        row = await self._file(request, await self.client_key(request))
+        if row.kind == "input":
+            return Response(row.content or b"", media_type="application/octet-stream")
+        assert row.batch_id is not None
+        return StreamingResponse(self.bs.lines(row.batch_id, ok=row.kind == "output"),
+                                 media_type="application/octet-stream")
+
+    async def create_batch(self, request: Request) -> JSON:
+        key = await self.client_key(request)
+        body = await json_body(request)
+        endpoint, file_id, metadata = self._batch_request(body)
+        source = await self._input_file(key, file_id)
+        items, _ = await self._items(key, source, endpoint)
+        now = time.time()
+        max_share, max_cost = gpupool_options(metadata)
+        if policy.require_verified(metadata) and not self.hub.model_verified(items[0].model):
+            raise errors.NoProvider(f"{items[0].model!r} is not verified: no admitted checker audits it now, "
+                                    "and the batch requires verified models (metadata.gpupool_require_verified)",
+                                    param="metadata.gpupool_require_verified", code="model_not_verified")
+        order = list(range(len(items)))
+        random.shuffle(order)  # privacy: no provider sees a contiguous run of the file
+        batch = BatchRow(id="batch_" + uuid.uuid4().hex[:24], account=key.account, key_id=key.id,
+                         endpoint=endpoint, model=items[0].model, input_file_id=source.id,
+                         completion_window=body["completion_window"], status="validating", created_at=int(now),
+                         expires_at=int(now) + WINDOWS[body["completion_window"]], stamps="{}",
+                         meta=json.dumps(metadata), total=len(items), completed=0, failed=0, cost_ucr=0,
+                         input_tokens=0, output_tokens=0, max_share=max_share, max_cost=max_cost,
+                         max_weight=max(i.weight for i in items), errors="")
+        rows = [ItemRow(batch_id=batch.id, idx=i, seq=order[i], custom_id=it.custom_id,
+                        body=it.body.decode(), weight=it.weight, state="pending", run_id=None, owner="",
+                        lease_until=0.0, attempts=0, reserved=0, ok=0, cost=0, prompt_tokens=0,
+                        completion_tokens=0, provider="", line=None) for i, it in enumerate(items)]
+        await self.bs.create_batch(batch, rows)
+        if self.runner:
+            self.runner.wake()
+        return JSON(await self._batch_body(batch))
+
+    async def estimate(self, request: Request) -> JSON:
+        key = await self.client_key(request)
+        body = await json_body(request)
+        source = await self._input_file(key, body.get("input_file_id"))
+        endpoint = body.get("endpoint") or _first_url(source)
+        items, _ = await self._items(key, source, endpoint)
+        model = items[0].model
+        prices = [price_of(sess, model) for sess in self.deps.dispatcher.router.serving(model)]
+        return JSON(est.estimate(model, endpoint, items, prices, self.settings.fee_bps))
+
+    async def get_batch(self, request: Request) -> JSON:
+        return JSON(await self._batch_body(await self._batch(request, await self.client_key(request))))
+
+    async def cancel_batch(self, request: Request) -> JSON:
+        key = await self.client_key(request)
+        batch = await self._batch(request, key)
+        if batch.status in ("completed", "failed", "expired"):
+            raise errors.InvalidRequest(f"batch {batch.id} is {batch.status}; it cannot be cancelled",
+                                        param="batch_id")
+        await self.bs.set_status(batch.id, ("validating", "in_progress", "finalizing"), "cancelling", time.time())
+        if self.runner:
+            self.runner.wake()
+        return JSON(await self._batch_body(await self._batch(request, key)))
+
+    async def list_batches(self, request: Request) -> JSON:
+        key = await self.client_key(request)
+        limit = query_limit(request, 20, most=100)
+        rows = await self.bs.batches(key.account, request.query_params.get("after"), limit + 1)
+        return JSON(page([await self._batch_body(r) for r in rows[:limit]], len(rows) > limit))
 
     # ------------------------------------------------------------ helpers
 

@@ -80,8 +80,7 @@ def error_line(batch_id: str, idx: int, custom_id: str, code: str, message: str,
 
 @dataclass(frozen=True)
 class BatchDeps:
-    """What batches need of the gateway: the pool, dispatch, the money path, its store and ledger
-    (the same for the HTTP side, `BatchService`, and the `Runner`)."""
+    """What batches need of the gateway (the same for `BatchService` and the `Runner`)."""
 
     hub: Hub
     dispatcher: Dispatcher

@@ -99,7 +99,7 @@ def _refuse(param: str, why: str) -> errors.InvalidRequest:
 class _Body(BaseModel):
     model_config = _STRICT
     model: str = Field(min_length=1, max_length=256)
-    # gpupool's own routing options (region, region_policy, max_price): gateway/http.py reads them.
+    # gpupool's own routing options (region, region_policy, max_price): gateway/edge/http.py reads them.
     gpupool: dict[str, Any] | None = None
     # Tags for the client's own abuse tracking at OpenAI; nothing to honour, nothing changes.
     user: str | None = Field(default=None, max_length=256)

@@ -18,7 +18,7 @@ which lanes may serve, and calls them in order until one answers:
 A lane's answer is billed through the same tabs as the pool's (`Hold.charge_fallback`):
 its price for the usage the upstream reports, plus the gateway fee; the response
 says `x-gpupool-provider: fallback:NAME`. Lanes are configured as TOML tables or a
-one-line flag form (`gateway/fallback_lanes.py`, docs/fallback.md); their keys come
+one-line flag form (`gateway/fallback/lane_config.py`, docs/fallback.md); their keys come
 from the environment and are never logged.
 """
 

@@ -2,7 +2,7 @@
 
 Public reads (`/v1/providers`, `/v1/stats`, the dashboard, `/metrics`) and 401s cost the
 gateway CPU but no credits, so nothing else holds back a client that floods them. A
-request with a key is never refused here (its key has its own limits, gateway/limits.py),
+request with a key is never refused here (its key has its own limits, gateway/money/limits.py),
 so a flood from an address does not lock out the paying clients behind the same NAT;
 but a 401 counts against the address, and once over the rate it is held back too.
 

@@ -68,7 +68,7 @@ class Decision:
     message: str = ""
     retry_after_s: float = 0.0
     # Admitted while holding more than its equal share with other keys active: its streams
-    # are paced (gateway/stream.py), so its flood of tokens cannot take the gateway's CPU too.
+    # are paced (gateway/dispatch/stream.py), so its flood of tokens cannot take the gateway's CPU too.
     over_share: bool = False
     early: bool = False  # refused again before the Retry-After of its last refusal
 

@@ -45,7 +45,7 @@ class Ticket:
         self._quotas, self._key, self._model, self.reserved = quotas, key, model, reserved
         self._open = True
         # > 0: the key holds more than its equal share while others wait; its stream sends at
-        # most one event this often (gateway/stream.py).
+        # most one event this often (gateway/dispatch/stream.py).
         self.stream_pace_s = stream_pace_s
 
     def release(self, used_tokens: int | None = None) -> None:

@@ -1,7 +1,7 @@
 """One connected peer as the gateway sees it: its verified offer, its open request channels,
 what each of its runs may answer, and the frame limits that follow from them.
 
-`Hub` (gateway/hub.py) creates a session once a peer's handshake completes and reads its
+`Hub` (gateway/peers/hub.py) creates a session once a peer's handshake completes and reads its
 frames; everything here is what the rest of the gateway (dispatch, streams, audits,
 routing) touches of a live provider. A peer may only make the gateway hold what this
 session bounds: answer frames queued per request (`max_queued`), output per run

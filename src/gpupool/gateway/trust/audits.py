@@ -182,7 +182,7 @@ class Auditor:
                               evidence=evidence, operator=session.operator), checker)
 
     def _checker_for(self, model: str, exclude: str, provider: str = "", operator: str = "") -> ProviderSession | None:
-        # Only admitted checkers are in `hub.checkers` (gateway/hub.py refuses the rest). "The same
+        # Only admitted checkers are in `hub.checkers` (gateway/peers/hub.py refuses the rest). "The same
         # operator" is what offers declare (a signed operator key); an operator who hides its key
         # is caught only by the admission of its checkers, which the gateway's operator decides.
         options = [c for c in self.hub.checkers.values()

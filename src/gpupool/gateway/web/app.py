@@ -32,7 +32,6 @@ from gpupool.gateway.edge.http import BodyLimit, ClientGone, with_server_send
 from gpupool.gateway.store import Store
 from gpupool.gateway.web import client_api, inference
 from gpupool.gateway.web.admin_api import admin_check, admin_routes
-from gpupool.gateway.web.auth import client_key
 from gpupool.gateway.web.context import Gateway
 from gpupool.gateway.web.dashboard import dashboard_routes
 from gpupool.gateway.web.error_handler import on_error
@@ -72,7 +71,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             WebSocketRoute("/v1/providers/ws", gw.hub.handle),
             *admin_routes(gw),
             *gw.fallbacks.routes(admin_check(settings)),
-            *gw.batches.routes(partial(client_key, gw)),
+            *gw.batches.routes(),
             Route("/metrics", gw.metrics.endpoint),
             *public_routes(gw),
             *dashboard_routes(),

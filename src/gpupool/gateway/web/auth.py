@@ -1,6 +1,7 @@
 """Who is calling: a client's API key from its `Authorization` header (401 otherwise).
 
-    key = await client_key(gw, request)
+    client_key = ClientKeys(store, quotas)      # built once (web/context.py)
+    key = await client_key(request)
 
 A key that keeps coming back before its last Retry-After is refused here, before its
 body is read (money/quota.py says why).
@@ -11,18 +12,23 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from gpupool import errors
-from gpupool.gateway.store import ApiKey
-from gpupool.gateway.web.context import Gateway
+from gpupool.gateway.money.quota import Quotas
+from gpupool.gateway.store import ApiKey, Store
 
 
-async def client_key(gw: Gateway, request: Request) -> ApiKey:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise errors.AuthenticationFailed(
-            "Missing API key: send 'Authorization: Bearer <key>' (create one with `gpupool keys create`)")
-    key = await gw.store.authenticate(token.strip())
-    if key is None:
-        raise errors.AuthenticationFailed("Incorrect API key provided")
-    gw.quotas.refuse_if_ignoring_retry_after(key)
-    return key
+class ClientKeys:
+    def __init__(self, store: Store, quotas: Quotas):
+        self.store = store
+        self.quotas = quotas
+
+    async def __call__(self, request: Request) -> ApiKey:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.AuthenticationFailed(
+                "Missing API key: send 'Authorization: Bearer <key>' (create one with `gpupool keys create`)")
+        key = await self.store.authenticate(token.strip())
+        if key is None:
+            raise errors.AuthenticationFailed("Incorrect API key provided")
+        self.quotas.refuse_if_ignoring_retry_after(key)
+        return key

@@ -16,7 +16,6 @@ from starlette.requests import Request
 from gpupool import __version__, errors
 from gpupool.gateway.edge.http import JSON, query_limit
 from gpupool.gateway.money.billing import charge_view
-from gpupool.gateway.web.auth import client_key
 from gpupool.gateway.web.context import Gateway
 from gpupool.ledger import postings
 from gpupool.market.summary import Listing, summarize
@@ -29,7 +28,7 @@ async def healthz(gw: Gateway, _request: Request) -> JSON:
 
 
 async def list_models(gw: Gateway, request: Request) -> JSON:
-    await client_key(gw, request)
+    await gw.client_key(request)
     hub = gw.hub
     data = []
     for name, sessions in sorted(hub.live_models().items()):
@@ -64,7 +63,7 @@ async def market(gw: Gateway, _request: Request) -> JSON:
 
 
 async def account(gw: Gateway, request: Request) -> JSON:
-    key = await client_key(gw, request)
+    key = await gw.client_key(request)
     limit, after = query_limit(request, 20, most=100), request.query_params.get("after") or None
     try:
         charges = await gw.store.recent_charges(key.account, limit + 1, after)

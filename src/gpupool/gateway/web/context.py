@@ -33,6 +33,7 @@ from gpupool.gateway.store import Retention, Store
 from gpupool.gateway.trust.audits import Auditor
 from gpupool.gateway.trust.canaries import Canaries
 from gpupool.gateway.trust.hardware_checks import HardwareChecker
+from gpupool.gateway.web.auth import ClientKeys
 from gpupool.gateway.web.metrics import GatewayMetrics
 from gpupool.gateway.web.metrics_collector import LiveCollector
 from gpupool.identity import Identity
@@ -56,6 +57,7 @@ class Gateway:
     canaries: Canaries
     billing: Billing
     quotas: Quotas  # per-key limits and fair shares (money/limits.py)
+    client_key: ClientKeys  # await gw.client_key(request): the caller's API key, or a 401
     metering: Metering  # the money path, shared with batches
     fallbacks: Fallbacks
     batches: BatchService
@@ -107,11 +109,12 @@ class Gateway:
             listeners.settlement_address.append(
                 lambda node_id, msg: spawn(register_settlement_key(ledger, store, node_id, msg)))
 
-        metering = Metering(billing, auditor)
+        quotas, metering = Quotas(settings), Metering(billing, auditor)
+        client_key = ClientKeys(store, quotas)
         holdback = HoldBack()
         gw = cls(settings, identity, store, ledger, hub, dispatcher, auditor, hardware_checks, canaries, billing,
-                 Quotas(settings), metering, Fallbacks(settings, billing, store),
-                 BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger)), holdback,
+                 quotas, client_key, metering, Fallbacks(settings, billing, store),
+                 BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger), client_key), holdback,
                  AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback),
                  GatewayMetrics(hub.known_models))
         gw.metrics.registry.register(LiveCollector(gw.metrics, gw))

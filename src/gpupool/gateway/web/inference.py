@@ -36,7 +36,6 @@ from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.peers.session import ProviderSession
 from gpupool.gateway.probes import note_first_token, note_model
 from gpupool.gateway.store import ApiKey
-from gpupool.gateway.web.auth import client_key
 from gpupool.gateway.web.context import Gateway
 from gpupool.gateway.web.request_log import log_request
 from gpupool.protocol import Done, EmbedPayload, Payload
@@ -103,7 +102,7 @@ def check_task(hub: Hub, model: str, task: str) -> None:
 
 
 async def embeddings(gw: Gateway, request: Request) -> Response:
-    key = await client_key(gw, request)
+    key = await gw.client_key(request)
     body = openai_api.parse(openai_api.EmbeddingRequest, await request.body())
     serving = gw.dispatcher.router.serving(body.model)
     payload = body.payload(MAX_EMBEDDING_INPUTS, gw.quotas.model_limits(body.model, serving))
@@ -139,7 +138,7 @@ async def _embed(gw: Gateway, request: Request, call: Call, body: openai_api.Emb
 
 
 async def chat(gw: Gateway, request: Request) -> Response:
-    key = await client_key(gw, request)
+    key = await gw.client_key(request)
     body = openai_api.parse(openai_api.ChatCompletionRequest, await request.body())
     check_task(gw.hub, body.model, "generate")
     serving = gw.dispatcher.router.serving(body.model)
@@ -148,7 +147,7 @@ async def chat(gw: Gateway, request: Request) -> Response:
 
 
 async def completions(gw: Gateway, request: Request) -> Response:
-    key = await client_key(gw, request)
+    key = await gw.client_key(request)
     body = openai_api.parse(openai_api.CompletionRequest, await request.body())
     check_task(gw.hub, body.model, "generate")
     serving = gw.dispatcher.router.serving(body.model)

@@ -88,6 +88,8 @@ class GatewayMetrics:
         self._started_at_check = 0
         self.models: set[str] = set()
         self.window = RecentRequests(WINDOW_ENTRIES)
+        # /v1/stats bodies by window, computed at most once a second (web/public_api.py).
+        self.stats_cache: dict[int, tuple[float, dict[str, Any]]] = {}
         self._children: dict[tuple[str, ...], Any] = {}
 
     # ------------------------------------------------------------ labels

@@ -52,7 +52,7 @@ async def serve(settings: GatewaySettings) -> None:
     config = uvicorn.Config(
         app,
         loop="none",  # the caller's loop (uvloop when installed) is already running
-        # httptools, plus deadlines on each request's headers and body (gateway/slow_clients.py)
+        # httptools, plus deadlines on each request's headers and body (gateway/edge/slow_clients.py)
         http=guarded_http(settings.header_timeout_s, settings.body_timeout_s),
         ws="websockets-sansio",
         ws_max_size=16 * 1024 * 1024,

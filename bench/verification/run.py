@@ -16,7 +16,8 @@
    - Generation: greedy tiny-llama requests, all audited by a checker that scores the
      committed tokens in one forward pass: checker CPU per provider CPU per audited
      answer, times the steady audited share = generation audit compute.
-   - Cheaters, one at a time beside the honest provider: a random-weight MiniLM, noise
+   - Cheaters, one at a time beside the honest provider (the red-team backends of
+     tests/redteam.py, loaded as a backend plug-in): a random-weight MiniLM, noise
      on 10% of requests, cached answers. For each: requests it served before
      suspension, failed audits (bad answers found), whether the fraud was slashed,
      and how much was refunded.
@@ -36,6 +37,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(1, str(HERE.parents[1]))  # the repository root: the red-team backends are tests.redteam
 
 from common import cpu_seconds, print_table, thread_cpu_seconds, write_json  # noqa: E402
 
@@ -44,12 +46,13 @@ import httpx  # noqa: E402
 from gpupool.devnet import Network  # noqa: E402
 from gpupool.provider.backends.base import MODEL_THREAD_PREFIX  # noqa: E402
 from gpupool.verify import DEFAULT_SAMPLING  # noqa: E402
+from tests.redteam import REDTEAM, child_env  # noqa: E402
 
 PRICE = ["--price", "minilm=1000000"]
 IDLE_WINDOW_S = 15.0
-CHEATERS = {"random-weight MiniLM": "minilm=redteam:random-minilm",
-            "noise on 10%": "minilm=redteam:noise:minilm?rate=0.1&seed=5",
-            "cached answers": "minilm=redteam:cached:minilm"}
+CHEATERS = {"random-weight MiniLM": f"minilm={REDTEAM}:random-minilm",
+            "noise on 10%": f"minilm={REDTEAM}:noise:minilm?rate=0.1&seed=5",
+            "cached answers": f"minilm={REDTEAM}:cached:minilm"}
 
 
 def _admin(net: Network, path: str) -> Any:
@@ -83,7 +86,7 @@ def _audit_row(net: Network, node: str) -> dict[str, Any]:
 
 def real_processes(fp_audits: int, steady_requests: int, gen_requests: int, cheater_requests: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="gpupool-verification-"))
-    net = Network(tmp)
+    net = Network(tmp, env=child_env())  # providers import the cheaters from tests.redteam
     out: dict[str, Any] = {}
     try:
         # Probation = fp_audits: every one of the honest provider's first answers is audited,

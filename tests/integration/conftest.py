@@ -1,7 +1,8 @@
 """Fixtures that start real gateway and provider processes on loopback ports.
 
 `network` gives a fresh, empty `Network` (stopped after the test); helpers start the
-processes a test needs. Nothing here fakes a component: every test talks to real
+processes a test needs. Its processes can import the `tests` package, so a provider can
+serve the red-team backends (`tests/redteam.py`) as a plug-in. Nothing here fakes a component: every test talks to real
 processes over real sockets.
 """
 
@@ -20,6 +21,7 @@ import pytest
 from openai import OpenAI
 
 from gpupool.devnet import Network, Proc
+from tests.redteam import child_env
 
 T = TypeVar("T")
 PG_URL = os.environ.get("GPUPOOL_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -41,7 +43,7 @@ def pg_available() -> bool:
 
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[Network]:
-    net = Network(tmp_path / "net")
+    net = Network(tmp_path / "net", env=child_env())
     try:
         yield net
     finally:

@@ -218,6 +218,13 @@ def test_help_shows_whole_flag_names_and_hides_test_backends() -> None:
         assert flag in gateway.stdout
     bad = gpupool("provider", "--serve", "m=teleport", "--key-file", "/nonexistent/p.key")
     assert bad.returncode == 2 and "upstream" in bad.stderr and "redteam" not in bad.stderr
+    # A backend plug-in that cannot be used: which one and why, in one line, exit 2.
+    for serve, why in [("m=plugin:no_such_pkg.backends:Mine", "'no_such_pkg.backends' not found"),
+                       ("m=plugin:gpupool.errors:Nope", "has no attribute 'Nope'"),
+                       ("m=plugin:os:path", "is not a subclass of gpupool.provider.backends.base.Backend")]:
+        bad = gpupool("provider", "--serve", serve, "--key-file", "/nonexistent/p.key")
+        assert bad.returncode == 2 and why in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
 @pytest.mark.ml

@@ -1,7 +1,7 @@
 """The red-team suite: cheating providers as real processes beside honest ones, real checkers.
 
-Each cheater is the normal provider with a `redteam` backend that misbehaves in one
-way (serving a random-weight MiniLM as `minilm`, returning noise on 10% of
+Each cheater is the normal provider with a red-team backend (`tests/redteam.py`, loaded
+as a backend plug-in) that misbehaves in one way (serving a random-weight MiniLM as `minilm`, returning noise on 10% of
 requests, returning its previous answer for new prompts, truncating generated text
 while reporting full usage). Two checker processes hold the reference models. Real
 clients send traffic through the gateway; the test then reads what the gateway
@@ -24,6 +24,7 @@ from gpupool.devnet_setup import prepare_models
 from gpupool.ledger import postings as P
 from tests.integration.conftest import client_for, wait_checkers, wait_until
 from tests.integration.test_billing import FAST_SETTLE, ledger_state, new_account, wait_settled
+from tests.redteam import REDTEAM
 
 EMBED_PRICE = ["--price", "minilm=1000000"]  # 1 µcr per token: refunds are easy to see
 GEN_PRICE = ["--price", "tiny-llama=1000000/1000000"]
@@ -46,9 +47,9 @@ def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(netwo
     # sure each one gets traffic.
     region = {"random-minilm": "rt-random", "noise 10%": "rt-noise", "cached": "rt-cached", "honest": "honest"}
     honest = network.start_provider(["minilm=embeddings:minilm"], region=region["honest"], extra=EMBED_PRICE)
-    serves = {"random-minilm": "minilm=redteam:random-minilm",
-              "noise 10%": "minilm=redteam:noise:minilm?rate=0.1&seed=3",
-              "cached": "minilm=redteam:cached:minilm"}
+    serves = {"random-minilm": f"minilm={REDTEAM}:random-minilm",
+              "noise 10%": f"minilm={REDTEAM}:noise:minilm?rate=0.1&seed=3",
+              "cached": f"minilm={REDTEAM}:cached:minilm"}
     cheaters = {name: network.start_provider([serve], region=region[name], extra=EMBED_PRICE)
                 for name, serve in serves.items()}
     _start_checkers(network, 2, ["minilm=embeddings:minilm"])
@@ -119,7 +120,7 @@ def test_a_truncating_generation_cheater_is_suspended(network: Network) -> None:
     # One slot on the honest provider: under load, work spills over to the cheater even after
     # its first failed audits have lowered its reputation (idle, the router would starve it).
     honest = network.start_provider(["tiny-llama=generate:tiny-llama"], extra=GEN_PRICE, max_concurrency=1)
-    cheater = network.start_provider(["tiny-llama=redteam:truncate:tiny-llama"], extra=GEN_PRICE)
+    cheater = network.start_provider([f"tiny-llama={REDTEAM}:truncate:tiny-llama"], extra=GEN_PRICE)
     _start_checkers(network, 1, ["tiny-llama=generate:tiny-llama"])
     network.wait_for_models({"tiny-llama": 2}, timeout=180)
     wait_checkers(network, 1)

@@ -1,6 +1,7 @@
 """Sampled generation audited by seed replay, with real processes.
 
-A gateway, an honest provider, a cheating one (the red-team `random-llama` backend:
+A gateway, an honest provider, a cheating one (the red-team `random-llama` backend of
+`tests/redteam.py`:
 tiny-llama's shape and tokenizer with other random weights, under the real model's
 name) and a checker process holding the reference. Clients send sampled requests
 (temperature 0.8) without a seed; the gateway gives each one a seed, the providers
@@ -22,6 +23,7 @@ import pytest
 from gpupool.devnet import Network
 from gpupool.devnet_setup import prepare_models
 from tests.integration.conftest import client_for, wait_checkers, wait_until
+from tests.redteam import REDTEAM, child_env
 
 pytest.importorskip("transformers", reason="needs the ml extra")
 
@@ -31,13 +33,13 @@ MODEL = "tiny-llama"
 @pytest.fixture(scope="module")
 def sampled_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     prepare_models()
-    net = Network(tmp_path_factory.mktemp("sampled") / "net")
+    net = Network(tmp_path_factory.mktemp("sampled") / "net", env=child_env())
     try:
         net.start_gateway()
         net.start_provider([f"{MODEL}=generate:tiny-llama"], region="honest")
         # --verbose: the checker logs each verdict with its reason, which the tests read.
         net.start_checker([f"{MODEL}=generate:tiny-llama"], name="checker", extra=["--verbose"])
-        net.start_provider([f"{MODEL}=redteam:random-llama:tiny-llama?seed=1"], region="cheat")
+        net.start_provider([f"{MODEL}={REDTEAM}:random-llama:tiny-llama?seed=1"], region="cheat")
         net.wait_for_models({MODEL: 2}, timeout=120)
         wait_checkers(net, 1)
         yield net

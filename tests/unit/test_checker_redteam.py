@@ -25,8 +25,8 @@ from gpupool.identity import Identity  # noqa: E402
 from gpupool.protocol import AuditJob, EmbedPayload, GeneratePayload, Payload, Receipt, Usage  # noqa: E402
 from gpupool.provider.backends import Backend, ServeSpec, make_backend  # noqa: E402
 from gpupool.provider.backends.base import GenDone, TextDelta  # noqa: E402
-from gpupool.provider.backends.redteam import RedTeamBackend  # noqa: E402
 from gpupool.provider.tiny_model import create_tiny_llama  # noqa: E402
+from tests.redteam import REDTEAM, RedTeamBackend  # noqa: E402
 
 pytestmark = pytest.mark.ml
 
@@ -93,7 +93,7 @@ async def serve(backend: Backend, model: str, payload: Payload) -> AuditJob:
 
 async def cheat(spec: str, model: str, *payloads: Payload) -> list[AuditJob]:
     """Start the red-team backend `spec`, answer `payloads` in order, close it."""
-    cheater = await started(f"{model}=redteam:{spec}")
+    cheater = await started(f"{model}={REDTEAM}:{spec}")
     try:
         return [await serve(cheater, model, p) for p in payloads]
     finally:
@@ -115,7 +115,7 @@ async def test_honest_embeddings_pass(backends: dict[str, Backend]) -> None:
 
 @pytest.mark.parametrize("mode", ["random-minilm", "noise"])
 async def test_wrong_model_and_noise_embeddings_fail_hard(backends: dict[str, Backend], mode: str) -> None:
-    cheater = await started(f"minilm=redteam:{mode}:minilm")
+    cheater = await started(f"minilm={REDTEAM}:{mode}:minilm")
     try:
         assert cheater.offer() == backends["honest-embed"].offer()  # it claims to be the real model
         verdict = await judge(backends["ref-embed"], await serve(cheater, "minilm", EmbedPayload(TEXTS)))
@@ -134,7 +134,7 @@ async def test_tampered_output_is_hard(backends: dict[str, Backend]) -> None:
 
 async def test_rate_cheats_on_about_a_tenth(backends: dict[str, Backend]) -> None:
     """`rate=0.1`: the checker fails exactly the cheated answers, about 10% of them."""
-    cheater = await started("minilm=redteam:noise:minilm?rate=0.1&seed=7")
+    cheater = await started(f"minilm={REDTEAM}:noise:minilm?rate=0.1&seed=7")
     assert isinstance(cheater, RedTeamBackend)
     failed = 0
     try:
@@ -247,7 +247,7 @@ def test_redteam_specs() -> None:
                 "noise:minilm?rate=2"):
         with pytest.raises(ValueError):
             RedTeamBackend("m", bad)
-    assert ServeSpec.parse("x=redteam:noise:minilm?rate=0.1").spec == "noise:minilm?rate=0.1"
+    assert ServeSpec.parse(f"x={REDTEAM}:noise:minilm?rate=0.1").spec == "noise:minilm?rate=0.1"
 
 
 async def test_greedy_audit_scores_the_committed_tokens_in_one_pass(tmp_path: Path,

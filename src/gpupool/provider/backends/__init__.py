@@ -7,8 +7,8 @@
 | `upstream`   | a local OpenAI-compatible engine      | base URL `?model=&task=&key=`          |
 | `echo`       | no model; network benchmarks only     | `chat` or `embeddings`, `?delay_ms=`   |
 
-(`redteam`, a backend that cheats on purpose, exists for the red-team tests; it is
-accepted but never listed to users.)
+A backend from outside gpupool is a plug-in (`plugins.py`): `NAME=plugin:MODULE:CLASS[:SPEC]`,
+or `NAME=KIND[:SPEC]` for a KIND installed in the `gpupool.backends` entry-point group.
 
 Heavy imports (torch) happen only when an ML backend is constructed, so providers
 that serve only `upstream` or `echo` do not need the `ml` extra.
@@ -19,31 +19,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpupool.provider.backends.base import Backend, BackendError
+from gpupool.provider.backends.plugins import PLUGIN, installed_kinds, load_plugin, split_plugin_spec
 
-# What users are told about; BACKEND_KINDS also accepts the test-only `redteam`.
-PUBLIC_KINDS = ("embeddings", "generate", "upstream", "echo")
-BACKEND_KINDS = (*PUBLIC_KINDS, "redteam")
+BACKEND_KINDS = ("embeddings", "generate", "upstream", "echo")
 
 
 @dataclass(frozen=True)
 class ServeSpec:
     name: str
-    backend: str
+    backend: str  # a built-in kind, `plugin`, or an installed plug-in's KIND
     spec: str
+    plugin: str = ""  # MODULE:CLASS of a plug-in backend; empty for the built-in kinds
 
     @classmethod
     def parse(cls, text: str) -> ServeSpec:
-        """Parse `NAME=BACKEND[:SPEC]`, e.g. `minilm=embeddings` or `x=upstream:http://h/v1`."""
+        """Parse `NAME=BACKEND[:SPEC]`, e.g. `minilm=embeddings` or `x=upstream:http://h/v1`,
+        or `NAME=plugin:MODULE:CLASS[:SPEC]`. Checks the form only; make_backend imports a plug-in."""
         name, sep, rest = text.partition("=")
         if not sep or not name or not rest:
             raise ValueError(f"--serve expects NAME=BACKEND[:SPEC], got {text!r}")
         backend, _, spec = rest.partition(":")
-        if backend not in BACKEND_KINDS:
-            raise ValueError(f"unknown backend {backend!r} in {text!r}; choose from {', '.join(PUBLIC_KINDS)}")
-        return cls(name=name, backend=backend, spec=spec)
+        if backend in BACKEND_KINDS:
+            return cls(name=name, backend=backend, spec=spec)
+        if backend == PLUGIN:
+            ref, spec = split_plugin_spec(spec)
+            return cls(name=name, backend=backend, spec=spec, plugin=ref)
+        # Built-in kinds and `plugin` win over entry points of the same name.
+        installed = {k: ref for k, ref in installed_kinds().items() if k not in (*BACKEND_KINDS, PLUGIN)}
+        if backend in installed:
+            return cls(name=name, backend=backend, spec=spec, plugin=installed[backend])
+        choices = ", ".join([*BACKEND_KINDS, *sorted(installed)])
+        raise ValueError(f"unknown backend {backend!r} in {text!r}; choose from {choices} "
+                         f"(or {PLUGIN}:MODULE:CLASS[:SPEC])")
 
 
 def make_backend(serve: ServeSpec) -> Backend:
+    """Construct (not start) the backend `serve` names; ValueError for a bad spec or plug-in."""
+    if serve.plugin:
+        return load_plugin(serve.plugin)(serve.name, serve.spec)
     if serve.backend == "echo":
         from gpupool.provider.backends.echo import EchoBackend
 
@@ -52,10 +65,6 @@ def make_backend(serve: ServeSpec) -> Backend:
         from gpupool.provider.backends.upstream import UpstreamBackend
 
         return UpstreamBackend(serve.name, serve.spec)
-    if serve.backend == "redteam":
-        from gpupool.provider.backends.redteam import RedTeamBackend
-
-        return RedTeamBackend(serve.name, serve.spec)
     if serve.backend == "embeddings":
         from gpupool.provider.backends.embeddings import EmbeddingsBackend
 
@@ -65,4 +74,4 @@ def make_backend(serve: ServeSpec) -> Backend:
     return GenerateBackend(serve.name, serve.spec)
 
 
-__all__ = ["Backend", "BackendError", "ServeSpec", "make_backend", "BACKEND_KINDS", "PUBLIC_KINDS"]
+__all__ = ["Backend", "BackendError", "ServeSpec", "make_backend", "BACKEND_KINDS"]

@@ -1,9 +1,13 @@
-"""Cheating backends. They exist ONLY for the red-team suite and verification benchmarks.
+"""Cheating backends for the red-team suite and the verification benchmark.
 
-Each mode misbehaves in one way that the checkers must catch; nothing else in gpupool
-uses them, and an honest provider has no reason to. Spec::
+Each mode misbehaves in one way that the checkers must catch; gpupool itself does
+not know about them. They load into a normal provider as a backend plug-in
+(`provider/backends/plugins.py`)::
 
-    --serve NAME=redteam:MODE[:BASE_SPEC][?rate=R&seed=S&tps=T]
+    --serve NAME=plugin:tests.redteam:RedTeamBackend:MODE[:BASE_SPEC][?rate=R&seed=S&tps=T]
+
+`REDTEAM` is that prefix; the processes a `Network` spawns can import this module
+when it passes them `child_env()` (the repository root on PYTHONPATH).
 
 BASE_SPEC is the honest backend the cheater wraps and claims to be: `minilm` (the
 default) or `embeddings:DIR` for sentence embeddings, `tiny-llama` or `generate:DIR`
@@ -27,6 +31,7 @@ backend's own, so the cheater announces exactly what an honest provider would.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -48,6 +53,15 @@ from gpupool.provider.backends.generate import GenerateBackend
 
 MODES = ("random-minilm", "random-llama", "noise", "cached", "truncate", "claims")
 DEFAULT_CLAIMED_TPS = 10_000.0
+REDTEAM = "plugin:tests.redteam:RedTeamBackend"  # the backend part of a cheater's --serve value
+ROOT = Path(__file__).resolve().parent.parent  # the repository root, where `tests` is a package
+
+
+def child_env() -> dict[str, str]:
+    """Environment for spawned gpupool processes (`Network(env=...)`) so a provider can load
+    `REDTEAM`: the repository root joins PYTHONPATH, after what is already there."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"PYTHONPATH": os.pathsep.join([*paths, str(ROOT)])}
 
 
 def _base_kind(base: str) -> tuple[str, str]:

@@ -32,7 +32,7 @@ from gpupool import errors
 from gpupool.batch import policy
 from gpupool.gateway.batches.store import BatchRow, BatchStore, Claimed, FileRow, Finished, ItemRow
 from gpupool.gateway.batches.validate import DEFAULT_MAX_TOKENS
-from gpupool.gateway.edge import openai_api as oa
+from gpupool.gateway.edge import openai_api
 from gpupool.gateway.dispatch.dispatcher import Dispatcher, Outcome
 from gpupool.gateway.edge.http import spawn
 from gpupool.gateway.peers.hub import Hub, ProviderSession
@@ -436,7 +436,7 @@ class _Shard:
     @classmethod
     def build(cls, b: BatchRow, run_id: str, items: list[Claimed]) -> _Shard:
         if b.endpoint == "/v1/embeddings":
-            bodies: list[Any] = [oa.EmbeddingRequest.model_validate_json(c.body) for c in items]
+            bodies: list[Any] = [openai_api.EmbeddingRequest.model_validate_json(c.body) for c in items]
             inputs: list[str] = []
             weights = []
             for body in bodies:
@@ -448,12 +448,12 @@ class _Shard:
                        weights)
         (c,) = items  # generation: one item per run
         if b.endpoint == "/v1/chat/completions":
-            chat = oa.ChatCompletionRequest.model_validate_json(c.body)
+            chat = openai_api.ChatCompletionRequest.model_validate_json(c.body)
             gen = chat.payload(DEFAULT_MAX_TOKENS)
             size = sum(len(m.content.encode()) for m in gen.messages)
             return cls(run_id, items, gen, [chat], pricing.input_token_bound(size, len(gen.messages)),
                        gen.max_tokens, [size])
-        comp = oa.CompletionRequest.model_validate_json(c.body)
+        comp = openai_api.CompletionRequest.model_validate_json(c.body)
         gen = comp.payload()
         size = len(gen.prompt.encode())
         return cls(run_id, items, gen, [comp], pricing.input_token_bound(size, 0), gen.max_tokens, [size])
@@ -467,8 +467,8 @@ class _Shard:
         finished = []
         if b.endpoint != "/v1/embeddings":
             (c,) = self.items
-            build: Callable[..., dict[str, Any]] = (oa.chat_response if b.endpoint == "/v1/chat/completions"
-                                                    else oa.completion_response)
+            build: Callable[..., dict[str, Any]] = (openai_api.chat_response if b.endpoint == "/v1/chat/completions"
+                                                    else openai_api.completion_response)
             body = build(self.run_id, b.model, out.text, done.receipt.finish_reason, u.prompt_tokens,
                          u.completion_tokens, out.provider, cost)
             return [Finished(c.idx, True, _ok_line(b.id, c, self.run_id, body), cost, u.prompt_tokens,
@@ -485,7 +485,7 @@ class _Shard:
                                                                   400, self.run_id), costs[i], prompts[i], 0,
                                          out.provider))
                 continue
-            body = oa.embedding_response(b.model, vectors, done.dimensions, n, req.encoding_format, prompts[i],
+            body = openai_api.embedding_response(b.model, vectors, done.dimensions, n, req.encoding_format, prompts[i],
                                          costs[i])
             finished.append(Finished(c.idx, True, _ok_line(b.id, c, self.run_id, body), costs[i], prompts[i], 0,
                                      out.provider))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import msgspec
 
 from gpupool import errors
-from gpupool.gateway.edge import openai_api as oa
+from gpupool.gateway.edge import openai_api
 
 ENDPOINTS = {"/v1/embeddings": "embeddings", "/v1/chat/completions": "generate", "/v1/completions": "generate"}
 MAX_ITEMS = 50_000  # as OpenAI: larger jobs are split into several batches (the SDK does)
@@ -90,17 +90,17 @@ def parse_line(n: int, text: bytes, known_models: dict[str, str], seen: set[str]
     raw_body = msgspec.json.encode(body)
     try:
         if url == "/v1/embeddings":
-            req = oa.parse(oa.EmbeddingRequest, raw_body)
+            req = openai_api.parse(openai_api.EmbeddingRequest, raw_body)
             payload = req.payload(MAX_EMBEDDING_INPUTS)
             weight, size = len(payload.inputs), sum(len(x.encode()) for x in payload.inputs)
         elif url == "/v1/chat/completions":
-            chat = oa.parse(oa.ChatCompletionRequest, raw_body)
+            chat = openai_api.parse(openai_api.ChatCompletionRequest, raw_body)
             if chat.stream:
                 raise errors.InvalidRequest("stream: batch requests cannot stream", param="stream")
             gen = chat.payload(DEFAULT_MAX_TOKENS)
             req, weight, size = chat, 1, sum(len(m.content.encode()) for m in gen.messages)
         else:
-            comp = oa.parse(oa.CompletionRequest, raw_body)
+            comp = openai_api.parse(openai_api.CompletionRequest, raw_body)
             if comp.stream:
                 raise errors.InvalidRequest("stream: batch requests cannot stream", param="stream")
             gen = comp.payload()

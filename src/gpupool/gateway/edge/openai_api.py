@@ -114,10 +114,10 @@ class _Body(BaseModel):
         for name in self.model_fields_set.intersection(self.NEUTRAL):
             value = getattr(self, name)
             if value is not None and value not in self.NEUTRAL[name]:
-                raise _refuse(name, f"{_why(name)}; send null or omit it")
+                raise _refuse(name, f"{_unsupported_reason(name)}; send null or omit it")
 
 
-def _why(name: str) -> str:
+def _unsupported_reason(name: str) -> str:
     reasons = {
         "tools": "tool calling is not implemented by the network's backends",
         "tool_choice": "tool calling is not implemented by the network's backends",

@@ -40,7 +40,7 @@ from starlette.routing import Route
 
 from gpupool import errors
 from gpupool.config import GatewaySettings
-from gpupool.gateway.edge import openai_api as oa
+from gpupool.gateway.edge import openai_api
 from gpupool.gateway.money.billing import Billing, Hold
 from gpupool.gateway.payload_size import PayloadSize
 from gpupool.gateway.fallback.lane_config import parse_lanes
@@ -295,7 +295,7 @@ class Fallbacks:
             data["usage"] = {"prompt_tokens": pt, "total_tokens": pt, "cost_ucr": charged}
         else:
             data["id"] = rid
-            data["usage"] = oa.usage(pt, ct, charged)
+            data["usage"] = openai_api.usage(pt, ct, charged)
         self._record(rid, key, plan, lane, "ok", pt, ct, started, charged)
         return JSON(data, headers={"x-gpupool-provider": f"fallback:{lane.name}", "x-request-id": rid,
                                    "x-gpupool-cost": str(charged)})
@@ -341,7 +341,7 @@ class Fallbacks:
                 pt, ct, charged = self._bill(lane, plan, hold, rid, usage, chars)
                 if plan.include_usage:
                     yield sse({"id": rid, "object": obj, "created": created, "model": plan.model, "choices": [],
-                               "usage": oa.usage(pt, ct, charged)})
+                               "usage": openai_api.usage(pt, ct, charged)})
                 yield b"data: [DONE]\n\n"
                 status = "ok"
                 _count(self.stats["lane_ok"], lane.name)

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gpupool import errors
+from gpupool.gateway.dispatch.dispatcher import Outcome
 from gpupool.gateway.dispatch.stream import open_stream
 from gpupool.gateway.edge import openai_api
 from gpupool.gateway.edge.http import (JSON, JSON_ENCODER, SLOT, EventStream, request_timeout, route_options, sse,
@@ -64,6 +65,17 @@ class Call:
         """Hold the most this request can cost on any provider it may go to (402 if unaffordable)."""
         return await gw.metering.reserve(self.key.account, self.serving, self.model, self.size.input_token_bound,
                                          self.size.max_output, self.route.max_price)
+
+    async def complete(self, gw: Gateway, request: Request, hold: Hold) -> Outcome | Response:
+        """Serve it on the pool (non-streaming); if the pool cannot, a fallback lane's Response (or the error)."""
+        try:
+            return await until_disconnect(request.receive, gw.dispatcher.complete(
+                self.rid, self.model, self.payload, gw.fallbacks.pool_deadline(self.plan, self.deadline), self.route,
+                self.serving))
+        except errors.GpupoolError as exc:  # the pool cannot serve: a fallback lane may (or exc again)
+            hold.release()
+            return await gw.fallbacks.take_over(exc, self.plan, request, self.key, self.rid, self.deadline,
+                                                self.started)
 
     def charge(self, gw: Gateway, hold: Hold, session: ProviderSession, done: Done, payload: Payload,
                text: str = "") -> int:
@@ -115,14 +127,9 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
 async def _embed(gw: Gateway, request: Request, call: Call, body: openai_api.EmbeddingRequest) -> Response:
     assert isinstance(call.payload, EmbedPayload)
     async with await call.reserve(gw) as hold:
-        try:
-            out = await until_disconnect(request.receive, gw.dispatcher.complete(
-                call.rid, call.model, call.payload, gw.fallbacks.pool_deadline(call.plan, call.deadline), call.route,
-                call.serving))
-        except errors.GpupoolError as exc:  # the pool cannot serve: a fallback lane may (or exc again)
-            hold.release()
-            return await gw.fallbacks.take_over(exc, call.plan, request, call.key, call.rid, call.deadline,
-                                                call.started)
+        out = await call.complete(gw, request, hold)
+        if isinstance(out, Response):
+            return out  # a fallback lane answered
         done = out.done
         if body.dimensions is not None and body.dimensions != done.dimensions:
             raise errors.InvalidRequest(f"{call.model!r} produces {done.dimensions} dimensions", param="dimensions")
@@ -168,14 +175,9 @@ async def _admit_generation(gw: Gateway, request: Request, key: ApiKey,
 
 async def _complete(gw: Gateway, request: Request, call: Call, chat: bool) -> Response:
     async with await call.reserve(gw) as hold:
-        try:
-            out = await until_disconnect(request.receive, gw.dispatcher.complete(
-                call.rid, call.model, call.payload, gw.fallbacks.pool_deadline(call.plan, call.deadline), call.route,
-                call.serving))
-        except errors.GpupoolError as exc:  # the pool cannot serve: a fallback lane may (or exc again)
-            hold.release()
-            return await gw.fallbacks.take_over(exc, call.plan, request, call.key, call.rid, call.deadline,
-                                                call.started)
+        out = await call.complete(gw, request, hold)
+        if isinstance(out, Response):
+            return out  # a fallback lane answered
         cost = call.charge(gw, hold, out.session, out.done, call.payload, out.text)
     u = out.done.receipt.usage
     build = openai_api.chat_response if chat else openai_api.completion_response

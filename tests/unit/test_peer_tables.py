@@ -20,7 +20,7 @@ from gpupool.identity import Identity
 def test_provider_records_of_departed_fresh_keys_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(audits, "MAX_PROVIDER_RECORDS", 100)
     hub = Hub(GatewaySettings(), Identity.generate(), store=None)  # type: ignore[arg-type] - no peer connects
-    auditor = Auditor(hub, ledger=None)  # type: ignore[arg-type] - nothing here moves money
+    auditor = Auditor(hub, store=None, ledger=None)  # type: ignore[arg-type] - nothing here moves money
     auditor.of("cheater").suspended = "hard audit failure"
     auditor.of("owes").owed["alice"] = 5
     for i in range(5_000):  # fresh keys, each served once and left

@@ -29,9 +29,12 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from gpupool import protocol
+from gpupool.gateway.peers.hub import Hub
+from gpupool.gateway.peers.session import ProviderSession
+from gpupool.gateway.store import Store
+from gpupool.identity import Identity
 from gpupool.ledger import Ledger, LedgerError
 from gpupool.ledger.interface import Charge
 from gpupool.protocol import AuditJob, Done, Payload
@@ -52,9 +55,6 @@ from gpupool.verify import (
 )
 from gpupool.verify import Verdict as Judgement
 
-if TYPE_CHECKING:
-    from gpupool.gateway.peers.hub import Hub, ProviderSession
-    from gpupool.identity import Identity
 
 log = logging.getLogger("gpupool.gateway.audits")
 BOUNTY_BPS = 2_000  # the checker whose verdict led to a slash gets 20% of what is left after refunds
@@ -102,9 +102,10 @@ class PendingJob:
 
 
 class Auditor:
-    def __init__(self, hub: Hub, ledger: Ledger, secret: bytes | None = None, rng: random.Random | None = None,
-                 sampling: SamplingPolicy = DEFAULT_SAMPLING):
-        self.hub = hub
+    def __init__(self, hub: Hub, store: Store, ledger: Ledger, secret: bytes | None = None,
+                 rng: random.Random | None = None, sampling: SamplingPolicy = DEFAULT_SAMPLING):
+        self.hub = hub  # the registry: connected providers and admitted checkers
+        self.store = store  # peer events (suspended, slashed, overruled)
         self.ledger = ledger
         self.sampling = sampling
         self.secret = secret or secrets.token_bytes(32)  # never leaves the gateway
@@ -248,7 +249,7 @@ class Auditor:
                                       time.monotonic(), confirmation=True, evidence=pending.evidence), second)
                 self.pending[job.job_id].accuser = checker.node_id
             else:
-                self.hub.store.record_event(pending.provider, "slash_pending",
+                self.store.record_event(pending.provider, "slash_pending",
                                             "no second checker to confirm the fraud; suspended, not slashed")
 
     def apply(self, provider: str, judgement: Judgement, source: str) -> bool:
@@ -265,7 +266,7 @@ class Auditor:
             return False
         state.suspended = decision.reason
         self.stats["suspended"] += 1
-        self.hub.store.record_event(provider, "suspended", f"{decision.reason} ({source})")
+        self.store.record_event(provider, "suspended", f"{decision.reason} ({source})")
         log.warning("suspended provider %s: %s (%s)", provider[:12], decision.reason, source)
         return True
 
@@ -273,7 +274,7 @@ class Auditor:
                          checker_id: str) -> None:
         if judgement.passed:
             # The second checker disagrees: suspension stands (traffic is at stake), money does not move.
-            self.hub.store.record_event(pending.provider, "slash_not_confirmed",
+            self.store.record_event(pending.provider, "slash_not_confirmed",
                                         f"second checker {checker_id[:12]} passed the audited answer")
             await self._overruled(pending.accuser, checker_id)
             return
@@ -302,13 +303,13 @@ class Auditor:
             except LedgerError as again:
                 # E.g. a chain that refuses the evidence (its charge not paid yet): the provider stays
                 # suspended, the failure is recorded, and a later confirmed failure may slash.
-                self.hub.store.record_event(pending.provider, "slash_failed", f"the ledger refused: {again}")
+                self.store.record_event(pending.provider, "slash_failed", f"the ledger refused: {again}")
                 log.warning("slash of %s failed: %s", pending.provider[:12], again)
                 state.slashed = state.slashing = False
                 return
         self.stats["slashed"] += 1
         self.stats["refunded"] += sum(refunds.values())
-        self.hub.store.record_event(pending.provider, "slashed",
+        self.store.record_event(pending.provider, "slashed",
                                     f"fraud confirmed by a second checker; refunded {sum(refunds.values())} µcr to "
                                     f"{len(refunds)} clients for {len(state.unvouched)} requests since its last "
                                     f"passed audit ({len(state.failed_requests)} failed audits)")
@@ -327,7 +328,7 @@ class Auditor:
         if not accuser:
             return
         strikes = self.overruled[accuser] = self.overruled.get(accuser, 0) + 1
-        self.hub.store.record_event(accuser, "checker_overruled",
+        self.store.record_event(accuser, "checker_overruled",
                                     f"its failing verdict was passed by checker {second[:12]} "
                                     f"({strikes}/{MAX_OVERRULED} strikes)")
         from gpupool.ledger import postings as P
@@ -335,7 +336,7 @@ class Auditor:
         try:
             if await self.ledger.balance(P.stake(accuser)) > 0:
                 await self.ledger.slash(f"slash:{accuser}:{uuid.uuid4().hex[:8]}", accuser, {}, second, BOUNTY_BPS)
-                self.hub.store.record_event(accuser, "checker_slashed", "stake slashed for an overruled verdict")
+                self.store.record_event(accuser, "checker_slashed", "stake slashed for an overruled verdict")
         except LedgerError as exc:  # e.g. a chain that wants evidence: the strike still stands
             log.warning("could not slash checker %s: %s", accuser[:12], exc)
 

@@ -86,7 +86,7 @@ class Gateway:
                           flush_interval_s=settings.settle_interval_s, tab_idle_s=settings.tab_idle_s,
                           audit_window_s=settings.audit_window_s, statement_wait_s=settings.statement_wait_s,
                           on_bad_receipt=bad_receipt)
-        auditor = Auditor(hub, ledger, sampling=SamplingPolicy(probation_requests=settings.audit_probation_requests))
+        auditor = Auditor(hub, store, ledger, sampling=SamplingPolicy(probation_requests=settings.audit_probation_requests))
         hardware_checks = HardwareChecker(hub.disconnect, interval_s=settings.hardware_proof_interval_s,
                                           max_n=settings.hardware_proof_max_n)
         proofs = settings.hardware_proof_max_n > 0

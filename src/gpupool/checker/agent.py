@@ -305,7 +305,7 @@ class CheckerAgent:
         self.slots = asyncio.Semaphore(max(1, settings.max_concurrency))
         self.in_flight = 0
         self.verdicts = 0
-        self.judged: dict[str, int] = {}  # verdict (or why none) -> audit jobs (gpupool.metrics)
+        self.judged: dict[str, int] = {}  # verdict (or why none) -> audit jobs (checker/metrics.py)
         self._stop = asyncio.Event()
         self._hardware = probe()
 

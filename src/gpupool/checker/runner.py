@@ -8,7 +8,8 @@ import signal
 
 from gpupool.checker.agent import CheckerAgent
 from gpupool.config import CheckerSettings
-from gpupool.metrics import checker_registry, serve_metrics
+from gpupool.checker.metrics import checker_registry
+from gpupool.metrics import serve_metrics
 from gpupool.identity import Identity
 from gpupool.provider.backends import ServeSpec, make_backend
 from gpupool.tls import client_context

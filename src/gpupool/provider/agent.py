@@ -79,7 +79,7 @@ class ProviderAgent:
         self.settings = settings
         self.admission = Admission(settings.max_concurrency, settings.max_queue)
         self.draining = False
-        self.answers: dict[tuple[str, str], int] = {}  # (model, outcome) -> answers sent (gpupool.metrics)
+        self.answers: dict[tuple[str, str], int] = {}  # (model, outcome) -> answers sent (provider/metrics.py)
         self._drain_requested = asyncio.Event()
         self._links: list[GatewayLink] = []
         self._hardware = probe()

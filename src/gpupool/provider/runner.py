@@ -10,7 +10,8 @@ from gpupool.config import ProviderSettings
 from gpupool.gc_tuning import freeze_startup_heap
 from gpupool.identity import Identity
 from gpupool.market.pricing import Price, parse_price
-from gpupool.metrics import provider_registry, serve_metrics
+from gpupool.metrics import serve_metrics
+from gpupool.provider.metrics import provider_registry
 from gpupool.provider.agent import ProviderAgent
 from gpupool.provider.backends import ServeSpec, make_backend
 from gpupool.tls import client_context

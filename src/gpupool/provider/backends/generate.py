@@ -21,15 +21,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from gpupool.model_results import BackendError, GenDone, TextDelta
 from gpupool.protocol import GeneratePayload, ModelOffer
-from gpupool.provider.backends.base import (
-    Backend,
-    BackendError,
-    GenDone,
-    GenEvent,
-    ModelThread,
-    TextDelta,
-)
+from gpupool.provider.backends.base import Backend, GenEvent, ModelThread
 from gpupool.provider.tiny_model import create_tiny_llama, default_tiny_llama_path
 from gpupool.verify import sampler
 from gpupool.verify.sampler import GREEDY_BELOW

@@ -2,7 +2,7 @@
 
     from gpupool.checker import CheckerAgent, sign_verdict
     from gpupool.verify.judging import judge
-    judgement = await judge(reference_backend, audit_job)     # gpupool.verify.Verdict
+    judgement = await judge(reference_backend, audit_job)     # gpupool.verify.Judgement
     wire = sign_verdict(identity, audit_job, judgement)        # signed protocol.Verdict
 
 `agent` has the agent, its gateway links and verdict signing (the judging itself is

@@ -33,7 +33,7 @@ from gpupool.provider.backends import Backend
 from gpupool.provider.hardware import probe
 from gpupool.provider.peer_link import PeerLink
 from gpupool.verify.judging import judge
-from gpupool.verify.verdict import Verdict
+from gpupool.verify.judgement import Judgement
 
 log = logging.getLogger("gpupool.checker")
 
@@ -41,7 +41,7 @@ log = logging.getLogger("gpupool.checker")
 STOP_GRACE_S = 10.0
 
 
-def sign_verdict(identity: Identity, job: AuditJob, judgement: Verdict,
+def sign_verdict(identity: Identity, job: AuditJob, judgement: Judgement,
                  now: float | None = None) -> protocol.Verdict:
     """The signed wire `Verdict` for `job` (verify with `protocol.verify_claim`)."""
     verdict = protocol.Verdict(

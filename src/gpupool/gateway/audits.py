@@ -50,7 +50,7 @@ from gpupool.verify import (
     suspension,
     to_record,
 )
-from gpupool.verify import Verdict as Judgement
+from gpupool.verify import Judgement
 
 if TYPE_CHECKING:
     from gpupool.gateway.hub import Hub, ProviderSession

@@ -21,7 +21,7 @@ sends it and signs the result. The reference is anything shaped like `Reference`
   fraction of serving.
   - Greedy (`verify.compare_greedy`): each token must be the reference's argmax within
     a tie margin, and the reported log-probs must agree.
-  - Sampled (`verify.compare_sampled_replay`): providers sample with `verify.sampler`,
+  - Sampled (`verify.compare_sampled_replay`): providers sample with `verify.token_sampler`,
     whose uniform number for token i is a hash of (seed, i), so the checker replays
     every position: the token must be the one that number picks from the reference's
     distribution (temperature, top-p), within a small numeric tolerance. Passes with
@@ -59,8 +59,8 @@ from gpupool.verify.comparators import (
     compare_greedy,
     compare_sampled_replay,
 )
-from gpupool.verify.sampler import GREEDY_BELOW
-from gpupool.verify.verdict import Verdict, combine, fail
+from gpupool.verify.token_sampler import GREEDY_BELOW
+from gpupool.verify.judgement import Judgement, combine, fail
 
 # Greedy texts diverging before this fraction of the reference text: another model,
 # noise or another prompt's answer, not a numeric near-tie (mirrors the comparators'
@@ -89,10 +89,10 @@ class TokenScorer(Protocol):
     async def detokenize(self, token_ids: list[int]) -> str: ...
 
 
-async def judge(backend: Reference, job: AuditJob) -> Verdict:
+async def judge(backend: Reference, job: AuditJob) -> Judgement:
     """Judge one audit job with the reference `backend` (already started).
 
-    Returns the `gpupool.verify.Verdict` (passed, hard, reason, score, position); the
+    Returns the `gpupool.verify.Judgement` (passed, hard, reason, score, position); the
     checker's `sign_verdict` turns it into the signed wire message. Raises `BackendError` when the
     reference itself cannot run the request (then there is nothing to judge).
     """
@@ -106,7 +106,7 @@ async def judge(backend: Reference, job: AuditJob) -> Verdict:
     return await _judge_generation(backend, job, payload)
 
 
-def _check_commitment(job: AuditJob, sent: bytes | str) -> Verdict | None:
+def _check_commitment(job: AuditJob, sent: bytes | str) -> Judgement | None:
     receipt = job.receipt
     if receipt.output_hash != protocol.output_hash(sent):
         return fail("output_hash_mismatch: the receipt commits to another output", hard=True)
@@ -117,7 +117,7 @@ def _check_commitment(job: AuditJob, sent: bytes | str) -> Verdict | None:
     return None
 
 
-async def _judge_embeddings(backend: Reference, job: AuditJob, payload: EmbedPayload) -> Verdict:
+async def _judge_embeddings(backend: Reference, job: AuditJob, payload: EmbedPayload) -> Judgement:
     n, dims = len(payload.inputs), job.dimensions
     if dims <= 0 or len(job.vectors) != 4 * n * dims:
         return fail(f"malformed_vectors: {len(job.vectors)} bytes for {n} rows of {dims}", hard=True)
@@ -151,14 +151,14 @@ def _most_tokens(text: str, max_tokens: int) -> int:
     return min(max_tokens, len(text.encode()) + 1)
 
 
-async def _judge_generation(backend: Reference, job: AuditJob, payload: GeneratePayload) -> Verdict:
+async def _judge_generation(backend: Reference, job: AuditJob, payload: GeneratePayload) -> Judgement:
     text, reported, finish = job.text, job.receipt.usage, job.receipt.finish_reason
     greedy = payload.temperature < GREEDY_BELOW
     replayable = greedy or payload.seed is not None
     if replayable and job.token_ids and isinstance(backend, TokenScorer):
         scored = await _score_committed_tokens(backend, job, payload, greedy)
         if scored is not None:
-            return scored if greedy or not scored.passed else Verdict(True, reason="sampled_replayed")
+            return scored if greedy or not scored.passed else Judgement(True, reason="sampled_replayed")
     # A sampled request is replayed greedily with one token: that gives the exact prompt count.
     probe_payload = payload if greedy else _one_token(payload)
     ref_text, ref = await _run_reference(backend, probe_payload)
@@ -167,7 +167,7 @@ async def _judge_generation(backend: Reference, job: AuditJob, payload: Generate
     if not greedy:
         most = Usage(ref.prompt_tokens, _most_tokens(text, payload.max_tokens))
         verdict = check_usage(reported_usage, most, "", None, False)
-        return verdict if not verdict.passed else Verdict(True, reason="sampled_usage_only")
+        return verdict if not verdict.passed else Judgement(True, reason="sampled_usage_only")
 
     stopped = ref.finish_reason == "stop"
     if text == ref_text:
@@ -193,7 +193,7 @@ async def _judge_generation(backend: Reference, job: AuditJob, payload: Generate
 
 
 async def _score_committed_tokens(backend: TokenScorer, job: AuditJob, payload: GeneratePayload,
-                                  greedy: bool) -> Verdict | None:
+                                  greedy: bool) -> Judgement | None:
     """Judge output from the provider's committed tokens with one forward pass (a prefill),
     instead of generating the answer again: greedy tokens against the argmax, sampled ones by
     replaying the seeded sampler. None when the tokens do not spell the delivered text (e.g. a

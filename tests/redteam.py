@@ -39,15 +39,9 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from gpupool.model_results import BackendError, EmbedResult, GenDone, TextDelta
 from gpupool.protocol import EmbedPayload, GeneratePayload, ModelOffer
-from gpupool.provider.backends.base import (
-    Backend,
-    BackendError,
-    EmbedResult,
-    GenDone,
-    GenEvent,
-    TextDelta,
-)
+from gpupool.provider.backends.base import Backend, GenEvent
 from gpupool.provider.backends.embeddings import EmbeddingsBackend
 from gpupool.provider.backends.generate import GenerateBackend
 

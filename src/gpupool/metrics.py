@@ -1,14 +1,17 @@
-"""Prometheus metrics for the provider and checker processes (`--metrics-port`).
+"""Prometheus metrics shared by the provider and checker processes (`--metrics-port`).
 
-    registry = provider_registry(agent)                 # or checker_registry(agent)
+    registry = node_registry(role_collector)      # provider/metrics.py, checker/metrics.py
     serve_metrics(registry, settings.metrics_host, settings.metrics_port)   # 0: off
 
-Everything is read at scrape time from state the agents keep anyway (admission
-slots and queue, counts of answers by outcome, verdicts by result) by a custom
-collector on a registry of the agent's own, so the serving path does no metric
-work beyond bumping a dict entry. GPU utilisation and memory come from NVML when
-the machine has it (`nvidia-ml-py`); without NVML (CPU machines, no driver) those
-series are simply absent. The HTTP server is prometheus_client's own, in a thread.
+Each role's collector lives in its role's package and reads, at scrape time, state
+the agent keeps anyway (admission slots and queue, counts of answers by outcome,
+verdicts by result), so the serving path does no metric work beyond bumping a dict
+entry. This module holds only what the roles share (answer counting, the GPU
+collector, the HTTP server) and imports no role, so every role may import it.
+
+GPU utilisation and memory come from NVML when the machine has it (`nvidia-ml-py`);
+without NVML (CPU machines, no driver) those series are simply absent. The HTTP
+server is prometheus_client's own, in a thread.
 
 Label values are bounded: models are the ones this node serves (its own `--serve`
 list), outcomes are the protocol's failure codes (unknown codes count as "other").
@@ -19,18 +22,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gpupool.errors import StartupError
 from gpupool.protocol import Done, Fail
-
-if TYPE_CHECKING:
-    from gpupool.checker.agent import CheckerAgent
-    from gpupool.provider.agent import ProviderAgent
 
 log = logging.getLogger("gpupool.metrics")
 
@@ -62,55 +61,12 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Any | No
     return server
 
 
-def provider_registry(agent: ProviderAgent) -> CollectorRegistry:
+def node_registry(role: Collector) -> CollectorRegistry:
+    """A registry of the process's own: its role's collector plus the GPU's."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ProviderCollector(agent))
+    registry.register(role)
     registry.register(GpuCollector())
     return registry
-
-
-def checker_registry(agent: CheckerAgent) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_CheckerCollector(agent))
-    registry.register(GpuCollector())
-    return registry
-
-
-class _ProviderCollector(Collector):
-    def __init__(self, agent: ProviderAgent):
-        self.agent = agent
-
-    def collect(self) -> Iterable[Metric]:
-        a = self.agent
-        adm = a.admission
-        yield GaugeMetricFamily("gpupool_provider_slots", "requests this provider runs at once",
-                                value=adm.max_concurrency)
-        yield GaugeMetricFamily("gpupool_provider_slots_busy", "requests running now", value=adm.in_flight)
-        yield GaugeMetricFamily("gpupool_provider_queue_length", "requests waiting for a slot", value=adm.queued)
-        yield GaugeMetricFamily("gpupool_provider_queue_limit", "most requests allowed to wait", value=adm.max_queue)
-        yield GaugeMetricFamily("gpupool_provider_draining", "1 while draining (leaving)", value=int(a.draining))
-        yield GaugeMetricFamily("gpupool_provider_models", "models this provider serves", value=len(a.backends))
-        c = CounterMetricFamily("gpupool_provider_requests", "answers sent to gateways, by model and outcome",
-                                labels=["model", "outcome"])
-        for (model, outcome), n in sorted(dict(a.answers).items()):
-            c.add_metric([model, outcome], n)
-        yield c
-
-
-class _CheckerCollector(Collector):
-    def __init__(self, agent: CheckerAgent):
-        self.agent = agent
-
-    def collect(self) -> Iterable[Metric]:
-        a = self.agent
-        c = CounterMetricFamily("gpupool_checker_audits", "audit jobs judged, by verdict (passed, failed, "
-                                "hard_failed) or why not judged (no_reference, reference_failed)",
-                                labels=["verdict"])
-        for verdict in ("passed", "failed", "hard_failed", "no_reference", "reference_failed"):
-            c.add_metric([verdict], a.judged.get(verdict, 0))
-        yield c
-        yield GaugeMetricFamily("gpupool_checker_audits_in_flight", "audit jobs being judged", value=a.in_flight)
-        yield GaugeMetricFamily("gpupool_checker_models", "reference models held", value=len(a.backends))
 
 
 class GpuCollector(Collector):

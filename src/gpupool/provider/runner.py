@@ -4,36 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from gpupool.config import ProviderSettings
 from gpupool.gc_tuning import freeze_startup_heap
-from gpupool.identity import Identity
 from gpupool.market.pricing import Price, parse_price
-from gpupool.metrics import provider_registry, serve_metrics
 from gpupool.provider.agent import ProviderAgent
-from gpupool.provider.backends import ServeSpec, make_backend
-from gpupool.tls import client_context
-from gpupool.urls import ws_url
+from gpupool.provider.metrics import provider_registry
+from gpupool.provider.node import open_node, run_node, serve_specs, start_node
 
 log = logging.getLogger("gpupool.provider")
 
 
 def build_agent(settings: ProviderSettings) -> ProviderAgent:
-    if not settings.serve:
-        raise ValueError("nothing to serve: pass --serve NAME=BACKEND[:SPEC] at least once")
-    specs = [ServeSpec.parse(s) for s in settings.serve]
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a model name may be served once per provider: {names}")
-    prices = parse_prices(settings.prices, names)  # before loading models: a typo fails fast
-    # http(s):// as well as ws(s)://: people paste the address they call the API at.
-    settings.gateways = [ws_url(u) for u in settings.gateways]
-    client_context(settings.ca_cert)  # a bad --ca-cert: one line now, before any model loads
-    backends = {s.name: make_backend(s) for s in specs}
-    agent = ProviderAgent(Identity.load_or_create(settings.key_file), backends, settings, prices)
-    if settings.operator_key_file is not None:
-        agent.operator = Identity.load_or_create(settings.operator_key_file)
+    specs = serve_specs(settings, nothing="nothing to serve", once="served once per provider")
+    prices = parse_prices(settings.prices, [s.name for s in specs])  # before loading models: a typo fails fast
+    identity, operator, backends = open_node(settings, specs)
+    agent = ProviderAgent(identity, backends, settings, prices)
+    agent.operator = operator
     return agent
 
 
@@ -63,13 +50,8 @@ async def serve(settings: ProviderSettings) -> None:
             for task in asyncio.all_tasks(loop):
                 task.cancel()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
     log.info("provider %s starting: %s in region %s -> %s", agent.identity.node_id[:12],
              ", ".join(agent.backends), settings.region, ", ".join(settings.gateways))
-    serve_metrics(provider_registry(agent), settings.metrics_host, settings.metrics_port)  # 0: off
+    start_node(on_signal, provider_registry(agent), settings)
     freeze_startup_heap()  # backends and models are loaded
-    try:
-        await agent.run()
-    except asyncio.CancelledError:
-        pass
+    await run_node(agent)

@@ -11,9 +11,10 @@ lives elsewhere; see docs/verification.md.
     if should_audit(secret, request_id, audit_rate(record)):
         ...  # send an audit job to a checker
 
-Modules: verdict (the `Verdict` type), sampling (which requests to audit), sampler
-(numpy: the seeded token sampler providers use and checkers replay), comparators
-(numpy), reputation (reputation, suspension and the math behind its defaults),
+Modules: judgement (the `Judgement` type: a comparator's outcome, not the signed
+`protocol.Verdict`), sampling (which requests to audit), token_sampler (numpy: the
+seeded token sampler providers use and checkers replay), comparators (numpy),
+judging (numpy: one audit job against a reference model; import it directly), reputation (reputation, suspension and the math behind its defaults),
 hardware (numpy; torch optional). comparators and hardware are imported on first use,
 so the pure-Python parts work without numpy installed.
 """
@@ -59,7 +60,7 @@ from gpupool.verify.sampling import (
     record_verdict,
     should_audit,
 )
-from gpupool.verify.verdict import PASS, Verdict, combine, fail
+from gpupool.verify.judgement import PASS, Judgement, combine, fail
 
 _LAZY = {
     "comparators": (
@@ -89,7 +90,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DEFAULT_REPUTATION", "DEFAULT_SAMPLING", "DEFAULT_SUSPENSION", "DESIGN_FALSE_POSITIVE_RATE",
     "PASS", "AuditRecord", "Decision", "Event", "Reputation", "ReputationPolicy",
-    "SamplingPolicy", "SuspensionPolicy", "Verdict", "audit_draw", "audit_rate", "beta_params", "checker_for_slot", "decide",
+    "SamplingPolicy", "SuspensionPolicy", "Judgement", "audit_draw", "audit_rate", "beta_params", "checker_for_slot", "decide",
     "choose_k_m", "combine", "event_for", "fail", "from_record", "lower_bound", "observe",
     "observe_verdict", "p_honest_suspended", "p_honest_suspended_bound", "record_bytes",
     "record_served", "record_verdict", "requests_until_suspension", "score", "should_audit",

@@ -1,6 +1,6 @@
 """Comparators: does a provider's committed output match what the reference model gives?
 
-One function per task, all pure (arrays in, `Verdict` out). The checker does the
+One function per task, all pure (arrays in, `Judgement` out). The checker does the
 model work — embedding the input, or *one* forward pass of the reference model over
 prompt + provider output — and hands the resulting arrays here.
 
@@ -14,7 +14,7 @@ prompt + provider output — and hands the resulting arrays here.
   margin that absorbs numeric noise between hardware. Reported log-probs, if any, must
   agree within a tolerance. Checking is a prefill, much cheaper than regenerating.
 * Sampled generation with a seed: exact replay (`compare_sampled_replay`). Providers
-  sample with `verify.sampler`, whose uniform number for each token is a hash of seed
+  sample with `verify.token_sampler`, whose uniform number for each token is a hash of seed
   and position, so the reference logits must put every provider token in the interval
   that number falls in. Without a seed, a plausibility check (`check_sampled_plausibility`):
   the reference's mean log-prob of the chosen tokens, standardised against what honest
@@ -22,7 +22,7 @@ prompt + provider output — and hands the resulting arrays here.
 * Usage: reported token counts against the checker's recount, and the finish reason
   against what the output shows (truncation, inflation).
 
-Hard failures (`Verdict.hard`) are what no honest provider produces: wrong shapes,
+Hard failures (`Judgement.hard`) are what no honest provider produces: wrong shapes,
 non-finite numbers, another model's outputs, gross inflation. They suspend at once.
 """
 
@@ -35,8 +35,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from gpupool.verify import sampler
-from gpupool.verify.verdict import PASS, Verdict, fail
+from gpupool.verify import token_sampler
+from gpupool.verify.judgement import PASS, Judgement, fail
 
 # ------------------------------------------------------------------ embeddings
 
@@ -72,8 +72,8 @@ def compare_embeddings(
     reference: np.ndarray,
     threshold: float = DEFAULT_EMBEDDING_THRESHOLD,
     hard_threshold: float = HARD_EMBEDDING_THRESHOLD,
-) -> Verdict:
-    """Verdict for one embeddings response (one row per input).
+) -> Judgement:
+    """Judgement for one embeddings response (one row per input).
 
     score = the lowest row cosine; position = that row. Fails if any row is below
     `threshold`, hard if below `hard_threshold` (another model) or if the shape or the
@@ -91,7 +91,7 @@ def compare_embeddings(
     worst = int(np.argmin(sims))
     score = float(sims[worst])
     if score >= threshold:
-        return Verdict(passed=True, score=score, position=None)
+        return Judgement(passed=True, score=score, position=None)
     hard = score < hard_threshold
     return fail("embedding_mismatch", hard=hard, score=score, position=worst)
 
@@ -128,8 +128,8 @@ def calibrate_threshold(
 
 # ------------------------------------------------------------------ generation
 
-# The greedy tie margin is the sampler's replay margin (why 0.5: sampler.DEFAULT_MARGIN).
-DEFAULT_TIE_MARGIN = sampler.DEFAULT_MARGIN
+# The greedy tie margin is the sampler's replay margin (why 0.5: token_sampler.DEFAULT_MARGIN).
+DEFAULT_TIE_MARGIN = token_sampler.DEFAULT_MARGIN
 # Reported log-probs vs the reference's, in nats, per token.
 DEFAULT_LOGPROB_TOLERANCE = 0.5
 # A mismatch on this fraction of positions or more is another model, not noise.
@@ -143,7 +143,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
-def _check_logits(tokens: np.ndarray, logits: np.ndarray) -> Verdict | None:
+def _check_logits(tokens: np.ndarray, logits: np.ndarray) -> Judgement | None:
     """Shape/validity checks shared by the generation comparators."""
     if logits.ndim != 2 or logits.shape[0] != tokens.shape[0]:
         raise ValueError(
@@ -160,7 +160,7 @@ def _check_logits(tokens: np.ndarray, logits: np.ndarray) -> Verdict | None:
 class GreedyReport:
     """Per-position detail behind a greedy verdict (for evidence and debugging)."""
 
-    verdict: Verdict
+    verdict: Judgement
     gaps: np.ndarray            # reference max logit - logit of provider token, per position
     mismatches: np.ndarray      # positions where gap > tie margin
     logprob_diffs: np.ndarray | None  # |reported - reference| per position, if reported
@@ -198,11 +198,11 @@ def compare_greedy_report(
         bad, diffs = _check_reported_logprobs(tokens, logits64, reported_logprobs, logprob_tolerance)
         if bad is not None:
             return GreedyReport(bad, gaps, mismatches, diffs)
-    return GreedyReport(Verdict(passed=True, score=1.0), gaps, mismatches, diffs)
+    return GreedyReport(Judgement(passed=True, score=1.0), gaps, mismatches, diffs)
 
 
 def _check_reported_logprobs(tokens: np.ndarray, logits64: np.ndarray, reported: Sequence[float] | np.ndarray,
-                             tolerance: float) -> tuple[Verdict | None, np.ndarray | None]:
+                             tolerance: float) -> tuple[Judgement | None, np.ndarray | None]:
     """The log-probabilities a provider committed, against the reference's for the same
     tokens (temperature-free log-softmax). Returns (failure or None, |differences|)."""
     rep = np.asarray(reported, dtype=np.float64).ravel()
@@ -226,8 +226,8 @@ def compare_greedy(
     tie_margin: float = DEFAULT_TIE_MARGIN,
     logprob_tolerance: float = DEFAULT_LOGPROB_TOLERANCE,
     hard_fraction: float = HARD_MISMATCH_FRACTION,
-) -> Verdict:
-    """Verdict for a greedy (temperature 0) completion.
+) -> Judgement:
+    """Judgement for a greedy (temperature 0) completion.
 
     `reference_logits[i]` are the reference model's logits for the position that
     produced `output_tokens[i]` — i.e. rows prompt_len-1 .. prompt_len+len(output)-2 of
@@ -249,7 +249,7 @@ def check_sampled_plausibility(
     reference_logits: np.ndarray,
     temperature: float = 1.0,
     min_z: float = DEFAULT_PLAUSIBILITY_Z,
-) -> Verdict:
+) -> Judgement:
     """Is a *sampled* completion plausible under the reference model?
 
     Statistic: the sum over positions of log p(chosen) minus its expectation under
@@ -278,7 +278,7 @@ def check_sampled_plausibility(
     z = float((chosen.sum() - expected.sum()) / sd)
     score = float(math.exp(chosen.mean()))
     if z >= min_z:
-        return Verdict(passed=True, score=score)
+        return Judgement(passed=True, score=score)
     # Far below: another model or noise; near the threshold: could be bad luck.
     return fail(f"implausible_sample: z={z:.1f}", hard=z < 4 * min_z, score=score)
 
@@ -293,11 +293,11 @@ def compare_sampled_replay(
     hard_fraction: float = HARD_MISMATCH_FRACTION,
     reported_logprobs: Sequence[float] | np.ndarray | None = None,
     logprob_tolerance: float = DEFAULT_LOGPROB_TOLERANCE,
-) -> Verdict:
-    """Verdict for a seeded sampled completion, replayed with `verify.sampler`.
+) -> Judgement:
+    """Judgement for a seeded sampled completion, replayed with `verify.token_sampler`.
 
     `reference_logits` as for `compare_greedy`. Position i must pass
-    `sampler.replay_ok` for (seed, i). score = fraction of positions that replay; position =
+    `token_sampler.replay_ok` for (seed, i). score = fraction of positions that replay; position =
     the first that does not. Failing >= `hard_fraction` of the positions is another model
     (or sampler, or seed): hard. An honest position fails only when the provider's logits
     are off by more than `margin`, so even a single miss fails.
@@ -308,7 +308,7 @@ def compare_sampled_replay(
     if bad is not None:
         return bad
     misses = [i for i, token in enumerate(tokens.tolist())
-              if not sampler.replay_ok(logits[i], temperature, top_p, seed, i, token, margin)]
+              if not token_sampler.replay_ok(logits[i], temperature, top_p, seed, i, token, margin)]
     if not misses:
         if reported_logprobs is not None and tokens.size:
             bad, _ = _check_reported_logprobs(tokens, logits.astype(np.float64), reported_logprobs,
@@ -329,7 +329,7 @@ def check_end(
     top_p: float = 1.0,
     seed: int | None = None,
     tie_margin: float = DEFAULT_TIE_MARGIN,
-) -> Verdict:
+) -> Judgement:
     """Did the model really end here? For an answer reported as finished by the model
     ("stop" with no stop string): `end_logits` is the reference's logit row right after
     the last committed token, at index `position` of the completion.
@@ -343,12 +343,12 @@ def check_end(
     ids = [i for i in end_ids if 0 <= i < row.size]
     if not ids:
         return PASS  # the reference names no end token: nothing to check against
-    if temperature < sampler.GREEDY_BELOW:
+    if temperature < token_sampler.GREEDY_BELOW:
         ok = float(row.max() - row[ids].max()) <= tie_margin
     else:
         if seed is None:
             return PASS
-        ok = any(sampler.replay_ok(row, temperature, top_p, seed, position, i, tie_margin) for i in ids)
+        ok = any(token_sampler.replay_ok(row, temperature, top_p, seed, position, i, tie_margin) for i in ids)
     if ok:
         return PASS
     return fail(f"early_stop: reported a natural end after {position} tokens where the reference does not end",
@@ -378,7 +378,7 @@ def check_usage(
     max_tokens: int | None,
     stopped: bool,
     tolerance: int = 0,
-) -> Verdict:
+) -> Judgement:
     """Reported usage and finish reason against the checker's recount.
 
     `stopped`: the checker saw the output end at an end-of-sequence token or a stop

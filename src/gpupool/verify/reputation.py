@@ -33,7 +33,7 @@ from enum import Enum
 from functools import lru_cache
 from typing import Any
 
-from gpupool.verify.verdict import Verdict
+from gpupool.verify.judgement import Judgement
 
 # ------------------------------------------------------------------ reputation
 
@@ -116,14 +116,14 @@ def observe(rep: Reputation, event: Event, now: float,
                    audit_failures=rep.audit_failures + (audit and event != Event.AUDIT_PASS))
 
 
-def event_for(verdict: Verdict) -> Event:
+def event_for(verdict: Judgement) -> Event:
     """The reputation event an audit verdict stands for."""
     if verdict.passed:
         return Event.AUDIT_PASS
     return Event.AUDIT_HARD_FAIL if verdict.hard else Event.AUDIT_FAIL
 
 
-def observe_verdict(rep: Reputation, verdict: Verdict, now: float,
+def observe_verdict(rep: Reputation, verdict: Judgement, now: float,
                     policy: ReputationPolicy = DEFAULT_REPUTATION) -> Reputation:
     """`observe` for an audit verdict."""
     return observe(rep, event_for(verdict), now, policy)
@@ -241,7 +241,7 @@ class Decision:
     hard: bool = False     # suspended for a hard failure
 
 
-def suspension(history: Iterable[Verdict],
+def suspension(history: Iterable[Judgement],
                policy: SuspensionPolicy = DEFAULT_SUSPENSION) -> Decision:
     """Decision from a provider's recent verdicts, oldest first (e.g. a deque(maxlen=m)).
 

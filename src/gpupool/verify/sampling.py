@@ -54,7 +54,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from gpupool.verify.verdict import Verdict
+from gpupool.verify.judgement import Judgement
 
 # 2**64 buckets: far finer than any rate we use, and a plain integer compare.
 _SPACE = 1 << 64
@@ -103,7 +103,7 @@ def record_served(record: AuditRecord) -> AuditRecord:
     return replace(record, served=record.served + 1, since_audit=record.since_audit + 1)
 
 
-def record_verdict(record: AuditRecord, verdict: Verdict,
+def record_verdict(record: AuditRecord, verdict: Judgement,
                    policy: SamplingPolicy = DEFAULT_SAMPLING) -> AuditRecord:
     """Fold one audit verdict into the record; a failure halves the streak and starts a recheck."""
     if verdict.passed:

@@ -14,7 +14,7 @@ plain dicts shaped like OpenAI's published schemas (the tests validate them agai
 
 Sampled generation requests (temperature > 0) always reach the provider with a seed:
 the client's, or a random one the gateway picks, because checkers can only audit a
-sampled answer by replaying its seed (see `gpupool.verify.sampler`).
+sampled answer by replaying its seed (see `gpupool.verify.token_sampler`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gpupool import errors
 from gpupool.protocol import ChatMessage, EmbedPayload, GeneratePayload
-from gpupool.verify.sampler import GREEDY_BELOW
+from gpupool.verify.token_sampler import GREEDY_BELOW
 
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256

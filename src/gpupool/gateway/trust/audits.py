@@ -53,7 +53,7 @@ from gpupool.verify import (
     suspension,
     to_record,
 )
-from gpupool.verify import Verdict as Judgement
+from gpupool.verify import Judgement
 
 
 log = logging.getLogger("gpupool.gateway.audits")

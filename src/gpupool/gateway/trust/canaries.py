@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gpupool.protocol import AuditJob, EmbedPayload, GeneratePayload, Payload
-from gpupool.verify import Verdict as Judgement
+from gpupool.verify import Judgement
 from gpupool.verify import fail
 
 if TYPE_CHECKING:

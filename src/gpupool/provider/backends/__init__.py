@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpupool.provider.backends.base import Backend, BackendError
+from gpupool.model_results import BackendError
+from gpupool.provider.backends.base import Backend
 from gpupool.provider.backends.plugins import PLUGIN, installed_kinds, load_plugin, split_plugin_spec
 
 BACKEND_KINDS = ("embeddings", "generate", "upstream", "echo")

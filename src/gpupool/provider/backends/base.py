@@ -1,4 +1,4 @@
-"""The one small interface every model backend implements, and its result types.
+"""The one small interface every model backend implements.
 
 A backend serves one model name for one task. The provider agent only ever calls:
 
@@ -10,6 +10,8 @@ A backend serves one model name for one task. The provider agent only ever calls
 
 Cancelling the task that iterates `generate` (or calling `aclose()` on it) must stop
 the model promptly; `iterate_in_thread` gives blocking backends that for free.
+The result types (EmbedResult, TextDelta, GenDone, BackendError) are plain types in
+`gpupool.model_results`, below every room, so verify can judge them too.
 """
 
 from __future__ import annotations
@@ -19,45 +21,13 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TypeVar
 
+from gpupool.model_results import BackendError, EmbedResult, GenDone, TextDelta
 from gpupool.protocol import EmbedPayload, GeneratePayload, ModelOffer, Task
 
-
-@dataclass
-class EmbedResult:
-    vectors: bytes  # little-endian float32, len(inputs) rows of `dimensions`
-    dimensions: int
-    prompt_tokens: int
-
-
-@dataclass
-class TextDelta:
-    text: str
-
-
-@dataclass
-class GenDone:
-    finish_reason: str  # "stop" | "length"
-    prompt_tokens: int
-    completion_tokens: int
-    # The chosen tokens and their log-probabilities (backends that run the model themselves):
-    # committed in the receipt, so a checker can score them in one forward pass.
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-
-
+# What `generate` yields: text as it is produced, then one GenDone.
 GenEvent = TextDelta | GenDone
-
-
-class BackendError(Exception):
-    """The backend could not serve a request (bad input for this model, engine down)."""
-
-    def __init__(self, code: str, message: str, retryable: bool = False):
-        super().__init__(message)
-        self.code = code
-        self.retryable = retryable
 
 
 class Backend(ABC):

@@ -17,15 +17,9 @@ import struct
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs
 
+from gpupool.model_results import BackendError, EmbedResult, GenDone, TextDelta
 from gpupool.protocol import EmbedPayload, GeneratePayload, ModelOffer
-from gpupool.provider.backends.base import (
-    Backend,
-    BackendError,
-    EmbedResult,
-    GenDone,
-    GenEvent,
-    TextDelta,
-)
+from gpupool.provider.backends.base import Backend, GenEvent
 
 DIMENSIONS = 32
 

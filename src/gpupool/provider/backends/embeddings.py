@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gpupool.model_results import BackendError, EmbedResult
 from gpupool.protocol import EmbedPayload, ModelOffer
-from gpupool.provider.backends.base import Backend, BackendError, EmbedResult, ModelThread
+from gpupool.provider.backends.base import Backend, ModelThread
 from gpupool.provider.backends.batching import InputBatcher
 
 MINILM_ALIAS = "minilm"

@@ -5,7 +5,7 @@ demo model) and streams text for the provider agent. It runs its own token loop 
 KV cache rather than `model.generate`, because the provider needs things `generate`
 makes awkward: a cancellation check on every token, stop strings that are cut *before*
 they appear in the stream, UTF-8-safe incremental text, and seeded sampling that gives
-the same text for the same request. Sampled tokens come from `gpupool.verify.sampler`
+the same text for the same request. Sampled tokens come from `gpupool.verify.token_sampler`
 (not torch's sampler, which draws other numbers on a GPU than on a CPU), so a checker
 on any hardware can replay them from the seed.
 
@@ -21,18 +21,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from gpupool.model_results import BackendError, GenDone, TextDelta
 from gpupool.protocol import GeneratePayload, ModelOffer
-from gpupool.provider.backends.base import (
-    Backend,
-    BackendError,
-    GenDone,
-    GenEvent,
-    ModelThread,
-    TextDelta,
-)
+from gpupool.provider.backends.base import Backend, GenEvent, ModelThread
 from gpupool.provider.tiny_model import create_tiny_llama, default_tiny_llama_path
-from gpupool.verify import sampler
-from gpupool.verify.sampler import GREEDY_BELOW
+from gpupool.verify import token_sampler
+from gpupool.verify.token_sampler import GREEDY_BELOW
 
 TINY_LLAMA_ALIAS = "tiny-llama"
 DEFAULT_MAX_OUTPUT = 2048
@@ -311,4 +305,4 @@ class GenerateBackend(Backend):
         if greedy:
             return int(torch.argmax(logits))
         # float64 on the CPU: the sampler's arithmetic must be the same on every machine.
-        return sampler.sample(logits.cpu().double().numpy(), payload.temperature, payload.top_p, seed, step)
+        return token_sampler.sample(logits.cpu().double().numpy(), payload.temperature, payload.top_p, seed, step)

@@ -21,15 +21,9 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import httpx
 import msgspec
 
+from gpupool.model_results import BackendError, EmbedResult, GenDone, TextDelta
 from gpupool.protocol import EmbedPayload, GeneratePayload, ModelOffer
-from gpupool.provider.backends.base import (
-    Backend,
-    BackendError,
-    EmbedResult,
-    GenDone,
-    GenEvent,
-    TextDelta,
-)
+from gpupool.provider.backends.base import Backend, GenEvent
 
 
 class UpstreamBackend(Backend):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gpupool.verify import check_end, compare_sampled_replay
-from gpupool.verify.sampler import (
+from gpupool.verify.token_sampler import (
     DEFAULT_MARGIN,
     noise,
     nucleus,

@@ -1,5 +1,8 @@
 """The one result type every comparator returns, shared by reputation and suspension.
 
+A `Judgement` is a comparator's opinion of one answer; a checker signs it into the
+wire message `protocol.Verdict` (checker/agent.py, `sign_verdict`).
+
 Kept in its own module with no numpy import, so the gateway's suspension and
 reputation code (pure Python) can use it without the ml extra installed.
 """
@@ -10,7 +13,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Judgement:
     """Outcome of one audit.
 
     passed: the provider's output is consistent with the reference.
@@ -33,15 +36,15 @@ class Verdict:
             raise ValueError("a passing verdict cannot be a hard failure")
 
 
-PASS = Verdict(passed=True)
+PASS = Judgement(passed=True)
 
 
-def fail(reason: str, *, hard: bool = False, score: float = 0.0, position: int | None = None) -> Verdict:
+def fail(reason: str, *, hard: bool = False, score: float = 0.0, position: int | None = None) -> Judgement:
     """A failing verdict; `hard` marks failures that suspend immediately."""
-    return Verdict(passed=False, hard=hard, reason=reason, score=score, position=position)
+    return Judgement(passed=False, hard=hard, reason=reason, score=score, position=position)
 
 
-def combine(*verdicts: Verdict) -> Verdict:
+def combine(*verdicts: Judgement) -> Judgement:
     """One verdict for an audit made of several checks (e.g. tokens + usage).
 
     Hard failures win over soft ones, soft over passes; among passes the lowest score

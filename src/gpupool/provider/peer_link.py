@@ -1,0 +1,154 @@
+"""A node's outbound link to one gateway, shared by providers and checkers.
+
+    class MyLink(PeerLink):
+        async def _session(self, ws): ...    # after the Welcome: serve frames until the connection ends
+    await MyLink(node, url, client=f"gpupool/{__version__}", reconnect_max_s=30.0).run()
+
+`PeerLink.run` dials the gateway (verifying a wss:// certificate), runs the one
+`handshake` every peer role uses (Hello, Challenge, Proof, Offer, Welcome), hands the
+connection to the subclass's `_session`, and reconnects with exponential backoff and
+jitter until the node drains. The provider's `GatewayLink` and the checker's
+`CheckerLink` are its two subclasses; a checker may import this module, and nothing
+here knows either role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from gpupool import protocol
+from gpupool.identity import Identity
+from gpupool.protocol import Challenge, Hello, Offer, Proof, Welcome
+from gpupool.tls import certificate_problem, client_context
+
+# Both roles' links have always logged here; operators' log filters rely on it.
+log = logging.getLogger("gpupool.provider")
+# How long the gateway may take to send each handshake reply.
+HANDSHAKE_REPLY_TIMEOUT_S = 15
+
+
+class LinkedNode(Protocol):
+    """What a link reads from the node (provider or checker) it belongs to."""
+
+    identity: Identity
+    draining: bool  # once set, a link that loses its connection does not dial again
+
+    def make_offer(self) -> Offer: ...
+
+
+async def handshake(ws: ClientConnection, identity: Identity, client: str,
+                    make_offer: Callable[[], Offer]) -> Welcome:
+    """Prove `identity` to the gateway on `ws` and announce the node's offer; the gateway's Welcome.
+
+    The offer is made after the challenge is answered, so its `issued_at` is fresh.
+    ProtocolError when the gateway answers out of turn; the caller reconnects."""
+    await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, identity.public_key, client)))
+    msg = protocol.decode(await asyncio.wait_for(ws.recv(), HANDSHAKE_REPLY_TIMEOUT_S))
+    if not isinstance(msg, Challenge):
+        raise protocol.ProtocolError(f"expected challenge, got {type(msg).__name__}")
+    await ws.send(protocol.encode(Proof(identity.sign(protocol.challenge_bytes(msg.nonce, msg.gateway_id)))))
+    await ws.send(protocol.encode(make_offer()))
+    msg = protocol.decode(await asyncio.wait_for(ws.recv(), HANDSHAKE_REPLY_TIMEOUT_S))
+    if not isinstance(msg, Welcome):
+        raise protocol.ProtocolError(f"expected welcome, got {type(msg).__name__}")
+    return msg
+
+
+class PeerLink:
+    """One gateway connection: dial, handshake, the subclass's session, reconnect with backoff."""
+
+    def __init__(self, node: LinkedNode, url: str, *, client: str, reconnect_max_s: float,
+                 ca_cert: Path | None = None):
+        self.node = node
+        self.client = client  # the Hello's software name, e.g. "gpupool/0.1"
+        self.reconnect_max_s = reconnect_max_s
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/v1/providers/ws"):
+            self.url += "/v1/providers/ws"
+        # wss://: the gateway's certificate is verified (the system's CAs, or --ca-cert); a bad
+        # --ca-cert stops the start with one line rather than failing every reconnect.
+        self._tls = client_context(ca_cert) if self.url.startswith("wss://") else None
+        self._ws: ClientConnection | None = None
+        self._last_said = ""  # the last connection problem logged at WARNING
+
+    async def _session(self, ws: ClientConnection) -> None:
+        """Serve the gateway's frames on a welcomed connection until it ends."""
+        raise NotImplementedError
+
+    async def _welcomed(self, ws: ClientConnection, welcome: Welcome) -> None:  # noqa: B027 - optional hook
+        """Act on the gateway's Welcome before the session starts."""
+
+    def _disconnected(self) -> None:  # noqa: B027 - optional hook
+        """Drop what belonged to the connection that just ended."""
+
+    async def run(self) -> None:
+        backoff = 0.25
+        while True:
+            started = time.monotonic()
+            try:
+                async with connect(
+                    self.url,
+                    ssl=self._tls,
+                    max_size=protocol.MAX_FRAME_BYTES,
+                    ping_interval=10,
+                    ping_timeout=20,
+                    open_timeout=10,
+                    compression=None,  # small msgpack frames: deflate cost more CPU than it saved
+                ) as ws:
+                    self._ws = ws
+                    welcome = await handshake(ws, self.node.identity, self.client, self.node.make_offer)
+                    await self._welcomed(ws, welcome)
+                    log.info("connected to %s", self.url)
+                    self._last_said = ""
+                    await self._session(ws)
+            except asyncio.CancelledError:
+                raise
+            except websockets.ConnectionClosed as exc:
+                reason = exc.rcvd.reason if exc.rcvd else "connection lost"
+                log.warning("gateway %s closed the connection: %s", self.url, reason)
+                if exc.rcvd and exc.rcvd.code in (protocol.CLOSE_BAD_VERSION, protocol.CLOSE_BAD_SIGNATURE):
+                    backoff = self.reconnect_max_s  # retrying fast won't help
+            except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+                tls_problem = certificate_problem(exc)
+                if tls_problem:
+                    # Not a network blip: retrying fast won't help, and the fix is the operator's.
+                    log.error("cannot connect to gateway %s: %s (a private CA: pass --ca-cert FILE)",
+                              self.url, tls_problem)
+                    backoff = self.reconnect_max_s
+                else:
+                    # Once per distinct cause, then quiet until it changes: a gateway down for an
+                    # hour is one line, not one per retry.
+                    said = f"cannot reach gateway {self.url}: {exc}"
+                    if said != self._last_said:
+                        log.warning("%s (retrying, at most every %g s)", said, self.reconnect_max_s)
+                    else:
+                        log.debug("%s", said)
+                    self._last_said = said
+            finally:
+                self._ws = None
+                self._disconnected()
+            if self.node.draining:
+                return
+            if time.monotonic() - started > 30:
+                backoff = 0.25  # the connection was healthy for a while: start over
+            delay = min(backoff, self.reconnect_max_s) * random.uniform(0.5, 1.0)
+            await asyncio.sleep(delay)
+            backoff = min(backoff * 2, self.reconnect_max_s)
+
+    async def _send(self, msg: protocol.Message) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            await ws.send(protocol.encode(msg))
+        except websockets.ConnectionClosed:
+            pass  # the run loop notices and reconnects

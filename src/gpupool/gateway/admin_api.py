@@ -26,8 +26,8 @@ from starlette.routing import Route
 from gpupool import errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway.http import JSON, json_object, query_limit
-from gpupool.gateway.store import account_for
 from gpupool.ledger import LedgerError, postings
+from gpupool.ledger.postings import account_for
 
 if TYPE_CHECKING:
     from gpupool.gateway.hub import Hub

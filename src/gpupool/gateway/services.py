@@ -65,9 +65,9 @@ class Services:
         hub.reputation_of = auditor.reputation_of
 
         async def stake_of(node_id: str) -> int:  # checker admission by stake (checker_min_stake)
-            from gpupool.ledger import postings as P
+            from gpupool.ledger import postings
 
-            return await ledger.balance(P.stake(node_id))
+            return await ledger.balance(postings.stake(node_id))
 
         hub.stake_of = stake_of
 

@@ -152,6 +152,28 @@ async def test_batch_charge_beyond_the_reserve_is_rejected_alone(backend: Backen
     assert await led.balance(P.provider_held("gpa")) == 7_000
 
 
+async def test_paid_names_exactly_the_charged_request_ids(backend: Backend) -> None:
+    """What the batch runner asks before marking a run done: charged in a batch or alone, never refused ones."""
+    led = backend.ledger
+    await _funded_tab(backend)
+    assert await led.paid([]) == set()
+    charges = [await backend.charge("b1", "alice", "gpa", 5_000), await backend.charge("b2", "alice", "gpb", 0),
+               await backend.charge("too-big", "alice", "gpa", 300_001)]
+    result = await led.settle_batch("batch:p", charges, fee_bps=500)
+    assert set(result.rejected) == {"too-big"}
+    await led.deposit("d-solo", "bob", 50_000)
+    await led.hold("solo", "bob", 20_000)
+    await led.settle("solo", provider="gpa", cost=1_000, fee_bps=0)
+    await led.hold("cancelled", "bob", 20_000)
+    await led.cancel_hold("cancelled")  # its hold went back: nothing was charged
+    await led.hold("pending", "bob", 1_000)  # held, not yet settled
+    asked = ["b1", "b2", "too-big", "solo", "cancelled", "pending", "never-seen", "b1"]
+    assert await led.paid(asked) == {"b1", "b2", "solo"}
+    assert await led.paid(iter(["b2", "nope"])) == {"b2"}
+    many = [f"x{i}" for i in range(1_100)] + ["b1"]  # more ids than one query asks for
+    assert await led.paid(many) == {"b1"}
+
+
 async def test_release_hold_returns_the_unused_rest_of_a_tab(backend: Backend) -> None:
     backend.needs("release_hold")
     led = backend.ledger

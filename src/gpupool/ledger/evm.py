@@ -17,7 +17,9 @@ Compiling, the signing connection (who sends, how reverts become `LedgerError` /
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -35,6 +37,7 @@ __all__ = ["EvmLedger", "deploy"]
 
 MAX_BATCH = 256  # the contract's DynArray bound: one transaction settles at most this many receipts
 MAX_RELEASE_BATCHES = 64  # batches one release_due transaction walks
+PAID_QUERIES = 32  # `paid` view calls in flight at once: one per request id, none batched
 REJECT_REASONS = {1: "already paid", 2: "bad or missing provider signature", 3: "client's reserve cannot cover it"}
 WITHDRAW_KINDS = {"client": 0, "provider": 1, "checker": 2}
 
@@ -239,6 +242,24 @@ class EvmLedger:
             if batch:
                 self._touch(result.entry)
         return result
+
+    async def paid(self, request_ids: Iterable[str]) -> set[str]:
+        """Request ids the contract's `paid` map holds (set by `settle_batch` and `settle` alike).
+
+        The full answer, as of the latest block (a charge in a transaction not yet mined is
+        not paid yet), but one `eth_call` per distinct id: the contract has no view over
+        many keys, so this costs a round trip per id (at most `PAID_QUERIES` in flight).
+        """
+        ids = list(dict.fromkeys(request_ids))
+        gate = asyncio.Semaphore(PAID_QUERIES)
+
+        async def is_paid(request_id: str) -> bool:
+            async with gate:
+                provider_key = await self._view("paid", id_key(request_id))
+            return int.from_bytes(provider_key, "big") != 0
+
+        answers = await asyncio.gather(*(is_paid(r) for r in ids))
+        return {r for r, yes in zip(ids, answers) if yes}
 
     async def release_due(self, now: float, window_s: float) -> int:
         cutoff = max(0, math.floor(now - window_s))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, Float, Integer, String, Text, insert, select, text
@@ -233,6 +233,22 @@ class SqlLedger:
             return result
 
         return await self._locked(work)
+
+    async def paid(self, request_ids: Iterable[str]) -> set[str]:
+        """Request ids in `ledger_paid` (charged in a batch) or settled alone (`settle:ID`, kind settle).
+
+        Read in chunks of 500 ids, each one indexed lookup per table."""
+        ids = list(dict.fromkeys(request_ids))
+        out: set[str] = set()
+        async with self.sessions() as s:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                out.update(await s.scalars(select(PaidRow.request_id).where(PaidRow.request_id.in_(chunk))))
+                # cancel_hold writes the same `settle:ID` key with another kind: only `settle` charged.
+                settled = await s.scalars(select(JournalRow.key).where(
+                    JournalRow.key.in_([f"settle:{r}" for r in chunk]), JournalRow.kind == "settle"))
+                out.update(key.removeprefix("settle:") for key in settled)
+        return out
 
     async def release_due(self, now: float, window_s: float) -> int:
         async with self.sessions() as s:

@@ -19,7 +19,7 @@ from gpupool import protocol
 from gpupool.devnet import Network
 from gpupool.identity import Identity
 from gpupool.ledger import fee_of
-from gpupool.ledger import postings as P
+from gpupool.ledger import postings
 from gpupool.protocol import AuditJob, Hello, ModelOffer, Welcome
 from tests.integration.conftest import client_for, wait_until_async
 from tests.integration.test_bad_peers import events, handshake, signed_offer, ws_url
@@ -130,11 +130,11 @@ async def test_failed_audits_suspend_and_a_second_checker_confirms_the_slash(net
     account = await asyncio.to_thread(wait_settled, network, key)
     balances, problems = ledger_state(network.db)
     assert problems == []
-    assert account["balance"] == 1_000_000 - fee_of(paid, 1000) == balances[P.client("victim")]
+    assert account["balance"] == 1_000_000 - fee_of(paid, 1000) == balances[postings.client("victim")]
     provider = (jobs1 or jobs2)[0].receipt.node_id
     assert events(network, "suspended")[0]["peer"] == provider
-    assert balances.get(P.provider_held(provider), 0) == 0
-    assert balances.get(P.GATEWAY_FEES, 0) == fee_of(paid, 1000)
+    assert balances.get(postings.provider_held(provider), 0) == 0
+    assert balances.get(postings.GATEWAY_FEES, 0) == fee_of(paid, 1000)
     for t in tasks:
         t.cancel()
 

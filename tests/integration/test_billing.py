@@ -25,7 +25,7 @@ from gpupool import protocol
 from gpupool.devnet import Network
 from gpupool.identity import Identity
 from gpupool.ledger import SqlLedger, fee_of
-from gpupool.ledger import postings as P
+from gpupool.ledger import postings
 from gpupool.market.pricing import Price, cost, hold_bound, input_token_bound
 from gpupool.protocol import ModelOffer, Run
 from tests.integration.conftest import PG_URL, client_for, pg_available
@@ -81,8 +81,8 @@ def wait_settled(net: Network, key: str, url: str | None = None, timeout: float 
 def assert_books_balance(db: str, deposits: int) -> dict[str, int]:
     balances, problems = ledger_state(db)
     assert problems == []
-    assert sum(v for k, v in balances.items() if k != P.WORLD) == deposits  # no withdrawals in these tests
-    assert all(v >= 0 for k, v in balances.items() if k != P.WORLD)
+    assert sum(v for k, v in balances.items() if k != postings.WORLD) == deposits  # no withdrawals in these tests
+    assert all(v >= 0 for k, v in balances.items() if k != postings.WORLD)
     assert not [k for k, v in balances.items() if ":hold" in k and v], "a hold leaked"
     return balances
 
@@ -122,10 +122,10 @@ def test_requests_are_charged_from_receipts_at_the_serving_providers_price(netwo
     assert sorted(r["cost"] for r in account["recent_charges"]) == sorted(c for _, c in charged)
     balances = assert_books_balance(network.db, 5_000_000)
     fees = sum(fee_of(c, 1000) for _, c in charged)
-    assert balances.get(P.GATEWAY_FEES, 0) == fees
+    assert balances.get(postings.GATEWAY_FEES, 0) == fees
     for node_id in price_of:
         earned = sum(c - fee_of(c, 1000) for p, c in charged if p == node_id)
-        assert balances.get(P.provider_held(node_id), 0) == earned
+        assert balances.get(postings.provider_held(node_id), 0) == earned
         body = httpx.get(f"{network.gateway_url}/v1/providers/{node_id}/earnings", timeout=5).json()
         assert body["held"] == earned and body["withdrawable"] == 0
 
@@ -162,7 +162,7 @@ def test_unaffordable_requests_get_402_and_no_ending_leaks_a_hold(network: Netwo
     account = wait_settled(network, key)
     balances = assert_books_balance(network.db, 3_000)
     provider = network.providers[0].node_id
-    charged = balances.get(P.provider_held(provider), 0) + balances.get(P.GATEWAY_FEES, 0)
+    charged = balances.get(postings.provider_held(provider), 0) + balances.get(postings.GATEWAY_FEES, 0)
     assert account["balance"] == 3_000 - charged
     assert charged >= paid  # the requests abandoned after the provider answered may be charged too
     # Still served after all that.
@@ -213,7 +213,7 @@ async def test_a_receipt_with_a_bad_signature_is_never_paid(network: Network) ->
                         headers={"Authorization": f"Bearer {network.admin_token}"}).json()
     assert billing["stats"]["bad_receipts"] == 1 and billing["stats"]["charged"] == 0
     balances = assert_books_balance(network.db, 1_000_000)
-    assert balances.get(P.provider_held(forger.node_id), 0) == 0
+    assert balances.get(postings.provider_held(forger.node_id), 0) == 0
     await ws.close()
 
 
@@ -270,7 +270,7 @@ def test_gateway_sigkilled_under_load_loses_and_creates_no_money(network: Networ
     assert served_before > 20
     balances, problems = ledger_state(network.db)
     assert problems == []
-    assert sum(v for k, v in balances.items() if k != P.WORLD) == 10_000_000
+    assert sum(v for k, v in balances.items() if k != postings.WORLD) == 10_000_000
     assert any(":hold-" in k and v for k, v in balances.items()), "the dead gateway's reserve is still held"
     # Restart on the same port and key: the old reserve is returned, service resumes, books balance.
     network.start_gateway(port=port, extra=FAST_SETTLE)
@@ -279,7 +279,7 @@ def test_gateway_sigkilled_under_load_loses_and_creates_no_money(network: Networ
     assert after.usage.cost_ucr > 0
     wait_settled(network, key)
     balances = assert_books_balance(network.db, 10_000_000)
-    spent = 10_000_000 - balances[P.client("busy")]
+    spent = 10_000_000 - balances[postings.client("busy")]
     # Charges settled every 50 ms landed; those still queued in the killed gateway are lost to the
     # providers, never billed twice. A request settled just before the kill but never delivered may be
     # charged: at most one per client thread, each at most its hold.
@@ -326,9 +326,9 @@ def test_two_gateways_settling_into_one_postgres_ledger_keep_the_books(tmp_path:
             wait_settled(n, k, u)
         balances = assert_books_balance(ledger_url, 20_000_000)
         # Every charge a client was told about landed exactly once, whichever gateway settled it.
-        assert balances[P.client("shared")] == 20_000_000 - sum(costs)
+        assert balances[postings.client("shared")] == 20_000_000 - sum(costs)
         earned = sum(v for k, v in balances.items() if k.startswith("provider:"))
-        assert earned + balances.get(P.GATEWAY_FEES, 0) == sum(costs)
+        assert earned + balances.get(postings.GATEWAY_FEES, 0) == sum(costs)
     finally:
         for n in nets:
             n.stop(timeout=10)
@@ -369,4 +369,4 @@ async def test_receipts_are_paid_only_once_a_valid_statement_signs_them(network:
     assert (await asyncio.to_thread(wait_settled, network, key))["balance"] == 1_000_000 - 30
     assert any("never signed" in e["detail"] for e in events(network, "bad_receipt"))
     balances = assert_books_balance(network.db, 1_000_000)
-    assert balances[P.provider_held(ident.node_id)] + balances.get(P.GATEWAY_FEES, 0) == 30
+    assert balances[postings.provider_held(ident.node_id)] + balances.get(postings.GATEWAY_FEES, 0) == 30

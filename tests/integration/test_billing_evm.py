@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gpupool.devnet import Network
 from gpupool.ledger import fee_of
-from gpupool.ledger import postings as P
+from gpupool.ledger import postings
 from gpupool.ledger.settlement_key import SettlementKey
 from tests.integration.conftest import client_for
 from tests.integration.test_billing import (
@@ -56,7 +56,7 @@ def test_requests_settle_on_chain_in_batches_signed_by_the_provider(network: Net
 
         led = await EvmLedger.open(ledger_url)
         try:
-            names = [P.client("onchain"), P.provider_held(provider), P.GATEWAY_FEES]
+            names = [postings.client("onchain"), postings.provider_held(provider), postings.GATEWAY_FEES]
             balances = {n: await led.balance(n) for n in names}
             batches = await led.contract.events.Batch().get_logs(from_block=0)
             return balances, await led.verify(), await led.settlement_address(provider), len(batches)
@@ -66,9 +66,9 @@ def test_requests_settle_on_chain_in_batches_signed_by_the_provider(network: Net
     balances, problems, registered, batches = asyncio.run(read())
     assert problems == []
     assert registered == SettlementKey.load_or_create(settlement_key).address  # registered with its consent
-    assert balances[P.client("onchain")] == 2_000_000 - sum(costs)
+    assert balances[postings.client("onchain")] == 2_000_000 - sum(costs)
     fees = sum(fee_of(c, 1000) for c in costs)
-    assert balances[P.GATEWAY_FEES] == fees and balances[P.provider_held(provider)] == sum(costs) - fees
+    assert balances[postings.GATEWAY_FEES] == fees and balances[postings.provider_held(provider)] == sum(costs) - fees
     assert 1 <= batches < len(costs)  # receipts settled together, one transaction per batch
     assert "verified" in gpupool("ledger", "verify", "--ledger", ledger_url)
 
@@ -108,8 +108,8 @@ async def test_confirmed_fraud_slashes_on_chain_with_the_providers_signed_receip
     led = await EvmLedger.open(ledger_url)
     try:
         slashed = await led.contract.events.Slashed().get_logs(from_block=0)
-        held = await led.balance(P.provider_held(proc.node_id))
-        victim = await led.balance(P.client("victim"))
+        held = await led.balance(postings.provider_held(proc.node_id))
+        victim = await led.balance(postings.client("victim"))
         problems = await led.verify()
     finally:
         await led.close()

@@ -128,7 +128,7 @@ async def test_checkers_are_admitted_by_the_operator_never_self_declared(net: Ne
 async def test_a_checker_can_be_admitted_by_its_stake(network: Network) -> None:
     """--checker-min-stake: a checker with that much staked in the ledger is admitted; less is refused."""
     from gpupool.ledger import SqlLedger
-    from gpupool.ledger import postings as P
+    from gpupool.ledger import postings
 
     network.start_gateway(extra=["--checker-min-stake", "5000000"])
     staker = Identity.generate()
@@ -136,7 +136,7 @@ async def test_a_checker_can_be_admitted_by_its_stake(network: Network) -> None:
     async def stake(amount: int, key: str) -> None:
         ledger = await SqlLedger.open(network.db)
         try:
-            await ledger.apply(P.Entry(f"{key}:earn", "test", (P.Posting(P.WORLD, P.provider_free(staker.node_id),
+            await ledger.apply(postings.Entry(f"{key}:earn", "test", (postings.Posting(postings.WORLD, postings.provider_free(staker.node_id),
                                                                            amount),)))
             await ledger.stake(key, staker.node_id, amount)
         finally:

@@ -21,7 +21,7 @@ import pytest
 
 from gpupool.devnet import Network
 from gpupool.devnet_setup import prepare_models
-from gpupool.ledger import postings as P
+from gpupool.ledger import postings
 from tests.integration.conftest import client_for, wait_checkers, wait_until
 from tests.integration.test_billing import FAST_SETTLE, ledger_state, new_account, wait_settled
 from tests.redteam import REDTEAM
@@ -110,7 +110,7 @@ def test_embedding_cheaters_are_suspended_and_refunded_honest_ones_are_not(netwo
         refunded = int(re.search(r"refunded (\d+) µcr", detail).group(1))  # type: ignore[union-attr]
         assert rows[n]["audit_failures"] <= 20 and refunded > 0, (name, rows[n], detail)
         # and what it had earned went back to the client (it had no stake to take).
-        assert balances.get(P.provider_held(n), 0) == 0, name
+        assert balances.get(postings.provider_held(n), 0) == 0, name
 
 
 @pytest.mark.timeout(420)  # start-up (models, two providers, a checker) + up to 120 s of rounds

@@ -148,7 +148,7 @@ def test_fallback_charges_settle_to_the_lane_account_and_the_fee_with_no_provide
 
     from gpupool.gateway.money.billing import Billing
     from gpupool.ledger import SqlLedger
-    from gpupool.ledger import postings as P
+    from gpupool.ledger import postings
 
     async def run() -> dict[str, int]:
         ledger = await SqlLedger.open(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}")
@@ -172,6 +172,6 @@ def test_fallback_charges_settle_to_the_lane_account_and_the_fee_with_no_provide
     balances = asyncio.run(run())
     # r1: 10,000 owed upstream + 500 fee; r2 capped at 1,000 with its fee (100) kept whole: 900 + 100.
     assert balances["fallback:cloud"] == 10_900
-    assert balances[P.GATEWAY_FEES] == 600
-    assert balances[P.client("shop")] == 1_000_000 - 11_500
+    assert balances[postings.GATEWAY_FEES] == 600
+    assert balances[postings.client("shop")] == 1_000_000 - 11_500
     assert not any(a.startswith("provider:") and v for a, v in balances.items())

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from gpupool.ledger import InsufficientFunds, LedgerError, SqlLedger
-from gpupool.ledger import postings as P
+from gpupool.ledger import postings
 from gpupool.ledger.interface import Charge
 
 from .ledger_backends import Backend, anvil_url, backend, drop_pg_database, pg_database  # noqa: F401 - fixtures
@@ -44,34 +44,34 @@ async def test_request_lifecycle_moves_exactly_the_documented_amounts(backend: B
     led = backend.ledger
     await led.deposit("d1", "alice", 1_000_000)
     await led.hold("r1", "alice", 50_000)
-    assert await led.balance(P.client("alice")) == 950_000
+    assert await led.balance(postings.client("alice")) == 950_000
     await led.settle("r1", provider="gpx", cost=20_000, fee_bps=500)
-    assert await led.balance(P.client("alice")) == 980_000
-    assert await led.balance(P.client_hold("alice")) == 0
-    assert await led.balance(P.provider_held("gpx")) == 19_000
-    assert await led.balance(P.GATEWAY_FEES) == 1_000
+    assert await led.balance(postings.client("alice")) == 980_000
+    assert await led.balance(postings.client_hold("alice")) == 0
+    assert await led.balance(postings.provider_held("gpx")) == 19_000
+    assert await led.balance(postings.GATEWAY_FEES) == 1_000
     # Replaying the same settlement (same key) changes nothing: never charged twice.
     await led.settle("r1", provider="gpx", cost=20_000, fee_bps=500)
-    assert await led.balance(P.client("alice")) == 980_000
+    assert await led.balance(postings.client("alice")) == 980_000
     # A different settlement under the same key is refused.
     with pytest.raises(LedgerError):
         await led.settle("r1", provider="gpx", cost=30_000, fee_bps=500)
     await led.release("r1")
-    assert await led.balance(P.provider_free("gpx")) == 19_000
+    assert await led.balance(postings.provider_free("gpx")) == 19_000
     # A failed request gives the whole hold back.
     await led.hold("r2", "alice", 10_000)
     await led.cancel_hold("r2")
-    assert await led.balance(P.client("alice")) == 980_000
+    assert await led.balance(postings.client("alice")) == 980_000
     with pytest.raises(InsufficientFunds):
         await led.hold("r3", "alice", 10_000_000)
     with pytest.raises(LedgerError):
         await led.settle("never-held", provider="gpx", cost=1, fee_bps=0)
     # Withdrawals leave through `world`; more than the balance is refused.
-    await led.withdraw("w1", P.client("alice"), 80_000)
+    await led.withdraw("w1", postings.client("alice"), 80_000)
     with pytest.raises(InsufficientFunds):
-        await led.withdraw("w2", P.client("alice"), 900_001)
-    assert await led.balance(P.client("alice")) == 900_000
-    assert await led.balance(P.WORLD) == -920_000
+        await led.withdraw("w2", postings.client("alice"), 900_001)
+    assert await led.balance(postings.client("alice")) == 900_000
+    assert await led.balance(postings.WORLD) == -920_000
     assert await led.verify() == []
 
 
@@ -86,17 +86,17 @@ async def test_stake_unbonding_and_slash(backend: Backend) -> None:
     with pytest.raises(LedgerError):
         await led.complete_unstake("u1", now=2000.0)  # still unbonding
     await led.complete_unstake("u1", now=5000.0)
-    assert await led.balance(P.provider_free("gpy")) == 50_000
+    assert await led.balance(postings.provider_free("gpy")) == 50_000
     # More work held, then fraud: held earnings and stake pay refunds, then the bounty.
     await led.deposit("d2", "carol", 40_000)
     await led.hold("r2", "carol", 40_000)
     await led.settle("r2", provider="gpy", cost=40_000, fee_bps=0)
     evidence = await backend.slash_evidence("r2", "carol", "gpy", 40_000)
     await led.slash("slash-1", "gpy", refunds={"carol": 40_000}, checker_id="chk", bounty_bps=5_000, **evidence)
-    assert await led.balance(P.client("carol")) == 40_000
-    assert await led.balance(P.provider_held("gpy")) == 0 and await led.balance(P.stake("gpy")) == 0
-    assert await led.balance(P.checker("chk")) == 25_000  # half of what remained of 90,000 - 40,000
-    assert await led.balance(P.SLASHED) == 25_000
+    assert await led.balance(postings.client("carol")) == 40_000
+    assert await led.balance(postings.provider_held("gpy")) == 0 and await led.balance(postings.stake("gpy")) == 0
+    assert await led.balance(postings.checker("chk")) == 25_000  # half of what remained of 90,000 - 40,000
+    assert await led.balance(postings.SLASHED) == 25_000
     await led.deposit("d3", "dave", 5_000)
     await led.hold("r3", "dave", 5_000)
     await led.settle("r3", provider="gpy", cost=5_000, fee_bps=0)
@@ -116,19 +116,19 @@ async def test_batch_settlement_charges_the_tab_and_pays_nothing_twice(backend: 
     backend.needs("settle_batch")
     led = backend.ledger
     await _funded_tab(backend)
-    assert await led.balance(P.client_hold("alice")) == 300_000
+    assert await led.balance(postings.client_hold("alice")) == 300_000
     charges = [await backend.charge(f"q{i}", "alice", "gpa" if i % 2 else "gpb", 10_000 + i) for i in range(6)]
     result = await led.settle_batch("batch:gw1:1", charges, fee_bps=500)
     assert result.paid == [f"q{i}" for i in range(6)] and result.rejected == {}
     total = sum(10_000 + i for i in range(6))
-    fees = sum(P.fee_of(10_000 + i, 500) for i in range(6))
-    assert await led.balance(P.client_hold("alice")) == 300_000 - total
-    assert await led.balance(P.GATEWAY_FEES) == fees
-    assert await led.balance(P.provider_held("gpa")) + await led.balance(P.provider_held("gpb")) == total - fees
-    assert await led.balance(P.provider_held("gpb")) == sum(10_000 + i - P.fee_of(10_000 + i, 500) for i in (0, 2, 4))
+    fees = sum(postings.fee_of(10_000 + i, 500) for i in range(6))
+    assert await led.balance(postings.client_hold("alice")) == 300_000 - total
+    assert await led.balance(postings.GATEWAY_FEES) == fees
+    assert await led.balance(postings.provider_held("gpa")) + await led.balance(postings.provider_held("gpb")) == total - fees
+    assert await led.balance(postings.provider_held("gpb")) == sum(10_000 + i - postings.fee_of(10_000 + i, 500) for i in (0, 2, 4))
     # The same batch replayed: nothing moves.
     replay = await led.settle_batch("batch:gw1:1", charges, fee_bps=500)
-    assert await led.balance(P.client_hold("alice")) == 300_000 - total
+    assert await led.balance(postings.client_hold("alice")) == 300_000 - total
     assert replay.paid == [f"q{i}" for i in range(6)]  # reports what the batch paid the first time
     # The same batch key with other content is refused, on both backends.
     with pytest.raises(LedgerError):
@@ -137,7 +137,7 @@ async def test_batch_settlement_charges_the_tab_and_pays_nothing_twice(backend: 
     again = await led.settle_batch("batch:gw1:2", [charges[0], await backend.charge("q9", "alice", "gpa", 1_000)],
                                    fee_bps=0)
     assert again.paid == ["q9"] and set(again.rejected) == {"q0"}
-    assert await led.balance(P.client_hold("alice")) == 300_000 - total - 1_000
+    assert await led.balance(postings.client_hold("alice")) == 300_000 - total - 1_000
     assert await led.verify() == []
 
 
@@ -148,8 +148,30 @@ async def test_batch_charge_beyond_the_reserve_is_rejected_alone(backend: Backen
     charges = [await backend.charge("big", "alice", "gpa", 300_001), await backend.charge("ok", "alice", "gpa", 7_000)]
     result = await led.settle_batch("batch:x", charges, fee_bps=0)
     assert result.paid == ["ok"] and set(result.rejected) == {"big"}
-    assert await led.balance(P.client_hold("alice")) == 293_000
-    assert await led.balance(P.provider_held("gpa")) == 7_000
+    assert await led.balance(postings.client_hold("alice")) == 293_000
+    assert await led.balance(postings.provider_held("gpa")) == 7_000
+
+
+async def test_paid_names_exactly_the_charged_request_ids(backend: Backend) -> None:
+    """What the batch runner asks before marking a run done: charged in a batch or alone, never refused ones."""
+    led = backend.ledger
+    await _funded_tab(backend)
+    assert await led.paid([]) == set()
+    charges = [await backend.charge("b1", "alice", "gpa", 5_000), await backend.charge("b2", "alice", "gpb", 0),
+               await backend.charge("too-big", "alice", "gpa", 300_001)]
+    result = await led.settle_batch("batch:p", charges, fee_bps=500)
+    assert set(result.rejected) == {"too-big"}
+    await led.deposit("d-solo", "bob", 50_000)
+    await led.hold("solo", "bob", 20_000)
+    await led.settle("solo", provider="gpa", cost=1_000, fee_bps=0)
+    await led.hold("cancelled", "bob", 20_000)
+    await led.cancel_hold("cancelled")  # its hold went back: nothing was charged
+    await led.hold("pending", "bob", 1_000)  # held, not yet settled
+    asked = ["b1", "b2", "too-big", "solo", "cancelled", "pending", "never-seen", "b1"]
+    assert await led.paid(asked) == {"b1", "b2", "solo"}
+    assert await led.paid(iter(["b2", "nope"])) == {"b2"}
+    many = [f"x{i}" for i in range(1_100)] + ["b1"]  # more ids than one query asks for
+    assert await led.paid(many) == {"b1"}
 
 
 async def test_release_hold_returns_the_unused_rest_of_a_tab(backend: Backend) -> None:
@@ -158,8 +180,8 @@ async def test_release_hold_returns_the_unused_rest_of_a_tab(backend: Backend) -
     await _funded_tab(backend)
     await led.release_hold("tab:gw1:alice:1:close", "alice", 120_000)
     await led.release_hold("tab:gw1:alice:1:close", "alice", 120_000)  # replay: no effect
-    assert await led.balance(P.client("alice")) == 820_000
-    assert await led.balance(P.client_hold("alice")) == 180_000
+    assert await led.balance(postings.client("alice")) == 820_000
+    assert await led.balance(postings.client_hold("alice")) == 180_000
     with pytest.raises(LedgerError):
         await led.release_hold("tab:gw1:alice:1:close", "alice", 1)  # same key, other content
     with pytest.raises(InsufficientFunds):
@@ -174,9 +196,9 @@ async def test_each_gateways_reserve_is_its_own_account(backend: Backend) -> Non
     await led.deposit("dep-h", "alice", 100_000)
     await led.hold("tab:g1", "alice", 30_000, holder="gwone")
     await led.hold("tab:g2", "alice", 20_000, holder="gwtwo")
-    assert await led.balance(P.client_hold("alice", "gwone")) == 30_000
-    assert await led.balance(P.client_hold("alice", "gwtwo")) == 20_000
-    assert await led.balance(P.client_hold("alice")) == 0
+    assert await led.balance(postings.client_hold("alice", "gwone")) == 30_000
+    assert await led.balance(postings.client_hold("alice", "gwtwo")) == 20_000
+    assert await led.balance(postings.client_hold("alice")) == 0
     big = await backend.charge("h1", "alice", "gpa", 25_000)
     # gwtwo's reserve (20,000) cannot cover it even though gwone's could.
     assert set((await led.settle_batch("b-g2", [big], fee_bps=0, holder="gwtwo")).rejected) == {"h1"}
@@ -185,9 +207,9 @@ async def test_each_gateways_reserve_is_its_own_account(backend: Backend) -> Non
     with pytest.raises(InsufficientFunds):
         await led.release_hold("untab:g2", "alice", 20_001, holder="gwtwo")
     await led.release_hold("untab:g2b", "alice", 20_000, holder="gwtwo")
-    assert await led.balance(P.client("alice")) == 100_000 - 25_000
-    assert await led.balance(P.client_hold("alice", "gwone")) == 0
-    assert await led.balance(P.provider_held("gpa")) == 25_000
+    assert await led.balance(postings.client("alice")) == 100_000 - 25_000
+    assert await led.balance(postings.client_hold("alice", "gwone")) == 0
+    assert await led.balance(postings.provider_held("gpa")) == 25_000
     assert await led.verify() == []
 
 
@@ -198,13 +220,13 @@ async def test_release_due_makes_only_old_batches_withdrawable(backend: Backend)
     await led.settle_batch("b1", [await backend.charge("q1", "alice", "gpa", 10_000)], fee_bps=1_000)
     now = time.time()
     assert await led.release_due(now - 60, window_s=3600) == 0  # inside the audit window
-    assert await led.balance(P.provider_held("gpa")) == 9_000
+    assert await led.balance(postings.provider_held("gpa")) == 9_000
     assert await led.release_due(now + 7200, window_s=3600) == 9_000
-    assert await led.balance(P.provider_held("gpa")) == 0
-    assert await led.balance(P.provider_free("gpa")) == 9_000
+    assert await led.balance(postings.provider_held("gpa")) == 0
+    assert await led.balance(postings.provider_free("gpa")) == 9_000
     assert await led.release_due(now + 7200, window_s=3600) == 0  # released once
-    await led.withdraw("payout", P.provider_free("gpa"), 9_000)
-    assert await led.balance(P.provider_free("gpa")) == 0
+    await led.withdraw("payout", postings.provider_free("gpa"), 9_000)
+    assert await led.balance(postings.provider_free("gpa")) == 0
     if backend.is_evm:
         assert await led.verify() == []
     else:  # the caller's clock ran two hours ahead of the journal's: SQL's verify says so
@@ -320,7 +342,7 @@ async def _random_ops(opening: Awaitable[Any], ops: list) -> None:
             elif op == "release" and settled:
                 await led.release(settled[amount % len(settled)])
             elif op == "withdraw":
-                await led.withdraw(f"w{i}", P.client(client), amount)
+                await led.withdraw(f"w{i}", postings.client(client), amount)
                 withdrawals += amount
         except InsufficientFunds:
             pass
@@ -329,8 +351,8 @@ async def _random_ops(opening: Awaitable[Any], ops: list) -> None:
             holds.pop(rid, None)  # type: ignore[possibly-undefined]
             await led.cancel_hold(rid)  # type: ignore[possibly-undefined]
     balances = await led.balances()
-    assert all(v >= 0 for k, v in balances.items() if k != P.WORLD)
-    assert sum(v for k, v in balances.items() if k != P.WORLD) == deposits - withdrawals
+    assert all(v >= 0 for k, v in balances.items() if k != postings.WORLD)
+    assert sum(v for k, v in balances.items() if k != postings.WORLD) == deposits - withdrawals
     assert await led.verify() == []
     await led.close()
 
@@ -360,8 +382,8 @@ async def test_two_writers_on_one_database_stay_consistent(url: str) -> None:
     ids = sorted(costs)
     await asyncio.gather(work(a, ids[::2]), work(b, ids[1::2]))
     total = sum(costs.values())
-    assert await a.balance(P.client("alice")) == 10_000_000 - total
-    assert await a.balance(P.provider_held("gpz")) + await a.balance(P.GATEWAY_FEES) == total
+    assert await a.balance(postings.client("alice")) == 10_000_000 - total
+    assert await a.balance(postings.provider_held("gpz")) + await a.balance(postings.GATEWAY_FEES) == total
     assert await a.verify() == []
     await a.close()
     await b.close()

@@ -134,7 +134,7 @@ def test_ledger_cli_deposits_withdraws_and_verifies(tmp_path: Path) -> None:
 
     out = run("deposit", "My Shop", "5000000", "--key", "pay-1").stdout
     assert "(5,000,000 µcr)" in out
-    acct = out.split("'")[1]  # "My Shop" is not an account id: it gets a hash suffix (store.account_for)
+    acct = out.split("'")[1]  # "My Shop" is not an account id: it gets a hash suffix (postings.account_for)
     assert "(5,000,000 µcr)" in run("deposit", "My Shop", "5000000", "--key", "pay-1").stdout  # replay: once
     assert "3.000000 cr (3,000,000 µcr) left" in run("withdraw", f"client:{acct}", "2000000").stdout
     assert "insufficient" in run("withdraw", f"client:{acct}", "9000000", ok=False).stderr.lower()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -39,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from gpupool.db import add_missing_columns, create_engine
+from gpupool.ledger.postings import account_for
 
 log = logging.getLogger("gpupool.gateway.store")
 
@@ -122,22 +122,6 @@ class ApiKey:
 # admin API or another gateway sharing the database) takes effect within this time.
 KEY_CACHE_S = 2.0
 KEY_CACHE_MAX = 10_000
-
-
-def account_for(name: str) -> str:
-    """A ledger account id from a key's name: lower case, [a-z0-9._-]; keys with one name share it.
-
-    A name that is already such an id is used as it is. Any other name (upper case,
-    spaces, symbols, over 64 characters) gets a short hash of the exact name appended,
-    so distinct names never share an account ("Alice" and "alice!" spend from
-    different ones).
-    """
-    slug = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-")
-    if slug == name and 0 < len(slug) <= 64:
-        return slug
-    if not name:
-        return "default"
-    return f"{slug[:50] or 'key'}.{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
 def _add_missing_indexes(conn: Any) -> None:

@@ -38,7 +38,8 @@ LedgerOpt = Annotated[Optional[str], typer.Option("--ledger", help="ledger URL (
 
 def _with_ledger(flag: str | None, call: Callable[[Any], Any], create: bool = False) -> Any:
     """Open the ledger (see cli_support.ledger_url), say which, run one call, close it."""
-    from gpupool.ledger import LedgerError, open_ledger
+    from gpupool.ledger.backends import open_ledger
+    from gpupool.ledger.postings import LedgerError
 
     url, origin = ledger_url(flag)
     say_database(url, origin, "ledger")
@@ -86,14 +87,13 @@ def ledger_deposit(account: str, amount: Annotated[int, typer.Argument(help="µc
     """Credit a client account (after it paid you): its API keys can then spend it."""
     import uuid
 
-    from gpupool.gateway.store import account_for
-    from gpupool.ledger import postings
+    from gpupool.ledger.postings import account_for, client
 
     acct = account_for(account)
 
     async def go(led: Any) -> int:
         await led.deposit(key or f"deposit:{uuid.uuid4().hex}", acct, amount)
-        return await led.balance(postings.client(acct))
+        return await led.balance(client(acct))
 
     typer.echo(f"account {acct!r}: balance {credits(_with_ledger(ledger, go, create=True))}")
 
@@ -120,10 +120,9 @@ def ledger_balance(account: Annotated[str, typer.Argument(help="a client account
                    ledger: LedgerOpt = None,
                    ucr: Annotated[bool, typer.Option("--ucr", help="print only the number, in µcr")] = False) -> None:
     """Show an account's balance, in credits and µcr (1 credit = 1,000,000 µcr)."""
-    from gpupool.gateway.store import account_for
-    from gpupool.ledger import postings
+    from gpupool.ledger.postings import account_for, client
 
-    name = account if ":" in account else postings.client(account_for(account))
+    name = account if ":" in account else client(account_for(account))
 
     async def go(led: Any) -> int | None:
         balance = await led.balance(name)

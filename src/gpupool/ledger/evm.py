@@ -17,7 +17,9 @@ Compiling, the signing connection (who sends, how reverts become `LedgerError` /
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -25,7 +27,7 @@ from web3 import AsyncWeb3, Web3
 from web3.logs import DISCARD
 from web3.providers.eth_tester import AsyncEthereumTesterProvider
 
-from gpupool.ledger import postings as P
+import gpupool.ledger.postings as postings
 from gpupool.ledger.evm_chain import Chain, compiled, deploy, deploy_on, disconnect
 from gpupool.ledger.interface import BatchResult, Charge
 from gpupool.ledger.postings import Entry, LedgerError
@@ -35,6 +37,7 @@ __all__ = ["EvmLedger", "deploy"]
 
 MAX_BATCH = 256  # the contract's DynArray bound: one transaction settles at most this many receipts
 MAX_RELEASE_BATCHES = 64  # batches one release_due transaction walks
+PAID_QUERIES = 32  # `paid` view calls in flight at once: one per request id, none batched
 REJECT_REASONS = {1: "already paid", 2: "bad or missing provider signature", 3: "client's reserve cannot cover it"}
 WITHDRAW_KINDS = {"client": 0, "provider": 1, "checker": 2}
 
@@ -152,15 +155,15 @@ class EvmLedger:
     # ------------------------------------------------------------ operations
 
     async def deposit(self, key: str, client_id: str, amount: int) -> Entry:
-        entry = P.deposit_entry(key, client_id, amount)
+        entry = postings.deposit_entry(key, client_id, amount)
         # A replay carries the value again; the contract sends it straight back.
         await self._send("deposit", id_key(key), self._k(client_id), amount, value=amount)
         return self._touch(entry)
 
     async def withdraw(self, key: str, acct: str, amount: int) -> Entry:
-        entry = P.withdraw_entry(key, acct, amount)
+        entry = postings.withdraw_entry(key, acct, amount)
         kind, ident, sub = _parse_account(acct)
-        if acct == P.GATEWAY_FEES:
+        if acct == postings.GATEWAY_FEES:
             code, ident_key = 3, b"\0" * 32
         elif kind in WITHDRAW_KINDS and not sub:
             code, ident_key = WITHDRAW_KINDS[kind], self._k(ident)
@@ -178,12 +181,12 @@ class EvmLedger:
         return client if not holder else Web3.keccak(client + self._k(holder))
 
     async def hold(self, key: str, client_id: str, amount: int, holder: str = "") -> Entry:
-        entry = P.hold_entry(key, client_id, amount, holder)
+        entry = postings.hold_entry(key, client_id, amount, holder)
         await self._send("hold", id_key(entry.key), self._k(client_id), self._holder(holder), amount)
         return self._touch(entry)
 
     async def release_hold(self, key: str, client_id: str, amount: int, holder: str = "") -> Entry:
-        entry = P.release_hold_entry(key, client_id, amount, holder)
+        entry = postings.release_hold_entry(key, client_id, amount, holder)
         await self._send("release_hold", id_key(key), self._k(client_id), self._holder(holder), amount)
         return self._touch(entry)
 
@@ -195,14 +198,14 @@ class EvmLedger:
 
     async def settle(self, request_id: str, provider: str, cost: int, fee_bps: int) -> Entry:
         client_id, held = await self._hold_of(request_id)
-        entry = P.settle_entry(request_id, client_id, provider, held, cost, fee_bps)
+        entry = postings.settle_entry(request_id, client_id, provider, held, cost, fee_bps)
         await self._send("settle", id_key(entry.key), id_key(f"hold:{request_id}"), id_key(request_id),
                          self._k(provider), cost, fee_bps)
         return self._touch(entry)
 
     async def cancel_hold(self, request_id: str) -> Entry:
         client_id, held = await self._hold_of(request_id)
-        entry = P.cancel_hold_entry(request_id, client_id, held)
+        entry = postings.cancel_hold_entry(request_id, client_id, held)
         await self._send("cancel_hold", id_key(entry.key), id_key(f"hold:{request_id}"))
         return self._touch(entry)
 
@@ -210,7 +213,7 @@ class EvmLedger:
         """One transaction for the batch; the contract checks each charge's signature (see settlement_key)."""
         if len(charges) > MAX_BATCH:
             raise LedgerError(f"a batch settles at most {MAX_BATCH} receipts on chain (got {len(charges)})")
-        P.fee_of(0, fee_bps)  # range check, same error as SqlLedger
+        postings.fee_of(0, fee_bps)  # range check, same error as SqlLedger
         receipts = []
         for c in charges:
             if not isinstance(c.cost, int) or c.cost < 0:
@@ -235,10 +238,28 @@ class EvmLedger:
                 result.paid.append(c.request_id)
                 paid.append((c.request_id, c.client, c.provider, c.cost))
         if paid:
-            result.entry = P.settle_batch_entry(key, paid, fee_bps, holder)
+            result.entry = postings.settle_batch_entry(key, paid, fee_bps, holder)
             if batch:
                 self._touch(result.entry)
         return result
+
+    async def paid(self, request_ids: Iterable[str]) -> set[str]:
+        """Request ids the contract's `paid` map holds (set by `settle_batch` and `settle` alike).
+
+        The full answer, as of the latest block (a charge in a transaction not yet mined is
+        not paid yet), but one `eth_call` per distinct id: the contract has no view over
+        many keys, so this costs a round trip per id (at most `PAID_QUERIES` in flight).
+        """
+        ids = list(dict.fromkeys(request_ids))
+        gate = asyncio.Semaphore(PAID_QUERIES)
+
+        async def is_paid(request_id: str) -> bool:
+            async with gate:
+                provider_key = await self._view("paid", id_key(request_id))
+            return int.from_bytes(provider_key, "big") != 0
+
+        answers = await asyncio.gather(*(is_paid(r) for r in ids))
+        return {r for r, yes in zip(ids, answers) if yes}
 
     async def release_due(self, now: float, window_s: float) -> int:
         cutoff = max(0, math.floor(now - window_s))
@@ -257,17 +278,17 @@ class EvmLedger:
         provider_key, earned, _at = await self._view("settled", id_key(request_id))
         if int.from_bytes(provider_key, "big") == 0:
             raise LedgerError(f"request {request_id!r} has no settled earnings to release")
-        entry = P.release_entry(request_id, self._name(provider_key), earned)
+        entry = postings.release_entry(request_id, self._name(provider_key), earned)
         await self._send("release", id_key(entry.key), id_key(request_id))
         return self._touch(entry)
 
     async def stake(self, key: str, provider: str, amount: int) -> Entry:
-        entry = P.stake_entry(key, provider, amount)
+        entry = postings.stake_entry(key, provider, amount)
         await self._send("stake", id_key(key), self._k(provider), amount)
         return self._touch(entry)
 
     async def unstake(self, key: str, provider: str, amount: int, now: float, delay_s: float) -> Entry:
-        entry = P.unstake_entry(key, provider, amount, now + delay_s)
+        entry = postings.unstake_entry(key, provider, amount, now + delay_s)
         await self._send("unstake", id_key(key), self._k(provider), amount, round((now + delay_s) * 1000))
         return self._touch(entry)
 
@@ -277,7 +298,7 @@ class EvmLedger:
             raise LedgerError(f"no unstake {key!r}")
         if round(now * 1000) < available_at_ms:
             raise LedgerError(f"unstake {key!r} is unbonding until {available_at_ms / 1000}")
-        entry = P.unbonded_entry(f"{key}:done", self._name(provider_key), amount)
+        entry = postings.unbonded_entry(f"{key}:done", self._name(provider_key), amount)
         await self._send("complete_unstake", id_key(entry.key), id_key(key), round(now * 1000))
         return self._touch(entry)
 
@@ -288,7 +309,7 @@ class EvmLedger:
             raise LedgerError("an on-chain slash needs evidence: the provider-signed receipt it contradicts")
         if evidence.provider != provider:
             raise LedgerError("the evidence is another provider's receipt")
-        if not 0 <= bounty_bps <= P.BPS:
+        if not 0 <= bounty_bps <= postings.BPS:
             raise LedgerError("bounty_bps must be between 0 and 10,000")
         order = sorted(refunds.items())
         v, r, s = split_signature(evidence.signature)
@@ -297,17 +318,17 @@ class EvmLedger:
                               id_key(evidence.request_id), evidence.cost, v, r, s)
         events = self._events(tx, "Slashed")
         args = (events[0] if events else await self._first_log("Slashed", id_key(key)))["args"]
-        entry = P.slash_entry(key, provider, args["held"], args["staked"], refunds, checker_id, bounty_bps)
+        entry = postings.slash_entry(key, provider, args["held"], args["staked"], refunds, checker_id, bounty_bps)
         return self._touch(entry) if events else entry
 
     # ------------------------------------------------------------ reading and checking
 
     async def balance(self, acct: str) -> int:
-        if acct == P.WORLD:
+        if acct == postings.WORLD:
             return await self._view("withdrawn") - await self._view("deposited")
-        if acct == P.GATEWAY_FEES:
+        if acct == postings.GATEWAY_FEES:
             return await self._view("fees")
-        if acct == P.SLASHED:
+        if acct == postings.SLASHED:
             return await self._view("slashed")
         kind, ident, sub = _parse_account(acct)
         if kind == "client" and sub.startswith("hold-"):  # a gateway's reserve for the client
@@ -322,7 +343,7 @@ class EvmLedger:
 
     async def balances(self) -> dict[str, int]:
         """Every account this process has used, plus the system ones (the chain stores hashes, not names)."""
-        names = self._accounts | {P.WORLD, P.GATEWAY_FEES, P.SLASHED}
+        names = self._accounts | {postings.WORLD, postings.GATEWAY_FEES, postings.SLASHED}
         # release_due moves held earnings of providers it does not name: include their free accounts.
         names |= {n.removesuffix(":held") for n in self._accounts if n.endswith(":held")}
         return {name: await self.balance(name) for name in sorted(names)}
@@ -357,7 +378,7 @@ class EvmLedger:
         if coin != inside:
             problems.append(f"contract holds {coin} wei but its books say {inside} µcr: money was created or lost")
         known = await self.balances()
-        if sum(v for k, v in known.items() if k != P.WORLD) > inside:
+        if sum(v for k, v in known.items() if k != postings.WORLD) > inside:
             problems.append("accounts hold more than was deposited: money was created")
         return problems
 

@@ -21,8 +21,7 @@ from eth_account import Account
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import ContractLogicError, Web3RPCError
 
-from gpupool.ledger.postings import LedgerError
-from gpupool.ledger.sql import InsufficientFunds
+from gpupool.ledger.postings import InsufficientFunds, LedgerError
 
 CONTRACT_SOURCE = Path(__file__).parent / "contracts" / "Ledger.vy"
 KEY_ENV = "GPUPOOL_EVM_PRIVATE_KEY"

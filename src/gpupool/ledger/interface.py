@@ -19,6 +19,7 @@ paid in another batch, pays nothing twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -78,6 +79,13 @@ class Ledger(Protocol):
         Per charge: `cost - fee` to the provider's held earnings, `fee` to the gateway.
         A request id already paid (in any batch) is rejected, as is a charge its
         client's reserve cannot cover; the rest of the batch is still paid.
+        """
+
+    async def paid(self, request_ids: Iterable[str]) -> set[str]:
+        """Which of these request ids the ledger has charged (by `settle_batch` or `settle`).
+
+        A request id is paid at most once, ever, so the answer never shrinks: the batch
+        runner asks it whether a run's charge arrived before marking the run done.
         """
 
     async def release_due(self, now: float, window_s: float) -> int:

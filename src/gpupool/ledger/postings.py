@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 
 WORLD = "world"
@@ -26,10 +27,30 @@ class LedgerError(Exception):
     """An operation that would break a ledger rule (bad amount, unknown hold, ...)."""
 
 
+class InsufficientFunds(LedgerError):
+    """An account other than `world` would go below zero."""
+
+
 def account(kind: str, ident: str, sub: str = "") -> str:
     if ":" in ident:
         raise LedgerError(f"account id may not contain ':' ({ident!r})")
     return f"{kind}:{ident}" + (f":{sub}" if sub else "")
+
+
+def account_for(name: str) -> str:
+    """A ledger account id from a key's name: lower case, [a-z0-9._-]; keys with one name share it.
+
+    A name that is already such an id is used as it is. Any other name (upper case,
+    spaces, symbols, over 64 characters) gets a short hash of the exact name appended,
+    so distinct names never share an account ("Alice" and "alice!" spend from
+    different ones).
+    """
+    slug = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-")
+    if slug == name and 0 < len(slug) <= 64:
+        return slug
+    if not name:
+        return "default"
+    return f"{slug[:50] or 'key'}.{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
 def client(ident: str) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, Float, Integer, String, Text, insert, select, text
@@ -28,18 +28,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from gpupool.db import create_engine, normalize_url
-from gpupool.ledger import postings as P
+import gpupool.ledger.postings as postings
 from gpupool.ledger.interface import BatchResult, Charge
 from gpupool.ledger.journal_checks import paid_once_problems, release_time_problems
-from gpupool.ledger.postings import GENESIS, Entry, LedgerError, Posting, chain_hash
+from gpupool.ledger.postings import GENESIS, Entry, InsufficientFunds, LedgerError, Posting, chain_hash
 
 T = TypeVar("T")
 
 ADVISORY_LOCK = 0x6770_6F6F6C  # "gpool": one journal, one lock
-
-
-class InsufficientFunds(LedgerError):
-    """An account other than `world` would go below zero."""
 
 
 class Base(DeclarativeBase):
@@ -174,7 +170,7 @@ class SqlLedger:
                 row = AccountRow(name=name, balance=0)
                 s.add(row)
             new = row.balance + delta
-            if new < 0 and name != P.WORLD:
+            if new < 0 and name != postings.WORLD:
                 raise InsufficientFunds(f"insufficient funds: {name} has {row.balance:,} µcr, needs {-delta:,}")
             row.balance = new
 
@@ -186,16 +182,16 @@ class SqlLedger:
     # ------------------------------------------------------------ operations
 
     async def deposit(self, key: str, client_id: str, amount: int) -> Entry:
-        return await self.apply(P.deposit_entry(key, client_id, amount))
+        return await self.apply(postings.deposit_entry(key, client_id, amount))
 
     async def withdraw(self, key: str, acct: str, amount: int) -> Entry:
-        return await self.apply(P.withdraw_entry(key, acct, amount))
+        return await self.apply(postings.withdraw_entry(key, acct, amount))
 
     async def hold(self, key: str, client_id: str, amount: int, holder: str = "") -> Entry:
-        return await self.apply(P.hold_entry(key, client_id, amount, holder))
+        return await self.apply(postings.hold_entry(key, client_id, amount, holder))
 
     async def release_hold(self, key: str, client_id: str, amount: int, holder: str = "") -> Entry:
-        return await self.apply(P.release_hold_entry(key, client_id, amount, holder))
+        return await self.apply(postings.release_hold_entry(key, client_id, amount, holder))
 
     async def settle_batch(self, key: str, charges: list[Charge], fee_bps: int, holder: str = "") -> BatchResult:
         async def work(s: AsyncSession) -> BatchResult:
@@ -221,8 +217,8 @@ class SqlLedger:
                     result.rejected[c.request_id] = "already paid"
                     continue
                 if c.client not in reserve:
-                    reserve[c.client] = int(await s.scalar(
-                        select(AccountRow.balance).where(AccountRow.name == P.client_hold(c.client, holder))) or 0)
+                    reserve[c.client] = int(await s.scalar(select(AccountRow.balance).where(
+                        AccountRow.name == postings.client_hold(c.client, holder))) or 0)
                 if c.cost > reserve[c.client]:
                     result.rejected[c.request_id] = f"client reserve {reserve[c.client]} < cost {c.cost}"
                     continue
@@ -231,12 +227,28 @@ class SqlLedger:
                 accepted.append((c.request_id, c.client, c.provider, c.cost))
             if not accepted:
                 return result
-            result.entry = await self._append(s, P.settle_batch_entry(key, accepted, fee_bps, holder))
+            result.entry = await self._append(s, postings.settle_batch_entry(key, accepted, fee_bps, holder))
             await s.execute(insert(PaidRow), [{"request_id": a[0], "batch": key} for a in accepted])
             result.paid = [a[0] for a in accepted]
             return result
 
         return await self._locked(work)
+
+    async def paid(self, request_ids: Iterable[str]) -> set[str]:
+        """Request ids in `ledger_paid` (charged in a batch) or settled alone (`settle:ID`, kind settle).
+
+        Read in chunks of 500 ids, each one indexed lookup per table."""
+        ids = list(dict.fromkeys(request_ids))
+        out: set[str] = set()
+        async with self.sessions() as s:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                out.update(await s.scalars(select(PaidRow.request_id).where(PaidRow.request_id.in_(chunk))))
+                # cancel_hold writes the same `settle:ID` key with another kind: only `settle` charged.
+                settled = await s.scalars(select(JournalRow.key).where(
+                    JournalRow.key.in_([f"settle:{r}" for r in chunk]), JournalRow.kind == "settle"))
+                out.update(key.removeprefix("settle:") for key in settled)
+        return out
 
     async def release_due(self, now: float, window_s: float) -> int:
         async with self.sessions() as s:
@@ -251,8 +263,8 @@ class SqlLedger:
             async def work(s: AsyncSession, key: str = key, earned: dict[str, int] = earned) -> int:
                 # A slash may have taken held earnings since: release what is still there.
                 have = {p: int(await s.scalar(select(AccountRow.balance).where(
-                    AccountRow.name == P.provider_held(p))) or 0) for p in earned}
-                entry = await self._append(s, P.release_batch_entry(
+                    AccountRow.name == postings.provider_held(p))) or 0) for p in earned}
+                entry = await self._append(s, postings.release_batch_entry(
                     key, {p: min(a, have[p]) for p, a in earned.items()}, window_s))
                 return sum(p.amount for p in entry.postings)
 
@@ -263,25 +275,26 @@ class SqlLedger:
         hold = await self._memo(f"hold:{request_id}")
         if hold is None:
             raise LedgerError(f"no hold for request {request_id!r}")
-        return await self.apply(P.settle_entry(request_id, hold["client"], provider, hold["amount"], cost, fee_bps))
+        return await self.apply(postings.settle_entry(request_id, hold["client"], provider, hold["amount"], cost,
+                                                      fee_bps))
 
     async def cancel_hold(self, request_id: str) -> Entry:
         hold = await self._memo(f"hold:{request_id}")
         if hold is None:
             raise LedgerError(f"no hold for request {request_id!r}")
-        return await self.apply(P.cancel_hold_entry(request_id, hold["client"], hold["amount"]))
+        return await self.apply(postings.cancel_hold_entry(request_id, hold["client"], hold["amount"]))
 
     async def release(self, request_id: str) -> Entry:
         settled = await self._memo(f"settle:{request_id}")
         if settled is None or "provider" not in settled:
             raise LedgerError(f"request {request_id!r} has no settled earnings to release")
-        return await self.apply(P.release_entry(request_id, settled["provider"], settled["earned"]))
+        return await self.apply(postings.release_entry(request_id, settled["provider"], settled["earned"]))
 
     async def stake(self, key: str, provider: str, amount: int) -> Entry:
-        return await self.apply(P.stake_entry(key, provider, amount))
+        return await self.apply(postings.stake_entry(key, provider, amount))
 
     async def unstake(self, key: str, provider: str, amount: int, now: float, delay_s: float) -> Entry:
-        return await self.apply(P.unstake_entry(key, provider, amount, now + delay_s))
+        return await self.apply(postings.unstake_entry(key, provider, amount, now + delay_s))
 
     async def complete_unstake(self, key: str, now: float) -> Entry:
         memo = await self._memo(key)
@@ -289,7 +302,7 @@ class SqlLedger:
             raise LedgerError(f"no unstake {key!r}")
         if now < memo["available_at"]:
             raise LedgerError(f"unstake {key!r} is unbonding until {memo['available_at']}")
-        return await self.apply(P.unbonded_entry(f"{key}:done", memo["provider"], memo["amount"]))
+        return await self.apply(postings.unbonded_entry(f"{key}:done", memo["provider"], memo["amount"]))
 
     async def slash(self, key: str, provider: str, refunds: dict[str, int], checker_id: str,
                     bounty_bps: int, evidence: Charge | None = None) -> Entry:
@@ -304,9 +317,9 @@ class SqlLedger:
                 paid = await s.scalar(select(PaidRow.request_id).where(PaidRow.request_id == evidence.request_id))
             if paid is None:
                 raise LedgerError(f"evidence {evidence.request_id!r} is not a paid request")
-        held = await self.balance(P.provider_held(provider))
-        staked = await self.balance(P.stake(provider))
-        return await self.apply(P.slash_entry(key, provider, held, staked, refunds, checker_id, bounty_bps))
+        held = await self.balance(postings.provider_held(provider))
+        staked = await self.balance(postings.stake(provider))
+        return await self.apply(postings.slash_entry(key, provider, held, staked, refunds, checker_id, bounty_bps))
 
     # ------------------------------------------------------------ reading and checking
 

@@ -7,11 +7,16 @@ the answer reached the caller, so nothing is duplicated. A gateway that
 failed is tried last for the next few seconds; the one that worked is preferred.
 Once response headers arrived the request belongs to that gateway (streams that
 lose their provider are continued by the gateway itself).
+
+The decisions are made once, without I/O, by `GatewayList.attempts` (a generator in
+the manner of httpx's `Auth.auth_flow`); `FailoverTransport` and
+`AsyncFailoverTransport` only carry out its steps, blocking or awaiting.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import httpx
@@ -25,9 +30,15 @@ FAILOVER_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtoco
 PENALTY_S = 5.0
 
 
+# What `GatewayList.attempts` yields: a request to send to a gateway (send back its response,
+# or throw in the connection error), or an error response whose body to read (send it back).
+Step = httpx.Request | httpx.Response
+
+
 @dataclass
 class GatewayList:
-    """Pure bookkeeping of which gateway to try first; shared by the sync and async transports."""
+    """Pure bookkeeping of which gateway to try first, and the failover decisions; shared by the
+    sync and async transports."""
 
     urls: list[httpx.URL]
     failed_at: dict[int, float] = field(default_factory=dict)
@@ -66,6 +77,34 @@ class GatewayList:
         self.preferred = index
         self.failed_at.pop(index, None)
 
+    def attempts(self, request: httpx.Request) -> Generator[Step, httpx.Response, httpx.Response]:
+        """One request's walk over the gateways, sans I/O; returns the response the caller gets.
+
+        Yields the request routed to each gateway in turn: the transport sends it back that
+        gateway's response, or throws in the connection error (`FAILOVER_ERRORS`), which is
+        re-raised from the last gateway. Yields an error response whose body must be read
+        before it can be judged (the transport reads it, which also releases its connection).
+        """
+        order = self.order(time.monotonic())
+        for n, index in enumerate(order):
+            last = n == len(order) - 1
+            try:
+                response = yield self.route(request, index)
+            except FAILOVER_ERRORS:
+                self.failed(index, time.monotonic())
+                if last:
+                    raise
+                continue
+            # The last gateway's answer goes back as it is, body unread (it may be a stream).
+            if response.status_code >= 400 and not last:
+                yield response  # error bodies are small
+                if self.unservable(response):
+                    self.failed(index, time.monotonic())
+                    continue
+            self.worked(index)
+            return response
+        raise AssertionError("unreachable")  # the loop returns or raises on the last gateway
+
 
 class FailoverTransport(httpx.BaseTransport):
     def __init__(self, gateways: list[str], inner: httpx.BaseTransport | None = None):
@@ -73,25 +112,22 @@ class FailoverTransport(httpx.BaseTransport):
         self.inner = inner or httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        order = self.gateways.order(time.monotonic())
-        for n, index in enumerate(order):
-            last = n == len(order) - 1
-            try:
-                response = self.inner.handle_request(self.gateways.route(request, index))
-            except FAILOVER_ERRORS:
-                self.gateways.failed(index, time.monotonic())
-                if last:
-                    raise
-                continue
-            if response.status_code >= 400 and not last:
-                response.read()  # error bodies are small
-                if self.gateways.unservable(response):
-                    response.close()
-                    self.gateways.failed(index, time.monotonic())
+        flow = self.gateways.attempts(request)
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, httpx.Response):
+                    step.read()
+                    step = flow.send(step)
                     continue
-            self.gateways.worked(index)
-            return response
-        raise AssertionError("unreachable")  # the loop returns or raises on the last gateway
+                try:
+                    response = self.inner.handle_request(step)
+                except FAILOVER_ERRORS as exc:
+                    step = flow.throw(exc)
+                    continue
+                step = flow.send(response)
+        except StopIteration as done:
+            return done.value
 
     def close(self) -> None:
         self.inner.close()
@@ -103,25 +139,22 @@ class AsyncFailoverTransport(httpx.AsyncBaseTransport):
         self.inner = inner or httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        order = self.gateways.order(time.monotonic())
-        for n, index in enumerate(order):
-            last = n == len(order) - 1
-            try:
-                response = await self.inner.handle_async_request(self.gateways.route(request, index))
-            except FAILOVER_ERRORS:
-                self.gateways.failed(index, time.monotonic())
-                if last:
-                    raise
-                continue
-            if response.status_code >= 400 and not last:
-                await response.aread()
-                if self.gateways.unservable(response):
-                    await response.aclose()
-                    self.gateways.failed(index, time.monotonic())
+        flow = self.gateways.attempts(request)
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, httpx.Response):
+                    await step.aread()
+                    step = flow.send(step)
                     continue
-            self.gateways.worked(index)
-            return response
-        raise AssertionError("unreachable")
+                try:
+                    response = await self.inner.handle_async_request(step)
+                except FAILOVER_ERRORS as exc:
+                    step = flow.throw(exc)
+                    continue
+                step = flow.send(response)
+        except StopIteration as done:
+            return done.value
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -13,10 +13,11 @@ lives elsewhere; see docs/verification.md.
 
 Modules: judgement (the `Judgement` type: a comparator's outcome, not the signed
 `protocol.Verdict`), sampling (which requests to audit), token_sampler (numpy: the
-seeded token sampler providers use and checkers replay), comparators (numpy),
-judging (numpy: one audit job against a reference model; import it directly), reputation (reputation, suspension and the math behind its defaults),
-hardware (numpy; torch optional). comparators and hardware are imported on first use,
-so the pure-Python parts work without numpy installed.
+seeded token sampler providers use and checkers replay), comparators (numpy), judging
+(numpy: one audit job against a reference model; import it directly), reputation (the
+router's score and portable records), suspension_rule (the k-of-m `suspension` rule and
+the math behind its defaults), hardware (numpy; torch optional). comparators and
+hardware are imported on first use, so the pure-Python parts work without numpy installed.
 """
 
 from __future__ import annotations
@@ -25,27 +26,17 @@ from typing import Any
 
 from gpupool.verify.reputation import (
     DEFAULT_REPUTATION,
-    DEFAULT_SUSPENSION,
-    DESIGN_FALSE_POSITIVE_RATE,
-    Decision,
     Event,
     Reputation,
     ReputationPolicy,
-    SuspensionPolicy,
     beta_params,
-    choose_k_m,
     event_for,
     from_record,
     lower_bound,
     observe,
     observe_verdict,
-    p_honest_suspended,
-    p_honest_suspended_bound,
     record_bytes,
-    requests_until_suspension,
     score,
-    suspension,
-    suspension_cdf,
     to_record,
 )
 from gpupool.verify.sampling import (
@@ -59,6 +50,18 @@ from gpupool.verify.sampling import (
     record_served,
     record_verdict,
     should_audit,
+)
+from gpupool.verify.suspension_rule import (
+    DEFAULT_SUSPENSION,
+    DESIGN_FALSE_POSITIVE_RATE,
+    Decision,
+    SuspensionPolicy,
+    choose_k_m,
+    p_honest_suspended,
+    p_honest_suspended_bound,
+    requests_until_suspension,
+    suspension,
+    suspension_cdf,
 )
 from gpupool.verify.judgement import PASS, Judgement, combine, fail
 

@@ -404,21 +404,7 @@ class Runner:
 
     async def _paid(self, run_ids: list[str]) -> set[str]:
         """Which of these runs the ledger has charged (each request id is paid at most once)."""
-        from gpupool.ledger.sql import PaidRow, SqlLedger
-
-        if not isinstance(self.ledger, SqlLedger):
-            # A chain ledger cannot be asked cheaply: a charge still queued after the wait is
-            # taken as paid (documented in docs/batch.md).
-            mono = time.monotonic()
-            return {r for r in run_ids if r not in self.to_confirm or mono - self.to_confirm[r][1] > 2.0}
-        from sqlalchemy import select
-
-        out: set[str] = set()
-        async with self.ledger.sessions() as s:
-            for i in range(0, len(run_ids), 500):
-                out.update(await s.scalars(select(PaidRow.request_id).where(
-                    PaidRow.request_id.in_(run_ids[i:i + 500]))))
-        return out
+        return await self.ledger.paid(run_ids)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from typing import Any
 
 from gpupool import errors, protocol
 from gpupool.ledger import Charge, InsufficientFunds, Ledger
-from gpupool.ledger import postings as P
+from gpupool.ledger import postings
 from gpupool.protocol import Receipt
 
 log = logging.getLogger("gpupool.gateway.billing")
@@ -182,7 +182,7 @@ class Billing:
         """Funds an earlier run of this gateway reserved and never returned (it was killed)."""
         for client in sorted(set(accounts)):
             # Asked per account: an EVM ledger stores hashed names and cannot list them.
-            amount = await self.ledger.balance(P.client_hold(client, self.holder))
+            amount = await self.ledger.balance(postings.client_hold(client, self.holder))
             if amount > 0:
                 await self.ledger.release_hold(f"reclaim:{self.holder}:{self._boot}:{client}", client, amount,
                                                self.holder)
@@ -236,7 +236,7 @@ class Billing:
                 continue
             tab.reserved += amount
             return
-        balance = await self.ledger.balance(P.client(tab.client))
+        balance = await self.ledger.balance(postings.client(tab.client))
         raise errors.PaymentRequired(
             f"insufficient balance: this request may cost up to {needed + tab.available:,} µcr but account "
             f"{tab.client!r} has {balance + tab.available:,} µcr available; add credits or {fix}")
@@ -356,11 +356,11 @@ class Billing:
         for i in items:
             owed[(i.client, i.lane)] = owed.get((i.client, i.lane), 0) + i.cost - i.fee
             fees[i.client] = fees.get(i.client, 0) + i.fee
-        postings = [P.Posting(P.client_hold(c, self.holder), P.account("fallback", lane), amount)
+        moves = [postings.Posting(postings.client_hold(c, self.holder), postings.account("fallback", lane), amount)
                     for (c, lane), amount in sorted(owed.items()) if amount]
-        postings += [P.Posting(P.client_hold(c, self.holder), P.GATEWAY_FEES, fee)
+        moves += [postings.Posting(postings.client_hold(c, self.holder), postings.GATEWAY_FEES, fee)
                      for c, fee in sorted(fees.items()) if fee]
-        entry = P.Entry(key, "fallback_batch", tuple(postings), {
+        entry = postings.Entry(key, "fallback_batch", tuple(moves), {
             "charges": [[i.request_id, i.client, f"fallback:{i.lane}", i.cost, i.fee] for i in items]})
         try:
             await self.ledger.apply(entry)  # type: ignore[attr-defined]
@@ -402,9 +402,9 @@ class Billing:
         the module docstring): requests draw on it without a ledger write each, and its unused
         rest returns to `balance` after `tab_idle_s` without requests."""
         tab = self.tabs.get(client)
-        reserved = await self.ledger.balance(P.client_hold(client, self.holder))
-        balance = await self.ledger.balance(P.client(client))
-        history = await self.ledger.history(P.client(client), limit=20)
+        reserved = await self.ledger.balance(postings.client_hold(client, self.holder))
+        balance = await self.ledger.balance(postings.client(client))
+        history = await self.ledger.history(postings.client(client), limit=20)
         holds = []
         if reserved:
             holds.append({

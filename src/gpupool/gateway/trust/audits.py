@@ -331,19 +331,20 @@ class Auditor:
         self.store.record_event(accuser, "checker_overruled",
                                     f"its failing verdict was passed by checker {second[:12]} "
                                     f"({strikes}/{MAX_OVERRULED} strikes)")
-        from gpupool.ledger import postings as P
+        from gpupool.ledger import postings
 
         try:
-            if await self.ledger.balance(P.stake(accuser)) > 0:
+            if await self.ledger.balance(postings.stake(accuser)) > 0:
                 await self.ledger.slash(f"slash:{accuser}:{uuid.uuid4().hex[:8]}", accuser, {}, second, BOUNTY_BPS)
                 self.store.record_event(accuser, "checker_slashed", "stake slashed for an overruled verdict")
         except LedgerError as exc:  # e.g. a chain that wants evidence: the strike still stands
             log.warning("could not slash checker %s: %s", accuser[:12], exc)
 
     async def _affordable(self, provider: str, refunds: dict[str, int]) -> dict[str, int]:
-        from gpupool.ledger import postings as P
+        from gpupool.ledger import postings
 
-        pool = await self.ledger.balance(P.provider_held(provider)) + await self.ledger.balance(P.stake(provider))
+        pool = (await self.ledger.balance(postings.provider_held(provider))
+                + await self.ledger.balance(postings.stake(provider)))
         owed = sum(refunds.values())
         if owed <= pool:
             return refunds

@@ -26,9 +26,9 @@ from starlette.routing import Route
 from gpupool import errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway.edge.http import JSON, json_object, query_limit
-from gpupool.gateway.store import account_for
 from gpupool.gateway.web.context import Gateway
 from gpupool.ledger import LedgerError, postings
+from gpupool.ledger.postings import account_for
 
 
 log = logging.getLogger("gpupool.gateway")

@@ -1,7 +1,7 @@
 """HTTP edge helpers for the gateway's routes: JSON responses, the body limit, client
 disconnects, server-sent events, query and routing options, background tasks.
 
-Kept apart from `app.py` so the routes there read as what the API does; nothing here
+Kept apart from the route handlers (gateway/web/) so they read as what the API does; nothing here
 knows about providers, money or routing policy.
 """
 

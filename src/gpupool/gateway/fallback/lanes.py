@@ -36,7 +36,6 @@ import httpx
 import pydantic
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from gpupool import errors
 from gpupool.config import GatewaySettings
@@ -366,20 +365,17 @@ class Fallbacks:
 
     # ------------------------------------------------------------ admin
 
-    def routes(self, admin: Callable[[Request], None]) -> list[Route]:
-        async def state(request: Request) -> JSON:
-            admin(request)
-            return JSON({"object": "gpupool.fallback", "reasons": list(REASONS),
-                         "first_token_budget_s": self.settings.fallback_first_token_budget_s,
-                         "reserve_s": self.settings.fallback_reserve_s, "stats": self.stats,
-                         "lanes": [{"name": lane.name, "base_url": lane.base_url, "region": lane.region,
-                                    "key": bool(self._keys.get(lane.name)),
-                                    "models": {m: {"upstream": lm.upstream, "price_in": lm.price.per_m_in,
-                                                   "price_out": lm.price.per_m_out}
-                                               for m, lm in lane.models.items()}}
-                                   for lane in self.lanes]})
-
-        return [Route("/admin/fallback", state)]
+    def describe(self) -> dict[str, Any]:
+        """The lanes, their settings and counts, for the operator (`GET /admin/fallback`); never a key."""
+        return {"object": "gpupool.fallback", "reasons": list(REASONS),
+                "first_token_budget_s": self.settings.fallback_first_token_budget_s,
+                "reserve_s": self.settings.fallback_reserve_s, "stats": self.stats,
+                "lanes": [{"name": lane.name, "base_url": lane.base_url, "region": lane.region,
+                           "key": bool(self._keys.get(lane.name)),
+                           "models": {m: {"upstream": lm.upstream, "price_in": lm.price.per_m_in,
+                                          "price_out": lm.price.per_m_out}
+                                      for m, lm in lane.models.items()}}
+                          for lane in self.lanes]}
 
 
 async def _sse_data(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:

@@ -5,8 +5,8 @@
 - `POST /admin/keys`: create a client key (optionally with limits); `POST /admin/deposit`:
   credit an account, once per idempotency key.
 - `GET /admin/providers`, `/admin/events`, `/admin/audits`, `/admin/billing`,
-  `/admin/requests`: connected providers, peer events, audit state, billing queues,
-  the request log.
+  `/admin/requests`, `/admin/fallback`: connected providers, peer events, audit state,
+  billing queues, the request log, the fallback lanes.
 
 Every route needs `Authorization: Bearer <--admin-token>` (compared in constant time);
 without a configured token the admin API is off (401).
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hmac
 import logging
 from functools import partial
-from collections.abc import Callable
 
 import msgspec
 from starlette.requests import Request
@@ -41,11 +40,6 @@ def require_admin(settings: GatewaySettings, request: Request) -> None:
         raise errors.AuthenticationFailed("admin token required (set GPUPOOL_GATEWAY_ADMIN_TOKEN)")
 
 
-def admin_check(settings: GatewaySettings) -> Callable[[Request], None]:
-    """`require_admin` for these settings, for routes outside this module (fallback lanes)."""
-    return partial(require_admin, settings)
-
-
 def admin_routes(gw: Gateway) -> list[Route]:
     return [
         Route("/admin/keys", partial(create_key, gw), methods=["POST"]),
@@ -55,6 +49,7 @@ def admin_routes(gw: Gateway) -> list[Route]:
         Route("/admin/audits", partial(audits, gw)),
         Route("/admin/billing", partial(billing_state, gw)),
         Route("/admin/requests", partial(requests_log, gw)),
+        Route("/admin/fallback", partial(fallback_state, gw)),
     ]
 
 
@@ -127,3 +122,8 @@ async def events_log(gw: Gateway, request: Request) -> JSON:
 async def requests_log(gw: Gateway, request: Request) -> JSON:
     require_admin(gw.settings, request)
     return JSON({"data": await gw.store.recent_requests(query_limit(request))})
+
+
+async def fallback_state(gw: Gateway, request: Request) -> JSON:
+    require_admin(gw.settings, request)
+    return JSON(gw.fallbacks.describe())

@@ -31,7 +31,7 @@ from gpupool.gateway.edge import openai_api
 from gpupool.gateway.edge.http import BodyLimit, ClientGone, with_server_send
 from gpupool.gateway.store import Store
 from gpupool.gateway.web import client_api, inference
-from gpupool.gateway.web.admin_api import admin_check, admin_routes
+from gpupool.gateway.web.admin_api import admin_routes
 from gpupool.gateway.web.context import Gateway
 from gpupool.gateway.web.dashboard import dashboard_routes
 from gpupool.gateway.web.error_handler import on_error
@@ -70,7 +70,6 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             route("/v1/providers/{node_id}/reputation", client_api.reputation),
             WebSocketRoute("/v1/providers/ws", gw.hub.handle),
             *admin_routes(gw),
-            *gw.fallbacks.routes(admin_check(settings)),
             *gw.batches.routes(),
             Route("/metrics", gw.metrics.endpoint),
             *public_routes(gw),

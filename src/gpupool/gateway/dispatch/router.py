@@ -45,8 +45,6 @@ from gpupool.routing.speed import hardware_speed, pool_prior
 
 
 PRIOR_REFRESH_S = 2.0
-
-
 # Past this many speed/breaker records, those of providers not connected are dropped.
 MAX_ROUTER_RECORDS = 10_000
 

@@ -235,3 +235,44 @@ async def test_owner_powers_are_limited_held_earnings_and_bound_clients(anvil_ur
         assert await led.verify() == []
     finally:
         await led.close()
+
+
+async def _squat_scenario(led: EvmLedger) -> None:
+    """A provider with its own settlement key tries to squat the operator's next batch key and
+    the key of the slash that would punish it, by withdrawing 1 µcr under each first."""
+    key = await _provider(led, "gpa")
+    await _tab(led, "carol", 200_000)
+    first = signed_charge(key, led.address, led.chain_id, "q1", "carol", "gpa", 40_000)
+    await led.settle_batch("batch:gw:1", [first], fee_bps=0)
+    await led.release_due(1e12, 0)
+    await led.w3.eth.send_transaction({"from": led.chain.sender, "to": key.address, "value": 10**18})
+    own = await EvmLedger.connect(led.w3, led.address, private_key=key.private.to_hex())
+    for squatted in ("batch:gw:2", "slash:gpa:1"):
+        await own.withdraw(squatted, postings.provider_free("gpa"), 1)
+    second = signed_charge(key, led.address, led.chain_id, "q2", "carol", "gpa", 30_000)
+    assert (await led.settle_batch("batch:gw:2", [second], fee_bps=0)).paid == ["q2"]
+    assert (await led.settle_batch("batch:gw:2", [second], fee_bps=0)).paid == ["q2"]  # a replay still a no-op
+    await led.stake("s1", "gpa", 20_000)
+    await led.slash("slash:gpa:1", "gpa", {"carol": 30_000}, "chk", 0, evidence=second)
+    assert await led.balance(postings.provider_held("gpa")) == 0 and await led.balance(postings.stake("gpa")) == 0
+    assert await led.balance(postings.client("carol")) == 30_000  # the refund (the rest is in her tab)
+    # The provider's own withdrawal keys are its own: reusing one with other content is refused,
+    # the same content is a no-op, and the operator's payout under the same key is a new entry.
+    with pytest.raises(LedgerError, match="different entry"):
+        await own.withdraw("batch:gw:2", postings.provider_free("gpa"), 2)
+    await own.withdraw("batch:gw:2", postings.provider_free("gpa"), 1)
+    await led.withdraw("batch:gw:2", postings.provider_free("gpa"), 1)
+    assert await led.balance(postings.provider_free("gpa")) == 40_000 - 20_000 - 3
+    assert await led.verify() == []
+
+
+async def test_a_provider_cannot_squat_settlement_or_slash_keys(led: EvmLedger) -> None:
+    await _squat_scenario(led)
+
+
+async def test_a_provider_cannot_squat_settlement_or_slash_keys_on_anvil(anvil_url: str) -> None:  # noqa: F811
+    led = await EvmLedger.open(f"evm+{anvil_url}?contract={await deploy(anvil_url, min_delay=0)}")
+    try:
+        await _squat_scenario(led)
+    finally:
+        await led.close()

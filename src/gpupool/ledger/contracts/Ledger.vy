@@ -7,7 +7,8 @@
         a deposit carries exactly `amount` wei, a withdrawal pays it back out, so the
         contract's coin balance always equals the sum of its internal balances.
         Accounts are bytes32 keys (keccak256 of the client/provider/checker id);
-        idempotency keys are keccak256 of the key string. See docs/ledger-evm.md.
+        idempotency keys are keccak256 of the key string, namespaced on chain by
+        operation and sender (see _first). See docs/ledger-evm.md.
 """
 
 BPS: constant(uint256) = 10000
@@ -77,7 +78,7 @@ checkers: public(HashMap[address, bool])
 settlement: public(HashMap[bytes32, address])   # provider key -> its registered secp256k1 address
 client_address: public(HashMap[bytes32, address])  # client key -> the only address its funds may go to
 
-used: public(HashMap[bytes32, bytes32])          # idempotency key -> digest of the operation's content
+used: public(HashMap[bytes32, bytes32])          # keccak256(operation, sender, key) -> digest of the content
 paid: public(HashMap[bytes32, bytes32])          # request key -> provider it was paid to
 evidence_used: public(HashMap[bytes32, bool])    # a paid receipt slashes at most once
 holds: public(HashMap[bytes32, Hold])
@@ -116,12 +117,16 @@ def _only_owner():
 
 
 @internal
-def _first(key: bytes32, digest: bytes32) -> bool:
+def _first(op: bytes32, key: bytes32, digest: bytes32) -> bool:
     # True the first time a key is used; a replay with the same content is a no-op,
-    # the same key with different content is refused.
-    prior: bytes32 = self.used[key]
+    # the same key with different content is refused. Keys live in one space per
+    # operation and sender: a provider or client withdrawing with its own key can never
+    # consume the operator's settle_batch or slash key (which would jam settlement or
+    # escape the slash), and no caller can consume another operation's key.
+    k: bytes32 = keccak256(abi_encode(op, msg.sender, key))
+    prior: bytes32 = self.used[k]
     if prior == empty(bytes32):
-        self.used[key] = digest
+        self.used[k] = digest
         return True
     assert prior == digest, "key was already used for a different entry"
     return False
@@ -179,11 +184,8 @@ def bind_client(client: bytes32, wallet: address, v: uint8, r: bytes32, s: bytes
 def deposit(key: bytes32, client: bytes32, amount: uint256):
     assert amount > 0, "deposit must be positive"
     assert msg.value == amount, "a deposit carries exactly amount wei (1 wei = 1 ucr)"
-    k: bytes32 = key
-    if msg.sender != self.owner:
-        # Others get their own key space, so nobody can squat the operator's keys.
-        k = keccak256(abi_encode(msg.sender, key))
-    if not self._first(k, keccak256(abi_encode(keccak256("deposit"), client, amount))):
+    # Anyone may fund an escrow; _first gives each sender its own key space.
+    if not self._first(keccak256("deposit"), key, keccak256(abi_encode(client, amount))):
         send(msg.sender, msg.value)  # a replay pays nothing in
         return
     self.client_free[client] += amount
@@ -204,7 +206,7 @@ def withdraw(key: bytes32, kind: uint8, ident: bytes32, amount: uint256):
         assert msg.sender == self.owner or msg.sender == to, "only the owner or the client"
     else:
         self._only_owner()
-    if not self._first(key, keccak256(abi_encode(keccak256("withdraw"), kind, ident, amount))):
+    if not self._first(keccak256("withdraw"), key, keccak256(abi_encode(kind, ident, amount))):
         return
     if kind == CLIENT:
         assert self.client_free[ident] >= amount, "insufficient funds: client"
@@ -237,7 +239,7 @@ def _hold_account(client: bytes32, holder: bytes32) -> bytes32:
 def hold(key: bytes32, client: bytes32, holder: bytes32, amount: uint256):
     self._only_owner()
     assert amount > 0, "hold must be positive"
-    if not self._first(key, keccak256(abi_encode(keccak256("hold"), client, holder, amount))):
+    if not self._first(keccak256("hold"), key, keccak256(abi_encode(client, holder, amount))):
         return
     assert self.client_free[client] >= amount, "insufficient funds: client"
     held: bytes32 = self._hold_account(client, holder)
@@ -250,7 +252,7 @@ def hold(key: bytes32, client: bytes32, holder: bytes32, amount: uint256):
 def release_hold(key: bytes32, client: bytes32, holder: bytes32, amount: uint256):
     self._only_owner()
     assert amount > 0, "release must be positive"
-    if not self._first(key, keccak256(abi_encode(keccak256("release_hold"), client, holder, amount))):
+    if not self._first(keccak256("release_hold"), key, keccak256(abi_encode(client, holder, amount))):
         return
     held: bytes32 = self._hold_account(client, holder)
     assert self.client_hold[held] >= amount, "insufficient funds: client hold"
@@ -269,7 +271,7 @@ def settle(key: bytes32, hold_key: bytes32, request: bytes32, provider: bytes32,
     assert h.amount > 0, "no hold for this request"
     assert cost <= h.amount, "cost outside the hold"
     assert self.client_address[h.client] == empty(address), "a bound client pays only by signed receipts"
-    if not self._first(key, keccak256(abi_encode(keccak256("settle"), provider, cost, fee_bps))):
+    if not self._first(keccak256("settle"), key, keccak256(abi_encode(provider, cost, fee_bps))):
         return
     assert self.paid[request] == empty(bytes32), "request already paid"
     assert self.client_hold[h.client] >= h.amount, "insufficient funds: client hold"
@@ -287,7 +289,7 @@ def cancel_hold(key: bytes32, hold_key: bytes32):
     self._only_owner()
     h: Hold = self.holds[hold_key]
     assert h.amount > 0, "no hold for this request"
-    if not self._first(key, keccak256(abi_encode(keccak256("cancel_hold"), h.client, h.amount))):
+    if not self._first(keccak256("cancel_hold"), key, keccak256(abi_encode(h.client, h.amount))):
         return
     assert self.client_hold[h.client] >= h.amount, "insufficient funds: client hold"
     self.client_hold[h.client] -= h.amount
@@ -303,7 +305,7 @@ def settle_batch(key: bytes32, fee_bps: uint256, receipts: DynArray[Receipt, MAX
     digest: bytes32 = keccak256(abi_encode(keccak256("settle_batch"), fee_bps))
     for rc: Receipt in receipts:
         digest = keccak256(concat(digest, rc.request, rc.client, rc.provider, convert(rc.cost, bytes32)))
-    if not self._first(key, digest):
+    if not self._first(keccak256("settle_batch"), key, digest):
         return
     b: uint256 = self.n_batches
     self.n_batches = b + 1
@@ -368,7 +370,7 @@ def release(key: bytes32, request: bytes32):
     s: Settled = self.settled[request]
     assert s.provider != empty(bytes32), "request has no settled earnings to release"
     assert block.timestamp >= s.at + self.min_delay, "still held (chain time)"
-    if not self._first(key, keccak256(abi_encode(keccak256("release"), s.provider, s.earned))):
+    if not self._first(keccak256("release"), key, keccak256(abi_encode(s.provider, s.earned))):
         return
     assert self.provider_held[s.provider] >= s.earned, "insufficient funds: provider held"
     self.provider_held[s.provider] -= s.earned
@@ -381,7 +383,7 @@ def release(key: bytes32, request: bytes32):
 def stake(key: bytes32, provider: bytes32, amount: uint256):
     self._only_owner()
     assert amount > 0, "stake must be positive"
-    if not self._first(key, keccak256(abi_encode(keccak256("stake"), provider, amount))):
+    if not self._first(keccak256("stake"), key, keccak256(abi_encode(provider, amount))):
         return
     assert self.provider_free[provider] >= amount, "insufficient funds: provider"
     self.provider_free[provider] -= amount
@@ -392,7 +394,7 @@ def stake(key: bytes32, provider: bytes32, amount: uint256):
 def unstake(key: bytes32, provider: bytes32, amount: uint256, available_at_ms: uint256):
     self._only_owner()
     assert amount > 0, "unstake must be positive"
-    if not self._first(key, keccak256(abi_encode(keccak256("unstake"), provider, amount, available_at_ms))):
+    if not self._first(keccak256("unstake"), key, keccak256(abi_encode(provider, amount, available_at_ms))):
         return
     assert self.staked[provider] >= amount, "insufficient funds: stake"
     self.staked[provider] -= amount
@@ -408,7 +410,7 @@ def complete_unstake(key: bytes32, unstake_key: bytes32, now_ms: uint256):
     assert u.amount > 0, "no such unstake"
     assert now_ms >= u.available_at_ms, "still unbonding"
     assert block.timestamp >= u.not_before, "still unbonding (chain time)"
-    if not self._first(key, keccak256(abi_encode(keccak256("unbonded"), u.provider, u.amount))):
+    if not self._first(keccak256("unbonded"), key, keccak256(abi_encode(u.provider, u.amount))):
         return
     assert self.unbonding[u.provider] >= u.amount, "insufficient funds: unbonding"
     self.unbonding[u.provider] -= u.amount
@@ -427,7 +429,7 @@ def slash(key: bytes32, provider: bytes32, refund_clients: DynArray[bytes32, MAX
     assert len(refund_clients) == len(refund_amounts), "refund lists differ in length"
     assert self.paid[request] == provider, "evidence: receipt was not paid to this provider"
     assert self._signed_by(request, self.settlement[provider], cost, v, r, s), "evidence: bad provider signature"
-    if not self._first(key, keccak256(abi_encode(keccak256("slash"), provider, checker, bounty_bps, request,
+    if not self._first(keccak256("slash"), key, keccak256(abi_encode(provider, checker, bounty_bps, request,
                                                  cost, refund_clients, refund_amounts))):
         return
     assert not self.evidence_used[request], "evidence already used"

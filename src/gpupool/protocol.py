@@ -28,11 +28,14 @@ request, a statement pays it once per ~50 ms per provider.
 from __future__ import annotations
 
 import hashlib
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 import msgspec
 
 from gpupool.identity import Identity, verify_signature
+# Peer-sent numbers and strings are bounded by their types: decoding refuses a NaN or a 2**64 count.
+from gpupool.protocol_limits import (Capacity, Concurrency, Count, Description, Latitude, LogProb, Longitude, Micro,
+                                     Rate, Region, Score, Seq, ShortStr, Timestamp, TokenId)
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
@@ -108,46 +111,46 @@ class SettlementAddress(_Msg, tag="settlement_address"):
 
 
 class ModelOffer(msgspec.Struct, omit_defaults=True):
-    name: str
+    name: Description  # the gateway's --max-model-name bounds it further
     task: Task
-    backend: str  # embeddings | generate | upstream | echo
-    description: str = ""
-    max_input_tokens: int = 8192
-    max_output_tokens: int = 2048
-    dimensions: int = 0  # embeddings only
+    backend: ShortStr  # embeddings | generate | upstream | echo
+    description: Description = ""
+    max_input_tokens: Count = 8192
+    max_output_tokens: Count = 2048
+    dimensions: Count = 0  # embeddings only
     # Prices in micro-credits per 1M tokens (market issue fills these in).
-    price_in: int = 0
-    price_out: int = 0
+    price_in: Micro = 0
+    price_out: Micro = 0
     # Speed the provider claims; routing uses it (capped) only until it has measured.
-    claimed_prefill_tps: float = 0.0
-    claimed_decode_tps: float = 0.0
-    claimed_items_per_s: float = 0.0
+    claimed_prefill_tps: Rate = 0.0
+    claimed_decode_tps: Rate = 0.0
+    claimed_items_per_s: Rate = 0.0
 
 
 class GpuInfo(msgspec.Struct, omit_defaults=True):
-    name: str
-    memory_mb: int
-    uuid: str = ""
+    name: ShortStr
+    memory_mb: Count
+    uuid: ShortStr = ""
 
 
 class Hardware(msgspec.Struct, omit_defaults=True):
-    cpu: str
-    cpu_cores: int
-    memory_mb: int
-    gpus: list[GpuInfo] = []
+    cpu: ShortStr
+    cpu_cores: Count
+    memory_mb: Count
+    gpus: Annotated[list[GpuInfo], msgspec.Meta(max_length=256)] = []
 
 
 class Offer(_Msg, tag="offer"):
-    node_id: str
+    node_id: ShortStr
     models: list[ModelOffer]
     hardware: Hardware
-    region: str
-    max_concurrency: int
-    issued_at: float
-    latitude: float = 0.0
-    longitude: float = 0.0
+    region: Region
+    max_concurrency: Concurrency
+    issued_at: Timestamp
+    latitude: Latitude = 0.0
+    longitude: Longitude = 0.0
     # "provider" serves client traffic; "checker" holds reference models and judges audit jobs.
-    role: str = "provider"
+    role: ShortStr = "provider"
     # Optional: the public key of the node's operator, and its signature over
     # `operator_bytes(node_id)`. Nodes of one operator never audit each other.
     operator: bytes = b""
@@ -156,9 +159,9 @@ class Offer(_Msg, tag="offer"):
 
 
 class LoadReport(_Msg, tag="load"):
-    in_flight: int
-    queued: int
-    capacity: int
+    in_flight: Capacity
+    queued: Capacity
+    capacity: Capacity
 
 
 # ---------------------------------------------------------------- work
@@ -206,13 +209,13 @@ class Cancel(_Msg, tag="cancel"):
 
 class Chunk(_Msg, tag="chunk"):
     request_id: str
-    seq: int
+    seq: Seq
     text: str
 
 
 class Usage(msgspec.Struct):
-    prompt_tokens: int
-    completion_tokens: int = 0
+    prompt_tokens: Count
+    completion_tokens: Count = 0
 
 
 class Receipt(msgspec.Struct, omit_defaults=True):
@@ -224,8 +227,8 @@ class Receipt(msgspec.Struct, omit_defaults=True):
     input_hash: bytes
     output_hash: bytes
     usage: Usage
-    finish_reason: str = ""
-    issued_at: float = 0.0
+    finish_reason: ShortStr = ""
+    issued_at: Timestamp = 0.0
     tokens_hash: bytes = b""  # generation: commits to Done.token_ids and Done.logprobs (see tokens_hash)
     signature: bytes = b""
 
@@ -235,15 +238,15 @@ class Done(_Msg, tag="done"):
     receipt: Receipt
     # Embeddings: little-endian float32 rows, one per input, each `dimensions` long.
     vectors: bytes = b""
-    dimensions: int = 0
+    dimensions: Count = 0
     # Generation: the full text (streamed chunks concatenate to exactly this).
     text: str = ""
     # On an EVM ledger: the settlement key's signature over this request's cost (65 bytes).
     settlement_sig: bytes = b""
     # Generation by a backend that runs the model: the chosen token ids and their
     # log-probabilities, for audits (never sent on to the client).
-    token_ids: list[int] = []
-    logprobs: list[float] = []
+    token_ids: list[TokenId] = []
+    logprobs: list[LogProb] = []
 
 
 class Fail(_Msg, tag="fail"):
@@ -263,7 +266,7 @@ class Batch(_Msg, tag="batch"):
 class Statement(_Msg, tag="statement"):
     """The provider's signature over receipts it sent: `digests` are `receipt_digest`s, in order."""
 
-    seq: int
+    seq: Seq
     digests: list[bytes]
     signature: bytes = b""
 
@@ -282,10 +285,10 @@ class AuditJob(_Msg, tag="audit"):
     payload: Payload
     receipt: Receipt
     vectors: bytes = b""  # embeddings: the provider's float32 rows
-    dimensions: int = 0
+    dimensions: Count = 0
     text: str = ""  # generation: the provider's text
-    token_ids: list[int] = []  # generation: the committed tokens, when the provider sent them
-    logprobs: list[float] = []
+    token_ids: list[TokenId] = []  # generation: the committed tokens, when the provider sent them
+    logprobs: list[LogProb] = []
     # The gateway is waiting on this verdict (probation, a recheck after a failure, a fraud
     # confirmation): judge it at once instead of holding it for a shared batch.
     urgent: bool = False
@@ -301,8 +304,8 @@ class Verdict(_Msg, tag="verdict"):
     passed: bool
     hard: bool  # wrong model, garbage, bad signature: suspend at once
     reason: str
-    score: float
-    issued_at: float
+    score: Score
+    issued_at: Timestamp
     signature: bytes = b""
 
 
@@ -332,9 +335,9 @@ class HardwareAnswer(_Msg, tag="hw_answer"):
 
     challenge_id: str
     row_digests: list[bytes] = []
-    elapsed_s: float = 0.0
+    elapsed_s: Rate = 0.0
     rows: list[bytes] = []
-    device: str = ""  # informational: where the provider computed C ("cpu", "cuda")
+    device: ShortStr = ""  # informational: where the provider computed C ("cpu", "cuda")
 
 
 class Drain(_Msg, tag="drain"):
@@ -464,7 +467,8 @@ def receipt_digest(receipt: Receipt) -> bytes:
 
 
 def statement_bytes(seq: int, digests: list[bytes]) -> bytes:
-    return b"gpupool-statement-v1\x00" + seq.to_bytes(8, "big") + b"".join(digests)
+    # `seq` is 0..2**63-1 once decoded; masked so that a locally built one cannot raise either.
+    return b"gpupool-statement-v1\x00" + (seq & (2**64 - 1)).to_bytes(8, "big") + b"".join(digests)
 
 
 def verify_statement(st: Statement, public_key: bytes) -> bool:
@@ -479,10 +483,15 @@ def payload_hash(payload: Payload) -> bytes:
 
 
 def tokens_hash(token_ids: list[int], logprobs: list[float]) -> bytes:
-    """What a receipt commits to for the generated tokens: int32 ids, then float32 log-probs (LE)."""
+    """What a receipt commits to for the generated tokens: int32 ids, then float32 log-probs (LE).
+    Values out of range (decoding refuses them from a peer) hash their msgpack: it never raises."""
     import struct
 
-    return hashlib.sha256(struct.pack(f"<{len(token_ids)}i{len(logprobs)}f", *token_ids, *logprobs)).digest()
+    try:
+        packed = struct.pack(f"<{len(token_ids)}i{len(logprobs)}f", *token_ids, *logprobs)
+    except (struct.error, OverflowError):
+        packed = b"out-of-range\x00" + _encoder.encode([token_ids, logprobs])
+    return hashlib.sha256(packed).digest()
 
 
 def output_hash(data: bytes | str) -> bytes:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpupool import protocol
+from gpupool import protocol, protocol_limits
 from gpupool.identity import Identity, node_id_for, verify_signature
 from gpupool.protocol import (
     ChatMessage, Done, EmbedPayload, GeneratePayload, Hardware, ModelOffer, Offer, Receipt, Run, Usage,
@@ -90,3 +90,51 @@ def test_key_file_is_private_and_stable(tmp_path: Path) -> None:
     path.write_bytes(b"short")
     with pytest.raises(ValueError):
         Identity.load_or_create(path)
+
+
+def _offer(**fields: object) -> protocol.Offer:
+    offer = protocol.Offer(node_id="gp1", models=[protocol.ModelOffer("m", "generate", "echo")],
+                           hardware=protocol.Hardware("cpu", 8, 16_384, [protocol.GpuInfo("H100", 81_559, "GPU-1")]),
+                           region="eu-west", max_concurrency=1_024, issued_at=time.time(),
+                           latitude=-33.9, longitude=151.2)
+    return msgspec.structs.replace(offer, **fields)
+
+
+@pytest.mark.parametrize("bad", [
+    _offer(latitude=float("nan")), _offer(latitude=91.0), _offer(longitude=float("-inf")),
+    _offer(max_concurrency=10**6), _offer(max_concurrency=-1), _offer(region="r" * 65),
+    _offer(node_id="n" * 257), _offer(issued_at=float("inf")),
+    _offer(hardware=protocol.Hardware("c" * 257, 8, 1)),
+    _offer(hardware=protocol.Hardware("cpu", 8, 2**40)),
+    _offer(models=[protocol.ModelOffer("m", "generate", "echo", description="d" * 1_025)]),
+    _offer(models=[protocol.ModelOffer("m", "generate", "echo", price_in=-1)]),
+    _offer(models=[protocol.ModelOffer("m", "generate", "echo", claimed_decode_tps=float("nan"))]),
+    protocol.LoadReport(0, 0, protocol_limits.MAX_CAPACITY + 1),
+    protocol.Statement(-1, []),
+    protocol.Done("r", protocol.Receipt("r", "n", "m", b"", b"", protocol.Usage(2**64 - 1, 1))),
+    protocol.Done("r", protocol.Receipt("r", "n", "m", b"", b"", protocol.Usage(1, 2**31))),
+    protocol.Done("r", protocol.Receipt("r", "n", "m", b"", b"", protocol.Usage(1)), token_ids=[2**31]),
+    protocol.Done("r", protocol.Receipt("r", "n", "m", b"", b"", protocol.Usage(1)), token_ids=[-1]),
+    protocol.Done("r", protocol.Receipt("r", "n", "m", b"", b"", protocol.Usage(1)), logprobs=[1e39]),
+    protocol.Done("r", protocol.Receipt("r", "n", "m", b"", b"", protocol.Usage(1)), logprobs=[float("nan")]),
+    protocol.Verdict("j", "r", "p", "c", False, False, "wrong", float("nan"), 0.0),
+], ids=lambda m: type(m).__name__)
+def test_decoding_refuses_numbers_and_strings_out_of_bounds(bad: protocol.Message) -> None:
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(protocol.encode(bad))
+
+
+def test_generous_bounds_pass_and_hashing_is_total() -> None:
+    limits = protocol_limits
+    good = [_offer(), _offer(latitude=90.0, longitude=-180.0, max_concurrency=limits.MAX_CONCURRENCY,
+                             region="r" * limits.MAX_REGION),
+            protocol.LoadReport(limits.MAX_CAPACITY, limits.MAX_CAPACITY, limits.MAX_CAPACITY),
+            protocol.Done("r", protocol.Receipt("r", "n", "m", b"", b"", protocol.Usage(2**31 - 1, 2**31 - 1)),
+                          token_ids=[0, 2**31 - 1], logprobs=[-3.4e38, 0.0])]
+    for msg in good:
+        assert protocol.decode(protocol.encode(msg)) == msg
+    # Built locally, out of range: the hashes still answer (and differ from in-range ones), never raise.
+    for ids, lps in (([2**31], [0.0]), ([1], [1e39]), ([-2**40], [])):
+        assert len(protocol.tokens_hash(ids, lps)) == 32
+    assert protocol.tokens_hash([1], [0.5]) != protocol.tokens_hash([1], [1e39])
+    assert protocol.statement_bytes(2**70, []) and protocol.statement_bytes(-1, [])

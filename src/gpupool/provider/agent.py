@@ -49,6 +49,11 @@ class ProviderAgent:
         self._drain_requested = asyncio.Event()
         self._links: list[GatewayLink] = []
         self._hardware = probe()
+        try:  # refused here in one line, rather than by every gateway as a garbage frame
+            protocol.decode(protocol.encode(self.make_offer()))
+        except protocol.ProtocolError as exc:
+            raise ValueError(f"this provider's offer is outside the protocol's bounds "
+                             f"(docs/security.md, peer limits): {str(exc).removeprefix('undecodable frame: ')}") from None
 
     def _priced(self, offer: ModelOffer) -> ModelOffer:
         price = self.prices.get(offer.name)

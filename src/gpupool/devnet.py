@@ -11,7 +11,9 @@ so they all exercise the same processes a real deployment runs.
         ...                                  # processes stop on exit
 
 Every child runs in its own session, so Ctrl-C reaches only this process, which
-then drains providers (SIGTERM) before stopping the gateway.
+then drains providers (SIGTERM) before stopping the gateway. With `die_with_parent`
+(`gpupool devnet`) the children also leave if this process dies without stopping them
+(lifeline.py), and `stale_processes` finds those a killed devnet left behind.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import httpx
 
 from gpupool.identity import Identity
+from gpupool.lifeline import PARENT_ENV, preexec
 from gpupool.tls import client_context
 
 DEV_KEY_FILE = "dev-api-key"
@@ -69,9 +72,11 @@ class Proc:
 
 class Network:
     def __init__(self, home: Path, *, db: str | None = None, env: dict[str, str] | None = None,
-                 tls: tuple[Path, Path, Path] | None = None):
-        """`tls`: (certificate, key, CA) to serve https:// and wss://; providers and checkers trust the CA."""
+                 tls: tuple[Path, Path, Path] | None = None, die_with_parent: bool = False):
+        """`tls`: (certificate, key, CA) to serve https:// and wss://; providers and checkers trust the CA.
+        `die_with_parent`: children leave when this process dies, even by SIGKILL (lifeline.py)."""
         self.home = Path(home).expanduser()
+        self.die_with_parent = die_with_parent
         self.tls = tls
         # This object's own httpx calls trust the same CA.
         self.verify: ssl.SSLContext | bool = client_context(tls[2]) if tls else True
@@ -97,10 +102,12 @@ class Network:
                prefix: list[str] | None = None) -> Proc:
         log_path = self.home / "logs" / f"{name}.log"
         log = open(log_path, "ab")
+        lifeline = {PARENT_ENV: str(os.getpid())} if self.die_with_parent else {}
         popen = subprocess.Popen(
             [*(prefix or []), sys.executable, "-m", "gpupool", *args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**self.env, **(env or {})}, start_new_session=True,
+            env={**self.env, **(env or {}), **lifeline}, start_new_session=True,
+            preexec_fn=preexec(os.getpid()) if self.die_with_parent else None,
         )
         log.close()
         return Proc(name, popen, log_path, args)
@@ -259,11 +266,52 @@ class Network:
             _signal(self.gateway, signal.SIGTERM)
             _wait_all([self.gateway], timeout)
 
+    def pids(self) -> list[int]:
+        """The processes this network started (for the devnet pointer: `stale_processes`)."""
+        return [p.popen.pid for p in [self.gateway, *self.providers, *self.checkers] if p is not None]
+
     def __enter__(self) -> Network:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        pass
+    try:  # no /proc (macOS): ask ps
+        return subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True,
+                              timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def stale_processes(pointer: dict[str, Any]) -> list[int]:
+    """Processes a devnet that is gone left running: the pids its pointer lists that are still
+    gpupool processes of that devnet (their command line names its home), so a reused pid
+    of some other program is never touched."""
+    home = str(pointer.get("home") or "")
+    pids = [p for p in pointer.get("children") or [] if isinstance(p, int) and p > 1]
+    return [p for p in pids if home and "gpupool" in (cmd := _command_line(p)) and home in cmd]
+
+
+def stop_stale(pids: list[int], timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL after `timeout`, each stale process (and its own process group)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.killpg(pid, sig) if os.getpgid(pid) == pid else os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + timeout
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if _command_line(p).strip()]
+            time.sleep(0.1)
+        if not pids:
+            return
 
 
 def _signal(proc: Proc, sig: int) -> None:

@@ -35,7 +35,7 @@ import msgspec
 from gpupool.identity import Identity, verify_signature
 # Peer-sent numbers and strings are bounded by their types: decoding refuses a NaN or a 2**64 count.
 from gpupool.protocol_limits import (Capacity, Concurrency, Count, Description, Latitude, LogProb, Longitude, Micro,
-                                     Rate, Region, Score, Seq, ShortStr, Timestamp, TokenId)
+                                     ModelName, Rate, Region, Score, Seq, ShortStr, Timestamp, TokenId)
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
@@ -111,7 +111,7 @@ class SettlementAddress(_Msg, tag="settlement_address"):
 
 
 class ModelOffer(msgspec.Struct, omit_defaults=True):
-    name: Description  # the gateway's --max-model-name bounds it further
+    name: ModelName  # the gateway's --max-model-name bounds it further
     task: Task
     backend: ShortStr  # embeddings | generate | upstream | echo
     description: Description = ""

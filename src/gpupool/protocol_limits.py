@@ -23,7 +23,8 @@ MAX_CONCURRENCY = 4_096  # requests one node runs at once (a large engine runs ~
 MAX_CAPACITY = 65_536  # running plus queued, in a LoadReport
 MAX_SHORT_STR = 256  # node ids, model and hardware names, roles, reasons
 MAX_REGION = 64  # a region: "eu-west", "us-east-1"
-MAX_DESCRIPTION = 1_024  # a model's description, a failure or verdict message
+MAX_DESCRIPTION = 1_024  # a model's description
+MAX_MODEL_NAME = 8_192  # loose: the gateway's --max-model-name (default 128) refuses with a clearer reason
 MAX_TIMESTAMP = 1e11  # seconds since 1970: the year 5138
 
 # A count or size a peer states: never negative, fits a 32-bit column.
@@ -44,3 +45,4 @@ Capacity = Annotated[int, Meta(ge=0, le=MAX_CAPACITY)]
 ShortStr = Annotated[str, Meta(max_length=MAX_SHORT_STR)]
 Region = Annotated[str, Meta(max_length=MAX_REGION)]
 Description = Annotated[str, Meta(max_length=MAX_DESCRIPTION)]
+ModelName = Annotated[str, Meta(max_length=MAX_MODEL_NAME)]

@@ -5,8 +5,9 @@
     gpupool batch status batch_...        gpupool batch results batch_... -o out.jsonl
     gpupool batch cancel batch_...        gpupool batch list
 
-Talks to a gateway over HTTP with an API key (`--api-key` or GPUPOOL_API_KEY); a
-plain client install is enough (no torch, no provider code).
+Talks to a gateway over HTTP with an API key (`--api-key` or GPUPOOL_API_KEY, else a
+running devnet's key and URL, as `gpupool status` finds them); a plain client install is
+enough (no torch, no provider code).
 """
 
 from __future__ import annotations
@@ -20,19 +21,23 @@ from typing import Annotated, Any, Optional
 import httpx
 import typer
 
+from gpupool.cli_support import default_api_key, default_gateway
+
 batch_app = typer.Typer(no_args_is_help=True, help="Batch jobs: the OpenAI Batch API over the pool.")
 
-GatewayOpt = Annotated[str, typer.Option("--gateway", envvar="GPUPOOL_BASE_URL", help="gateway base URL")]
+GatewayOpt = Annotated[Optional[str], typer.Option(
+    "--gateway", envvar="GPUPOOL_BASE_URL", help="gateway base URL [default: a running devnet's, else http://127.0.0.1:8000]")]
 KeyOpt = Annotated[Optional[str], typer.Option("--api-key", envvar="GPUPOOL_API_KEY", help="API key")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
-DEFAULT_GATEWAY = "http://127.0.0.1:8000"
+DEFAULT_GATEWAY = None  # default_gateway(): a running devnet's URL, else http://127.0.0.1:8000
 
 
-def _client(gateway: str, api_key: str | None) -> httpx.Client:
+def _client(gateway: str | None, api_key: str | None) -> httpx.Client:
+    api_key = default_api_key(api_key)  # a running devnet's development key, as `gpupool status` finds it
     if not api_key:
-        typer.echo("error: pass --api-key or set GPUPOOL_API_KEY", err=True)
+        typer.echo("error: pass --api-key, set GPUPOOL_API_KEY, or start `gpupool devnet`", err=True)
         raise typer.Exit(2)
-    base = gateway.rstrip("/").removesuffix("/v1")
+    base = default_gateway(gateway).rstrip("/").removesuffix("/v1")
     return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {api_key}"}, timeout=120)
 
 

@@ -50,7 +50,7 @@ class ProviderAgent:
         self._links: list[GatewayLink] = []
         self._hardware = probe()
         try:  # refused here in one line, rather than by every gateway as a garbage frame
-            protocol.decode(protocol.encode(self.make_offer()))
+            protocol.decode(protocol.encode(self.make_offer(models=[])))  # backends may not be loaded yet
         except protocol.ProtocolError as exc:
             raise ValueError(f"this provider's offer is outside the protocol's bounds "
                              f"(docs/security.md, peer limits): {str(exc).removeprefix('undecodable frame: ')}") from None
@@ -61,10 +61,10 @@ class ProviderAgent:
             return offer
         return msgspec.structs.replace(offer, price_in=price.per_m_in, price_out=price.per_m_out)
 
-    def make_offer(self) -> Offer:
+    def make_offer(self, models: list[ModelOffer] | None = None) -> Offer:
         offer = Offer(
             node_id=self.identity.node_id,
-            models=[self._priced(b.offer()) for b in self.backends.values()],
+            models=[self._priced(b.offer()) for b in self.backends.values()] if models is None else models,
             hardware=self._hardware,
             region=self.settings.region,
             latitude=self.settings.latitude,

@@ -28,10 +28,12 @@ request, a statement pays it once per ~50 ms per provider.
 from __future__ import annotations
 
 import hashlib
+import struct
 from typing import Literal, Union
 
 import msgspec
 
+from gpupool import frame_lists
 from gpupool.identity import Identity, verify_signature
 
 PROTOCOL_VERSION = 1
@@ -122,6 +124,8 @@ class ModelOffer(msgspec.Struct, omit_defaults=True):
     claimed_prefill_tps: float = 0.0
     claimed_decode_tps: float = 0.0
     claimed_items_per_s: float = 0.0
+    # Inputs the model reads: text, image. Empty means text only (offers from before images).
+    accepts: list[str] = []
 
 
 class GpuInfo(msgspec.Struct, omit_defaults=True):
@@ -164,14 +168,28 @@ class LoadReport(_Msg, tag="load"):
 # ---------------------------------------------------------------- work
 
 
+class Image(msgspec.Struct, omit_defaults=True):
+    """Image bytes as the client sent them (PNG, JPEG or WebP; `gpupool.images` checks them).
+
+    `at` places it: in a ChatMessage, the character offset in `content` it sits at (-1: after
+    the text); in an EmbedPayload, the index of the input it is (that input is "")."""
+
+    media_type: str
+    data: bytes
+    at: int = -1
+
+
 class ChatMessage(msgspec.Struct, omit_defaults=True):
     role: str
-    content: str
+    content: str  # the message's text parts, joined: all a text-only model reads
     name: str = ""
+    # Only for models whose offer accepts "image": a peer from before images ignores this field.
+    images: list[Image] = []
 
 
 class EmbedPayload(msgspec.Struct, tag="embed", tag_field="k", omit_defaults=True):
     inputs: list[str]
+    images: list[Image] = []  # inputs that are images (their `inputs` entry is "")
 
 
 class GeneratePayload(msgspec.Struct, tag="gen", tag_field="k", omit_defaults=True):
@@ -186,6 +204,7 @@ class GeneratePayload(msgspec.Struct, tag="gen", tag_field="k", omit_defaults=Tr
     # Failover mid-stream: text a previous provider already streamed to the client.
     # The provider continues this text (it is the start of the answer, not a new turn).
     continue_text: str = ""
+    response_format: str = ""  # "json_object": the answer is one JSON object (the ocr backend's boxes)
 
 
 Payload = Union[EmbedPayload, GeneratePayload]
@@ -383,42 +402,14 @@ def decode(frame: bytes | str) -> Message:
 # ---------------------------------------------------------------- signing
 
 
-class _Lists(msgspec.Struct, forbid_unknown_fields=False):
-    """The lists of a frame a receiver bounds, kept as raw msgpack: reading it skips every value."""
-
-    digests: msgspec.Raw = msgspec.Raw()
-    items: msgspec.Raw = msgspec.Raw()
-    models: msgspec.Raw = msgspec.Raw()
-    token_ids: msgspec.Raw = msgspec.Raw()
-    logprobs: msgspec.Raw = msgspec.Raw()
-
-
-_lists_decoder = msgspec.msgpack.Decoder(_Lists)
-
-
 def list_lengths(frame: bytes) -> dict[str, int]:
     """Lengths of a frame's top-level `digests`, `items`, `models`, `token_ids` and `logprobs`
-    lists from their msgpack array headers, without decoding their elements: a receiver can
-    refuse a 250,000-digest Statement at a fifth of the cost of decoding it (4 vs 20 ms for
-    8.5 MB). Fields a frame lacks count 0; an undecodable frame raises ProtocolError."""
+    lists, read from their msgpack array headers without decoding their elements (see
+    `frame_lists`). Fields a frame lacks count 0; an undecodable frame raises ProtocolError."""
     try:
-        lists = _lists_decoder.decode(frame)
+        return frame_lists.list_lengths(frame)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProtocolError(f"undecodable frame: {exc}") from exc
-    return {name: _array_len(bytes(getattr(lists, name))) for name in _Lists.__struct_fields__}
-
-
-def _array_len(raw: bytes) -> int:
-    if not raw:
-        return 0
-    head = raw[0]
-    if 0x90 <= head <= 0x9F:  # fixarray
-        return head & 0x0F
-    if head == 0xDC:  # array 16
-        return int.from_bytes(raw[1:3], "big")
-    if head == 0xDD:  # array 32
-        return int.from_bytes(raw[1:5], "big")
-    return 0  # not an array: the full decode refuses it
 
 
 def challenge_bytes(nonce: bytes, gateway_id: str) -> bytes:
@@ -474,14 +465,26 @@ def verify_statement(st: Statement, public_key: bytes) -> bool:
 
 
 def payload_hash(payload: Payload) -> bytes:
-    """Hash of a request's input both sides compute the same way (canonical msgpack)."""
-    return hashlib.sha256(_encoder.encode(payload)).digest()
+    """Hash of a request's input both sides compute the same way (canonical msgpack), with each
+    image's bytes replaced by their SHA-256: a receipt commits to images without holding them,
+    and a payload without images hashes exactly as before."""
+    return hashlib.sha256(_encoder.encode(_hashed_images(payload))).digest()
+
+
+def _hashed_images(payload: Payload) -> Payload:
+    def digests(images: list[Image]) -> list[Image]:
+        return [msgspec.structs.replace(i, data=hashlib.sha256(i.data).digest()) for i in images]
+
+    if isinstance(payload, EmbedPayload):
+        return msgspec.structs.replace(payload, images=digests(payload.images)) if payload.images else payload
+    if not any(m.images for m in payload.messages):
+        return payload
+    messages = [msgspec.structs.replace(m, images=digests(m.images)) for m in payload.messages]
+    return msgspec.structs.replace(payload, messages=messages)
 
 
 def tokens_hash(token_ids: list[int], logprobs: list[float]) -> bytes:
     """What a receipt commits to for the generated tokens: int32 ids, then float32 log-probs (LE)."""
-    import struct
-
     return hashlib.sha256(struct.pack(f"<{len(token_ids)}i{len(logprobs)}f", *token_ids, *logprobs)).digest()
 
 

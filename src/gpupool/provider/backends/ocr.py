@@ -1,0 +1,247 @@
+"""Text recognition (OCR) on the images of a chat request, with RapidOCR's ONNX models.
+
+`OCRBackend` serves `NAME=ocr` (or `NAME=ocr:DIR` with `det.onnx`, `cls.onnx`, `rec.onnx`
+of the PP-OCR family in DIR). The default models, PP-OCRv4 detection and recognition
+and the PP-OCR angle classifier, ship inside the `rapidocr-onnxruntime` wheel, so a
+provider reads text with nothing downloaded. ONNX Runtime runs them on the CPU, or with
+its CUDA provider where onnxruntime-gpu is installed.
+
+It answers a chat request (task "generate") whose messages carry images: the text found
+in every image, in reading order (top to bottom by line, left to right within a line),
+lines joined by newlines, images by a blank line. With `response_format="json_object"`
+the answer is `verify.image_checks.ocr_json`: per image its lines with text, confidence
+and box (four corners, pixels). The text of the messages is not read (the image is the
+question). Lines whose recognised text lost its spaces (PP-OCRv4's recogniser drops many
+in English) are read again word by word, split where the ink has a space-wide gap. Usage: one prompt unit per image, one completion unit per word; `max_tokens`
+caps the words (finish "length").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from gpupool.images import ImageError, check_request, decode_rgb
+from gpupool.model_results import BackendError, GenDone, TextDelta
+from gpupool.protocol import GeneratePayload, Image, ModelOffer
+from gpupool.provider.backends.base import Backend, GenEvent, ModelThread
+from gpupool.verify.image_checks import ocr_json, ocr_words
+
+Line = tuple[str, float, list[list[int]]]  # text, confidence, box (4 corners)
+
+
+def reading_order(lines: list[Line]) -> list[list[Line]]:
+    """Lines grouped into rows (vertical centre inside the row's first box), each left to right."""
+    rows: list[tuple[float, float, list[Line]]] = []  # top, bottom, lines
+    for line in sorted(lines, key=lambda ln: (min(p[1] for p in ln[2]), min(p[0] for p in ln[2]))):
+        ys = [p[1] for p in line[2]]
+        centre = (min(ys) + max(ys)) / 2
+        if rows and rows[-1][0] <= centre <= rows[-1][1]:
+            rows[-1][2].append(line)
+        else:
+            rows.append((min(ys), max(ys), [line]))
+    return [sorted(row, key=lambda ln: min(p[0] for p in ln[2])) for _, _, row in rows]
+
+
+# A gap between inked columns is a space when it is this wide relative to the line's height
+# and several times the line's typical gap between letters.
+SPACE_OF_HEIGHT = 0.2
+SPACE_OF_LETTER_GAP = 2.5
+
+
+def word_segments(gray: Any) -> list[tuple[int, int]]:
+    """Column ranges of the words in a line crop (greyscale), split at gaps wide enough to be spaces.
+
+    PP-OCRv4's recogniser (trained mostly on Chinese) often drops the spaces of English text
+    ("Bestbefore12March2027"); the gaps in the ink do not lie, so such lines are read again
+    word by word."""
+    import numpy as np
+
+    spread = float(gray.max()) - float(gray.min())
+    if spread < 30:  # no contrast: nothing to split
+        return [(0, gray.shape[1])]
+    ink = (np.abs(gray.astype(np.float32) - float(np.median(gray))) > 0.4 * spread).any(axis=0)
+    cols = np.flatnonzero(ink)
+    if cols.size == 0:
+        return [(0, gray.shape[1])]
+    gaps = np.diff(cols)
+    gaps = gaps[gaps > 1] - 1
+    letter_gap = float(np.median(gaps)) if gaps.size else 0.0
+    space = max(2.0, SPACE_OF_HEIGHT * gray.shape[0], SPACE_OF_LETTER_GAP * letter_gap)
+    segments, start, prev = [], int(cols[0]), int(cols[0])
+    for c in cols[1:]:
+        if c - prev - 1 > space:
+            segments.append((start, prev + 1))
+            start = int(c)
+        prev = int(c)
+    segments.append((start, prev + 1))
+    return segments
+
+
+def _word_crops(bgr: Any, gray: Any, box: list[list[int]]) -> list[Any]:
+    """The words of an upright line box as separate crops on a margin of background, or []
+    when the box is tilted or holds one word."""
+    import numpy as np
+
+    xs, ys = [p[0] for p in box], [p[1] for p in box]
+    x0, x1, y0, y1 = max(0, min(xs)), max(xs) + 1, max(0, min(ys)), max(ys) + 1
+    if y1 - y0 < 4 or abs(box[0][1] - box[1][1]) > 0.2 * (y1 - y0):
+        return []
+    segments = word_segments(gray[y0:y1, x0:x1])
+    if len(segments) < 2:
+        return []
+    pad = (y1 - y0) // 2
+    background = np.median(bgr[y0:y1, x0:x1].reshape(-1, 3), axis=0).astype(np.uint8)
+    crops = []
+    for a, b in segments:
+        crop = np.empty((y1 - y0, b - a + 2 * pad, 3), dtype=np.uint8)
+        crop[:] = background
+        crop[:, pad:pad + b - a] = bgr[y0:y1, x0 + a:x0 + b]
+        crops.append(crop)
+    return crops
+
+
+def images_of(payload: GeneratePayload) -> list[Image]:
+    return [image for message in payload.messages for image in message.images]
+
+
+class OCRBackend(Backend):
+    """Reads the text in a request's images; `spec` is empty (the bundled PP-OCRv4) or a model DIR."""
+
+    task = "generate"
+    kind = "ocr"
+
+    def __init__(self, name: str, spec: str = ""):
+        super().__init__(name, spec)
+        self._thread = ModelThread(name)
+        self._engine: Any = None
+        self._device = "cpu"
+        self.threads = 0  # ONNX Runtime threads per session; 0: GPUPOOL_TORCH_THREADS (default 1)
+
+    def _options(self) -> dict[str, Any]:
+        import onnxruntime
+
+        threads = self.threads or int(os.environ.get("GPUPOOL_TORCH_THREADS", "1") or 1)
+        cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        self._device = "cuda" if cuda else "cpu"
+        options: dict[str, Any] = {"intra_op_num_threads": max(1, threads), "inter_op_num_threads": 1,
+                                   "det_use_cuda": cuda, "cls_use_cuda": cuda, "rec_use_cuda": cuda}
+        if self.spec:
+            folder = Path(self.spec).expanduser()
+            for part in ("det", "cls", "rec"):
+                options[f"{part}_model_path"] = str(folder / f"{part}.onnx")
+        return options
+
+    def _load(self) -> None:
+        try:
+            from rapidocr_onnxruntime import RapidOCR
+        except ImportError:
+            raise BackendError("model_not_found", "the ocr backend needs rapidocr-onnxruntime "
+                               "(pip install 'gpupool[ml]')") from None
+        self._engine = RapidOCR(**self._options())
+
+    async def start(self) -> None:
+        if self.spec:
+            folder = Path(self.spec).expanduser()
+            missing = [p for p in ("det", "cls", "rec") if not (folder / f"{p}.onnx").is_file()]
+            if missing:
+                raise BackendError("model_not_found", f"{folder} lacks {', '.join(m + '.onnx' for m in missing)}")
+        await self._thread.call(self._load)
+
+    async def close(self) -> None:
+        self._engine = None
+        self._thread.shutdown()
+
+    def offer(self) -> ModelOffer:
+        if self._engine is None:
+            raise BackendError("engine_down", f"model {self.name!r} is not loaded", retryable=True)
+        models = f"ONNX models in {Path(self.spec).name}" if self.spec else "PP-OCRv4 (bundled)"
+        return ModelOffer(name=self.name, task="generate", backend="ocr",
+                          description=f"text recognition in images, {models}, {self._device}",
+                          max_input_tokens=64, max_output_tokens=4096, accepts=["text", "image"])
+
+    def _read(self, images: list[Image]) -> list[list[Line]]:
+        """Lines per image in reading order; on the model thread."""
+        import numpy as np
+
+        if self._engine is None:
+            raise BackendError("engine_down", f"model {self.name!r} is not loaded", retryable=True)
+        pages = []
+        for image in images:
+            try:
+                rgb = decode_rgb(image.data, image.media_type)
+            except ImageError as exc:
+                raise BackendError("invalid_image", str(exc)) from None
+            bgr = np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])  # RapidOCR expects BGR, as OpenCV reads
+            found, _ = self._engine(bgr)
+            lines = [(str(text), float(conf), [[round(x), round(y)] for x, y in box])
+                     for box, text, conf in (found or [])]
+            lines = self._respace(bgr, np.asarray(rgb.convert("L")), lines)
+            pages.append([line for row in reading_order(lines) for line in row])
+        return pages
+
+    def _respace(self, bgr: Any, gray: Any, lines: list[Line]) -> list[Line]:
+        """Lines with fewer spaces than their ink has word gaps, read again word by word (one batch)."""
+        crops: list[Any] = []
+        plan: list[tuple[int, int]] = []  # per line: first crop, number of crops (0: keep the line)
+        for text, _, box in lines:
+            words = _word_crops(bgr, gray, box)
+            if len(words) > text.count(" ") + 1:
+                plan.append((len(crops), len(words)))
+                crops.extend(words)
+            else:
+                plan.append((0, 0))
+        if not crops:
+            return lines
+        read, _ = self._engine.text_rec(crops)
+        out = []
+        for (text, conf, box), (first, n) in zip(lines, plan):
+            if n:
+                words = [(str(t).strip(), float(c)) for t, c in read[first:first + n]]
+                words = [(t, c) for t, c in words if t]
+                if words:
+                    text, conf = " ".join(t for t, _ in words), sum(c for _, c in words) / len(words)
+            out.append((text, conf, box))
+        return out
+
+    async def read(self, payload: GeneratePayload) -> list[list[Line]]:
+        """The lines of every image in the request, in reading order (a checker's reference call)."""
+        images = images_of(payload)
+        if not images:
+            raise BackendError("invalid_input", f"model {self.name!r} reads images: send at least one "
+                               "image part")
+        try:
+            check_request([len(image.data) for image in images])
+        except ImageError as exc:
+            raise BackendError("invalid_image", str(exc)) from None
+        return await self._thread.call(self._read, images)
+
+    async def generate(self, payload: GeneratePayload) -> AsyncIterator[GenEvent]:  # type: ignore[override]
+        pages = await self.read(payload)
+        budget, finish = max(payload.max_tokens, 0), "stop"
+        kept: list[list[Line]] = []
+        for lines in pages:  # whole lines only, so the JSON form stays whole too
+            kept.append([])
+            for line in lines:
+                words = ocr_words(line[0])
+                if words > budget:
+                    finish = "length"
+                    break
+                budget -= words
+                kept[-1].append(line)
+        text = plain_text(kept)
+        answer = ocr_json(kept) if payload.response_format == "json_object" else text
+        if answer:
+            yield TextDelta(answer)
+        yield GenDone(finish, len(pages), ocr_words(text))
+
+
+def plain_text(pages: list[list[Line]]) -> str:
+    """Rows of a page joined by newlines (boxes of one row by spaces), pages by blank lines."""
+    out = []
+    for lines in pages:
+        rows = reading_order(lines)
+        out.append("\n".join(" ".join(text for text, _, _ in row) for row in rows))
+    return "\n\n".join(out)

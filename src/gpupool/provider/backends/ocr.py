@@ -7,8 +7,8 @@ provider reads text with nothing downloaded. ONNX Runtime runs them on the CPU, 
 its CUDA provider where onnxruntime-gpu is installed.
 
 It answers a chat request (task "generate") whose messages carry images: the text found
-in every image, in reading order (top to bottom by line, left to right within a line),
-lines joined by newlines, images by a blank line. With `response_format="json_object"`
+in every image, in reading order (top to bottom by line, left to right within a line; boxes
+of one line merged), lines joined by newlines, images by a blank line. With `response_format="json_object"`
 the answer is `verify.image_checks.ocr_json`: per image its lines with text, confidence
 and box (four corners, pixels). The text of the messages is not read (the image is the
 question). Lines whose recognised text lost its spaces (PP-OCRv4's recogniser drops many
@@ -62,7 +62,11 @@ def word_segments(gray: Any) -> list[tuple[int, int]]:
     spread = float(gray.max()) - float(gray.min())
     if spread < 30:  # no contrast: nothing to split
         return [(0, gray.shape[1])]
-    ink = (np.abs(gray.astype(np.float32) - float(np.median(gray))) > 0.4 * spread).any(axis=0)
+    # Ink in the middle half of the rows only: a box reaches into its neighbours' ascenders and
+    # descenders, which would bridge the gaps between words.
+    height = gray.shape[0]
+    band = gray[height // 4: max(height // 4 + 1, 3 * height // 4)].astype(np.float32)
+    ink = (np.abs(band - float(np.median(gray))) > 0.4 * spread).any(axis=0)
     cols = np.flatnonzero(ink)
     if cols.size == 0:
         return [(0, gray.shape[1])]
@@ -179,7 +183,7 @@ class OCRBackend(Backend):
             lines = [(str(text), float(conf), [[round(x), round(y)] for x, y in box])
                      for box, text, conf in (found or [])]
             lines = self._respace(bgr, np.asarray(rgb.convert("L")), lines)
-            pages.append([line for row in reading_order(lines) for line in row])
+            pages.append([merge_row(row) for row in reading_order(lines)])
         return pages
 
     def _respace(self, bgr: Any, gray: Any, lines: list[Line]) -> list[Line]:
@@ -238,10 +242,19 @@ class OCRBackend(Backend):
         yield GenDone(finish, len(pages), ocr_words(text))
 
 
+def merge_row(row: list[Line]) -> Line:
+    """One line from the boxes of a row (the detector may split a line at a wide gap): texts
+    joined by spaces, the confidence weighted by characters, the box around them all."""
+    if len(row) == 1:
+        return row[0]
+    xs = [p[0] for _, _, box in row for p in box]
+    ys = [p[1] for _, _, box in row for p in box]
+    chars = sum(max(len(text), 1) for text, _, _ in row)
+    conf = sum(c * max(len(text), 1) for text, c, _ in row) / chars
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    return " ".join(text for text, _, _ in row), conf, [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+
 def plain_text(pages: list[list[Line]]) -> str:
-    """Rows of a page joined by newlines (boxes of one row by spaces), pages by blank lines."""
-    out = []
-    for lines in pages:
-        rows = reading_order(lines)
-        out.append("\n".join(" ".join(text for text, _, _ in row) for row in rows))
-    return "\n\n".join(out)
+    """Lines of a page joined by newlines, pages by blank lines."""
+    return "\n\n".join("\n".join(text for text, _, _ in lines) for lines in pages)

@@ -12,7 +12,7 @@ of one line merged), lines joined by newlines, images by a blank line. With `res
 the answer is `verify.image_checks.ocr_json`: per image its lines with text, confidence
 and box (four corners, pixels). The text of the messages is not read (the image is the
 question). Lines whose recognised text lost its spaces (PP-OCRv4's recogniser drops many
-in English) are read again word by word, split where the ink has a space-wide gap. Usage: one prompt unit per image, one completion unit per word; `max_tokens`
+in English) get them back where the ink has a space-wide gap between two characters. Usage: one prompt unit per image, one completion unit per word; `max_tokens`
 caps the words (finish "length").
 """
 
@@ -46,65 +46,51 @@ def reading_order(lines: list[Line]) -> list[list[Line]]:
 
 
 # A gap between inked columns is a space when it is this wide relative to the line's height
-# and several times the line's typical gap between letters.
-SPACE_OF_HEIGHT = 0.2
-SPACE_OF_LETTER_GAP = 2.5
+# and several times the line's typical gap between letters; between two digits (a "1" has
+# wide side bearings) it must be wider still.
+SPACE_OF_HEIGHT = 0.18
+SPACE_OF_LETTER_GAP = 2.0
+SPACE_BETWEEN_DIGITS = 1.6
 
 
-def word_segments(gray: Any) -> list[tuple[int, int]]:
-    """Column ranges of the words in a line crop (greyscale), split at gaps wide enough to be spaces.
+def space_gaps(gray: Any) -> list[tuple[float, float]]:
+    """(centre column, width in spaces) of the gaps in a line crop (greyscale) wide enough to be
+    spaces, width 1.0 being the narrowest such gap.
 
     PP-OCRv4's recogniser (trained mostly on Chinese) often drops the spaces of English text
-    ("Bestbefore12March2027"); the gaps in the ink do not lie, so such lines are read again
-    word by word."""
+    ("Bestbefore12March2027"); the gaps in the ink do not lie."""
     import numpy as np
 
     spread = float(gray.max()) - float(gray.min())
-    if spread < 30:  # no contrast: nothing to split
-        return [(0, gray.shape[1])]
+    if spread < 30:  # no contrast: no gaps to trust
+        return []
     # Ink in the middle half of the rows only: a box reaches into its neighbours' ascenders and
     # descenders, which would bridge the gaps between words.
     height = gray.shape[0]
     band = gray[height // 4: max(height // 4 + 1, 3 * height // 4)].astype(np.float32)
-    ink = (np.abs(band - float(np.median(gray))) > 0.4 * spread).any(axis=0)
-    cols = np.flatnonzero(ink)
-    if cols.size == 0:
-        return [(0, gray.shape[1])]
-    gaps = np.diff(cols)
-    gaps = gaps[gaps > 1] - 1
-    letter_gap = float(np.median(gaps)) if gaps.size else 0.0
-    space = max(2.0, SPACE_OF_HEIGHT * gray.shape[0], SPACE_OF_LETTER_GAP * letter_gap)
-    segments, start, prev = [], int(cols[0]), int(cols[0])
-    for c in cols[1:]:
-        if c - prev - 1 > space:
-            segments.append((start, prev + 1))
-            start = int(c)
-        prev = int(c)
-    segments.append((start, prev + 1))
-    return segments
-
-
-def _word_crops(bgr: Any, gray: Any, box: list[list[int]]) -> list[Any]:
-    """The words of an upright line box as separate crops on a margin of background, or []
-    when the box is tilted or holds one word."""
-    import numpy as np
-
-    xs, ys = [p[0] for p in box], [p[1] for p in box]
-    x0, x1, y0, y1 = max(0, min(xs)), max(xs) + 1, max(0, min(ys)), max(ys) + 1
-    if y1 - y0 < 4 or abs(box[0][1] - box[1][1]) > 0.2 * (y1 - y0):
+    cols = np.flatnonzero((np.abs(band - float(np.median(gray))) > 0.4 * spread).any(axis=0))
+    if cols.size < 2:
         return []
-    segments = word_segments(gray[y0:y1, x0:x1])
-    if len(segments) < 2:
-        return []
-    pad = (y1 - y0) // 2
-    background = np.median(bgr[y0:y1, x0:x1].reshape(-1, 3), axis=0).astype(np.uint8)
-    crops = []
-    for a, b in segments:
-        crop = np.empty((y1 - y0, b - a + 2 * pad, 3), dtype=np.uint8)
-        crop[:] = background
-        crop[:, pad:pad + b - a] = bgr[y0:y1, x0 + a:x0 + b]
-        crops.append(crop)
-    return crops
+    gaps = np.diff(cols) - 1
+    letter_gap = float(np.median(gaps[gaps > 0])) if np.any(gaps > 0) else 0.0
+    space = max(2.0, SPACE_OF_HEIGHT * height, SPACE_OF_LETTER_GAP * letter_gap)
+    return [(float(cols[i]) + 1 + gaps[i] / 2, float(gaps[i]) / space) for i in np.flatnonzero(gaps > space)]
+
+
+def with_spaces(text: str, char_boxes: list[Any], gaps: list[tuple[float, float]]) -> str:
+    """`text` with a space put in every gap that falls between two characters (by the centres
+    the recogniser places them at) and has none yet."""
+    if len(char_boxes) != len(text) or not gaps:
+        return text
+    centres = [sum(p[0] for p in box) / len(box) for box in char_boxes]
+    cut = set()
+    for x, width in gaps:
+        i = sum(1 for c in centres if c < x)  # the gap lies between text[i-1] and text[i]
+        if 0 < i < len(text) and text[i - 1] != " " and text[i] != " ":
+            if text[i - 1].isdigit() and text[i].isdigit() and width < SPACE_BETWEEN_DIGITS:
+                continue
+            cut.add(i)
+    return "".join((" " if i in cut else "") + ch for i, ch in enumerate(text))
 
 
 def images_of(payload: GeneratePayload) -> list[Image]:
@@ -179,36 +165,26 @@ class OCRBackend(Backend):
             except ImageError as exc:
                 raise BackendError("invalid_image", str(exc)) from None
             bgr = np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])  # RapidOCR expects BGR, as OpenCV reads
-            found, _ = self._engine(bgr)
-            lines = [(str(text), float(conf), [[round(x), round(y)] for x, y in box])
-                     for box, text, conf in (found or [])]
-            lines = self._respace(bgr, np.asarray(rgb.convert("L")), lines)
+            found, _ = self._engine(bgr, return_word_box=True)
+            lines = self._respace(np.asarray(rgb.convert("L")), found or [])
             pages.append([merge_row(row) for row in reading_order(lines)])
         return pages
 
-    def _respace(self, bgr: Any, gray: Any, lines: list[Line]) -> list[Line]:
-        """Lines with fewer spaces than their ink has word gaps, read again word by word (one batch)."""
-        crops: list[Any] = []
-        plan: list[tuple[int, int]] = []  # per line: first crop, number of crops (0: keep the line)
-        for text, _, box in lines:
-            words = _word_crops(bgr, gray, box)
-            if len(words) > text.count(" ") + 1:
-                plan.append((len(crops), len(words)))
-                crops.extend(words)
-            else:
-                plan.append((0, 0))
-        if not crops:
-            return lines
-        read, _ = self._engine.text_rec(crops)
-        out = []
-        for (text, conf, box), (first, n) in zip(lines, plan):
-            if n:
-                words = [(str(t).strip(), float(c)) for t, c in read[first:first + n]]
-                words = [(t, c) for t, c in words if t]
-                if words:
-                    text, conf = " ".join(t for t, _ in words), sum(c for _, c in words) / len(words)
-            out.append((text, conf, box))
-        return out
+    @staticmethod
+    def _respace(gray: Any, found: list[Any]) -> list[Line]:
+        """Lines from RapidOCR's answer (box, text, confidence, character boxes), with the spaces
+        the recogniser dropped put back where an upright line's ink has a space-wide gap."""
+        lines = []
+        for box, text, conf, *rest in found:
+            corners = [[round(x), round(y)] for x, y in box]
+            xs, ys = [p[0] for p in corners], [p[1] for p in corners]
+            x0, x1, y0, y1 = max(0, min(xs)), max(xs) + 1, max(0, min(ys)), max(ys) + 1
+            text = str(text)
+            if rest and y1 - y0 >= 4 and abs(corners[0][1] - corners[1][1]) <= 0.2 * (y1 - y0):
+                gaps = [(x0 + x, width) for x, width in space_gaps(gray[y0:y1, x0:x1])]
+                text = with_spaces(text, rest[0] or [], gaps)
+            lines.append((text, float(conf), corners))
+        return lines
 
     async def read(self, payload: GeneratePayload) -> list[list[Line]]:
         """The lines of every image in the request, in reading order (a checker's reference call)."""
@@ -251,8 +227,18 @@ def merge_row(row: list[Line]) -> Line:
     ys = [p[1] for _, _, box in row for p in box]
     chars = sum(max(len(text), 1) for text, _, _ in row)
     conf = sum(c * max(len(text), 1) for text, c, _ in row) / chars
+    # Boxes that overlap share characters (the detector cut "Best before" at "befor|e"): drop
+    # the overlap's worth of characters from the start of the later box.
+    texts, right = [], None
+    for text, _, box in row:
+        left, end = min(p[0] for p in box), max(p[0] for p in box)
+        if right is not None and right > left and text:
+            per_char = (end - left) / len(text)
+            text = text[round((right - left) / per_char):].lstrip()
+        texts.append(text)
+        right = end if right is None else max(right, end)
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    return " ".join(text for text, _, _ in row), conf, [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+    return " ".join(t for t in texts if t), conf, [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
 
 
 def plain_text(pages: list[list[Line]]) -> str:

@@ -7,12 +7,13 @@ provider reads text with nothing downloaded. ONNX Runtime runs them on the CPU, 
 its CUDA provider where onnxruntime-gpu is installed.
 
 It answers a chat request (task "generate") whose messages carry images: the text found
-in every image, in reading order (top to bottom by line, left to right within a line; boxes
-of one line merged), lines joined by newlines, images by a blank line. With `response_format="json_object"`
-the answer is `verify.image_checks.ocr_json`: per image its lines with text, confidence
-and box (four corners, pixels). The text of the messages is not read (the image is the
-question). Lines whose recognised text lost its spaces (PP-OCRv4's recogniser drops many
-in English) get them back where the ink has a space-wide gap between two characters. Usage: one prompt unit per image, one completion unit per word; `max_tokens`
+in every image, in reading order (top to bottom by line, left to right within a line;
+boxes of one line merged), lines joined by newlines, images by a blank line. With
+`response_format="json_object"` the answer is `verify.image_checks.ocr_json`: per image
+its lines with text, confidence and box (four corners, pixels). The text of the messages
+is not read (the image is the question). PP-OCRv4's recogniser drops many spaces in
+English; they are put back where the ink has a space-wide gap between two recognised
+characters. Usage: one prompt unit per image, one completion unit per word; `max_tokens`
 caps the words (finish "length").
 """
 

@@ -64,6 +64,7 @@ CLOSE_NOT_ADMITTED = 4007  # a checker the gateway's operator has not admitted
 CLOSE_LIMIT = 4008  # a peer went over a per-session limit (offer size, prices, queued output)
 
 Task = Literal["embeddings", "generate"]
+INPUT_KINDS = ("text", "image")  # what ModelOffer.accepts may list; a receiver refuses others
 
 
 class _Msg(msgspec.Struct, tag_field="t", forbid_unknown_fields=False, omit_defaults=True):
@@ -124,7 +125,7 @@ class ModelOffer(msgspec.Struct, omit_defaults=True):
     claimed_prefill_tps: float = 0.0
     claimed_decode_tps: float = 0.0
     claimed_items_per_s: float = 0.0
-    # Inputs the model reads: text, image. Empty means text only (offers from before images).
+    # Inputs the model reads, from INPUT_KINDS. Empty means text only (offers from before images).
     accepts: list[str] = []
 
 

@@ -11,7 +11,8 @@ when it passes them `child_env()` (the repository root on PYTHONPATH).
 
 BASE_SPEC is the honest backend the cheater wraps and claims to be: `minilm` (the
 default) or `embeddings:DIR` for sentence embeddings, `tiny-llama` or `generate:DIR`
-for generation; a bare directory is taken as embeddings when it holds a
+for generation, `ocr` (or `ocr:DIR`) for text in images, `tiny-clip` or `clip:DIR` for image
+and text embeddings; a bare directory is taken as embeddings when it holds a
 sentence-transformers `modules.json`, else as a causal LM. The offer is the base
 backend's own, so the cheater announces exactly what an honest provider would.
 
@@ -23,6 +24,12 @@ backend's own, so the cheater announces exactly what an honest provider would.
 | `cached`        | both        | the previous answer it gave, whatever the new prompt            |
 | `truncate`      | generate    | cuts the text to half but reports the full usage                |
 | `claims`        | both        | serves honestly but claims 10x..1000x speed in its offer (`tps=`) |
+| `madeup`        | generate    | the honest answer's words swapped for random ones, honest-looking usage (OCR: made-up text) |
+| `lowres`        | embeddings  | the honest vectors cut to one bit per dimension (sign), renormalised |
+
+Against an `ocr` base, `truncate` is the OCR provider that returns half the text it read
+(billing all of it) and `noise` the one that makes text up; against `tiny-clip`, `noise`
+returns random vectors for images and texts alike.
 
 `rate=R` (default 1) cheats on that fraction of requests, drawn from a `seed`ed RNG
 (default 0), and answers honestly through the base backend otherwise; `cheats` and
@@ -45,7 +52,7 @@ from gpupool.provider.backends.base import Backend, GenEvent
 from gpupool.provider.backends.embeddings import EmbeddingsBackend
 from gpupool.provider.backends.generate import GenerateBackend
 
-MODES = ("random-minilm", "random-llama", "noise", "cached", "truncate", "claims")
+MODES = ("random-minilm", "random-llama", "noise", "cached", "truncate", "claims", "madeup", "lowres")
 DEFAULT_CLAIMED_TPS = 10_000.0
 REDTEAM = "plugin:tests.redteam:RedTeamBackend"  # the backend part of a cheater's --serve value
 ROOT = Path(__file__).resolve().parent.parent  # the repository root, where `tests` is a package
@@ -61,8 +68,10 @@ def child_env() -> dict[str, str]:
 def _base_kind(base: str) -> tuple[str, str]:
     """(backend kind, spec) of the honest backend named by BASE_SPEC."""
     kind, sep, rest = base.partition(":")
-    if sep and kind in ("embeddings", "generate"):
+    if sep and kind in ("embeddings", "generate", "ocr", "clip"):
         return kind, rest
+    if base in ("ocr", "tiny-clip"):
+        return ("ocr", "") if base == "ocr" else ("clip", base)
     if base in ("", "minilm"):
         return "embeddings", base
     if base == "tiny-llama":
@@ -146,7 +155,9 @@ class RedTeamBackend(Backend):
         self.task = self.base.task
         if self.mode == "random-minilm" and self.task != "embeddings":
             raise ValueError("redteam random-minilm needs an embeddings base (e.g. minilm)")
-        if self.mode in ("truncate", "random-llama") and self.task != "generate":
+        if self.mode == "lowres" and self.task != "embeddings":
+            raise ValueError("redteam lowres needs an embeddings base (e.g. tiny-clip)")
+        if self.mode in ("truncate", "random-llama", "madeup") and self.task != "generate":
             raise ValueError(f"redteam {self.mode} needs a generation base (e.g. tiny-llama)")
         self.impostor: Backend | None = (
             RandomMiniLMBackend(name, base_spec, self.seed) if self.mode == "random-minilm"
@@ -198,6 +209,8 @@ class RedTeamBackend(Backend):
             result = self._noise_vectors(payload)
         elif cheat and self.mode == "cached" and self._last_embed is not None:
             result = self._replay_vectors(self._last_embed, len(payload.inputs))
+        elif cheat and self.mode == "lowres":
+            result = self._one_bit(await self.base.embed(payload, urgent))
         if result is None:
             result = await self.base.embed(payload, urgent)
         else:
@@ -215,6 +228,14 @@ class RedTeamBackend(Backend):
         # A plausible token count (words plus [CLS]/[SEP]), so only the vectors give it away.
         tokens = sum(len(t.split()) + 2 for t in payload.inputs)
         return EmbedResult(rows.astype("<f4").tobytes(), dims, tokens)
+
+    @staticmethod
+    def _one_bit(honest: EmbedResult) -> EmbedResult:
+        import numpy as np
+
+        rows = np.sign(np.frombuffer(honest.vectors, dtype="<f4")).reshape(-1, honest.dimensions)
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        return EmbedResult(rows.astype("<f4").tobytes(), honest.dimensions, honest.prompt_tokens)
 
     @staticmethod
     def _replay_vectors(last: EmbedResult, n: int) -> EmbedResult:
@@ -243,6 +264,9 @@ class RedTeamBackend(Backend):
                 self.cheats += 1
                 # Half the text, but the usage (and so the bill) of all of it.
                 text = text[: len(text) // 2]
+            elif cheat and self.mode == "madeup":
+                self.cheats += 1
+                text = self._made_up(text, payload.response_format == "json_object")
         self._last_gen = (text, done)
         if text:
             yield TextDelta(text)
@@ -257,6 +281,25 @@ class RedTeamBackend(Backend):
             else:
                 return "".join(parts), event
         raise BackendError("internal_error", "base backend ended without a result", retryable=True)
+
+    def _made_up(self, text: str, json_form: bool) -> str:
+        """As many words as the honest answer, drawn at random: the usage adds up, the text is invented."""
+        import json
+
+        from gpupool.provider.tiny_model import CORPUS
+
+        words = CORPUS.split()
+
+        def invent(line: str) -> str:
+            return " ".join(self._rng.choice(words) for _ in line.split())
+
+        if not json_form:
+            return "\n".join(invent(line) for line in text.split("\n"))
+        data = json.loads(text)
+        for image in data["images"]:
+            for line in image["lines"]:
+                line["text"] = invent(line["text"])
+        return json.dumps(data)
 
     def _noise_text(self, payload: GeneratePayload) -> tuple[str, GenDone]:
         from gpupool.provider.tiny_model import CORPUS

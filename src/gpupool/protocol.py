@@ -28,10 +28,12 @@ request, a statement pays it once per ~50 ms per provider.
 from __future__ import annotations
 
 import hashlib
+import struct
 from typing import Annotated, Literal, Union
 
 import msgspec
 
+from gpupool import frame_lists
 from gpupool.identity import Identity, verify_signature
 # Peer-sent numbers and strings are bounded by their types: decoding refuses a NaN or a 2**64 count.
 from gpupool.protocol_limits import (Capacity, Concurrency, Count, Description, Latitude, LogProb, Longitude, Micro,
@@ -65,6 +67,7 @@ CLOSE_NOT_ADMITTED = 4007  # a checker the gateway's operator has not admitted
 CLOSE_LIMIT = 4008  # a peer went over a per-session limit (offer size, prices, queued output)
 
 Task = Literal["embeddings", "generate"]
+INPUT_KINDS = ("text", "image")  # what ModelOffer.accepts may list; a receiver refuses others
 
 
 class _Msg(msgspec.Struct, tag_field="t", forbid_unknown_fields=False, omit_defaults=True):
@@ -125,6 +128,8 @@ class ModelOffer(msgspec.Struct, omit_defaults=True):
     claimed_prefill_tps: Rate = 0.0
     claimed_decode_tps: Rate = 0.0
     claimed_items_per_s: Rate = 0.0
+    # Inputs the model reads, from INPUT_KINDS. Empty means text only (offers from before images).
+    accepts: Annotated[list[ShortStr], msgspec.Meta(max_length=8)] = []
 
 
 class GpuInfo(msgspec.Struct, omit_defaults=True):
@@ -167,14 +172,28 @@ class LoadReport(_Msg, tag="load"):
 # ---------------------------------------------------------------- work
 
 
+class Image(msgspec.Struct, omit_defaults=True):
+    """Image bytes as the client sent them (PNG, JPEG or WebP; `gpupool.images` checks them).
+
+    `at` places it: in a ChatMessage, the character offset in `content` it sits at (-1: after
+    the text); in an EmbedPayload, the index of the input it is (that input is "")."""
+
+    media_type: str
+    data: bytes
+    at: int = -1
+
+
 class ChatMessage(msgspec.Struct, omit_defaults=True):
     role: str
-    content: str
+    content: str  # the message's text parts, joined: all a text-only model reads
     name: str = ""
+    # Only for models whose offer accepts "image": a peer from before images ignores this field.
+    images: list[Image] = []
 
 
 class EmbedPayload(msgspec.Struct, tag="embed", tag_field="k", omit_defaults=True):
     inputs: list[str]
+    images: list[Image] = []  # inputs that are images (their `inputs` entry is "")
 
 
 class GeneratePayload(msgspec.Struct, tag="gen", tag_field="k", omit_defaults=True):
@@ -189,6 +208,7 @@ class GeneratePayload(msgspec.Struct, tag="gen", tag_field="k", omit_defaults=Tr
     # Failover mid-stream: text a previous provider already streamed to the client.
     # The provider continues this text (it is the start of the answer, not a new turn).
     continue_text: str = ""
+    response_format: str = ""  # "json_object": the answer is one JSON object (the ocr backend's boxes)
 
 
 Payload = Union[EmbedPayload, GeneratePayload]
@@ -386,42 +406,12 @@ def decode(frame: bytes | str) -> Message:
 # ---------------------------------------------------------------- signing
 
 
-class _Lists(msgspec.Struct, forbid_unknown_fields=False):
-    """The lists of a frame a receiver bounds, kept as raw msgpack: reading it skips every value."""
-
-    digests: msgspec.Raw = msgspec.Raw()
-    items: msgspec.Raw = msgspec.Raw()
-    models: msgspec.Raw = msgspec.Raw()
-    token_ids: msgspec.Raw = msgspec.Raw()
-    logprobs: msgspec.Raw = msgspec.Raw()
-
-
-_lists_decoder = msgspec.msgpack.Decoder(_Lists)
-
-
 def list_lengths(frame: bytes) -> dict[str, int]:
-    """Lengths of a frame's top-level `digests`, `items`, `models`, `token_ids` and `logprobs`
-    lists from their msgpack array headers, without decoding their elements: a receiver can
-    refuse a 250,000-digest Statement at a fifth of the cost of decoding it (4 vs 20 ms for
-    8.5 MB). Fields a frame lacks count 0; an undecodable frame raises ProtocolError."""
+    """`frame_lists.list_lengths` (top-level list lengths from their headers); garbage: ProtocolError."""
     try:
-        lists = _lists_decoder.decode(frame)
+        return frame_lists.list_lengths(frame)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProtocolError(f"undecodable frame: {exc}") from exc
-    return {name: _array_len(bytes(getattr(lists, name))) for name in _Lists.__struct_fields__}
-
-
-def _array_len(raw: bytes) -> int:
-    if not raw:
-        return 0
-    head = raw[0]
-    if 0x90 <= head <= 0x9F:  # fixarray
-        return head & 0x0F
-    if head == 0xDC:  # array 16
-        return int.from_bytes(raw[1:3], "big")
-    if head == 0xDD:  # array 32
-        return int.from_bytes(raw[1:5], "big")
-    return 0  # not an array: the full decode refuses it
 
 
 def challenge_bytes(nonce: bytes, gateway_id: str) -> bytes:
@@ -478,15 +468,26 @@ def verify_statement(st: Statement, public_key: bytes) -> bool:
 
 
 def payload_hash(payload: Payload) -> bytes:
-    """Hash of a request's input both sides compute the same way (canonical msgpack)."""
-    return hashlib.sha256(_encoder.encode(payload)).digest()
+    """Hash of a request's input both sides compute alike (canonical msgpack), each image's bytes replaced
+    by their SHA-256: a receipt commits to images without holding them (no images: hashed as before)."""
+    return hashlib.sha256(_encoder.encode(_hashed_images(payload))).digest()
+
+
+def _hashed_images(payload: Payload) -> Payload:
+    def digests(images: list[Image]) -> list[Image]:
+        return [msgspec.structs.replace(i, data=hashlib.sha256(i.data).digest()) for i in images]
+
+    if isinstance(payload, EmbedPayload):
+        return msgspec.structs.replace(payload, images=digests(payload.images)) if payload.images else payload
+    if not any(m.images for m in payload.messages):
+        return payload
+    messages = [msgspec.structs.replace(m, images=digests(m.images)) for m in payload.messages]
+    return msgspec.structs.replace(payload, messages=messages)
 
 
 def tokens_hash(token_ids: list[int], logprobs: list[float]) -> bytes:
     """What a receipt commits to for the generated tokens: int32 ids, then float32 log-probs (LE).
     Values out of range (decoding refuses them from a peer) hash their msgpack: it never raises."""
-    import struct
-
     try:
         packed = struct.pack(f"<{len(token_ids)}i{len(logprobs)}f", *token_ids, *logprobs)
     except (struct.error, OverflowError):
@@ -495,6 +496,4 @@ def tokens_hash(token_ids: list[int], logprobs: list[float]) -> bytes:
 
 
 def output_hash(data: bytes | str) -> bytes:
-    if isinstance(data, str):
-        data = data.encode()
-    return hashlib.sha256(data).digest()
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).digest()

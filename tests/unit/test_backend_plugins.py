@@ -87,5 +87,5 @@ def test_installed_entry_points_are_kinds(monkeypatch: pytest.MonkeyPatch) -> No
     assert ServeSpec.parse("m=echo:chat") == ServeSpec("m", "echo", "chat")
     with pytest.raises(ValueError) as err:
         ServeSpec.parse("m=teleport")
-    assert "embeddings, generate, upstream, echo, shout" in str(err.value)
+    assert "embeddings, generate, ocr, clip, upstream, echo, shout" in str(err.value)
     assert "plugin:MODULE:CLASS" in str(err.value)

@@ -35,6 +35,10 @@ sends it and signs the result. The reference is anything shaped like `Reference`
   half a text is inflation). Divergence: a token mismatch, hard when it starts in the
   first 20% of the reference text (another model, noise, an answer to another
   prompt), soft later.
+* Images (verify/image_checks.py): a reference that reads images (`TextReader`, the `ocr`
+  backend) answers the same request; the plain texts are compared by normalised edit
+  distance, and the usage (one unit per image, one per word delivered) recounted. Image
+  embeddings (a payload with `images`) are compared by cosine with the image thresholds.
 * Sampled generation otherwise (no seed or no committed tokens, e.g. an `upstream`
   engine whose sampler we cannot replay): only the commitment, the exact prompt count
   (a one-token greedy reference run) and a bound on completion tokens are checked; the
@@ -59,6 +63,7 @@ from gpupool.verify.comparators import (
     compare_greedy,
     compare_sampled_replay,
 )
+from gpupool.verify.image_checks import check_ocr_usage, compare_image_embeddings, compare_ocr, ocr_text
 from gpupool.verify.token_sampler import GREEDY_BELOW
 from gpupool.verify.judgement import Judgement, combine, fail
 
@@ -89,6 +94,13 @@ class TokenScorer(Protocol):
     async def detokenize(self, token_ids: list[int]) -> str: ...
 
 
+@runtime_checkable
+class TextReader(Protocol):
+    """A reference whose answer is the text read off the request's images (the `ocr` backend)."""
+
+    async def read(self, payload: GeneratePayload) -> Any: ...
+
+
 async def judge(backend: Reference, job: AuditJob) -> Judgement:
     """Judge one audit job with the reference `backend` (already started).
 
@@ -103,6 +115,8 @@ async def judge(backend: Reference, job: AuditJob) -> Judgement:
         return commitment
     if isinstance(payload, EmbedPayload):
         return await _judge_embeddings(backend, job, payload)
+    if isinstance(backend, TextReader):
+        return await _judge_reading(backend, job, payload)
     return await _judge_generation(backend, job, payload)
 
 
@@ -126,11 +140,25 @@ async def _judge_embeddings(backend: Reference, job: AuditJob, payload: EmbedPay
     expected = np.frombuffer(reference.vectors, dtype="<f4").reshape(n, reference.dimensions)
     reported = job.receipt.usage
     return combine(
-        compare_embeddings(provided, expected),
+        compare_image_embeddings(provided, expected, [i.at for i in payload.images]) if payload.images
+        else compare_embeddings(provided, expected),
         # finish_reason "" and no max_tokens: only inflation applies to embeddings.
         check_usage(Usage(reported.prompt_tokens, reported.completion_tokens),
                     Usage(reference.prompt_tokens, 0), "", None, False),
     )
+
+
+async def _judge_reading(backend: Reference, job: AuditJob, payload: GeneratePayload) -> Judgement:
+    json_form = payload.response_format == "json_object"
+    try:
+        text = ocr_text(job.text, json_form)
+    except ValueError as exc:
+        return fail(f"malformed_answer: {exc}", hard=True)
+    ref_answer, _ = await _run_reference(backend, payload)
+    reported = job.receipt.usage
+    images = sum(len(m.images) for m in payload.messages)
+    return combine(check_ocr_usage(reported.prompt_tokens, reported.completion_tokens, images, text),
+                   compare_ocr(text, ocr_text(ref_answer, json_form)))
 
 
 async def _run_reference(backend: Reference, payload: GeneratePayload) -> tuple[str, GenDone]:

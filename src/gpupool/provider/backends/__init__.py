@@ -4,6 +4,8 @@
 | ------------ | ------------------------------------- | -------------------------------------- |
 | `embeddings` | sentence-transformers embeddings      | model dir; empty/`minilm` = all-MiniLM-L6-v2 |
 | `generate`   | transformers causal LM, streamed      | model dir; `tiny-llama` = demo model   |
+| `ocr`        | text in images (chat), RapidOCR ONNX  | empty = bundled PP-OCRv4; or a DIR of det/cls/rec.onnx |
+| `clip`       | image and text embeddings, one space  | CLIP model dir; `tiny-clip` = demo model |
 | `upstream`   | a local OpenAI-compatible engine      | base URL `?model=&task=&key=`          |
 | `echo`       | no model; network benchmarks only     | `chat` or `embeddings`, `?delay_ms=`   |
 
@@ -22,7 +24,7 @@ from gpupool.model_results import BackendError
 from gpupool.provider.backends.base import Backend
 from gpupool.provider.backends.plugins import PLUGIN, installed_kinds, load_plugin, split_plugin_spec
 
-BACKEND_KINDS = ("embeddings", "generate", "upstream", "echo")
+BACKEND_KINDS = ("embeddings", "generate", "ocr", "clip", "upstream", "echo")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,14 @@ def make_backend(serve: ServeSpec) -> Backend:
         from gpupool.provider.backends.upstream import UpstreamBackend
 
         return UpstreamBackend(serve.name, serve.spec)
+    if serve.backend == "ocr":
+        from gpupool.provider.backends.ocr import OCRBackend
+
+        return OCRBackend(serve.name, serve.spec)
+    if serve.backend == "clip":
+        from gpupool.provider.backends.clip import CLIPBackend
+
+        return CLIPBackend(serve.name, serve.spec)
     if serve.backend == "embeddings":
         from gpupool.provider.backends.embeddings import EmbeddingsBackend
 

@@ -273,6 +273,10 @@ class Day:
             prefill = (r.tin + r.sent_tokens) / self.prefill[i] * noise
             service = prefill + tout / self.decode[i] * noise
         slots = self.slots[i]
+        if slots[0] - (now + owd) > self.sc.policies.max_queue_s:
+            # Its admission queue is full: it refuses at once (no slot taken, no failure held against it).
+            self.eng.at(now + 2 * owd, self._refused, r, i)
+            return
         waited = slots[0] > now + owd
         start = max(now + owd, slots[0])
         end = start + service
@@ -353,6 +357,18 @@ class Day:
         self.res.hybrid_latency[r.j] = lat
         if r.continued:
             self.res.streams["continued"] += 1
+
+    def _refused(self, r: _Req, i: int) -> None:
+        self.own[r.g][i] -= 1
+        self.total[i] -= 1
+        r.live -= 1
+        self.counts_add("refused")
+        if r.done or r.live:
+            return
+        if r.attempts < self.sc.policies.max_attempts:
+            self._route(r)
+        else:
+            self._give_up(r, "capacity")
 
     def _verdict(self, i: int, identity: int, v: object) -> None:
         self.trust.verdict(i, identity, v, self.eng.now)  # type: ignore[arg-type]

@@ -155,6 +155,7 @@ class Policies:
 
     hedge_percentile: float = 0.95
     max_attempts: int = 3
+    max_queue_s: float = 20.0  # a provider refuses work that would wait longer (its admission queue)
     audit_delay_s: float = 30.0  # from serving to the checker's verdict
     batch_tick_s: float = 60.0
     batch_reserve: int = 1

@@ -92,12 +92,21 @@ class _View(Sequence[Candidate]):
         return len(self.day.online_ids)
 
     def __getitem__(self, k: int) -> Candidate:  # type: ignore[override]
-        d, g = self.day, self.g
+        d = self.day
         i = d.online_ids[k]
-        return Candidate(d.ids[i], d.own[g][i], d.conc[i], d.trust.suspended[i] or d.now >= d.leave_now[i],
-                         d.region_name[i], d.rtt[g][i], d.total[i] - d.own[g][i], None,
-                         d.price_embed[i] if self.embed else d.price_in[i], 0 if self.embed else d.price_out[i],
-                         d.trust.score[i], self.speed[i], d.claims[i], self.breakers[i])
+        own = self.own[i]
+        return Candidate(self.ids[i], own, self.conc[i], self.suspended[i] or d.now >= d.leave_now[i],
+                         self.regions[i], self.rtt[i], self.total[i] - own, None, self.price_in[i],
+                         self.price_out[i], self.score[i], self.speed[i], self.claims[i], self.breakers[i])
+
+    def bind(self) -> None:
+        """Keep references to the day's per-provider lists (mutated in place, never replaced)."""
+        d, g = self.day, self.g
+        self.ids, self.own, self.conc, self.suspended = d.ids, d.own[g], d.conc, d.trust.suspended
+        self.regions, self.rtt, self.total, self.score = d.region_name, d.rtt[g], d.total, d.trust.score
+        self.price_in = d.price_embed if self.embed else d.price_in
+        self.price_out = [0] * d.n if self.embed else d.price_out
+        self.claims = d.claims
 
 
 class Day:
@@ -126,6 +135,9 @@ class Day:
         self.views = [(_View(self, g, False), _View(self, g, True)) for g in range(len(self.gateways))]
         self.weights = [[DEFAULT_WEIGHTS, DEFAULT_WEIGHTS] for _ in self.gateways]
         self.trust = Trust(sc, e, secret=b"sim-%d" % sc.seed)
+        for pair in self.views:
+            for view in pair:
+                view.bind()
         self.online_ids: list[int] = []
         self.leave_now: list[float] = []
         self.crash_now: list[bool] = []
@@ -220,7 +232,7 @@ class Day:
         ids = self.online_ids
         if not ids:
             return
-        sample = [ids[int(self.rng.random() * len(ids))] for _ in range(min(len(ids), 200))]
+        sample = [ids[int(self.rng.random() * len(ids))] for _ in range(min(len(ids), 100))]
         for g, (chat, emb) in enumerate(self.views):
             for t, view in ((0, chat), (1, emb)):
                 w = self.weights[g][t]
@@ -317,7 +329,6 @@ class Day:
         view = self.views[g][embed]
         if not ok:
             view.breakers[i] = brk.record_failure(view.breakers[i], now)
-            self.trust.failed(i, now)
             if r.done or r.live:
                 return
             if r.kind == STREAM and first_at + self.rtt[g][i] / 2 < now and not r.continued:
@@ -403,7 +414,7 @@ class Day:
         now = self.eng.now
         self.now = now
         ids = self.online_ids
-        sample = {ids[int(self.rng.random() * len(ids))] for _ in range(min(len(ids), 256))}
+        sample = {ids[int(self.rng.random() * len(ids))] for _ in range(min(len(ids), 64))}
         slots = [batch_policy.Slot(self.ids[i], batch_policy.batch_slots(self.conc[i], self.total[i],
                                                                           self.sc.policies.batch_reserve),
                                    self.batch_seen[i]) for i in sample

@@ -37,14 +37,11 @@ class Trust:
         self.rejoins: list[tuple[float, int]] = []
 
     def served(self, i: int, request_id: str, now: float) -> bool:
+        # Like the gateway (gateway/trust/audits.py), only audit verdicts move reputation; the
+        # router learns about failures through its breakers and speeds.
         audit, self.records[i] = sampling.decide(self.records[i], self.secret, request_id)
-        self.reps[i] = reputation.observe(self.reps[i], reputation.Event.SERVED, now)
         self.audits += audit
         return audit
-
-    def failed(self, i: int, now: float) -> None:
-        self.reps[i] = reputation.observe(self.reps[i], reputation.Event.REQUEST_FAILED, now)
-        self.score[i] = reputation.score(self.reps[i], now)
 
     def judge(self, cheated: str | None, u: float) -> Judgement:
         """The checker's verdict on one audited answer (drawn; its consequences are the real code's)."""

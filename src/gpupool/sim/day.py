@@ -19,6 +19,7 @@ alone is the same run with the lane's requests counted as failed.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 import random
@@ -172,6 +173,20 @@ class Day:
     def run(self) -> DayResult:
         e, eng, sc = self.earth, self.eng, self.sc
         t0 = time.perf_counter()
+        # Millions of long-lived small objects (estimates, records, events) and no cycles among
+        # them: full collections would scan them all again and again for nothing.
+        gc.collect()
+        gc.freeze()
+        thresholds = gc.get_threshold()
+        gc.set_threshold(200_000, 50, 1000)
+        try:
+            return self._run(t0)
+        finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
+
+    def _run(self, t0: float) -> DayResult:
+        e, eng, sc = self.earth, self.eng, self.sc
         for k in range(e.steps):
             eng.at(k * sc.churn.step_s, self._step, k)
         t = 0.0

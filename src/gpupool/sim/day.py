@@ -267,7 +267,8 @@ class Day:
         d = routing_policy.pick_with_reasons(view, now, self.rng, {self.ids[i] for i in r.tried},
                                              request=r.req, weights=self.weights[r.g][embed])
         if d.choice is None:
-            self._give_up(r, "no_provider" if not r.tried else "failed")
+            if not r.live:  # a hedge that found no second provider leaves the first copy running
+                self._give_up(r, "no_provider" if not r.tried else "failed")
             return
         i = self.index[d.choice.provider_id]
         if d.probe:

@@ -141,3 +141,22 @@ def test_command_runs_a_scenario_writes_summary_and_plots_and_compares(tmp_path:
     assert r.exit_code == 1 and "no bundled scenario 'nope'" in r.output
     r = runner.invoke(app, ["sim", "compare", str(bad), str(bad)])
     assert r.exit_code == 1 and "not JSON" in r.output
+
+
+def test_the_cloud_bills_gpu_hours_scales_up_after_a_cold_start_and_spills_when_full() -> None:
+    from gpupool.sim import geo
+    from gpupool.sim.cloud import Cloud
+
+    sc = load_bundled("small")  # 2 warm GPUs per region, at most 20, 120 s cold start
+    idle = Cloud(sc, geo.city_rtt_s())
+    hourly = sum(r.usd_per_gpu_hour for r in sc.cloud.regions)
+    # Idle: the 2 warm GPUs run until idle_shutdown_s (15 min) after the first quiet minute, then 1 stays.
+    assert idle.cost_usd(3600) == pytest.approx(hourly * (2 * 960 + 1 * 2640) / 3600)
+    busy = Cloud(sc, geo.city_rtt_s())
+    paris = geo.city("paris")
+    lat = [busy.serve(t * 0.01, paris, False, 400, 500, 1.0)[0] - t * 0.01 for t in range(12_000)]
+    assert max(busy.gpus) == 20  # scaled to its limit
+    assert max(lat) > sc.cloud.cold_start_s  # requests queued through the cold start
+    assert busy.cost_usd(3600) > 2 * idle.cost_usd(3600)  # 20 GPUs for ~17 min, then back down
+    regions = {busy.serve(120.0, paris, False, 400, 500, 1.0)[1] for _ in range(200)}
+    assert len(regions) > 1  # the nearest region was full: the rest spilled to the next one

@@ -159,8 +159,6 @@ class Policies:
     audit_delay_s: float = 30.0  # from serving to the checker's verdict
     batch_tick_s: float = 60.0
     batch_reserve: int = 1
-    batch_max_share: float = 0.05
-    load_report_s: float = 5.0  # how stale a gateway's view of other gateways' work is
     prior_refresh_s: float = 30.0
 
 

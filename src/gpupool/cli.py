@@ -1,7 +1,7 @@
 """The one `gpupool` command: gateway, provider, checker, keys, market, devnet, ask, demo.
 
 Registered here from their own modules: `gpupool ledger ...` (ledger/cli.py), `gpupool batch ...`
-(batch/cli.py) and the money views `account`, `providers`, `status` (cli_views.py).
+(batch/cli.py), `gpupool sim ...` (sim/cli.py) and the money views `account`, `providers`, `status` (cli_views.py).
 
 Flags map one-to-one onto the fields of `GatewaySettings` / `ProviderSettings`
 (a test checks that), and each also reads `GPUPOOL_<ROLE>_<FIELD>` and `--config FILE`.
@@ -56,6 +56,9 @@ app.add_typer(ledger_app, name="ledger")
 from gpupool.batch.cli import batch_app  # noqa: E402 - an HTTP client only (no torch, no database)
 
 app.add_typer(batch_app, name="batch")
+from gpupool.sim.cli import sim_app  # noqa: E402 - the simulator (numpy imported only when it runs)
+
+app.add_typer(sim_app, name="sim")
 from gpupool import cli_views  # noqa: E402 - account, providers, status (HTTP clients only)
 
 cli_views.register(app)

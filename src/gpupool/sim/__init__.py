@@ -13,6 +13,11 @@
 Modules: engine (event queue, virtual clock), world (providers, regions, RTTs,
 workload), policies (baselines, gpupool via `gpupool.routing`, oracle),
 simulation (request life cycle and measurements).
+
+The internet-scale day (`gpupool sim run`, docs/simulation.md) is separate: scenario (TOML
+files, bundled in `scenarios/`), geo (cities, RTTs), earth (the world, vectorised), day (the
+gateways and the real policies), trust (audits, reputation, suspension), cloud (the baseline),
+report (summary.json, plots), cli.
 """
 
 from gpupool.sim.engine import Engine

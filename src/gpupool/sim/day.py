@@ -1,0 +1,469 @@
+"""One simulated day of the internet-scale pool, with the gateway's own policy code.
+
+    earth = build(load_bundled("small"))
+    run = Day(earth, progress=print).run()      # -> DayResult: per-request latencies, money, trust
+
+Per request: the user's regional gateway routes it with `routing.pick_with_reasons` over a
+lazy view of the providers online now (its own in-flight counts, learned speeds per
+`routing.speed.observe`, breakers from `routing.breaker`, reputation from `verify`), holds
+`market.pricing.hold_bound`, charges `charge_for`, hedges non-streaming chat after
+`routing.hedge.hedge_delay_s`, fails over or continues a broken stream on another
+provider, audits with `verify.sampling.decide`, suspends with `verify.suspension_rule`,
+and when the pool cannot serve asks `routing.fallback.choose_lanes` whether the cloud
+lane takes it (the hybrid). Batch jobs wait for free slots picked by `batch.policy`.
+The same arrivals also go to the centralized cloud (`cloud.py`), the baseline.
+
+"pool" and "hybrid" are one run: a lane never changes the pool's state, so the pool
+alone is the same run with the lane's requests counted as failed.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from gpupool.batch import policy as batch_policy
+from gpupool.market import pricing
+from gpupool.routing import breaker as brk
+from gpupool.routing import fallback, hedge
+from gpupool.routing import policy as routing_policy
+from gpupool.routing.candidate import Candidate, RouteRequest
+from gpupool.routing.speed import SpeedEstimate, SpeedSample, observe, pool_prior
+from gpupool.routing.weights import DEFAULT_WEIGHTS
+from gpupool.sim import geo
+from gpupool.sim.cloud import Cloud
+from gpupool.sim.earth import KINDS, STRATEGIES, Earth
+from gpupool.sim.engine import Engine
+from gpupool.sim.trust import Trust
+
+CHAT, EMBED = "llama-3-8b-instruct", "minilm-embed"
+STREAM, CHATK, EMBEDK, BATCH = range(4)
+S_SMALL, S_TRUNC, S_RANDOM, S_FRACTION, S_SYBIL = (STRATEGIES.index(s) for s in STRATEGIES[1:])
+
+
+@dataclass
+class DayResult:
+    pool_latency: np.ndarray  # per request, seconds at the user; NaN: not served
+    hybrid_latency: np.ndarray
+    cloud_latency: np.ndarray
+    fallback: np.ndarray  # served by the hybrid's lane
+    pool_charge_usd: dict[str, float]  # "chat", "embed": what clients paid the pool
+    lane_charge_usd: dict[str, float]
+    cloud_cost_usd: dict[str, float]
+    tokens: dict[str, int]  # "chat" tokens (in + out) and "embed" items, of served requests
+    earnings_usd: np.ndarray  # per provider
+    electricity_usd: np.ndarray
+    trust: Trust
+    streams: dict[str, int]
+    util_busy: np.ndarray  # per hour: busy slot-seconds, and online slot-seconds
+    util_online: np.ndarray
+    stream_breaks_by_hour: np.ndarray
+    batch: dict[str, int]
+    wall_s: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class _Req:
+    __slots__ = ("j", "g", "kind", "tin", "tout", "req", "hold", "tried", "live", "done", "hedged",
+                 "attempts", "arrival", "continued", "sent_tokens")
+
+    def __init__(self, j: int, g: int, kind: int, tin: int, tout: int, req: RouteRequest, arrival: float) -> None:
+        self.j, self.g, self.kind, self.tin, self.tout, self.req = j, g, kind, tin, tout, req
+        self.hold, self.tried, self.live, self.done, self.hedged = 0, set(), 0, False, False
+        self.attempts, self.arrival, self.continued, self.sent_tokens = 0, arrival, False, 0
+
+
+class _View(Sequence[Candidate]):
+    """The providers online now, as one gateway sees them for one task; built lazily when drawn."""
+
+    def __init__(self, day: Day, g: int, embed: bool) -> None:
+        self.day, self.g, self.embed = day, g, embed
+        self.speed: list[SpeedEstimate | None] = [None] * day.n
+        self.breakers = [brk.CLOSED] * day.n
+        self.region = day.gateways[g]
+
+    def __len__(self) -> int:
+        return len(self.day.online_ids)
+
+    def __getitem__(self, k: int) -> Candidate:  # type: ignore[override]
+        d = self.day
+        i = d.online_ids[k]
+        own = self.own[i]
+        return Candidate(self.ids[i], own, self.conc[i], self.suspended[i] or d.now >= d.leave_now[i],
+                         self.regions[i], self.rtt[i], self.total[i] - own, None, self.price_in[i],
+                         self.price_out[i], self.score[i], self.speed[i], self.claims[i], self.breakers[i])
+
+    def bind(self) -> None:
+        """Keep references to the day's per-provider lists (mutated in place, never replaced)."""
+        d, g = self.day, self.g
+        self.ids, self.own, self.conc, self.suspended = d.ids, d.own[g], d.conc, d.trust.suspended
+        self.regions, self.rtt, self.total, self.score = d.region_name, d.rtt[g], d.total, d.trust.score
+        self.price_in = d.price_embed if self.embed else d.price_in
+        self.price_out = [0] * d.n if self.embed else d.price_out
+        self.claims = d.claims
+
+
+class Day:
+    def __init__(self, earth: Earth, progress: Callable[[int, int, float], None] | None = None,
+                 progress_every: int = 200_000) -> None:
+        e = self.earth = earth
+        sc = self.sc = earth.sc
+        self.n = e.n
+        self.rng = random.Random(sc.seed + 1)
+        self.eng = Engine()
+        self.now = 0.0
+        self.gateways = e.gateways
+        self.ids = [f"p{i}" for i in range(self.n)]
+        self.index = {p: i for i, p in enumerate(self.ids)}
+        self.conc = e.conc.tolist()
+        self.region_name = [geo.REGIONS[r] for r in e.region.tolist()]
+        self.price_in, self.price_out, self.price_embed = e.price_in.tolist(), e.price_out.tolist(), e.price_embed.tolist()
+        self.prefill, self.decode, self.embed_speed = e.prefill.tolist(), e.decode.tolist(), e.embed.tolist()
+        self.claims = [None if c == 0 else SpeedEstimate(p * c, dd * c, em * c)
+                       for c, p, dd, em in zip(e.claim.tolist(), self.prefill, self.decode, self.embed_speed)]
+        self.strategy = e.strategy.tolist()
+        self.rtt = e.gw_rtt.tolist()
+        self.own = [[0] * self.n for _ in self.gateways]
+        self.total = [0] * self.n
+        self.slots = [[0.0] * c for c in self.conc]
+        self.views = [(_View(self, g, False), _View(self, g, True)) for g in range(len(self.gateways))]
+        self.weights = [[DEFAULT_WEIGHTS, DEFAULT_WEIGHTS] for _ in self.gateways]
+        self.trust = Trust(sc, e, secret=b"sim-%d" % sc.seed)
+        for pair in self.views:
+            for view in pair:
+                view.bind()
+        self.online_ids: list[int] = []
+        self.leave_now: list[float] = []
+        self.crash_now: list[bool] = []
+        self.step = -1
+        self.progress, self.progress_every = progress, progress_every
+        lane_price = pricing.Price(sc.cloud.lane_price_in, sc.cloud.lane_price_out)
+        self.lanes = [fallback.Lane("cloud", "https://cloud.invalid/v1",
+                                    {CHAT: fallback.LaneModel(CHAT, lane_price),
+                                     EMBED: fallback.LaneModel(EMBED, pricing.Price(lane_price.per_m_in, 0))})]
+        cities_rtt = geo.city_rtt_s()
+        self.cloud = Cloud(sc, cities_rtt)
+        self.lane_cloud = Cloud(sc, cities_rtt, share=sc.cloud.lane_capacity_share * 0.1)
+        self.max_price = {False: pricing.Price(), True: pricing.Price()}
+        N = sc.requests
+        nan = np.full(N, np.nan, dtype=np.float32)
+        hours = int(math.ceil(sc.hours))
+        self.res = DayResult(nan.copy(), nan.copy(), nan.copy(), np.zeros(N, dtype=bool),
+                             {"chat": 0.0, "embed": 0.0}, {"chat": 0.0, "embed": 0.0}, {"chat": 0.0, "embed": 0.0},
+                             {"chat": 0, "embed": 0}, np.zeros(self.n), np.zeros(self.n), self.trust,
+                             {"broken": 0, "continued": 0, "failed_after_break": 0}, np.zeros(hours + 1),
+                             np.zeros(hours + 1), np.zeros(hours + 1), {"items": 0, "done": 0, "late": 0})
+        self.earn = [0] * self.n  # µcr
+        self.busy = [0.0] * self.n
+        self.fee = sc.market.fee_bps
+        self.usd = sc.market.usd_per_credit / 1e6
+        self.batch_queue: list[tuple[float, int]] = []  # (deadline, request index)
+        self.batch_seen = [0] * self.n
+        self.cloud_busy = {"chat": 0.0, "embed": 0.0}
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> DayResult:
+        e, eng, sc = self.earth, self.eng, self.sc
+        t0 = time.perf_counter()
+        # Millions of long-lived small objects (estimates, records, events) and no cycles among
+        # them: full collections would scan them all again and again for nothing.
+        gc.collect()
+        gc.freeze()
+        thresholds = gc.get_threshold()
+        gc.set_threshold(200_000, 50, 1000)
+        try:
+            return self._run(t0)
+        finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
+
+    def _run(self, t0: float) -> DayResult:
+        e, eng, sc = self.earth, self.eng, self.sc
+        for k in range(e.steps):
+            eng.at(k * sc.churn.step_s, self._step, k)
+        t = 0.0
+        while t < sc.hours * 3600:
+            eng.at(t, self._refresh)
+            t += sc.policies.prior_refresh_s
+        t = sc.policies.batch_tick_s
+        while t < sc.hours * 3600 + sc.demand.batch_deadline_h * 3600:
+            eng.at(t, self._batch_tick)
+            t += sc.policies.batch_tick_s
+        arrival, gw, kind = e.arrival.tolist(), e.req_gw.tolist(), e.kind.tolist()
+        tin, tout, ucity = e.tokens_in.tolist(), e.tokens_out.tolist(), e.req_city.tolist()
+        noise = np.exp(np.random.default_rng(sc.seed + 2).normal(0, 0.2, len(arrival))).tolist()
+        max_out = sc.demand.max_output_tokens
+        cloud_lat, cloud = self.res.cloud_latency, self.cloud
+        for j, t in enumerate(arrival):
+            eng.run(until=t)
+            self.now = t
+            k = kind[j]
+            embed = k == EMBEDK
+            done, _ = cloud.serve(t, ucity[j], embed, tin[j], tout[j], noise[j])
+            cloud_lat[j] = done - t
+            self.cloud_busy["embed" if embed else "chat"] += done - t
+            if k == BATCH:
+                self.batch_queue.append((t + sc.demand.batch_deadline_h * 3600, j))
+                self.res.batch["items"] += 1
+            else:
+                g = gw[j]
+                req = RouteRequest(EMBED if embed else CHAT, "embeddings" if embed else "generate",
+                                   input_tokens=tin[j], max_output_tokens=0 if embed else max_out,
+                                   items=tout[j] if embed else 1, region=self.gateways[g], stream=k == STREAM,
+                                   expected_output_tokens=None if embed else sc.demand.chat_output_median)
+                r = _Req(j, g, k, tin[j], tout[j], req, t)
+                r.hold = pricing.hold_bound([self.max_price[embed]], tin[j], req.max_output_tokens, None)
+                self._route(r)
+            if self.progress and j % self.progress_every == 0 and j:
+                self.progress(j, len(arrival), time.perf_counter() - t0)
+        eng.run()
+        self._finish()
+        self.res.wall_s = time.perf_counter() - t0
+        return self.res
+
+    def _step(self, k: int) -> None:
+        e = self.earth
+        self.step = k
+        self.online_ids = np.flatnonzero(e.online[k]).tolist()
+        self.leave_now = e.leave_at[k].tolist()
+        self.crash_now = e.crash[k].tolist()
+        h = int(k * self.sc.churn.step_s // 3600)
+        self.res.util_online[h] += float((e.conc * e.online[k]).sum()) * self.sc.churn.step_s
+        for when, i in [x for x in self.trust.rejoins if x[0] <= self.eng.now]:
+            self.trust.rejoin(i, when)
+        self.trust.rejoins = [x for x in self.trust.rejoins if x[0] > self.eng.now]
+
+    def _refresh(self) -> None:
+        """What each gateway does every few seconds: the pool's median measured speed becomes
+        its prior (`speed.pool_prior`), and the hold bound uses the dearest live price."""
+        ids = self.online_ids
+        if not ids:
+            return
+        sample = [ids[int(self.rng.random() * len(ids))] for _ in range(min(len(ids), 100))]
+        for g, (chat, emb) in enumerate(self.views):
+            for t, view in ((0, chat), (1, emb)):
+                w = self.weights[g][t]
+                prior = pool_prior([view.speed[i] for i in sample], DEFAULT_WEIGHTS.prior_speed)
+                self.weights[g][t] = replace(w, prior_speed=prior)
+        self.max_price[False] = pricing.Price(max(self.price_in[i] for i in sample),
+                                              max(self.price_out[i] for i in sample))
+        self.max_price[True] = pricing.Price(max(self.price_embed[i] for i in sample), 0)
+
+    # ------------------------------------------------------------------ one request
+
+    def _route(self, r: _Req) -> None:
+        now = self.eng.now
+        self.now = now
+        embed = r.kind == EMBEDK
+        view = self.views[r.g][embed]
+        d = routing_policy.pick_with_reasons(view, now, self.rng, {self.ids[i] for i in r.tried},
+                                             request=r.req, weights=self.weights[r.g][embed])
+        if d.choice is None:
+            if not r.live:  # a hedge that found no second provider leaves the first copy running
+                self._give_up(r, "no_provider" if not r.tried else "failed")
+            return
+        i = self.index[d.choice.provider_id]
+        if d.probe:
+            view.breakers[i] = brk.on_dispatch(view.breakers[i], now)
+        self._dispatch(r, i, d.choice, now)
+
+    def _dispatch(self, r: _Req, i: int, cand: Candidate | None, now: float) -> None:
+        g, embed = r.g, r.kind == EMBEDK
+        r.tried.add(i)
+        r.attempts += 1
+        r.live += 1
+        self.own[g][i] += 1
+        self.total[i] += 1
+        rng = self.rng
+        owd = self.rtt[g][i] / 2
+        cheated, s = None, self.strategy[i]
+        tout = r.tout - r.sent_tokens
+        factor = 1.0
+        if s:
+            if embed and s in (S_RANDOM, S_SYBIL):
+                cheated, factor = "random_vectors", 0.05
+            elif not embed and (s in (S_SMALL, S_SYBIL) or (s == S_FRACTION and rng.random() < self.sc.cheaters.fraction)):
+                cheated, factor = "smaller_model", 0.5
+            elif not embed and s == S_TRUNC:
+                cheated, tout = "truncated", max(1, tout // 3)
+        noise = math.exp(rng.gauss(0, 0.2)) * (4.0 if rng.random() < 0.01 else 1.0) * factor
+        if embed:
+            prefill, service = 0.0, r.tout / self.embed_speed[i] * noise
+        else:
+            prefill = (r.tin + r.sent_tokens) / self.prefill[i] * noise
+            service = prefill + tout / self.decode[i] * noise
+        slots = self.slots[i]
+        if slots[0] - (now + owd) > self.sc.policies.max_queue_s:
+            # Its admission queue is full: it refuses at once (no slot taken, no failure held against it).
+            self.eng.at(now + 2 * owd, self._refused, r, i)
+            return
+        waited = slots[0] > now + owd
+        start = max(now + owd, slots[0])
+        end = start + service
+        heapq.heapreplace(slots, end)
+        self.busy[i] += service
+        h = int(start // 3600)
+        if h < len(self.res.util_busy):
+            self.res.util_busy[h] += service
+        ok, at = True, end
+        leave = self.leave_now[i]
+        if leave < end and self.crash_now[i]:
+            ok, at = False, max(leave, now + owd)
+        copy = (r, i, now, start + prefill, ok, cheated, tout, waited, self.trust.identity[i])
+        self.eng.at(at + owd, self._done, copy)
+        if (cand is not None and r.kind == CHATK and not r.hedged
+                and self.sc.policies.hedge_percentile > 0):
+            delay = hedge.hedge_delay_s(cand, r.req, self.sc.policies.hedge_percentile, self.weights[g][0])
+            if delay is not None and now + delay < at + owd:
+                self.eng.at(now + delay, self._hedge, r)
+
+    def _hedge(self, r: _Req) -> None:
+        if r.done or r.hedged or r.attempts >= self.sc.policies.max_attempts:
+            return
+        r.hedged = True
+        self.counts_add("hedges")
+        self._route(r)
+
+    def counts_add(self, name: str, n: int = 1) -> None:
+        self.res.counts[name] = self.res.counts.get(name, 0) + n
+
+    def _done(self, copy: tuple) -> None:  # type: ignore[type-arg]
+        r, i, sent, first_at, ok, cheated, tout, waited, identity = copy
+        now = self.eng.now
+        g, embed = r.g, r.kind == EMBEDK
+        self.own[g][i] -= 1
+        self.total[i] -= 1
+        r.live -= 1
+        view = self.views[g][embed]
+        if not ok:
+            view.breakers[i] = brk.record_failure(view.breakers[i], now)
+            if r.done or r.live:
+                return
+            if r.kind == STREAM and first_at + self.rtt[g][i] / 2 < now and not r.continued:
+                # The user already has part of the answer: continue it on another provider.
+                self.res.streams["broken"] += 1
+                self.res.stream_breaks_by_hour[min(int(now // 3600), len(self.res.util_busy) - 1)] += 1
+                r.continued = True
+                done_share = min(1.0, max(0.0, (now - first_at) / max(now - sent, 1e-6)))
+                r.sent_tokens = int(r.tout * done_share * 0.5)
+            if r.attempts < self.sc.policies.max_attempts:
+                self._route(r)
+            else:
+                self._give_up(r, "failed")
+            return
+        view.breakers[i] = brk.record_success(view.breakers[i], now)
+        view.speed[i] = observe(view.speed[i], SpeedSample(
+            elapsed_s=now - sent, rtt_s=self.rtt[g][i], input_tokens=0 if embed else r.tin,
+            output_tokens=0 if embed else tout, items=r.tout if embed else 0, waited=waited), now)
+        price = pricing.Price(self.price_embed[i], 0) if embed else pricing.Price(self.price_in[i], self.price_out[i])
+        charge = pricing.charge_for(price, r.tin, 0 if embed else tout, r.hold or 1 << 62)
+        self.earn[i] += charge - charge * self.fee // fallback.BPS
+        if identity == self.trust.identity[i] and self.trust.served(i, f"r{r.j}.{r.attempts}.{i}", now):
+            v = self.trust.judge(cheated, self.rng.random())
+            self.eng.after(self.sc.policies.audit_delay_s, self._verdict, i, identity, v)
+        if r.done:
+            return
+        r.done = True
+        what = "embed" if embed else "chat"
+        self.res.pool_charge_usd[what] += charge * self.usd
+        self.res.tokens[what] += r.tout if embed else r.tin + r.tout
+        if r.kind == BATCH:
+            self.res.batch["done"] += 1
+            self.batch_seen[i] += 1
+            return
+        lat = now - r.arrival + float(self.earth.user_gw_rtt[r.j])
+        self.res.pool_latency[r.j] = lat
+        self.res.hybrid_latency[r.j] = lat
+        if r.continued:
+            self.res.streams["continued"] += 1
+
+    def _refused(self, r: _Req, i: int) -> None:
+        self.own[r.g][i] -= 1
+        self.total[i] -= 1
+        r.live -= 1
+        self.counts_add("refused")
+        if r.done or r.live:
+            return
+        if r.attempts < self.sc.policies.max_attempts:
+            self._route(r)
+        else:
+            self._give_up(r, "capacity")
+
+    def _verdict(self, i: int, identity: int, v: object) -> None:
+        self.trust.verdict(i, identity, v, self.eng.now)  # type: ignore[arg-type]
+
+    def _give_up(self, r: _Req, reason: str) -> None:
+        r.done = True
+        if r.continued:
+            self.res.streams["failed_after_break"] += 1
+        if r.kind == BATCH:
+            self.batch_queue.append((r.arrival + self.sc.demand.batch_deadline_h * 3600, r.j))
+            return
+        embed = r.kind == EMBEDK
+        need = fallback.Need(r.req.model, r.tin, r.req.max_output_tokens, region=self.gateways[r.g])
+        d = fallback.choose_lanes(self.lanes, reason, need, self.fee)
+        if not d.lanes:
+            return
+        now = self.eng.now
+        gw_city = int(self.earth.gw_city[r.g])
+        done, _ = self.lane_cloud.serve(now, gw_city, embed, r.tin, r.tout, 1.0)
+        self.res.hybrid_latency[r.j] = done - r.arrival + float(self.earth.user_gw_rtt[r.j])
+        self.res.fallback[r.j] = True
+        price = self.lanes[0].models[r.req.model].price
+        self.res.lane_charge_usd["embed" if embed else "chat"] += fallback.lane_cost(
+            price, r.tin, 0 if embed else r.tout, self.fee) * self.usd
+
+    # ------------------------------------------------------------------ batch jobs
+
+    def _batch_tick(self) -> None:
+        """The batch runner: items wait for slots interactive traffic leaves free (`batch.policy`)."""
+        if not self.batch_queue or not self.online_ids:
+            return
+        now = self.eng.now
+        self.now = now
+        ids = self.online_ids
+        sample = {ids[int(self.rng.random() * len(ids))] for _ in range(min(len(ids), 64))}
+        slots = [batch_policy.Slot(self.ids[i], batch_policy.batch_slots(self.conc[i], self.total[i],
+                                                                          self.sc.policies.batch_reserve),
+                                   self.batch_seen[i]) for i in sample
+                 if not self.trust.suspended[i] and now < self.leave_now[i]]
+        total = max(1, len(self.batch_queue))
+        queue, self.batch_queue = self.batch_queue, []
+        queue.sort()
+        e, max_out = self.earth, self.sc.demand.max_output_tokens
+        for n, (deadline, j) in enumerate(queue):
+            if deadline < now:
+                self.res.batch["late"] += 1
+                continue
+            s = batch_policy.pick_provider(slots, total, None, set(), self.rng)
+            if s is None:
+                self.batch_queue.extend(queue[n:])
+                return
+            slots[slots.index(s)] = replace(s, free=s.free - 1, seen=s.seen + 1)
+            tin, tout = int(e.tokens_in[j]), int(e.tokens_out[j])
+            req = RouteRequest(CHAT, "generate", input_tokens=tin, max_output_tokens=max_out)
+            r = _Req(j, int(e.req_gw[j]), BATCH, tin, tout, req, float(e.arrival[j]))
+            r.hold = pricing.hold_bound([self.max_price[False]], tin, max_out, None)
+            self._dispatch(r, self.index[s.provider], None, now)
+
+    def _finish(self) -> None:
+        e, res, sc = self.earth, self.res, self.sc
+        res.earnings_usd = np.array(self.earn, dtype=float) * self.usd
+        online_s = e.online.sum(axis=0) * sc.churn.step_s
+        busy_gpu_s = np.minimum(np.array(self.busy) / e.conc, online_s)
+        kwh = (online_s * e.watts_idle + busy_gpu_s * (e.watts_busy - e.watts_idle)) / 3.6e6
+        res.electricity_usd = kwh * e.kwh_usd
+        total = self.cloud.cost_usd(sc.hours * 3600)
+        busy = sum(self.cloud_busy.values()) or 1.0
+        res.cloud_cost_usd = {k: total * v / busy for k, v in self.cloud_busy.items()}
+        res.counts["lane_cost_usd_operator"] = int(self.lane_cloud.cost_usd(sc.hours * 3600))
+        res.counts["audits"] = self.trust.audits
+        res.counts["kinds"] = len(KINDS)

@@ -1,0 +1,162 @@
+"""The internet-scale simulator: scenario files, one small day, the real policies, the command.
+
+Small scenarios only (a few seconds each); the 100k-provider day is a benchmark (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gpupool.cli import app
+from gpupool.sim import report
+from gpupool.sim.day import Day
+from gpupool.sim.earth import build
+from gpupool.sim.scenario import Scenario, ScenarioError, bundled, load, load_bundled, parse
+
+KEYS = ("p50_s", "p99_s", "cost_per_mtok_usd", "failed_share")
+
+
+def _small(**changes: object) -> Scenario:
+    return dataclasses.replace(load_bundled("small"), **changes)  # type: ignore[arg-type]
+
+
+def _run(sc: Scenario) -> tuple[dict, object]:  # type: ignore[type-arg]
+    earth = build(sc)
+    res = Day(earth).run()
+    return report.summarize(earth, res), res
+
+
+@pytest.mark.parametrize("text, words", [
+    ("providers = 'many'", "providers: expected an integer"),
+    ("colour = 1", "unknown key 'colour'"),
+    ("[cloud]\ncold_start = 5", "[cloud]: unknown key 'cold_start'"),
+    ("[demand]\nmix = { chat = 0.9, embed = 0.3 }", "[demand] mix: shares must be >= 0 and add up to 1"),
+    ("[[tiers]]\nname = 'x'\nkind = 'laptop'\nshare = 1.0", "kind must be consumer or datacenter"),
+    ("[gateways]\nus-east = 'atlantis'", "unknown region or city"),
+    ("providers = ", "not valid TOML"),
+])
+def test_bad_scenario_files_fail_in_one_line_naming_the_key(text: str, words: str) -> None:
+    with pytest.raises(ScenarioError) as e:
+        parse(text, "scenario bad.toml")
+    assert words in str(e.value) and str(e.value).startswith("scenario bad.toml: ") and "\n" not in str(e.value)
+
+
+def test_bundled_scenarios_load_and_the_default_is_internet_scale(tmp_path: Path) -> None:
+    assert {"internet-100k", "small"} <= set(bundled())
+    big = load_bundled("internet-100k")
+    assert big.providers == 100_000 and big.requests == 10_000_000 and len(big.cloud.regions) == 3
+    assert all(r.usd_per_gpu_hour > 5 and r.source for r in big.cloud.regions)
+    (tmp_path / "s.toml").write_text("providers = 10\nrequests = 100\n[market]\nfee_bps = 0\n")
+    sc = load(tmp_path / "s.toml")
+    assert sc.providers == 10 and sc.market.fee_bps == 0 and sc.tiers == Scenario().tiers  # defaults fill in
+    with pytest.raises(ScenarioError, match="cannot read scenario"):
+        load(tmp_path / "missing.toml")
+
+
+def test_a_small_day_answers_the_questions() -> None:
+    s, res = _run(_small(requests=15_000))
+    for system in ("pool", "cloud", "hybrid"):
+        assert all(s[system][k] is not None for k in KEYS), s[system]
+        assert 0 < s[system]["p50_s"] <= s[system]["p99_s"]
+    # The pool is far cheaper per token than renting H100s by the hour for the same traffic.
+    assert s["pool"]["cost_per_mtok_usd"] * 3 < s["cloud"]["cost_per_mtok_usd"]
+    assert s["cheater_identities"] > 0 and s["cheaters_caught_share"] > 0.3
+    assert s["honest_suspended"] == 0
+    assert s["audits"] > 0 and s["hedges"] > 0 and s["batch"]["done"] > 0
+    assert s["broken_streams"] >= s["continued_streams"] > 0  # churn broke streams; most were continued
+    assert 0 < s["utilisation"] < 1
+
+
+def test_an_overloaded_pool_overflows_to_the_fallback_lane_in_the_hybrid() -> None:
+    s, _ = _run(_small(providers=4, requests=12_000))
+    assert s["pool"]["failed_share"] > 0.01
+    assert s["fallback_share"] > 0.01
+    assert s["hybrid"]["failed_share"] < s["pool"]["failed_share"]
+
+
+def test_the_simulator_runs_the_gateways_own_policy_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same objects as the gateway imports; swapping a policy in its module changes the run."""
+    import gpupool.gateway.dispatch.router as router
+    import gpupool.gateway.fallback.lanes as lanes
+    import gpupool.gateway.trust.audits as audits
+    from gpupool.routing import fallback
+    from gpupool.routing import policy as routing_policy
+    from gpupool.verify import sampling
+
+    assert router.pick_with_reasons is routing_policy.pick_with_reasons
+    assert audits.decide is sampling.decide and lanes.choose_lanes is fallback.choose_lanes
+
+    sc = _small(providers=8, requests=4_000)
+    base, _ = _run(sc)
+    # Audit every answer: verify.sampling.decide (which the gateway's audits call) reads audit_rate.
+    with monkeypatch.context() as m:
+        m.setattr(sampling, "audit_rate", lambda record, policy=None: 1.0)
+        all_audited, _ = _run(sc)
+    assert all_audited["audits"] > 2 * base["audits"]
+    # Never pick anything: every interactive request goes to the lane.
+    with monkeypatch.context() as m:
+        m.setattr(routing_policy, "pick_with_reasons",
+                  lambda *a, **k: routing_policy.Decision(None, excluded={"draining": len(a[0])}))
+        no_pick, _ = _run(sc)
+    assert no_pick["fallback_share"] == 1.0 > base["fallback_share"]
+    # A fallback policy that never takes a request: the hybrid fails like the pool alone.
+    monkeypatch.setattr(fallback, "choose_lanes", lambda lanes, reason, need, fee: fallback.LaneDecision((), reason))
+    no_lane, _ = _run(sc)
+    assert no_lane["fallback_share"] == 0 and no_lane["hybrid"]["failed_share"] == no_lane["pool"]["failed_share"]
+
+
+def test_runs_are_deterministic_given_the_scenario_seed() -> None:
+    a, _ = _run(_small(requests=3_000))
+    b, _ = _run(_small(requests=3_000))
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b
+
+
+def test_command_runs_a_scenario_writes_summary_and_plots_and_compares(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    runner = CliRunner()
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["sim", "run", "--scenario", "small", "--requests", "3000", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["providers"] == 60 and summary["requests"] == 3000 and summary["wall_s"] > 0
+    for key in ("fallback_share", "owner_margin_median_usd_per_day", "cheaters_caught_share", "honest_suspended",
+                "continued_streams"):
+        assert key in summary
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) == 7 and all((out / p).stat().st_size > 5_000 for p in pngs)
+    assert "requests" in r.output  # progress lines
+    r = runner.invoke(app, ["sim", "compare", str(out / "summary.json"), str(out / "summary.json")])
+    assert r.exit_code == 0 and "pool.p99_s" in r.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[demand]\nmix = { chat = 2.0 }\n")
+    r = runner.invoke(app, ["sim", "run", str(bad), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "bad.toml: [demand] mix: shares" in r.output
+    r = runner.invoke(app, ["sim", "run", "--scenario", "nope"])
+    assert r.exit_code == 1 and "no bundled scenario 'nope'" in r.output
+    r = runner.invoke(app, ["sim", "compare", str(bad), str(bad)])
+    assert r.exit_code == 1 and "not JSON" in r.output
+
+
+def test_the_cloud_bills_gpu_hours_scales_up_after_a_cold_start_and_spills_when_full() -> None:
+    from gpupool.sim import geo
+    from gpupool.sim.cloud import Cloud
+
+    sc = load_bundled("small")  # 2 warm GPUs per region, at most 20, 120 s cold start
+    idle = Cloud(sc, geo.city_rtt_s())
+    hourly = sum(r.usd_per_gpu_hour for r in sc.cloud.regions)
+    # Idle: the 2 warm GPUs run until idle_shutdown_s (15 min) after the first quiet minute, then 1 stays.
+    assert idle.cost_usd(3600) == pytest.approx(hourly * (2 * 960 + 1 * 2640) / 3600)
+    busy = Cloud(sc, geo.city_rtt_s())
+    paris = geo.city("paris")
+    lat = [busy.serve(t * 0.01, paris, False, 400, 500, 1.0)[0] - t * 0.01 for t in range(12_000)]
+    assert max(busy.gpus) == 20  # scaled to its limit
+    assert max(lat) > sc.cloud.cold_start_s  # requests queued through the cold start
+    regions = {busy.serve(120.0, paris, False, 400, 500, 1.0)[1] for _ in range(200)}
+    assert busy.order[paris][0] not in regions  # the nearest region was full and queued: spilled elsewhere
+    assert busy.cost_usd(3600) > 2 * idle.cost_usd(3600)  # 20 GPUs for ~17 min, then back down

@@ -11,13 +11,10 @@ trained: its embeddings place nothing meaningfully, only deterministically.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from gpupool.identity import default_home
-from gpupool.provider.tiny_model import CORPUS
+from gpupool.provider.tiny_model import CORPUS, build_in_place, byte_level_bpe
 
 WEIGHTS_FILE = "model.safetensors"
 BOS, EOS, PAD = "<|startoftext|>", "<|endoftext|>", "<pad>"
@@ -59,34 +56,15 @@ def create_tiny_clip(path: Path, seed: int = 0) -> Path:
 
     Written to a temporary sibling and renamed into place, as `create_tiny_llama` does, so
     processes racing to build it never see half a model."""
-    path = Path(path)
-    if _is_complete(path):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-tmp-", dir=path.parent))
-    try:
-        _write_model(tmp, seed)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not _is_complete(path):
-                raise RuntimeError(f"{path} exists but is no complete tiny-clip model") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return build_in_place(Path(path), lambda out: _write_model(out, seed), _is_complete, "tiny-clip")
 
 
 def _write_model(out: Path, seed: int) -> None:
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=[BOS, EOS, PAD],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator((CORPUS + CORPUS.lower()).splitlines(keepends=True), trainer=trainer)
+    bpe = byte_level_bpe(1000, CORPUS + CORPUS.lower(), [BOS, EOS, PAD])
     bos_id, eos_id, pad_id = (bpe.token_to_id(t) for t in (BOS, EOS, PAD))
     # CLIP pools the text at the first end token: every text ends in one.
     bpe.post_processor = processors.TemplateProcessing(

@@ -15,7 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gpupool.identity import default_home
 
@@ -114,48 +116,56 @@ def _is_complete(path: Path) -> bool:
 
 
 def create_tiny_llama(path: Path, seed: int = 0) -> Path:
-    """Build the tiny untrained Llama at `path` unless it is already there; return `path`.
+    """Build the tiny untrained Llama at `path` unless it is already there; return `path`."""
+    return build_in_place(Path(path), lambda out: _write_model(out, seed), _is_complete, "tiny-llama")
+
+
+def build_in_place(path: Path, write: Callable[[Path], None], complete: Callable[[Path], bool],
+                   what: str) -> Path:
+    """Write a model directory at `path` with `write(tmp)` unless `complete(path)` already.
 
     Safe to call from several processes at once: the model is written to a temporary
     sibling directory and renamed into place, so `path` is either absent (or empty) or
     complete, and a loser of the race simply discards its copy.
     """
-    path = Path(path)
-    if _is_complete(path):
+    if complete(path):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-tmp-", dir=path.parent))
     try:
-        _write_model(tmp, seed)
+        write(tmp)
         try:
             # rename() atomically replaces a missing or empty directory, never a full one.
             os.rename(tmp, path)
         except OSError:
-            if not _is_complete(path):
-                raise RuntimeError(f"{path} exists but is no complete tiny-llama model") from None
+            if not complete(path):
+                raise RuntimeError(f"{path} exists but is no complete {what} model") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
-def _write_model(out: Path, seed: int) -> None:
-    # Imported here so `import gpupool` works without the ml extra.
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+def byte_level_bpe(vocab_size: int, corpus: str, specials: list[str]) -> Any:
+    """A byte-level BPE tokenizer (like GPT-2's, Llama 3's, CLIP's) trained on `corpus`: any text round-trips."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    # ---- tokenizer: byte-level BPE, like GPT-2/Llama 3, so any text round-trips.
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=2000,
-        special_tokens=[BOS, EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    corpus = CORPUS + CORPUS.upper()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(corpus.splitlines(keepends=True), trainer=trainer)
+    return bpe
+
+
+def _write_model(out: Path, seed: int) -> None:
+    # Imported here so `import gpupool` works without the ml extra.
+    import torch
+    from tokenizers import processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    # ---- tokenizer: byte-level BPE, like GPT-2/Llama 3, so any text round-trips.
+    bpe = byte_level_bpe(2000, CORPUS + CORPUS.upper(), [BOS, EOS, PAD])
     bos_id, eos_id, pad_id = (bpe.token_to_id(t) for t in (BOS, EOS, PAD))
     # Plain prompts get a leading <s>, as Llama tokenizers do.
     bpe.post_processor = processors.TemplateProcessing(

@@ -1,0 +1,345 @@
+"""Many provider sessions on one gateway: what each one costs it (issue 17, item 5).
+
+    .venv/bin/python bench/scale/run.py                     # 3 (baseline), 1,000, 3,000 sessions
+    .venv/bin/python bench/scale/run.py --sizes 1000 --no-restart
+    .venv/bin/python bench/scale/run.py --sizes 1000,3000,10000 --join-timeout 300
+
+For each size a fresh gateway (`devnet.Network`, SQLite) and a light swarm
+(bench/scale/swarm.py: several processes, many `GatewayLink` sessions each, the real
+protocol: handshake, signed offer of --models echo models, hardware proofs, pings,
+echo runs with receipts and signed statements). Measured per size:
+
+- join: seconds from starting the swarm until every session is welcomed (and until
+  every hardware proof is answered);
+- idle: the gateway's CPU over --idle-s (share of one core, from /proc) and its RSS
+  growth per session;
+- latency: a client's p50/p99 over --requests sequential non-streaming echo chats
+  (httpx), against the 3-session baseline measured first in the same run;
+- restart: SIGKILL the gateway, start it again on the same port and database, and
+  time until every session is back; meanwhile a client keeps asking for a model that
+  was served, and the answers' HTTP statuses are counted (404s are refusals).
+
+Prints a table, says how each cost grows with sessions, writes bench/results/scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import (Missing, cpu_seconds, free_port, need_gpupool, percentile,  # noqa: E402
+                    print_table, raise_fd_limit, ratio, rss_kib, write_json)
+
+HERE = Path(__file__).resolve().parent
+BASELINE = 3
+
+
+class Swarm:
+    """The swarm's processes and the sum of their latest counters."""
+
+    def __init__(self, url: str, sessions: int, procs: int, args: argparse.Namespace, log_dir: Path):
+        self.latest: dict[int, dict[str, Any]] = {}
+        self.popens: list[subprocess.Popen[str]] = []
+        procs = max(1, min(procs, sessions))
+        per, extra = divmod(sessions, procs)
+        first = 0
+        for i in range(procs):
+            count = per + (1 if i < extra else 0)
+            cmd = [sys.executable, str(HERE / "swarm.py"), "--url", url, "--count", str(count), "--first",
+                   str(first), "--models", str(args.models), "--reconnect-max-s", str(args.reconnect_max_s)]
+            err = open(log_dir / f"swarm-{i}.log", "ab")
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
+                                 start_new_session=True)
+            err.close()
+            self.popens.append(p)
+            threading.Thread(target=self._read, args=(i, p), daemon=True).start()
+            first += count
+
+    def _read(self, i: int, p: subprocess.Popen[str]) -> None:
+        assert p.stdout is not None
+        for line in p.stdout:
+            try:
+                self.latest[i] = json.loads(line)
+            except ValueError:
+                pass
+
+    def total(self, key: str) -> int:
+        return sum(int(v.get(key, 0)) for v in list(self.latest.values()))
+
+    def fresh(self, since: float) -> bool:
+        """Every process has reported after `since` (wall clock)."""
+        return len(self.latest) == len(self.popens) and all(v["t"] > since for v in self.latest.values())
+
+    def dead(self) -> list[int]:
+        return [p.pid for p in self.popens if p.poll() is not None]
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.popens]
+
+    def stop(self) -> None:
+        for p in self.popens:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.popens:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+
+
+def wait_until(cond: Any, timeout: float, swarm: Swarm, what: str) -> float | None:
+    """Seconds until cond() held (polled every 50 ms), or None after `timeout`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return time.monotonic() - t0
+        if swarm.dead():
+            raise RuntimeError(f"a swarm process exited while waiting for {what}")
+        time.sleep(0.05)
+    return None
+
+
+def chat(client: Any, url: str, key: str, model: str) -> tuple[int, float]:
+    body = {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
+    t0 = time.perf_counter()
+    r = client.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+    dt = (time.perf_counter() - t0) * 1000
+    if r.status_code == 200 and r.json()["choices"][0]["message"]["content"] != "hello":
+        raise RuntimeError(f"wrong echo answer: {r.text[:200]}")
+    return r.status_code, dt
+
+
+def latency(url: str, key: str, model: str, n: int) -> dict[str, Any]:
+    import httpx
+
+    with httpx.Client(timeout=30) as client:
+        for _ in range(max(10, n // 10)):  # warm-up: connections, the gateway's caches, the tab
+            chat(client, url, key, model)
+        codes: dict[int, int] = {}
+        times = []
+        for _ in range(n):
+            code, ms = chat(client, url, key, model)
+            codes[code] = codes.get(code, 0) + 1
+            if code == 200:
+                times.append(ms)
+    return {"requests": n, "statuses": codes, "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
+            "mean_ms": sum(times) / len(times) if times else float("nan")}
+
+
+def measure(size: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from gpupool.devnet import Network
+
+    home = tmp / f"n{size}"
+    net = Network(home=home)
+    port = free_port()
+    extra = ["--max-provider-sessions", str(max(size + 100, 10_000))]
+    if args.no_hardware_proofs:
+        extra += ["--hardware-proof-max-n", "0"]
+    out: dict[str, Any] = {"sessions": size}
+    swarm: Swarm | None = None
+    try:
+        url = net.start_gateway(port=port, extra=extra)
+        key = net.dev_key()
+        time.sleep(2.0)  # let the fresh gateway's start-up work settle before the RSS reading
+        assert net.gateway is not None
+        rss0 = rss_kib(net.gateway.popen.pid)
+        procs = 1 if size <= 50 else args.procs
+        print(f"[{size}] gateway up ({url}, RSS {rss0 / 1024:.0f} MiB); starting {size:,} sessions in "
+              f"{procs} processes", flush=True)
+        swarm = Swarm(net.ws_url, size, procs, args, home / "logs")
+        t_join = wait_until(lambda: swarm.total("connected") >= size, args.join_timeout, swarm, "joins")
+        out["join_s"] = t_join
+        out["handshake_failures_during_join"] = swarm.total("errors")
+        if t_join is None:
+            print(f"[{size}] only {swarm.total('connected'):,} of {size:,} joined within {args.join_timeout:g} s",
+                  flush=True)
+            out["joined"] = swarm.total("connected")
+            return out
+        print(f"[{size}] all {size:,} joined in {t_join:.1f} s", flush=True)
+        if not args.no_hardware_proofs:
+            t_proof = wait_until(lambda: swarm.total("proofs") >= size, args.join_timeout, swarm, "proofs")
+            out["proved_s"] = None if t_proof is None else t_join + t_proof
+            print(f"[{size}] hardware proofs answered: {swarm.total('proofs'):,}"
+                  + (f" (all by {t_join + t_proof:.1f} s)" if t_proof is not None else ""), flush=True)
+        if not args.skip_idle:
+            time.sleep(args.settle_s)
+            gw = net.gateway.popen.pid
+            c0, s0, t0 = cpu_seconds(gw, children=False), sum(cpu_seconds(p) for p in swarm.pids()), time.monotonic()
+            time.sleep(args.idle_s)
+            c1, s1, t1 = cpu_seconds(gw, children=False), sum(cpu_seconds(p) for p in swarm.pids()), time.monotonic()
+            rss1 = rss_kib(gw)
+            out.update(idle_cpu_core=(c1 - c0) / (t1 - t0), swarm_idle_cpu_core=(s1 - s0) / (t1 - t0),
+                       gateway_rss_mib=rss1 / 1024, rss_kib_per_session=(rss1 - rss0) / size)
+            print(f"[{size}] idle: gateway {out['idle_cpu_core']:.3f} core, swarm "
+                  f"{out['swarm_idle_cpu_core']:.3f} core; RSS {rss1 / 1024:.0f} MiB "
+                  f"({out['rss_kib_per_session']:.1f} KiB/session)", flush=True)
+        if not args.skip_latency:
+            lat = latency(url, key, f"{args.prefix}0", args.requests)
+            out["latency"] = lat
+            print(f"[{size}] client p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms "
+                  f"(statuses {lat['statuses']})", flush=True)
+        if not args.no_restart:
+            out["restart"] = restart(net, port, extra, swarm, size, key, args)
+        return out
+    finally:
+        if swarm is not None:
+            swarm.stop()
+        net.stop()
+
+
+def restart(net: Any, port: int, extra: list[str], swarm: Swarm, size: int, key: str,
+            args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+
+    assert net.gateway is not None
+    t_kill = time.monotonic()
+    os.killpg(net.gateway.popen.pid, signal.SIGKILL)
+    net.gateway.popen.wait(10)
+    since = time.time()
+    dropped = wait_until(lambda: swarm.fresh(since) and swarm.total("connected") == 0, 30, swarm, "the drop")
+    url = net.start_gateway(port=port, extra=extra)
+    t_ready = time.monotonic()
+    print(f"[{size}] gateway SIGKILLed and restarted in {t_ready - t_kill:.1f} s; waiting for sessions", flush=True)
+    codes: dict[int, int] = {}
+    first_ok: float | None = None
+    done_at: float | None = None
+    with httpx.Client(timeout=10) as client:
+        while time.monotonic() - t_ready < args.join_timeout:
+            if swarm.fresh(time.time() - 0.3) and swarm.total("connected") >= size:
+                done_at = time.monotonic()
+                break
+            try:
+                code, _ = chat(client, url, key, f"{args.prefix}0")
+            except httpx.HTTPError:
+                code = 0  # no answer at all
+            codes[code] = codes.get(code, 0) + 1
+            if code == 200 and first_ok is None:
+                first_ok = time.monotonic() - t_ready
+            time.sleep(0.05)
+    res = {"drop_seen_s": dropped, "gateway_restart_s": t_ready - t_kill,
+           "all_back_after_ready_s": None if done_at is None else done_at - t_ready,
+           "all_back_after_kill_s": None if done_at is None else done_at - t_kill,
+           "first_200_after_ready_s": first_ok, "statuses_meanwhile": codes,
+           "back": swarm.total("connected")}
+    print(f"[{size}] all back {fmt_s(res['all_back_after_kill_s'])} after the kill "
+          f"({fmt_s(res['all_back_after_ready_s'])} after the new gateway was ready); client statuses "
+          f"meanwhile {codes}", flush=True)
+    return res
+
+
+def fmt_s(v: float | None) -> str:
+    return "not within the timeout" if v is None else f"{v:.1f} s"
+
+
+def growth(results: list[dict[str, Any]]) -> list[str]:
+    """How each cost grows: the exponent k in cost ~ sessions^k between the two largest sizes, over baseline."""
+    base = results[0]
+    big = [r for r in results[1:] if r.get("join_s") is not None]
+    lines: list[str] = []
+    if len(big) < 1:
+        return lines
+    metrics = [("idle CPU", lambda r: r.get("idle_cpu_core"), "core"),
+               ("p50 latency", lambda r: (r.get("latency") or {}).get("p50_ms"), "ms"),
+               ("join time", lambda r: r.get("join_s"), "s")]
+    for name, get, unit in metrics:
+        pts = [(r["sessions"], get(r)) for r in big if get(r) is not None]
+        b = get(base) or 0.0
+        if not pts:
+            continue
+        per_k = [f"{(v - b) / n * 1000:.3g} {unit} per 1,000 at {n:,}" for n, v in pts]
+        line = f"{name}: {', '.join(per_k)}"
+        if len(pts) >= 2 and pts[-2][1] - b > 0 and pts[-1][1] - b > 0:
+            k = math.log((pts[-1][1] - b) / (pts[-2][1] - b)) / math.log(pts[-1][0] / pts[-2][0])
+            kind = "linear" if 0.8 <= k <= 1.25 else ("sublinear" if k < 0.8 else "superlinear")
+            line += f"; grows as sessions^{k:.2f} ({kind})"
+        lines.append(line)
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="gpupool: provider sessions on one gateway (join, idle cost, "
+                                 "latency, restart)")
+    ap.add_argument("--sizes", default="1000,3000", help="comma list of session counts; the 3-session "
+                    "baseline is always measured first [1000,3000]")
+    ap.add_argument("--procs", type=int, default=4, help="swarm processes for sizes over 50 [4]")
+    ap.add_argument("--models", type=int, default=8, help="echo models each session offers [8]")
+    ap.add_argument("--prefix", default="echo-", help=argparse.SUPPRESS)
+    ap.add_argument("--requests", type=int, default=300, help="sequential client requests per size [300]")
+    ap.add_argument("--idle-s", type=float, default=20.0, help="seconds of idle CPU measurement [20]")
+    ap.add_argument("--settle-s", type=float, default=5.0, help="wait after joins before measuring idle [5]")
+    ap.add_argument("--join-timeout", type=float, default=240.0, help="give up on joins (and reconnects) "
+                    "after this long [240]")
+    ap.add_argument("--reconnect-max-s", type=float, default=30.0, help="sessions' longest reconnect backoff "
+                    "[30, the provider's default]")
+    ap.add_argument("--no-hardware-proofs", action="store_true", help="run the gateway with hardware proofs "
+                    "off (--hardware-proof-max-n 0)")
+    ap.add_argument("--skip-idle", action="store_true", help="skip the idle CPU and RSS measurement")
+    ap.add_argument("--skip-latency", action="store_true", help="skip the client latency measurement")
+    ap.add_argument("--no-restart", action="store_true", help="skip the SIGKILL-and-restart measurement")
+    ap.add_argument("--out", default="scale", help="results name: bench/results/<out>.json [scale]")
+    args = ap.parse_args()
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--sizes must be a comma list of integers, not {args.sizes!r}")
+    if any(s < 1 for s in sizes):
+        ap.error("every size must be at least 1")
+    try:
+        need_gpupool()
+    except Missing as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    fd = raise_fd_limit(65536)  # the gateway and the swarm inherit it: one socket per session each
+    need = max(sizes) + 1000
+    if fd < need:
+        print(f"warning: open-file limit is {fd}, under the {need:,} the largest size needs "
+              f"(ulimit -Hn); joins may fail", file=sys.stderr)
+    load_start = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="gpupool-scale-"))
+    print(f"logs in {tmp}", flush=True)
+    results = []
+    for size in [BASELINE, *[s for s in sizes if s != BASELINE]]:
+        results.append(measure(size, args, tmp))
+    base = results[0]
+    bl = base.get("latency") or {}
+    rows = []
+    for r in results:
+        lat = r.get("latency") or {}
+        rs = r.get("restart") or {}
+        rows.append([r["sessions"], r.get("join_s"), r.get("proved_s"), r.get("idle_cpu_core"),
+                     r.get("rss_kib_per_session") if r["sessions"] > BASELINE else None,
+                     lat.get("p50_ms"), ratio(lat.get("p50_ms", math.nan), bl.get("p50_ms", math.nan)),
+                     lat.get("p99_ms"), ratio(lat.get("p99_ms", math.nan), bl.get("p99_ms", math.nan)),
+                     rs.get("all_back_after_kill_s"), (rs.get("statuses_meanwhile") or {}).get(404, 0)
+                     if rs else None])
+    print()
+    text = print_table(["sessions", "join s", "proved s", "idle CPU (core)", "RSS KiB/session", "p50 ms",
+                        "p50 ×base", "p99 ms", "p99 ×base", "reconnect s", "404s in restart"], rows,
+                       title=f"bench/scale: {args.models} models per session, hardware proofs "
+                             f"{'off' if args.no_hardware_proofs else 'on'}")
+    lines = growth(results)
+    for line in lines:
+        print(line)
+    doc = {"config": {**{k: v for k, v in vars(args).items()}, "baseline_sessions": BASELINE,
+                      "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "fd_limit": fd},
+           "results": results, "growth": lines, "table": text}
+    path = write_json(args.out, doc)
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

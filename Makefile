@@ -47,7 +47,7 @@ test: $(STAMP) $(ANVIL) $(CHROMIUM)
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-.PHONY: bench-overhead bench-streaming bench-routing bench-policies bench-ledger
+.PHONY: bench-overhead bench-streaming bench-routing bench-policies bench-ledger bench-scale
 bench-overhead: $(STAMP)
 	$(PY) bench/overhead/run.py
 bench-streaming: $(STAMP)
@@ -58,3 +58,5 @@ bench-policies: $(STAMP)
 	$(PY) bench/policies/run.py
 bench-ledger: $(STAMP)
 	$(PY) bench/ledger/run.py
+bench-scale: $(STAMP)
+	$(PY) bench/scale/run.py

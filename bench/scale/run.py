@@ -128,11 +128,14 @@ def latency(url: str, key: str, model: str, n: int, budget_s: float) -> dict[str
 
     t_end = time.monotonic() + budget_s
     with httpx.Client(timeout=max(1.0, budget_s / 2)) as client:
+        warm: list[float] = []  # reported when the budget ends during the warm-up (a saturated gateway)
         for _ in range(max(10, n // 10)):  # warm-up: connections, the gateway's caches, the tab
+            t0 = time.perf_counter()
             try:
                 chat(client, url, key, model)
             except httpx.HTTPError:
                 pass
+            warm.append((time.perf_counter() - t0) * 1000)
             if time.monotonic() > t_end:
                 break
         codes: dict[int, int] = {}
@@ -147,7 +150,8 @@ def latency(url: str, key: str, model: str, n: int, budget_s: float) -> dict[str
             codes[code] = codes.get(code, 0) + 1
             if code == 200:
                 times.append(ms)
-    return {"requests": sum(codes.values()), "stopped_by_budget": sum(codes.values()) < n, "statuses": codes, "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
+    return {"requests": sum(codes.values()), "stopped_by_budget": sum(codes.values()) < n, "statuses": codes,
+            "warmup_ms": [round(w, 1) for w in warm], "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
             "mean_ms": sum(times) / len(times) if times else float("nan")}
 
 
@@ -205,7 +209,9 @@ def measure(size: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             lat = latency(url, key, f"{args.prefix}0", args.requests, args.latency_budget_s)
             out["latency"] = lat
             print(f"[{size}] client p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms over "
-                  f"{lat['requests']} requests (statuses {lat['statuses']}; 0: timed out)", flush=True)
+                  f"{lat['requests']} requests (statuses {lat['statuses']}; 0: timed out)"
+                  + (f"; warm-up requests took {[round(w) for w in lat['warmup_ms']]} ms" if lat["stopped_by_budget"]
+                     else ""), flush=True)
         if not args.no_restart and t_join is not None:
             out["restart"] = restart(net, port, extra, swarm, size, key, args)
         return out

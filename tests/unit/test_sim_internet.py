@@ -178,3 +178,15 @@ def test_the_views_candidates_equal_the_ones_the_constructor_builds() -> None:
                 i = day.online_ids[k]
                 assert (c.provider_id, c.price_in, c.speed, c.models, c.backlog_s) == (
                     day.ids[i], view.price_in[i], view.speed[i], None, None)
+
+
+def test_a_day_leaves_no_reference_cycles() -> None:
+    """`Day.run` turns the cyclic collector off (speed): that is only safe while it makes no cycles."""
+    import gc
+
+    day = Day(build(_small(requests=3_000)))
+    gc.collect()
+    enabled = gc.isenabled()
+    day.run()
+    assert gc.isenabled() == enabled
+    assert gc.collect() == 0

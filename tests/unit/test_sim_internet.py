@@ -160,3 +160,33 @@ def test_the_cloud_bills_gpu_hours_scales_up_after_a_cold_start_and_spills_when_
     regions = {busy.serve(120.0, paris, False, 400, 500, 1.0)[1] for _ in range(200)}
     assert busy.order[paris][0] not in regions  # the nearest region was full and queued: spilled elsewhere
     assert busy.cost_usd(3600) > 2 * idle.cost_usd(3600)  # 20 GPUs for ~17 min, then back down
+
+
+def test_the_views_candidates_equal_the_ones_the_constructor_builds() -> None:
+    """`_View.__getitem__` sets a Candidate's slots directly (speed): every field, the same values."""
+    from gpupool.routing.candidate import Candidate
+
+    day = Day(build(_small(providers=40, requests=200)))
+    day._step(0)
+    for g in range(len(day.gateways)):
+        for view in day.views[g]:
+            assert len(view) > 0
+            for k in range(len(view)):
+                c = view[k]
+                fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(Candidate)}
+                assert c == Candidate(**fields) and hash(c) == hash(Candidate(**fields))
+                i = day.online_ids[k]
+                assert (c.provider_id, c.price_in, c.speed, c.models, c.backlog_s) == (
+                    day.ids[i], view.price_in[i], view.speed[i], None, None)
+
+
+def test_a_day_leaves_no_reference_cycles() -> None:
+    """`Day.run` turns the cyclic collector off (speed): that is only safe while it makes no cycles."""
+    import gc
+
+    day = Day(build(_small(requests=3_000)))
+    gc.collect()
+    enabled = gc.isenabled()
+    day.run()
+    assert gc.isenabled() == enabled
+    assert gc.collect() == 0

@@ -38,15 +38,17 @@ def _inv(x: float) -> float:
 
 
 _WeightConstants = tuple[float, float, SpeedEstimate, float, float, float, float, float, float]
-_last: tuple[RoutingWeights | None, _WeightConstants | None] = (None, None)
+# id(weights) -> (weights, constants), for the last few weights objects: a caller may alternate
+# between several (the simulator has one per gateway and task). Keeping the object pins its id.
+_cache: dict[int, tuple[RoutingWeights, _WeightConstants]] = {}
+_CACHE_MAX = 64
 
 
 def _constants(weights: RoutingWeights) -> _WeightConstants:
-    """What the estimate needs from the weights; cached for the last weights object (usually the default)."""
-    global _last
-    cached_for, consts = _last
-    if cached_for is weights and consts is not None:
-        return consts
+    """What the estimate needs from the weights; cached per weights object (usually the default)."""
+    hit = _cache.get(id(weights))
+    if hit is not None and hit[0] is weights:
+        return hit[1]
     prior, cap = weights.prior_speed, weights.max_claim_factor
     consts = (
         weights.default_rtt_s, weights.load_slowdown, prior,
@@ -55,7 +57,9 @@ def _constants(weights: RoutingWeights) -> _WeightConstants:
         # ...and the prior's.
         _inv(prior.prefill_tps), _inv(prior.decode_tps), _inv(prior.items_per_s),
     )
-    _last = (weights, consts)
+    if len(_cache) >= _CACHE_MAX:
+        _cache.clear()
+    _cache[id(weights)] = (weights, consts)
     return consts
 
 

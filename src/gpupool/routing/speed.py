@@ -33,7 +33,6 @@ Why these choices:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -123,7 +122,8 @@ def observe(
     if sample.items > 0:
         predicted = None if fresh else base.embed_seconds(sample.items)
         items_spu = _blend(_inv(base.items_per_s), service / sample.items, old_w)
-        new = _replace(base, items_per_s=1.0 / items_spu)
+        # The new speeds as plain numbers (no intermediate estimate: this runs per answer).
+        prefill_tps, decode_tps, items_per_s = base.prefill_tps, base.decode_tps, 1.0 / items_spu
     else:
         p_spu, d_spu = _generate_spu(base, sample, service, fresh)
         if p_spu is None and d_spu is None:
@@ -131,7 +131,7 @@ def observe(
         predicted = None if fresh else base.generate_seconds(sample.input_tokens, sample.output_tokens)
         prefill = _blend(_inv(base.prefill_tps), p_spu, old_w) if p_spu else _inv(base.prefill_tps)
         decode = _blend(_inv(base.decode_tps), d_spu, old_w) if d_spu else _inv(base.decode_tps)
-        new = _replace(base, prefill_tps=_inv(prefill), decode_tps=_inv(decode))
+        prefill_tps, decode_tps, items_per_s = _inv(prefill), _inv(decode), base.items_per_s
 
     mean, var = base.log_err_mean, base.log_err_var
     if predicted is not None and predicted > 0:
@@ -140,8 +140,7 @@ def observe(
         diff = err - mean
         mean = mean + a * diff
         var = (1 - a) * (var + a * diff * diff)  # exponentially weighted variance
-    return SpeedEstimate(new.prefill_tps, new.decode_tps, new.items_per_s,
-                         base.samples + 1, now, mean, var)
+    return SpeedEstimate(prefill_tps, decode_tps, items_per_s, base.samples + 1, now, mean, var)
 
 
 def pool_prior(
@@ -228,10 +227,6 @@ def _blend(old_spu: float, new_spu: float | None, old_w: float) -> float:
 
 def _inv(x: float) -> float:
     return 1.0 / x if x > 0 else 0.0
-
-
-def _replace(e: SpeedEstimate, **kw: float) -> SpeedEstimate:
-    return dataclasses.replace(e, **kw)  # type: ignore[arg-type]
 
 
 def hardware_speed(prior: SpeedEstimate, relative_compute: float, cap: float,

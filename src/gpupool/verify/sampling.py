@@ -51,7 +51,7 @@ import hashlib
 import hmac
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TypeVar
 
 from gpupool.verify.judgement import Judgement
@@ -86,7 +86,7 @@ class SamplingPolicy:
 DEFAULT_SAMPLING = SamplingPolicy()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AuditRecord:
     """What the sampler needs to know about one provider (kept by the caller)."""
 
@@ -100,18 +100,20 @@ class AuditRecord:
 
 def record_served(record: AuditRecord) -> AuditRecord:
     """Count one more served request (not chosen for audit; `decide` does both)."""
-    return replace(record, served=record.served + 1, since_audit=record.since_audit + 1)
+    # Direct construction rather than `dataclasses.replace`: this runs once per served
+    # request (the simulator's hottest record update), and replace costs ~4x as much.
+    return AuditRecord(record.served + 1, record.audited, record.failed, record.consecutive_passes,
+                       record.since_audit + 1, record.recheck_until)
 
 
 def record_verdict(record: AuditRecord, verdict: Judgement,
                    policy: SamplingPolicy = DEFAULT_SAMPLING) -> AuditRecord:
     """Fold one audit verdict into the record; a failure halves the streak and starts a recheck."""
     if verdict.passed:
-        return replace(record, audited=record.audited + 1,
-                       consecutive_passes=record.consecutive_passes + 1)
-    return replace(record, audited=record.audited + 1, failed=record.failed + 1,
-                   consecutive_passes=record.consecutive_passes // 2,
-                   recheck_until=record.served + policy.recheck_requests)
+        return AuditRecord(record.served, record.audited + 1, record.failed, record.consecutive_passes + 1,
+                           record.since_audit, record.recheck_until)
+    return AuditRecord(record.served, record.audited + 1, record.failed + 1, record.consecutive_passes // 2,
+                       record.since_audit, record.served + policy.recheck_requests)
 
 
 def audit_rate(record: AuditRecord, policy: SamplingPolicy = DEFAULT_SAMPLING) -> float:
@@ -132,11 +134,16 @@ def decide(record: AuditRecord, secret: bytes, request_id: str,
     would otherwise be the `max_gap`-th in a row without an audit.
     """
     rate = audit_rate(record, policy)
-    record = record_served(record)
-    audit = should_audit(secret, request_id, rate) or record.since_audit >= policy.max_gap
-    if audit:
-        record = replace(record, since_audit=0)
-    return audit, record
+    # At rate 1 every draw (in [0, 1)) is under the rate: skip the HMAC, keep its check of the secret.
+    if rate >= 1.0:
+        if not secret:
+            raise ValueError("an empty secret would make audit decisions predictable")
+        audit = True
+    else:
+        audit = should_audit(secret, request_id, rate) or record.since_audit + 1 >= policy.max_gap
+    # One record built, not two (`record_served`, then the gap reset): the same fields.
+    return audit, AuditRecord(record.served + 1, record.audited, record.failed, record.consecutive_passes,
+                              0 if audit else record.since_audit + 1, record.recheck_until)
 
 
 def audit_draw(secret: bytes, request_id: str) -> float:

@@ -71,11 +71,19 @@ def suspension(history: Iterable[Judgement],
     otherwise k or more failures suspend. Slashing is a separate step that needs the
     verdict confirmed by a second checker; this only stops new traffic.
     """
-    window = list(history)[-policy.m:]
-    hard = [v for v in window if not v.passed and v.hard]
-    failures = sum(1 for v in window if not v.passed)
-    if hard:
-        return Decision(True, f"hard failure: {hard[-1].reason}", failures, len(window), hard=True)
+    window = list(history)
+    if len(window) > policy.m:
+        window = window[-policy.m:]
+    # One pass over the window (this runs per verdict): the failures and the last hard one.
+    failures = 0
+    last_hard: Judgement | None = None
+    for v in window:
+        if not v.passed:
+            failures += 1
+            if v.hard:
+                last_hard = v
+    if last_hard is not None:
+        return Decision(True, f"hard failure: {last_hard.reason}", failures, len(window), hard=True)
     if failures >= policy.k:
         return Decision(True, f"{failures} failed audits in the last {len(window)}",
                         failures, len(window))

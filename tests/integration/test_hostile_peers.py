@@ -98,8 +98,11 @@ async def bystander_served(net: Network, n: int = 3) -> float:
     return slowest
 
 
-async def wait_events(net: Network, kind: str) -> list[dict]:
-    return await wait_until_async(lambda: events(net, kind), f"a {kind} event", timeout=15)
+async def wait_events(net: Network, kind: str, peer: str | None = None) -> list[dict]:
+    """Events of `kind` (from `peer` only, if given), once there is one: the store writes them in the
+    background, and an earlier test's events of the same kind must not end the wait early."""
+    return await wait_until_async(lambda: [e for e in events(net, kind) if peer is None or e["peer"] == peer],
+                                  f"a {kind} event" + (f" from {peer[:12]}" if peer else ""), timeout=15)
 
 
 def echo(name: str = "echo", **kw: Any) -> ModelOffer:
@@ -114,7 +117,7 @@ async def test_checkers_are_admitted_by_the_operator_never_self_declared(net: Ne
     ws = await start_handshake(net, stranger, [echo()], role="checker")
     reason = await closed_with(ws, protocol.CLOSE_NOT_ADMITTED)
     assert "not admitted" in reason and stranger.node_id[:40] in reason
-    (event,) = [e for e in await wait_events(net, "checker_not_admitted") if e["peer"] == stranger.node_id]
+    (event,) = await wait_events(net, "checker_not_admitted", stranger.node_id)
     assert "--checker" in event["detail"]
     assert (await asyncio.to_thread(raw, net, "GET", "/admin/audits",
                                     net.admin_token)).json()["checkers"] == []
@@ -408,7 +411,7 @@ async def thrown_out_for(net: Network, ident: Identity, model: str, kind: str, s
                                 messages=[{"role": "user", "content": "one two three four five six"}])
     assert info.value.status_code in (502, 503), info.value  # its only provider was thrown out
     assert "spam" not in str(info.value.body)
-    assert [e for e in await wait_events(net, kind) if e["peer"] == ident.node_id]
+    assert await wait_events(net, kind, ident.node_id)
     await asyncio.wait_for(serving, 10)  # the gateway closed the liar's connection
     await bystander_served(net)
 

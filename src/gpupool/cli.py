@@ -32,6 +32,7 @@ from gpupool.cli_support import (
     HELP,
     credits,
     database_url,
+    default_api_key,
     default_gateway,
     fail,
     friendly,
@@ -434,10 +435,11 @@ def ask(
 
     from gpupool.sdk import connect
 
+    api_key = default_api_key(api_key)  # a running devnet's development key, as `gpupool status` finds it
     if not api_key:
         typer.echo("error: pass --api-key or set GPUPOOL_API_KEY", err=True)
         raise typer.Exit(2)
-    client = connect(gateway or ["http://127.0.0.1:8000"], api_key, max_retries=0)
+    client = connect(gateway or [default_gateway(None)], api_key, max_retries=0)
     try:
         for chunk in client.chat.completions.create(model=model, stream=True, max_tokens=max_tokens,
                                                     messages=[{"role": "user", "content": prompt}]):

@@ -83,6 +83,24 @@ class GatewaySettings:
     ping_interval_s: float = _opt(2.0, "how often providers are pinged (RTT measurement, liveness)")
     liveness_timeout_s: float = _opt(20.0, "a provider silent for this long is dropped")
     handshake_timeout_s: float = _opt(10.0, "time a connecting provider has to finish the handshake")
+    max_pings_per_s: float = _opt(500.0, "most pings sent per second over all providers: with more providers "
+                                  "than ping_interval_s allows at this rate, each is pinged less often (and "
+                                  "dropped after 3 of those intervals of silence, if that exceeds liveness_timeout_s)")
+    handshakes_per_s: float = _opt(200.0, "provider handshakes admitted per second (a reconnect storm after a "
+                                   "restart queues, and past handshake_queue_s is refused, so it cannot starve "
+                                   "client requests); 0: unlimited")
+    handshake_queue_s: float = _opt(5.0, "longest a dialling provider waits for its turn before it is refused "
+                                    "(it retries with backoff)")
+    restart_grace_s: float = _opt(30.0, "after a start, a request for a model providers served before it (the "
+                                  "store remembers) waits this long at most for one to reconnect, instead of a "
+                                  "404; past it, a 503 with Retry-After")
+    route_sample: int = _opt(16, "provider sessions a request's choice looks at when more serve its model (a "
+                             "random sample of those trust allows; smaller pools are looked at whole)")
+    hold_candidates: int = _opt(2, "the best-scoring providers of that sample a request may go to first; its "
+                                "hold covers their prices (a failover beyond them only goes to providers no "
+                                "dearer), so one expensive offer does not inflate every hold")
+    max_session_slots: int = _opt(64, "most slots (max_concurrency, or a load report's capacity) one provider "
+                                  "session counts for in the fair share: a provider's own word, capped")
     admitted_checkers: list[str] = _opt(help="node id of a checker this gateway admits (sends audit jobs, counts "
                                         "its verdicts); repeat per checker. Other checkers are refused",
                                         flag="checker", factory=list)

@@ -123,6 +123,12 @@ class NoProvider(GpupoolError):
     type = "service_unavailable"
     code = "no_provider"
 
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after_s: float | None = None):
+        super().__init__(message, param=param, code=code)
+        if retry_after_s is not None:  # becomes the response's Retry-After header
+            self.retry_after_s = retry_after_s
+
 
 class Timeout(GpupoolError):
     status = 504

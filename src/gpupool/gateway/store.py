@@ -154,6 +154,9 @@ class Store:
         self._key_cache: dict[str, tuple[ApiKey | None, float]] = {}
         self.key_cache_s = KEY_CACHE_S
         self._pending: list[tuple[Any, dict[str, Any]]] = []
+        # node id -> its provider row's new values: joins are written in batches (thousands of
+        # providers reconnecting at once must not each wait on, and lock, the database).
+        self._providers: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
@@ -263,6 +266,31 @@ class Store:
                 if attempt == 1:
                     raise
 
+    def note_provider(self, node_id: str, public_key: bytes, region: str, models: list[str]) -> None:
+        """Record (or refresh) a provider's row in the next batch write, `last_seen` = now."""
+        self._providers[node_id] = {"node_id": node_id, "public_key": public_key.hex(), "region": region,
+                                    "models": ",".join(models), "last_seen": time.time()}
+        self._wake.set()
+
+    async def recent_models(self, since: float) -> set[str]:
+        """The models of providers seen (connected, leaving or re-stamped) since `since` (wall clock)."""
+        async with self.sessions() as s:
+            rows = (await s.scalars(select(ProviderRow.models).where(ProviderRow.last_seen >= since))).all()
+        return {name for row in rows for name in row.split(",") if name}
+
+    async def _write_providers(self, s: Any, rows: dict[str, dict[str, Any]]) -> None:
+        ids = list(rows)
+        known: set[str] = set()
+        for i in range(0, len(ids), 500):
+            known.update((await s.scalars(select(ProviderRow.node_id).where(
+                ProviderRow.node_id.in_(ids[i:i + 500])))).all())
+        new = [{**r, "first_seen": r["last_seen"]} for n, r in rows.items() if n not in known]
+        if new:
+            await s.execute(insert(ProviderRow), new)
+        seen = [r for n, r in rows.items() if n in known]
+        if seen:
+            await s.execute(update(ProviderRow), seen)  # by primary key, first_seen kept
+
     async def provider_known(self, node_id: str) -> bool:
         """Whether this provider ever connected to a gateway sharing this database."""
         async with self.sessions() as s:
@@ -365,16 +393,22 @@ class Store:
 
     async def _flush(self) -> None:
         self._wake.clear()
-        if not self._pending:
+        if not self._pending and not self._providers:
             return
         batch, self._pending = self._pending, []
+        providers, self._providers = self._providers, {}
         by_table: dict[Any, list[dict[str, Any]]] = {}
         for table, row in batch:
             by_table.setdefault(table, []).append(row)
         try:
             async with self.sessions.begin() as s:
+                if providers:
+                    await self._write_providers(s, providers)
                 for table, rows in by_table.items():
                     await s.execute(insert(table), rows)
         except Exception:
             self._pending[:0] = batch  # keep them for the next try
+            # Newer values noted meanwhile win; the rest are tried again (another gateway may have
+            # inserted one of these providers a moment ago: the retry updates its row).
+            self._providers = {**providers, **self._providers}
             raise

@@ -18,13 +18,13 @@ from gpupool.routing.breaker import CLOSED, BreakerConfig, BreakerState
 from gpupool.routing.candidate import Candidate, RouteRequest
 from gpupool.routing.estimate import estimate_seconds, estimated_cost
 from gpupool.routing.hedge import hedge_delay_s, should_hedge
-from gpupool.routing.policy import Decision, pick, pick_with_reasons, score
+from gpupool.routing.policy import Decision, pick, pick_with_reasons, rank, score
 from gpupool.routing.speed import SpeedEstimate, SpeedSample, hardware_speed, observe, pool_prior, smooth_rtt
 from gpupool.routing.weights import DEFAULT_WEIGHTS, RoutingWeights
 
 __all__ = [
     "CLOSED", "BreakerConfig", "BreakerState", "Candidate", "DEFAULT_WEIGHTS", "Decision",
     "RouteRequest", "RoutingWeights", "SpeedEstimate", "SpeedSample", "estimate_seconds",
-    "estimated_cost", "hardware_speed", "hedge_delay_s", "observe", "pick", "pick_with_reasons",
+    "estimated_cost", "hardware_speed", "hedge_delay_s", "observe", "pick", "pick_with_reasons", "rank",
     "pool_prior", "score", "should_hedge", "smooth_rtt",
 ]

@@ -153,6 +153,16 @@ def pick_with_reasons(
     return ev.decision(best, best_score, best_cost, draws if seen is None else len(seen), False)
 
 
+def rank(candidates: Sequence[Candidate], now: float, exclude: Collection[str] = (), *,
+         request: RouteRequest | None = None, weights: RoutingWeights = DEFAULT_WEIGHTS,
+         k: int = 2) -> list[Candidate]:
+    """The `k` best eligible candidates, best first (every one is examined: for short lists)."""
+    ev = _Evaluator(now, exclude, request, weights)
+    scored = [(s, i) for i, c in enumerate(candidates) if (s := ev.evaluate(c)[0]) is not None]
+    scored.sort()
+    return [candidates[i] for _, i in scored[:k]]
+
+
 def score(c: Candidate, request: RouteRequest | None, weights: RoutingWeights = DEFAULT_WEIGHTS) -> float:
     """The objective for one candidate (lower is better), ignoring the filters."""
     ev = _Evaluator(0.0, (), request, weights)

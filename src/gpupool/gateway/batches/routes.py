@@ -182,7 +182,7 @@ class BatchService:
         endpoint = body.get("endpoint") or _first_url(source)
         items, _ = await self._items(key, source, endpoint)
         model = items[0].model
-        prices = [price_of(sess, model) for sess in self.deps.dispatcher.router.serving(model)]
+        prices = [price_of(sess, model) for sess in self.deps.dispatcher.router.serving_all(model)]
         return JSON(est.estimate(model, endpoint, items, prices, self.settings.fee_bps))
 
     async def get_batch(self, request: Request) -> JSON:

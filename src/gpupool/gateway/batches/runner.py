@@ -194,7 +194,7 @@ class Runner:
         self.shard_limit.pop(b.id, None)
 
     def _slots(self, b: BatchRow, exposure: dict[str, int]) -> tuple[list[policy.Slot], dict[str, ProviderSession]]:
-        sessions = {s.node_id: s for s in self.dispatcher.router.serving(b.model) if not s.draining}
+        sessions = {s.node_id: s for s in self.dispatcher.router.serving_all(b.model) if not s.draining}
         slots = []
         for s in sessions.values():
             load = s.load
@@ -227,7 +227,7 @@ class Runner:
                 return
             claimable -= len(items)
             shard = _Shard.build(b, run_id, items)
-            bound = self.metering.bound(self.dispatcher.router.serving(b.model), b.model, shard.tokens_in,
+            bound = self.metering.bound(self.dispatcher.router.serving_all(b.model), b.model, shard.tokens_in,
                                         shard.max_out)
             if not await self.bs.reserve_run(b.id, run_id, -(-bound // len(items)), b.max_cost, now):
                 await self.bs.release(b.id, run_id, tried=False)
@@ -303,7 +303,7 @@ class Runner:
 
     async def _run_inner(self, b: BatchRow, shard: _Shard, first: ProviderSession, r: Running) -> None:
         try:
-            hold = await self.metering.reserve(b.account, self.dispatcher.router.serving(b.model), b.model,
+            hold = await self.metering.reserve(b.account, self.dispatcher.router.serving_all(b.model), b.model,
                                                shard.tokens_in, shard.max_out)
         except errors.PaymentRequired as exc:
             await self.bs.finish(b.id, shard.run_id, [

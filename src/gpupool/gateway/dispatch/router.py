@@ -10,6 +10,12 @@ only holds state and translates.
 It reads the pool from the hub (who offers a model) and what trust says of each
 provider from a `TrustView` handed to it (suspended, held back, reputation, proven
 hardware), so routing never reaches into the auditor or the hardware checks.
+
+A request's work does not grow with the pool: `serving` takes the model's sessions from
+the hub's index in one lookup and, where more than `route_sample` serve it, draws a
+random sample of that many (power-of-k choices, as `routing.policy` does); `shortlist`
+keeps the `hold_candidates` best of them for this request, whose prices its hold covers.
+A failover past them draws again among providers no dearer (`Tries.serving`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from gpupool.config import GatewaySettings
 from gpupool.gateway.dispatch.tries import Tries
 from gpupool.gateway.payload_size import PayloadSize
 from gpupool.gateway.peers.hub import Hub
+from gpupool.gateway.peers.model_index import Serving
 from gpupool.gateway.peers.session import ProviderSession
 from gpupool.protocol import Done, EmbedPayload, GeneratePayload, Payload
 from gpupool.routing import (
@@ -38,6 +45,7 @@ from gpupool.routing import (
     hedge_delay_s,
     observe,
     pick_with_reasons,
+    rank,
 )
 from gpupool.routing import breaker as breakers
 from gpupool.routing.options import RouteOptions
@@ -86,13 +94,71 @@ class LiveRouter:
         self.records: dict[str, ProviderRecord] = {}
         self._prior_at = 0.0
         self._pool_gflops = 0.0  # median verified GFLOP/s of connected providers; 0 = none proved
+        self.rng = random.Random()
 
-    def serving(self, model: str) -> list[ProviderSession]:
-        """Who may take a request for `model` now: a request looks this up once, at its start."""
+    def serving(self, model: str, within: tuple[int, int] | None = None) -> Serving:
+        """Who may take a request for `model` now: a request looks this up once, at its start.
+
+        A pool of at most `route_sample` sessions is taken whole; a bigger one is sampled (open,
+        not draining, not suspended; held-back ones only if no other was drawn), and scanned
+        whole only if no draw was eligible. `within`: only offers at most these (in, out) prices."""
+        pool = self.hub.index.pools.get(model)
+        if pool is None:
+            return Serving((), model, None)
+        sessions, k = pool.sessions, max(1, self.settings.route_sample)
+        if len(sessions) > k:
+            ready, held = self._draw(sessions, model, k, within)
+            if ready or held:
+                return Serving(ready or held, model, pool)
+        return Serving(self._eligible(sessions, model, within), model, pool)
+
+    def serving_all(self, model: str) -> Serving:
+        """Every session trust lets serve `model` (batches plan shards over the whole pool)."""
+        pool = self.hub.index.pools.get(model)
+        return Serving(self._eligible(pool.sessions, model, None) if pool else (), model, pool)
+
+    def _eligible(self, sessions: list[ProviderSession], model: str,
+                  within: tuple[int, int] | None) -> list[ProviderSession]:
         trust = self.trust
-        live = [s for s in self.hub.offering(model) if not trust.is_suspended(s.node_id)]
+        live = [s for s in sessions if not trust.is_suspended(s.node_id) and _fits(s, model, within)]
         ready = [s for s in live if not trust.is_held_back(s.node_id)]
         return ready or live
+
+    def _draw(self, sessions: list[ProviderSession], model: str, k: int,
+              within: tuple[int, int] | None) -> tuple[list[ProviderSession], list[ProviderSession]]:
+        trust, n, rand = self.trust, len(sessions), self.rng.random
+        ready: list[ProviderSession] = []
+        held: list[ProviderSession] = []
+        seen: set[int] = set()
+        for _ in range(4 * k):
+            i = int(rand() * n)
+            if i in seen:
+                continue
+            seen.add(i)
+            s = sessions[i]
+            if s.closed or s.draining or trust.is_suspended(s.node_id) or not _fits(s, model, within):
+                continue
+            (held if trust.is_held_back(s.node_id) else ready).append(s)
+            if len(ready) >= k:
+                break
+        return ready, held
+
+    def shortlist(self, serving: Serving, model: str, payload: Payload, options: RouteOptions,
+                  stream: bool) -> Serving:
+        """The `hold_candidates` best of the request's serving set for this request (the hold covers
+        their prices; the first pick and a hedge come from them). Unchanged if none is eligible, so the
+        choice explains why."""
+        k = self.settings.hold_candidates
+        if k <= 0 or len(serving) <= k:
+            return serving
+        self._refresh_prior(model, time.monotonic())
+        request = self.route_request(model, payload, options, stream)
+        best = rank([self.candidate(s, model) for s in serving], time.monotonic(), request=request,
+                    weights=self.weights, k=k)
+        if not best:
+            return serving
+        by_id = {s.node_id: s for s in serving}
+        return Serving([by_id[c.provider_id] for c in best], model, serving.pool)
 
     def forget_if_crowded(self, _left: ProviderSession) -> None:
         """A provider left (hub listener): past the bound, forget what was learned about absent nodes,
@@ -154,9 +220,18 @@ class LiveRouter:
     def choose(self, request_id: str, model: str, payload: Payload, now: float, rng: random.Random,
                options: RouteOptions, tries: Tries, stream: bool,
                serving: list[ProviderSession] | None = None) -> ProviderSession:
-        """`serving`: the request's serving set, looked up once at its start (`serving(model)`); a
-        retry looks again, since the pool may have changed since."""
-        sessions = serving if serving is not None and not tries.tried else self.serving(model)
+        """`serving`: the request's serving set, looked up once at its start (`serving(model)`, narrowed
+        by `shortlist`); later tries (failover, hedge, a continued stream) take its untried ones first,
+        then draw again among providers whose prices its hold covers (`Tries.serving`)."""
+        if serving is not None and tries.serving is None:
+            tries.serving = serving
+        first = tries.serving
+        untried = [s for s in first if s.node_id not in tries.tried and not s.closed] if first is not None else []
+        if untried:
+            sessions = untried
+        else:
+            within = first.price_cap() if isinstance(first, Serving) else None
+            sessions = self.serving(model, within)
         if not sessions and not tries.tried:
             if model in self.hub.known_models:
                 raise errors.NoProvider(f"no provider is serving {model!r} right now; retry later")
@@ -170,6 +245,13 @@ class LiveRouter:
         request = self.route_request(model, payload, options, stream)
         decision = pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng, tries.tried,
                                      request=request, weights=self.weights)
+        if decision.choice is None and untried:
+            # The request's own set cannot take it now (e.g. breakers open): others its hold covers may.
+            within = first.price_cap() if isinstance(first, Serving) else None
+            sessions = self.serving(model, within)
+            by_id = {s.node_id: s for s in sessions}
+            decision = pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng, tries.tried,
+                                         request=request, weights=self.weights)
         if decision.choice is None:
             constrained = {k: v for k, v in decision.excluded.items() if k in ("price", "region")}
             if constrained and not tries.tried:
@@ -192,6 +274,7 @@ class LiveRouter:
         if now - self._prior_at < PRIOR_REFRESH_S:
             return
         self._prior_at = now
+        # At most a few thousand records' estimates, every PRIOR_REFRESH_S: not per request.
         estimates = [r.speed.get(model) for r in self.records.values()]
         prior = pool_prior(estimates, RoutingWeights().prior_speed, min_measured=1)
         self.weights = RoutingWeights(prior_speed=prior, sample_k=self.weights.sample_k)
@@ -254,3 +337,11 @@ class LiveRouter:
             if expected is not None:
                 return min(self.settings.first_byte_timeout_s, max(2.0, 4 * expected))
         return self.settings.first_byte_timeout_s
+
+
+def _fits(session: ProviderSession, model: str, within: tuple[int, int] | None) -> bool:
+    """Whether `session`'s offer of `model` is at most `within`'s (in, out) prices (None: any)."""
+    if within is None:
+        return True
+    offer = session.models.get(model)
+    return offer is not None and offer.price_in <= within[0] and offer.price_out <= within[1]

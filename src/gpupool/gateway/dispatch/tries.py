@@ -27,6 +27,9 @@ class Tries:
     failures: list[str] = field(default_factory=list)
     # Providers that blamed the request, with their Fail: judged once another provider answers.
     client_faults: list[tuple[ProviderSession, Fail]] = field(default_factory=list)
+    # The request's serving set as its hold was sized on (router.shortlist): later tries take
+    # its untried ones first, then only providers no dearer (the hold covers no more).
+    serving: list[ProviderSession] | None = None
 
     def client_fault_error(self) -> errors.InvalidRequest:
         fail = self.client_faults[-1][1]

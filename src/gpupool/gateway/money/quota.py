@@ -24,6 +24,7 @@ from gpupool.gateway.edge.http import EventStream
 from gpupool.gateway.money.limits import KeyLimiter, KeyLimits, LimiterConfig
 from gpupool.gateway.edge.openai_api import ModelLimits
 from gpupool.gateway.payload_size import PayloadSize
+from gpupool.gateway.peers.model_index import share_figures
 from gpupool.gateway.peers.session import ProviderSession
 from gpupool.gateway.store import ApiKey
 
@@ -72,13 +73,19 @@ class Quotas:
         """The largest completion and prompt the model's live providers offer (None: nobody serves it).
 
         The most generous provider sets the limit (one provider offering a tiny limit must
-        not shrink it for everyone), capped by the operator's `max_output_tokens`."""
-        offers = [s.models[model] for s in serving]
-        if not offers:
+        not shrink it for everyone), capped by the operator's `max_output_tokens`. Over the whole
+        pool where `serving` carries its figures (a sample of a big pool does)."""
+        pool = getattr(serving, "pool", None)
+        if pool is not None:
+            most_out, most_in = pool.limits()
+        else:
+            offers = [s.models[model] for s in serving]
+            most_out = max((o.max_output_tokens for o in offers), default=0)
+            most_in = max((o.max_input_tokens for o in offers), default=0)
+        if not serving:
             return None
-        return ModelLimits(max_output_tokens=max(1, min(self.settings.max_output_tokens,
-                                                        max(o.max_output_tokens for o in offers))),
-                           max_input_tokens=max(1, max(o.max_input_tokens for o in offers)))
+        return ModelLimits(max_output_tokens=max(1, min(self.settings.max_output_tokens, most_out)),
+                           max_input_tokens=max(1, most_in))
 
     def refuse_if_ignoring_retry_after(self, key: ApiKey) -> None:
         """Before the body is read: a key that keeps coming back before its Retry-After gets a
@@ -95,13 +102,10 @@ class Quotas:
         tokens = size.quota_tokens
         slots, places, related = 0, None, ()
         if self.settings.fair_share:
-            sessions = serving
-            slots = sum(s.offer.max_concurrency for s in sessions)
-            # Slots plus queues, as the providers last reported them (unknown until each has).
-            if sessions and all(s.load is not None for s in sessions):
-                places = sum(s.load.capacity for s in sessions)  # type: ignore[union-attr]
-            # The same providers' other models share their slots (offers are bounded per session).
-            related = tuple({m for s in sessions for m in s.models} - {model})
+            # The model's slots, plus queues as the providers last reported them (unknown until each
+            # has), and the other models sharing those slots: running figures of the whole pool
+            # (peers/model_index.py), each session's word capped by --max-session-slots.
+            slots, places, related = share_figures(serving, model, self.settings.max_session_slots)
         name = model if slots > 0 else UNSERVED
         decision = self.limiter.admit(key.id, self.limits_for(key), name, tokens, slots, time.monotonic(),
                                       places, related)

@@ -32,6 +32,8 @@ from gpupool import protocol
 from gpupool.config import GatewaySettings
 from gpupool.gateway.peers.peer_limits import check_lists, check_offer
 from gpupool.gateway.peers.listeners import HubListeners
+from gpupool.gateway.peers.model_index import ModelIndex
+from gpupool.gateway.peers.pacing import Arrivals, HandshakeGate, PingScheduler
 from gpupool.gateway.peers.session import (
     ANSWER_FRAME_BYTES,
     CLOSE_MESSAGE_TOO_BIG,
@@ -75,6 +77,10 @@ log = logging.getLogger("gpupool.gateway.hub")
 EVENTS_PER_MINUTE = 600
 # Frames above this size have their lists counted before they are decoded (below it, decoding is cheap).
 BIG_FRAME_BYTES = 64 * 1024
+# Connected providers' rows are re-stamped this often (one batch), and a start remembers the models of
+# providers stamped within REMEMBER_S: what was served when the gateway stopped, however it stopped.
+REFRESH_S = 300.0
+REMEMBER_S = 2 * REFRESH_S + 60
 
 
 class Hub:
@@ -101,33 +107,52 @@ class Hub:
         self.listeners = HubListeners()
         self._events_window = (0.0, 0, 0)  # (window start, recorded, suppressed)
         self._ping_nonce = itertools.count()
+        # model -> live sessions and the fair share's figures, kept on every change (O(1) per request).
+        self.index = ModelIndex(settings.max_session_slots)
+        self.pings = PingScheduler(settings, lambda: len(self.sessions) + len(self.checkers), self._ping,
+                                   self._unresponsive, self._housekeeping)
+        self.gate = HandshakeGate(settings.handshakes_per_s, settings.handshake_queue_s)
+        self.arrivals = Arrivals(settings.restart_grace_s)
+        self._refreshed = time.monotonic()
+
+    async def start(self) -> None:
+        """Recall the models providers served before this start (restart grace, `Arrivals`)."""
+        since = time.time() - REMEMBER_S
+        self.arrivals.remember(await self.store.recent_models(since))
 
     # ------------------------------------------------------------ queries
 
     def offering(self, model: str) -> list[ProviderSession]:
-        """The open provider sessions that offer `model` (whether trust lets them serve is the router's call)."""
-        return [s for s in self.sessions.values() if model in s.models and not s.closed]
+        """The open provider sessions that offer `model` (whether trust lets them serve is the router's call).
+        The index's own list: callers must not change it."""
+        pool = self.index.pools.get(model)
+        return pool.sessions if pool is not None else []
 
     def model_verified(self, model: str) -> bool:
         """Whether an admitted checker holds `model` now, i.e. its answers can be audited."""
         return any(model in c.models and not c.closed for c in self.checkers.values())
 
     def live_models(self) -> dict[str, list[ProviderSession]]:
-        out: dict[str, list[ProviderSession]] = {}
-        for session in self.sessions.values():
-            for name in session.models:
-                out.setdefault(name, []).append(session)
-        return out
+        """Model -> its live sessions (the index's lists: callers must not change them)."""
+        return {name: pool.sessions for name, pool in self.index.pools.items()}
 
     # ------------------------------------------------------------ connection lifecycle
 
     async def handle(self, ws: WebSocket) -> None:
         # Until the key is proven the transport takes no frame over the Offer's limit: a bigger
         # one is refused from its header (close 1009), before its payload is even buffered.
+        peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "unknown"
+        wait = self.gate.turn(time.monotonic())
+        if wait is None:
+            # Refused before the upgrade (HTTP 403): the cheapest answer; the provider backs off.
+            self.record_event(peer, "handshake_deferred", "too many handshakes queued; retry later")
+            await ws.close(protocol.CLOSE_LIMIT)
+            return
+        if wait > 0:
+            await asyncio.sleep(wait)
         set_frame_limit(ws, protocol.MAX_OFFER_FRAME_BYTES)
         set_close_timeout(ws)
         await ws.accept()
-        peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "unknown"
         session: ProviderSession | None = None
         try:
             session = await asyncio.wait_for(self._handshake(ws, peer), self.settings.handshake_timeout_s)
@@ -247,7 +272,8 @@ class Hub:
             models={m.name: m for m in offer.models}, max_queued=max(1, self.settings.max_queued_events),
             base_frame_bytes=max(ANSWER_FRAME_BYTES, hardware_answer_bytes(self.settings.hardware_proof_max_n)),
         )
-        await self.store.upsert_provider(node_id, hello.public_key, offer.region, list(session.models))
+        # Written in the store's next batch (one transaction for many joins, never awaited here).
+        self.store.note_provider(node_id, hello.public_key, offer.region, list(session.models))
         return session
 
     def _register(self, session: ProviderSession, peer: str) -> None:
@@ -259,7 +285,11 @@ class Hub:
             asyncio.ensure_future(self._close(old.ws, protocol.CLOSE_DUPLICATE, "replaced by a newer connection"))
         pool[session.node_id] = session
         if session.offer.role == "provider":
+            self.index.add(session)
             self._offered(session.models)
+            self.arrivals.joined(session.models)
+        # The first ping at once (RTT before the first request), then on the shared schedule.
+        self.pings.add(session)
         log.info("%s %s connected from %s: %s in %s", session.offer.role, session.node_id[:12], peer,
                  ", ".join(session.models), session.offer.region)
 
@@ -296,7 +326,7 @@ class Hub:
     def _unoffer(self, names: Iterable[str]) -> None:
         """These models may have lost their last provider: start (or finish) forgetting them."""
         now = time.monotonic()
-        live = {name for s in self.sessions.values() if not s.closed for name in s.models}
+        live = self.index.pools
         for name in names:
             if name not in live and name in self.known_models:
                 self._unoffered.setdefault(name, now)
@@ -309,87 +339,83 @@ class Hub:
                 self._largest_context = None
 
     async def _serve(self, session: ProviderSession) -> None:
-        pinger = asyncio.create_task(self._ping_loop(session))
         if session.offer.role == "provider":
             for joined in self.listeners.joined:
                 joined(session)
-        try:
-            while True:
-                msg = await self._recv(session.ws, lambda: session.frame_limit)
-                session.last_seen = time.monotonic()
-                if isinstance(msg, (Chunk, Done, Fail)):
-                    session.deliver(msg)
-                elif isinstance(msg, Batch):
-                    if len(msg.items) > self.settings.max_queued_events:
-                        raise PeerViolation("flood", f"batch of {len(msg.items)} items exceeds "
-                                            f"{self.settings.max_queued_events}", protocol.CLOSE_LIMIT)
-                    for item in msg.items:
-                        session.deliver(item)
-                elif isinstance(msg, Statement):
-                    if len(msg.digests) > self.settings.max_statement_digests:
-                        raise PeerViolation("statement_too_large", f"statement lists {len(msg.digests)} digests; "
-                                            f"at most {self.settings.max_statement_digests}", protocol.CLOSE_LIMIT)
-                    if not protocol.verify_statement(msg, session.public_key):
-                        raise PeerViolation("bad_signature", "receipt statement signature does not verify",
-                                            protocol.CLOSE_BAD_SIGNATURE)
-                    for listener in self.listeners.statement:
-                        listener(session.node_id, msg.digests)
-                elif isinstance(msg, Verdict) and session.offer.role == "checker":
-                    if msg.checker != session.node_id or not protocol.verify_claim(msg, session.public_key):
-                        raise PeerViolation("bad_signature", "verdict signature does not verify",
-                                            protocol.CLOSE_BAD_SIGNATURE)
-                    for on_verdict in self.listeners.verdict:
-                        await on_verdict(session, msg)
-                elif isinstance(msg, HardwareAnswer):
-                    for on_answer in self.listeners.hardware_answer:
-                        on_answer(session, msg)
-                elif isinstance(msg, SettlementAddress):
-                    for on_address in self.listeners.settlement_address:
-                        on_address(session.node_id, msg)
-                elif isinstance(msg, Pong):
-                    # Timed from this gateway's own record of the nonce it sent: a Pong's
-                    # `sent_at` is the provider's word, and a forged one could claim any RTT.
-                    sent = session.pings.pop(msg.nonce, None)
-                    if sent is not None:
-                        session.rtt_s = smooth_rtt(session.rtt_s, time.monotonic() - sent)
-                elif isinstance(msg, LoadReport):
-                    session.load = msg
-                elif isinstance(msg, Drain):
-                    session.draining = True
-                    log.info("provider %s is draining: %s", session.node_id[:12], msg.reason)
-                elif isinstance(msg, Offer):
-                    check_offer(msg, session.public_key, session.node_id, self.settings)
-                    if msg.role != session.offer.role:
-                        raise PeerViolation("bad_offer", "a session cannot change its role")
-                    old = session.models
-                    # A new dict (never mutated in place): requests in flight keep the offer they
-                    # were dispatched under (`dispatch_offers`), so their price does not change.
+        while True:
+            msg = await self._recv(session.ws, lambda: session.frame_limit)
+            session.last_seen = time.monotonic()
+            if isinstance(msg, (Chunk, Done, Fail)):
+                session.deliver(msg)
+            elif isinstance(msg, Batch):
+                if len(msg.items) > self.settings.max_queued_events:
+                    raise PeerViolation("flood", f"batch of {len(msg.items)} items exceeds "
+                                        f"{self.settings.max_queued_events}", protocol.CLOSE_LIMIT)
+                for item in msg.items:
+                    session.deliver(item)
+            elif isinstance(msg, Statement):
+                if len(msg.digests) > self.settings.max_statement_digests:
+                    raise PeerViolation("statement_too_large", f"statement lists {len(msg.digests)} digests; "
+                                        f"at most {self.settings.max_statement_digests}", protocol.CLOSE_LIMIT)
+                if not protocol.verify_statement(msg, session.public_key):
+                    raise PeerViolation("bad_signature", "receipt statement signature does not verify",
+                                        protocol.CLOSE_BAD_SIGNATURE)
+                for listener in self.listeners.statement:
+                    listener(session.node_id, msg.digests)
+            elif isinstance(msg, Verdict) and session.offer.role == "checker":
+                if msg.checker != session.node_id or not protocol.verify_claim(msg, session.public_key):
+                    raise PeerViolation("bad_signature", "verdict signature does not verify",
+                                        protocol.CLOSE_BAD_SIGNATURE)
+                for on_verdict in self.listeners.verdict:
+                    await on_verdict(session, msg)
+            elif isinstance(msg, HardwareAnswer):
+                for on_answer in self.listeners.hardware_answer:
+                    on_answer(session, msg)
+            elif isinstance(msg, SettlementAddress):
+                for on_address in self.listeners.settlement_address:
+                    on_address(session.node_id, msg)
+            elif isinstance(msg, Pong):
+                # Timed from this gateway's own record of the nonce it sent: a Pong's
+                # `sent_at` is the provider's word, and a forged one could claim any RTT.
+                sent = session.pings.pop(msg.nonce, None)
+                if sent is not None:
+                    session.rtt_s = smooth_rtt(session.rtt_s, time.monotonic() - sent)
+            elif isinstance(msg, LoadReport):
+                self.index.set_load(session, msg)  # moves the fair share's figures only if capacity did
+            elif isinstance(msg, Drain):
+                session.draining = True
+                log.info("provider %s is draining: %s", session.node_id[:12], msg.reason)
+            elif isinstance(msg, Offer):
+                check_offer(msg, session.public_key, session.node_id, self.settings)
+                if msg.role != session.offer.role:
+                    raise PeerViolation("bad_offer", "a session cannot change its role")
+                old = session.models
+                if msg.role != "provider":
                     session.offer, session.models = msg, {m.name: m for m in msg.models}
-                    if msg.role == "provider":
-                        self._offered(session.models)
-                        self._unoffer(set(old) - set(session.models))
-                        for changed in self.listeners.offer_changed:
-                            changed(session)
-                else:
-                    raise PeerViolation("unexpected_message", f"unexpected {type(msg).__name__} after handshake")
-        finally:
-            pinger.cancel()
+                elif self.index.reoffer(session, msg):  # diffed: a re-sent, unchanged offer moves nothing
+                    self._offered(session.models)
+                    self.arrivals.joined(session.models)
+                    self._unoffer(set(old) - set(session.models))
+                    for changed in self.listeners.offer_changed:
+                        changed(session)
+            else:
+                raise PeerViolation("unexpected_message", f"unexpected {type(msg).__name__} after handshake")
 
-    async def _ping_loop(self, session: ProviderSession) -> None:
-        interval = self.settings.ping_interval_s
-        try:
-            await self._ping(session)
-            while True:
-                await asyncio.sleep(interval)
-                if time.monotonic() - session.last_seen > self.settings.liveness_timeout_s:
-                    self.record_event(session.node_id, "unresponsive", "no message within the liveness timeout")
-                    self._remove(session, "provider unresponsive")
-                    await self._close(session.ws, protocol.CLOSE_PROTOCOL_ERROR, "unresponsive")
-                    return
-                self._unoffer(())  # finish forgetting models whose time is up
-                await self._ping(session)
-        except (ConnectionError, RuntimeError, WebSocketDisconnect):
-            return
+    def _unresponsive(self, session: ProviderSession) -> None:
+        """Silent past the liveness timeout (the ping scheduler's verdict): dropped."""
+        self.record_event(session.node_id, "unresponsive", "no message within the liveness timeout")
+        self._remove(session, "provider unresponsive")
+        asyncio.create_task(self._close(session.ws, protocol.CLOSE_PROTOCOL_ERROR, "unresponsive"))
+
+    def _housekeeping(self) -> None:
+        """About once a second: finish forgetting models whose time is up; now and then, refresh the
+        store's record of who is connected (what a restart remembers), in one batch."""
+        self._unoffer(())
+        now = time.monotonic()
+        if now - self._refreshed >= REFRESH_S:
+            self._refreshed = now
+            for s in self.sessions.values():
+                self.store.note_provider(s.node_id, s.public_key, s.offer.region, list(s.models))
 
     async def _ping(self, session: ProviderSession) -> None:
         nonce = next(self._ping_nonce)
@@ -409,7 +435,11 @@ class Hub:
                 channel.get_nowait()
             channel.put_nowait(ProviderLost(reason))
         if session.offer.role == "provider":
+            self.index.remove(session)
             self._unoffer(session.models)
+            # Its row's last_seen says it served until now (what a restart remembers).
+            self.store.note_provider(session.node_id, session.public_key, session.offer.region,
+                                     list(session.models))
             for left in self.listeners.left:
                 left(session)
         log.info("%s %s left: %s", session.offer.role, session.node_id[:12], reason)
@@ -421,6 +451,7 @@ class Hub:
         asyncio.create_task(self._close(session.ws, protocol.CLOSE_PROTOCOL_ERROR, reason))
 
     async def close_all(self) -> None:
+        await self.pings.close()
         for session in [*self.sessions.values(), *self.checkers.values()]:
             self._remove(session, "gateway shutting down")
             await self._close(session.ws, protocol.CLOSE_GATEWAY_SHUTDOWN, "gateway shutting down")

@@ -47,6 +47,8 @@ _BASE_TIMEOUT_S = 30.0
 _TIMEOUT_N = 4096
 # Checks at once: each derives all of B from the seed (n² random draws), so bound the CPU.
 _CONCURRENT_CHECKS = 2
+# Hardware records kept; beyond it, those of nodes not connected go (one record per key ever seen).
+MAX_RECORDS = 20_000
 
 
 @dataclass
@@ -86,6 +88,7 @@ class HardwareChecker:
         # Seeds and opened rows must be unpredictable to the provider: OS randomness by default.
         self.rng = rng or random.SystemRandom()
         self.records: dict[str, HardwareRecord] = {}
+        self.max_records = MAX_RECORDS
         self.stats = {"passed": 0, "failed": 0, "timed_out": 0}
         self._pending: dict[tuple[str, str], asyncio.Future[HardwareAnswer]] = {}
         self._loops: dict[str, asyncio.Task[None]] = {}
@@ -122,6 +125,13 @@ class HardwareChecker:
                        "failures": r.failures, "last_checked": r.last_checked, "last_reason": r.last_reason,
                        "device": r.device}
                 for node, r in self.records.items()}
+
+    def _forget_absent(self) -> None:
+        """Past the bound, the records of nodes no longer connected go (keys cost nothing: one record
+        per fresh key would otherwise grow for ever); the oldest-checked first, down to three quarters."""
+        absent = sorted((r.last_checked, n) for n, r in self.records.items() if n not in self._loops)
+        for _, node in absent[:max(0, len(self.records) - self.max_records * 3 // 4)]:
+            del self.records[node]
 
     async def close(self) -> None:
         for task in list(self._loops.values()):
@@ -160,6 +170,8 @@ class HardwareChecker:
         cid = secrets.token_hex(8)
         timeout = self.timeout_s * max(1.0, (ch.n / _TIMEOUT_N) ** 2)
         rec = self.records.setdefault(node, HardwareRecord())
+        if len(self.records) > self.max_records:
+            self._forget_absent()
         try:
             t0 = time.monotonic()
             first = await self._ask(session, cid, HardwareChallenge(cid, ch.seed, ch.n, ch.value_range), timeout)

@@ -124,6 +124,7 @@ class Gateway:
         s, hub = self.settings, self.hub
         self.store.start_writer(Retention(keep_s=s.retention_days * 86400, max_providers=s.max_provider_rows,
                                           max_events=s.max_peer_events, connected=lambda: list(hub.sessions)))
+        await hub.start()  # what was served before this start (restart grace)
         await self.billing.start([k["account"] for k in await self.store.list_keys()])
         self.canaries.start()
         await self.batches.start()

@@ -34,6 +34,7 @@ from gpupool.gateway.money.billing import Hold
 from gpupool.gateway.money.quota import within_quota
 from gpupool.gateway.payload_size import PayloadSize
 from gpupool.gateway.peers.hub import Hub
+from gpupool.gateway.peers.model_index import Serving
 from gpupool.gateway.peers.session import ProviderSession
 from gpupool.gateway.probes import note_first_token, note_model
 from gpupool.gateway.store import ApiKey
@@ -61,8 +62,12 @@ class Call:
     rid: str
     started: float
 
-    async def reserve(self, gw: Gateway) -> Hold:
-        """Hold the most this request can cost on any provider it may go to (402 if unaffordable)."""
+    async def reserve(self, gw: Gateway, stream: bool = False) -> Hold:
+        """Hold the most this request can cost on any provider it may go to (402 if unaffordable): the
+        best few of its serving set for it (`router.shortlist`), so one dear offer elsewhere in the pool
+        does not inflate the hold; a failover beyond them only goes to providers no dearer."""
+        if isinstance(self.serving, Serving):
+            self.serving = gw.dispatcher.router.shortlist(self.serving, self.model, self.payload, self.route, stream)
         return await gw.metering.reserve(self.key.account, self.serving, self.model, self.size.input_token_bound,
                                          self.size.max_output, self.route.max_price)
 
@@ -102,6 +107,25 @@ def _call(gw: Gateway, request: Request, key: ApiKey, body: pydantic.BaseModel, 
                 time.monotonic())
 
 
+async def _serving(gw: Gateway, request: Request, model: str) -> Serving:
+    """The model's serving set (`router.serving`: one index lookup, a bounded sample). Just after a
+    start, a model providers served before it waits for one of them to reconnect (within the
+    request's deadline and the grace period) rather than being called unknown; then a 503."""
+    serving = gw.dispatcher.router.serving(model)
+    if serving or model in gw.hub.known_models:
+        return serving
+    left = gw.hub.arrivals.grace_left(model)
+    if left <= 0:
+        return serving  # never served here: routing answers 404
+    wait = min(left, request_timeout(request, gw.settings.request_timeout_s))
+    if await gw.hub.arrivals.wait(model, wait):
+        serving = gw.dispatcher.router.serving(model)
+    if not serving:
+        raise errors.NoProvider(f"no provider is serving {model!r} yet: the gateway restarted and its providers "
+                                "are reconnecting; retry shortly", retry_after_s=max(1.0, min(5.0, left - wait)))
+    return serving
+
+
 def check_task(hub: Hub, model: str, task: str) -> None:
     note_model(model)
     offer = hub.known_models.get(model)
@@ -116,7 +140,7 @@ def check_task(hub: Hub, model: str, task: str) -> None:
 async def embeddings(gw: Gateway, request: Request) -> Response:
     key = await gw.client_key(request)
     body = openai_api.parse(openai_api.EmbeddingRequest, await request.body())
-    serving = gw.dispatcher.router.serving(body.model)
+    serving = await _serving(gw, request, body.model)
     payload = body.payload(MAX_EMBEDDING_INPUTS, gw.quotas.model_limits(body.model, serving))
     check_task(gw.hub, body.model, "embeddings")
     call = _call(gw, request, key, body, "embeddings", payload, serving, "emb-")
@@ -148,7 +172,7 @@ async def chat(gw: Gateway, request: Request) -> Response:
     key = await gw.client_key(request)
     body = openai_api.parse(openai_api.ChatCompletionRequest, await request.body())
     check_task(gw.hub, body.model, "generate")
-    serving = gw.dispatcher.router.serving(body.model)
+    serving = await _serving(gw, request, body.model)
     payload = body.payload(DEFAULT_MAX_TOKENS, gw.quotas.model_limits(body.model, serving))
     return await _admit_generation(gw, request, key, body, "chat", payload, serving, "chatcmpl-")
 
@@ -157,7 +181,7 @@ async def completions(gw: Gateway, request: Request) -> Response:
     key = await gw.client_key(request)
     body = openai_api.parse(openai_api.CompletionRequest, await request.body())
     check_task(gw.hub, body.model, "generate")
-    serving = gw.dispatcher.router.serving(body.model)
+    serving = await _serving(gw, request, body.model)
     payload = body.payload(gw.quotas.model_limits(body.model, serving))
     return await _admit_generation(gw, request, key, body, "completions", payload, serving, "cmpl-")
 
@@ -190,7 +214,7 @@ async def _complete(gw: Gateway, request: Request, call: Call, chat: bool) -> Re
 async def _stream(gw: Gateway, request: Request, call: Call, chat: bool, include_usage: bool,
                   pace_s: float) -> Response:
     rid, model = call.rid, call.model
-    hold = await call.reserve(gw)
+    hold = await call.reserve(gw, stream=True)
     try:
         opened = await gw.fallbacks.first_event(call.plan, call.deadline, open_stream(
             gw.dispatcher, rid, model, call.payload, call.deadline, call.route, pace_s, call.serving))

@@ -11,6 +11,11 @@ and reconnection with jittered exponential backoff (`PeerLink.run`). What makes 
 light: no model, no metrics server, no per-node process; one echo backend object
 per model is shared by every session of this process.
 
+With `--churn-s S` (tests/integration/test_scale.py) every session, about every S seconds,
+does one of: re-send its offer with a random subset of the models, prices, concurrency and
+output limit; re-send it unchanged; report a new capacity; or drop its connection (and
+reconnect): the pool changes under load while the gateway's index must keep up.
+
 Every `--report-s` the process prints one JSON line of counters on stdout (the
 parent sums them over processes): sessions connected now, handshakes completed,
 hardware proofs answered, runs served, connection errors.
@@ -27,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -69,10 +76,12 @@ class SwarmNode:
         self.draining = False
         self.region = region
         self.link: SwarmLink | None = None
+        self.models: list[Any] | None = None  # --churn: the offer's current models (None: every backend's)
 
     def make_offer(self) -> Offer:
         name, lat, lon = self.region
-        offer = Offer(node_id=self.identity.node_id, models=[b.offer() for b in self.backends.values()],
+        models = self.models if self.models is not None else [b.offer() for b in self.backends.values()]
+        offer = Offer(node_id=self.identity.node_id, models=models,
                       hardware=HARDWARE, region=name, latitude=lat, longitude=lon,
                       max_concurrency=self.admission.max_concurrency, issued_at=time.time())
         return protocol.sign_offer(offer, self.identity)
@@ -113,6 +122,30 @@ class SwarmLink(GatewayLink):
         await super()._send(msg)
 
 
+async def churn(node: SwarmNode, every_s: float, rng: random.Random) -> None:
+    """Change this session now and then (see the module docstring)."""
+    while True:
+        await asyncio.sleep(every_s * rng.uniform(0.5, 1.5))
+        link = node.link
+        if link is None or link._ws is None:
+            continue
+        what = rng.random()
+        if what < 0.4:
+            names = rng.sample(sorted(node.backends), rng.randint(1, len(node.backends)))
+            node.models = [msgspec.structs.replace(node.backends[n].offer(), price_in=rng.randint(0, 1000),
+                                                   price_out=rng.randint(0, 1000),
+                                                   max_output_tokens=rng.choice([256, 512, 1024]))
+                           for n in names]
+            node.admission.max_concurrency = rng.randint(1, 16)
+            await link._send(node.make_offer())
+        elif what < 0.55:
+            await link._send(node.make_offer())  # unchanged: the gateway's diff moves nothing
+        elif what < 0.8:
+            await link._send(LoadReport(in_flight=0, queued=0, capacity=rng.randint(0, 200)))
+        else:
+            await link._ws.close()  # the link reconnects with its backoff
+
+
 async def main_async(args: argparse.Namespace) -> None:
     counters = Counters()
     backends = {f"{args.prefix}{i}": EchoBackend(f"{args.prefix}{i}", "chat") for i in range(args.models)}
@@ -129,6 +162,9 @@ async def main_async(args: argparse.Namespace) -> None:
         tasks.append(asyncio.create_task(link.run()))
         if args.ramp_s:
             await asyncio.sleep(args.ramp_s / args.count * rng.uniform(0.5, 1.5))
+    if args.churn_s > 0:
+        for link in links:
+            tasks.append(asyncio.create_task(churn(link.node, args.churn_s, random.Random(rng.random()))))
     del tasks  # they run until the process is stopped
     while True:
         print(json.dumps({"t": time.time(), "connected": counters.connected, "welcomed": counters.welcomed,
@@ -147,6 +183,7 @@ def main() -> None:
     ap.add_argument("--max-concurrency", type=int, default=8, help="each session's offered concurrency [8]")
     ap.add_argument("--reconnect-max-s", type=float, default=30.0, help="longest reconnect backoff [30, as providers]")
     ap.add_argument("--ramp-s", type=float, default=0.0, help="spread the sessions' first dials over this long [0]")
+    ap.add_argument("--churn-s", type=float, default=0.0, help="change each session about this often [0: never]")
     ap.add_argument("--report-s", type=float, default=0.25, help="how often counters are printed [0.25]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)  # one line per lost connection × thousands is noise here

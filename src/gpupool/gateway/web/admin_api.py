@@ -50,6 +50,7 @@ def admin_routes(gw: Gateway) -> list[Route]:
         Route("/admin/billing", partial(billing_state, gw)),
         Route("/admin/requests", partial(requests_log, gw)),
         Route("/admin/fallback", partial(fallback_state, gw)),
+        Route("/admin/index", partial(index_state, gw)),
     ]
 
 
@@ -127,3 +128,16 @@ async def requests_log(gw: Gateway, request: Request) -> JSON:
 async def fallback_state(gw: Gateway, request: Request) -> JSON:
     require_admin(gw.settings, request)
     return JSON(gw.fallbacks.describe())
+
+
+async def index_state(gw: Gateway, request: Request) -> JSON:
+    """The model index's figures per model, and where it differs from a full scan of the sessions
+    (`mismatches`: empty when consistent; the scan costs O(sessions), so this is the operator's)."""
+    require_admin(gw.settings, request)
+    hub = gw.hub
+    return JSON({"data": {
+        "mismatches": hub.index.mismatches(hub.sessions.values())[:100],
+        "sessions": len(hub.sessions),
+        "models": {name: {"sessions": len(p.sessions), "slots": p.slots, "places": p.places(),
+                          "related": len(p.also), "max_output_tokens": p.limits()[0]}
+                   for name, p in sorted(hub.index.pools.items())[:1000]}}})

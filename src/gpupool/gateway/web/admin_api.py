@@ -5,8 +5,8 @@
 - `POST /admin/keys`: create a client key (optionally with limits); `POST /admin/deposit`:
   credit an account, once per idempotency key.
 - `GET /admin/providers`, `/admin/events`, `/admin/audits`, `/admin/billing`,
-  `/admin/requests`, `/admin/fallback`: connected providers, peer events, audit state,
-  billing queues, the request log, the fallback lanes.
+  `/admin/requests`, `/admin/fallback`, `/admin/index`: connected providers, peer events, audit state,
+  billing queues, the request log, the fallback lanes, the model index against a full scan.
 
 Every route needs `Authorization: Bearer <--admin-token>` (compared in constant time);
 without a configured token the admin API is off (401).

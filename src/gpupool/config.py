@@ -94,8 +94,9 @@ class GatewaySettings:
     restart_grace_s: float = _opt(30.0, "after a start, a request for a model providers served before it (the "
                                   "store remembers) waits this long at most for one to reconnect, instead of a "
                                   "404; past it, a 503 with Retry-After")
-    route_sample: int = _opt(16, "provider sessions a request's choice looks at when more serve its model (a "
-                             "random sample of those trust allows; smaller pools are looked at whole)")
+    route_sample: int = _opt(6, "provider sessions a request's choice looks at when more serve its model (a "
+                             "random sample of those trust allows, power-of-k choices as in routing/policy.py; "
+                             "smaller pools are looked at whole)")
     hold_candidates: int = _opt(2, "the best-scoring providers of that sample a request may go to first; its "
                                 "hold covers their prices (a failover beyond them only goes to providers no "
                                 "dearer), so one expensive offer does not inflate every hold")

@@ -6,6 +6,7 @@ Real processes: a gateway, and either real providers or the light swarm of bench
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -143,3 +144,28 @@ def test_an_expensive_offer_does_not_inflate_the_hold(network: Network) -> None:
             assert r.status_code == 200, r.text  # today: 402, the hold priced at the dear offer
             served[r.headers["x-gpupool-provider"]] = served.get(r.headers["x-gpupool-provider"], 0) + 1
     assert dear.node_id not in served and set(served) <= {c.node_id for c in cheap}, served
+
+
+def test_a_handshake_storm_is_admitted_at_the_gateways_pace_and_told_when_to_come_back(network: Network) -> None:
+    """40 providers dial at once a gateway admitting 10 handshakes a second with a 0.5 s queue: the
+    rest are refused with a 503 and a Retry-After booking a later turn, which the providers honour,
+    so each is refused about once (not at every step of its backoff) and all join, paced."""
+    network.start_gateway(extra=["--hardware-proof-max-n", "0", "--handshakes-per-s", "10",
+                                 "--handshake-queue-s", "0.5"])
+    swarm = start_swarm(network, 40)
+    try:
+        t0 = time.monotonic()
+        wait_until(lambda: network.health()["providers"] >= 40, "every provider joined", timeout=60)
+        took = time.monotonic() - t0
+        assert swarm.stdout is not None
+        counters: dict[str, int] = {}
+        for line in swarm.stdout:  # the swarm's counters, printed every 0.2 s
+            counters = json.loads(line)
+            if counters["connected"] >= 40:
+                break
+    finally:
+        stop(swarm)
+    deferred = [e for e in network.admin("/admin/events?limit=500") if e["kind"] == "handshake_deferred"]
+    assert len(deferred) >= 10 and all("retry in" in e["detail"] for e in deferred)
+    assert took >= 1.5  # paced: 40 handshakes at 10 a second after a burst of ~11
+    assert counters["errors"] <= 45, counters  # refused about once each, not at every backoff step

@@ -101,4 +101,7 @@ def test_the_handshake_gate_paces_a_storm_and_refuses_past_its_queue() -> None:
     assert sum(1 for w in admitted if w == 0.0) == 101  # one second's worth at once
     assert max(admitted) <= 2.0 and len(admitted) == 301  # then 100 a second, up to the queue's 2 s
     assert waits.count(None) == 99 and gate.refused == 99
+    # Each refused dial is told a later turn: 99 refusals spread over about 99 / 100 s past the queue.
+    told = [gate.retry_after(1000.0) for _ in range(99)]
+    assert told == sorted(told) and 2.0 < told[0] < 2.1 and 2.9 < told[-1] < 3.1
     assert gate.turn(1010.0) == 0.0  # quiet again: no wait

@@ -63,6 +63,17 @@ async def handshake(ws: ClientConnection, identity: Identity, client: str,
     return msg
 
 
+def retry_after(exc: BaseException) -> float:
+    """The Retry-After (seconds, at most 300) of a gateway that refused the upgrade with 503; 0 otherwise."""
+    response = getattr(exc, "response", None)
+    if getattr(response, "status_code", None) != 503:
+        return 0.0
+    try:
+        return min(300.0, max(0.0, float(response.headers.get("Retry-After", "0"))))  # type: ignore[union-attr]
+    except ValueError:
+        return 0.0
+
+
 class PeerLink:
     """One gateway connection: dial, handshake, the subclass's session, reconnect with backoff."""
 
@@ -94,6 +105,7 @@ class PeerLink:
         backoff = 0.25
         while True:
             started = time.monotonic()
+            told = 0.0  # a busy gateway's Retry-After (seconds), if it refused us with one
             try:
                 async with connect(
                     self.url,
@@ -118,6 +130,7 @@ class PeerLink:
                 if exc.rcvd and exc.rcvd.code in (protocol.CLOSE_BAD_VERSION, protocol.CLOSE_BAD_SIGNATURE):
                     backoff = self.reconnect_max_s  # retrying fast won't help
             except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+                told = retry_after(exc)
                 tls_problem = certificate_problem(exc)
                 if tls_problem:
                     # Not a network blip: retrying fast won't help, and the fix is the operator's.
@@ -141,6 +154,10 @@ class PeerLink:
             if time.monotonic() - started > 30:
                 backoff = 0.25  # the connection was healthy for a while: start over
             delay = min(backoff, self.reconnect_max_s) * random.uniform(0.5, 1.0)
+            if told:
+                # The gateway is admitting a storm of handshakes at its pace and booked us a later
+                # turn: come then (spread a little), not at every backoff step until it.
+                delay = max(delay, told * random.uniform(1.0, 1.2))
             await asyncio.sleep(delay)
             backoff = min(backoff * 2, self.reconnect_max_s)
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
+from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gpupool import protocol
@@ -142,11 +144,14 @@ class Hub:
         # Until the key is proven the transport takes no frame over the Offer's limit: a bigger
         # one is refused from its header (close 1009), before its payload is even buffered.
         peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "unknown"
-        wait = self.gate.turn(time.monotonic())
+        now = time.monotonic()
+        wait = self.gate.turn(now)
         if wait is None:
-            # Refused before the upgrade (HTTP 403): the cheapest answer; the provider backs off.
-            self.record_event(peer, "handshake_deferred", "too many handshakes queued; retry later")
-            await ws.close(protocol.CLOSE_LIMIT)
+            # Refused before the upgrade: the cheapest answer, with when to come back.
+            retry = math.ceil(self.gate.retry_after(now))
+            self.record_event(peer, "handshake_deferred", f"too many handshakes queued; retry in {retry} s")
+            await ws.send_denial_response(Response("gateway busy with other providers' handshakes; retry later\n",
+                                                   503, {"retry-after": str(retry)}))
             return
         if wait > 0:
             await asyncio.sleep(wait)

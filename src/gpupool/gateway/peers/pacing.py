@@ -7,8 +7,10 @@
   judged over 3 intervals). Nothing per tick walks every session.
 - `HandshakeGate`: handshakes are admitted at `handshakes_per_s`, in arrival order,
   with a burst of one second's worth; a dial that would wait longer than
-  `handshake_queue_s` is refused (the provider retries with jittered backoff), so a
-  reconnect storm after a restart is spread out rather than starving client requests.
+  `handshake_queue_s` is refused before the upgrade with a 503 whose Retry-After says
+  when the queue will have drained (the provider waits that long, jittered), so a
+  reconnect storm after a restart is spread out rather than starving client requests,
+  and refusing it costs one answer per provider, not one per exponential-backoff retry.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class HandshakeGate:
         self.max_wait_s = max_wait_s
         self._next = 0.0  # when the next handshake may start
         self.refused = 0
+        self._told = 0.0  # the latest time a refused dial was told to come back (Retry-After)
 
     def turn(self, now: float) -> float | None:
         """Seconds to wait before this handshake may start; None: refuse it (the queue is too long)."""
@@ -118,6 +121,12 @@ class HandshakeGate:
             return None
         self._next = start + 1.0 / self.rate
         return wait
+
+    def retry_after(self, now: float) -> float:
+        """Seconds a refused dial should wait: each refusal books a later turn, so a storm of N
+        dials is told to come back spread over N / rate seconds rather than all at once."""
+        self._told = max(self._told, self._next, now) + 1.0 / max(self.rate, 1e-3)
+        return min(300.0, max(1.0, self._told - now))
 
 
 class Arrivals:

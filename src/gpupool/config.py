@@ -83,7 +83,7 @@ class GatewaySettings:
     ping_interval_s: float = _opt(2.0, "how often providers are pinged (RTT measurement, liveness)")
     liveness_timeout_s: float = _opt(20.0, "a provider silent for this long is dropped")
     handshake_timeout_s: float = _opt(10.0, "time a connecting provider has to finish the handshake")
-    max_pings_per_s: float = _opt(500.0, "most pings sent per second over all providers: with more providers "
+    max_pings_per_s: float = _opt(250.0, "most pings sent per second over all providers: with more providers "
                                   "than ping_interval_s allows at this rate, each is pinged less often (and "
                                   "dropped after 3 of those intervals of silence, if that exceeds liveness_timeout_s)")
     handshakes_per_s: float = _opt(200.0, "provider handshakes admitted per second (a reconnect storm after a "

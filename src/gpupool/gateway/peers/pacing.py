@@ -3,7 +3,7 @@
 - `PingScheduler`: every provider session is pinged (RTT, liveness) from one heap of
   due times, not a task per session: the gateway's per-second work is one ping per
   session per interval, and the interval stretches so that all of them together stay
-  under `max_pings_per_s` (10,000 sessions at 500/s: every 20 s; silence is then
+  under `max_pings_per_s` (10,000 sessions at 250/s: every 40 s; silence is then
   judged over 3 intervals). Nothing per tick walks every session.
 - `HandshakeGate`: handshakes are admitted at `handshakes_per_s`, in arrival order,
   with a burst of one second's worth; a dial that would wait longer than

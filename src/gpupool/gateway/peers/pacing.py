@@ -30,6 +30,9 @@ log = logging.getLogger("gpupool.gateway.hub")
 # Pings sent before the scheduler yields to the event loop (a burst of due pings must not
 # hold client requests back).
 PINGS_PER_SLICE = 200
+# The scheduler wakes at most this often and sends every ping then due (one wake-up per ping
+# would cost the event loop a switch per ping at hundreds a second).
+WAKE_S = 0.05
 
 
 class PingScheduler:
@@ -46,6 +49,7 @@ class PingScheduler:
         self._seq = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self._rng = random.Random()
+        self._ticked = 0.0
 
     def interval(self) -> float:
         s = self.settings
@@ -64,12 +68,14 @@ class PingScheduler:
         while True:
             try:
                 await self._due()
-                self.tick()
+                if time.monotonic() - self._ticked >= 1.0:
+                    self._ticked = time.monotonic()
+                    self.tick()
             except Exception:  # noqa: BLE001 - the clock of every session must keep running
                 log.exception("ping scheduler step failed")
             heap = self.heap
             delay = 1.0 if not heap else min(1.0, heap[0][0] - time.monotonic())
-            await asyncio.sleep(max(0.01, delay))
+            await asyncio.sleep(max(WAKE_S, delay))
 
     async def _due(self) -> None:
         heap = self.heap

@@ -85,7 +85,10 @@ class Gateway:
         billing = Billing(ledger, holder=identity.node_id, fee_bps=settings.fee_bps, tab_size=settings.tab_size,
                           flush_interval_s=settings.settle_interval_s, tab_idle_s=settings.tab_idle_s,
                           audit_window_s=settings.audit_window_s, statement_wait_s=settings.statement_wait_s,
-                          on_bad_receipt=bad_receipt)
+                          on_bad_receipt=bad_receipt,
+                          # Several statements' worth per provider: a provider's own charges are
+                          # matched within a flush interval, so more are digests nobody will charge.
+                          signed_per_node=4 * settings.max_statement_digests)
         auditor = Auditor(hub, store, ledger, sampling=SamplingPolicy(probation_requests=settings.audit_probation_requests))
         hardware_checks = HardwareChecker(hub.disconnect, interval_s=settings.hardware_proof_interval_s,
                                           max_n=settings.hardware_proof_max_n)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 from websockets.asyncio.client import connect
 
@@ -31,19 +32,25 @@ __all__ = ["net"]  # the module's gateway with one honest echo provider
 LIAR_REGION = {"X-Gpupool-Region": "liar-land"}  # "prefer": the liar first, the others after
 
 
-async def liar_in_region(net: Network, frames: Callable[[Identity, Run], list[protocol.Message]]
-                         ) -> tuple[Identity, asyncio.Task[None]]:
-    """A raw provider offering `echo` in its own region, answering each Run with `frames(ident, run)`."""
-    ident = Identity.generate()
+async def join_in(net: Network, ident: Identity, model: str, region: str) -> Any:
+    """A raw provider's handshake, offering `model` in `region`; returns the socket (Welcome read)."""
     ws = await connect(net.ws_url + "/v1/providers/ws", max_size=None)
     await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
     challenge = protocol.decode(await ws.recv())
     assert isinstance(challenge, Challenge)
     await ws.send(protocol.encode(Proof(ident.sign(protocol.challenge_bytes(challenge.nonce, challenge.gateway_id)))))
-    offer = Offer(node_id=ident.node_id, models=[echo()], hardware=Hardware("test", 1, 1024), region="liar-land",
+    offer = Offer(node_id=ident.node_id, models=[echo(model)], hardware=Hardware("test", 1, 1024), region=region,
                   max_concurrency=4, issued_at=time.time())
     await ws.send(protocol.encode(protocol.sign_offer(offer, ident)))
     assert isinstance(protocol.decode(await ws.recv()), Welcome)
+    return ws
+
+
+async def liar_in_region(net: Network, frames: Callable[[Identity, Run], list[protocol.Message]]
+                         ) -> tuple[Identity, asyncio.Task[None]]:
+    """A raw provider offering `echo` in its own region, answering each Run with `frames(ident, run)`."""
+    ident = Identity.generate()
+    ws = await join_in(net, ident, "echo", "liar-land")
 
     async def serve() -> None:
         try:
@@ -123,3 +130,35 @@ async def test_statements_of_made_up_digests_hold_bounded_memory(net: Network) -
     assert 1024 <= held <= 1024 + 256, held  # the liar's bound, plus what honest providers stated meanwhile
     await bystander_served(net)
     await ws.close()
+
+
+async def test_regions_are_listed_once_each_and_bounded(net: Network) -> None:
+    """44 sessions in 40 regions: /v1/market and /v1/models list each region once, at most 32 of
+    them (the most served first), and say how many more there are."""
+    sockets = [await join_in(net, Identity.generate(), "far-flung", f"r{i:02d}") for i in range(40)]
+    sockets += [await join_in(net, Identity.generate(), "far-flung", "r39") for _ in range(4)]
+    try:
+        market = await asyncio.to_thread(raw, net, "GET", "/v1/market")
+        (row,) = [m for m in market.json()["data"] if m["model"] == "far-flung"]
+        models = await asyncio.to_thread(raw, net, "GET", "/v1/models", key=net.dev_key())
+        (model,) = [m["gpupool"] for m in models.json()["data"] if m["id"] == "far-flung"]
+        for listed in (row, model):
+            assert len(listed["regions"]) == 32 == len(set(listed["regions"])), listed["regions"]
+            assert listed["regions_unlisted"] == 8 and "r39" in listed["regions"]
+    finally:
+        for ws in sockets:
+            await ws.close()
+
+
+async def test_a_node_reconnecting_in_a_storm_is_refused(net: Network) -> None:
+    """Each handshake stores the node's offer: one key may complete 30 a minute, then is refused."""
+    ident = Identity.generate()
+    for _ in range(30):
+        ws = await join_in(net, ident, "stormy", "test")
+        await ws.close()
+    with pytest.raises(websockets.ConnectionClosed) as refused:  # no Welcome: closed instead
+        await join_in(net, ident, "stormy", "test")
+    assert refused.value.rcvd is not None and refused.value.rcvd.code == protocol.CLOSE_LIMIT
+    assert "handshakes a minute" in refused.value.rcvd.reason
+    assert await wait_events(net, "reconnecting_too_often", ident.node_id)
+    await bystander_served(net)

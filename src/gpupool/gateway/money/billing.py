@@ -220,6 +220,11 @@ class Billing:
             except Exception:  # noqa: BLE001 - the ledger may be briefly unreachable; retry next tick
                 log.exception("billing flush failed; will retry")
 
+    @property
+    def settling(self) -> bool:
+        """A settlement is being written (other ledger writes wait for it: settlement_keys.py)."""
+        return self._flush_lock.locked() or self._unsent is not None
+
     def _key(self, kind: str, client: str) -> str:
         """A fresh idempotency key: a key reused with other content would be refused (or, same content, ignored)."""
         self._ops += 1

@@ -131,3 +131,10 @@ class LiveCollector(Collector):
             c.add_metric([result], st.get(key, 0))
         yield c
         yield counter("gpupool_settlement_batches", "ledger writes that settled charges", st.get("batches", 0))
+        if gw.settlement_keys is not None:
+            c = CounterMetricFamily("gpupool_settlement_key_announcements",
+                                    "providers' settlement key announcements (EVM ledger) by what was done",
+                                    labels=["result"])
+            for result, n in gw.settlement_keys.stats.items():
+                c.add_metric([result], n)
+            yield c

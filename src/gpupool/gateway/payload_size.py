@@ -19,6 +19,10 @@ from gpupool.protocol import EmbedPayload, Payload
 # Tokens one image may count as in a receipt: vision encoders spend from ~64 to a few thousand
 # (tiled high resolution); far above that is a lie. Holds never count images (text only).
 IMAGE_TOKENS_CEILING = 1 << 16
+# Prompt tokens a receipt may claim beyond the hold's bound before it counts as a lie: chat
+# templates add default system prompts (dates, tool lists) that the bound does not foresee.
+# A claim between the two is only capped by the hold; beyond, the provider is thrown out.
+TEMPLATE_SLACK_TOKENS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,7 @@ class PayloadSize:
     @property
     def prompt_token_ceiling(self) -> int:
         """The most prompt tokens a receipt for this request may claim: more means the provider lies."""
-        return self.input_token_bound + IMAGE_TOKENS_CEILING * self.images
+        return 2 * self.input_token_bound + TEMPLATE_SLACK_TOKENS + IMAGE_TOKENS_CEILING * self.images
 
     @property
     def quota_tokens(self) -> int:

@@ -100,9 +100,8 @@ class Hold:
             time.monotonic(), settlement_sig)))
 
     def charge_delivered(self, request_id: str, provider: str, cost: int) -> int:
-        """Charge `cost` (capped by the hold) for the part of a stream delivered before the client
-        left: no receipt covers it, so it settles on the gateway's own count, where the ledger
-        takes charges without the provider's signature (`Billing.receiptless`); else it is released."""
+        """Charge `cost` (capped) for a stream's part delivered before the client left: no receipt
+        covers it, so only a ledger that takes the gateway's count settles it (`receiptless`)."""
         if not self._billing.receiptless:
             self.release()
             return 0
@@ -221,8 +220,7 @@ class Billing:
                 log.exception("billing flush failed; will retry")
 
     @property
-    def settling(self) -> bool:
-        """A settlement is being written (other ledger writes wait for it: settlement_keys.py)."""
+    def settling(self) -> bool:  # a settlement is being written (others wait for it: settlement_keys.py)
         return self._flush_lock.locked() or self._unsent is not None
 
     def _key(self, kind: str, client: str) -> str:

@@ -236,6 +236,8 @@ async def _stream(gw: Gateway, request: Request, call: Call, chat: bool, include
                 yield head + JSON_ENCODER.encode(text) + tail
             done = opened.done
             assert done is not None
+            # Charged before anything else is sent: a client leaving now has had the whole answer.
+            cost = call.charge(gw, hold, opened.session, done, opened.answer_payload, opened.answer_text)
             finish = done.receipt.finish_reason or "stop"
             last = (openai_api.chat_chunk(rid, model, created, {}, finish) if chat
                     else openai_api.completion_chunk(rid, model, created, "", finish))
@@ -243,7 +245,6 @@ async def _stream(gw: Gateway, request: Request, call: Call, chat: bool, include
                 # The client saw one stream; say that several providers produced it.
                 last["gpupool"] = {"continued": opened.continued, "providers": opened.providers}
             yield sse(last)
-            cost = call.charge(gw, hold, opened.session, done, opened.answer_payload, opened.answer_text)
             if include_usage:
                 u = done.receipt.usage
                 yield sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",

@@ -193,8 +193,8 @@ async def _embed(gw: Gateway, request: Request, call: Call, body: openai_api.Emb
 async def chat(gw: Gateway, request: Request) -> Response:
     key = await gw.client_key(request)
     body = openai_api.parse(openai_api.ChatCompletionRequest, await request.body())
+    serving = await _serving(gw, request, body.model)  # first: after a restart's wait the model's task is known
     check_task(gw.hub, body.model, "generate")
-    serving = await _serving(gw, request, body.model)
     payload = body.payload(DEFAULT_MAX_TOKENS, gw.quotas.model_limits(body.model, serving))
     return await _admit_generation(gw, request, key, body, "chat", payload, serving, "chatcmpl-")
 
@@ -202,8 +202,8 @@ async def chat(gw: Gateway, request: Request) -> Response:
 async def completions(gw: Gateway, request: Request) -> Response:
     key = await gw.client_key(request)
     body = openai_api.parse(openai_api.CompletionRequest, await request.body())
+    serving = await _serving(gw, request, body.model)  # first: after a restart's wait the model's task is known
     check_task(gw.hub, body.model, "generate")
-    serving = await _serving(gw, request, body.model)
     payload = body.payload(gw.quotas.model_limits(body.model, serving))
     return await _admit_generation(gw, request, key, body, "completions", payload, serving, "cmpl-")
 

@@ -53,6 +53,7 @@ from gpupool.routing.speed import hardware_speed, pool_prior
 
 
 PRIOR_REFRESH_S = 2.0
+PRIOR_SOON_S = 0.25  # how soon after a provider's first measurement the prior is refreshed
 # Past this many speed/breaker records, those of providers not connected are dropped.
 MAX_ROUTER_RECORDS = 10_000
 
@@ -305,7 +306,9 @@ class LiveRouter:
         prev = rec.speed.get(model)
         rec.speed[model] = observe(prev, sample, now)
         if prev is None or prev.samples == 0:
-            self._prior_at = 0.0  # a newly measured provider: refresh the pool prior now
+            # A newly measured provider: refresh the pool prior soon. Not at once: in a big pool
+            # nearly every request meets a new provider, and the refresh reads every record.
+            self._prior_at = min(self._prior_at, now - PRIOR_REFRESH_S + PRIOR_SOON_S)
 
     def on_failure(self, session: ProviderSession, request_id: str, reason: str, *, counts: bool = True) -> None:
         """A failed try; `counts=False` for load-related refusals that say nothing about health."""

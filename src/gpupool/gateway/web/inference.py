@@ -47,7 +47,7 @@ from gpupool.routing.options import RouteOptions
 DEFAULT_MAX_TOKENS = 256
 MAX_EMBEDDING_INPUTS = 2048
 P = TypeVar("P", bound=Payload)
-JSON_BACKENDS = ("ocr", "upstream")  # backends that honour response_format json_object
+JSON_BACKENDS = ("ocr",)  # backends that honour response_format json_object (audits compare its JSON)
 
 
 @dataclass(slots=True)
@@ -138,7 +138,7 @@ def check_json_mode(gw: Gateway, model: str, serving: list[ProviderSession], pay
         offers = _offers(gw, model, serving)
         if offers and not all(o.backend in JSON_BACKENDS for o in offers):
             raise errors.InvalidRequest(f"response_format: model {model!r} answers in plain text only "
-                                        "(json_object is honoured by the ocr and upstream backends)",
+                                        "(json_object is honoured by the ocr backend)",
                                         param="response_format", code="unsupported_parameter")
 
 

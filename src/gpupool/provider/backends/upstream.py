@@ -14,7 +14,7 @@ e.g. `--serve llama3=upstream:http://127.0.0.1:11434/v1?model=llama3.1:8b`,
 
 Images travel in OpenAI's shapes, as data URLs: a chat message's images become `image_url`
 parts between its text parts (at the offsets the client placed them), an embedding input
-that is an image becomes its data URL. `response_format` json_object is passed on.
+that is an image becomes its data URL.
 """
 
 from __future__ import annotations
@@ -131,8 +131,6 @@ class UpstreamBackend(Backend):
             body["seed"] = payload.seed
         if payload.stop:
             body["stop"] = payload.stop
-        if payload.response_format == "json_object":
-            body["response_format"] = {"type": "json_object"}
         if payload.messages:
             path = "/chat/completions"
             body["messages"] = [openai_message(m) for m in payload.messages]

@@ -211,6 +211,8 @@ def test_models_and_market_say_what_each_model_reads(net: tuple[Network, list[in
     market = {m["model"]: m for m in raw(network, "GET", "/v1/market").json()["data"]}
     assert market["tiny-clip"]["accepts"] == ["text", "image"] and market["echo"]["accepts"] == ["text"]
     assert market["tiny-clip"]["price_image"] == {"min": IMAGE_PRICE, "max": IMAGE_PRICE}
+    offered = {m["name"]: m for p in raw(network, "GET", "/v1/providers").json()["data"] for m in p["models"]}
+    assert offered["ocr"]["accepts"] == ["text", "image"] and offered["ocr"]["price_image"] == IMAGE_PRICE
 
 
 def test_images_are_priced_held_charged_and_shown(net: tuple[Network, list[int]]) -> None:

@@ -85,7 +85,9 @@ def test_upstream_passes_images_through_to_a_vision_engine(tmp_path: Path, engin
         net.start_provider([f"vlm=upstream:{engine}?model=vlm&accepts=image",
                             f"vemb=upstream:{engine}?task=embeddings&accepts=image",
                             f"plain=upstream:{engine}?model=vlm"])
-        net.wait_for_models({"vlm": 1, "vemb": 1, "plain": 1}, timeout=60)
+        # The same model from a second provider whose engine reads text only (its offer says so).
+        net.start_provider([f"vlm=upstream:{engine}?model=text-only"])
+        net.wait_for_models({"vlm": 2, "vemb": 1, "plain": 1}, timeout=60)
         client = client_for(net)
         models = {m.id: m for m in client.models.list().data}
         assert models["vlm"].gpupool["accepts"] == ["text", "image"]  # type: ignore[attr-defined]
@@ -101,6 +103,11 @@ def test_upstream_passes_images_through_to_a_vision_engine(tmp_path: Path, engin
         assert sent["messages"] == [{"role": "user", "content": [
             {"type": "text", "text": "What is "}, {"type": "image_url", "image_url": {"url": url}},
             {"type": "text", "text": " about?"}]}]
+
+        for _ in range(6):  # requests with images go only to the provider whose offer reads them
+            client.chat.completions.create(model="vlm", messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}])
+        assert {r["model"] for r in Engine.received[-6:]} == {"vlm"}
 
         client.embeddings.create(model="vemb", input=["red", url])
         assert Engine.received[-1]["input"] == ["red", url]

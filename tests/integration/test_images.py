@@ -15,6 +15,8 @@ import json
 import math
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -213,6 +215,10 @@ def test_models_and_market_say_what_each_model_reads(net: tuple[Network, list[in
     assert market["tiny-clip"]["price_image"] == {"min": IMAGE_PRICE, "max": IMAGE_PRICE}
     offered = {m["name"]: m for p in raw(network, "GET", "/v1/providers").json()["data"] for m in p["models"]}
     assert offered["ocr"]["accepts"] == ["text", "image"] and offered["ocr"]["price_image"] == IMAGE_PRICE
+    shown = subprocess.run([sys.executable, "-m", "gpupool", "market", "--gateway", network.gateway_url],
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    row = next(line.split() for line in shown.splitlines() if line.startswith("tiny-clip "))
+    assert f"{IMAGE_PRICE:,}" in row and "text+image" in row, shown
 
 
 def test_images_are_priced_held_charged_and_shown(net: tuple[Network, list[int]]) -> None:

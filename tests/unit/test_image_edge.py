@@ -109,3 +109,19 @@ def test_market_says_what_a_model_accepts() -> None:
     assert row["accepts"] == ["text", "image"] and row["price_image"] == {"min": 500, "max": 500}
     row = summarize([listing("b", ())])[0]
     assert row["accepts"] == ["text"] and row["price_image"] is None
+
+
+def test_base64_in_chunks_decodes_as_one_call_would() -> None:
+    """Big data URLs are decoded a chunk at a time (the event loop runs between chunks): the same
+    bytes, and the same refusals, as one strict call."""
+    import os
+
+    for n in (0, 1, 2, 3, images.B64_CHUNK // 4 * 3, images.B64_CHUNK + 5, 3 * images.B64_CHUNK + 1):
+        data = os.urandom(n)
+        assert images._b64decode(base64.b64encode(data).decode()) == data
+    good = base64.b64encode(os.urandom(images.B64_CHUNK)).decode()
+    for bad in (good[:-1], good[:images.B64_CHUNK - 2] + "==" + good[images.B64_CHUNK:], good[:100] + "@" + good[101:]):
+        with pytest.raises(ValueError):
+            base64.b64decode(bad, validate=True)
+        with pytest.raises(ValueError):
+            images._b64decode(bad)

@@ -29,6 +29,7 @@ from gpupool.gateway.money.billing import Billing
 from gpupool.gateway.money.metering import Metering
 from gpupool.gateway.money.quota import Quotas
 from gpupool.gateway.peers.hub import Hub
+from gpupool.gateway.registry import Registry
 from gpupool.gateway.store import Retention, Store
 from gpupool.gateway.trust.audits import Auditor
 from gpupool.gateway.trust.canaries import Canaries
@@ -64,6 +65,7 @@ class Gateway:
     holdback: HoldBack  # refused answers held back from clients that flood or ignore Retry-After
     anonymous: AnonymousLimit  # keyless requests and failed keys: a rate per client address
     metrics: GatewayMetrics  # Prometheus (/metrics) and /v1/stats
+    registry: Registry  # the network's other gateways (GET /v1/gateways)
 
     @classmethod
     def build(cls, settings: GatewaySettings, store: Store, identity: Identity, ledger: Ledger) -> Gateway:
@@ -116,7 +118,8 @@ class Gateway:
                  quotas, client_key, metering, Fallbacks(settings, billing, store),
                  BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger), client_key), holdback,
                  AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback),
-                 GatewayMetrics(hub.known_models))
+                 GatewayMetrics(hub.known_models),
+                 Registry(store.engine, identity.node_id, settings.public_url, settings.region, settings.peer_gateways))
         gw.metrics.registry.register(LiveCollector(gw.metrics, gw))
         return gw
 
@@ -127,8 +130,10 @@ class Gateway:
         await self.billing.start([k["account"] for k in await self.store.list_keys()])
         self.canaries.start()
         await self.batches.start()
+        await self.registry.start()
 
     async def close(self) -> None:
+        await self.registry.close()  # leaves the list first: providers stop choosing it
         await self.batches.close()  # before billing closes: its last charges settle with the rest
         await self.canaries.close()
         try:
@@ -138,6 +143,7 @@ class Gateway:
         await self.hub.close_all()
         await self.hardware_checks.close()
         await self.fallbacks.close()
+        await self.quotas.close()
         await self.store.close()
         await self.ledger.close()
 

@@ -81,6 +81,7 @@ def within(admitted: list[float], start: float, seconds: float) -> int:
 def two_gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Network, Network]]:
     if not pg_available():
         pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    pytest.importorskip("limits", reason="the limits package (a dependency since --redis-url) is not installed")
     if not redis_available():
         pytest.skip(f"Redis not reachable at {REDIS_URL}")
     home = tmp_path_factory.mktemp("gateways")

@@ -84,6 +84,7 @@ class SharedRates:
     """The network-wide counters of per-key rates: a thin adapter over `limits` on Redis."""
 
     def __init__(self, url: str, burst_s: float):
+        # Imported here: a gateway without --redis-url never loads the Redis client.
         from limits.aio.storage import RedisStorage
         from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 

@@ -10,6 +10,7 @@ gateway's start with one line.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -43,7 +44,8 @@ def redis_available() -> bool:
 
 def flood(clients: list[openai.OpenAI], seconds: float, threads: int = 6) -> list[float]:
     """Send echo chats round-robin over `clients` from a few threads for `seconds`; the times of
-    the answers that were admitted (a 429 is counted out; any other error fails the test)."""
+    the answers that were admitted (a 429 waits as it says and is counted out; any other error
+    fails the test)."""
     admitted: list[float] = []
     errors: list[BaseException] = []
     stop = time.monotonic() + seconds
@@ -58,8 +60,13 @@ def flood(clients: list[openai.OpenAI], seconds: float, threads: int = 6) -> lis
                                                max_tokens=4)
                 admitted.append(time.monotonic())
             except openai.RateLimitError as exc:
-                assert exc.status_code == 429
-                time.sleep(0.01)
+                # A client that waits as told (the message's "try again in 1.9s"; the
+                # Retry-After header holds whole seconds): one that does not is held back.
+                wait = re.search(r"(?:try again in|wait) ([0-9.]+)s", str(exc))
+                if exc.status_code != 429 or not wait:
+                    errors.append(exc)
+                    return
+                time.sleep(min(float(wait.group(1)), 2.0))
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
                 return
@@ -135,10 +142,12 @@ def test_one_gateway_without_redis_still_enforces_a_keys_rpm(network: Network) -
     network.start_gateway(extra=["--key-rpm", "600", "--rate-burst-s", "2"])
     network.start_provider(["echo=echo:chat"], max_concurrency=16)
     network.wait_for_models({"echo": 1}, timeout=60)
-    admitted = flood([client_for(network)], seconds=3.5, threads=12)
-    # A token bucket of 20 (2 s of 10 a second), then 10 a second: 20 + 30 in 3 s.
+    admitted = flood([client_for(network)], seconds=3.5, threads=1)  # one client: never early
+    # A token bucket of 20 (2 s of 10 a second), then 10 a second: at most 20 + 30 in 3 s.
+    # Fewer when the client came back early (the gateway's 429 says "0.0s" for 40 ms; an
+    # early retry is held back a second): the limit is the upper bound.
     got = within(admitted, admitted[0], 3.0)
-    assert abs(got - 50) <= 5, f"{got} requests admitted in 3 s, limit 50"
+    assert 35 <= got <= 55, f"{got} requests admitted in 3 s, limit 50"
     assert httpx.get(network.gateway_url + "/v1/gateways", timeout=5).json()["data"][0]["self"] is True
 
 

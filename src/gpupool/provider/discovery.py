@@ -7,7 +7,8 @@ A provider is told one gateway (or a few); behind a load balancer the network ma
 many. Each round reads `GET /v1/gateways` from the gateways it is connected to, measures
 the round-trip time to each gateway listed that it is not connected to (the best of a
 few `GET /healthz`), and connects to the nearest until it holds `--gateways-max` links
-(`choose`, a pure policy). Gateways it was told (`--gateway`) are always kept; a learned
+(`choose`, a pure policy). While nothing changes, rounds grow further apart (up to an
+hour), so a large, stable network is not polled every minute by every provider. Gateways it was told (`--gateway`) are always kept; a learned
 one that is no longer listed anywhere and has lost its connection is dropped, which
 makes room for another. Unreachable gateways are never chosen.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 import time
 from collections.abc import Iterable
@@ -34,6 +36,7 @@ RTT_PROBES = 3
 PROBE_TIMEOUT_S = 2.0
 MAX_CANDIDATES = 32  # gateways probed per round, whatever a list says
 FIRST_ROUND_S = 1.0  # the first round soon after start: the first links need a moment to connect
+QUIET_MAX_S = 3600.0  # the longest wait between rounds while nothing changes
 
 
 class LinkingNode(Protocol):
@@ -66,38 +69,49 @@ class Discovery:
         self.told = {base_url(u) for u in self.settings.gateways}
         ca = self.settings.ca_cert
         self._verify: ssl.SSLContext | bool = client_context(ca) if ca else True
+        self._last_listed: set[str] = set()
 
     async def run(self) -> None:
-        await asyncio.sleep(FIRST_ROUND_S)
+        await asyncio.sleep(FIRST_ROUND_S * random.uniform(1.0, 2.0))
+        wait = self.settings.gateway_discovery_s
         while not self.node.draining:
             try:
-                await self.round()
+                changed = await self.round()
             except Exception:  # noqa: BLE001 - a bad list or a network blip: the links stay, try later
                 log.warning("gateway discovery failed; trying again later", exc_info=True)
-            await asyncio.sleep(self.settings.gateway_discovery_s)
+                changed = False
+            # A network that stays the same is read less and less often (10,000 providers
+            # asking every minute would be a steady load on the gateways); a change starts over.
+            wait = self.settings.gateway_discovery_s if changed else min(wait * 2, QUIET_MAX_S)
+            await asyncio.sleep(wait * random.uniform(0.75, 1.25))
 
-    async def round(self) -> None:
+    async def round(self) -> bool:
+        """One look at the lists; True when this provider's gateways or the lists changed."""
         links = self.node.links
         have = {base_url(link.url): link for link in links}
         known_ids = {link.gateway_id for link in links if link.gateway_id}
         async with httpx.AsyncClient(verify=self._verify, timeout=PROBE_TIMEOUT_S) as client:
             listed = await self._listed(client, [u for u, link in have.items() if link.connected])
+            changed, self._last_listed = set(listed) != self._last_listed, set(listed)
             # Learned links whose gateway left every list and whose connection is gone make room.
             for url, link in have.items():
                 if url not in self.told and url not in listed and not link.connected:
                     log.info("gateway %s is no longer listed: leaving it", url)
                     self.node.drop_link(link)
                     del have[url]
+                    changed = True
                     break  # `have` changed: the rest next round
             room = self.settings.gateways_max - len(have)
             if room <= 0:
-                return
+                return changed
             candidates = [u for u, node_id in listed.items() if u not in have and node_id not in known_ids]
             rtts = dict(zip(candidates, await asyncio.gather(*(self._rtt(client, u) for u in
                                                                candidates[:MAX_CANDIDATES]))))
-        for url in choose(rtts, room):
+        chosen = choose(rtts, room)
+        for url in chosen:
             log.info("connecting to gateway %s too (listed by a peer; RTT %.1f ms)", url, 1000 * (rtts[url] or 0))
             self.node.add_link(url)
+        return changed or bool(chosen)
 
     async def _listed(self, client: httpx.AsyncClient, urls: Iterable[str]) -> dict[str, str]:
         """Every gateway the connected ones list: base URL -> node id ("" when not known)."""

@@ -94,8 +94,10 @@ class Quotas:
             return  # fail open: this one passes; the next ones meet this gateway's own buckets
         if refusal is not None:
             self.refused[refusal.reason] = self.refused.get(refusal.reason, 0) + 1
+            early = self.limiter.refused_elsewhere(key, refusal.retry_after_s, time.monotonic())
             raise errors.RateLimited(f"Rate limit reached for this key on {refusal.message}. Please try again in "
-                                     f"{refusal.retry_after_s:.1f}s.", retry_after_s=refusal.retry_after_s)
+                                     f"{refusal.retry_after_s:.2f}s.", retry_after_s=refusal.retry_after_s,
+                                     hold_s=EARLY_RETRY_HOLD_S if early else 0.0)
 
     def model_limits(self, model: str, serving: Sequence[ProviderSession]) -> ModelLimits | None:
         """The largest completion and prompt the model's live providers offer (None: nobody serves it).

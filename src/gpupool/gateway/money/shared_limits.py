@@ -152,7 +152,8 @@ class SharedRates:
 
 
 def _retry_after(reset_time: float) -> float:
-    return round(max(0.1, reset_time - time.time()), 2)
+    # Rounded up: a client waiting exactly this long is never early (early ones are held back).
+    return max(0.01, math.ceil((reset_time - time.time()) * 100) / 100)
 
 
 async def check_redis(url: str) -> None:

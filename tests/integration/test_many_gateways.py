@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -30,16 +32,22 @@ from tests.redteam import child_env
 REDIS_URL = os.environ.get("GPUPOOL_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
-def redis_available() -> bool:
-    import socket
-
-    host, port = REDIS_URL.split("://", 1)[1].split("/")[0].split(":")
+def redis_answers(address: str | tuple[str, int]) -> bool:
+    """A PING over TCP (host, port) or a unix socket path."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
     try:
-        with socket.create_connection((host, int(port)), timeout=2) as s:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            s.connect(address)
             s.sendall(b"PING\r\n")
             return s.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def redis_available() -> bool:
+    host, port = REDIS_URL.split("://", 1)[1].split("/")[0].split(":")
+    return redis_answers((host, int(port)))
 
 
 def flood(clients: list[openai.OpenAI], seconds: float, threads: int = 6) -> list[float]:
@@ -159,3 +167,29 @@ def test_an_unreachable_redis_stops_the_start_with_one_line(tmp_path: Path) -> N
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in lines[0], out.stderr
+
+
+def test_redis_failing_at_run_time_falls_back_to_per_gateway_limits(network: Network, tmp_path: Path) -> None:
+    pytest.importorskip("limits", reason="the limits package (a dependency since --redis-url) is not installed")
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server not installed")
+    sock = str(tmp_path / "redis.sock")  # a Redis of its own, to stop: on a unix socket, no port to pick
+    redis = subprocess.Popen([server, "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no",
+                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: redis_answers(sock), "the test's own redis-server", 20)
+        network.start_gateway(extra=["--redis-url", f"unix://{sock}", "--key-rpm", "600",
+                                     "--rate-burst-s", "2"])
+        network.start_provider(["echo=echo:chat"], max_concurrency=16)
+        network.wait_for_models({"echo": 1}, timeout=60)
+        # Redis counts: its moving window holds 20 in 2 s (the gateway's own buckets would allow 20 + 19).
+        assert len(flood([client_for(network)], seconds=1.9, threads=1)) == 20
+    finally:
+        redis.kill()
+        redis.wait()
+    # Redis gone: requests are still answered (fail open), and the gateway's own buckets
+    # (20 at once, then 10 a second) limit the key instead.
+    admitted = flood([client_for(network)], seconds=2.5, threads=1)
+    assert 10 <= within(admitted, admitted[0], 2.0) <= 42
+    assert "per-key limits are counted by each gateway alone" in network.gateway.log_tail(50)  # type: ignore[union-attr]

@@ -7,7 +7,7 @@ Three gateways share one PostgreSQL (keys, money, the gateway registry); one pro
 (echo backend) is told gateway 1 only and finds the other two through `GET /v1/gateways`
 (the join time is reported). One API key, limited to --rpm by every gateway's
 `--key-rpm`, floods all three round-robin from --threads client threads for --seconds,
-in two modes, each on fresh gateways:
+waiting after each 429 as long as it says, in two modes, each on fresh gateways:
 
 - `per-gateway` (the baseline, no Redis): each gateway counts the key alone, so the
   network admits about replicas × rpm;
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import tempfile
 import threading
@@ -79,8 +80,11 @@ def flood(urls: list[str], key: str, seconds: float, threads: int) -> tuple[list
                 if r.status_code == 200:
                     admitted.append(time.monotonic())
                 elif r.status_code == 429:
+                    # Waits as told ("try again in 1.93s"; the header holds whole seconds): a
+                    # client coming back early has its 429s held back a second by the gateway.
                     refused[0] += 1
-                    time.sleep(0.02)
+                    told = re.search(r"(?:try again in|wait) ([0-9.]+)s", r.text)
+                    time.sleep(min(float(told.group(1)), 5.0) if told else 0.05)
                 else:
                     other.append(f"{r.status_code} {r.text[:120]}")
                     time.sleep(0.1)

@@ -61,8 +61,13 @@ class Registry:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(_Base.metadata.create_all)
+        try:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(_Base.metadata.create_all)
+        except Exception:  # noqa: BLE001 - two replicas creating the table at once: one loses, it exists now
+            await asyncio.sleep(0.5)
+            async with self.engine.begin() as conn:
+                await conn.run_sync(_Base.metadata.create_all)
         await self.beat()  # listed before the first provider asks
         self._task = asyncio.create_task(self._loop(), name="gateway-registry")
 

@@ -84,14 +84,19 @@ class SharedRates:
     """The network-wide counters of per-key rates: a thin adapter over `limits` on Redis."""
 
     def __init__(self, url: str, burst_s: float):
+        uri = check_url(url)  # a wrong URL says so first
         # Imported here: a gateway without --redis-url never loads the Redis client.
-        from limits.aio.storage import RedisStorage
-        from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+        try:
+            from limits.aio.storage import RedisStorage
+            from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+        except ImportError as exc:
+            raise errors.StartupError(f"--redis-url needs the packages limits and redis ({exc}); reinstall "
+                                      "gpupool") from None
 
         self.url = url
         self.burst_s = burst_s
         # redis-py's asyncio client (a core dependency), not coredis; errors come wrapped as StorageError.
-        self.storage = RedisStorage(check_url(url), implementation="redispy", wrap_exceptions=True,
+        self.storage = RedisStorage(uri, implementation="redispy", wrap_exceptions=True,
                                     key_prefix=KEY_PREFIX, socket_timeout=TIMEOUT_S,
                                     socket_connect_timeout=TIMEOUT_S)
         self.requests = MovingWindowRateLimiter(self.storage)

@@ -194,7 +194,8 @@ def test_redis_failing_at_run_time_falls_back_to_per_gateway_limits(network: Net
         network.start_provider(["echo=echo:chat"], max_concurrency=16)
         network.wait_for_models({"echo": 1}, timeout=60)
         # Redis counts: its moving window holds 20 in 2 s (the gateway's own buckets would allow 20 + 19).
-        assert len(flood([client_for(network)], seconds=1.9, threads=1)) == 20
+        assert 10 <= len(flood([client_for(network)], seconds=1.9, threads=3)) <= 20
+        assert "counted by each gateway alone" not in network.gateway.log_tail(50)  # type: ignore[union-attr]
     finally:
         redis.kill()
         redis.wait()

@@ -5,8 +5,8 @@
 
 One `GatewayLink` (provider/gateway_link.py) per gateway URL keeps a WebSocket
 open with exponential backoff and jitter between attempts; more gateways, learned from
-the ones it was told, are added up to `--gateways-max` (provider/discovery.py). All links share one `Admission`, so the provider's
-concurrency limit holds across gateways. On drain the provider tells every
+the ones it was told, are added up to `--gateways-max` (provider/discovery.py). All
+links share one `Admission`, so the provider's concurrency limit holds across gateways. On drain the provider tells every
 gateway, refuses new work (retryable, so gateways move it elsewhere), finishes
 what is in flight, then leaves.
 """

@@ -8,9 +8,10 @@ many. Each round reads `GET /v1/gateways` from the gateways it is connected to, 
 the round-trip time to each gateway listed that it is not connected to (the best of a
 few `GET /healthz`), and connects to the nearest until it holds `--gateways-max` links
 (`choose`, a pure policy). While nothing changes, rounds grow further apart (up to an
-hour), so a large, stable network is not polled every minute by every provider. Gateways it was told (`--gateway`) are always kept; a learned
-one that is no longer listed anywhere and has lost its connection is dropped, which
-makes room for another. Unreachable gateways are never chosen.
+hour), so a large, stable network is not polled every minute by every provider.
+Gateways it was told (`--gateway`) are always kept; a learned one that is no longer
+listed anywhere and has lost its connection is dropped, which makes room for another.
+Unreachable gateways are never chosen.
 """
 
 from __future__ import annotations

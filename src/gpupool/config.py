@@ -142,6 +142,17 @@ class GatewaySettings:
     batch_max_file_bytes: int = _opt(100 * 1024 * 1024, "largest batch input file accepted by POST /v1/files "
                                      "(other requests keep --max-body-bytes)")
     batch_reserve_slots: int = _opt(1, "slots per provider that batch work leaves free for interactive requests")
+    redis_url: str = _opt("", "count each key's requests and tokens per minute across all the network's gateways "
+                          "in this Redis (redis://HOST:PORT/DB); empty: each gateway counts alone. Unreachable at "
+                          "start: the gateway does not start; failing later: each gateway counts alone until it "
+                          "answers again (docs/operations.md)")
+    public_url: str = _opt("", "the URL providers and other gateways reach this gateway at (listed by GET "
+                           "/v1/gateways and registered in the shared database; default: the address it "
+                           "listens on)")
+    region: str = _opt("", "region label GET /v1/gateways lists for this gateway")
+    peer_gateways: list[str] = _opt(help="URL of another gateway of this network, listed by GET /v1/gateways "
+                                    "(providers learn it there); repeat. Gateways sharing a database also find "
+                                    "each other there", flag="peer-gateway", factory=list)
 
     def db_url(self) -> str:
         return self.db or f"sqlite+aiosqlite:///{default_home() / 'gateway.db'}"
@@ -172,6 +183,9 @@ class ProviderSettings:
                                           "never has one of them audit another")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, time to finish in-flight work before leaving")
     reconnect_max_s: float = _opt(30.0, "longest wait between reconnection attempts")
+    gateways_max: int = _opt(3, "connect to at most this many gateways: every --gateway, then the nearest by "
+                             "measured RTT of the others they list at GET /v1/gateways (0: only --gateway)")
+    gateway_discovery_s: float = _opt(60.0, "how often the gateways' lists of their peers are read again")
     settlement_key_file: Path = _opt(help="secp256k1 key that signs receipts for gateways settling on an EVM "
                                      "ledger (created when first needed)",
                                      factory=lambda: default_home() / "settlement.key")

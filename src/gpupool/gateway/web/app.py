@@ -60,6 +60,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     app = Starlette(
         routes=[
             route("/healthz", client_api.healthz),
+            route("/v1/gateways", client_api.gateways),
             route("/v1/models", client_api.list_models),
             route("/v1/embeddings", inference.embeddings, ["POST"]),
             route("/v1/chat/completions", inference.chat, ["POST"]),

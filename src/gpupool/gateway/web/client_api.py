@@ -1,6 +1,8 @@
 """What clients and providers read about the network and their own account.
 
 - `GET /healthz`: up, version, providers connected, models served.
+- `GET /v1/gateways`: this gateway and its peers (URL, region), from the shared database and
+  `--peer-gateway` (gateway/registry.py); providers connect to the nearest few.
 - `GET /v1/models` (key): the models served now, OpenAI's list shape plus a `gpupool` object.
 - `GET /v1/market`: per model, prices, providers, regions, speed and load (market/summary.py).
 - `GET /v1/account` (key): balance, holds, recent charges (paged like OpenAI's lists).
@@ -19,6 +21,10 @@ from gpupool.gateway.money.billing import charge_view
 from gpupool.gateway.web.context import Gateway
 from gpupool.ledger import postings
 from gpupool.market.summary import Listing, accepted, regions_of, summarize
+
+
+async def gateways(gw: Gateway, _request: Request) -> JSON:
+    return JSON({"object": "list", "data": gw.gateways.listing()})
 
 
 async def healthz(gw: Gateway, _request: Request) -> JSON:

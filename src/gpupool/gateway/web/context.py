@@ -30,6 +30,7 @@ from gpupool.gateway.money.metering import Metering
 from gpupool.gateway.money.quota import Quotas
 from gpupool.gateway.money.settlement_keys import SettlementKeys
 from gpupool.gateway.peers.hub import Hub
+from gpupool.gateway.registry import Registry
 from gpupool.gateway.store import Retention, Store
 from gpupool.gateway.trust.audits import Auditor
 from gpupool.gateway.trust.canaries import Canaries
@@ -65,6 +66,7 @@ class Gateway:
     holdback: HoldBack  # refused answers held back from clients that flood or ignore Retry-After
     anonymous: AnonymousLimit  # keyless requests and failed keys: a rate per client address
     metrics: GatewayMetrics  # Prometheus (/metrics) and /v1/stats
+    gateways: Registry  # this gateway and its peers in the network (GET /v1/gateways)
     settlement_keys: SettlementKeys | None = None  # EVM ledger: registers providers' keys, after settlement
 
     @classmethod
@@ -121,7 +123,9 @@ class Gateway:
                  quotas, client_key, metering, Fallbacks(settings, billing, store),
                  BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger), client_key), holdback,
                  AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback),
-                 GatewayMetrics(hub.known_models), settlement_keys)
+                 GatewayMetrics(hub.known_models),
+                 Registry(store.engine, identity.node_id, settings.public_url, settings.region, settings.peer_gateways),
+                 settlement_keys)
         gw.metrics.registry.register(LiveCollector(gw.metrics, gw))
         return gw
 
@@ -136,8 +140,10 @@ class Gateway:
         await self.billing.start([k["account"] for k in await self.store.list_keys()])
         self.canaries.start()
         await self.batches.start()
+        await self.gateways.start()
 
     async def close(self) -> None:
+        await self.gateways.close()  # leaves the list first: providers stop choosing it
         if self.settlement_keys is not None:
             await self.settlement_keys.close()
         await self.batches.close()  # before billing closes: its last charges settle with the rest
@@ -149,5 +155,6 @@ class Gateway:
         await self.hub.close_all()
         await self.hardware_checks.close()
         await self.fallbacks.close()
+        await self.quotas.close()
         await self.store.close()
         await self.ledger.close()

@@ -7,13 +7,16 @@
 and no output beyond half of max_tokens; `typical`: the median provider's price, same
 tokens; `high`: the most any item can be charged (the hold bound: the dearest
 provider, a token per input byte, every output token allowed) — a cost cap at `high`
-never stops the batch. Prices include the gateway fee (providers are paid the rest).
+never stops the batch. An image counts `policy.IMAGE_INPUT_TOKENS` input tokens in
+`high` and about 64 in the others (`policy.IMAGE_COST_BYTES` of text). Prices include
+the gateway fee (providers are paid the rest).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from gpupool.batch.policy import IMAGE_COST_BYTES, IMAGE_INPUT_TOKENS
 from gpupool.gateway.batches.validate import DEFAULT_MAX_TOKENS, Item
 from gpupool.market import pricing
 
@@ -22,12 +25,14 @@ BYTES_PER_TOKEN = 4  # English text in common tokenizers; only an estimate, char
 
 def estimate(model: str, endpoint: str, items: list[Item], prices: list[pricing.Price],
              fee_bps: int) -> dict[str, Any]:
-    tokens_typ = sum(it.text_bytes // BYTES_PER_TOKEN + 1 for it in items)
-    tokens_max = sum(pricing.input_token_bound(it.text_bytes, it.weight) for it in items)
+    tokens_typ = sum((it.text_bytes + it.images * IMAGE_COST_BYTES) // BYTES_PER_TOKEN + 1 for it in items)
+    tokens_max = sum(pricing.input_token_bound(it.text_bytes, it.weight) + it.images * IMAGE_INPUT_TOKENS
+                     for it in items)
     out_max = 0 if endpoint == "/v1/embeddings" else sum(_max_tokens(it) for it in items)
     out_typ = out_max // 2
     body: dict[str, Any] = {"object": "gpupool.batch_estimate", "model": model, "endpoint": endpoint,
                             "requests": len(items), "inputs": sum(it.weight for it in items),
+                            "images": sum(it.images for it in items),
                             "input_tokens_estimate": tokens_typ, "output_tokens_max": out_max,
                             "providers": len(prices), "fee_bps": fee_bps}
     if not prices:

@@ -40,7 +40,8 @@ from gpupool.gateway.money.metering import Metering
 from gpupool.gateway.store import Store
 from gpupool.ledger import Ledger
 from gpupool.market import pricing
-from gpupool.protocol import EmbedPayload, Payload
+from gpupool.images import MAX_REQUEST_IMAGE_BYTES, ImageLimits
+from gpupool.protocol import EmbedPayload, Image, Payload
 
 log = logging.getLogger("gpupool.batch")
 
@@ -48,6 +49,9 @@ ENC = msgspec.json.Encoder()
 MAX_ITEM_ATTEMPTS = 3  # runs an item may take part in before it is written to the error file
 MAX_PROVIDERS_PER_RUN = 3  # providers one run tries (first plus retries elsewhere)
 SHARD_TIMEOUT_S = 600.0
+# The runner rebuilds requests from lines checked at upload with the operator's limits (which may
+# have changed since): it holds them only to what the wire carries.
+RUN_IMAGE_LIMITS = ImageLimits(max_bytes=MAX_REQUEST_IMAGE_BYTES, max_pixels=1 << 40, max_side=1 << 20)
 
 
 @dataclass
@@ -226,7 +230,7 @@ class Runner:
                 await self._close_exhausted(b)
                 return
             claimable -= len(items)
-            shard = _Shard.build(b, run_id, items)
+            shard = await asyncio.to_thread(_Shard.build, b, run_id, items)
             bound = self.metering.bound(self.dispatcher.router.serving(b.model), b.model, shard.tokens_in,
                                         shard.max_out)
             if not await self.bs.reserve_run(b.id, run_id, -(-bound // len(items)), b.max_cost, now):
@@ -421,24 +425,30 @@ class _Shard:
 
     @classmethod
     def build(cls, b: BatchRow, run_id: str, items: list[Claimed]) -> _Shard:
+        """The shard's one request; images are decoded from their data URLs again (checked when the
+        file was uploaded): call it off the event loop."""
         if b.endpoint == "/v1/embeddings":
             bodies: list[Any] = [openai_api.EmbeddingRequest.model_validate_json(c.body) for c in items]
             inputs: list[str] = []
+            images: list[Image] = []
             weights = []
             for body in bodies:
-                p = body.payload(1 << 20)
+                p = body.payload(1 << 20, images=RUN_IMAGE_LIMITS)
+                images += [msgspec.structs.replace(image, at=image.at + len(inputs)) for image in p.images]
                 inputs += p.inputs
-                weights.append(sum(len(x.encode()) for x in p.inputs))
-            payload: Payload = EmbedPayload(inputs=inputs)
-            return cls(run_id, items, payload, bodies, pricing.input_token_bound(sum(weights), len(inputs)), 0,
+                weights.append(sum(len(x.encode()) for x in p.inputs) + len(p.images) * policy.IMAGE_COST_BYTES)
+            payload: Payload = EmbedPayload(inputs=inputs, images=images)
+            tokens = pricing.input_token_bound(sum(len(x.encode()) for x in inputs), len(inputs))
+            return cls(run_id, items, payload, bodies, tokens + len(images) * policy.IMAGE_INPUT_TOKENS, 0,
                        weights)
         (c,) = items  # generation: one item per run
         if b.endpoint == "/v1/chat/completions":
             chat = openai_api.ChatCompletionRequest.model_validate_json(c.body)
-            gen = chat.payload(DEFAULT_MAX_TOKENS)
+            gen = chat.payload(DEFAULT_MAX_TOKENS, images=RUN_IMAGE_LIMITS)
             size = sum(len(m.content.encode()) for m in gen.messages)
-            return cls(run_id, items, gen, [chat], pricing.input_token_bound(size, len(gen.messages)),
-                       gen.max_tokens, [size])
+            n_images = sum(len(m.images) for m in gen.messages)
+            return cls(run_id, items, gen, [chat], pricing.input_token_bound(size, len(gen.messages))
+                       + n_images * policy.IMAGE_INPUT_TOKENS, gen.max_tokens, [size])
         comp = openai_api.CompletionRequest.model_validate_json(c.body)
         gen = comp.payload()
         size = len(gen.prompt.encode())

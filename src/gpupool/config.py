@@ -42,6 +42,10 @@ class GatewaySettings:
     key_file: Path = _opt(help="gateway identity key", factory=lambda: default_home() / "gateway.key")
     admin_token: str = _opt("", "bearer token for /admin/* (empty disables the admin API)")
     max_body_bytes: int = _opt(4 * 1024 * 1024, "largest accepted request body; larger gets 413")
+    image_max_bytes: int = _opt(3 * 1024 * 1024, "largest image (bytes, decoded from its data URL) a request may "
+                                "carry; the body with its images in base64 stays under --max-body-bytes")
+    image_max_pixels: int = _opt(16_777_216, "most pixels (width x height, read from the header) an image may "
+                                 "have; more is refused before any pixel is decoded (decompression bombs)")
     header_timeout_s: float = _opt(10.0, "a client must send a request's headers (or finish a WebSocket "
                                    "upgrade request) within this time, or the connection is closed")
     body_timeout_s: float = _opt(60.0, "a client must send a request's whole body within this time after its "

@@ -2,6 +2,7 @@
 
     media_type, data = parse_data_url("data:image/png;base64,...")  # the gateway's edge
     check_header(data, media_type, limits)    # size, type and pixel limits, header only
+    check_complete(data, media_type)          # truncation, from the file's structure (no pixels)
     rgb = decode_rgb(data, media_type, limits)   # a loaded PIL image in RGB (backends)
 
 Every failure is an `ImageError` (a ValueError) with a one-line message naming what is
@@ -108,6 +109,48 @@ def check_header(data: bytes, media_type: str, limits: ImageLimits = DEFAULT_LIM
     img = _open(data, media_type, limits)
     size: tuple[int, int] = img.size
     img.close()
+    return size
+
+
+def check_complete(data: bytes, media_type: str) -> None:
+    """Refuse a truncated file from its structure alone, decoding no pixels (the gateway's edge
+    checks every image once; only the provider that runs the model decodes it): a PNG's chunks
+    with their CRCs up to IEND, a JPEG's end-of-image marker, a WebP's RIFF length."""
+    if media_type == "image/png":
+        _check_png_chunks(data)
+    elif media_type == "image/jpeg":
+        # Some writers pad after the marker; anything cut before it lacks it.
+        if b"\xff\xd9" not in data[-64:].rstrip(b"\x00"):
+            raise ImageError("image is truncated or corrupt: the JPEG has no end-of-image marker")
+    elif media_type == "image/webp":
+        declared = int.from_bytes(data[4:8], "little") + 8 if len(data) >= 12 else -1
+        if len(data) < declared or declared < 12:
+            raise ImageError(f"image is truncated or corrupt: the WebP declares {declared} bytes, "
+                             f"{len(data)} were sent")
+
+
+def _check_png_chunks(data: bytes) -> None:
+    import zlib
+
+    at = 8
+    while at + 12 <= len(data):
+        length = int.from_bytes(data[at:at + 4], "big")
+        end = at + 12 + length
+        if end > len(data):
+            break
+        kind = data[at + 4:at + 8]
+        if zlib.crc32(data[at + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
+            raise ImageError(f"image is truncated or corrupt: PNG chunk {kind.decode('latin-1')!r} fails its CRC")
+        if kind == b"IEND":
+            return
+        at = end
+    raise ImageError("image is truncated or corrupt: the PNG ends before its IEND chunk")
+
+
+def check_image(data: bytes, media_type: str, limits: ImageLimits = DEFAULT_LIMITS) -> tuple[int, int]:
+    """(width, height) after every check that needs no pixels: `check_header`, then `check_complete`."""
+    size = check_header(data, media_type, limits)
+    check_complete(data, media_type)
     return size
 
 

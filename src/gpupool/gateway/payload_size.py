@@ -16,6 +16,13 @@ from gpupool.market.pricing import input_token_bound
 from gpupool.protocol import EmbedPayload, Payload
 
 
+def image_count(payload: Payload) -> int:
+    """How many images the request carries (each priced per image, beside its tokens)."""
+    if isinstance(payload, EmbedPayload):
+        return len(payload.images)
+    return sum(len(m.images) for m in payload.messages)
+
+
 @dataclass(frozen=True, slots=True)
 class PayloadSize:
     chars: int  # characters of input: every embedding input, or prompt + continuation + messages
@@ -23,15 +30,17 @@ class PayloadSize:
     items: int  # embedding inputs, or chat messages (each adds template tokens)
     max_output: int  # tokens the request may generate (0 for embeddings)
     embeddings: bool
+    images: int = 0  # images in the request (not in chars: their bytes are no text)
 
     @classmethod
     def of(cls, payload: Payload) -> PayloadSize:
         if isinstance(payload, EmbedPayload):
             texts = payload.inputs
-            return cls(sum(len(x) for x in texts), sum(len(x.encode()) for x in texts), len(texts), 0, True)
+            return cls(sum(len(x) for x in texts), sum(len(x.encode()) for x in texts), len(texts), 0, True,
+                       len(payload.images))
         texts = [payload.prompt, payload.continue_text, *(m.content for m in payload.messages)]
         return cls(sum(len(x) for x in texts), sum(len(x.encode()) for x in texts), len(payload.messages),
-                   payload.max_tokens, False)
+                   payload.max_tokens, False, image_count(payload))
 
     @property
     def tokens_estimate(self) -> int:

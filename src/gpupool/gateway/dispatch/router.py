@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from gpupool import errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway.dispatch.tries import Tries
-from gpupool.gateway.payload_size import PayloadSize
+from gpupool.gateway.edge.image_inputs import reads_images
+from gpupool.gateway.payload_size import PayloadSize, image_count
 from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.peers.session import ProviderSession
 from gpupool.protocol import Done, EmbedPayload, GeneratePayload, Payload
@@ -87,10 +88,13 @@ class LiveRouter:
         self._prior_at = 0.0
         self._pool_gflops = 0.0  # median verified GFLOP/s of connected providers; 0 = none proved
 
-    def serving(self, model: str) -> list[ProviderSession]:
-        """Who may take a request for `model` now: a request looks this up once, at its start."""
+    def serving(self, model: str, images: bool = False) -> list[ProviderSession]:
+        """Who may take a request for `model` now: a request looks this up once, at its start.
+        `images`: only providers whose offer reads images (one from before images ignores them)."""
         trust = self.trust
         live = [s for s in self.hub.offering(model) if not trust.is_suspended(s.node_id)]
+        if images:
+            live = [s for s in live if reads_images(s.models[model])]
         ready = [s for s in live if not trust.is_held_back(s.node_id)]
         return ready or live
 
@@ -156,7 +160,8 @@ class LiveRouter:
                serving: list[ProviderSession] | None = None) -> ProviderSession:
         """`serving`: the request's serving set, looked up once at its start (`serving(model)`); a
         retry looks again, since the pool may have changed since."""
-        sessions = serving if serving is not None and not tries.tried else self.serving(model)
+        sessions = (serving if serving is not None and not tries.tried
+                    else self.serving(model, images=image_count(payload) > 0))
         if not sessions and not tries.tried:
             if model in self.hub.known_models:
                 raise errors.NoProvider(f"no provider is serving {model!r} right now; retry later")

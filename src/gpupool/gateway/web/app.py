@@ -82,5 +82,6 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         lifespan=lifespan,
     )
     body_limit = BodyLimit(app, settings.max_body_bytes,
-                           lambda path: openai_api.generation_body_limit(path, gw.hub.largest_context()))
+                           lambda path: openai_api.generation_body_limit(path, gw.hub.largest_context(),
+                                                                         gw.hub.generation_reads_images()))
     return with_server_send(gw.metrics.middleware(gw.anonymous.middleware(gw.batches.upload_limit(body_limit, app))))

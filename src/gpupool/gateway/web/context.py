@@ -22,6 +22,7 @@ from gpupool.gateway.batches.routes import BatchService
 from gpupool.gateway.batches.runner import BatchDeps
 from gpupool.gateway.dispatch.dispatcher import Dispatcher
 from gpupool.gateway.dispatch.router import TrustView
+from gpupool.gateway.edge import image_inputs
 from gpupool.gateway.edge.http import spawn
 from gpupool.gateway.fallback.lanes import Fallbacks
 from gpupool.gateway.money.anonymous_limits import AddressLimiter, AnonymousLimit, HoldBack
@@ -37,6 +38,7 @@ from gpupool.gateway.web.auth import ClientKeys
 from gpupool.gateway.web.metrics import GatewayMetrics
 from gpupool.gateway.web.metrics_collector import LiveCollector
 from gpupool.identity import Identity
+from gpupool.images import ImageLimits
 from gpupool.ledger import Ledger, postings
 from gpupool.protocol import SettlementAddress
 from gpupool.verify import SamplingPolicy
@@ -119,6 +121,10 @@ class Gateway:
                  GatewayMetrics(hub.known_models))
         gw.metrics.registry.register(LiveCollector(gw.metrics, gw))
         return gw
+
+    def image_limits(self) -> ImageLimits:
+        """What one image in a request may be: the operator's byte and pixel limits."""
+        return image_inputs.limits_of(self.settings.image_max_bytes, self.settings.image_max_pixels)
 
     async def start(self) -> None:
         s, hub = self.settings, self.hub

@@ -14,10 +14,12 @@ Each handler is `handler(gw, request)` over the gateway's context (web/context.p
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pydantic
 from starlette.requests import Request
@@ -26,7 +28,7 @@ from starlette.responses import Response
 from gpupool import errors
 from gpupool.gateway.dispatch.dispatcher import Outcome
 from gpupool.gateway.dispatch.stream import open_stream
-from gpupool.gateway.edge import openai_api
+from gpupool.gateway.edge import image_inputs, openai_api
 from gpupool.gateway.edge.http import (JSON, JSON_ENCODER, SLOT, EventStream, request_timeout, route_options, sse,
                                        sse_template, until_disconnect)
 from gpupool.gateway.fallback.lanes import Plan
@@ -39,11 +41,13 @@ from gpupool.gateway.probes import note_first_token, note_model
 from gpupool.gateway.store import ApiKey
 from gpupool.gateway.web.context import Gateway
 from gpupool.gateway.web.request_log import log_request
-from gpupool.protocol import Done, EmbedPayload, Payload
+from gpupool.protocol import Done, EmbedPayload, GeneratePayload, ModelOffer, Payload
 from gpupool.routing.options import RouteOptions
 
 DEFAULT_MAX_TOKENS = 256
 MAX_EMBEDDING_INPUTS = 2048
+P = TypeVar("P", bound=Payload)
+JSON_BACKENDS = ("ocr", "upstream")  # backends that honour response_format json_object
 
 
 @dataclass(slots=True)
@@ -110,6 +114,34 @@ def check_task(hub: Hub, model: str, task: str) -> None:
         raise errors.InvalidRequest(f"{model!r} serves {offer.task}; use {route}", param="model")
 
 
+def _offers(gw: Gateway, model: str, serving: list[ProviderSession]) -> list[ModelOffer]:
+    """The live providers' offers of `model`, or the last one known (none: the request goes on to its 404/503)."""
+    known = gw.hub.known_models.get(model)
+    return [s.models[model] for s in serving] or ([known] if known is not None else [])
+
+
+def image_readers(gw: Gateway, model: str, serving: list[ProviderSession], param: str) -> list[ProviderSession]:
+    """The serving set of a request with images: the providers whose offer reads images (400 if the
+    model reads text only; a provider from before images would answer from the text alone)."""
+    image_inputs.refuse_unless_read(model, _offers(gw, model, serving), param)
+    return [s for s in serving if image_inputs.reads_images(s.models[model])]
+
+
+async def checked_images(build: Callable[[], P], param: str) -> P:
+    """`build()` checks the request's images (base64, headers, structure): off the event loop when
+    there are any (`param`), inline otherwise (no thread hop for text)."""
+    return await asyncio.to_thread(build) if param else build()
+
+
+def check_json_mode(gw: Gateway, model: str, serving: list[ProviderSession], payload: GeneratePayload) -> None:
+    if payload.response_format == "json_object":
+        offers = _offers(gw, model, serving)
+        if offers and not all(o.backend in JSON_BACKENDS for o in offers):
+            raise errors.InvalidRequest(f"response_format: model {model!r} answers in plain text only "
+                                        "(json_object is honoured by the ocr and upstream backends)",
+                                        param="response_format", code="unsupported_parameter")
+
+
 # ---------------------------------------------------------------- embeddings
 
 
@@ -117,8 +149,11 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
     key = await gw.client_key(request)
     body = openai_api.parse(openai_api.EmbeddingRequest, await request.body())
     serving = gw.dispatcher.router.serving(body.model)
-    payload = body.payload(MAX_EMBEDDING_INPUTS, gw.quotas.model_limits(body.model, serving))
     check_task(gw.hub, body.model, "embeddings")
+    if param := body.image_param():
+        serving = image_readers(gw, body.model, serving, param)
+    limits, images = gw.quotas.model_limits(body.model, serving), gw.image_limits()
+    payload = await checked_images(lambda: body.payload(MAX_EMBEDDING_INPUTS, limits, images), param)
     call = _call(gw, request, key, body, "embeddings", payload, serving, "emb-")
     ticket = gw.quotas.admit(key, body.model, call.size, serving)
     return await within_quota(ticket, _embed(gw, request, call, body))
@@ -149,7 +184,11 @@ async def chat(gw: Gateway, request: Request) -> Response:
     body = openai_api.parse(openai_api.ChatCompletionRequest, await request.body())
     check_task(gw.hub, body.model, "generate")
     serving = gw.dispatcher.router.serving(body.model)
-    payload = body.payload(DEFAULT_MAX_TOKENS, gw.quotas.model_limits(body.model, serving))
+    if param := body.image_param():
+        serving = image_readers(gw, body.model, serving, param)
+    limits, images = gw.quotas.model_limits(body.model, serving), gw.image_limits()
+    payload = await checked_images(lambda: body.payload(DEFAULT_MAX_TOKENS, limits, images), param)
+    check_json_mode(gw, body.model, serving, payload)
     return await _admit_generation(gw, request, key, body, "chat", payload, serving, "chatcmpl-")
 
 

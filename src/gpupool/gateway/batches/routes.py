@@ -34,10 +34,10 @@ from gpupool.gateway.batches.runner import BatchDeps, Runner
 from gpupool.gateway.batches.store import BatchRow, BatchStore, FileRow, ItemRow
 from gpupool.gateway.batches.validate import ENDPOINTS, Item, parse_file
 from gpupool.config import GatewaySettings
+from gpupool.gateway.edge import image_inputs
 from gpupool.gateway.edge.http import JSON, BodyLimit, query_limit
 from gpupool.gateway.money.metering import price_of
 from gpupool.gateway.store import ApiKey
-from gpupool.images import ImageLimits
 
 WINDOWS = {"24h": 24 * 3600}
 MAX_METADATA_KEYS = 16
@@ -215,7 +215,7 @@ class BatchService:
     async def _parse(self, data: bytes) -> list[Item]:
         """The file's items, checked off the event loop (images are decoded from base64 and checked)."""
         image_models = {name for name, offer in self.hub.known_models.items() if "image" in offer.accepts}
-        limits = ImageLimits(max_bytes=self.settings.image_max_bytes, max_pixels=self.settings.image_max_pixels)
+        limits = image_inputs.limits_of(self.settings.image_max_bytes, self.settings.image_max_pixels)
         return await asyncio.to_thread(parse_file, data, self.known_models(), image_models=image_models,
                                        limits=limits)
 

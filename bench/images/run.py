@@ -3,8 +3,13 @@
     .venv/bin/python bench/images/run.py                          # defaults fit a 2-core machine
     .venv/bin/python bench/images/run.py --ocr 24 --clip 4096
 
-Direct: the provider's own backends (`ocr`: PP-OCRv4 through ONNX Runtime; `clip:tiny-clip`)
-in this process, with the thread count a provider uses (GPUPOOL_TORCH_THREADS, default 1).
+Direct: the provider's own backends (`ocr`: PP-OCRv4 through ONNX Runtime; `clip`) in this
+process, with the thread count a provider uses (GPUPOOL_TORCH_THREADS, default 1). The CLIP
+is `tiny-clip` (`--clip-model tiny`: 32x32 pixels, well under a millisecond an image, so
+the pool's per-request and per-item costs are all there is to see) or, by default, a
+CLIP with the vision tower of ViT-B/32 (224 px, 12 layers of 768, 50 positions) and
+random weights (`--clip-model base`, built once under bench/results/), whose cost per
+image is a real CLIP's on a CPU.
 Pool: one gateway and one provider serving both, on loopback, called with the official
 `openai` client. For each model, in one run:
 
@@ -44,6 +49,43 @@ from gpupool.protocol import ChatMessage, EmbedPayload, GeneratePayload, Image  
 CLIP_PACK = 64  # images per provider request in a batch (images.MAX_REQUEST_IMAGES)
 
 
+def base_clip(path: Path) -> Path:
+    """A CLIP with ViT-B/32's vision tower and a small text tower, random weights (seed 0), built
+    once: the tokenizer and preprocessing are tiny-clip's (normalisation as OpenAI CLIP's)."""
+    import shutil
+
+    from gpupool.provider.tiny_clip import create_tiny_clip, default_tiny_clip_path
+
+    if (path / "model.safetensors").is_file():
+        return path
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    tiny = create_tiny_clip(default_tiny_clip_path())
+    text = json.loads((tiny / "config.json").read_text())["text_config"]
+    config = CLIPConfig(
+        text_config={"vocab_size": text["vocab_size"], "max_position_embeddings": 77, "hidden_size": 256,
+                     "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4,
+                     "bos_token_id": text["bos_token_id"], "eos_token_id": text["eos_token_id"],
+                     "pad_token_id": text["pad_token_id"]},
+        vision_config={"image_size": 224, "patch_size": 32, "hidden_size": 768, "intermediate_size": 3072,
+                       "num_hidden_layers": 12, "num_attention_heads": 12},
+        projection_dim=512)
+    torch.manual_seed(0)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    CLIPModel(config).save_pretrained(tmp)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny / name).is_file():
+            shutil.copy(tiny / name, tmp / name)
+    pre = json.loads((tiny / "preprocessor_config.json").read_text())
+    pre.update({"crop_size": {"height": 224, "width": 224}, "size": {"shortest_edge": 224}})
+    (tmp / "preprocessor_config.json").write_text(json.dumps(pre))
+    (tmp / "README.md").write_text("# UNTRAINED benchmark CLIP (random weights), ViT-B/32 vision tower\n")
+    tmp.rename(path)
+    return path
+
+
 def catalogue() -> list[dict[str, Any]]:
     return [json.loads(x) for x in (REPO_ROOT / "examples" / "catalog.jsonl").read_text().splitlines() if x]
 
@@ -62,14 +104,14 @@ def clip_images(n: int) -> list[bytes]:
 # ---------------------------------------------------------------- direct
 
 
-async def direct(ocr: list[bytes], clip: list[bytes]) -> dict[str, Any]:
+async def direct(ocr: list[bytes], clip: list[bytes], clip_spec: str) -> dict[str, Any]:
     """Images/s of the backends called in this process, and their answers."""
     import numpy as np
 
     from gpupool.provider.backends import ServeSpec, make_backend
 
     reader = make_backend(ServeSpec.parse("ocr=ocr"))
-    embedder = make_backend(ServeSpec.parse("tiny-clip=clip:tiny-clip"))
+    embedder = make_backend(ServeSpec.parse(f"clip=clip:{clip_spec}"))
     await reader.start()
     await embedder.start()
 
@@ -124,7 +166,7 @@ def run_batch(client: Any, lines: list[dict[str, Any]], endpoint: str) -> tuple[
     return elapsed, sorted(out, key=lambda x: int(x["custom_id"]))
 
 
-def pool(ocr: list[bytes], clip: list[bytes]) -> dict[str, Any]:
+def pool(ocr: list[bytes], clip: list[bytes], clip_spec: str) -> dict[str, Any]:
     import numpy as np
     from openai import OpenAI
 
@@ -135,8 +177,8 @@ def pool(ocr: list[bytes], clip: list[bytes]) -> dict[str, Any]:
         net = Network(Path(home) / "net")
         try:
             base = net.start_gateway()
-            net.start_provider(["ocr=ocr", "tiny-clip=clip:tiny-clip"])
-            net.wait_for_models({"ocr": 1, "tiny-clip": 1}, timeout=240)
+            net.start_provider(["ocr=ocr", f"clip=clip:{clip_spec}"])
+            net.wait_for_models({"ocr": 1, "clip": 1}, timeout=240)
             client = OpenAI(base_url=base + "/v1", api_key=net.dev_key(), max_retries=0, timeout=300)
 
             def read(data: bytes) -> str:
@@ -144,7 +186,7 @@ def pool(ocr: list[bytes], clip: list[bytes]) -> dict[str, Any]:
                     {"type": "image_url", "image_url": {"url": url(data)}}]}]).choices[0].message.content or ""
 
             def embed(data: bytes) -> list[float]:
-                return client.embeddings.create(model="tiny-clip", input=[url(data)]).data[0].embedding
+                return client.embeddings.create(model="clip", input=[url(data)]).data[0].embedding
 
             read(ocr[0])  # warm-up, as the direct runs
             embed(clip[0])
@@ -165,7 +207,7 @@ def pool(ocr: list[bytes], clip: list[bytes]) -> dict[str, Any]:
             out["ocr_batch_texts"] = [x["response"]["body"]["choices"][0]["message"]["content"] for x in lines]
             seconds, lines = run_batch(client, [
                 {"custom_id": str(i), "method": "POST", "url": "/v1/embeddings",
-                 "body": {"model": "tiny-clip", "input": url(d), "encoding_format": "float"}}
+                 "body": {"model": "clip", "input": url(d), "encoding_format": "float"}}
                 for i, d in enumerate(clip)], "/v1/embeddings")
             out["clip_batch"] = len(clip) / seconds
             out["clip_batch_vectors"] = np.asarray([x["response"]["body"]["data"][0]["embedding"] for x in lines],
@@ -180,17 +222,21 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ocr", type=int, default=16, help="label images read (each way)")
-    ap.add_argument("--clip", type=int, default=1024, help="photos embedded (each way)")
+    ap.add_argument("--clip", type=int, default=128, help="photos embedded (each way)")
+    ap.add_argument("--clip-model", choices=("base", "tiny"), default="base")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     ocr, clip = ocr_images(args.ocr), clip_images(args.clip)
+    clip_spec = "tiny-clip" if args.clip_model == "tiny" else str(base_clip(REPO_ROOT / "bench" / "results" /
+                                                                            "base-clip-random"))
+    clip_name = "tiny-clip" if args.clip_model == "tiny" else "clip (ViT-B/32 vision, random)"
     load = [os.getloadavg()[0]]
-    before = asyncio.run(direct(ocr, clip))
+    before = asyncio.run(direct(ocr, clip, clip_spec))
     load.append(os.getloadavg()[0])
-    through = pool(ocr, clip)
+    through = pool(ocr, clip, clip_spec)
     load.append(os.getloadavg()[0])
-    after = asyncio.run(direct(ocr, clip))
+    after = asyncio.run(direct(ocr, clip, clip_spec))
     load.append(os.getloadavg()[0])
 
     def cosine_min(a: Any, b: Any) -> float:
@@ -208,7 +254,7 @@ def main() -> None:
             key = f"{model}_{mode}"
             base = (before[key] + after[key]) / 2
             ratio = through[key] / base
-            results.append({"model": "ocr" if model == "ocr" else "tiny-clip", "mode": mode, "images": n,
+            results.append({"model": "ocr" if model == "ocr" else clip_name, "mode": mode, "images": n,
                             "direct_images_per_s": round(base, 2), "direct_runs": [round(before[key], 2),
                                                                                   round(after[key], 2)],
                             "pool_images_per_s": round(through[key], 2), "ratio": round(ratio, 3)})

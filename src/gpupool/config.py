@@ -43,7 +43,8 @@ class GatewaySettings:
     admin_token: str = _opt("", "bearer token for /admin/* (empty disables the admin API)")
     max_body_bytes: int = _opt(4 * 1024 * 1024, "largest accepted request body; larger gets 413")
     image_max_bytes: int = _opt(3 * 1024 * 1024, "largest image (bytes, decoded from its data URL) a request may "
-                                "carry; the body with its images in base64 stays under --max-body-bytes")
+                                "carry; the body with its images in base64 stays under --max-body-bytes, and "
+                                "providers decode at most 4 MiB per image")
     image_max_pixels: int = _opt(16_777_216, "most pixels (width x height, read from the header) an image may "
                                  "have; more is refused before any pixel is decoded (decompression bombs)")
     header_timeout_s: float = _opt(10.0, "a client must send a request's headers (or finish a WebSocket "
@@ -99,6 +100,7 @@ class GatewaySettings:
     max_price_in: int = _opt(100_000_000, "highest input price (µcr per 1M tokens) an offer may ask; "
                              "a dearer offer is refused")
     max_price_out: int = _opt(100_000_000, "highest output price (µcr per 1M tokens) an offer may ask")
+    max_price_image: int = _opt(10_000_000, "highest price per image (µcr) an offer may ask")
     max_statement_digests: int = _opt(4096, "most receipt digests one provider statement may list (at least "
                                       "1024: honest providers send up to that many)")
     max_queued_events: int = _opt(4096, "most answer frames (chunks) waiting for one request, and items in one "
@@ -156,8 +158,9 @@ class ProviderSettings:
     ca_cert: Path | None = _opt(None, "trust gateways whose certificate this CA (PEM) signed, instead of the "
                                 "system's CA store (a private network's own CA)")
     serve: list[str] = _opt(help="NAME=BACKEND[:SPEC]; repeat for several models", factory=list)
-    prices: list[str] = _opt(help="NAME=IN or NAME=IN/OUT: price in µcr per 1M input (and output) tokens; "
-                             "repeat per model (unpriced models are free)", flag="price", factory=list)
+    prices: list[str] = _opt(help="NAME=IN, NAME=IN/OUT or NAME=IN/OUT/IMAGE: price in µcr per 1M input (and "
+                             "output) tokens, and per image for a model that reads images; repeat per model "
+                             "(unpriced models are free)", flag="price", factory=list)
     region: str = _opt("local", "region label announced in the offer")
     latitude: float = _opt(0.0, "approximate latitude, announced in the offer")
     longitude: float = _opt(0.0, "approximate longitude, announced in the offer")

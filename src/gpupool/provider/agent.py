@@ -59,7 +59,8 @@ class ProviderAgent:
         price = self.prices.get(offer.name)
         if price is None:
             return offer
-        return msgspec.structs.replace(offer, price_in=price.per_m_in, price_out=price.per_m_out)
+        return msgspec.structs.replace(offer, price_in=price.per_m_in, price_out=price.per_m_out,
+                                       price_image=price.per_image)
 
     def make_offer(self, models: list[ModelOffer] | None = None) -> Offer:
         offer = Offer(

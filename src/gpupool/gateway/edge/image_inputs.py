@@ -71,7 +71,10 @@ def chat_message(i: int, role: str, content: str | list[dict[str, Any]] | None, 
     for j, part in enumerate(content):
         param = f"messages[{i}].content[{j}]"
         kind = part.get("type")
-        if kind == "text" and isinstance(part.get("text", ""), str):
+        if kind == "text":
+            if not isinstance(part.get("text", ""), str):
+                raise errors.InvalidRequest(f"{param}: a text part is {{\"type\": \"text\", \"text\": \"...\"}}",
+                                            param=param)
             text.append(part.get("text", ""))
             at += len(text[-1])
         elif kind == "image_url":

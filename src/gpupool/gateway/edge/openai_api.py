@@ -127,7 +127,7 @@ def _unsupported_reason(name: str) -> str:
         "functions": "function calling is not implemented by the network's backends",
         "function_call": "function calling is not implemented by the network's backends",
         "parallel_tool_calls": "tool calling is not implemented by the network's backends",
-        "response_format": "only {\"type\": \"text\"} or (for models that answer in JSON: ocr, upstream) "
+        "response_format": "only {\"type\": \"text\"} or (for ocr models, which answer in JSON) "
                            "{\"type\": \"json_object\"} is supported",
         "logprobs": "log-probabilities are not returned by this gateway",
         "top_logprobs": "log-probabilities are not returned by this gateway",

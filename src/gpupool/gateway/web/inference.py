@@ -47,7 +47,7 @@ from gpupool.routing.options import RouteOptions
 DEFAULT_MAX_TOKENS = 256
 MAX_EMBEDDING_INPUTS = 2048
 P = TypeVar("P", bound=Payload)
-JSON_BACKENDS = ("ocr", "upstream")  # backends that honour response_format json_object
+JSON_BACKENDS = ("ocr",)  # backends that honour response_format json_object (audits compare its JSON)
 
 
 @dataclass(slots=True)
@@ -68,7 +68,7 @@ class Call:
     async def reserve(self, gw: Gateway) -> Hold:
         """Hold the most this request can cost on any provider it may go to (402 if unaffordable)."""
         return await gw.metering.reserve(self.key.account, self.serving, self.model, self.size.input_token_bound,
-                                         self.size.max_output, self.route.max_price)
+                                         self.size.max_output, self.route.max_price, self.size.images)
 
     async def complete(self, gw: Gateway, request: Request, hold: Hold) -> Outcome | Response:
         """Serve it on the pool (non-streaming); if the pool cannot, a fallback lane's Response (or the error)."""
@@ -90,9 +90,9 @@ class Call:
         return gw.metering.charge(hold, self.rid, self.model, session, done, self.key.account, payload, text)
 
     def log(self, gw: Gateway, provider: str, status: str, attempts: int, prompt: int, completion: int,
-            cost: int) -> None:
+            cost: int, hold: Hold | None = None) -> None:
         log_request(gw.store, self.rid, self.key, self.model, provider, status, attempts, prompt, completion,
-                    self.started, cost)
+                    self.started, cost, hold.images if hold else 0, hold.image_cost if hold else 0)
 
 
 def _call(gw: Gateway, request: Request, key: ApiKey, body: pydantic.BaseModel, kind: str, payload: Payload,
@@ -138,7 +138,7 @@ def check_json_mode(gw: Gateway, model: str, serving: list[ProviderSession], pay
         offers = _offers(gw, model, serving)
         if offers and not all(o.backend in JSON_BACKENDS for o in offers):
             raise errors.InvalidRequest(f"response_format: model {model!r} answers in plain text only "
-                                        "(json_object is honoured by the ocr and upstream backends)",
+                                        "(json_object is honoured by the ocr backend)",
                                         param="response_format", code="unsupported_parameter")
 
 
@@ -170,7 +170,7 @@ async def _embed(gw: Gateway, request: Request, call: Call, body: openai_api.Emb
             raise errors.InvalidRequest(f"{call.model!r} produces {done.dimensions} dimensions", param="dimensions")
         tokens = done.receipt.usage.prompt_tokens
         cost = call.charge(gw, hold, out.session, done, call.payload)
-    call.log(gw, out.provider, "ok", out.attempts, tokens, 0, cost)
+    call.log(gw, out.provider, "ok", out.attempts, tokens, 0, cost, hold)
     return JSON(openai_api.embedding_response(call.model, done.vectors, done.dimensions, len(call.payload.inputs),
                                               body.encoding_format, tokens, cost),
                 headers={"x-gpupool-provider": out.provider, "x-request-id": call.rid, "x-gpupool-cost": str(cost)})
@@ -220,7 +220,7 @@ async def _complete(gw: Gateway, request: Request, call: Call, chat: bool) -> Re
         cost = call.charge(gw, hold, out.session, out.done, call.payload, out.text)
     u = out.done.receipt.usage
     build = openai_api.chat_response if chat else openai_api.completion_response
-    call.log(gw, out.provider, "ok", out.attempts, u.prompt_tokens, u.completion_tokens, cost)
+    call.log(gw, out.provider, "ok", out.attempts, u.prompt_tokens, u.completion_tokens, cost, hold)
     return JSON(build(call.rid, call.model, out.text, out.done.receipt.finish_reason, u.prompt_tokens,
                       u.completion_tokens, out.provider, cost),
                 headers={"x-gpupool-provider": out.provider, "x-request-id": call.rid, "x-gpupool-cost": str(cost)})
@@ -277,7 +277,7 @@ async def _stream(gw: Gateway, request: Request, call: Call, chat: bool, include
             hold.release()  # no-op once charged
             u = opened.done.receipt.usage if opened.done else None
             call.log(gw, opened.session.node_id, status, opened.attempts, u.prompt_tokens if u else 0,
-                     u.completion_tokens if u else 0, hold.charged or 0)
+                     u.completion_tokens if u else 0, hold.charged or 0, hold)
 
     async def closed() -> None:
         # Runs even if the client left before the body started: nothing stays held or open.

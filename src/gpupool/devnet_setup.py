@@ -12,10 +12,11 @@ def default_serve() -> list[str]:
 
 
 # Devnet prices (µcr per 1M tokens) so every request is metered and charged like on a real network.
-# ocr counts one prompt unit per image and one completion unit per word; tiny-clip counts an
-# image as the 17 positions its vision tower reads.
-DEV_PRICES = ["minilm=20000", "tiny-llama=100000/400000", "echo=10000/40000", "ocr=2000000/200000",
-              "tiny-clip=20000"]
+# Models that read images also price each image (IN/OUT/IMAGE, IMAGE in µcr): ocr counts one
+# prompt unit per image and one completion unit per word; tiny-clip counts an image as the 17
+# positions its vision tower reads.
+DEV_PRICES = ["minilm=20000", "tiny-llama=100000/400000", "echo=10000/40000", "ocr=100000/200000/2",
+              "tiny-clip=20000/0/1"]
 DEV_STARTING_BALANCE = 1_000 * 1_000_000  # 1,000 credits for the development key's account
 
 

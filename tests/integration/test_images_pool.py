@@ -24,7 +24,7 @@ pytest.importorskip("rapidocr_onnxruntime", reason="needs the ml extra")
 from gpupool import sdk  # noqa: E402
 from gpupool.devnet import Network  # noqa: E402
 from gpupool.devnet_setup import dev_price_args, prepare_models  # noqa: E402
-from tests.integration.conftest import client_for  # noqa: E402
+from tests.integration.conftest import client_for, raw  # noqa: E402
 from tests.integration.test_batch import check_cost, finished, jsonl, read_lines  # noqa: E402
 from tests.unit.test_image_backends import LABELS, render  # noqa: E402
 
@@ -70,6 +70,10 @@ def test_a_batch_of_1000_images_completes_exactly_once_within_the_privacy_cap(im
               "body": {"model": "tiny-clip", "input": data_url(tiny_png(i)), "encoding_format": "float"}}
              for i in range(1000)]
     uploaded = client.files.create(file=("images.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    estimate = raw(img_net, "POST", "/v1/batches/estimate", img_net.dev_key(),
+                   json={"input_file_id": uploaded.id}).json()
+    # The devnet prices tiny-clip's images at 1 µcr each, beside their tokens: every estimate covers them.
+    assert estimate["images"] == 1000 and 1000 < estimate["cost_ucr"]["low"] <= estimate["cost_ucr"]["high"]
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h",
                                   metadata={"gpupool_max_provider_share": "0.6"})
     done = finished(client, batch.id, timeout=240)
@@ -81,6 +85,7 @@ def test_a_batch_of_1000_images_completes_exactly_once_within_the_privacy_cap(im
     vectors = {x["custom_id"]: x["response"]["body"]["data"][0]["embedding"] for x in out}
     assert all(len(v) == 32 for v in vectors.values())
     check_cost(img_net, done, out, [])  # every run charged once, the items' costs add up to it
+    assert done.model_extra["gpupool"]["cost_ucr"] > 1000  # each image paid for (1 µcr) beside its tokens
     share = done.model_extra["gpupool"]
     assert share["providers"] == 2 and 0 < share["provider_share_reached"] <= 0.6
     # A batch's answer is the pool's answer: equal inputs give the same vector as a direct request.

@@ -25,9 +25,6 @@ from gpupool.images import MAX_REQUEST_IMAGE_BYTES, MAX_REQUEST_IMAGES
 
 EMBED_PACK_INPUTS = 256  # inputs per embeddings request: big enough to fill a forward pass, small to retry
 GENERATE_PACK = 1  # a generation request carries one prompt
-# The most input positions one image is held for (a hold must cover what the receipt may count):
-# CLIP ViT-L/14 at 336 px reads 577, tiny-clip 17, the ocr backend counts 1.
-IMAGE_INPUT_TOKENS = 1024
 # When a packed request's cost is split over its items, an image weighs as this many bytes of text
 # (about 64 tokens: between tiny-clip's 17 positions and a real CLIP's 257).
 IMAGE_COST_BYTES = 256

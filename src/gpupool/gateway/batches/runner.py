@@ -213,7 +213,7 @@ class Runner:
             claimable -= len(items)
             shard = await asyncio.to_thread(Shard.build, b, run_id, items)
             bound = self.metering.bound(self.dispatcher.router.serving(b.model), b.model, shard.tokens_in,
-                                        shard.max_out)
+                                        shard.max_out, images=shard.images)
             if not await self.bs.reserve_run(b.id, run_id, -(-bound // len(items)), b.max_cost, now):
                 await self.bs.release(b.id, run_id, tried=False)
                 if len(items) > 1:  # a smaller shard may still fit under the cost cap
@@ -290,7 +290,7 @@ class Runner:
     async def _run_inner(self, b: BatchRow, shard: Shard, first: ProviderSession, r: Running) -> None:
         try:
             hold = await self.metering.reserve(b.account, self.dispatcher.router.serving(b.model), b.model,
-                                               shard.tokens_in, shard.max_out)
+                                               shard.tokens_in, shard.max_out, images=shard.images)
         except errors.PaymentRequired as exc:
             await self.bs.finish(b.id, shard.run_id, [
                 Finished(c.idx, False, error_line(b.id, c.idx, c.custom_id, "insufficient_quota", exc.message, 402))
@@ -306,7 +306,7 @@ class Runner:
             elapsed = time.monotonic() - started
             prev = self.typical_s.get(b.id)
             self.typical_s[b.id] = elapsed if prev is None else 0.8 * prev + 0.2 * elapsed
-            cost = self.metering.cost(hold, b.model, outcome.session, outcome.done)
+            cost = self.metering.cost(hold, b.model, outcome.session, outcome.done, shard.images)
             results = shard.results(b, outcome, cost)
             if not await self.bs.finish(b.id, shard.run_id, results, charging=cost > 0):
                 return  # our lease went to another gateway meanwhile: its run counts, not ours

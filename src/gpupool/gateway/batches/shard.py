@@ -56,6 +56,7 @@ class Shard:
     tokens_in: int
     max_out: int
     weights: list[int]
+    images: int = 0  # images the request carries: priced per image, and held for (pricing.hold_bound)
 
     @classmethod
     def build(cls, b: BatchRow, run_id: str, items: list[Claimed]) -> Shard:
@@ -73,16 +74,15 @@ class Shard:
                 weights.append(sum(len(x.encode()) for x in p.inputs) + len(p.images) * policy.IMAGE_COST_BYTES)
             payload: Payload = EmbedPayload(inputs=inputs, images=images)
             tokens = pricing.input_token_bound(sum(len(x.encode()) for x in inputs), len(inputs))
-            return cls(run_id, items, payload, bodies, tokens + len(images) * policy.IMAGE_INPUT_TOKENS, 0,
-                       weights)
+            return cls(run_id, items, payload, bodies, tokens, 0, weights, len(images))
         (c,) = items  # generation: one item per run
         if b.endpoint == "/v1/chat/completions":
             chat = openai_api.ChatCompletionRequest.model_validate_json(c.body)
             gen = chat.payload(DEFAULT_MAX_TOKENS, images=RUN_IMAGE_LIMITS)
             size = sum(len(m.content.encode()) for m in gen.messages)
             n_images = sum(len(m.images) for m in gen.messages)
-            return cls(run_id, items, gen, [chat], pricing.input_token_bound(size, len(gen.messages))
-                       + n_images * policy.IMAGE_INPUT_TOKENS, gen.max_tokens, [size])
+            return cls(run_id, items, gen, [chat], pricing.input_token_bound(size, len(gen.messages)),
+                       gen.max_tokens, [size], n_images)
         comp = openai_api.CompletionRequest.model_validate_json(c.body)
         gen = comp.payload()
         size = len(gen.prompt.encode())

@@ -4,9 +4,10 @@ A real gateway, an honest provider of `ocr` and `tiny-clip`, two cheaters
 (`tests/redteam.py`: OCR that makes its text up with an honest word count and usage;
 image embeddings cut to one bit per dimension, cosine about 0.8 to the truth: the
 subtler of each kind; the others, half the text billed in full and random vectors, are
-judged in tests/unit/test_checker_images.py) and a checker holding both reference models. Clients send images with the official `openai` client;
-the test reads what the gateway decided: every cheater suspended, the honest provider
-not, and suspended providers get no more traffic.
+judged in tests/unit/test_checker_images.py) and a checker holding both reference models.
+Clients send images with the official `openai` client; the test reads what the gateway
+decided: every cheater suspended, the honest provider not, and suspended providers get no
+more traffic. A second test: OCR readings become canaries that catch a liar with no checker.
 """
 
 from __future__ import annotations

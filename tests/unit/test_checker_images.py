@@ -17,7 +17,16 @@ import pytest
 
 pytest.importorskip("rapidocr_onnxruntime", reason="needs the ml extra")
 
-from gpupool.protocol import ChatMessage, EmbedPayload, GeneratePayload, Image, Payload, Usage  # noqa: E402
+from gpupool.protocol import (  # noqa: E402
+    AuditJob,
+    ChatMessage,
+    Done,
+    EmbedPayload,
+    GeneratePayload,
+    Image,
+    Payload,
+    Usage,
+)
 from gpupool.provider.backends import Backend  # noqa: E402
 from gpupool.provider.tiny_clip import create_tiny_clip  # noqa: E402
 from gpupool.verify.judging import judge  # noqa: E402
@@ -145,12 +154,10 @@ def test_image_redteam_specs() -> None:
 # ------------------------------------------------------------------ canaries
 
 
-def as_done(job: object) -> object:
+def as_done(job: AuditJob) -> Done:
     """The Done frame a canary's provider would have sent with this audit job's answer."""
-    from gpupool.protocol import Done
-
-    return Done(job.receipt.request_id, job.receipt, vectors=job.vectors, dimensions=job.dimensions,  # type: ignore[attr-defined]
-                text=job.text)  # type: ignore[attr-defined]
+    return Done(job.receipt.request_id, job.receipt, vectors=job.vectors, dimensions=job.dimensions,
+                text=job.text)
 
 
 @pytest.mark.parametrize("form", ["", "json_object"])

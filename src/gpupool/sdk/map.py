@@ -80,7 +80,8 @@ def map(model: str, items: Sequence[Any] | Path, *, endpoint: str = "/v1/embeddi
                             metadata=metadata, state_dir=state_dir))
 
 
-async def amap(model: str, items: Sequence[Any] | Path, *, endpoint: str = "/v1/embeddings", base_url: str | None = None,
+async def amap(model: str, items: Sequence[Any] | Path, *, endpoint: str = "/v1/embeddings",
+               base_url: str | None = None,
                api_key: str | None = None, job_id: str | None = None, direct_below: int = 64, concurrency: int = 8,
                progress: bool = True, errors: str = "raise", metadata: dict[str, str] | None = None,
                state_dir: Path | None = None) -> list[Any]:

@@ -51,7 +51,8 @@ def _bad(line: int, message: str, param: str | None = None) -> errors.InvalidReq
 
 
 def parse_file(raw: bytes, known_models: dict[str, str], max_items: int = MAX_ITEMS,
-               image_models: frozenset[str] | set[str] = frozenset(), limits: ImageLimits = DEFAULT_LIMITS) -> list[Item]:
+               image_models: frozenset[str] | set[str] = frozenset(),
+               limits: ImageLimits = DEFAULT_LIMITS) -> list[Item]:
     """Every line as an `Item`; `known_models` maps model name to task ("embeddings"/"generate"),
     `image_models` names those that read images."""
     items: list[Item] = []

@@ -215,6 +215,13 @@ class GeneratePayload(msgspec.Struct, tag="gen", tag_field="k", omit_defaults=Tr
 Payload = Union[EmbedPayload, GeneratePayload]
 
 
+def image_count(payload: Payload) -> int:
+    """How many images a request carries (embedding inputs or chat message parts): each is priced."""
+    if isinstance(payload, EmbedPayload):
+        return len(payload.images)
+    return sum(len(m.images) for m in payload.messages)
+
+
 class Run(_Msg, tag="run"):
     request_id: str
     model: str

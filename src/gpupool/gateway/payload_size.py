@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpupool.market.pricing import input_token_bound
-from gpupool.protocol import EmbedPayload, Payload
+from gpupool.protocol import EmbedPayload, Payload, image_count
 
 # Tokens one image may count as in a receipt: vision encoders spend from ~64 to a few thousand
 # (tiled high resolution); far above that is a lie. Holds never count images (text only).
@@ -24,12 +24,6 @@ IMAGE_TOKENS_CEILING = 1 << 16
 # A claim between the two is only capped by the hold; beyond, the provider is thrown out.
 TEMPLATE_SLACK_TOKENS = 4096
 
-
-def image_count(payload: Payload) -> int:
-    """How many images the request carries (each priced per image, beside its tokens)."""
-    if isinstance(payload, EmbedPayload):
-        return len(payload.images)
-    return sum(len(m.images) for m in payload.messages)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,15 +21,9 @@ against 2 ONNX Runtime threads on two rendered labels, distance 0.0 in both form
 
 from __future__ import annotations
 
-from gpupool.protocol import Done, EmbedPayload, GeneratePayload, Payload
+from gpupool.protocol import Done, EmbedPayload, GeneratePayload, Payload, image_count
 from gpupool.verify.judgement import Judgement, combine, fail
 
-
-def image_count(payload: Payload) -> int:
-    """How many images a request carries (embeddings inputs or chat message parts)."""
-    if isinstance(payload, EmbedPayload):
-        return len(payload.images)
-    return sum(len(m.images) for m in payload.messages)
 
 
 def judge_canary(payload: Payload, known_text: str, known_vectors: bytes, known_dimensions: int,

@@ -12,11 +12,21 @@ gateway decides from it comes from `gpupool.verify`, unchanged.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 from gpupool.sim.earth import STRATEGIES, Earth
 from gpupool.sim.scenario import Scenario
 from gpupool.verify import reputation, sampling, suspension_rule
 from gpupool.verify.judgement import PASS, Judgement, fail
+
+
+@dataclass
+class TrustTally:
+    """What the report reads of a day's trust, without the per-provider state (a shard's, merged)."""
+
+    suspensions: list[tuple[float, int, bool]]  # (time, provider, was a cheater)
+    cheater_identities: int
+    audits: int
 
 
 class Trust:

@@ -54,6 +54,7 @@ class DayResult:
     hybrid_latency: np.ndarray
     cloud_latency: np.ndarray
     fallback: np.ndarray  # served by the hybrid's lane
+    served_by: np.ndarray  # per request, the provider whose answer the user got; -1: none
     pool_charge_usd: dict[str, float]  # "chat", "embed": what clients paid the pool
     lane_charge_usd: dict[str, float]
     cloud_cost_usd: dict[str, float]
@@ -184,7 +185,7 @@ class Day:
         N = len(e.arrival)
         nan = np.full(N, np.nan, dtype=np.float32)
         hours = int(math.ceil(sc.hours))
-        self.res = DayResult(nan.copy(), nan.copy(), nan.copy(), np.zeros(N, dtype=bool),
+        self.res = DayResult(nan.copy(), nan.copy(), nan.copy(), np.zeros(N, dtype=bool), np.full(N, -1, np.int32),
                              {"chat": 0.0, "embed": 0.0}, {"chat": 0.0, "embed": 0.0}, {"chat": 0.0, "embed": 0.0},
                              {"chat": 0, "embed": 0}, np.zeros(self.n), np.zeros(self.n), self.trust,
                              {"broken": 0, "continued": 0, "failed_after_break": 0}, np.zeros(hours + 1),
@@ -320,7 +321,8 @@ class Day:
                 cheated, factor = "smaller_model", 0.5
             elif not embed and s == S_TRUNC:
                 cheated, tout = "truncated", max(1, tout // 3)
-        noise = math.exp(rng.gauss(0, 0.2)) * (4.0 if rng.random() < 0.01 else 1.0) * factor
+        e = self.earth
+        noise = math.exp(rng.gauss(0, e.service_sigma)) * (e.straggler_x if rng.random() < e.straggler_p else 1.0) * factor
         if embed:
             prefill, service = 0.0, r.tout / self.embed_speed[i] * noise
         else:
@@ -398,6 +400,7 @@ class Day:
         if r.done:
             return
         r.done = True
+        self.res.served_by[r.j] = i
         what = "embed" if embed else "chat"
         self.res.pool_charge_usd[what] += charge * self.usd
         self.res.tokens[what] += r.tout if embed else r.tin + r.tout

@@ -121,7 +121,8 @@ def merge(earth: Earth, parts: list[tuple[DayResult, np.ndarray, np.ndarray]],
     n_req = len(earth.arrival)
     nan = np.full(n_req, np.nan, dtype=np.float32)
     first = parts[0][0]
-    out = DayResult(nan.copy(), nan.copy(), cloud[0], np.zeros(n_req, dtype=bool), {}, {}, cloud[1], {},
+    out = DayResult(nan.copy(), nan.copy(), cloud[0], np.zeros(n_req, dtype=bool), np.full(n_req, -1, np.int32),
+                    {}, {}, cloud[1], {},
                     np.zeros(earth.n), np.zeros(earth.n), TrustTally([], 0, 0), {},
                     np.zeros_like(first.util_busy), np.zeros_like(first.util_online),
                     np.zeros_like(first.stream_breaks_by_hour), {})
@@ -129,6 +130,7 @@ def merge(earth: Earth, parts: list[tuple[DayResult, np.ndarray, np.ndarray]],
         out.pool_latency[reqs] = res.pool_latency
         out.hybrid_latency[reqs] = res.hybrid_latency
         out.fallback[reqs] = res.fallback
+        out.served_by[reqs] = np.where(res.served_by >= 0, prov[res.served_by], -1)
         out.earnings_usd[prov] = res.earnings_usd
         out.electricity_usd[prov] = res.electricity_usd
         for mine, theirs in ((out.pool_charge_usd, res.pool_charge_usd), (out.lane_charge_usd, res.lane_charge_usd),

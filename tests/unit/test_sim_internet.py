@@ -9,6 +9,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -192,3 +193,28 @@ def test_a_day_leaves_no_reference_cycles() -> None:
     day.run()
     assert gc.isenabled() == enabled
     assert gc.collect() == 0
+
+
+def test_a_day_split_over_two_processes_answers_like_one() -> None:
+    """sim/shards.py: each process a half-world (every other provider, every other request); merged,
+    the answers match the one-process day's within sampling noise, and every request was served by a
+    provider of its own shard."""
+    from gpupool.sim.shards import run_sharded
+
+    sc = _small(providers=1_000, requests=12_000)
+    earth = build(sc)
+    one = report.summarize(earth, Day(earth).run())
+    res = run_sharded(earth, shards=2)
+    two = report.summarize(earth, res)
+    assert res.counts["shards"] == 2
+    served = res.served_by >= 0
+    assert served.mean() > 0.9
+    assert np.all(res.served_by[served] % 2 == np.arange(len(res.served_by))[served] % 2)
+    assert two["cloud"] == one["cloud"]  # the cloud baseline runs once, over every arrival
+    for s in ("pool", "hybrid"):
+        for k in ("p50_s", "p99_s", "cost_per_mtok_usd"):
+            assert two[s][k] == pytest.approx(one[s][k], rel=0.1), (s, k)
+    assert two["audits"] == pytest.approx(one["audits"], rel=0.05)
+    assert two["batch"]["items"] == one["batch"]["items"]
+    assert two["cheater_identities"] == pytest.approx(one["cheater_identities"], rel=0.2)
+    assert np.all(res.earnings_usd >= 0) and res.earnings_usd[0::2].sum() > 0 and res.earnings_usd[1::2].sum() > 0

@@ -61,7 +61,8 @@ def main() -> None:
           f"wall {time.perf_counter() - t0:.0f} s")
     path = write_json("sim_live", {"spec": dataclasses.asdict(spec),
                                    "rows": rows, "gaps": gaps, "targets_met": met, "model": model,
-                                   "load_average": [load_before[0], os.getloadavg()[0]]})
+                                   "load_average": [load_before[0], os.getloadavg()[0]],
+                                   "live": dataclasses.asdict(live)})
     print(f"wrote {path}")
 
 

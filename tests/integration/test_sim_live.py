@@ -24,7 +24,7 @@ from tests.integration.sim_live import REGION_DELAY_MS, Spec, agreement, run_liv
 
 
 def test_a_small_network_run_live_and_simulated_agree(tmp_path: Path) -> None:
-    spec = Spec(seconds=15, rate=8)
+    spec = Spec(seconds=10, rate=8, calibration=30)
     live = run_live(tmp_path, spec)
     sim = run_sim(spec, live)
     rows, gaps = agreement(spec, live, sim)

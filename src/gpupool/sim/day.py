@@ -114,7 +114,8 @@ class _View(Sequence[Candidate]):
         _s_id(c, self.ids[i])
         _s_in_flight(c, own)
         _s_conc(c, self.conc[i])
-        _s_draining(c, self.suspended[i] or d.now >= d.leave_now[i])
+        # Held back (verdicts awaited) as the router's `serving` does, less its "unless nobody else".
+        _s_draining(c, self.suspended[i] or self.held_back[i] or d.now >= d.leave_now[i])
         _s_region(c, self.regions[i])
         _s_rtt(c, self.rtt[i])
         _s_queued(c, self.total[i] - own)
@@ -132,6 +133,7 @@ class _View(Sequence[Candidate]):
         """Keep references to the day's per-provider lists (mutated in place, never replaced)."""
         d, g = self.day, self.g
         self.ids, self.own, self.conc, self.suspended = d.ids, d.own[g], d.conc, d.trust.suspended
+        self.held_back = d.trust.held_back
         self.regions, self.rtt, self.total, self.score = d.region_name, d.rtt[g], d.total, d.trust.score
         self.price_in = d.price_embed if self.embed else d.price_in
         self.price_out = [0] * d.n if self.embed else d.price_out
@@ -274,11 +276,12 @@ class Day:
         ids = self.online_ids
         if not ids:
             return
-        sample = [ids[int(self.rng.random() * len(ids))] for _ in range(min(len(ids), 100))]
+        sample = ids if len(ids) <= 100 else [ids[int(self.rng.random() * len(ids))] for _ in range(100)]
         for g, (chat, emb) in enumerate(self.views):
             for t, view in ((0, chat), (1, emb)):
                 w = self.weights[g][t]
-                prior = pool_prior([view.speed[i] for i in sample], DEFAULT_WEIGHTS.prior_speed)
+                # min_measured=1: what the gateway's router passes (gateway/dispatch/router.py).
+                prior = pool_prior([view.speed[i] for i in sample], DEFAULT_WEIGHTS.prior_speed, min_measured=1)
                 self.weights[g][t] = replace(w, prior_speed=prior)
         self.max_price[False] = pricing.Price(max(self.price_in[i] for i in sample),
                                               max(self.price_out[i] for i in sample))

@@ -218,3 +218,25 @@ def test_a_day_split_over_two_processes_answers_like_one() -> None:
     assert two["batch"]["items"] == one["batch"]["items"]
     assert two["cheater_identities"] == pytest.approx(one["cheater_identities"], rel=0.2)
     assert np.all(res.earnings_usd >= 0) and res.earnings_usd[0::2].sum() > 0 and res.earnings_usd[1::2].sum() > 0
+
+
+def test_providers_with_many_verdicts_awaited_are_held_back_like_the_gateway_does() -> None:
+    """On probation every answer is audited; from verify.sampling.MAX_AWAITING_VERDICTS awaited verdicts
+    the router's view shows the provider as not taking work (the gateway's `Router.serving`), until
+    verdicts come back."""
+    from gpupool.sim.trust import Trust
+    from gpupool.verify.judgement import PASS
+    from gpupool.verify.sampling import MAX_AWAITING_VERDICTS
+
+    day = Day(build(_small(providers=40, requests=200)))
+    day._step(0)
+    trust: Trust = day.trust  # type: ignore[assignment]
+    view = day.views[0][0]
+    k = next(k for k in range(len(view)) if not view[k].draining)
+    i = day.online_ids[k]
+    for n in range(MAX_AWAITING_VERDICTS):
+        assert not view[k].draining
+        assert trust.served(i, f"r{n}", 0.0)  # probation: audited
+    assert trust.held_back[i] and view[k].draining
+    trust.verdict(i, trust.identity[i], PASS, 1.0)
+    assert not trust.held_back[i] and not view[k].draining

@@ -100,7 +100,7 @@ def run_sharded(earth: Earth, shards: int = 2, progress: Callable[[int, int, flo
                 if k not in got and conn.poll(0.5):
                     got[k] = conn.recv()
             now = time.perf_counter()
-            if progress and now - last >= progress_every_s and len(got) < shards:
+            if progress and now - last >= progress_every_s and len(got) < shards and sum(done):
                 last = now
                 progress(int(sum(done)), len(earth.arrival), now - t0)
         for p in procs:

@@ -38,9 +38,12 @@ from gpupool.routing import (
     SpeedSample,
     hedge_delay_s,
     observe,
-    pick_with_reasons,
 )
 from gpupool.routing import breaker as breakers
+
+# Looked up at each pick, not bound here: the simulator calls the same attribute, so a
+# policy swapped in `gpupool.routing.policy` changes both (tests/integration/test_sim_live.py).
+from gpupool.routing import policy as routing_policy
 from gpupool.routing.options import RouteOptions
 from gpupool.routing.speed import hardware_speed, pool_prior
 
@@ -173,8 +176,8 @@ class LiveRouter:
         self._refresh_prior(model, now)
         by_id = {s.node_id: s for s in sessions}
         request = self.route_request(model, payload, options, stream)
-        decision = pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng, tries.tried,
-                                     request=request, weights=self.weights)
+        decision = routing_policy.pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng,
+                                                    tries.tried, request=request, weights=self.weights)
         if decision.choice is None:
             constrained = {k: v for k, v in decision.excluded.items() if k in ("price", "region")}
             if constrained and not tries.tried:

@@ -60,3 +60,7 @@ bench-ledger: $(STAMP)
 	$(PY) bench/ledger/run.py
 bench-scale: $(STAMP)
 	$(PY) bench/scale/run.py
+
+.PHONY: bench-images
+bench-images: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) bench/images/run.py

@@ -231,17 +231,19 @@ def market(gateway: GatewayOpt = None,
     if as_json:
         typer.echo(json.dumps(body, indent=2))
         return
-    typer.echo(f"prices in µcr per 1M tokens (1 credit = 1,000,000 µcr); gateway fee {body['fee_bps'] / 100:g}%")
-    typer.echo(f"{'model':<16} {'task':<11} {'prov':>4} {'price in':>17} {'price out':>17} {'slots':>9} "
-               f"{'speed':>16}  regions")
+    typer.echo(f"prices in µcr per 1M tokens, per image in µcr (1 credit = 1,000,000 µcr); gateway fee "
+               f"{body['fee_bps'] / 100:g}%")
+    typer.echo(f"{'model':<16} {'task':<11} {'prov':>4} {'price in':>17} {'price out':>17} {'per image':>13} "
+               f"{'slots':>9} {'speed':>16}  {'reads':<10} regions")
     for m in body["data"]:
         def rng(r: dict[str, int] | None) -> str:
             return "-" if not r else (f"{r['min']:,}" if r["min"] == r["max"] else f"{r['min']:,}-{r['max']:,}")
         sp = m["measured_speed"]
         speed = f"{sp['median']:,.0f} {sp['unit']}" if sp else "not measured"
         typer.echo(f"{m['model']:<16} {m['task']:<11} {m['providers']:>4} {rng(m['price_in']):>17} "
-                   f"{rng(m['price_out']):>17} {m['capacity']['in_flight']:>4}/{m['capacity']['slots']:<4} "
-                   f"{speed:>16}  {','.join(m['regions'])}")
+                   f"{rng(m['price_out']):>17} {rng(m.get('price_image')):>13} "
+                   f"{m['capacity']['in_flight']:>4}/{m['capacity']['slots']:<4} "
+                   f"{speed:>16}  {'+'.join(m.get('accepts') or ['text']):<10} {','.join(m['regions'])}")
 
 
 def _with_store(db: str | None, call: Callable[[Any], Any], create: bool = False) -> Any:

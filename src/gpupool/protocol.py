@@ -28,13 +28,13 @@ request, a statement pays it once per ~50 ms per provider.
 from __future__ import annotations
 
 import hashlib
-import struct
 from typing import Annotated, Literal, Union
 
 import msgspec
 
 from gpupool import frame_lists
 from gpupool.identity import Identity, verify_signature
+from gpupool.protocol_hashes import output_hash, tokens_hash  # noqa: F401 - part of the protocol's API
 # Peer-sent numbers and strings are bounded by their types: decoding refuses a NaN or a 2**64 count.
 from gpupool.protocol_limits import (Capacity, Concurrency, Count, Description, Latitude, LogProb, Longitude, Micro,
                                      ModelName, Rate, Region, Score, Seq, ShortStr, Timestamp, TokenId)
@@ -124,6 +124,7 @@ class ModelOffer(msgspec.Struct, omit_defaults=True):
     # Prices in micro-credits per 1M tokens (market issue fills these in).
     price_in: Micro = 0
     price_out: Micro = 0
+    price_image: Micro = 0  # µcr per image in a request, beside the token prices (models that read images)
     # Speed the provider claims; routing uses it (capped) only until it has measured.
     claimed_prefill_tps: Rate = 0.0
     claimed_decode_tps: Rate = 0.0
@@ -212,6 +213,13 @@ class GeneratePayload(msgspec.Struct, tag="gen", tag_field="k", omit_defaults=Tr
 
 
 Payload = Union[EmbedPayload, GeneratePayload]
+
+
+def image_count(payload: Payload) -> int:
+    """How many images a request carries (embedding inputs or chat message parts): each is priced."""
+    if isinstance(payload, EmbedPayload):
+        return len(payload.images)
+    return sum(len(m.images) for m in payload.messages)
 
 
 class Run(_Msg, tag="run"):
@@ -483,17 +491,3 @@ def _hashed_images(payload: Payload) -> Payload:
         return payload
     messages = [msgspec.structs.replace(m, images=digests(m.images)) for m in payload.messages]
     return msgspec.structs.replace(payload, messages=messages)
-
-
-def tokens_hash(token_ids: list[int], logprobs: list[float]) -> bytes:
-    """What a receipt commits to for the generated tokens: int32 ids, then float32 log-probs (LE).
-    Values out of range (decoding refuses them from a peer) hash their msgpack: it never raises."""
-    try:
-        packed = struct.pack(f"<{len(token_ids)}i{len(logprobs)}f", *token_ids, *logprobs)
-    except (struct.error, OverflowError):
-        packed = b"out-of-range\x00" + _encoder.encode([token_ids, logprobs])
-    return hashlib.sha256(packed).digest()
-
-
-def output_hash(data: bytes | str) -> bytes:
-    return hashlib.sha256(data.encode() if isinstance(data, str) else data).digest()

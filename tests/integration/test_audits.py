@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -41,8 +42,10 @@ async def raw_checker(net: Network, ident: Identity, models: list[str]) -> Any:
     return ws
 
 
-async def judge_jobs(ws: Any, ident: Identity, passed: bool, jobs: list[AuditJob], delay: float = 0.0) -> None:
-    """Answer every audit job with the same verdict, signed; pongs keep the link alive."""
+async def judge_jobs(ws: Any, ident: Identity, passed: bool | Callable[[AuditJob], bool], jobs: list[AuditJob],
+                     delay: float = 0.0, hard: bool = True) -> None:
+    """Answer every audit job with the same verdict (or `passed(job)`'s), signed; pongs keep the link alive.
+    `hard`: whether a failure is hard (suspends at once) or soft (counts towards the suspension rule's k)."""
     async for frame in ws:
         msg = protocol.decode(frame)
         if isinstance(msg, protocol.Ping):
@@ -50,9 +53,10 @@ async def judge_jobs(ws: Any, ident: Identity, passed: bool, jobs: list[AuditJob
         elif isinstance(msg, AuditJob):
             jobs.append(msg)
             await asyncio.sleep(delay)  # a checker takes a while to re-run the model
+            ok = passed(msg) if callable(passed) else passed
             verdict = protocol.Verdict(msg.job_id, msg.receipt.request_id, msg.receipt.node_id, ident.node_id,
-                                       passed=passed, hard=not passed, reason="ok" if passed else "wrong_model",
-                                       score=1.0 if passed else 0.05, issued_at=time.time())
+                                       passed=ok, hard=hard and not ok, reason="ok" if ok else "wrong_model",
+                                       score=1.0 if ok else 0.05, issued_at=time.time())
             verdict = msgspec.structs.replace(verdict, signature=ident.sign(protocol.signed_bytes(verdict)))
             await ws.send(protocol.encode(verdict))
 

@@ -105,6 +105,8 @@ class RequestRow(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
     cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # µcr charged
+    images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # images in the request
+    image_cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # µcr of `cost` for them
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,7 @@ class Store:
             rows = (await s.scalars(q)).all()
         return [{"request_id": r.request_id, "at": r.at, "model": r.model, "status": r.status, "cost": r.cost,
                  "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                 "images": r.images, "image_cost": r.image_cost,
                  "provider": r.provider} for r in rows]  # a node id, or fallback:NAME
 
     # ------------------------------------------------------------ batching writer

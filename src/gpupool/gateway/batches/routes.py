@@ -14,6 +14,7 @@ when a batch is created from it; batches take gpupool options from `metadata`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -31,8 +32,9 @@ from gpupool.gateway.batches import estimate as est
 from gpupool.batch import policy
 from gpupool.gateway.batches.runner import BatchDeps, Runner
 from gpupool.gateway.batches.store import BatchRow, BatchStore, FileRow, ItemRow
-from gpupool.gateway.batches.validate import ENDPOINTS, parse_file
+from gpupool.gateway.batches.validate import ENDPOINTS, Item, parse_file
 from gpupool.config import GatewaySettings
+from gpupool.gateway.edge import image_inputs
 from gpupool.gateway.edge.http import JSON, BodyLimit, query_limit
 from gpupool.gateway.money.metering import price_of
 from gpupool.gateway.store import ApiKey
@@ -114,7 +116,7 @@ class BatchService:
             raise errors.InvalidRequest("missing the file field (the JSONL input)", param="file")
         data = await upload_file.read()
         await form.close()
-        parse_file(data, self.known_models())  # refuses the whole file, naming the line
+        await self._parse(data)  # refuses the whole file, naming the line
         row = FileRow(id="file-" + uuid.uuid4().hex[:24], account=key.account,
                       filename=(upload_file.filename or "input.jsonl")[:256], purpose="batch", bytes=len(data),
                       created_at=int(time.time()), content=data, batch_id=None, kind="input")
@@ -165,7 +167,7 @@ class BatchService:
                          expires_at=int(now) + WINDOWS[body["completion_window"]], stamps="{}",
                          meta=json.dumps(metadata), total=len(items), completed=0, failed=0, cost_ucr=0,
                          input_tokens=0, output_tokens=0, max_share=max_share, max_cost=max_cost,
-                         max_weight=max(i.weight for i in items), errors="")
+                         max_weight=max(i.units for i in items), errors="")
         rows = [ItemRow(batch_id=batch.id, idx=i, seq=order[i], custom_id=it.custom_id,
                         body=it.body.decode(), weight=it.weight, state="pending", run_id=None, owner="",
                         lease_until=0.0, attempts=0, reserved=0, ok=0, cost=0, prompt_tokens=0,
@@ -209,6 +211,13 @@ class BatchService:
 
     def known_models(self) -> dict[str, str]:
         return {name: offer.task for name, offer in self.hub.known_models.items()}
+
+    async def _parse(self, data: bytes) -> list[Item]:
+        """The file's items, checked off the event loop (images are decoded from base64 and checked)."""
+        image_models = {name for name, offer in self.hub.known_models.items() if "image" in offer.accepts}
+        limits = image_inputs.limits_of(self.settings.image_max_bytes, self.settings.image_max_pixels)
+        return await asyncio.to_thread(parse_file, data, self.known_models(), image_models=image_models,
+                                       limits=limits)
 
     async def _file(self, request: Request, key: ApiKey) -> FileRow:
         file_id = request.path_params["file_id"]
@@ -259,7 +268,7 @@ class BatchService:
     async def _items(self, key: ApiKey, source: Any, endpoint: str) -> tuple[list[Any], bytes]:
         row = source if isinstance(source, FileRow) else await self._input_file(key, source)
         data = row.content or b""
-        items = parse_file(data, self.known_models())
+        items = await self._parse(data)
         for it in items:
             if it.url != endpoint:
                 raise errors.InvalidRequest(f"line {it.line}: url {it.url} differs from the batch's endpoint "

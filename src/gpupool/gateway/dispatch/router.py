@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from gpupool import errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway.dispatch.tries import Tries
-from gpupool.gateway.payload_size import PayloadSize
+from gpupool.gateway.edge.image_inputs import reads_images
+from gpupool.gateway.payload_size import PayloadSize, image_count
 from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.peers.model_index import Serving
 from gpupool.gateway.peers.session import ProviderSession
@@ -44,10 +45,12 @@ from gpupool.routing import (
     SpeedSample,
     hedge_delay_s,
     observe,
-    pick_with_reasons,
-    rank,
 )
 from gpupool.routing import breaker as breakers
+
+# Looked up at each pick, not bound here: the simulator calls the same attribute, so a
+# policy swapped in `gpupool.routing.policy` changes both (tests/integration/test_sim_live.py).
+from gpupool.routing import policy as routing_policy
 from gpupool.routing.options import RouteOptions
 from gpupool.routing.speed import hardware_speed, pool_prior
 
@@ -97,8 +100,9 @@ class LiveRouter:
         self._pool_gflops = 0.0  # median verified GFLOP/s of connected providers; 0 = none proved
         self.rng = random.Random()
 
-    def serving(self, model: str, within: tuple[int, int] | None = None) -> Serving:
+    def serving(self, model: str, within: tuple[int, int] | None = None, images: bool = False) -> Serving:
         """Who may take a request for `model` now: a request looks this up once, at its start.
+        `images`: only providers whose offer reads images (one from before images ignores them).
 
         A pool of at most `route_sample` sessions is taken whole; a bigger one is sampled (open,
         not draining, not suspended; held-back ones only if no other was drawn), and scanned
@@ -108,25 +112,25 @@ class LiveRouter:
             return Serving((), model, None)
         sessions, k = pool.sessions, max(1, self.settings.route_sample)
         if len(sessions) > k:
-            ready, held = self._draw(sessions, model, k, within)
+            ready, held = self._draw(sessions, model, k, within, images)
             if ready or held:
                 return Serving(ready or held, model, pool)
-        return Serving(self._eligible(sessions, model, within), model, pool)
+        return Serving(self._eligible(sessions, model, within, images), model, pool)
 
     def serving_all(self, model: str) -> Serving:
         """Every session trust lets serve `model` (batches plan shards over the whole pool)."""
         pool = self.hub.index.pools.get(model)
-        return Serving(self._eligible(pool.sessions, model, None) if pool else (), model, pool)
+        return Serving(self._eligible(pool.sessions, model, None, False) if pool else (), model, pool)
 
-    def _eligible(self, sessions: list[ProviderSession], model: str,
-                  within: tuple[int, int] | None) -> list[ProviderSession]:
+    def _eligible(self, sessions: list[ProviderSession], model: str, within: tuple[int, int] | None,
+                  images: bool) -> list[ProviderSession]:
         trust = self.trust
-        live = [s for s in sessions if not trust.is_suspended(s.node_id) and _fits(s, model, within)]
+        live = [s for s in sessions if not trust.is_suspended(s.node_id) and _fits(s, model, within, images)]
         ready = [s for s in live if not trust.is_held_back(s.node_id)]
         return ready or live
 
-    def _draw(self, sessions: list[ProviderSession], model: str, k: int,
-              within: tuple[int, int] | None) -> tuple[list[ProviderSession], list[ProviderSession]]:
+    def _draw(self, sessions: list[ProviderSession], model: str, k: int, within: tuple[int, int] | None,
+              images: bool) -> tuple[list[ProviderSession], list[ProviderSession]]:
         trust, n, rand = self.trust, len(sessions), self.rng.random
         ready: list[ProviderSession] = []
         held: list[ProviderSession] = []
@@ -137,7 +141,7 @@ class LiveRouter:
                 continue
             seen.add(i)
             s = sessions[i]
-            if s.closed or s.draining or trust.is_suspended(s.node_id) or not _fits(s, model, within):
+            if s.closed or s.draining or trust.is_suspended(s.node_id) or not _fits(s, model, within, images):
                 continue
             (held if trust.is_held_back(s.node_id) else ready).append(s)
             if len(ready) >= k:
@@ -154,7 +158,7 @@ class LiveRouter:
             return serving
         self._refresh_prior(model, time.monotonic())
         request = self.route_request(model, payload, options, stream)
-        best = rank([self.candidate(s, model) for s in serving], time.monotonic(), request=request,
+        best = routing_policy.rank([self.candidate(s, model) for s in serving], time.monotonic(), request=request,
                     weights=self.weights, k=k)
         if not best:
             return serving
@@ -232,7 +236,7 @@ class LiveRouter:
             sessions = untried
         else:
             within = first.price_cap() if isinstance(first, Serving) else None
-            sessions = self.serving(model, within)
+            sessions = self.serving(model, within, images=image_count(payload) > 0)
         if not sessions and not tries.tried:
             if model in self.hub.known_models:
                 raise errors.NoProvider(f"no provider is serving {model!r} right now; retry later")
@@ -244,14 +248,14 @@ class LiveRouter:
         self._refresh_prior(model, now)
         by_id = {s.node_id: s for s in sessions}
         request = self.route_request(model, payload, options, stream)
-        decision = pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng, tries.tried,
+        decision = routing_policy.pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng, tries.tried,
                                      request=request, weights=self.weights)
         if decision.choice is None and untried:
             # The request's own set cannot take it now (e.g. breakers open): others its hold covers may.
             within = first.price_cap() if isinstance(first, Serving) else None
-            sessions = self.serving(model, within)
+            sessions = self.serving(model, within, images=image_count(payload) > 0)
             by_id = {s.node_id: s for s in sessions}
-            decision = pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng, tries.tried,
+            decision = routing_policy.pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng, tries.tried,
                                          request=request, weights=self.weights)
         if decision.choice is None:
             constrained = {k: v for k, v in decision.excluded.items() if k in ("price", "region")}
@@ -342,9 +346,12 @@ class LiveRouter:
         return self.settings.first_byte_timeout_s
 
 
-def _fits(session: ProviderSession, model: str, within: tuple[int, int] | None) -> bool:
-    """Whether `session`'s offer of `model` is at most `within`'s (in, out) prices (None: any)."""
-    if within is None:
+def _fits(session: ProviderSession, model: str, within: tuple[int, int] | None, images: bool = False) -> bool:
+    """Whether `session`'s offer of `model` is at most `within`'s (in, out) prices (None: any) and,
+    with `images`, reads images."""
+    if within is None and not images:
         return True
     offer = session.models.get(model)
-    return offer is not None and offer.price_in <= within[0] and offer.price_out <= within[1]
+    if offer is None or (images and not reads_images(offer)):
+        return False
+    return within is None or (offer.price_in <= within[0] and offer.price_out <= within[1])

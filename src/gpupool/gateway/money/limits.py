@@ -169,6 +169,18 @@ class KeyLimiter:
             state.ignoring_retry_after = False
         return decision
 
+    def refused_elsewhere(self, key: int, retry_after_s: float, now: float) -> bool:
+        """A refusal decided outside this limiter (the network's shared rates, money/shared_limits.py),
+        remembered like its own so that a key ignoring Retry-After is treated the same way.
+        True when the key came back before its last Retry-After (`Decision.early`)."""
+        state = self.keys.get(key)
+        if state is None:
+            return False
+        early = now < state.retry_at
+        state.retry_at = now + retry_after_s
+        state.ignoring_retry_after = early
+        return early
+
     def ignored_retry_after(self, key: int, now: float) -> float:
         """Seconds left of the key's last Retry-After if it came back early once already and is
         early again (a client ignoring Retry-After; 0.0 otherwise). Such a request can be

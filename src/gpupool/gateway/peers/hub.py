@@ -104,6 +104,7 @@ class Hub:
         self.known_models: dict[str, ModelOffer] = {}
         self._unoffered: dict[str, float] = {}  # known model -> since when nobody offers it
         self._largest_context: int | None = None  # cache of largest_context(), reset when offers change
+        self._generation_reads_images = False  # computed with _largest_context
         self.stake_of = stake_of
         self.settlement = settlement
         self.listeners = HubListeners()
@@ -321,9 +322,16 @@ class Hub:
     def largest_context(self) -> int | None:
         """The most prompt tokens any known generation model takes (None: no such model is known)."""
         if self._largest_context is None:
-            self._largest_context = max((o.max_input_tokens for o in self.known_models.values()
-                                         if o.task == "generate"), default=0)
+            generators = [o for o in self.known_models.values() if o.task == "generate"]
+            self._largest_context = max((o.max_input_tokens for o in generators), default=0)
+            self._generation_reads_images = any("image" in o.accepts for o in generators)
         return self._largest_context or None
+
+    def generation_reads_images(self) -> bool:
+        """Whether a known generation model reads images: then a chat body is sized by its images,
+        not by the largest context (its prompt text)."""
+        self.largest_context()
+        return self._generation_reads_images
 
     def _offered(self, models: Iterable[str] | dict[str, ModelOffer]) -> None:
         if isinstance(models, dict):

@@ -54,15 +54,12 @@ from gpupool.verify import (
     to_record,
 )
 from gpupool.verify import Judgement
+from gpupool.verify.sampling import MAX_AWAITING_VERDICTS  # the simulator holds providers back by it too
 
 
 log = logging.getLogger("gpupool.gateway.audits")
 BOUNTY_BPS = 2_000  # the checker whose verdict led to a slash gets 20% of what is left after refunds
 JOB_TIMEOUT_S = 120.0
-# A provider with this many audits still awaiting verdicts gets no new work while others can
-# take it: checkers are slower than the traffic during probation, and without this bound a
-# cheater would keep serving (bad) answers until the verdicts caught up.
-MAX_AWAITING_VERDICTS = 6
 # A checker whose failing verdicts a second checker contradicted this many times gets no more jobs.
 MAX_OVERRULED = 3
 # Past this many provider records, those of providers gone with nothing at stake are dropped.

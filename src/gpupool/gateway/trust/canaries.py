@@ -5,12 +5,15 @@ Answers a checker has passed become canaries (a bounded pool per model). Every
 provider has never been sent and did not answer itself, and runs it through the
 normal dispatch path under a fresh request id shaped like a client's. The provider
 cannot tell it from client work, and cannot have cached it. The gateway compares
-the answer with the known one itself, with no checker in the loop (embeddings by
-cosine, greedy generation by exact text), and the result counts like an audit
-verdict (`Auditor.apply`): reputation, suspension.
+the answer with the known one itself, with no checker in the loop and the audits'
+tolerances (`verify/canary_checks.py`: embeddings by cosine, image rows with the image
+thresholds; text read off images by `ocr` models by edit distance; greedy generation by
+exact text), and the result counts like an audit verdict (`Auditor.apply`):
+reputation, suspension.
 
 A canary is not billed and its answer goes nowhere. Sampled (temperature > 0)
-generations are never canaries: their right answer is not unique.
+generations are never canaries: their right answer is not unique. Readings of images by
+an `ocr` model are, whatever the temperature: the model ignores it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from gpupool.protocol import AuditJob, EmbedPayload, GeneratePayload, Payload
 from gpupool.verify import Judgement
-from gpupool.verify import fail
+from gpupool.verify.canary_checks import image_count, judge_canary
 
 if TYPE_CHECKING:
     from gpupool.gateway.trust.audits import Auditor
@@ -47,6 +50,7 @@ class Canary:
     vectors: bytes = b""
     dimensions: int = 0
     text: str = ""
+    reads_images: bool = False  # an `ocr` model's reading: compared by edit distance
 
 
 class Canaries:
@@ -63,11 +67,19 @@ class Canaries:
         self._task: asyncio.Task[None] | None = None
 
     def remember(self, job: AuditJob, provider: str) -> None:
-        """A checker passed this answer: keep it as a canary (greedy or embeddings only)."""
-        if isinstance(job.payload, GeneratePayload) and job.payload.temperature > 0:
+        """A checker passed this answer: keep it as a canary (greedy, embeddings or an image reading)."""
+        reads = self._reads_images(job, provider)
+        if isinstance(job.payload, GeneratePayload) and job.payload.temperature > 0 and not reads:
             return
         pool = self.pool.setdefault(job.model, deque(maxlen=POOL_PER_MODEL))
-        pool.append(Canary(job.job_id, job.model, job.payload, provider, job.vectors, job.dimensions, job.text))
+        pool.append(Canary(job.job_id, job.model, job.payload, provider, job.vectors, job.dimensions, job.text,
+                           reads))
+
+    def _reads_images(self, job: AuditJob, provider: str) -> bool:
+        """The answer is text read off images by an `ocr` model (the source's offer says which backend)."""
+        session = self.hub.sessions.get(provider)
+        offer = session.models.get(job.model) if session is not None else None
+        return offer is not None and offer.backend == "ocr" and image_count(job.payload) > 0
 
     def start(self) -> None:
         if self.interval_s > 0:
@@ -121,16 +133,5 @@ class Canaries:
         self.stats["sent"] += 1
         if outcome is None:
             return None  # failed or lost: not evidence of cheating
-        if isinstance(canary.payload, EmbedPayload):
-            import numpy as np
-
-            from gpupool.verify import compare_embeddings
-
-            if outcome.done.dimensions != canary.dimensions:
-                return fail("wrong_dimensions", hard=True)
-            shape = (-1, canary.dimensions)
-            return compare_embeddings(np.frombuffer(outcome.done.vectors, "<f4").reshape(shape),
-                                      np.frombuffer(canary.vectors, "<f4").reshape(shape))
-        if outcome.text == canary.text:
-            return Judgement(passed=True, reason="canary_match")
-        return fail("canary_text_mismatch", hard=not outcome.text[:1] or outcome.text[:1] != canary.text[:1])
+        return judge_canary(canary.payload, canary.text, canary.vectors, canary.dimensions, outcome.done,
+                            outcome.text, canary.reads_images)

@@ -22,6 +22,7 @@ from gpupool.gateway.batches.routes import BatchService
 from gpupool.gateway.batches.runner import BatchDeps
 from gpupool.gateway.dispatch.dispatcher import Dispatcher
 from gpupool.gateway.dispatch.router import TrustView
+from gpupool.gateway.edge import image_inputs
 from gpupool.gateway.fallback.lanes import Fallbacks
 from gpupool.gateway.money.anonymous_limits import AddressLimiter, AnonymousLimit, HoldBack
 from gpupool.gateway.money.billing import Billing
@@ -29,6 +30,7 @@ from gpupool.gateway.money.metering import Metering
 from gpupool.gateway.money.quota import Quotas
 from gpupool.gateway.money.settlement_keys import SettlementKeys
 from gpupool.gateway.peers.hub import Hub
+from gpupool.gateway.registry import Registry
 from gpupool.gateway.store import Retention, Store
 from gpupool.gateway.trust.audits import Auditor
 from gpupool.gateway.trust.canaries import Canaries
@@ -37,6 +39,7 @@ from gpupool.gateway.web.auth import ClientKeys
 from gpupool.gateway.web.metrics import GatewayMetrics
 from gpupool.gateway.web.metrics_collector import LiveCollector
 from gpupool.identity import Identity
+from gpupool.images import ImageLimits
 from gpupool.ledger import Ledger, postings
 from gpupool.verify import SamplingPolicy
 
@@ -63,6 +66,7 @@ class Gateway:
     holdback: HoldBack  # refused answers held back from clients that flood or ignore Retry-After
     anonymous: AnonymousLimit  # keyless requests and failed keys: a rate per client address
     metrics: GatewayMetrics  # Prometheus (/metrics) and /v1/stats
+    gateways: Registry  # this gateway and its peers in the network (GET /v1/gateways)
     settlement_keys: SettlementKeys | None = None  # EVM ledger: registers providers' keys, after settlement
 
     @classmethod
@@ -119,9 +123,15 @@ class Gateway:
                  quotas, client_key, metering, Fallbacks(settings, billing, store),
                  BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger), client_key), holdback,
                  AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback),
-                 GatewayMetrics(hub.known_models), settlement_keys)
+                 GatewayMetrics(hub.known_models),
+                 Registry(store.engine, identity.node_id, settings.public_url, settings.region, settings.peer_gateways),
+                 settlement_keys)
         gw.metrics.registry.register(LiveCollector(gw.metrics, gw))
         return gw
+
+    def image_limits(self) -> ImageLimits:
+        """What one image in a request may be: the operator's byte and pixel limits."""
+        return image_inputs.limits_of(self.settings.image_max_bytes, self.settings.image_max_pixels)
 
     async def start(self) -> None:
         s, hub = self.settings, self.hub
@@ -131,8 +141,10 @@ class Gateway:
         await self.billing.start([k["account"] for k in await self.store.list_keys()])
         self.canaries.start()
         await self.batches.start()
+        await self.gateways.start()
 
     async def close(self) -> None:
+        await self.gateways.close()  # leaves the list first: providers stop choosing it
         if self.settlement_keys is not None:
             await self.settlement_keys.close()
         await self.batches.close()  # before billing closes: its last charges settle with the rest
@@ -144,5 +156,6 @@ class Gateway:
         await self.hub.close_all()
         await self.hardware_checks.close()
         await self.fallbacks.close()
+        await self.quotas.close()
         await self.store.close()
         await self.ledger.close()

@@ -135,6 +135,12 @@ class GatewaySettings:
                                      "non-streaming request's deadline for the lane (at most half of it)")
     batch_max_file_bytes: int = _opt(100 * 1024 * 1024, "largest batch input file accepted by POST /v1/files "
                                      "(other requests keep --max-body-bytes)")
+    batch_window_s: float = _opt(24 * 3600.0, "how long a batch may run before it expires (its completion_window, "
+                                 "\"24h\"; shorter only to try expiry out)")
+    batch_max_files: int = _opt(500, "batch input files an account may keep stored at once (delete some to upload "
+                                "more)")
+    batch_max_stored_bytes: int = _opt(2 * 1024 ** 3, "total bytes of batch input files an account may keep stored")
+    batch_max_active: int = _opt(100, "batches an account may have running (not yet finished) at once")
     batch_reserve_slots: int = _opt(1, "slots per provider that batch work leaves free for interactive requests")
 
     def db_url(self) -> str:

@@ -39,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, defer, mapped_column
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -163,18 +163,28 @@ class BatchStore:
         async with self.sessions.begin() as s:
             s.add(row)
 
-    async def file(self, file_id: str, account: str) -> FileRow | None:
+    async def file(self, file_id: str, account: str, content: bool = False) -> FileRow | None:
+        """The file's row; its `content` (an input file's bytes, up to 100 MiB) only when asked for."""
+        q = select(FileRow).where(FileRow.id == file_id, FileRow.account == account)
         async with self.sessions() as s:
-            row = await s.get(FileRow, file_id)
-        return row if row is not None and row.account == account else None
+            return await s.scalar(q if content else q.options(defer(FileRow.content, raiseload=True)))
+
+    async def usage(self, account: str) -> tuple[int, int]:
+        """The account's stored input files: how many, and their bytes (the quota counts these)."""
+        async with self.sessions() as s:
+            n, total = (await s.execute(select(func.count(), func.coalesce(func.sum(FileRow.bytes), 0))
+                                        .where(FileRow.account == account, FileRow.kind == "input"))).one()
+        return int(n), int(total)
 
     async def files(self, account: str, purpose: str | None, after: str | None, limit: int) -> list[FileRow]:
-        q = select(FileRow).where(FileRow.account == account).order_by(FileRow.created_at.desc(), FileRow.id.desc())
+        # Never the content column: a listing of a hundred 100 MiB files must not read them.
+        q = (select(FileRow).options(defer(FileRow.content, raiseload=True)).where(FileRow.account == account)
+             .order_by(FileRow.created_at.desc(), FileRow.id.desc()))
         if purpose:
             q = q.where(FileRow.purpose == purpose)
         if after:
             async with self.sessions() as s:
-                anchor = await s.get(FileRow, after)
+                anchor = await s.get(FileRow, after, options=[defer(FileRow.content, raiseload=True)])
             if anchor is not None:
                 q = q.where(or_(FileRow.created_at < anchor.created_at,
                                 and_(FileRow.created_at == anchor.created_at, FileRow.id < anchor.id)))
@@ -228,6 +238,11 @@ class BatchStore:
                                 and_(BatchRow.created_at == anchor.created_at, BatchRow.id < anchor.id)))
         async with self.sessions() as s:
             return list((await s.scalars(q.limit(limit))).all())
+
+    async def active_count(self, account: str) -> int:
+        async with self.sessions() as s:
+            return int(await s.scalar(select(func.count()).where(BatchRow.account == account,
+                                                                 BatchRow.status.in_(ACTIVE))) or 0)
 
     async def active(self) -> list[BatchRow]:
         async with self.sessions() as s:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Sequence
+from typing import NoReturn
 
 from starlette.background import BackgroundTasks
 from starlette.responses import Response, StreamingResponse
@@ -21,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from gpupool import errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway.edge.http import EventStream
-from gpupool.gateway.money.limits import KeyLimiter, KeyLimits, LimiterConfig
+from gpupool.gateway.money.limits import Decision, KeyLimiter, KeyLimits, LimiterConfig
 from gpupool.gateway.edge.openai_api import ModelLimits
 from gpupool.gateway.payload_size import PayloadSize
 from gpupool.gateway.peers.session import ProviderSession
@@ -106,18 +107,30 @@ class Quotas:
         decision = self.limiter.admit(key.id, self.limits_for(key), name, tokens, slots, time.monotonic(),
                                       places, related)
         if not decision.ok:
-            self.refused[decision.reason] = self.refused.get(decision.reason, 0) + 1
-            # Back before its last Retry-After: the answer is held back (the client waits either way).
-            hold = EARLY_RETRY_HOLD_S if decision.early else 0.0
-            if decision.reason == "fair_share":
-                # Not the key's own limit: the pool is busy and others need their share.
-                raise errors.NoCapacity(f"{decision.message}; retry shortly", retry_after_s=decision.retry_after_s,
-                                        hold_s=hold)
-            raise errors.RateLimited(f"Rate limit reached for this key on {decision.message}. Please try again "
-                                     f"in {decision.retry_after_s:.1f}s.", retry_after_s=decision.retry_after_s,
-                                     hold_s=hold)
+            self._refuse(decision)
         pace = self.settings.over_share_stream_pace_ms / 1000 if decision.over_share else 0.0
         return Ticket(self, key.id, name, tokens, pace)
+
+    def count_call(self, key: ApiKey) -> None:
+        """A request that runs nothing on the pool (files, batches): counted against the key's
+        requests per minute (and its concurrency, for the moment it is admitted), or a 429."""
+        now = time.monotonic()
+        decision = self.limiter.admit(key.id, self.limits_for(key), UNSERVED, 0, 0, now)
+        if not decision.ok:
+            self._refuse(decision)
+        self.limiter.release(key.id, UNSERVED, 0, 0, now)
+
+    def _refuse(self, decision: Decision) -> NoReturn:
+        self.refused[decision.reason] = self.refused.get(decision.reason, 0) + 1
+        # Back before its last Retry-After: the answer is held back (the client waits either way).
+        hold = EARLY_RETRY_HOLD_S if decision.early else 0.0
+        if decision.reason == "fair_share":
+            # Not the key's own limit: the pool is busy and others need their share.
+            raise errors.NoCapacity(f"{decision.message}; retry shortly", retry_after_s=decision.retry_after_s,
+                                    hold_s=hold)
+        raise errors.RateLimited(f"Rate limit reached for this key on {decision.message}. Please try again "
+                                 f"in {decision.retry_after_s:.1f}s.", retry_after_s=decision.retry_after_s,
+                                 hold_s=hold)
 
 
 async def within_quota(ticket: Ticket, respond: Awaitable[Response]) -> Response:

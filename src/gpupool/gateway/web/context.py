@@ -14,6 +14,7 @@ nowhere else; no part looks another up through a third.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
 
@@ -112,10 +113,16 @@ class Gateway:
         quotas, metering = Quotas(settings), Metering(billing, auditor)
         client_key = ClientKeys(store, quotas)
         holdback = HoldBack()
+
+        async def known_key(token: str) -> bool:  # a client key or the admin token skips the keyless rate
+            admin = settings.admin_token
+            return bool(admin and hmac.compare_digest(token.encode(), admin.encode())) or (
+                await store.authenticate(token) is not None)
+
         gw = cls(settings, identity, store, ledger, hub, dispatcher, auditor, hardware_checks, canaries, billing,
                  quotas, client_key, metering, Fallbacks(settings, billing, store),
-                 BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger), client_key), holdback,
-                 AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback),
+                 BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger), client_key.counted), holdback,
+                 AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback, known_key),
                  GatewayMetrics(hub.known_models))
         gw.metrics.registry.register(LiveCollector(gw.metrics, gw))
         return gw

@@ -55,6 +55,9 @@ class GatewaySettings:
     key_concurrency: int = _opt(0, "default requests at once per API key (0: only the fair share limits it)")
     rate_burst_s: float = _opt(10.0, "a key's request and token budgets hold this many seconds of its rate, "
                                "so short bursts pass")
+    public_hosts: str = _opt("", "comma-separated host[:port] names providers and checkers dial this gateway by "
+                             "(e.g. gw.example.com): a handshake signed for any other is refused, which stops "
+                             "another gateway relaying it; empty: it must match the connection's Host header")
     trusted_proxies: str = _opt("", "comma-separated addresses of reverse proxies whose X-Forwarded-For gives the "
                                 "client's address (for --anonymous-rate); empty: the connection's address")
     over_share_stream_pace_ms: float = _opt(20.0, "while other keys are active, the streams of a key holding more "

@@ -27,9 +27,10 @@ import pytest
 from websockets.asyncio.client import connect
 
 from gpupool import protocol
+from gpupool.protocol_handshake import answer
 from gpupool.devnet import Network
 from gpupool.identity import Identity
-from gpupool.protocol import Challenge, Fail, Hardware, Hello, ModelOffer, Offer, Proof, Run, Welcome
+from gpupool.protocol import Challenge, Fail, Hardware, Hello, ModelOffer, Offer, Run, Welcome
 from tests.integration.conftest import PG_URL, audits_body, client_for, pg_available, raw, wait_until
 from tests.openai_schemas import validate
 
@@ -557,8 +558,7 @@ async def _black_hole(net: Network, model: str, stop: asyncio.Event, first_word:
         await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
         challenge = protocol.decode(await ws.recv())
         assert isinstance(challenge, Challenge)
-        await ws.send(protocol.encode(Proof(ident.sign(protocol.challenge_bytes(challenge.nonce,
-                                                                                  challenge.gateway_id)))))
+        await ws.send(protocol.encode(answer(ident, challenge, ws.request.headers["Host"])))
         await ws.send(protocol.encode(offer))
         while not stop.is_set():
             try:

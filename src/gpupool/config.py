@@ -119,6 +119,8 @@ class GatewaySettings:
     tab_idle_s: float = _opt(5.0, "a client's unused reserve goes back after this long without requests")
     statement_wait_s: float = _opt(10.0, "a receipt its provider has not signed (in a statement) by then is "
                                    "never paid")
+    suspension_expiry_s: float = _opt(86400.0, "a suspension not confirmed as fraud (no slash) ends after this "
+                                      "long; 0: only an appeal or the operator lifts it")
     canary_interval_s: float = _opt(60.0, "about how often a known-answer request (canary) is sent to a "
                                     "provider; 0 disables canaries")
     audit_window_s: float = _opt(3600.0, "provider earnings stay held this long (open to audits and slashing) "

@@ -87,7 +87,8 @@ class Gateway:
                           flush_interval_s=settings.settle_interval_s, tab_idle_s=settings.tab_idle_s,
                           audit_window_s=settings.audit_window_s, statement_wait_s=settings.statement_wait_s,
                           on_bad_receipt=bad_receipt)
-        auditor = Auditor(hub, store, ledger, sampling=SamplingPolicy(probation_requests=settings.audit_probation_requests))
+        auditor = Auditor(hub, store, ledger, sampling=SamplingPolicy(probation_requests=settings.audit_probation_requests),
+                          expiry_s=settings.suspension_expiry_s)
         hardware_checks = HardwareChecker(hub.disconnect, interval_s=settings.hardware_proof_interval_s,
                                           max_n=settings.hardware_proof_max_n)
         proofs = settings.hardware_proof_max_n > 0
@@ -98,6 +99,7 @@ class Gateway:
         dispatcher = Dispatcher(hub, store, settings, trust)
         canaries = Canaries(hub, dispatcher, auditor, settings.canary_interval_s)
         auditor.on_passed = canaries.remember
+        auditor.on_ambiguous_canary = canaries.drop
         auditor.before_slash = billing.settle_provider
         billing.unpaid = auditor.is_slashed
 

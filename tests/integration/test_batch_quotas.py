@@ -65,7 +65,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
     network = Network(tmp_path_factory.mktemp("batchquota") / "net")
     try:
         network.start_gateway(extra=["--batch-max-files", str(MAX_FILES), "--batch-max-stored-bytes",
-                                     str(MAX_STORED), "--batch-window-s", "3"])
+                                     str(MAX_STORED), "--batch-window-s", "8"])
         network.start_provider(["echo-embed=echo:embeddings", "slow=echo:chat?delay_ms=500"], max_concurrency=2,
                                extra=["--price", f"echo-embed={PRICE}", "--price", f"slow={PRICE}/{PRICE}"])
         network.wait_for_models({"echo-embed": 1, "slow": 1}, timeout=90)
@@ -192,8 +192,27 @@ def test_files_and_batches_count_against_the_keys_request_rate(net: Network) -> 
         assert r.json()["error"]["code"] == "rate_limit_exceeded"
 
 
+def test_batch_items_run_under_the_keys_limits(net: Network) -> None:
+    """A key limited to 12 requests a minute (a burst of two) cannot push more through a batch: each
+    shard counts as one of its requests. Six one-second items, unlimited, all finish within the 8 s
+    window; under the limit (one every 5 s after the create and the first) at most three run."""
+    limited = new_key(net, "metered", rpm=12)
+    helper = httpx.post(net.gateway_url + "/admin/keys", json={"name": "metered-reader", "account": "metered"},
+                        headers={"Authorization": f"Bearer {net.admin_token}"}, timeout=10).json()["key"]
+    deposit(net, "metered", 50_000_000)
+    reader = client_for(net, helper, timeout=60)  # same account, no limits: uploads and polls
+    lines = [{"custom_id": f"m{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "slow", "messages": [{"role": "user", "content": f"item {i}"}], "max_tokens": 8}}
+             for i in range(6)]
+    f = reader.files.create(file=("metered.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    batch = client_for(net, limited).batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                                    completion_window="24h")
+    done = finished(reader, batch.id, timeout=60)
+    assert done.status == "expired" and 1 <= done.request_counts.completed <= 3, (done.status, done.request_counts)
+
+
 def test_a_batch_past_its_window_expires_and_only_what_ran_is_charged(net: Network) -> None:
-    """The gateway runs with a 3 s window; each item (two words at 0.5 s each) takes a second on the
+    """The gateway runs with an 8 s window; each item (two words at 0.5 s each) takes a second on the
     one provider's one batch slot:
     the first items finish, the batch expires, the rest get `batch_expired` lines and no charge."""
     key = new_key(net, "late")
@@ -201,15 +220,15 @@ def test_a_batch_past_its_window_expires_and_only_what_ran_is_charged(net: Netwo
     client = client_for(net, key, timeout=60)
     lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
               "body": {"model": "slow", "messages": [{"role": "user", "content": f"question {i}"}],
-                       "max_tokens": 8}} for i in range(8)]
+                       "max_tokens": 8}} for i in range(20)]
     f = client.files.create(file=("late.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
     batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-    assert batch.expires_at - batch.created_at <= 4
+    assert batch.expires_at - batch.created_at <= 9
     done = finished(client, batch.id, timeout=60)
     assert done.status == "expired" and done.expired_at, done
     ok, failed = read_lines(client, done.output_file_id), read_lines(client, done.error_file_id)
-    assert 1 <= len(ok) < 8 and len(ok) + len(failed) == 8, (len(ok), len(failed))
-    assert {x["custom_id"] for x in ok} | {x["custom_id"] for x in failed} == {f"q{i}" for i in range(8)}
+    assert 1 <= len(ok) < 20 and len(ok) + len(failed) == 20, (len(ok), len(failed))
+    assert {x["custom_id"] for x in ok} | {x["custom_id"] for x in failed} == {f"q{i}" for i in range(20)}
     assert all(x["error"]["code"] == "batch_expired" for x in failed)
     assert done.request_counts.completed == len(ok)
     charged = sum(x["response"]["body"]["usage"].get("cost_ucr", 0) for x in ok)

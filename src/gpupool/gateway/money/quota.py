@@ -93,7 +93,18 @@ class Quotas:
 
     def admit(self, key: ApiKey, model: str, size: PayloadSize, serving: Sequence[ProviderSession]) -> Ticket:
         """Count the request against its key, or raise the 429 that says which limit it hit."""
-        tokens = size.quota_tokens
+        decision, ticket = self._decide(key, model, size.quota_tokens, serving)
+        if ticket is None:
+            self._refuse(decision)
+        return ticket
+
+    def try_admit(self, key: ApiKey, model: str, tokens: int, serving: Sequence[ProviderSession]) -> Ticket | None:
+        """As `admit`, for work nobody waits on (a batch shard): None instead of a 429, and then the
+        work waits for a later try."""
+        return self._decide(key, model, tokens, serving, background=True)[1]
+
+    def _decide(self, key: ApiKey, model: str, tokens: int, serving: Sequence[ProviderSession],
+                background: bool = False) -> tuple[Decision, Ticket | None]:
         slots, places, related = 0, None, ()
         if self.settings.fair_share:
             sessions = serving
@@ -105,11 +116,11 @@ class Quotas:
             related = tuple({m for s in sessions for m in s.models} - {model})
         name = model if slots > 0 else UNSERVED
         decision = self.limiter.admit(key.id, self.limits_for(key), name, tokens, slots, time.monotonic(),
-                                      places, related)
+                                      places, related, background)
         if not decision.ok:
-            self._refuse(decision)
+            return decision, None
         pace = self.settings.over_share_stream_pace_ms / 1000 if decision.over_share else 0.0
-        return Ticket(self, key.id, name, tokens, pace)
+        return decision, Ticket(self, key.id, name, tokens, pace)
 
     def count_call(self, key: ApiKey) -> None:
         """A request that runs nothing on the pool (files, batches): counted against the key's

@@ -28,7 +28,7 @@ from gpupool.gateway.fallback.lanes import Fallbacks
 from gpupool.gateway.money.anonymous_limits import AddressLimiter, AnonymousLimit, HoldBack
 from gpupool.gateway.money.billing import Billing
 from gpupool.gateway.money.metering import Metering
-from gpupool.gateway.money.quota import Quotas
+from gpupool.gateway.money.quota import Quotas, Ticket
 from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.store import Retention, Store
 from gpupool.gateway.trust.audits import Auditor
@@ -113,6 +113,12 @@ class Gateway:
                 lambda node_id, msg: spawn(register_settlement_key(ledger, store, node_id, msg)))
 
         quotas, metering = Quotas(settings), Metering(billing, auditor)
+
+        async def admit_shard(key_id: int, model: str, tokens: int) -> Ticket | None:
+            """A batch shard under its key's limits (None: not now; a revoked key's batch waits)."""
+            key = await store.key_by_id(key_id)
+            return None if key is None else quotas.try_admit(key, model, tokens, dispatcher.router.serving(model))
+
         client_key = ClientKeys(store, quotas)
         holdback = HoldBack()
 
@@ -123,7 +129,7 @@ class Gateway:
 
         gw = cls(settings, identity, store, ledger, hub, dispatcher, auditor, hardware_checks, canaries, billing,
                  quotas, client_key, metering, Fallbacks(settings, billing, store),
-                 BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger), client_key.counted), holdback,
+                 BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger, admit_shard), client_key.counted), holdback,
                  AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback, known_key),
                  GatewayMetrics(hub.known_models))
         gw.metrics.registry.register(LiveCollector(gw.metrics, gw))

@@ -129,6 +129,7 @@ class Stream:
         self.providers = [session.node_id]
         self.continued = 0
         self._chunks = 0  # Chunk messages received: each carries at least one token
+        self.run_chunks = 0  # of those, the current provider's (what a stream cut short pays it for)
         self._closed = False
         self._started = sent_at
         self._first_at: float | None = time.monotonic() - sent_at  # dispatch to first event
@@ -137,6 +138,11 @@ class Stream:
     @property
     def attempts(self) -> int:
         return len(self.tries.tried)
+
+    @property
+    def run_id(self) -> str:
+        """The current provider's run: the request id, or after a continuation `rid~N`."""
+        return self._run_id
 
     @property
     def answer_payload(self) -> Payload:
@@ -163,6 +169,7 @@ class Stream:
                             pieces.append(nxt.text)
                         text = "".join(pieces)
                         self._chunks += len(pieces)
+                        self.run_chunks += len(pieces)
                         sent.append(text)
                         mine.append(text)
                         yield text
@@ -205,6 +212,7 @@ class Stream:
         self._run_payload = msgspec.structs.replace(payload, continue_text=payload.continue_text + text_so_far,
                                                     max_tokens=remaining)
         self._run_id = f"{self.request_id}~{self.continued}"
+        self.run_chunks = 0
         self.tries.failures.append(reason)
         try:
             session, channel, first, sent_at = await _first_event(

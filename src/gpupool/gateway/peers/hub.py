@@ -30,7 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gpupool import protocol, protocol_handshake
 from gpupool.config import GatewaySettings
-from gpupool.gateway.peers.peer_limits import check_lists, check_offer
+from gpupool.gateway.peers.peer_limits import HandshakeRate, check_lists, check_offer
 from gpupool.gateway.peers.listeners import HubListeners
 from gpupool.gateway.peers.session import (
     ANSWER_FRAME_BYTES,
@@ -102,6 +102,7 @@ class Hub:
         self.listeners = HubListeners()
         self._events_window = (0.0, 0, 0)  # (window start, recorded, suppressed)
         self._ping_nonce = itertools.count()
+        self._handshakes = HandshakeRate()
 
     # ------------------------------------------------------------ queries
 
@@ -234,6 +235,9 @@ class Hub:
             # Signed for a gateway at another address: relayed by that gateway to impersonate its peer here.
             raise PeerViolation("relayed_handshake", f"the proof was signed for host {proof.host[:100]!r}, which "
                                 "is not this gateway's", protocol.CLOSE_BAD_SIGNATURE, node_id)
+        if not self._handshakes.admit(node_id, time.monotonic()):  # its key proven: nobody else is locked out
+            raise PeerViolation("reconnecting_too_often", f"more than {self._handshakes.per_minute} handshakes a "
+                                "minute from this node; wait a minute", protocol.CLOSE_LIMIT, node_id)
         offer = await self._recv(ws, protocol.MAX_OFFER_FRAME_BYTES)
         if not isinstance(offer, Offer):
             raise PeerViolation("bad_handshake", f"expected offer, got {type(offer).__name__}")

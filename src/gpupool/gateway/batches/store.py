@@ -398,19 +398,20 @@ class BatchStore:
 
     async def confirm(self, batch_id: str, run_id: str, paid: bool) -> None:
         """The run's charge reached the ledger (`paid`): its items are done; else they run again."""
+        # One UPDATE that only rows still `charging` pass: two gateways confirming the same run at
+        # once (its owner, and another that took its lease for lost under load) count it once, since
+        # the second UPDATE finds the rows moved (a select-then-write counted them twice).
+        charging = (ItemRow.batch_id == batch_id, ItemRow.run_id == run_id, ItemRow.state == "charging")
         async with self.sessions.begin() as s:
-            rows = (await s.scalars(select(ItemRow).where(ItemRow.batch_id == batch_id, ItemRow.run_id == run_id,
-                                                          ItemRow.state == "charging"))).all()
-            if not rows:
-                return
             if paid:
-                for row in rows:
-                    row.state = "done"
-                await self._count_done(s, batch_id, [Finished(r.idx, bool(r.ok), b"", r.cost, r.prompt_tokens,
-                                                              r.completion_tokens) for r in rows])
+                rows = (await s.execute(update(ItemRow).where(*charging).values(state="done").returning(
+                    ItemRow.idx, ItemRow.ok, ItemRow.cost, ItemRow.prompt_tokens, ItemRow.completion_tokens))).all()
+                if rows:
+                    await self._count_done(s, batch_id, [Finished(idx, bool(ok), b"", cost, pt, ct)
+                                                         for idx, ok, cost, pt, ct in rows])
             else:
-                for row in rows:
-                    row.state, row.line, row.cost, row.lease_until = "pending", None, 0, 0.0
+                await s.execute(update(ItemRow).where(*charging).values(state="pending", line=None, cost=0,
+                                                                        lease_until=0.0))
 
     async def close_rest(self, batch_id: str, make_line: Any, now: float, min_attempts: int = 0) -> int:
         """Write an error line for every item not done and not running (cancelled, expired, over the

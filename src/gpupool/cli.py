@@ -221,6 +221,26 @@ def provider_earnings(
     typer.echo(f"  held earnings become withdrawable {body['audit_window_s']:.0f} s after settlement")
 
 
+@provider_app.command("unsuspend")
+def provider_unsuspend(
+    node_id: str,
+    gateway: GatewayOpt = None,
+    admin_token: Annotated[str, typer.Option(envvar="GPUPOOL_GATEWAY_ADMIN_TOKEN",
+                                             help="the gateway's admin token")] = "",
+) -> None:
+    """Lift a provider's suspension on a gateway (the operator's call: e.g. after a mistaken audit)."""
+    import httpx
+
+    url = f"{default_gateway(gateway)}/admin/providers/{node_id}/unsuspend"
+    try:
+        r = httpx.post(url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach {url}: {exc} (is the gateway running? pass --gateway)") from None
+    if r.status_code != 200:
+        raise fail(f"{url} answered {r.status_code}: {r.text[:300]}")
+    typer.echo(f"provider {node_id}: suspension lifted")
+
+
 @app.command()
 def market(gateway: GatewayOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:

@@ -60,6 +60,9 @@ class GatewaySettings:
     key_concurrency: int = _opt(0, "default requests at once per API key (0: only the fair share limits it)")
     rate_burst_s: float = _opt(10.0, "a key's request and token budgets hold this many seconds of its rate, "
                                "so short bursts pass")
+    public_hosts: str = _opt("", "comma-separated host[:port] names providers and checkers dial this gateway by "
+                             "(e.g. gw.example.com): a handshake signed for any other is refused, which stops "
+                             "another gateway relaying it; empty: it must match the connection's Host header")
     trusted_proxies: str = _opt("", "comma-separated addresses of reverse proxies whose X-Forwarded-For gives the "
                                 "client's address (for --anonymous-rate); empty: the connection's address")
     over_share_stream_pace_ms: float = _opt(20.0, "while other keys are active, the streams of a key holding more "
@@ -141,6 +144,8 @@ class GatewaySettings:
     tab_idle_s: float = _opt(5.0, "a client's unused reserve goes back after this long without requests")
     statement_wait_s: float = _opt(10.0, "a receipt its provider has not signed (in a statement) by then is "
                                    "never paid")
+    suspension_expiry_s: float = _opt(86400.0, "a suspension not confirmed as fraud (no slash) ends after this "
+                                      "long; 0: only an appeal or the operator lifts it")
     canary_interval_s: float = _opt(60.0, "about how often a known-answer request (canary) is sent to a "
                                     "provider; 0 disables canaries")
     audit_window_s: float = _opt(3600.0, "provider earnings stay held this long (open to audits and slashing) "
@@ -160,6 +165,12 @@ class GatewaySettings:
                                      "non-streaming request's deadline for the lane (at most half of it)")
     batch_max_file_bytes: int = _opt(100 * 1024 * 1024, "largest batch input file accepted by POST /v1/files "
                                      "(other requests keep --max-body-bytes)")
+    batch_window_s: float = _opt(24 * 3600.0, "how long a batch may run before it expires (its completion_window, "
+                                 "\"24h\"; shorter only to try expiry out)")
+    batch_max_files: int = _opt(500, "batch input files an account may keep stored at once (delete some to upload "
+                                "more)")
+    batch_max_stored_bytes: int = _opt(2 * 1024 ** 3, "total bytes of batch input files an account may keep stored")
+    batch_max_active: int = _opt(100, "batches an account may have running (not yet finished) at once")
     batch_reserve_slots: int = _opt(1, "slots per provider that batch work leaves free for interactive requests")
     redis_url: str = _opt("", "count each key's requests and tokens per minute across all the network's gateways "
                           "in this Redis (redis://HOST:PORT/DB); empty: each gateway counts alone. Unreachable at "

@@ -9,7 +9,7 @@ Handshake (provider dials out to the gateway, so providers work behind NAT)::
     provider                         gateway
        Hello(version, public key) ──▶
                                   ◀── Challenge(nonce)       (or close: bad version)
-       Proof(sig over nonce), Offer ─▶
+       Proof(sig over nonce, host dialled), Offer ─▶   (protocol_handshake.py)
                                   ◀── Welcome(session)       (or close: bad signature)
 
 Then the gateway sends Run / Cancel / Ping and the provider answers with
@@ -39,7 +39,7 @@ from gpupool.protocol_hashes import output_hash, tokens_hash  # noqa: F401 - par
 from gpupool.protocol_limits import (Capacity, Concurrency, Count, Description, Latitude, LogProb, Longitude, Micro,
                                      ModelName, Rate, Region, Score, Seq, ShortStr, Timestamp, TokenId)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the Proof signs the host the peer dialled (protocol_handshake.py)
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
 
 # Largest frame a peer may send; larger frames are a protocol violation.
@@ -90,7 +90,8 @@ class Challenge(_Msg, tag="challenge"):
 
 
 class Proof(_Msg, tag="proof"):
-    signature: bytes  # ed25519 over challenge_bytes(nonce, gateway_id)
+    signature: bytes  # ed25519 over protocol_handshake.challenge_bytes(nonce, gateway_id, host)
+    host: ShortStr = ""  # the host[:port] the peer dialled (what its WebSocket request's Host said)
 
 
 class Welcome(_Msg, tag="welcome"):
@@ -420,11 +421,6 @@ def list_lengths(frame: bytes) -> dict[str, int]:
         return frame_lists.list_lengths(frame)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProtocolError(f"undecodable frame: {exc}") from exc
-
-
-def challenge_bytes(nonce: bytes, gateway_id: str) -> bytes:
-    # Binding the gateway id stops a proof being replayed to another gateway.
-    return b"gpupool-challenge-v1\x00" + gateway_id.encode() + b"\x00" + nonce
 
 
 def operator_bytes(node_id: str) -> bytes:

@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from gpupool import protocol
+from gpupool.protocol_handshake import answer
 from gpupool.devnet import Network
 from gpupool.identity import Identity
 from gpupool.ledger import fee_of
@@ -33,8 +34,7 @@ async def raw_checker(net: Network, ident: Identity, models: list[str]) -> Any:
     ws = await connect(ws_url(net))
     await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
     challenge = protocol.decode(await ws.recv())
-    await ws.send(protocol.encode(protocol.Proof(ident.sign(protocol.challenge_bytes(challenge.nonce,
-                                                                                     challenge.gateway_id)))))
+    await ws.send(protocol.encode(answer(ident, challenge, ws.request.headers["Host"])))
     offer = signed_offer(ident, [ModelOffer(m, "generate", "echo") for m in models])
     offer = msgspec.structs.replace(offer, role="checker", signature=b"")
     await ws.send(protocol.encode(msgspec.structs.replace(offer, signature=ident.sign(protocol.signed_bytes(offer)))))

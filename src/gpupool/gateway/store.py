@@ -154,6 +154,7 @@ class Store:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         # key hash -> (key or None if unknown/revoked, monotonic time the entry expires)
         self._key_cache: dict[str, tuple[ApiKey | None, float]] = {}
+        self._id_cache: dict[int, tuple[ApiKey | None, float]] = {}
         self.key_cache_s = KEY_CACHE_S
         self._pending: list[tuple[Any, dict[str, Any]]] = []
         # node id -> its provider row's new values: joins are written in batches (thousands of
@@ -249,6 +250,22 @@ class Store:
         return found
 
     # ------------------------------------------------------------ providers and events
+
+    async def key_by_id(self, key_id: int) -> ApiKey | None:
+        """A key's record by its id (None if unknown or revoked): batches run under the key that made
+        them. Cached like `authenticate`, so a revocation reaches a running batch within seconds."""
+        now = time.monotonic()
+        cached = self._id_cache.get(key_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        async with self.sessions() as s:
+            row = await s.get(ApiKeyRow, key_id)
+        found = (ApiKey(row.id, row.name, row.account, row.rpm, row.tpm, row.max_concurrency)
+                 if row is not None and not row.revoked else None)
+        if len(self._id_cache) >= KEY_CACHE_MAX:
+            self._id_cache.clear()  # ids come from this gateway's own batches: rarely many
+        self._id_cache[key_id] = (found, now + self.key_cache_s)
+        return found
 
     async def upsert_provider(self, node_id: str, public_key: bytes, region: str, models: list[str]) -> None:
         now = time.time()

@@ -27,7 +27,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from gpupool import protocol
 from gpupool.identity import Identity
-from gpupool.protocol import Challenge, Hello, Offer, Proof, Welcome
+from gpupool.protocol import Challenge, Hello, Offer, Welcome
+from gpupool.protocol_handshake import answer
 from gpupool.tls import certificate_problem, client_context
 
 # Both roles' links have always logged here; operators' log filters rely on it.
@@ -58,7 +59,8 @@ async def handshake(ws: ClientConnection, identity: Identity, client: str,
         raise protocol.ProtocolError(f"expected challenge, got {type(msg).__name__}")
     if on_gateway is not None:
         on_gateway(msg.gateway_id)
-    await ws.send(protocol.encode(Proof(identity.sign(protocol.challenge_bytes(msg.nonce, msg.gateway_id)))))
+    # Signed with the host this link dialled: a gateway relaying another's challenge cannot use it.
+    await ws.send(protocol.encode(answer(identity, msg, ws.request.headers["Host"] if ws.request else "")))
     await ws.send(protocol.encode(make_offer()))
     msg = protocol.decode(await asyncio.wait_for(ws.recv(), HANDSHAKE_REPLY_TIMEOUT_S))
     if not isinstance(msg, Welcome):

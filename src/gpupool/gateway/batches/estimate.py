@@ -27,7 +27,6 @@ BYTES_PER_TOKEN = 4  # English text in common tokenizers; only an estimate, char
 def estimate(model: str, endpoint: str, items: list[Item], prices: list[pricing.Price],
              fee_bps: int) -> dict[str, Any]:
     tokens_typ = sum((it.text_bytes + it.images * IMAGE_COST_BYTES) // BYTES_PER_TOKEN + 1 for it in items)
-    tokens_max = sum(pricing.input_token_bound(it.text_bytes, it.weight) for it in items)
     images = sum(it.images for it in items)
     out_max = 0 if endpoint == "/v1/embeddings" else sum(_max_tokens(it) for it in items)
     out_typ = out_max // 2
@@ -45,11 +44,19 @@ def estimate(model: str, endpoint: str, items: list[Item], prices: list[pricing.
     body["cost_ucr"] = {
         "low": pricing.cost(by_cost[0], tokens_typ, out_typ, images),
         "typical": pricing.cost(median, tokens_typ, out_typ, images),
-        "high": pricing.hold_bound(prices, tokens_max, out_max, None, images),
+        "high": high_bound(endpoint, items, prices),
     }
     body["price_per_m_input_tokens"] = {"min": by_cost[0].per_m_in, "median": median.per_m_in,
                                         "max": by_cost[-1].per_m_in}
     return body
+
+
+def high_bound(endpoint: str, items: list[Item], prices: list[pricing.Price]) -> int:
+    """The most the whole batch can be charged at these prices (`estimate`'s `high`; what creating it
+    asks the balance to cover)."""
+    tokens_max = sum(pricing.input_token_bound(it.text_bytes, it.weight) for it in items)
+    out_max = 0 if endpoint == "/v1/embeddings" else sum(_max_tokens(it) for it in items)
+    return pricing.hold_bound(prices, tokens_max, out_max, None, sum(it.images for it in items))
 
 
 def _max_tokens(it: Item) -> int:

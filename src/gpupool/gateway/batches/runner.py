@@ -4,7 +4,8 @@ Every `poll_s` (or sooner, when a shard ends) the runner looks at the active bat
 it moves new ones to `in_progress`, claims shards for providers with free batch slots
 (`policy.pick_provider`, `policy.shard_items`), runs each shard through the normal
 dispatcher (receipts, reputation, audits apply) and the gateway's money path
-(`Metering`: hold, then charge from the receipt), retries a failed shard on another
+(`Metering`: hold, then charge from the receipt) under its key's limits (`BatchDeps.admit`:
+a shard is one request; refused, it waits for a later tick), retries a failed shard on another
 provider, sends a copy of a straggler to a second provider near the end, and
 finalizes a batch when every item is done.
 
@@ -22,6 +23,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gpupool import errors
@@ -32,6 +34,7 @@ from gpupool.gateway.dispatch.dispatcher import Dispatcher, Outcome
 from gpupool.gateway.edge.http import spawn
 from gpupool.gateway.peers.hub import Hub, ProviderSession
 from gpupool.gateway.money.metering import Metering
+from gpupool.gateway.money.quota import Ticket
 from gpupool.gateway.store import Store
 from gpupool.ledger import Ledger
 
@@ -54,6 +57,8 @@ class Running:
     duplicated: bool = False
     extra: asyncio.Queue[ProviderSession] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
+    ticket: Ticket | None = None  # its place under the key's limits, given back when it ends
+    used_tokens: int | None = 0  # what its receipt counted (0: nothing served, all tokens given back)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class BatchDeps:
     metering: Metering
     store: Store
     ledger: Ledger
+    admit: Callable[[int, str, int], Awaitable[Ticket | None]]
 
 
 class Runner:
@@ -72,7 +78,7 @@ class Runner:
                  poll_s: float = 0.1, confirm_wait_s: float = 15.0, rng: random.Random | None = None):
         self.bs = bs
         self.hub, self.dispatcher, self.metering = deps.hub, deps.dispatcher, deps.metering
-        self.store, self.ledger = deps.store, deps.ledger
+        self.store, self.ledger, self.admit = deps.store, deps.ledger, deps.admit
         self.prefix = f"{node_id[:24]}:"
         self.owner = self.prefix + uuid.uuid4().hex[:8]  # leases of this process, not of an earlier one
         self.reserve_slots = reserve_slots
@@ -212,9 +218,14 @@ class Runner:
                 return
             claimable -= len(items)
             shard = await asyncio.to_thread(Shard.build, b, run_id, items)
+            ticket = await self.admit(b.key_id, b.model, shard.tokens_in + shard.max_out)
+            if ticket is None:  # over the key's limits: the items wait for a later tick
+                await self.bs.release(b.id, run_id, tried=False)
+                return
             bound = self.metering.bound(self.dispatcher.router.serving_all(b.model), b.model, shard.tokens_in,
                                         shard.max_out, images=shard.images)
             if not await self.bs.reserve_run(b.id, run_id, -(-bound // len(items)), b.max_cost, now):
+                ticket.release(0)
                 await self.bs.release(b.id, run_id, tried=False)
                 if len(items) > 1:  # a smaller shard may still fit under the cost cap
                     self.shard_limit[b.id] = len(items) // 2
@@ -224,7 +235,7 @@ class Runner:
                 return
             await self.bs.expose(b.id, slot.provider, len(items))
             slots = [policy.Slot(s.provider, s.free - 1, s.seen + len(items)) if s is slot else s for s in slots]
-            running = Running(b.id, run_id, time.monotonic(), {slot.provider}, len(items))
+            running = Running(b.id, run_id, time.monotonic(), {slot.provider}, len(items), ticket=ticket)
             self.running[run_id] = running
             running.task = asyncio.create_task(self._run(b, shard, sessions[slot.provider], running))
 
@@ -285,6 +296,8 @@ class Runner:
             await self.bs.release(b.id, shard.run_id)
         finally:
             self.running.pop(shard.run_id, None)
+            if r.ticket is not None:
+                r.ticket.release(r.used_tokens)
             self.wake()
 
     async def _run_inner(self, b: BatchRow, shard: Shard, first: ProviderSession, r: Running) -> None:
@@ -315,6 +328,7 @@ class Runner:
             if charged > 0:
                 self.to_confirm[shard.run_id] = (b.id, time.monotonic())
             u = outcome.done.receipt.usage
+            r.used_tokens = u.prompt_tokens + u.completion_tokens
             self.store.record_request(request_id=shard.run_id, at=time.time(), key_id=b.key_id, account=b.account,
                                       model=b.model, provider=outcome.provider, status="ok",
                                       attempts=outcome.attempts, prompt_tokens=u.prompt_tokens,

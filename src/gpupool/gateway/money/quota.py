@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from starlette.background import BackgroundTasks
 from starlette.responses import Response, StreamingResponse
@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from gpupool import errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway.edge.http import EventStream
-from gpupool.gateway.money.limits import KeyLimiter, KeyLimits, LimiterConfig
+from gpupool.gateway.money.limits import Decision, KeyLimiter, KeyLimits, LimiterConfig
 from gpupool.gateway.money.shared_limits import SharedRates, SharedRatesDown
 from gpupool.gateway.edge.openai_api import ModelLimits
 from gpupool.gateway.payload_size import PayloadSize
@@ -130,7 +130,18 @@ class Quotas:
 
     def admit(self, key: ApiKey, model: str, size: PayloadSize, serving: Sequence[ProviderSession]) -> Ticket:
         """Count the request against its key, or raise the 429 that says which limit it hit."""
-        tokens = size.quota_tokens
+        decision, ticket = self._decide(key, model, size.quota_tokens, serving)
+        if ticket is None:
+            self._refuse(decision)
+        return ticket
+
+    def try_admit(self, key: ApiKey, model: str, tokens: int, serving: Sequence[ProviderSession]) -> Ticket | None:
+        """As `admit`, for work nobody waits on (a batch shard): None instead of a 429, and then the
+        work waits for a later try."""
+        return self._decide(key, model, tokens, serving, background=True)[1]
+
+    def _decide(self, key: ApiKey, model: str, tokens: int, serving: Sequence[ProviderSession],
+                background: bool = False) -> tuple[Decision, Ticket | None]:
         slots, places, related = 0, None, ()
         if self.settings.fair_share:
             # The model's slots, plus queues as the providers last reported them (unknown until each
@@ -140,27 +151,42 @@ class Quotas:
         name = model if slots > 0 else UNSERVED
         limits = self.limits_for(key)
         shared = None
-        if self.shared is not None and (limits.rpm or limits.tpm) and self.shared.available():
+        if (not background and self.shared is not None and (limits.rpm or limits.tpm)
+                and self.shared.available()):
             # Redis counts the rates (Ticket.confirm); here only requests at once and the fair share.
+            # Batch shards (background) are counted by this gateway alone: nobody awaits a confirm.
             shared, limits = limits, KeyLimits(concurrency=limits.concurrency)
-        decision = self.limiter.admit(key.id, limits, name, tokens, slots, time.monotonic(), places, related)
+        decision = self.limiter.admit(key.id, limits, name, tokens, slots, time.monotonic(), places, related,
+                                      background)
         if not decision.ok:
-            self.refused[decision.reason] = self.refused.get(decision.reason, 0) + 1
-            # Back before its last Retry-After: the answer is held back (the client waits either way).
-            hold = EARLY_RETRY_HOLD_S if decision.early else 0.0
-            if decision.reason == "fair_share":
-                # Not the key's own limit: the pool is busy and others need their share.
-                raise errors.NoCapacity(f"{decision.message}; retry shortly", retry_after_s=decision.retry_after_s,
-                                        hold_s=hold)
-            raise errors.RateLimited(f"Rate limit reached for this key on {decision.message}. Please try again "
-                                     f"in {decision.retry_after_s:.1f}s.", retry_after_s=decision.retry_after_s,
-                                     hold_s=hold)
+            return decision, None
         pace = self.settings.over_share_stream_pace_ms / 1000 if decision.over_share else 0.0
-        return Ticket(self, key.id, name, tokens, pace, shared)
+        return decision, Ticket(self, key.id, name, tokens, pace, shared)
 
     async def close(self) -> None:
         if self.shared is not None:
             await self.shared.close()
+
+    def count_call(self, key: ApiKey) -> None:
+        """A request that runs nothing on the pool (files, batches): counted against the key's
+        requests per minute (and its concurrency, for the moment it is admitted), or a 429."""
+        now = time.monotonic()
+        decision = self.limiter.admit(key.id, self.limits_for(key), UNSERVED, 0, 0, now)
+        if not decision.ok:
+            self._refuse(decision)
+        self.limiter.release(key.id, UNSERVED, 0, 0, now)
+
+    def _refuse(self, decision: Decision) -> NoReturn:
+        self.refused[decision.reason] = self.refused.get(decision.reason, 0) + 1
+        # Back before its last Retry-After: the answer is held back (the client waits either way).
+        hold = EARLY_RETRY_HOLD_S if decision.early else 0.0
+        if decision.reason == "fair_share":
+            # Not the key's own limit: the pool is busy and others need their share.
+            raise errors.NoCapacity(f"{decision.message}; retry shortly", retry_after_s=decision.retry_after_s,
+                                    hold_s=hold)
+        raise errors.RateLimited(f"Rate limit reached for this key on {decision.message}. Please try again "
+                                 f"in {decision.retry_after_s:.1f}s.", retry_after_s=decision.retry_after_s,
+                                 hold_s=hold)
 
 
 async def within_quota(ticket: Ticket, respond: Coroutine[Any, Any, Response]) -> Response:

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from gpupool import protocol
+from gpupool import protocol, protocol_handshake
 from gpupool.config import GatewaySettings
 from gpupool.gateway.peers.peer_limits import HandshakeRate, check_lists, check_offer
 from gpupool.gateway.peers.listeners import HubListeners
@@ -95,6 +95,7 @@ class Hub:
                  stake_of: Callable[[str], Awaitable[int]] | None = None,
                  settlement: tuple[str, int] | None = None):
         self.settings = settings
+        self._public_hosts = protocol_handshake.parse_hosts(settings.public_hosts)  # names peers may sign for
         self.identity = identity
         self.store = store
         self.sessions: dict[str, ProviderSession] = {}
@@ -258,9 +259,13 @@ class Hub:
         if not isinstance(proof, Proof):
             raise PeerViolation("bad_handshake", f"expected proof, got {type(proof).__name__}")
         if not verify_signature(hello.public_key, proof.signature,
-                                protocol.challenge_bytes(nonce, self.identity.node_id)):
+                                protocol_handshake.challenge_bytes(nonce, self.identity.node_id, proof.host)):
             raise PeerViolation("bad_signature", "challenge signature does not verify",
                                 protocol.CLOSE_BAD_SIGNATURE)
+        if not protocol_handshake.signed_for_here(proof.host, ws.headers.get("host", ""), self._public_hosts):
+            # Signed for a gateway at another address: relayed by that gateway to impersonate its peer here.
+            raise PeerViolation("relayed_handshake", f"the proof was signed for host {proof.host[:100]!r}, which "
+                                "is not this gateway's", protocol.CLOSE_BAD_SIGNATURE, node_id)
         if not self._handshakes.admit(node_id, time.monotonic()):  # its key proven: nobody else is locked out
             raise PeerViolation("reconnecting_too_often", f"more than {self._handshakes.per_minute} handshakes a "
                                 "minute from this node; wait a minute", protocol.CLOSE_LIMIT, node_id)

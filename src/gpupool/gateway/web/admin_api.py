@@ -7,6 +7,8 @@
 - `GET /admin/providers`, `/admin/events`, `/admin/audits`, `/admin/billing`,
   `/admin/requests`, `/admin/fallback`, `/admin/index`: connected providers, peer events, audit state,
   billing queues, the request log, the fallback lanes, the model index against a full scan.
+- `POST /admin/providers/{node_id}/unsuspend`: lift a provider's suspension (the operator's
+  way back for an honest provider; appeals and expiry are the automatic ones, trust/audits.py).
 
 Every route needs `Authorization: Bearer <--admin-token>` (compared in constant time);
 without a configured token the admin API is off (401).
@@ -51,6 +53,7 @@ def admin_routes(gw: Gateway) -> list[Route]:
         Route("/admin/requests", partial(requests_log, gw)),
         Route("/admin/fallback", partial(fallback_state, gw)),
         Route("/admin/index", partial(index_state, gw)),
+        Route("/admin/providers/{node_id}/unsuspend", partial(unsuspend, gw), methods=["POST"]),
     ]
 
 
@@ -141,3 +144,13 @@ async def index_state(gw: Gateway, request: Request) -> JSON:
         "models": {name: {"sessions": len(p.sessions), "slots": p.slots, "places": p.places(),
                           "related": len(p.also), "max_output_tokens": p.limits()[0]}
                    for name, p in sorted(hub.index.pools.items())[:1000]}}})
+
+
+async def unsuspend(gw: Gateway, request: Request) -> JSON:
+    require_admin(gw.settings, request)
+    node_id = request.path_params["node_id"]
+    if not gw.auditor.is_suspended(node_id):
+        raise errors.NotFound(f"provider {node_id[:80]!r} is not suspended on this gateway", param="node_id")
+    gw.auditor.lift(node_id, "lifted by the operator (admin API)")
+    log.info("suspension of provider %s lifted by the operator", node_id[:12])
+    return JSON({"node_id": node_id, "suspended": False})

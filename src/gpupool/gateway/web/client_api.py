@@ -3,7 +3,8 @@
 - `GET /healthz`: up, version, providers connected, models served.
 - `GET /v1/gateways`: this gateway and its peers (URL, region), from the shared database and
   `--peer-gateway` (gateway/registry.py); providers connect to the nearest few.
-- `GET /v1/models` (key): the models served now, OpenAI's list shape plus a `gpupool` object.
+- `GET /v1/models` (key): the models served now (by the pool, or only by a fallback lane), OpenAI's
+  list shape plus a `gpupool` object (`fallback`: the lanes that may serve it).
 - `GET /v1/market`: per model, prices, providers, regions, speed and load (market/summary.py).
 - `GET /v1/account` (key): balance, holds, recent charges (paged like OpenAI's lists).
 - `GET /v1/providers/{node_id}/earnings` and `/reputation`: a provider's money and signed record.
@@ -34,8 +35,9 @@ async def healthz(gw: Gateway, _request: Request) -> JSON:
 
 
 async def list_models(gw: Gateway, request: Request) -> JSON:
+    """The pool's live models, then those only a fallback lane serves (their requests go to the lane)."""
     await gw.client_key(request)
-    hub = gw.hub
+    hub, lanes = gw.hub, gw.fallbacks.models()
     data = []
     for name, sessions in sorted(hub.live_models().items()):
         offer = sessions[0].models[name]
@@ -48,8 +50,15 @@ async def list_models(gw: Gateway, request: Request) -> JSON:
                         "providers": len(sessions),
                         **regions_of(s.offer.region for s in sessions),
                         # False: no admitted checker holds it, so its answers are never audited.
-                        "verified": hub.model_verified(name)},
+                        "verified": hub.model_verified(name), "fallback": lanes.get(name, [])},
         })
+    listed = {m["id"] for m in data}
+    for name in sorted(set(lanes) - listed):
+        known = hub.known_models.get(name)
+        data.append({"id": name, "object": "model", "created": gw.fallbacks.started, "owned_by": "gpupool",
+                     # Served by the operator's upstream: no pool provider, and no audits.
+                     "gpupool": {"task": known.task if known else None, "description": "", "providers": 0,
+                                 "regions": [], "verified": False, "fallback": lanes[name]}})
     return JSON({"object": "list", "data": data})
 
 

@@ -14,6 +14,7 @@ nowhere else; no part looks another up through a third.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from gpupool.gateway.fallback.lanes import Fallbacks
 from gpupool.gateway.money.anonymous_limits import AddressLimiter, AnonymousLimit, HoldBack
 from gpupool.gateway.money.billing import Billing
 from gpupool.gateway.money.metering import Metering
-from gpupool.gateway.money.quota import Quotas
+from gpupool.gateway.money.quota import Quotas, Ticket
 from gpupool.gateway.money.settlement_keys import SettlementKeys
 from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.registry import Registry
@@ -93,7 +94,8 @@ class Gateway:
                           # Several statements' worth per provider: a provider's own charges are
                           # matched within a flush interval, so more are digests nobody will charge.
                           signed_per_node=4 * settings.max_statement_digests)
-        auditor = Auditor(hub, store, ledger, sampling=SamplingPolicy(probation_requests=settings.audit_probation_requests))
+        auditor = Auditor(hub, store, ledger, sampling=SamplingPolicy(probation_requests=settings.audit_probation_requests),
+                          expiry_s=settings.suspension_expiry_s)
         hardware_checks = HardwareChecker(hub.disconnect, interval_s=settings.hardware_proof_interval_s,
                                           max_n=settings.hardware_proof_max_n)
         proofs = settings.hardware_proof_max_n > 0
@@ -104,6 +106,7 @@ class Gateway:
         dispatcher = Dispatcher(hub, store, settings, trust)
         canaries = Canaries(hub, dispatcher, auditor, settings.canary_interval_s)
         auditor.on_passed = canaries.remember
+        auditor.on_ambiguous_canary = canaries.drop
         auditor.before_slash = billing.settle_provider
         billing.unpaid = auditor.is_slashed
 
@@ -117,12 +120,25 @@ class Gateway:
             listeners.settlement_address.append(settlement_keys.announced)
 
         quotas, metering = Quotas(settings), Metering(billing, auditor)
+
+        async def admit_shard(key_id: int, model: str, tokens: int) -> Ticket | None:
+            """A batch shard under its key's limits (None: not now; a revoked key's batch waits)."""
+            key = await store.key_by_id(key_id)
+            return None if key is None else quotas.try_admit(key, model, tokens, dispatcher.router.serving(model))
+
         client_key = ClientKeys(store, quotas)
         holdback = HoldBack()
+
+        async def known_key(token: str) -> bool:  # a client key or the admin token skips the keyless rate
+            admin = settings.admin_token
+            return bool(admin and hmac.compare_digest(token.encode(), admin.encode())) or (
+                await store.authenticate(token) is not None)
+
         gw = cls(settings, identity, store, ledger, hub, dispatcher, auditor, hardware_checks, canaries, billing,
                  quotas, client_key, metering, Fallbacks(settings, billing, store),
-                 BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger), client_key), holdback,
-                 AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback),
+                 BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger, admit_shard),
+                              client_key.counted), holdback,
+                 AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback, known_key),
                  GatewayMetrics(hub.known_models),
                  Registry(store.engine, identity.node_id, settings.public_url, settings.region, settings.peer_gateways),
                  settlement_keys)

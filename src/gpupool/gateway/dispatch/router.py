@@ -86,6 +86,9 @@ class LiveRouter:
         self.records: dict[str, ProviderRecord] = {}
         self._prior_at = 0.0
         self._pool_gflops = 0.0  # median verified GFLOP/s of connected providers; 0 = none proved
+        # Node id -> its session's last_seen when it was found silent (dispatch/stalls.py): routing
+        # skips it until a newer frame arrives. Only connected nodes: dropped when they leave.
+        self.silent: dict[str, float] = {}
 
     def serving(self, model: str) -> list[ProviderSession]:
         """Who may take a request for `model` now: a request looks this up once, at its start."""
@@ -97,6 +100,7 @@ class LiveRouter:
     def forget_if_crowded(self, _left: ProviderSession) -> None:
         """A provider left (hub listener): past the bound, forget what was learned about absent nodes,
         since fresh keys cost nothing."""
+        self.silent.pop(_left.node_id, None)
         if len(self.records) > MAX_ROUTER_RECORDS:
             for node_id in [n for n in self.records if n not in self.hub.sessions]:
                 del self.records[node_id]
@@ -135,7 +139,7 @@ class LiveRouter:
             provider_id=session.node_id,
             in_flight=len(session.channels),
             max_concurrency=session.offer.max_concurrency,
-            draining=session.draining or session.closed,
+            draining=session.draining or session.closed or self.is_silent(session),
             region=session.offer.region,
             rtt_s=session.rtt_s,
             # Work the provider holds beyond ours (e.g. other gateways'), from its load report.
@@ -237,7 +241,29 @@ class LiveRouter:
         """We stopped waiting (client gone, deadline, another copy won): no verdict on the provider."""
         self._settle(session, request_id)
 
+    # ------------------------------------------------------------ silence
+
+    def mark_silent(self, session: ProviderSession) -> None:
+        self.silent[session.node_id] = session.last_seen
+
+    def is_silent(self, session: ProviderSession) -> bool:
+        """Found silent and not heard from since (any frame, a Pong included, lifts it)."""
+        marked = self.silent.get(session.node_id)
+        if marked is None:
+            return False
+        if session.last_seen > marked or session.closed:
+            del self.silent[session.node_id]
+            return False
+        return True
+
     # ------------------------------------------------------------ timing decisions
+
+    def token_gap(self, session: ProviderSession, model: str) -> float | None:
+        """Seconds between tokens this provider was measured at for `model` (None: not measured)."""
+        speed = self.record(session.node_id).speed.get(model)
+        if speed is None or speed.samples == 0 or speed.decode_tps <= 0:
+            return None
+        return 1.0 / speed.decode_tps
 
     def hedge_delay(self, session: ProviderSession, model: str, payload: Payload, options: RouteOptions) -> float | None:
         request = self.route_request(model, payload, options, stream=False)

@@ -126,11 +126,13 @@ class Gateway:
                                           max_events=s.max_peer_events, connected=lambda: list(hub.sessions)))
         await self.billing.start([k["account"] for k in await self.store.list_keys()])
         self.canaries.start()
+        self.dispatcher.start()  # the watch for providers gone silent with work in flight
         await self.batches.start()
 
     async def close(self) -> None:
         await self.batches.close()  # before billing closes: its last charges settle with the rest
         await self.canaries.close()
+        await self.dispatcher.close()
         try:
             await self.billing.close()  # providers are still connected to sign the last receipts
         except Exception:  # noqa: BLE001 - the ledger unreachable: a restart returns the reserves

@@ -1,0 +1,120 @@
+"""Providers that stay connected but go silent: streams and requests move on long before any deadline.
+
+Providers front real OpenAI-compatible engines (`tests/fake_engine.py`, through the
+`upstream` backend) or echo; an engine that stops sending mid-answer, a provider
+process stopped with SIGSTOP, and a stalled provider in front of a fallback lane each
+must cost the client about a second, not the gateway's 120 s deadline, and every
+answer must be exactly the no-fault one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from gpupool.devnet import Network
+from tests.fake_engine import EngineProc
+from tests.integration.conftest import client_for, wait_until
+
+WORDS = " ".join(f"w{i}" for i in range(20))
+
+
+@pytest.fixture
+def engines() -> Iterator[list[EngineProc]]:
+    started: list[EngineProc] = []
+    try:
+        yield started
+    finally:
+        for engine in started:
+            engine.stop()
+
+
+def stream_once(client, text: str) -> tuple[str, dict, float]:
+    """One streamed chat through the official client: (text, the gpupool metadata, seconds)."""
+    started = time.monotonic()
+    stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}], stream=True)
+    parts, meta = [], {}
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            parts.append(chunk.choices[0].delta.content)
+        meta = (chunk.model_extra or {}).get("gpupool") or meta
+    return "".join(parts), meta, time.monotonic() - started
+
+
+def test_a_stream_whose_engine_goes_silent_mid_answer_continues_elsewhere_exactly(
+        network: Network, engines: list[EngineProc]) -> None:
+    stalling = EngineProc("--fault", "stall", "--after", "4", delay_ms=30)  # 4 words, then silence
+    healthy = EngineProc(delay_ms=30)
+    engines += [stalling, healthy]
+    network.start_gateway()
+    bad = network.start_provider([f"m=upstream:{stalling.url}?model=fake"], max_concurrency=8)
+    network.start_provider([f"m=upstream:{healthy.url}?model=fake"], max_concurrency=8)
+    network.wait_for_models({"m": 2}, timeout=60)
+    client = client_for(network, timeout=30)
+    with cf.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda i: stream_once(client, f"{WORDS} r{i}"), range(6)))
+    assert [text for text, _, _ in results] == [f"{WORDS} r{i}" for i in range(6)], "every answer exact"
+    assert stalling.stats()["faulted"] >= 1, "some streams started on the stalling engine"
+    moved = [(meta, took) for _, meta, took in results if meta.get("continued")]
+    assert moved and all(meta["providers"][0] == bad.node_id for meta, _ in moved)
+    # 21 words at 30 ms is ~0.7 s; a stall costs the 1 s floor and a new start, not the 120 s deadline.
+    assert max(took for _, took in moved) < 6.0, moved
+
+
+def test_a_stopped_provider_costs_its_streams_seconds_not_the_liveness_timeout(network: Network) -> None:
+    network.start_gateway()
+    for _ in range(3):
+        network.start_provider(["m=echo:chat?delay_ms=60"], max_concurrency=8)
+    network.wait_for_models({"m": 3}, timeout=60)
+    proc_of = {p.node_id: p for p in network.providers}
+    client = client_for(network, timeout=30)
+    n = 12
+    with cf.ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(stream_once, client, f"{WORDS} r{i}") for i in range(n)]
+
+        def busy() -> str | None:
+            rows = [p for p in network.admin("/admin/providers") if p["in_flight"] >= 2]
+            return rows[0]["node_id"] if rows else None
+
+        victim = wait_until(busy, "a provider with streams in flight", 20)
+        stopped_at = time.monotonic()
+        network.kill_provider(proc_of[victim], signal.SIGSTOP)
+        try:
+            results = [f.result() for f in futures]
+            # A request arriving now is kept away from the silent provider.
+            later = stream_once(client, "after the stop")
+        finally:
+            network.kill_provider(proc_of[victim], signal.SIGCONT)
+    assert [text for text, _, _ in results] == [f"{WORDS} r{i}" for i in range(n)], "every answer exact"
+    assert later[0] == "after the stop" and victim not in later[1].get("providers", [])
+    moved = [took for _, meta, took in results if meta.get("providers", [""])[0] == victim]
+    assert moved, "some streams were on the stopped provider"
+    worst = max(took for _, _, took in results)
+    # 21 words at 60 ms is ~1.3 s; the stop costs about the 1 s stall floor plus a new start.
+    assert worst < 6.0 and time.monotonic() - stopped_at < 12, (worst, sorted(t for _, _, t in results))
+
+
+def test_a_non_streaming_request_behind_a_stalled_provider_hedges_onto_the_lane(
+        network: Network, engines: list[EngineProc]) -> None:
+    dead = EngineProc("--fault", "hang", delay_ms=5)  # accepts requests, never answers
+    lane = EngineProc(delay_ms=5)
+    engines += [dead, lane]
+    network.start_gateway(extra=["--fallback", f"lane={lane.url} model=m=fake@1000000/1000000",
+                                 "--fallback-first-token-budget-s", "1"])
+    network.start_provider([f"m=upstream:{dead.url}?model=fake"])
+    network.wait_for_models({"m": 1}, timeout=60)
+    client = client_for(network, timeout=30)
+    started = time.monotonic()
+    raw = client.chat.completions.with_raw_response.create(
+        model="m", max_tokens=32, messages=[{"role": "user", "content": "a b c"}])
+    took = time.monotonic() - started
+    assert raw.headers["x-gpupool-provider"] == "fallback:lane"
+    assert raw.parse().choices[0].message.content == "a b c"
+    assert dead.stats()["requests"] >= 1, "the pool's provider had the request first"
+    # Before: deadline minus the lane's reserve (120 - 15 = 105 s). Now: the 1 s budget, or the
+    # hedge delay if longer, plus slack for a busy machine.
+    assert took < 8.0, took

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     port = args.port or free_port()
     engine = Engine(args.delay_ms / 1000.0, args.fault, args.after, args.rate, args.seed)
-    config = uvicorn.Config(make_app(engine), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(make_app(engine), host="127.0.0.1", port=port, log_level="critical", lifespan="off")
     server = uvicorn.Server(config)
 
     async def serve() -> None:

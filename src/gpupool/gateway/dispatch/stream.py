@@ -219,8 +219,8 @@ class Stream:
     async def _next_event(self) -> Event | _Stalled:
         """The next event, or _Stalled once the provider has been silent far longer than its pace."""
         settings = self._dispatcher.settings
-        if settings.stream_stall_factor <= 0:
-            return await self._channel.get()
+        if settings.stream_stall_factor <= 0 or not settings.stream_continuation:
+            return await self._channel.get()  # nothing could take over: wait as long as the deadline allows
         gap = mean_gap_s(self._gap_from, self._gap_last, self._gap_events)
         if gap is None:
             gap = self._dispatcher.router.token_gap(self.session, self.model)

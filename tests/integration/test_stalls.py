@@ -9,16 +9,23 @@ answer must be exactly the no-fault one.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import signal
 import time
 from collections.abc import Iterator
 
+import msgspec
 import pytest
+from websockets.asyncio.client import connect
 
+from gpupool import protocol
 from gpupool.devnet import Network
+from gpupool.identity import Identity
+from gpupool.protocol import ModelOffer
 from tests.fake_engine import EngineProc
-from tests.integration.conftest import client_for, wait_until
+from tests.integration.conftest import client_for, wait_until, wait_until_async
+from tests.integration.test_bad_peers import ws_url
 
 WORDS = " ".join(f"w{i}" for i in range(20))
 
@@ -118,3 +125,67 @@ def test_a_non_streaming_request_behind_a_stalled_provider_hedges_onto_the_lane(
     # Before: deadline minus the lane's reserve (120 - 15 = 105 s). Now: the 1 s budget, or the
     # hedge delay if longer, plus slack for a busy machine.
     assert took < 8.0, took
+
+
+async def _sybil(net: Network, stop: asyncio.Event) -> None:
+    """A fresh key with 64 slots for the honest model: handshake, Pongs, takes every Run, never answers."""
+    ident = Identity.generate()
+    async with connect(ws_url(net)) as ws:
+        await ws.send(protocol.encode(protocol.Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
+        ch = protocol.decode(await ws.recv())
+        await ws.send(protocol.encode(protocol.Proof(ident.sign(protocol.challenge_bytes(ch.nonce, ch.gateway_id)))))
+        offer = protocol.Offer(node_id=ident.node_id, models=[ModelOffer("echo", "generate", "echo")],
+                               hardware=protocol.Hardware("sybil", 1, 1024), region="sybil", max_concurrency=64,
+                               issued_at=time.time())
+        offer = msgspec.structs.replace(offer, signature=ident.sign(protocol.signed_bytes(offer)))
+        await ws.send(protocol.encode(offer))
+        protocol.decode(await ws.recv())
+
+        async def pong() -> None:
+            async for frame in ws:
+                msg = protocol.decode(frame)
+                if isinstance(msg, protocol.Ping):
+                    await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
+
+        task = asyncio.create_task(pong())
+        await stop.wait()
+        task.cancel()
+
+
+async def test_fresh_keys_that_sit_on_work_cost_a_hedge_delay_not_the_deadline(network: Network) -> None:
+    """Twenty Sybils beside two honest providers. Each request that lands on one is hedged; the
+    hedge goes to a provider that has answered before, and a Sybil that sat on a request is held
+    off at once."""
+    network.start_gateway()
+    for _ in range(2):
+        network.start_provider(["echo=echo:chat?delay_ms=2"], max_concurrency=32)
+    network.wait_for_models({"echo": 2}, timeout=60)
+    client = client_for(network, timeout=30)
+    for i in range(4):
+        client.chat.completions.create(model="echo", messages=[{"role": "user", "content": f"warm {i}"}])
+    stop = asyncio.Event()
+    sybils = [asyncio.create_task(_sybil(network, stop)) for _ in range(20)]
+    await wait_until_async(lambda: network.health()["providers"] == 22, "the Sybils to join")
+
+    def ask(i: int) -> tuple[str, float]:
+        started = time.monotonic()
+        out = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": f"hi {i}"}],
+                                             max_tokens=8, extra_headers={"x-gpupool-timeout": "10"})
+        return out.choices[0].message.content, time.monotonic() - started
+
+    def load() -> list[tuple[str, float]]:
+        with cf.ThreadPoolExecutor(16) as pool:
+            futures = []
+            for i in range(40):  # 10 a second, whatever the earlier ones are doing
+                futures.append(pool.submit(ask, i))
+                time.sleep(0.1)
+            return [f.result() for f in futures]
+
+    try:
+        results = await asyncio.to_thread(load)
+    finally:
+        stop.set()
+        await asyncio.gather(*sybils)
+    assert [text for text, _ in results] == [f"hi {i}" for i in range(40)]
+    # Before: a request whose copies landed on Sybils waited for its 10 s deadline (504).
+    assert max(took for _, took in results) < 5.0, sorted(took for _, took in results)

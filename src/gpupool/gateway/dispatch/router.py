@@ -73,6 +73,7 @@ class ProviderRecord:
     # request id -> (expected service seconds, sent while every slot was busy)
     pending: dict[str, tuple[float, bool]] = field(default_factory=dict)
     backlog_s: float = 0.0
+    proven: bool = False  # has answered at least one request of ours
 
 
 class LiveRouter:
@@ -83,6 +84,7 @@ class LiveRouter:
         self.weights = RoutingWeights()
         self.breaker_config = BreakerConfig(failure_threshold=settings.breaker_failures,
                                             cooldown_s=settings.breaker_cooldown_s)
+        self.unproven_breaker = BreakerConfig(failure_threshold=1, cooldown_s=settings.breaker_cooldown_s)
         self.records: dict[str, ProviderRecord] = {}
         self._prior_at = 0.0
         self._pool_gflops = 0.0  # median verified GFLOP/s of connected providers; 0 = none proved
@@ -157,10 +159,15 @@ class LiveRouter:
 
     def choose(self, request_id: str, model: str, payload: Payload, now: float, rng: random.Random,
                options: RouteOptions, tries: Tries, stream: bool,
-               serving: list[ProviderSession] | None = None) -> ProviderSession:
+               serving: list[ProviderSession] | None = None, hedge: bool = False) -> ProviderSession:
         """`serving`: the request's serving set, looked up once at its start (`serving(model)`); a
-        retry looks again, since the pool may have changed since."""
+        retry looks again, since the pool may have changed since. `hedge`: a copy for a request
+        that one provider is sitting on goes to a provider that has answered before, if any can
+        take it (a new one is as likely to be one more that sits on work)."""
         sessions = serving if serving is not None and not tries.tried else self.serving(model)
+        if hedge:
+            sessions = [s for s in sessions if self.record(s.node_id).proven
+                        and s.node_id not in tries.tried] or sessions
         if not sessions and not tries.tried:
             if model in self.hub.known_models:
                 raise errors.NoProvider(f"no provider is serving {model!r} right now; retry later")
@@ -216,6 +223,7 @@ class LiveRouter:
         waited = self._settle(session, request_id)
         rec = self.record(session.node_id)
         rec.breaker = breakers.record_success(rec.breaker, now)
+        rec.proven = True
         usage = done.receipt.usage
         if isinstance(payload, EmbedPayload):
             sample = SpeedSample(elapsed_s, rtt_s=session.rtt_s or 0.0, items=len(payload.inputs), waited=waited)
@@ -236,6 +244,19 @@ class LiveRouter:
         rec = self.record(session.node_id)
         rec.breaker = breakers.record_failure(rec.breaker, time.monotonic(), self.breaker_config)
         rec.last_failure = reason
+
+    def on_slow(self, session: ProviderSession) -> bool:
+        """A hedge went out because `session` had not answered within its expected time. A provider
+        that never answered us is held off at once (its breaker opens: one probe per cooldown):
+        fresh keys cost nothing, so a group of them that takes work and sits on it must cost each
+        request one hedge delay, not its deadline. A proven provider is judged when the race ends.
+        True when the provider was held off."""
+        rec = self.record(session.node_id)
+        if rec.proven:
+            return False
+        rec.breaker = breakers.record_failure(rec.breaker, time.monotonic(), self.unproven_breaker)
+        rec.last_failure = "sat on a request before ever answering one"
+        return True
 
     def on_abandoned(self, session: ProviderSession, request_id: str) -> None:
         """We stopped waiting (client gone, deadline, another copy won): no verdict on the provider."""

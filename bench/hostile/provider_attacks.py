@@ -177,9 +177,15 @@ async def sybil_silent(t: Target, duration: float, sessions: int = 20) -> dict[s
 
 
 def _batch_file(size: int) -> bytes:
-    line = json.dumps({"custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
-                       "body": {"model": "echo", "messages": [{"role": "user", "content": "y" * 900}]}}) + "\n"
-    return (line * (size // len(line) + 1)).encode()[: size - size % len(line)]
+    """A valid batch input file of about `size` bytes (distinct custom ids, as the format requires)."""
+    lines, total, i = [], 0, 0
+    while total < size:
+        line = json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                           "body": {"model": "echo", "messages": [{"role": "user", "content": "y" * 900}]}}) + "\n"
+        lines.append(line)
+        total += len(line)
+        i += 1
+    return "".join(lines).encode()
 
 
 async def file_flood(t: Target, duration: float, workers: int = 4, size: int = 8 << 20) -> dict[str, Any]:

@@ -15,9 +15,7 @@ import signal
 import time
 from collections.abc import Iterator
 
-import msgspec
 import pytest
-from websockets.asyncio.client import connect
 
 from gpupool import protocol
 from gpupool.devnet import Network
@@ -25,7 +23,7 @@ from gpupool.identity import Identity
 from gpupool.protocol import ModelOffer
 from tests.fake_engine import EngineProc
 from tests.integration.conftest import client_for, wait_until, wait_until_async
-from tests.integration.test_bad_peers import ws_url
+from tests.integration.test_bad_peers import handshake
 
 WORDS = " ".join(f"w{i}" for i in range(20))
 
@@ -128,28 +126,19 @@ def test_a_non_streaming_request_behind_a_stalled_provider_hedges_onto_the_lane(
 
 
 async def _sybil(net: Network, stop: asyncio.Event) -> None:
-    """A fresh key with 64 slots for the honest model: handshake, Pongs, takes every Run, never answers."""
-    ident = Identity.generate()
-    async with connect(ws_url(net)) as ws:
-        await ws.send(protocol.encode(protocol.Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
-        ch = protocol.decode(await ws.recv())
-        await ws.send(protocol.encode(protocol.Proof(ident.sign(protocol.challenge_bytes(ch.nonce, ch.gateway_id)))))
-        offer = protocol.Offer(node_id=ident.node_id, models=[ModelOffer("echo", "generate", "echo")],
-                               hardware=protocol.Hardware("sybil", 1, 1024), region="sybil", max_concurrency=64,
-                               issued_at=time.time())
-        offer = msgspec.structs.replace(offer, signature=ident.sign(protocol.signed_bytes(offer)))
-        await ws.send(protocol.encode(offer))
-        protocol.decode(await ws.recv())
+    """A fresh key offering the honest model: handshake, Pongs, takes every Run, never answers."""
+    ws = await handshake(net, Identity.generate(), [ModelOffer("echo", "generate", "echo")])
 
-        async def pong() -> None:
-            async for frame in ws:
-                msg = protocol.decode(frame)
-                if isinstance(msg, protocol.Ping):
-                    await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
+    async def pong() -> None:
+        async for frame in ws:
+            msg = protocol.decode(frame)
+            if isinstance(msg, protocol.Ping):
+                await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
 
-        task = asyncio.create_task(pong())
-        await stop.wait()
-        task.cancel()
+    task = asyncio.create_task(pong())
+    await stop.wait()
+    task.cancel()
+    await ws.close()
 
 
 async def test_fresh_keys_that_sit_on_work_cost_a_hedge_delay_not_the_deadline(network: Network) -> None:

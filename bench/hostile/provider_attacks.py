@@ -10,7 +10,7 @@ the attack, whatever the bystander noticed.
 | statement_flood   | one session signs Statements of 4,096 made-up receipt digests, back to back  |
 | long_strings      | fresh keys whose offers carry 60 KB region, description and hardware strings |
 | nan_numbers       | offers with NaN / infinite coordinates, huge concurrency, huge LoadReports   |
-| sybil_silent      | 20 fresh keys offer the honest chat model, take work and never answer it      |
+| sybil_silent      | 20 fresh keys offer the honest models, take work and never answer it          |
 | file_flood        | the attacker's key uploads 8 MiB batch files from 4 workers, listing them    |
 """
 

@@ -116,3 +116,59 @@ async def test_confirmed_fraud_slashes_on_chain_with_the_providers_signed_receip
     assert len(slashed) == 1 and slashed[0]["args"]["held"] == paid - fee_of(paid, 1000)
     assert held == 0  # its held earnings went back to the client
     assert victim == 1_000_000 - fee_of(paid, 1000) and problems == []
+
+
+async def test_settlement_key_announcements_register_once_and_never_crowd_out_settlement(  # noqa: F811
+        network: Network, anvil_url: str) -> None:
+    """A raw provider announces its settlement key 50 times, then another key: one RPC read and one
+    transaction are spent on it (registered once, the rest ignored), and a client's request
+    served meanwhile by an honest provider settles as usual (issue 18, item 9)."""
+    import httpx
+
+    from gpupool import protocol
+    from gpupool.identity import Identity
+    from gpupool.protocol import SettlementAddress, Welcome
+    from tests.integration.conftest import wait_until_async
+    from tests.integration.test_hostile_peers import echo, start_handshake
+
+    deployed = gpupool("ledger", "deploy", "--rpc", anvil_url)
+    ledger_url = re.search(r"--ledger '([^']+)'", deployed).group(1)  # type: ignore[union-attr]
+    network.start_gateway(extra=[*FAST_SETTLE, "--ledger", ledger_url])
+    network.start_provider(["echo=echo:chat"], extra=[*price_args(CHEAP), "--settlement-key-file",
+                                                        str(network.home / "honest-settlement.key")])
+    network.wait_for_models({"echo": 1}, timeout=60)
+    ident, key, other = Identity.generate(), SettlementKey.generate(), SettlementKey.generate()
+    ws = await start_handshake(network, ident, [echo("spammy")])
+    welcome = protocol.decode(await ws.recv())
+    assert isinstance(welcome, Welcome) and welcome.contract
+    announce = SettlementAddress(key.address, key.sign_registration(welcome.contract, welcome.chain_id,
+                                                                    ident.node_id))
+    for _ in range(50):
+        await ws.send(protocol.encode(announce))
+    await ws.send(protocol.encode(SettlementAddress(
+        other.address, other.sign_registration(welcome.contract, welcome.chain_id, ident.node_id))))
+
+    def announcements() -> dict[str, float]:
+        text = httpx.get(network.gateway_url + "/metrics", timeout=10).text
+        return {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("gpupool_settlement_key_announcements_total{")}
+
+    counts = await wait_until_async(lambda: (c := announcements()).get("ignored", 0) >= 50 and c, "announcements")
+    # The honest provider's own announcement registered it too: two registrations, 50 ignored.
+    await wait_until_async(lambda: announcements().get("registered") == 2, "two registrations")
+    counts = announcements()
+    assert counts["ignored"] == 50 and counts["failed"] == 0 and counts["mismatch"] == 0, counts
+    key_client = new_account(network, "bystander", 1_000_000)
+    cost = (await asyncio.to_thread(client_for(network, key_client).chat.completions.create, model="echo",
+                                    messages=[{"role": "user", "content": "hi"}])).usage.cost_ucr
+    account = await asyncio.to_thread(wait_settled, network, key_client)
+    assert account["balance"] == 1_000_000 - cost
+
+    from gpupool.ledger.evm import EvmLedger
+
+    led = await EvmLedger.open(ledger_url)
+    try:
+        assert (await led.settlement_address(ident.node_id) or "").lower() == key.address.lower()
+    finally:
+        await led.close()
+    await ws.close()

@@ -5,7 +5,8 @@
     size.tokens_estimate      # ~4 characters a token: routing and price-cap estimates only
 
 Usage is never taken from here: what a request costs comes from the provider's signed
-receipt. These are bounds and estimates made before the request is served.
+receipt. These are bounds and estimates made before the request is served, and the ceiling
+a receipt's prompt tokens must stay under (`prompt_token_ceiling`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from dataclasses import dataclass
 from gpupool.market.pricing import input_token_bound
 from gpupool.protocol import EmbedPayload, Payload
 
+# Tokens one image may count as in a receipt: vision encoders spend from ~64 to a few thousand
+# (tiled high resolution); far above that is a lie. Holds never count images (text only).
+IMAGE_TOKENS_CEILING = 1 << 16
+# Prompt tokens a receipt may claim beyond the hold's bound before it counts as a lie: chat
+# templates add default system prompts (dates, tool lists) that the bound does not foresee.
+# A claim between the two is only capped by the hold; beyond, the provider is thrown out.
+TEMPLATE_SLACK_TOKENS = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class PayloadSize:
@@ -23,15 +32,17 @@ class PayloadSize:
     items: int  # embedding inputs, or chat messages (each adds template tokens)
     max_output: int  # tokens the request may generate (0 for embeddings)
     embeddings: bool
+    images: int = 0
 
     @classmethod
     def of(cls, payload: Payload) -> PayloadSize:
         if isinstance(payload, EmbedPayload):
             texts = payload.inputs
-            return cls(sum(len(x) for x in texts), sum(len(x.encode()) for x in texts), len(texts), 0, True)
+            return cls(sum(len(x) for x in texts), sum(len(x.encode()) for x in texts), len(texts), 0, True,
+                       len(payload.images))
         texts = [payload.prompt, payload.continue_text, *(m.content for m in payload.messages)]
         return cls(sum(len(x) for x in texts), sum(len(x.encode()) for x in texts), len(payload.messages),
-                   payload.max_tokens, False)
+                   payload.max_tokens, False, sum(len(m.images) for m in payload.messages))
 
     @property
     def tokens_estimate(self) -> int:
@@ -42,6 +53,11 @@ class PayloadSize:
     def input_token_bound(self) -> int:
         """More input tokens than any tokenizer will count (what holds are sized for)."""
         return input_token_bound(self.text_bytes, self.items)
+
+    @property
+    def prompt_token_ceiling(self) -> int:
+        """The most prompt tokens a receipt for this request may claim: more means the provider lies."""
+        return 2 * self.input_token_bound + TEMPLATE_SLACK_TOKENS + IMAGE_TOKENS_CEILING * self.images
 
     @property
     def quota_tokens(self) -> int:

@@ -33,7 +33,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -157,7 +157,7 @@ class Store:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
-        self.dropped = 0  # log rows dropped because the database was unreachable too long
+        self.dropped = 0  # log rows dropped: the database unreachable too long, or refusing the row
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -375,6 +375,25 @@ class Store:
             async with self.sessions.begin() as s:
                 for table, rows in by_table.items():
                     await s.execute(insert(table), rows)
-        except Exception:
-            self._pending[:0] = batch  # keep them for the next try
+        except (OperationalError, InterfaceError, OSError):
+            self._pending[:0] = batch  # the database is unreachable: keep them for the next try
             raise
+        except Exception:  # noqa: BLE001 - a row the database refuses: retrying the batch would jam forever
+            await self._write_one_by_one(batch)
+
+    async def _write_one_by_one(self, batch: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Write a refused batch row by row; a row the database refuses is dropped and recorded."""
+        bad = 0
+        for table, row in batch:
+            try:
+                async with self.sessions.begin() as s:
+                    await s.execute(insert(table), [row])
+            except (OperationalError, InterfaceError, OSError):
+                self._pending.append((table, row))  # unreachable after all: try again later
+            except Exception as exc:  # noqa: BLE001
+                bad += 1
+                log.error("dropped a %s row the database refuses: %s: %s", table.__tablename__,
+                          type(exc).__name__, str(exc)[:200])
+        if bad:
+            self.dropped += bad
+            self.record_event("gateway", "log_rows_dropped", f"{bad} log rows the database refused were dropped")

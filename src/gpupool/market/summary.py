@@ -7,7 +7,13 @@ what `GET /v1/market` and `gpupool market` show.
 from __future__ import annotations
 
 import statistics
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+# Regions listed per model: each provider names its own, so a view listing every one grows
+# with the number of sessions (strangers' keys cost nothing). The most served are listed.
+MAX_LISTED_REGIONS = 32
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ def summarize(listings: list[Listing]) -> list[dict[str, object]]:
             "model": model,
             "task": items[0].task,
             "providers": len(live),
-            "regions": sorted({i.region for i in live}),
+            **regions_of(i.region for i in live),
             "price_in": _range([i.price_in for i in live]),
             "price_out": _range([i.price_out for i in live]) if items[0].task != "embeddings" else None,
             "capacity": {"slots": sum(i.slots for i in live), "in_flight": sum(i.in_flight for i in live)},
@@ -46,6 +52,14 @@ def summarize(listings: list[Listing]) -> list[dict[str, object]]:
                 "providers_measured": len(speeds)},
         })
     return out
+
+
+def regions_of(regions: Iterable[str], most: int = MAX_LISTED_REGIONS) -> dict[str, object]:
+    """`regions`: each region once, the `most` with the most providers (sorted by name);
+    `regions_unlisted`: how many more there are."""
+    counts = Counter(regions)
+    listed = [r for r, _ in sorted(counts.items(), key=lambda rc: (-rc[1], rc[0]))[:most]]
+    return {"regions": sorted(listed), "regions_unlisted": len(counts) - len(listed)}
 
 
 def _range(values: list[int]) -> dict[str, int] | None:

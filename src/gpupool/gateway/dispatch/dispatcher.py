@@ -34,6 +34,7 @@ from gpupool.gateway.peers.session import Event, ProviderLost, ProviderSession
 from gpupool.gateway.probes import note_routing
 from gpupool.gateway.dispatch.stalls import PoolStalled, SilenceWatch, give_up_on
 from gpupool.gateway.dispatch.tries import Tries
+from gpupool.gateway.payload_size import PayloadSize
 from gpupool.routing.options import DEFAULT_ROUTE, RouteOptions
 from gpupool.protocol import Cancel, Chunk, Done, EmbedPayload, Fail, GeneratePayload, Payload, Run
 
@@ -155,6 +156,14 @@ class Dispatcher:
             self.router.on_failure(session, request_id, "connection lost")
             tries.failures.append("provider connection lost")
             return None
+        except (errors.GpupoolError, asyncio.CancelledError):
+            raise  # the client's fault confirmed, the deadline, the client gone: not this provider's
+        except Exception as exc:  # noqa: BLE001 - an answer that breaks our checks is the provider's failure
+            finished = True
+            self.router.on_failure(session, request_id, "answer could not be checked")
+            self.hub.record_event(session.node_id, "bad_answer", f"{request_id}: {type(exc).__name__}")
+            tries.failures.append("a provider's answer could not be checked")
+            return None
         finally:
             session.close_channel(request_id)
             if not finished:
@@ -198,7 +207,10 @@ class Dispatcher:
 
     def receipt_ok(self, session: ProviderSession, request_id: str, model: str, payload: Payload,
                     done: Done, text: str) -> bool:
-        problem = receipt_problem(session, request_id, model, payload, done, text, self.check_signature())
+        try:
+            problem = receipt_problem(session, request_id, model, payload, done, text, self.check_signature())
+        except Exception as exc:  # noqa: BLE001 - whatever its values break, it is the provider's failure
+            problem = f"receipt could not be checked ({type(exc).__name__})"
         if problem:
             self.hub.disconnect(session, "bad_receipt", problem)
             return False
@@ -296,6 +308,10 @@ def receipt_problem(session: ProviderSession, request_id: str, model: str, paylo
         return "receipt is for another request"
     if r.node_id != session.node_id or r.model != model:
         return "receipt names another provider or model"
+    # What the client pays for comes from here: never more prompt than the request could hold.
+    ceiling = PayloadSize.of(payload).prompt_token_ceiling
+    if r.usage.prompt_tokens > ceiling:
+        return f"receipt claims {r.usage.prompt_tokens} prompt tokens; the request holds at most {ceiling}"
     if r.input_hash != protocol.payload_hash(payload):
         return "receipt input hash does not match the request"
     if isinstance(payload, EmbedPayload):

@@ -133,18 +133,23 @@ class Stream:
         self.providers = [session.node_id]
         self.continued = 0
         self._chunks = 0  # Chunk messages received: each carries at least one token
+        self.run_chunks = 0  # of those, the current provider's (what a stream cut short pays it for)
         self._closed = False
         self._started = sent_at
         self._first_at: float | None = time.monotonic() - sent_at  # dispatch to first event
         self.pace_s = 0.0
-        # This provider's chunks so far: when the first and the last came, and how many (its gap).
+        # When this provider's first and last chunks came (with run_chunks: its gap between tokens).
         self._gap_from: float | None = None
         self._gap_last: float | None = None
-        self._gap_events = 0
 
     @property
     def attempts(self) -> int:
         return len(self.tries.tried)
+
+    @property
+    def run_id(self) -> str:
+        """The current provider's run: the request id, or after a continuation `rid~N`."""
+        return self._run_id
 
     @property
     def answer_payload(self) -> Payload:
@@ -171,7 +176,8 @@ class Stream:
                             pieces.append(nxt.text)
                         text = "".join(pieces)
                         self._chunks += len(pieces)
-                        self._note_chunks(len(pieces))
+                        self.run_chunks += len(pieces)
+                        self._note_chunk()
                         sent.append(text)
                         mine.append(text)
                         yield text
@@ -209,19 +215,18 @@ class Stream:
         finally:
             await self.aclose()
 
-    def _note_chunks(self, n: int) -> None:
+    def _note_chunk(self) -> None:
         now = time.monotonic()
         if self._gap_from is None:
             self._gap_from = now
         self._gap_last = now
-        self._gap_events += n
 
     async def _next_event(self) -> Event | _Stalled:
         """The next event, or _Stalled once the provider has been silent far longer than its pace."""
         settings = self._dispatcher.settings
         if settings.stream_stall_factor <= 0 or not settings.stream_continuation:
             return await self._channel.get()  # nothing could take over: wait as long as the deadline allows
-        gap = mean_gap_s(self._gap_from, self._gap_last, self._gap_events)
+        gap = mean_gap_s(self._gap_from, self._gap_last, self.run_chunks)
         if gap is None:
             gap = self._dispatcher.router.token_gap(self.session, self.model)
         limit = silence_limit_s(gap, settings.stream_stall_factor, settings.stream_stall_min_s)
@@ -247,6 +252,7 @@ class Stream:
         self._run_payload = msgspec.structs.replace(payload, continue_text=payload.continue_text + text_so_far,
                                                     max_tokens=remaining)
         self._run_id = f"{self.request_id}~{self.continued}"
+        self.run_chunks = 0
         self.tries.failures.append(reason)
         try:
             session, channel, first, sent_at = await _first_event(
@@ -257,7 +263,6 @@ class Stream:
         log.info("stream %s continued on %s after: %s", self.request_id, session.node_id[:12], reason)
         self.session, self._channel, self._first = session, channel, first
         self._gap_from = self._gap_last = None
-        self._gap_events = 0
         self.providers.append(session.node_id)
         self._started = sent_at
         self._first_at = time.monotonic() - sent_at

@@ -32,6 +32,7 @@ from typing import Any
 from gpupool import errors, protocol
 from gpupool.ledger import Charge, InsufficientFunds, Ledger
 from gpupool.ledger import postings
+from gpupool.gateway.money.signed_digests import SignedDigests
 from gpupool.protocol import Receipt
 
 log = logging.getLogger("gpupool.gateway.billing")
@@ -58,7 +59,7 @@ class PendingCharge:
     client: str
     provider: str
     cost: int
-    receipt: Receipt
+    receipt: Receipt | None  # None: a stream the client left, charged for what it was sent (`charge_delivered`)
     public_key: bytes
     digest: bytes  # what the provider's Statement lists for this receipt
     queued_at: float
@@ -98,6 +99,15 @@ class Hold:
             request_id, client, provider, amount, receipt, public_key, protocol.receipt_digest(receipt),
             time.monotonic(), settlement_sig)))
 
+    def charge_delivered(self, request_id: str, provider: str, cost: int) -> int:
+        """Charge `cost` (capped) for a stream's part delivered before the client left: no receipt
+        covers it, so only a ledger that takes the gateway's count settles it (`receiptless`)."""
+        if not self._billing.receiptless:
+            self.release()
+            return 0
+        return self._charge(cost, lambda client, amount: self._billing.queue.append(PendingCharge(
+            request_id, client, provider, amount, None, b"", b"", time.monotonic())))
+
     def charge_fallback(self, request_id: str, lane: str, cost: int, fee: int) -> int:
         """Charge `cost` (capped by the hold) for a request a fallback lane served; returns what was charged."""
         return self._charge(cost, lambda client, amount: self._billing.fallback_queue.append(
@@ -132,7 +142,8 @@ class Hold:
 class Billing:
     def __init__(self, ledger: Ledger, holder: str, fee_bps: int, tab_size: int, flush_interval_s: float,
                  tab_idle_s: float, audit_window_s: float, statement_wait_s: float = 10.0,
-                 on_bad_receipt: Callable[[str, str], None] = lambda node, why: None):
+                 on_bad_receipt: Callable[[str, str], None] = lambda node, why: None,
+                 signed_per_node: int = 16_384):
         self.ledger = ledger
         self.holder = holder  # this gateway's node id: names its reserve accounts
         self.fee_bps = fee_bps
@@ -143,7 +154,11 @@ class Billing:
         self.statement_wait_s = statement_wait_s
         self.max_batch = int(getattr(ledger, "MAX_BATCH", 0) or 10_000)
         self.on_bad_receipt = on_bad_receipt
-        self.signed: dict[bytes, float] = {}  # receipt digest -> when a verified Statement listed it
+        # Receipt digests verified Statements listed, per provider: bounded, and pruned on the timer.
+        self.signed = SignedDigests(signed_per_node, max(60.0, 2 * statement_wait_s))
+        self._pruned_at = 0.0
+        # An EVM contract pays only what the provider signed: a stream cut short has no such signature.
+        self.receiptless = not isinstance(getattr(ledger, "address", None), str)
         self.tabs: dict[str, Tab] = {}
         self.queue: list[PendingCharge] = []
         self.fallback_queue: list[FallbackCharge] = []
@@ -194,12 +209,19 @@ class Billing:
             try:
                 await self.flush()
                 await self._close_idle_tabs()
+                if time.monotonic() - self._pruned_at >= 1.0:  # whether or not anything was queued
+                    self._pruned_at = time.monotonic()
+                    self.signed.prune(self._pruned_at)
                 now = time.time()
                 if now - self._released_at > min(10.0, self.audit_window_s):
                     self._released_at = now
                     await self.ledger.release_due(now, self.audit_window_s)
             except Exception:  # noqa: BLE001 - the ledger may be briefly unreachable; retry next tick
                 log.exception("billing flush failed; will retry")
+
+    @property
+    def settling(self) -> bool:  # a settlement is being written (others wait for it: settlement_keys.py)
+        return self._flush_lock.locked() or self._unsent is not None
 
     def _key(self, kind: str, client: str) -> str:
         """A fresh idempotency key: a key reused with other content would be refused (or, same content, ignored)."""
@@ -214,17 +236,21 @@ class Billing:
         `fix`: what the 402 suggests besides adding credits (embeddings have no max_tokens)."""
         if amount <= 0:
             return Hold(self, None, 0)  # free model: nothing to reserve
-        tab = self.tabs.get(client)
-        if tab is None:
-            tab = self.tabs[client] = Tab(client)
-        if tab.available < amount:
-            async with tab.lock:
-                if tab.available < amount:
-                    await self._top_up(tab, amount - tab.available, fix)
-        tab.committed += amount
-        tab.in_flight += 1
-        tab.last_used = time.monotonic()
-        return Hold(self, tab, amount)
+        while True:
+            tab = self.tabs.get(client)
+            if tab is None:
+                tab = self.tabs[client] = Tab(client)
+            if tab.available < amount:
+                async with tab.lock:
+                    if self.tabs.get(client) is not tab:
+                        continue  # closed while we waited (its money went back): start a fresh tab
+                    if tab.available < amount:
+                        await self._top_up(tab, amount - tab.available, fix)
+            # No await since the check above: the tab is open and covers `amount`.
+            tab.committed += amount
+            tab.in_flight += 1
+            tab.last_used = time.monotonic()
+            return Hold(self, tab, amount)
 
     async def _top_up(self, tab: Tab, needed: int, fix: str = "lower max_tokens") -> None:
         # A whole tab when the balance allows (one write serves many requests), else just what is needed.
@@ -245,9 +271,7 @@ class Billing:
 
     def statement(self, node_id: str, digests: list[bytes]) -> None:
         """The hub verified a provider's Statement: these receipts are signed."""
-        now = time.monotonic()
-        for d in digests:
-            self.signed[d] = now
+        self.signed.add(node_id, digests, time.monotonic())
 
     def _signed_charges(self) -> tuple[list[PendingCharge], list[PendingCharge]]:
         """Split the queue into charges whose receipt is signed by a Statement, and the rest."""
@@ -257,15 +281,18 @@ class Billing:
             if self.unpaid(item.provider):
                 # Slashed for fraud: answers it gave that are still unsettled are not charged
                 # (they would only be refunded from its stake), whatever their receipts say.
-                self.tabs[item.client].pending -= item.cost
+                self._settled(item.client, item.cost, paid=False)
                 self.stats["refused_slashed"] += 1
-                self.signed.pop(item.digest, None)
+                self.signed.take(item.provider, item.digest)
                 continue
-            (covered if self.signed.pop(item.digest, None) is not None else rest).append(item)
+            # A receiptless charge (a stream cut short) is the gateway's own count: nothing to wait for.
+            signed = item.receipt is None or self.signed.take(item.provider, item.digest)
+            (covered if signed else rest).append(item)
         self.queue = []
         waiting: list[PendingCharge] = []
         self_signed: list[PendingCharge] = []
         for item in rest:
+            assert item.receipt is not None
             if item.receipt.signature:
                 self_signed.append(item)
             elif now - item.queued_at < self.statement_wait_s:
@@ -273,14 +300,11 @@ class Billing:
             else:
                 self._refuse(item, "receipt never signed by a statement (not charged)")
         self.queue = waiting + self.queue  # (the queue may have grown meanwhile: none of this awaits)
-        stale = now - max(60.0, 2 * self.statement_wait_s)
-        for d in [d for d, at in self.signed.items() if at < stale]:
-            del self.signed[d]  # receipts whose request was never charged here (e.g. free models)
         return covered, self_signed
 
     def _refuse(self, item: PendingCharge, why: str) -> None:
         self.stats["bad_receipts"] += 1
-        self.tabs[item.client].pending -= item.cost
+        self._settled(item.client, item.cost, paid=False)
         self.on_bad_receipt(item.provider, why)
 
     async def settle_provider(self, provider: str) -> None:
@@ -314,22 +338,21 @@ class Billing:
                 if len(good) > self.max_batch:  # e.g. the contract's bound: the rest goes next tick
                     good, overflow = good[:self.max_batch], good[self.max_batch:]
                     now = time.monotonic()
-                    for item in overflow:
-                        self.signed[item.digest] = now  # checked already: still covered next tick
+                    for item in overflow:  # checked already: still covered next tick
+                        self.signed.add(item.provider, [item.digest], now)
                     self.queue = overflow + self.queue
                 self._seq += 1
                 self._unsent = (f"batch:{self.holder}:{self._boot}:{self._seq}", good)
             key, items = self._unsent
             if items:
-                charges = [Charge(i.request_id, i.client, i.provider, i.cost, protocol.encode(i.receipt),
+                charges = [Charge(i.request_id, i.client, i.provider, i.cost,
+                                  protocol.encode(i.receipt) if i.receipt is not None else b"",
                                   i.settlement_sig) for i in items]
                 result = await self.ledger.settle_batch(key, charges, self.fee_bps, self.holder)
+                self._unsent = None  # written: whatever happens below, it is never sent again
                 paid = set(result.paid)
                 for item in items:
-                    tab = self.tabs[item.client]
-                    tab.pending -= item.cost
-                    if item.request_id in paid:
-                        tab.reserved -= item.cost
+                    self._settled(item.client, item.cost, item.request_id in paid)
                 self.stats["batches"] += 1
                 self.stats["charged"] += len(paid)
                 self.stats["settled_microcredits"] += sum(i.cost for i in items if i.request_id in paid)
@@ -370,12 +393,19 @@ class Billing:
             log.error("ledger refused fallback batch %s", key)
         self._fallback_unsent = None
         for i in items:
-            tab = self.tabs[i.client]
-            tab.pending -= i.cost
-            if paid:
-                tab.reserved -= i.cost
+            self._settled(i.client, i.cost, paid)
         if paid:
             self.stats["fallback_charged"] += len(items)
+
+    def _settled(self, client: str, cost: int, paid: bool) -> None:
+        """A queued charge left the queue: paid from the ledger hold, or not (its money stays in the tab)."""
+        tab = self.tabs.get(client)
+        if tab is None:  # cannot happen (a tab with charges pending is never closed): never jam a flush on it
+            log.error("settled a charge of %d µcr for %s, whose tab is gone", cost, client)
+            return
+        tab.pending -= cost
+        if paid:
+            tab.reserved -= cost
 
     async def _close_idle_tabs(self) -> None:
         cutoff = time.monotonic() - self.tab_idle_s
@@ -385,11 +415,18 @@ class Billing:
 
     async def _close_tab(self, tab: Tab) -> None:
         async with tab.lock:
-            rest = tab.reserved - tab.committed - tab.pending
+            rest = tab.available
             if rest > 0:
-                await self.ledger.release_hold(self._key("untab", tab.client),
-                                               tab.client, rest, self.holder)
+                # Gone from the tab before the ledger write, not after: a request arriving meanwhile
+                # must not draw on money on its way back to the balance (it tops up, after us).
                 tab.reserved -= rest
+                try:
+                    await self.ledger.release_hold(self._key("untab", tab.client),
+                                                   tab.client, rest, self.holder)
+                except Exception:
+                    tab.reserved += rest  # still held on the ledger: the tab keeps it
+                    raise
+            # Deleted under the lock: a reserve waiting on it sees the tab is gone and opens a new one.
             if tab.reserved == 0 and tab.in_flight == 0 and self.tabs.get(tab.client) is tab:
                 del self.tabs[tab.client]
 

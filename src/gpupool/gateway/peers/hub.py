@@ -30,7 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gpupool import protocol
 from gpupool.config import GatewaySettings
-from gpupool.gateway.peers.peer_limits import check_lists, check_offer
+from gpupool.gateway.peers.peer_limits import HandshakeRate, check_lists, check_offer
 from gpupool.gateway.peers.listeners import HubListeners
 from gpupool.gateway.peers.session import (
     ANSWER_FRAME_BYTES,
@@ -101,6 +101,7 @@ class Hub:
         self.listeners = HubListeners()
         self._events_window = (0.0, 0, 0)  # (window start, recorded, suppressed)
         self._ping_nonce = itertools.count()
+        self._handshakes = HandshakeRate()
 
     # ------------------------------------------------------------ queries
 
@@ -229,6 +230,9 @@ class Hub:
                                 protocol.challenge_bytes(nonce, self.identity.node_id)):
             raise PeerViolation("bad_signature", "challenge signature does not verify",
                                 protocol.CLOSE_BAD_SIGNATURE)
+        if not self._handshakes.admit(node_id, time.monotonic()):  # its key proven: nobody else is locked out
+            raise PeerViolation("reconnecting_too_often", f"more than {self._handshakes.per_minute} handshakes a "
+                                "minute from this node; wait a minute", protocol.CLOSE_LIMIT, node_id)
         offer = await self._recv(ws, protocol.MAX_OFFER_FRAME_BYTES)
         if not isinstance(offer, Offer):
             raise PeerViolation("bad_handshake", f"expected offer, got {type(offer).__name__}")

@@ -1,11 +1,14 @@
 """What a peer may send the gateway: its Offer and the lists inside big frames, against the
-operator's limits (GatewaySettings; docs/operations.md, "Peer limits").
+operator's limits (GatewaySettings; docs/operations.md, "Peer limits"), and how often one
+node may complete a handshake (`HandshakeRate`).
 
 Each check raises `PeerViolation`; the hub then closes the connection with its code and
 records the event.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from gpupool import protocol
 from gpupool.config import GatewaySettings
@@ -56,3 +59,37 @@ def check_lists(frame: bytes, s: GatewaySettings) -> None:
     for name, most, kind in limits:
         if lengths[name] > most:
             raise PeerViolation(kind, f"a frame lists {lengths[name]} {name}; at most {most}", protocol.CLOSE_LIMIT)
+
+
+# Handshakes one node (one proven key) may complete a minute. Each stores its offer and
+# replaces its session; an honest provider reconnects a few times after a network blip.
+HANDSHAKES_PER_MINUTE = 30
+
+
+@dataclass
+class HandshakeRate:
+    """How often each node completed a handshake lately: `admit(node_id, now)` is False once a
+    node is over `per_minute` within its current minute. Keyed by proven keys only (asked after
+    the challenge is answered), and forgotten after a minute (`max_nodes` bounds the table)."""
+
+    per_minute: int = HANDSHAKES_PER_MINUTE
+    max_nodes: int = 100_000
+    _windows: dict[str, tuple[float, int]] = field(default_factory=dict)  # node -> (window start, count)
+
+    def admit(self, node_id: str, now: float) -> bool:
+        start, count = self._windows.get(node_id, (now, 0))
+        if now - start >= 60:
+            start, count = now, 0
+        if count >= self.per_minute:
+            return False
+        if node_id not in self._windows and len(self._windows) >= self.max_nodes:
+            self._forget(now)
+        self._windows[node_id] = (start, count + 1)
+        return True
+
+    def _forget(self, now: float) -> None:
+        for node, (start, _) in list(self._windows.items()):
+            if now - start >= 60:
+                del self._windows[node]
+        while len(self._windows) >= self.max_nodes:  # all recent: the oldest entry goes
+            del self._windows[next(iter(self._windows))]

@@ -18,7 +18,7 @@ from gpupool.gateway.edge.http import JSON, query_limit
 from gpupool.gateway.money.billing import charge_view
 from gpupool.gateway.web.context import Gateway
 from gpupool.ledger import postings
-from gpupool.market.summary import Listing, summarize
+from gpupool.market.summary import Listing, regions_of, summarize
 
 
 async def healthz(gw: Gateway, _request: Request) -> JSON:
@@ -38,7 +38,7 @@ async def list_models(gw: Gateway, request: Request) -> JSON:
             "owned_by": "gpupool",
             "gpupool": {"task": offer.task, "description": offer.description,
                         "providers": len(sessions),
-                        "regions": sorted({s.offer.region for s in sessions}),
+                        **regions_of(s.offer.region for s in sessions),
                         # False: no admitted checker holds it, so its answers are never audited.
                         "verified": hub.model_verified(name)},
         })

@@ -22,12 +22,12 @@ from gpupool.gateway.batches.routes import BatchService
 from gpupool.gateway.batches.runner import BatchDeps
 from gpupool.gateway.dispatch.dispatcher import Dispatcher
 from gpupool.gateway.dispatch.router import TrustView
-from gpupool.gateway.edge.http import spawn
 from gpupool.gateway.fallback.lanes import Fallbacks
 from gpupool.gateway.money.anonymous_limits import AddressLimiter, AnonymousLimit, HoldBack
 from gpupool.gateway.money.billing import Billing
 from gpupool.gateway.money.metering import Metering
 from gpupool.gateway.money.quota import Quotas
+from gpupool.gateway.money.settlement_keys import SettlementKeys
 from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.store import Retention, Store
 from gpupool.gateway.trust.audits import Auditor
@@ -38,7 +38,6 @@ from gpupool.gateway.web.metrics import GatewayMetrics
 from gpupool.gateway.web.metrics_collector import LiveCollector
 from gpupool.identity import Identity
 from gpupool.ledger import Ledger, postings
-from gpupool.protocol import SettlementAddress
 from gpupool.verify import SamplingPolicy
 
 log = logging.getLogger("gpupool.gateway")
@@ -64,6 +63,7 @@ class Gateway:
     holdback: HoldBack  # refused answers held back from clients that flood or ignore Retry-After
     anonymous: AnonymousLimit  # keyless requests and failed keys: a rate per client address
     metrics: GatewayMetrics  # Prometheus (/metrics) and /v1/stats
+    settlement_keys: SettlementKeys | None = None  # EVM ledger: registers providers' keys, after settlement
 
     @classmethod
     def build(cls, settings: GatewaySettings, store: Store, identity: Identity, ledger: Ledger) -> Gateway:
@@ -85,7 +85,10 @@ class Gateway:
         billing = Billing(ledger, holder=identity.node_id, fee_bps=settings.fee_bps, tab_size=settings.tab_size,
                           flush_interval_s=settings.settle_interval_s, tab_idle_s=settings.tab_idle_s,
                           audit_window_s=settings.audit_window_s, statement_wait_s=settings.statement_wait_s,
-                          on_bad_receipt=bad_receipt)
+                          on_bad_receipt=bad_receipt,
+                          # Several statements' worth per provider: a provider's own charges are
+                          # matched within a flush interval, so more are digests nobody will charge.
+                          signed_per_node=4 * settings.max_statement_digests)
         auditor = Auditor(hub, store, ledger, sampling=SamplingPolicy(probation_requests=settings.audit_probation_requests))
         hardware_checks = HardwareChecker(hub.disconnect, interval_s=settings.hardware_proof_interval_s,
                                           max_n=settings.hardware_proof_max_n)
@@ -105,9 +108,9 @@ class Gateway:
         listeners.verdict.append(auditor.on_verdict)
         listeners.joined.append(hardware_checks.on_connect)
         listeners.hardware_answer.append(hardware_checks.on_answer)
-        if evm:
-            listeners.settlement_address.append(
-                lambda node_id, msg: spawn(register_settlement_key(ledger, store, node_id, msg)))
+        settlement_keys = SettlementKeys(ledger, store, lambda: billing.settling) if evm else None
+        if settlement_keys is not None:
+            listeners.settlement_address.append(settlement_keys.announced)
 
         quotas, metering = Quotas(settings), Metering(billing, auditor)
         client_key = ClientKeys(store, quotas)
@@ -116,7 +119,7 @@ class Gateway:
                  quotas, client_key, metering, Fallbacks(settings, billing, store),
                  BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger), client_key), holdback,
                  AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback),
-                 GatewayMetrics(hub.known_models))
+                 GatewayMetrics(hub.known_models), settlement_keys)
         gw.metrics.registry.register(LiveCollector(gw.metrics, gw))
         return gw
 
@@ -130,6 +133,8 @@ class Gateway:
         await self.batches.start()
 
     async def close(self) -> None:
+        if self.settlement_keys is not None:
+            await self.settlement_keys.close()
         await self.batches.close()  # before billing closes: its last charges settle with the rest
         await self.canaries.close()
         await self.dispatcher.close()
@@ -142,15 +147,3 @@ class Gateway:
         await self.fallbacks.close()
         await self.store.close()
         await self.ledger.close()
-
-
-async def register_settlement_key(ledger: Ledger, store: Store, node_id: str, msg: SettlementAddress) -> None:
-    """A provider announced its on-chain settlement key (EVM ledger): register it once."""
-    registered = await ledger.settlement_address(node_id)  # type: ignore[attr-defined]
-    if registered is None:
-        await ledger.register_provider(node_id, msg.address, msg.registration)  # type: ignore[attr-defined]
-        log.info("registered settlement key %s for provider %s", msg.address, node_id[:12])
-    elif registered.lower() != msg.address.lower():
-        # Registration is set once: receipts signed with another key would never be paid.
-        store.record_event(node_id, "settlement_key_mismatch",
-                           f"announced {msg.address}, contract has {registered}: its receipts will not be paid")

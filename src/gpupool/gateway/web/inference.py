@@ -25,12 +25,13 @@ from starlette.responses import Response
 
 from gpupool import errors
 from gpupool.gateway.dispatch.dispatcher import Outcome
-from gpupool.gateway.dispatch.stream import open_stream
+from gpupool.gateway.dispatch.stream import Stream, open_stream
 from gpupool.gateway.edge import openai_api
 from gpupool.gateway.edge.http import (JSON, JSON_ENCODER, SLOT, EventStream, request_timeout, route_options, sse,
                                        sse_template, until_disconnect)
 from gpupool.gateway.fallback.lanes import Plan
 from gpupool.gateway.money.billing import Hold
+from gpupool.gateway.money.metering import price_of
 from gpupool.gateway.money.quota import within_quota
 from gpupool.gateway.payload_size import PayloadSize
 from gpupool.gateway.peers.hub import Hub
@@ -39,6 +40,7 @@ from gpupool.gateway.probes import note_first_token, note_model
 from gpupool.gateway.store import ApiKey
 from gpupool.gateway.web.context import Gateway
 from gpupool.gateway.web.request_log import log_request
+from gpupool.market import pricing
 from gpupool.protocol import Done, EmbedPayload, Payload
 from gpupool.routing.options import RouteOptions
 
@@ -84,6 +86,26 @@ class Call:
         `payload` and `text` are what the receipt covers: for a continued stream, the last
         provider's run (its receipt's request id), not the client's whole request."""
         return gw.metering.charge(hold, self.rid, self.model, session, done, self.key.account, payload, text)
+
+    def charge_delivered(self, hold: Hold, stream: Stream) -> None:
+        """The client left (or its deadline passed) before the answer was done: it pays for what it
+        was sent, at the price the current provider's run was dispatched under. No receipt covers
+        a part, so the count is the gateway's: each chunk is at least one token, and the prompt
+        is the ~4-characters-a-token estimate, both capped by the hold. Earlier providers of a
+        continued stream failed mid-answer and are not paid."""
+        if hold.charged is not None or stream.done is not None:
+            return  # settled already (charged from its receipt, or released)
+        if stream.run_chunks == 0:
+            hold.release()
+            return
+        try:
+            price = price_of(stream.session, self.model, stream.run_id)
+        except KeyError:
+            hold.release()
+            return
+        prompt = PayloadSize.of(stream.answer_payload).tokens_estimate
+        hold.charge_delivered(self.rid, stream.session.node_id,
+                              pricing.charge_for(price, prompt, stream.run_chunks, hold.amount))
 
     def log(self, gw: Gateway, provider: str, status: str, attempts: int, prompt: int, completion: int,
             cost: int) -> None:
@@ -214,6 +236,8 @@ async def _stream(gw: Gateway, request: Request, call: Call, chat: bool, include
                 yield head + JSON_ENCODER.encode(text) + tail
             done = opened.done
             assert done is not None
+            # Charged before anything else is sent: a client leaving now has had the whole answer.
+            cost = call.charge(gw, hold, opened.session, done, opened.answer_payload, opened.answer_text)
             finish = done.receipt.finish_reason or "stop"
             last = (openai_api.chat_chunk(rid, model, created, {}, finish) if chat
                     else openai_api.completion_chunk(rid, model, created, "", finish))
@@ -221,7 +245,6 @@ async def _stream(gw: Gateway, request: Request, call: Call, chat: bool, include
                 # The client saw one stream; say that several providers produced it.
                 last["gpupool"] = {"continued": opened.continued, "providers": opened.providers}
             yield sse(last)
-            cost = call.charge(gw, hold, opened.session, done, opened.answer_payload, opened.answer_text)
             if include_usage:
                 u = done.receipt.usage
                 yield sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
@@ -232,8 +255,12 @@ async def _stream(gw: Gateway, request: Request, call: Call, chat: bool, include
         except errors.GpupoolError as exc:
             # Headers are gone already: the error travels as an SSE event the client raises on.
             status = "error"
+            if isinstance(exc, errors.Timeout):  # the client's deadline, not the provider's failure
+                call.charge_delivered(hold, opened)
             yield sse(exc.body())
         finally:
+            if status == "cancelled":  # the client went away mid-answer
+                call.charge_delivered(hold, opened)
             await opened.aclose()
             hold.release()  # no-op once charged
             u = opened.done.receipt.usage if opened.done else None
@@ -242,6 +269,7 @@ async def _stream(gw: Gateway, request: Request, call: Call, chat: bool, include
 
     async def closed() -> None:
         # Runs even if the client left before the body started: nothing stays held or open.
+        call.charge_delivered(hold, opened)  # (the body may not have seen the client leave)
         await opened.aclose()
         hold.release()
 

@@ -121,6 +121,8 @@ class LiveCollector(Collector):
         yield gauge("gpupool_billing_unsettled_microcredits", "µcr charged, waiting for the next settlement",
                      sum(t.pending for t in tabs))
         yield gauge("gpupool_billing_open_tabs", "clients with an open tab", len(tabs))
+        yield gauge("gpupool_billing_signed_digests", "receipt digests stated by providers, not yet charged "
+                    "(bounded per provider, expire)", len(b.signed))
         st = b.stats
         yield counter("gpupool_settled_microcredits", "µcr settled on the ledger", st.get("settled_microcredits", 0))
         c = CounterMetricFamily("gpupool_settled_charges", "charges by settlement result", labels=["result"])
@@ -129,3 +131,10 @@ class LiveCollector(Collector):
             c.add_metric([result], st.get(key, 0))
         yield c
         yield counter("gpupool_settlement_batches", "ledger writes that settled charges", st.get("batches", 0))
+        if gw.settlement_keys is not None:
+            c = CounterMetricFamily("gpupool_settlement_key_announcements",
+                                    "providers' settlement key announcements (EVM ledger) by what was done",
+                                    labels=["result"])
+            for result, n in gw.settlement_keys.stats.items():
+                c.add_metric([result], n)
+            yield c

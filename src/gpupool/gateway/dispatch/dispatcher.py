@@ -228,8 +228,7 @@ class Dispatcher:
         waiting for the deadline."""
         tries = Tries()
         running: dict[asyncio.Task[Outcome | None], ProviderSession] = {}
-        latest: ProviderSession | None = None  # the copy sent last: its expected time sets the next hedge
-        can_hedge = self.settings.hedging
+        hedged = not self.settings.hedging
         started = time.monotonic()
         lane_at: float | None = None  # when the lane takes over (set once the hedge found nobody)
         try:
@@ -238,37 +237,32 @@ class Dispatcher:
                     if not running:
                         if tries.tried:
                             note_routing("failover")  # the last provider failed: another one tries
-                        latest = self.choose(request_id, model, payload, tries, route, stream=False,
-                                             serving=serving)
-                        running[self._start(latest, request_id, model, payload, deadline, tries)] = latest
+                        session = self.choose(request_id, model, payload, tries, route, stream=False,
+                                              serving=serving)
+                        running[self._start(session, request_id, model, payload, deadline, tries)] = session
                     wait_s = None
-                    if can_hedge and latest is not None:
-                        wait_s = self.router.hedge_delay(latest, model, payload, route)
+                    if not hedged and len(running) == 1:
+                        (first_session,) = running.values()
+                        wait_s = self.router.hedge_delay(first_session, model, payload, route)
                         if wait_s is not None:
-                            # Leave the next copy half of the time that is left, whatever the estimate.
+                            # Leave a second copy half of the time that is left, whatever the estimate.
                             left = deadline - time.monotonic()
                             wait_s = min(wait_s, max(self.settings.hedge_min_s, left / 2))
                     elif lane_at is not None:
                         wait_s = max(0.0, lane_at - time.monotonic())
                     finished, _ = await asyncio.wait(running, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
                     if not finished:
-                        if lane_at is not None and not can_hedge:
+                        if lane_at is not None:
                             raise PoolStalled(f"no answer from the pool within {lane_after_s:.1f}s and no other "
                                               "provider to hedge on")
-                        # Slower than expected: another copy elsewhere, and again after its own
-                        # expected time while providers are left (a copy can land on a provider
-                        # that sits on work too), up to the request's attempts.
+                        hedged = True  # slower than expected: send a second copy elsewhere
                         try:
                             session = self.choose(request_id, model, payload, tries, route, stream=False, hedge=True)
                         except errors.GpupoolError:
-                            can_hedge = False
                             if lane_after_s is not None:
                                 lane_at = started + lane_after_s  # the lane is the hedge
-                            continue  # nobody else to ask: keep waiting for those running
-                        if latest is not None and self.router.on_slow(latest):
-                            tries.lost += 1  # it sat on the request before ever answering: not the request's fault
+                            continue  # nobody else to ask: keep waiting for the first
                         note_routing("hedge")
-                        latest = session
                         running[self._start(session, request_id, model, payload, deadline, tries)] = session
                         continue
                     for task in finished:

@@ -74,7 +74,6 @@ class ProviderRecord:
     pending: dict[str, tuple[float, bool]] = field(default_factory=dict)
     backlog_s: float = 0.0
     proven: bool = False  # has answered at least one request of ours
-    held_at: float = float("-inf")  # when, never having answered, it last sat on a request (`on_slow`)
 
 
 class LiveRouter:
@@ -179,11 +178,8 @@ class LiveRouter:
         self._refresh_prior(model, now)
         by_id = {s.node_id: s for s in sessions}
         request = self.route_request(model, payload, options, stream)
-        candidates = [self.candidate(s, model) for s in sessions]
-        held = {s.node_id for s in sessions if self._held_off(s.node_id, now)}
-        decision = pick_with_reasons(candidates, now, rng, tries.tried | held, request=request, weights=self.weights)
-        if decision.choice is None and held:  # only they can take it (its region, its price): ask them
-            decision = pick_with_reasons(candidates, now, rng, tries.tried, request=request, weights=self.weights)
+        decision = pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng, tries.tried,
+                                     request=request, weights=self.weights)
         if decision.choice is None:
             constrained = {k: v for k, v in decision.excluded.items() if k in ("price", "region")}
             if constrained and not tries.tried:
@@ -247,24 +243,6 @@ class LiveRouter:
         rec = self.record(session.node_id)
         rec.breaker = breakers.record_failure(rec.breaker, time.monotonic(), self.breaker_config)
         rec.last_failure = reason
-
-    def on_slow(self, session: ProviderSession) -> bool:
-        """A hedge went out because `session` had not answered within its expected time. A provider
-        that never answered us is held off for `breaker_cooldown_s`: it gets only requests nobody
-        else can take (its region, its price). Fresh keys cost nothing, so a group of them that
-        takes work and sits on it must cost a request one hedge delay, not its deadline; an honest
-        provider whose first answer was merely slow (a cold model) loses nothing but that time.
-        A proven provider is judged when the race ends. True when the provider was held off."""
-        rec = self.record(session.node_id)
-        if rec.proven:
-            return False
-        rec.held_at = time.monotonic()
-        rec.last_failure = "sat on a request before ever answering one"
-        return True
-
-    def _held_off(self, node_id: str, now: float) -> bool:
-        rec = self.records.get(node_id)
-        return rec is not None and not rec.proven and now - rec.held_at < self.settings.breaker_cooldown_s
 
     def on_abandoned(self, session: ProviderSession, request_id: str) -> None:
         """We stopped waiting (client gone, deadline, another copy won): no verdict on the provider."""

@@ -62,3 +62,7 @@ bench-scale: $(STAMP)
 	$(PY) bench/scale/run.py
 bench-failover: $(STAMP)
 	$(PY) bench/failover/run.py
+
+.PHONY: bench-images
+bench-images: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) bench/images/run.py

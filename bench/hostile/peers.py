@@ -21,8 +21,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from gpupool import protocol
+from gpupool.protocol_handshake import answer
 from gpupool.identity import Identity
-from gpupool.protocol import Challenge, Hardware, Hello, ModelOffer, Offer, Ping, Pong, Proof, Welcome
+from gpupool.protocol import Challenge, Hardware, Hello, ModelOffer, Offer, Ping, Pong, Welcome
 
 PROVIDERS_PATH = "/v1/providers/ws"
 # Our own frame limit is the gateway's: the attacks choose frame sizes, websockets must not refuse them first.
@@ -51,7 +52,7 @@ async def prove(ws: ClientConnection, ident: Identity, agent: str = "") -> None:
     challenge = protocol.decode(await asyncio.wait_for(ws.recv(), 30))
     if not isinstance(challenge, Challenge):
         raise Refused(f"expected a challenge, got {type(challenge).__name__}")
-    await ws.send(protocol.encode(Proof(ident.sign(protocol.challenge_bytes(challenge.nonce, challenge.gateway_id)))))
+    await ws.send(protocol.encode(answer(ident, challenge, ws.request.headers["Host"])))
 
 
 async def handshake(ws_url: str, ident: Identity, models: list[ModelOffer], role: str = "provider",

@@ -221,6 +221,26 @@ def provider_earnings(
     typer.echo(f"  held earnings become withdrawable {body['audit_window_s']:.0f} s after settlement")
 
 
+@provider_app.command("unsuspend")
+def provider_unsuspend(
+    node_id: str,
+    gateway: GatewayOpt = None,
+    admin_token: Annotated[str, typer.Option(envvar="GPUPOOL_GATEWAY_ADMIN_TOKEN",
+                                             help="the gateway's admin token")] = "",
+) -> None:
+    """Lift a provider's suspension on a gateway (the operator's call: e.g. after a mistaken audit)."""
+    import httpx
+
+    url = f"{default_gateway(gateway)}/admin/providers/{node_id}/unsuspend"
+    try:
+        r = httpx.post(url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach {url}: {exc} (is the gateway running? pass --gateway)") from None
+    if r.status_code != 200:
+        raise fail(f"{url} answered {r.status_code}: {r.text[:300]}")
+    typer.echo(f"provider {node_id}: suspension lifted")
+
+
 @app.command()
 def market(gateway: GatewayOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
@@ -231,17 +251,19 @@ def market(gateway: GatewayOpt = None,
     if as_json:
         typer.echo(json.dumps(body, indent=2))
         return
-    typer.echo(f"prices in µcr per 1M tokens (1 credit = 1,000,000 µcr); gateway fee {body['fee_bps'] / 100:g}%")
-    typer.echo(f"{'model':<16} {'task':<11} {'prov':>4} {'price in':>17} {'price out':>17} {'slots':>9} "
-               f"{'speed':>16}  regions")
+    typer.echo(f"prices in µcr per 1M tokens, per image in µcr (1 credit = 1,000,000 µcr); gateway fee "
+               f"{body['fee_bps'] / 100:g}%")
+    typer.echo(f"{'model':<16} {'task':<11} {'prov':>4} {'price in':>17} {'price out':>17} {'per image':>13} "
+               f"{'slots':>9} {'speed':>16}  {'reads':<10} regions")
     for m in body["data"]:
         def rng(r: dict[str, int] | None) -> str:
             return "-" if not r else (f"{r['min']:,}" if r["min"] == r["max"] else f"{r['min']:,}-{r['max']:,}")
         sp = m["measured_speed"]
         speed = f"{sp['median']:,.0f} {sp['unit']}" if sp else "not measured"
         typer.echo(f"{m['model']:<16} {m['task']:<11} {m['providers']:>4} {rng(m['price_in']):>17} "
-                   f"{rng(m['price_out']):>17} {m['capacity']['in_flight']:>4}/{m['capacity']['slots']:<4} "
-                   f"{speed:>16}  {','.join(m['regions'])}")
+                   f"{rng(m['price_out']):>17} {rng(m.get('price_image')):>13} "
+                   f"{m['capacity']['in_flight']:>4}/{m['capacity']['slots']:<4} "
+                   f"{speed:>16}  {'+'.join(m.get('accepts') or ['text']):<10} {','.join(m['regions'])}")
 
 
 def _with_store(db: str | None, call: Callable[[Any], Any], create: bool = False) -> Any:

@@ -42,6 +42,11 @@ class GatewaySettings:
     key_file: Path = _opt(help="gateway identity key", factory=lambda: default_home() / "gateway.key")
     admin_token: str = _opt("", "bearer token for /admin/* (empty disables the admin API)")
     max_body_bytes: int = _opt(4 * 1024 * 1024, "largest accepted request body; larger gets 413")
+    image_max_bytes: int = _opt(3 * 1024 * 1024, "largest image (bytes, decoded from its data URL) a request may "
+                                "carry; the body with its images in base64 stays under --max-body-bytes, and "
+                                "providers decode at most 4 MiB per image")
+    image_max_pixels: int = _opt(16_777_216, "most pixels (width x height, read from the header) an image may "
+                                 "have; more is refused before any pixel is decoded (decompression bombs)")
     header_timeout_s: float = _opt(10.0, "a client must send a request's headers (or finish a WebSocket "
                                    "upgrade request) within this time, or the connection is closed")
     body_timeout_s: float = _opt(60.0, "a client must send a request's whole body within this time after its "
@@ -55,6 +60,9 @@ class GatewaySettings:
     key_concurrency: int = _opt(0, "default requests at once per API key (0: only the fair share limits it)")
     rate_burst_s: float = _opt(10.0, "a key's request and token budgets hold this many seconds of its rate, "
                                "so short bursts pass")
+    public_hosts: str = _opt("", "comma-separated host[:port] names providers and checkers dial this gateway by "
+                             "(e.g. gw.example.com): a handshake signed for any other is refused, which stops "
+                             "another gateway relaying it; empty: it must match the connection's Host header")
     trusted_proxies: str = _opt("", "comma-separated addresses of reverse proxies whose X-Forwarded-For gives the "
                                 "client's address (for --anonymous-rate); empty: the connection's address")
     over_share_stream_pace_ms: float = _opt(20.0, "while other keys are active, the streams of a key holding more "
@@ -99,6 +107,7 @@ class GatewaySettings:
     max_price_in: int = _opt(100_000_000, "highest input price (µcr per 1M tokens) an offer may ask; "
                              "a dearer offer is refused")
     max_price_out: int = _opt(100_000_000, "highest output price (µcr per 1M tokens) an offer may ask")
+    max_price_image: int = _opt(10_000_000, "highest price per image (µcr) an offer may ask")
     max_statement_digests: int = _opt(4096, "most receipt digests one provider statement may list (at least "
                                       "1024: honest providers send up to that many)")
     max_queued_events: int = _opt(4096, "most answer frames (chunks) waiting for one request, and items in one "
@@ -120,6 +129,8 @@ class GatewaySettings:
     tab_idle_s: float = _opt(5.0, "a client's unused reserve goes back after this long without requests")
     statement_wait_s: float = _opt(10.0, "a receipt its provider has not signed (in a statement) by then is "
                                    "never paid")
+    suspension_expiry_s: float = _opt(86400.0, "a suspension not confirmed as fraud (no slash) ends after this "
+                                      "long; 0: only an appeal or the operator lifts it")
     canary_interval_s: float = _opt(60.0, "about how often a known-answer request (canary) is sent to a "
                                     "provider; 0 disables canaries")
     audit_window_s: float = _opt(3600.0, "provider earnings stay held this long (open to audits and slashing) "
@@ -139,7 +150,24 @@ class GatewaySettings:
                                      "non-streaming request's deadline for the lane (at most half of it)")
     batch_max_file_bytes: int = _opt(100 * 1024 * 1024, "largest batch input file accepted by POST /v1/files "
                                      "(other requests keep --max-body-bytes)")
+    batch_window_s: float = _opt(24 * 3600.0, "how long a batch may run before it expires (its completion_window, "
+                                 "\"24h\"; shorter only to try expiry out)")
+    batch_max_files: int = _opt(500, "batch input files an account may keep stored at once (delete some to upload "
+                                "more)")
+    batch_max_stored_bytes: int = _opt(2 * 1024 ** 3, "total bytes of batch input files an account may keep stored")
+    batch_max_active: int = _opt(100, "batches an account may have running (not yet finished) at once")
     batch_reserve_slots: int = _opt(1, "slots per provider that batch work leaves free for interactive requests")
+    redis_url: str = _opt("", "count each key's requests and tokens per minute across all the network's gateways "
+                          "in this Redis (redis://HOST:PORT/DB); empty: each gateway counts alone. Unreachable at "
+                          "start: the gateway does not start; failing later: each gateway counts alone until it "
+                          "answers again (docs/operations.md)")
+    public_url: str = _opt("", "the URL providers and other gateways reach this gateway at (listed by GET "
+                           "/v1/gateways and registered in the shared database; default: the address it "
+                           "listens on)")
+    region: str = _opt("", "region label GET /v1/gateways lists for this gateway")
+    peer_gateways: list[str] = _opt(help="URL of another gateway of this network, listed by GET /v1/gateways "
+                                    "(providers learn it there); repeat. Gateways sharing a database also find "
+                                    "each other there", flag="peer-gateway", factory=list)
 
     def db_url(self) -> str:
         return self.db or f"sqlite+aiosqlite:///{default_home() / 'gateway.db'}"
@@ -156,8 +184,9 @@ class ProviderSettings:
     ca_cert: Path | None = _opt(None, "trust gateways whose certificate this CA (PEM) signed, instead of the "
                                 "system's CA store (a private network's own CA)")
     serve: list[str] = _opt(help="NAME=BACKEND[:SPEC]; repeat for several models", factory=list)
-    prices: list[str] = _opt(help="NAME=IN or NAME=IN/OUT: price in µcr per 1M input (and output) tokens; "
-                             "repeat per model (unpriced models are free)", flag="price", factory=list)
+    prices: list[str] = _opt(help="NAME=IN, NAME=IN/OUT or NAME=IN/OUT/IMAGE: price in µcr per 1M input (and "
+                             "output) tokens, and per image for a model that reads images; repeat per model "
+                             "(unpriced models are free)", flag="price", factory=list)
     region: str = _opt("local", "region label announced in the offer")
     latitude: float = _opt(0.0, "approximate latitude, announced in the offer")
     longitude: float = _opt(0.0, "approximate longitude, announced in the offer")
@@ -169,6 +198,9 @@ class ProviderSettings:
                                           "never has one of them audit another")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, time to finish in-flight work before leaving")
     reconnect_max_s: float = _opt(30.0, "longest wait between reconnection attempts")
+    gateways_max: int = _opt(3, "connect to at most this many gateways: every --gateway, then the nearest by "
+                             "measured RTT of the others they list at GET /v1/gateways (0: only --gateway)")
+    gateway_discovery_s: float = _opt(60.0, "how often the gateways' lists of their peers are read again")
     settlement_key_file: Path = _opt(help="secp256k1 key that signs receipts for gateways settling on an EVM "
                                      "ledger (created when first needed)",
                                      factory=lambda: default_home() / "settlement.key")

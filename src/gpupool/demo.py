@@ -6,7 +6,10 @@ talks to them only through the official `openai` client, the way a customer woul
 1. embeds a ~300-product catalogue in batches (spread over the providers),
 2. answers a few shopper queries by cosine similarity against those embeddings,
 3. streams a short chat completion from tiny-llama (an UNTRAINED model: gibberish),
-4. prints which provider served each request and how long requests took.
+4. reads product labels from generated images with `ocr` (real PP-OCRv4),
+5. runs an image search over the catalogue's (generated) product photos with `tiny-clip`
+   (an UNTRAINED CLIP: near-duplicates only; `demo_images.py`),
+6. prints which provider served each request and how long requests took.
 
 Everything it starts is stopped before it returns.
 """
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpupool import demo_images
 from gpupool.devnet import Network, NetworkError
 from gpupool.devnet_setup import default_serve, dev_price_args, prepare_models
 from gpupool.identity import default_home
@@ -35,7 +39,7 @@ QUERIES = [
     "moisturiser for dry skin",
 ]
 CHAT_PROMPT = "I need a warm jacket for hiking in the snow. What would you recommend?"
-KINDS = ("embed-catalogue", "embed-query", "chat-stream")
+KINDS = ("embed-catalogue", "embed-query", "chat-stream", "ocr-label", "embed-photos", "photo-query")
 
 
 @dataclass
@@ -97,7 +101,7 @@ def run_demo(home: Path | None, providers: int) -> int:
         url = net.start_gateway(port=0)
         for _ in range(providers):
             net.start_provider(default_serve(), extra=dev_price_args(default_serve()))
-        net.wait_for_models({"minilm": providers, "tiny-llama": providers}, progress=True)
+        net.wait_for_models({s.split("=")[0]: providers for s in default_serve()}, progress=True)
         print(f"network up at {url}\n", flush=True)
         _scenario(url, net.dev_key(), catalog)
         return 0
@@ -141,7 +145,7 @@ def _scenario(url: str, key: str, catalog: list[dict[str, Any]]) -> None:
         return np.asarray(vectors, dtype=np.float32)
 
     # (a) the catalogue, in batches so the work spreads over providers.
-    print(f"[1/3] embedding {len(catalog)} products in batches of {BATCH}...", flush=True)
+    print(f"[1/5] embedding {len(catalog)} products in batches of {BATCH}...", flush=True)
     texts = [f"{p['name']}. {p['description']}" for p in catalog]
     started = time.perf_counter()
     batches = [texts[i:i + BATCH] for i in range(0, len(texts), BATCH)]
@@ -153,7 +157,7 @@ def _scenario(url: str, key: str, catalog: list[dict[str, Any]]) -> None:
           f"{time.perf_counter() - started:.1f} s, served by {len(used)} provider(s)\n", flush=True)
 
     # (b) semantic search.
-    print("[2/3] shopper queries (cosine similarity, top 3):", flush=True)
+    print("[2/5] shopper queries (cosine similarity, top 3):", flush=True)
     for query in QUERIES:
         q = embed([query], "embed-query")[0]
         scores = matrix @ (q / np.linalg.norm(q))
@@ -165,7 +169,7 @@ def _scenario(url: str, key: str, catalog: list[dict[str, Any]]) -> None:
     print(flush=True)
 
     # (c) streamed chat. with_raw_response gives the headers (who serves it) before the stream.
-    print("[3/3] streamed chat completion from tiny-llama")
+    print("[3/5] streamed chat completion from tiny-llama")
     print("      NOTE: tiny-llama is an UNTRAINED demo model with random weights: "
           "its text is gibberish.")
     print(f"      prompt: {CHAT_PROMPT}")
@@ -185,6 +189,11 @@ def _scenario(url: str, key: str, catalog: list[dict[str, Any]]) -> None:
     ttft = f"{first_token_ms:.0f} ms" if first_token_ms is not None else "n/a"
     print(f"\n      first token after {ttft}\n", flush=True)
 
+    def record(kind: str, provider: str, ms: float) -> None:
+        calls.append(Call(kind, provider, ms))
+
+    demo_images.read_labels(client, catalog, record)
+    demo_images.image_search(client, catalog, record)
     _print_table(calls)
 
 

@@ -6,11 +6,17 @@ from pathlib import Path
 
 
 def default_serve() -> list[str]:
-    return ["minilm=embeddings:minilm", "tiny-llama=generate:tiny-llama"]
+    """Text embeddings and chat, text read off images (real PP-OCRv4) and image search (tiny-clip:
+    random weights, like tiny-llama)."""
+    return ["minilm=embeddings:minilm", "tiny-llama=generate:tiny-llama", "ocr=ocr", "tiny-clip=clip:tiny-clip"]
 
 
 # Devnet prices (µcr per 1M tokens) so every request is metered and charged like on a real network.
-DEV_PRICES = ["minilm=20000", "tiny-llama=100000/400000", "echo=10000/40000"]
+# Models that read images also price each image (IN/OUT/IMAGE, IMAGE in µcr): ocr counts one
+# prompt unit per image and one completion unit per word; tiny-clip counts an image as the 17
+# positions its vision tower reads.
+DEV_PRICES = ["minilm=20000", "tiny-llama=100000/400000", "echo=10000/40000", "ocr=100000/200000/2",
+              "tiny-clip=20000/0/1"]
 DEV_STARTING_BALANCE = 1_000 * 1_000_000  # 1,000 credits for the development key's account
 
 
@@ -25,15 +31,18 @@ def dev_price_args(serve: list[str]) -> list[str]:
 
 
 def prepare_models(progress: bool = False) -> None:
-    """Create the untrained tiny-llama demo model once (random weights, a few seconds)."""
+    """Create the untrained tiny-llama and tiny-clip demo models once (random weights, a few seconds),
+    before providers and checkers start: they would otherwise race to build them."""
     try:
+        from gpupool.provider.tiny_clip import create_tiny_clip, default_tiny_clip_path
         from gpupool.provider.tiny_model import create_tiny_llama, default_tiny_llama_path
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise SystemExit(f"the devnet needs the ml extra: pip install -e '.[ml]' ({exc})") from exc
-    path = default_tiny_llama_path()
-    if not (path / "config.json").exists() and progress:
-        print(f"creating the untrained tiny-llama demo model in {path} (once)...", flush=True)
-    create_tiny_llama(path)
+    for name, path, create in (("tiny-llama", default_tiny_llama_path(), create_tiny_llama),
+                               ("tiny-clip", default_tiny_clip_path(), create_tiny_clip)):
+        if not (path / "config.json").exists() and progress:
+            print(f"creating the untrained {name} demo model in {path} (once)...", flush=True)
+        create(path)
 
 
 def banner(url: str, key: str, echo_only: bool = False, *, admin_token: str = "", checkers: int = 0,
@@ -45,7 +54,8 @@ def banner(url: str, key: str, echo_only: bool = False, *, admin_token: str = ""
 """
     models = ("echo (no model)" if echo_only else
               "minilm (real all-MiniLM-L6-v2 embeddings), tiny-llama (UNTRAINED demo model: random weights, "
-              "gibberish text)")
+              "gibberish text),\n                ocr (real PP-OCRv4: text in images), tiny-clip (UNTRAINED demo "
+              "CLIP: random weights, image and text embeddings that mean nothing)")
     return f"""
 gpupool devnet is up: 1 gateway, {providers} providers, {checkers} checkers.
 

@@ -2,6 +2,7 @@
 
     media_type, data = parse_data_url("data:image/png;base64,...")  # the gateway's edge
     check_header(data, media_type, limits)    # size, type and pixel limits, header only
+    check_complete(data, media_type)          # truncation, from the file's structure (no pixels)
     rgb = decode_rgb(data, media_type, limits)   # a loaded PIL image in RGB (backends)
 
 Every failure is an `ImageError` (a ValueError) with a one-line message naming what is
@@ -71,10 +72,27 @@ def parse_data_url(url: str, limits: ImageLimits = DEFAULT_LIMITS) -> tuple[str,
     if len(body) * 3 // 4 > limits.max_bytes + 3:
         raise ImageError(f"image is over {limits.max_bytes} bytes")
     try:
-        data = base64.b64decode(body, validate=True)
+        data = _b64decode(body)
     except (binascii.Error, ValueError):
         raise ImageError("image data URL is not valid base64") from None
     return media_type, data
+
+
+# Base64 is decoded this many characters at a time: binascii holds the GIL for a whole call,
+# so one call over megabytes would stall the gateway's event loop even from a worker
+# thread; between chunks the interpreter lets the loop run.
+B64_CHUNK = 1 << 18  # a multiple of 4
+
+
+def _b64decode(body: str) -> bytes:
+    if len(body) <= B64_CHUNK:
+        return base64.b64decode(body, validate=True)
+    if len(body) % 4:
+        raise binascii.Error("incorrect padding")
+    chunks = [body[i:i + B64_CHUNK] for i in range(0, len(body), B64_CHUNK)]
+    if any("=" in chunk for chunk in chunks[:-1]):  # padding only at the very end, as in one call
+        raise binascii.Error("padding inside the data")
+    return b"".join(base64.b64decode(chunk, validate=True) for chunk in chunks)
 
 
 def _open(data: bytes, media_type: str, limits: ImageLimits) -> Any:
@@ -108,6 +126,48 @@ def check_header(data: bytes, media_type: str, limits: ImageLimits = DEFAULT_LIM
     img = _open(data, media_type, limits)
     size: tuple[int, int] = img.size
     img.close()
+    return size
+
+
+def check_complete(data: bytes, media_type: str) -> None:
+    """Refuse a truncated file from its structure alone, decoding no pixels (the gateway's edge
+    checks every image once; only the provider that runs the model decodes it): a PNG's chunks
+    with their CRCs up to IEND, a JPEG's end-of-image marker, a WebP's RIFF length."""
+    if media_type == "image/png":
+        _check_png_chunks(data)
+    elif media_type == "image/jpeg":
+        # Some writers pad after the marker; anything cut before it lacks it.
+        if b"\xff\xd9" not in data[-64:].rstrip(b"\x00"):
+            raise ImageError("image is truncated or corrupt: the JPEG has no end-of-image marker")
+    elif media_type == "image/webp":
+        declared = int.from_bytes(data[4:8], "little") + 8 if len(data) >= 12 else -1
+        if len(data) < declared or declared < 12:
+            raise ImageError(f"image is truncated or corrupt: the WebP declares {declared} bytes, "
+                             f"{len(data)} were sent")
+
+
+def _check_png_chunks(data: bytes) -> None:
+    import zlib
+
+    at = 8
+    while at + 12 <= len(data):
+        length = int.from_bytes(data[at:at + 4], "big")
+        end = at + 12 + length
+        if end > len(data):
+            break
+        kind = data[at + 4:at + 8]
+        if zlib.crc32(data[at + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
+            raise ImageError(f"image is truncated or corrupt: PNG chunk {kind.decode('latin-1')!r} fails its CRC")
+        if kind == b"IEND":
+            return
+        at = end
+    raise ImageError("image is truncated or corrupt: the PNG ends before its IEND chunk")
+
+
+def check_image(data: bytes, media_type: str, limits: ImageLimits = DEFAULT_LIMITS) -> tuple[int, int]:
+    """(width, height) after every check that needs no pixels: `check_header`, then `check_complete`."""
+    size = check_header(data, media_type, limits)
+    check_complete(data, media_type)
     return size
 
 

@@ -9,7 +9,7 @@ Handshake (provider dials out to the gateway, so providers work behind NAT)::
     provider                         gateway
        Hello(version, public key) ──▶
                                   ◀── Challenge(nonce)       (or close: bad version)
-       Proof(sig over nonce), Offer ─▶
+       Proof(sig over nonce, host dialled), Offer ─▶   (protocol_handshake.py)
                                   ◀── Welcome(session)       (or close: bad signature)
 
 Then the gateway sends Run / Cancel / Ping and the provider answers with
@@ -28,18 +28,18 @@ request, a statement pays it once per ~50 ms per provider.
 from __future__ import annotations
 
 import hashlib
-import struct
 from typing import Annotated, Literal, Union
 
 import msgspec
 
 from gpupool import frame_lists
 from gpupool.identity import Identity, verify_signature
+from gpupool.protocol_hashes import output_hash, tokens_hash  # noqa: F401 - part of the protocol's API
 # Peer-sent numbers and strings are bounded by their types: decoding refuses a NaN or a 2**64 count.
 from gpupool.protocol_limits import (Capacity, Concurrency, Count, Description, Latitude, LogProb, Longitude, Micro,
                                      ModelName, Rate, Region, Score, Seq, ShortStr, Timestamp, TokenId)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the Proof signs the host the peer dialled (protocol_handshake.py)
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
 
 # Largest frame a peer may send; larger frames are a protocol violation.
@@ -90,7 +90,8 @@ class Challenge(_Msg, tag="challenge"):
 
 
 class Proof(_Msg, tag="proof"):
-    signature: bytes  # ed25519 over challenge_bytes(nonce, gateway_id)
+    signature: bytes  # ed25519 over protocol_handshake.challenge_bytes(nonce, gateway_id, host)
+    host: ShortStr = ""  # the host[:port] the peer dialled (what its WebSocket request's Host said)
 
 
 class Welcome(_Msg, tag="welcome"):
@@ -124,6 +125,7 @@ class ModelOffer(msgspec.Struct, omit_defaults=True):
     # Prices in micro-credits per 1M tokens (market issue fills these in).
     price_in: Micro = 0
     price_out: Micro = 0
+    price_image: Micro = 0  # µcr per image in a request, beside the token prices (models that read images)
     # Speed the provider claims; routing uses it (capped) only until it has measured.
     claimed_prefill_tps: Rate = 0.0
     claimed_decode_tps: Rate = 0.0
@@ -212,6 +214,13 @@ class GeneratePayload(msgspec.Struct, tag="gen", tag_field="k", omit_defaults=Tr
 
 
 Payload = Union[EmbedPayload, GeneratePayload]
+
+
+def image_count(payload: Payload) -> int:
+    """How many images a request carries (embedding inputs or chat message parts): each is priced."""
+    if isinstance(payload, EmbedPayload):
+        return len(payload.images)
+    return sum(len(m.images) for m in payload.messages)
 
 
 class Run(_Msg, tag="run"):
@@ -414,11 +423,6 @@ def list_lengths(frame: bytes) -> dict[str, int]:
         raise ProtocolError(f"undecodable frame: {exc}") from exc
 
 
-def challenge_bytes(nonce: bytes, gateway_id: str) -> bytes:
-    # Binding the gateway id stops a proof being replayed to another gateway.
-    return b"gpupool-challenge-v1\x00" + gateway_id.encode() + b"\x00" + nonce
-
-
 def operator_bytes(node_id: str) -> bytes:
     """What an operator's key signs to vouch that `node_id` is one of its nodes (Offer.operator_sig)."""
     return b"gpupool-operator-v1\x00" + node_id.encode()
@@ -483,17 +487,3 @@ def _hashed_images(payload: Payload) -> Payload:
         return payload
     messages = [msgspec.structs.replace(m, images=digests(m.images)) for m in payload.messages]
     return msgspec.structs.replace(payload, messages=messages)
-
-
-def tokens_hash(token_ids: list[int], logprobs: list[float]) -> bytes:
-    """What a receipt commits to for the generated tokens: int32 ids, then float32 log-probs (LE).
-    Values out of range (decoding refuses them from a peer) hash their msgpack: it never raises."""
-    try:
-        packed = struct.pack(f"<{len(token_ids)}i{len(logprobs)}f", *token_ids, *logprobs)
-    except (struct.error, OverflowError):
-        packed = b"out-of-range\x00" + _encoder.encode([token_ids, logprobs])
-    return hashlib.sha256(packed).digest()
-
-
-def output_hash(data: bytes | str) -> bytes:
-    return hashlib.sha256(data.encode() if isinstance(data, str) else data).digest()

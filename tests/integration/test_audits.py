@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -16,6 +17,7 @@ import openai
 import pytest
 
 from gpupool import protocol
+from gpupool.protocol_handshake import answer
 from gpupool.devnet import Network
 from gpupool.identity import Identity
 from gpupool.ledger import fee_of
@@ -32,8 +34,7 @@ async def raw_checker(net: Network, ident: Identity, models: list[str]) -> Any:
     ws = await connect(ws_url(net))
     await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
     challenge = protocol.decode(await ws.recv())
-    await ws.send(protocol.encode(protocol.Proof(ident.sign(protocol.challenge_bytes(challenge.nonce,
-                                                                                     challenge.gateway_id)))))
+    await ws.send(protocol.encode(answer(ident, challenge, ws.request.headers["Host"])))
     offer = signed_offer(ident, [ModelOffer(m, "generate", "echo") for m in models])
     offer = msgspec.structs.replace(offer, role="checker", signature=b"")
     await ws.send(protocol.encode(msgspec.structs.replace(offer, signature=ident.sign(protocol.signed_bytes(offer)))))
@@ -41,8 +42,10 @@ async def raw_checker(net: Network, ident: Identity, models: list[str]) -> Any:
     return ws
 
 
-async def judge_jobs(ws: Any, ident: Identity, passed: bool, jobs: list[AuditJob], delay: float = 0.0) -> None:
-    """Answer every audit job with the same verdict, signed; pongs keep the link alive."""
+async def judge_jobs(ws: Any, ident: Identity, passed: bool | Callable[[AuditJob], bool], jobs: list[AuditJob],
+                     delay: float = 0.0, hard: bool = True) -> None:
+    """Answer every audit job with the same verdict (or `passed(job)`'s), signed; pongs keep the link alive.
+    `hard`: whether a failure is hard (suspends at once) or soft (counts towards the suspension rule's k)."""
     async for frame in ws:
         msg = protocol.decode(frame)
         if isinstance(msg, protocol.Ping):
@@ -50,9 +53,10 @@ async def judge_jobs(ws: Any, ident: Identity, passed: bool, jobs: list[AuditJob
         elif isinstance(msg, AuditJob):
             jobs.append(msg)
             await asyncio.sleep(delay)  # a checker takes a while to re-run the model
+            ok = passed(msg) if callable(passed) else passed
             verdict = protocol.Verdict(msg.job_id, msg.receipt.request_id, msg.receipt.node_id, ident.node_id,
-                                       passed=passed, hard=not passed, reason="ok" if passed else "wrong_model",
-                                       score=1.0 if passed else 0.05, issued_at=time.time())
+                                       passed=ok, hard=hard and not ok, reason="ok" if ok else "wrong_model",
+                                       score=1.0 if ok else 0.05, issued_at=time.time())
             verdict = msgspec.structs.replace(verdict, signature=ident.sign(protocol.signed_bytes(verdict)))
             await ws.send(protocol.encode(verdict))
 

@@ -17,9 +17,10 @@ import websockets
 from websockets.asyncio.client import connect
 
 from gpupool import protocol
+from gpupool.protocol_handshake import answer
 from gpupool.devnet import Network
 from gpupool.identity import Identity
-from gpupool.protocol import Challenge, Hello, ModelOffer, Offer, Proof, Run, Welcome, Hardware
+from gpupool.protocol import Challenge, Hello, ModelOffer, Offer, Run, Welcome, Hardware
 from tests.integration.conftest import client_for
 
 
@@ -46,7 +47,7 @@ async def handshake(net: Network, ident: Identity, models: list[ModelOffer]):
     await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
     challenge = protocol.decode(await ws.recv())
     assert isinstance(challenge, Challenge)
-    await ws.send(protocol.encode(Proof(ident.sign(protocol.challenge_bytes(challenge.nonce, challenge.gateway_id)))))
+    await ws.send(protocol.encode(answer(ident, challenge, ws.request.headers["Host"])))
     await ws.send(protocol.encode(signed_offer(ident, models)))
     assert isinstance(protocol.decode(await ws.recv()), Welcome)
     return ws
@@ -67,14 +68,14 @@ async def test_protocol_violations_are_refused_with_reasons(echo_net: Network) -
     async with connect(ws_url(echo_net)) as ws:
         await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
         ch = protocol.decode(await ws.recv())
-        forged = Identity.generate().sign(protocol.challenge_bytes(ch.nonce, ch.gateway_id))
-        await ws.send(protocol.encode(Proof(forged)))
+        forged = answer(Identity.generate(), ch, ws.request.headers["Host"])
+        await ws.send(protocol.encode(forged))
         assert "signature" in await expect_close(ws, protocol.CLOSE_BAD_SIGNATURE)
     # A valid proof but a tampered offer.
     async with connect(ws_url(echo_net)) as ws:
         await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
         ch = protocol.decode(await ws.recv())
-        await ws.send(protocol.encode(Proof(ident.sign(protocol.challenge_bytes(ch.nonce, ch.gateway_id)))))
+        await ws.send(protocol.encode(answer(ident, ch, ws.request.headers["Host"])))
         offer = signed_offer(ident, [ModelOffer("x", "generate", "echo")])
         await ws.send(protocol.encode(msgspec.structs.replace(offer, max_concurrency=1000)))
         assert "offer signature" in await expect_close(ws, protocol.CLOSE_BAD_SIGNATURE)

@@ -7,6 +7,7 @@ needs the ml extra; skipped cleanly without it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,19 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "UNTRAINED demo model with random weights" in out
     assert "first token after" in out and "first token after n/a" not in out
 
+    # Product labels read off generated images by the real OCR (it misreads "Iron" as "lron" in
+    # DejaVu Sans: one word of the 18).
+    right, total = map(int, re.search(r"words read right: (\d+)/(\d+)", out).groups())  # type: ignore[union-attr]
+    assert total >= 12 and right >= 0.85 * total, out[out.index("[4/5]"):out.index("[5/5]")]
+    # The image search (untrained tiny-clip, labelled so) finds each query photo's product first.
+    assert "tiny-clip is an UNTRAINED demo CLIP with random weights" in out
+    queries = [i for i, line in enumerate(out.splitlines()) if line.startswith('  photo query: "')]
+    assert len(queries) == 3
+    for i in queries:
+        lines = out.splitlines()
+        name = lines[i].split('"')[1]
+        assert f"  {name}  (" in lines[i + 1], lines[i:i + 4]
+
     # The per-provider table: every request kind, with per-provider counts that add up.
     assert "request kind" in out and "p50 ms" in out and "max ms" in out
     table = out[out.index("request kind"):].splitlines()
@@ -60,11 +74,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # Routing sends work where it is expected to finish first, so a light sequential
     # scenario may well be served by one of the two providers: at least one column.
     assert 1 <= len(providers) <= 2, table[0]
-    kinds = ("embed-catalogue", "embed-query", "chat-stream")
+    kinds = ("embed-catalogue", "embed-query", "chat-stream", "ocr-label", "embed-photos", "photo-query")
     rows = {line.split()[0]: line.split() for line in table[2:] if line.split()[:1]
             and line.split()[0] in kinds}
     assert set(rows) == set(kinds), table
-    for kind, requests in (("embed-catalogue", 10), ("embed-query", 6), ("chat-stream", 1)):
+    for kind, requests in (("embed-catalogue", 10), ("embed-query", 6), ("chat-stream", 1), ("ocr-label", 3),
+                           ("embed-photos", 10), ("photo-query", 3)):
         row = rows[kind]  # kind, requests, one count per provider, p50, max
         assert int(row[1]) == requests, row  # 295 products / 32 per batch -> 10
         assert sum(int(n) for n in row[2:2 + len(providers)]) == requests, row

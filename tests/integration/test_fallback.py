@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from gpupool.routing.fallback import lane_cost
 from gpupool.market.pricing import Price
 from tests.integration.conftest import client_for, wait_until
 from tests.openai_schemas import validate
+from tests.unit.ledger_backends import anvil_url  # noqa: F401 - the Anvil fixture
 
 FEE_BPS = 500  # the gateway's default fee
 LANE_PRICE = Price(10_000_000, 40_000_000)  # 10 / 40 µcr a token: costs big enough to see
@@ -273,3 +275,33 @@ def test_a_misconfigured_lane_stops_the_gateway_with_one_line(tmp_path: Path) ->
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "NO_SUCH_VAR_X" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_model_only_a_lane_serves_is_listed_in_v1_models(tmp_path: Path) -> None:
+    """A request for it is served by the lane, so clients that pick models from /v1/models must see it."""
+    net = Network(tmp_path / "net")
+    try:
+        net.start_gateway(extra=["--fallback", "gone=http://127.0.0.1:9/v1 model=cloud-only@1/1 model=other@1/1",
+                                 "--fallback", "spare=http://127.0.0.1:9/v1 model=cloud-only@2/2"])
+        models = {m.id: m for m in client_for(net).models.list().data}
+        assert set(models) == {"cloud-only", "other"}, models
+        info = models["cloud-only"].model_extra["gpupool"]
+        assert info["fallback"] == ["gone", "spare"] and info["providers"] == 0 and info["verified"] is False
+        validate(httpx.get(net.gateway_url + "/v1/models", headers={"Authorization": f"Bearer {net.dev_key()}"},
+                           timeout=10).json(), "ListModelsResponse")
+    finally:
+        net.stop(timeout=10)
+
+
+def test_lanes_on_the_evm_ledger_are_refused_with_one_line_saying_why(tmp_path: Path, anvil_url: str) -> None:  # noqa: F811
+    deployed = subprocess.run([sys.executable, "-m", "gpupool", "ledger", "deploy", "--rpc", anvil_url],
+                              capture_output=True, text=True, timeout=120)
+    assert deployed.returncode == 0, deployed.stderr
+    ledger_url = re.search(r"--ledger '([^']+)'", deployed.stdout).group(1)  # type: ignore[union-attr]
+    out = subprocess.run([sys.executable, "-m", "gpupool", "gateway", "--port", "0", "--db",
+                          f"sqlite+aiosqlite:///{tmp_path / 'g.db'}", "--key-file", str(tmp_path / "g.key"),
+                          "--ledger", ledger_url, "--fallback", "cloud=http://127.0.0.1:9/v1 model=m@1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert "SQL ledger" in line and "settlement key" in line and "never be charged" in line, line

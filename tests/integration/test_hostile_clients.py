@@ -27,9 +27,10 @@ import pytest
 from websockets.asyncio.client import connect
 
 from gpupool import protocol
+from gpupool.protocol_handshake import answer
 from gpupool.devnet import Network
 from gpupool.identity import Identity
-from gpupool.protocol import Challenge, Fail, Hardware, Hello, ModelOffer, Offer, Proof, Run, Welcome
+from gpupool.protocol import Challenge, Fail, Hardware, Hello, ModelOffer, Offer, Run, Welcome
 from tests.integration.conftest import PG_URL, audits_body, client_for, pg_available, raw, wait_until
 from tests.openai_schemas import validate
 
@@ -378,9 +379,9 @@ def test_slow_headers_slow_bodies_and_unfinished_upgrades_are_cut_off(net: Netwo
     cut, bystander, answers = asyncio.run(run())
     assert max(cut) < HEADER_TIMEOUT_S + 3.0, sorted(cut)[-5:]
     assert max(bystander) < 5.0, bystander  # generous: CI machines are busy; a held-up gateway takes 10 s+
-    for answer in answers:
-        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-        assert b"request_timeout" in answer
+    for reply in answers:
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b"request_timeout" in reply
     assert "Traceback" not in net.gateway.log_path.read_text(errors="replace")
 
 
@@ -557,8 +558,7 @@ async def _black_hole(net: Network, model: str, stop: asyncio.Event, first_word:
         await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
         challenge = protocol.decode(await ws.recv())
         assert isinstance(challenge, Challenge)
-        await ws.send(protocol.encode(Proof(ident.sign(protocol.challenge_bytes(challenge.nonce,
-                                                                                  challenge.gateway_id)))))
+        await ws.send(protocol.encode(answer(ident, challenge, ws.request.headers["Host"])))
         await ws.send(protocol.encode(offer))
         while not stop.is_set():
             try:

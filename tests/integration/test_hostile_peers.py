@@ -21,9 +21,10 @@ import websockets
 from websockets.asyncio.client import connect
 
 from gpupool import protocol
+from gpupool.protocol_handshake import answer
 from gpupool.devnet import Network
 from gpupool.identity import Identity
-from gpupool.protocol import Challenge, Hardware, Hello, ModelOffer, Offer, Proof, Run, Welcome
+from gpupool.protocol import Challenge, Hardware, Hello, ModelOffer, Offer, Run, Welcome
 from tests.integration.conftest import client_for, raw, wait_until_async
 from tests.integration.test_audits import judge_jobs
 from tests.integration.test_bad_peers import events
@@ -60,7 +61,7 @@ async def start_handshake(net: Network, ident: Identity, models: list[ModelOffer
     await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
     challenge = protocol.decode(await ws.recv())
     assert isinstance(challenge, Challenge)
-    await ws.send(protocol.encode(Proof(ident.sign(protocol.challenge_bytes(challenge.nonce, challenge.gateway_id)))))
+    await ws.send(protocol.encode(answer(ident, challenge, ws.request.headers["Host"])))
     await ws.send(protocol.encode(offer_for(ident, models, role, operator)))
     return ws
 
@@ -188,7 +189,7 @@ async def test_nodes_of_one_operator_never_audit_each_other(network: Network) ->
     ws = await connect(network.ws_url + "/v1/providers/ws", max_size=None)
     await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, provider.public_key)))
     challenge = protocol.decode(await ws.recv())
-    await ws.send(protocol.encode(Proof(provider.sign(protocol.challenge_bytes(challenge.nonce, challenge.gateway_id)))))
+    await ws.send(protocol.encode(answer(provider, challenge, ws.request.headers["Host"])))
     await ws.send(protocol.encode(msgspec.structs.replace(forged, signature=provider.sign(protocol.signed_bytes(forged)))))
     assert "operator key" in await closed_with(ws, protocol.CLOSE_BAD_SIGNATURE)
 

@@ -29,7 +29,7 @@ def ml_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         net.start_gateway()
         for _ in range(2):
             net.start_provider(default_serve())
-        net.wait_for_models({"minilm": 2, "tiny-llama": 2}, timeout=240)
+        net.wait_for_models({s.split("=")[0]: 2 for s in default_serve()}, timeout=240)
         yield net
     finally:
         net.stop()
@@ -67,8 +67,10 @@ def test_models_list_labels_the_demo_model(ml_net: Network) -> None:
     body = raw(ml_net, "GET", "/v1/models", key=ml_net.dev_key()).json()
     validate(body, "ListModelsResponse")
     by_id = {m["id"]: m for m in body["data"]}
-    assert set(by_id) == {"minilm", "tiny-llama"}
+    assert set(by_id) == {"minilm", "tiny-llama", "ocr", "tiny-clip"}
     assert "untrained" in by_id["tiny-llama"]["gpupool"]["description"].lower()
+    assert "untrained" in by_id["tiny-clip"]["gpupool"]["description"].lower()
+    assert "untrained" not in by_id["ocr"]["gpupool"]["description"].lower()
     assert by_id["minilm"]["gpupool"]["providers"] == 2
 
 

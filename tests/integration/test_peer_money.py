@@ -24,7 +24,8 @@ from websockets.asyncio.client import connect
 from gpupool import protocol
 from gpupool.devnet import Network
 from gpupool.identity import Identity
-from gpupool.protocol import Challenge, Hardware, Hello, Offer, Proof, Run, Welcome
+from gpupool.protocol import Challenge, Hardware, Hello, Offer, Run, Welcome
+from gpupool.protocol_handshake import answer
 from tests.integration.conftest import client_for, raw, wait_until_async
 from tests.integration.test_hostile_peers import bystander_served, echo, joined, net, wait_events
 
@@ -38,7 +39,7 @@ async def join_in(net: Network, ident: Identity, model: str, region: str) -> Any
     await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
     challenge = protocol.decode(await ws.recv())
     assert isinstance(challenge, Challenge)
-    await ws.send(protocol.encode(Proof(ident.sign(protocol.challenge_bytes(challenge.nonce, challenge.gateway_id)))))
+    await ws.send(protocol.encode(answer(ident, challenge, ws.request.headers["Host"])))
     offer = Offer(node_id=ident.node_id, models=[echo(model)], hardware=Hardware("test", 1, 1024), region=region,
                   max_concurrency=4, issued_at=time.time())
     await ws.send(protocol.encode(protocol.sign_offer(offer, ident)))

@@ -19,6 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from gpupool import protocol
+from gpupool.protocol_handshake import answer
 from gpupool.devnet import Network
 from gpupool.identity import Identity
 from gpupool.protocol import GpuInfo, Hardware, Hello, Offer, Proof, Run
@@ -50,7 +51,7 @@ async def test_offers_with_unbounded_numbers_or_strings_are_refused(net: Network
     ws = await connect(net.ws_url + "/v1/providers/ws", max_size=None)
     await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
     challenge = protocol.decode(await ws.recv())
-    await ws.send(protocol.encode(Proof(ident.sign(protocol.challenge_bytes(challenge.nonce, challenge.gateway_id)))))
+    await ws.send(protocol.encode(answer(ident, challenge, ws.request.headers["Host"])))
     await ws.send(protocol.encode(bad_offer(ident, **fields)))
     await closed_with(ws, protocol.CLOSE_PROTOCOL_ERROR)
     await wait_events(net, "garbage_frame")

@@ -12,6 +12,7 @@ from collections import Counter
 from websockets.asyncio.client import connect
 
 from gpupool import protocol
+from gpupool.protocol_handshake import answer
 from gpupool.devnet import Network
 from gpupool.identity import Identity
 from gpupool.protocol import ModelOffer
@@ -80,7 +81,7 @@ async def _stalled_provider(net: Network, stop: asyncio.Event) -> str:
     ws = await connect(ws_url(net))
     await ws.send(protocol.encode(protocol.Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
     ch = protocol.decode(await ws.recv())
-    await ws.send(protocol.encode(protocol.Proof(ident.sign(protocol.challenge_bytes(ch.nonce, ch.gateway_id)))))
+    await ws.send(protocol.encode(answer(ident, ch, ws.request.headers["Host"])))
     offer = signed_offer(ident, [ModelOffer("echo", "generate", "echo", claimed_decode_tps=5000.0,
                                             claimed_prefill_tps=100000.0)])
     await ws.send(protocol.encode(offer))

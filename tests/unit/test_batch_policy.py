@@ -106,3 +106,16 @@ def test_validation_names_the_first_bad_line() -> None:
         assert message in info.value.message, (message, info.value.message)
     with pytest.raises(errors.InvalidRequest, match="at most 2 requests"):
         parse_file(jsonl([line(i) for i in range(3)]), MODELS, max_items=2)
+
+
+def test_pack_units_keep_a_packed_request_within_the_wire_bounds_on_images() -> None:
+    from gpupool.batch.policy import EMBED_PACK_INPUTS, pack_units
+    from gpupool.images import MAX_REQUEST_IMAGE_BYTES, MAX_REQUEST_IMAGES
+
+    assert pack_units(3, []) == 3  # texts: one unit each, as before
+    small = pack_units(0, [500])
+    assert EMBED_PACK_INPUTS // small == MAX_REQUEST_IMAGES  # tiny images: the count bound
+    big = 3 * 1024 * 1024
+    per_request = EMBED_PACK_INPUTS // pack_units(0, [big])
+    assert 1 <= per_request and per_request * big <= MAX_REQUEST_IMAGE_BYTES  # large ones: the byte bound
+    assert pack_units(2, [500, big]) == 2 + small + pack_units(0, [big])

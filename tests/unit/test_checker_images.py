@@ -17,7 +17,16 @@ import pytest
 
 pytest.importorskip("rapidocr_onnxruntime", reason="needs the ml extra")
 
-from gpupool.protocol import ChatMessage, EmbedPayload, GeneratePayload, Image, Payload, Usage  # noqa: E402
+from gpupool.protocol import (  # noqa: E402
+    AuditJob,
+    ChatMessage,
+    Done,
+    EmbedPayload,
+    GeneratePayload,
+    Image,
+    Payload,
+    Usage,
+)
 from gpupool.provider.backends import Backend  # noqa: E402
 from gpupool.provider.tiny_clip import create_tiny_clip  # noqa: E402
 from gpupool.verify.judging import judge  # noqa: E402
@@ -140,3 +149,53 @@ def test_image_redteam_specs() -> None:
     for bad in ("lowres:ocr", "madeup:clip:/nowhere"):
         with pytest.raises(ValueError):
             RedTeamBackend("m", bad)
+
+
+# ------------------------------------------------------------------ canaries
+
+
+def as_done(job: AuditJob) -> Done:
+    """The Done frame a canary's provider would have sent with this audit job's answer."""
+    return Done(job.receipt.request_id, job.receipt, vectors=job.vectors, dimensions=job.dimensions,
+                text=job.text)
+
+
+@pytest.mark.parametrize("form", ["", "json_object"])
+async def test_ocr_canary_passes_an_honest_reading_and_fails_cheaters(backends: dict[str, Backend],
+                                                                      form: str) -> None:
+    """A canary (a passed answer sent again to another provider) is judged with the audits'
+    tolerance: another honest instance's reading passes, made-up and half-cut text fail hard."""
+    from gpupool.verify.canary_checks import judge_canary
+
+    payload = label_request(form, labels=2)
+    known = await serve(backends["ref-ocr"], "ocr", payload)
+    again = await serve(backends["honest-ocr"], "ocr", payload)
+    verdict = judge_canary(payload, known.text, b"", 0, as_done(again), again.text, reads_images=True)
+    assert verdict.passed and verdict.score == 1.0, verdict
+    for mode in ("madeup", "truncate"):
+        _, job = await cheat(f"{mode}:ocr", "ocr", payload)
+        verdict = judge_canary(payload, known.text, b"", 0, as_done(job), job.text, reads_images=True)
+        assert not verdict.passed and verdict.hard, (mode, verdict)
+    # Compared character for character (a text model's canary), one honest misread would fail.
+    typo = again.text.replace("Organic", "0rganic")
+    assert judge_canary(payload, known.text, b"", 0, as_done(again), typo, reads_images=True).passed
+    assert not judge_canary(payload, known.text, b"", 0, as_done(again), typo, reads_images=False).passed
+
+
+async def test_image_embedding_canary_passes_honest_and_fails_cheaters(backends: dict[str, Backend],
+                                                                       clip_dir: Path) -> None:
+    from gpupool.verify.canary_checks import judge_canary
+
+    payload = image_search()
+    known = await serve(backends["ref-clip"], "tiny-clip", payload)
+    again = await serve(backends["honest-clip"], "tiny-clip", payload)
+    verdict = judge_canary(payload, "", known.vectors, known.dimensions, as_done(again), "", False)
+    assert verdict.passed and verdict.score > 0.999, verdict
+    for mode in ("noise", "lowres"):
+        cheater = await started(f"tiny-clip={REDTEAM}:{mode}:clip:{clip_dir}")
+        try:
+            job = await serve(cheater, "tiny-clip", payload)
+        finally:
+            await cheater.close()
+        verdict = judge_canary(payload, "", known.vectors, known.dimensions, as_done(job), "", False)
+        assert not verdict.passed and verdict.hard and verdict.reason == "embedding_mismatch", (mode, verdict)

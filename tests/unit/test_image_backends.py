@@ -255,3 +255,14 @@ def test_wire_shapes_keep_old_payloads() -> None:
         name: str = ""
 
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(new.messages[0]), type=OldMessage).content == "hi"
+
+
+def test_no_space_is_put_around_a_decimal_point() -> None:
+    """The gap around a period is measured above it (it sits below the band): "86.99" stays whole,
+    while a real gap between words still becomes a space."""
+    from gpupool.provider.backends.ocr import with_spaces
+
+    boxes = [[[x, 0], [x + 8, 0], [x + 8, 10], [x, 10]] for x in (0, 10, 30, 40, 50)]
+    assert with_spaces("86.99", boxes, [(24.0, 1.5), (39.0, 1.5)]) == "86.99"
+    assert with_spaces("ab,cd", boxes, [(24.0, 1.5)]) == "ab,cd"
+    assert with_spaces("abcde", boxes, [(39.0, 1.5)]) == "abc de"

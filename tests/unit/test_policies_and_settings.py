@@ -72,7 +72,7 @@ def test_settings_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command,cls,renamed", [
-    ("gateway", config.GatewaySettings, {"admitted_checkers": "checker"}),
+    ("gateway", config.GatewaySettings, {"admitted_checkers": "checker", "peer_gateways": "peer_gateway"}),
     ("provider", config.ProviderSettings, {"gateways": "gateway", "prices": "price"}),
     ("checker", config.CheckerSettings, {"gateways": "gateway"}),
 ])

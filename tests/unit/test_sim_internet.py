@@ -9,6 +9,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -88,7 +89,9 @@ def test_the_simulator_runs_the_gateways_own_policy_code(monkeypatch: pytest.Mon
     from gpupool.routing import policy as routing_policy
     from gpupool.verify import sampling
 
-    assert router.pick_with_reasons is routing_policy.pick_with_reasons
+    # The gateway's router looks the policy up in its module at each pick, so a swap reaches it too
+    # (tests/integration/test_sim_live.py swaps it in a real gateway process).
+    assert router.routing_policy is routing_policy and not hasattr(router, "pick_with_reasons")
     assert audits.decide is sampling.decide and lanes.choose_lanes is fallback.choose_lanes
 
     sc = _small(providers=8, requests=4_000)
@@ -190,3 +193,50 @@ def test_a_day_leaves_no_reference_cycles() -> None:
     day.run()
     assert gc.isenabled() == enabled
     assert gc.collect() == 0
+
+
+def test_a_day_split_over_two_processes_answers_like_one() -> None:
+    """sim/shards.py: each process a half-world (every other provider, every other request); merged,
+    the answers match the one-process day's within sampling noise, and every request was served by a
+    provider of its own shard."""
+    from gpupool.sim.shards import run_sharded
+
+    sc = _small(providers=1_000, requests=12_000)
+    earth = build(sc)
+    one = report.summarize(earth, Day(earth).run())
+    res = run_sharded(earth, shards=2)
+    two = report.summarize(earth, res)
+    assert res.counts["shards"] == 2
+    served = res.served_by >= 0
+    assert served.mean() > 0.9
+    assert np.all(res.served_by[served] % 2 == np.arange(len(res.served_by))[served] % 2)
+    assert two["cloud"] == one["cloud"]  # the cloud baseline runs once, over every arrival
+    for s in ("pool", "hybrid"):
+        for k in ("p50_s", "p99_s", "cost_per_mtok_usd"):
+            assert two[s][k] == pytest.approx(one[s][k], rel=0.1), (s, k)
+    assert two["audits"] == pytest.approx(one["audits"], rel=0.05)
+    assert two["batch"]["items"] == one["batch"]["items"]
+    assert two["cheater_identities"] == pytest.approx(one["cheater_identities"], rel=0.2)
+    assert np.all(res.earnings_usd >= 0) and res.earnings_usd[0::2].sum() > 0 and res.earnings_usd[1::2].sum() > 0
+
+
+def test_providers_with_many_verdicts_awaited_are_held_back_like_the_gateway_does() -> None:
+    """On probation every answer is audited; from verify.sampling.MAX_AWAITING_VERDICTS awaited verdicts
+    the router's view shows the provider as not taking work (the gateway's `Router.serving`), until
+    verdicts come back."""
+    from gpupool.sim.trust import Trust
+    from gpupool.verify.judgement import PASS
+    from gpupool.verify.sampling import MAX_AWAITING_VERDICTS
+
+    day = Day(build(_small(providers=40, requests=200)))
+    day._step(0)
+    trust: Trust = day.trust  # type: ignore[assignment]
+    view = day.views[0][0]
+    k = next(k for k in range(len(view)) if not view[k].draining)
+    i = day.online_ids[k]
+    for n in range(MAX_AWAITING_VERDICTS):
+        assert not view[k].draining
+        assert trust.served(i, f"r{n}", 0.0)  # probation: audited
+    assert trust.held_back[i] and view[k].draining
+    trust.verdict(i, trust.identity[i], PASS, 1.0)
+    assert not trust.held_back[i] and not view[k].draining

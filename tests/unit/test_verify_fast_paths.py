@@ -109,3 +109,19 @@ def test_the_suspension_rule_matches_the_reference(k: int, m: int) -> None:
         plain.append(v)
         assert suspension_rule.suspension(history, policy) == _suspension_ref(list(history), policy)
         assert suspension_rule.suspension(iter(plain), policy) == _suspension_ref(plain, policy)
+
+
+def test_a_greedy_pass_on_a_near_tie_is_marked_so_it_never_becomes_a_canary() -> None:
+    """The runner-up within the tie margin passes (as an honest provider on other hardware may pick
+    it), but the pass says so: the gateway keeps only exact greedy answers as canaries (issue 18)."""
+    import numpy as np
+
+    from gpupool.verify.comparators import NEAR_TIE, compare_greedy_report
+
+    logits = np.array([[5.0, 4.8, 0.0], [0.0, 1.0, 9.0]])
+    exact = compare_greedy_report([0, 2], logits).verdict
+    runner_up = compare_greedy_report([1, 2], logits).verdict  # 0.2 below the favourite
+    far = compare_greedy_report([2, 2], logits).verdict
+    assert exact.passed and exact.reason != NEAR_TIE
+    assert runner_up.passed and runner_up.reason == NEAR_TIE
+    assert not far.passed

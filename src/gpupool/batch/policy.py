@@ -8,6 +8,11 @@ duplicate a straggler. No sockets, no database, no clock: snapshots in, decision
 Batch traffic only uses capacity interactive requests leave free: a provider offers
 `max_concurrency` slots, a batch may hold all but `reserve` of them, and only those
 not already busy (with anyone's work, on this gateway or another).
+
+Images (data URLs in embeddings inputs or chat parts) are user data like text: the
+privacy cap counts the items that carry them, as any other. Packing counts an image as
+several inputs (`pack_units`), so a packed request stays within the wire's bound on one
+request's images (`images.MAX_REQUEST_IMAGES`, `images.MAX_REQUEST_IMAGE_BYTES`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,21 @@ import math
 import random
 from dataclasses import dataclass
 
+from gpupool.images import MAX_REQUEST_IMAGE_BYTES, MAX_REQUEST_IMAGES
+
 EMBED_PACK_INPUTS = 256  # inputs per embeddings request: big enough to fill a forward pass, small to retry
 GENERATE_PACK = 1  # a generation request carries one prompt
+# When a packed request's cost is split over its items, an image weighs as this many bytes of text
+# (about 64 tokens: between tiny-clip's 17 positions and a real CLIP's 257).
+IMAGE_COST_BYTES = 256
+
+
+def pack_units(texts: int, image_sizes: list[int], pack_inputs: int = EMBED_PACK_INPUTS) -> int:
+    """How much of a packed embeddings request one item takes: a unit per text input and, per
+    image, its share of the wire's image bounds in units (count and bytes), so that items
+    packed up to `pack_inputs` units never carry more images than one request may."""
+    per_image = -(-pack_inputs // MAX_REQUEST_IMAGES)
+    return texts + sum(max(per_image, -(-size * pack_inputs // MAX_REQUEST_IMAGE_BYTES)) for size in image_sizes)
 
 
 @dataclass(frozen=True)

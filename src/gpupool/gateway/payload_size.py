@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpupool.market.pricing import input_token_bound
-from gpupool.protocol import EmbedPayload, Payload
+from gpupool.protocol import EmbedPayload, Payload, image_count
 
 # Tokens one image may count as in a receipt: vision encoders spend from ~64 to a few thousand
 # (tiled high resolution); far above that is a lie. Holds never count images (text only).
@@ -25,6 +25,7 @@ IMAGE_TOKENS_CEILING = 1 << 16
 TEMPLATE_SLACK_TOKENS = 4096
 
 
+
 @dataclass(frozen=True, slots=True)
 class PayloadSize:
     chars: int  # characters of input: every embedding input, or prompt + continuation + messages
@@ -32,7 +33,7 @@ class PayloadSize:
     items: int  # embedding inputs, or chat messages (each adds template tokens)
     max_output: int  # tokens the request may generate (0 for embeddings)
     embeddings: bool
-    images: int = 0
+    images: int = 0  # images in the request (not in chars: their bytes are no text)
 
     @classmethod
     def of(cls, payload: Payload) -> PayloadSize:
@@ -42,7 +43,7 @@ class PayloadSize:
                        len(payload.images))
         texts = [payload.prompt, payload.continue_text, *(m.content for m in payload.messages)]
         return cls(sum(len(x) for x in texts), sum(len(x.encode()) for x in texts), len(payload.messages),
-                   payload.max_tokens, False, sum(len(m.images) for m in payload.messages))
+                   payload.max_tokens, False, image_count(payload))
 
     @property
     def tokens_estimate(self) -> int:

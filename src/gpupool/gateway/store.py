@@ -105,6 +105,8 @@ class RequestRow(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
     cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # µcr charged
+    images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # images in the request
+    image_cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # µcr of `cost` for them
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class Store:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         # key hash -> (key or None if unknown/revoked, monotonic time the entry expires)
         self._key_cache: dict[str, tuple[ApiKey | None, float]] = {}
+        self._id_cache: dict[int, tuple[ApiKey | None, float]] = {}
         self.key_cache_s = KEY_CACHE_S
         self._pending: list[tuple[Any, dict[str, Any]]] = []
         self._wake = asyncio.Event()
@@ -245,6 +248,22 @@ class Store:
 
     # ------------------------------------------------------------ providers and events
 
+    async def key_by_id(self, key_id: int) -> ApiKey | None:
+        """A key's record by its id (None if unknown or revoked): batches run under the key that made
+        them. Cached like `authenticate`, so a revocation reaches a running batch within seconds."""
+        now = time.monotonic()
+        cached = self._id_cache.get(key_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        async with self.sessions() as s:
+            row = await s.get(ApiKeyRow, key_id)
+        found = (ApiKey(row.id, row.name, row.account, row.rpm, row.tpm, row.max_concurrency)
+                 if row is not None and not row.revoked else None)
+        if len(self._id_cache) >= KEY_CACHE_MAX:
+            self._id_cache.clear()  # ids come from this gateway's own batches: rarely many
+        self._id_cache[key_id] = (found, now + self.key_cache_s)
+        return found
+
     async def upsert_provider(self, node_id: str, public_key: bytes, region: str, models: list[str]) -> None:
         now = time.time()
         for attempt in range(2):
@@ -310,6 +329,7 @@ class Store:
             rows = (await s.scalars(q)).all()
         return [{"request_id": r.request_id, "at": r.at, "model": r.model, "status": r.status, "cost": r.cost,
                  "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                 "images": r.images, "image_cost": r.image_cost,
                  "provider": r.provider} for r in rows]  # a node id, or fallback:NAME
 
     # ------------------------------------------------------------ batching writer

@@ -28,6 +28,14 @@ class Listing:
     in_flight: int
     draining: bool
     measured_speed: float | None  # decode tokens/s (generation) or items/s (embeddings); None until measured
+    accepts: tuple[str, ...] = ("text",)  # inputs the model reads (the offer's; empty there means text)
+    price_image: int = 0  # µcr per image (models that read images)
+
+
+def accepted(kinds: list[tuple[str, ...]]) -> list[str]:
+    """The inputs any of these offers reads, text first: what a client may send the model."""
+    found = {kind for ks in kinds for kind in (ks or ("text",))}
+    return sorted(found, key=lambda k: (k != "text", k))
 
 
 def summarize(listings: list[Listing]) -> list[dict[str, object]]:
@@ -45,6 +53,8 @@ def summarize(listings: list[Listing]) -> list[dict[str, object]]:
             **regions_of(i.region for i in live),
             "price_in": _range([i.price_in for i in live]),
             "price_out": _range([i.price_out for i in live]) if items[0].task != "embeddings" else None,
+            "accepts": accepted([i.accepts for i in live] or [("text",)]),
+            "price_image": _range([i.price_image for i in live if "image" in i.accepts]),
             "capacity": {"slots": sum(i.slots for i in live), "in_flight": sum(i.in_flight for i in live)},
             "measured_speed": None if not speeds else {
                 "unit": "items/s" if items[0].task == "embeddings" else "tokens/s",

@@ -4,8 +4,9 @@
     await agent.run()          # until agent.request_drain() (SIGTERM) finishes
 
 One `GatewayLink` (provider/gateway_link.py) per gateway URL keeps a WebSocket
-open with exponential backoff and jitter between attempts. All links share one `Admission`, so the provider's
-concurrency limit holds across gateways. On drain the provider tells every
+open with exponential backoff and jitter between attempts; more gateways, learned from
+the ones it was told, are added up to `--gateways-max` (provider/discovery.py). All
+links share one `Admission`, so the provider's concurrency limit holds across gateways. On drain the provider tells every
 gateway, refuses new work (retryable, so gateways move it elsewhere), finishes
 what is in flight, then leaves.
 """
@@ -27,6 +28,7 @@ from gpupool.market.pricing import Price
 from gpupool.protocol import LoadReport, ModelOffer, Offer
 from gpupool.provider.admission import Admission
 from gpupool.provider.backends import Backend
+from gpupool.provider.discovery import Discovery
 from gpupool.provider.gateway_link import GatewayLink
 from gpupool.provider.hardware import probe
 
@@ -48,6 +50,7 @@ class ProviderAgent:
         self.answers: dict[tuple[str, str], int] = {}  # (model, outcome) -> answers sent (provider/metrics.py)
         self._drain_requested = asyncio.Event()
         self._links: list[GatewayLink] = []
+        self._link_tasks: dict[GatewayLink, asyncio.Task[None]] = {}
         self._hardware = probe()
         try:  # refused here in one line, rather than by every gateway as a garbage frame
             protocol.decode(protocol.encode(self.make_offer(models=[])))  # backends may not be loaded yet
@@ -59,7 +62,8 @@ class ProviderAgent:
         price = self.prices.get(offer.name)
         if price is None:
             return offer
-        return msgspec.structs.replace(offer, price_in=price.per_m_in, price_out=price.per_m_out)
+        return msgspec.structs.replace(offer, price_in=price.per_m_in, price_out=price.per_m_out,
+                                       price_image=price.per_image)
 
     def make_offer(self, models: list[ModelOffer] | None = None) -> Offer:
         offer = Offer(
@@ -110,14 +114,33 @@ class ProviderAgent:
     def request_drain(self) -> None:
         self._drain_requested.set()
 
+    @property
+    def links(self) -> list[GatewayLink]:
+        return list(self._links)
+
+    def add_link(self, url: str) -> None:
+        """Connect to one more gateway (and keep reconnecting until the drain)."""
+        link = GatewayLink(self, url)
+        self._links.append(link)
+        self._link_tasks[link] = asyncio.create_task(link.run(), name=f"link-{link.url}")
+
+    def drop_link(self, link: GatewayLink) -> None:
+        self._links.remove(link)
+        task = self._link_tasks.pop(link, None)
+        if task is not None:
+            task.cancel()
+
     async def run(self) -> None:
         await self.start_backends()
-        self._links = [GatewayLink(self, url) for url in self.settings.gateways]
-        tasks = [asyncio.create_task(link.run(), name=f"link-{link.url}") for link in self._links]
+        for url in self.settings.gateways:
+            self.add_link(url)
+        finder = (asyncio.create_task(Discovery(self).run(), name="gateway-discovery")
+                  if self.settings.gateways_max > len(self._links) else None)
         try:
             await self._drain_requested.wait()
             await self._drain()
         finally:
+            tasks = [*self._link_tasks.values(), *([finder] if finder else [])]
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

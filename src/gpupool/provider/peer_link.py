@@ -27,7 +27,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from gpupool import protocol
 from gpupool.identity import Identity
-from gpupool.protocol import Challenge, Hello, Offer, Proof, Welcome
+from gpupool.protocol import Challenge, Hello, Offer, Welcome
+from gpupool.protocol_handshake import answer
 from gpupool.tls import certificate_problem, client_context
 
 # Both roles' links have always logged here; operators' log filters rely on it.
@@ -46,16 +47,20 @@ class LinkedNode(Protocol):
 
 
 async def handshake(ws: ClientConnection, identity: Identity, client: str,
-                    make_offer: Callable[[], Offer]) -> Welcome:
+                    make_offer: Callable[[], Offer], on_gateway: Callable[[str], None] | None = None) -> Welcome:
     """Prove `identity` to the gateway on `ws` and announce the node's offer; the gateway's Welcome.
 
     The offer is made after the challenge is answered, so its `issued_at` is fresh.
-    ProtocolError when the gateway answers out of turn; the caller reconnects."""
+    `on_gateway` is told the gateway's node id (from its challenge). ProtocolError when
+    the gateway answers out of turn; the caller reconnects."""
     await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, identity.public_key, client)))
     msg = protocol.decode(await asyncio.wait_for(ws.recv(), HANDSHAKE_REPLY_TIMEOUT_S))
     if not isinstance(msg, Challenge):
         raise protocol.ProtocolError(f"expected challenge, got {type(msg).__name__}")
-    await ws.send(protocol.encode(Proof(identity.sign(protocol.challenge_bytes(msg.nonce, msg.gateway_id)))))
+    if on_gateway is not None:
+        on_gateway(msg.gateway_id)
+    # Signed with the host this link dialled: a gateway relaying another's challenge cannot use it.
+    await ws.send(protocol.encode(answer(identity, msg, ws.request.headers["Host"] if ws.request else "")))
     await ws.send(protocol.encode(make_offer()))
     msg = protocol.decode(await asyncio.wait_for(ws.recv(), HANDSHAKE_REPLY_TIMEOUT_S))
     if not isinstance(msg, Welcome):
@@ -79,6 +84,14 @@ class PeerLink:
         self._tls = client_context(ca_cert) if self.url.startswith("wss://") else None
         self._ws: ClientConnection | None = None
         self._last_said = ""  # the last connection problem logged at WARNING
+        self.gateway_id = ""  # the node id of the gateway behind this URL, once a handshake told it
+
+    def _gateway_is(self, node_id: str) -> None:
+        self.gateway_id = node_id
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
 
     async def _session(self, ws: ClientConnection) -> None:
         """Serve the gateway's frames on a welcomed connection until it ends."""
@@ -105,7 +118,8 @@ class PeerLink:
                     compression=None,  # small msgpack frames: deflate cost more CPU than it saved
                 ) as ws:
                     self._ws = ws
-                    welcome = await handshake(ws, self.node.identity, self.client, self.node.make_offer)
+                    welcome = await handshake(ws, self.node.identity, self.client, self.node.make_offer,
+                                              on_gateway=self._gateway_is)
                     await self._welcomed(ws, welcome)
                     log.info("connected to %s", self.url)
                     self._last_said = ""

@@ -25,13 +25,13 @@ def build_agent(settings: ProviderSettings) -> ProviderAgent:
 
 
 def parse_prices(items: list[str], names: list[str]) -> dict[str, Price]:
-    """`--price NAME=IN[/OUT]` options, checked against the served model names."""
+    """`--price NAME=IN[/OUT[/IMAGE]]` options, checked against the served model names."""
     prices: dict[str, Price] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or name not in names:
-            raise ValueError(f"--price expects NAME=IN[/OUT] for a served model ({', '.join(names)}); got {item!r}")
-        prices[name] = parse_price(value)
+            raise ValueError(f"--price expects NAME=IN[/OUT[/IMAGE]] for a served model ({', '.join(names)}); got {item!r}")
+        prices[name] = parse_price(value, images=True)
     return prices
 
 

@@ -4,6 +4,12 @@
     vectors = pool_map("minilm", ["red running shoes", "a blue kettle"], base_url="http://127.0.0.1:8000",
                        api_key="gp-...")                     # one 384-float list per item
     answers = pool_map("tiny-llama", prompts, endpoint="/v1/chat/completions")  # one message text per item
+    vectors = pool_map("tiny-clip", Path("photos"))     # a folder: one vector per image, in images_in order
+    texts = pool_map("ocr", Path("scans"), endpoint="/v1/chat/completions")   # the text read off each image
+
+An item that is a `Path` to an image (PNG, JPEG, WebP) is sent as the image itself (a
+data URL: an embeddings input, or a chat message's `image_url` part); `items` may be a
+folder, which stands for its images (`images_in`: sorted by name, not recursive).
 
 Small jobs (up to `direct_below` items) are sent as ordinary requests, several at a
 time; larger ones go through the Batch API (uploaded, split into batches of at most
@@ -34,6 +40,10 @@ import httpx
 
 MAX_LINES = 50_000  # per batch, as OpenAI
 EMBED_PER_LINE = 16  # items per embeddings line: fewer lines, and the gateway packs lines into requests
+# Images packed on one embeddings line stop at this many bytes of data URLs: a line is also a
+# direct request, whose body the gateway limits (4 MiB by default).
+LINE_IMAGE_CHARS = 2 * 1024 * 1024
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 POLL_S = 0.5
 
 
@@ -46,7 +56,21 @@ class MapError(Exception):
         self.failures = failures
 
 
-def map(model: str, items: Sequence[Any], *, endpoint: str = "/v1/embeddings", base_url: str | None = None,
+def images_in(folder: str | Path) -> list[Path]:
+    """The images (PNG, JPEG, WebP, by suffix) directly in `folder`, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_TYPES)
+
+
+def image_url(path: str | Path) -> str:
+    """A data URL of the image file at `path` (its type from the suffix)."""
+    path = Path(path)
+    media_type = IMAGE_TYPES.get(path.suffix.lower())
+    if media_type is None:
+        raise ValueError(f"{path}: not an image gpupool sends (one of {', '.join(IMAGE_TYPES)})")
+    return f"data:{media_type};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def map(model: str, items: Sequence[Any] | Path, *, endpoint: str = "/v1/embeddings", base_url: str | None = None,
         api_key: str | None = None, job_id: str | None = None, direct_below: int = 64, concurrency: int = 8,
         progress: bool = True, errors: str = "raise", metadata: dict[str, str] | None = None,
         state_dir: Path | None = None) -> list[Any]:
@@ -56,7 +80,8 @@ def map(model: str, items: Sequence[Any], *, endpoint: str = "/v1/embeddings", b
                             metadata=metadata, state_dir=state_dir))
 
 
-async def amap(model: str, items: Sequence[Any], *, endpoint: str = "/v1/embeddings", base_url: str | None = None,
+async def amap(model: str, items: Sequence[Any] | Path, *, endpoint: str = "/v1/embeddings",
+               base_url: str | None = None,
                api_key: str | None = None, job_id: str | None = None, direct_below: int = 64, concurrency: int = 8,
                progress: bool = True, errors: str = "raise", metadata: dict[str, str] | None = None,
                state_dir: Path | None = None) -> list[Any]:
@@ -65,6 +90,9 @@ async def amap(model: str, items: Sequence[Any], *, endpoint: str = "/v1/embeddi
         raise ValueError(f"endpoint must be one of {', '.join(_BODY)}")
     if errors not in ("raise", "return"):
         raise ValueError('errors must be "raise" or "return"')
+    if isinstance(items, (str, Path)) and Path(items).is_dir():
+        items = images_in(items)
+    assert not isinstance(items, (str, Path))
     base = (base_url or os.environ.get("GPUPOOL_BASE_URL") or "http://127.0.0.1:8000").rstrip("/")
     base = base.removesuffix("/v1")
     key = api_key or os.environ.get("GPUPOOL_API_KEY") or os.environ.get("OPENAI_API_KEY")
@@ -93,9 +121,16 @@ def _embed_body(model: str, texts: list[str]) -> dict[str, Any]:
     return {"model": model, "input": texts, "encoding_format": "base64"}
 
 
+def _embed_input(item: Any) -> str:
+    return image_url(item) if isinstance(item, Path) else str(item)
+
+
 def _chat_body(model: str, item: Any) -> dict[str, Any]:
     if isinstance(item, dict):
         return {"model": model, **item}
+    if isinstance(item, Path):
+        return {"model": model, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": image_url(item)}}]}]}
     return {"model": model, "messages": [{"role": "user", "content": str(item)}]}
 
 
@@ -104,7 +139,7 @@ def _completion_body(model: str, item: Any) -> dict[str, Any]:
 
 
 _BODY: dict[str, Callable[[str, Any], dict[str, Any]]] = {
-    "/v1/embeddings": lambda model, item: _embed_body(model, [str(item)]),
+    "/v1/embeddings": lambda model, item: _embed_body(model, [_embed_input(item)]),
     "/v1/chat/completions": _chat_body,
     "/v1/completions": _completion_body,
 }
@@ -127,15 +162,34 @@ def _answers(endpoint: str, body: dict[str, Any]) -> list[Any]:
 
 # ---------------------------------------------------------------- small jobs: direct requests
 
+def _requests(model: str, endpoint: str, items: Sequence[Any]) -> list[tuple[list[int], dict[str, Any]]]:
+    """(item indexes, body) per request or batch line: embeddings pack up to EMBED_PER_LINE items
+    (images up to LINE_IMAGE_CHARS of data URLs), the other endpoints take one item each."""
+    if endpoint != "/v1/embeddings":
+        return [([i], _BODY[endpoint](model, item)) for i, item in enumerate(items)]
+    out: list[tuple[list[int], dict[str, Any]]] = []
+    idxs: list[int] = []
+    inputs: list[str] = []
+    chars = 0
+    for i, item in enumerate(items):
+        value = _embed_input(item)
+        size = len(value) if isinstance(item, Path) else 0
+        if idxs and (len(idxs) == EMBED_PER_LINE or chars + size > LINE_IMAGE_CHARS):
+            out.append((idxs, _embed_body(model, inputs)))
+            idxs, inputs, chars = [], [], 0
+        idxs.append(i)
+        inputs.append(value)
+        chars += size
+    if idxs:
+        out.append((idxs, _embed_body(model, inputs)))
+    return out
+
+
 async def _direct(client: httpx.AsyncClient, model: str, endpoint: str, items: Sequence[Any], results: list[Any],
                   failures: dict[int, Any], concurrency: int, bar: _Progress) -> None:
-    per = EMBED_PER_LINE if endpoint == "/v1/embeddings" else 1
-    groups = [list(range(i, min(i + per, len(items)))) for i in range(0, len(items), per)]
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(idxs: list[int]) -> None:
-        body = (_embed_body(model, [str(items[i]) for i in idxs]) if per > 1
-                else _BODY[endpoint](model, items[idxs[0]]))
+    async def one(idxs: list[int], body: dict[str, Any]) -> None:
         async with gate:
             r = await client.post(endpoint, json=body)
         if r.status_code != 200:
@@ -146,7 +200,7 @@ async def _direct(client: httpx.AsyncClient, model: str, endpoint: str, items: S
                 results[i] = value
         bar.advance(len(idxs))
 
-    await asyncio.gather(*(one(g) for g in groups))
+    await asyncio.gather(*(one(idxs, body) for idxs, body in _requests(model, endpoint, items)))
 
 
 def _error_of(r: httpx.Response) -> Any:
@@ -191,14 +245,7 @@ class _Job:
 
 def _lines(model: str, endpoint: str, items: Sequence[Any]) -> list[tuple[str, list[int], dict[str, Any]]]:
     """(custom_id, item indexes, body) per input line."""
-    per = EMBED_PER_LINE if endpoint == "/v1/embeddings" else 1
-    out = []
-    for start in range(0, len(items), per):
-        idxs = list(range(start, min(start + per, len(items))))
-        body = (_embed_body(model, [str(items[i]) for i in idxs]) if per > 1
-                else _BODY[endpoint](model, items[start]))
-        out.append((f"i{start}-{idxs[-1]}", idxs, body))
-    return out
+    return [(f"i{idxs[0]}-{idxs[-1]}", idxs, body) for idxs, body in _requests(model, endpoint, items)]
 
 
 async def _batched(client: httpx.AsyncClient, job: _Job, items: Sequence[Any], results: list[Any],

@@ -2,6 +2,7 @@
 
     gpupool sim run SCENARIO.toml --out DIR       # DIR/summary.json and DIR/*.png
     gpupool sim run --scenario internet-100k      # a bundled scenario (`gpupool sim list`)
+    gpupool sim run ... --processes 1             # one process (default: 2 from 10,000 providers)
     gpupool sim compare A.json B.json             # two summaries side by side
 """
 
@@ -15,6 +16,10 @@ from typing import Annotated, Optional
 import typer
 
 from gpupool.cli_support import HELP, fail
+
+# From this many providers a day is split over processes by default: each shard is then still a
+# pool of thousands, where sampling a few candidates from half of it changes only statistics.
+SHARD_FROM = 10_000
 
 sim_app = typer.Typer(help="Simulate a day of an internet-scale pool against the cloud (the real policies).",
                       no_args_is_help=True, rich_markup_mode=None, context_settings=HELP)
@@ -38,9 +43,13 @@ def run(
     providers: Annotated[Optional[int], typer.Option(min=1, help="override the scenario's providers")] = None,
     requests: Annotated[Optional[int], typer.Option(min=1, help="override the scenario's requests")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="write the PNG plots")] = True,
+    processes: Annotated[Optional[int], typer.Option(
+        min=1, max=64, help="split the pool's day over this many processes (sim/shards.py; default: 2 from "
+        f"{SHARD_FROM:,} providers on a machine with 2+ cores, else 1)")] = None,
 ) -> None:
     """Run one simulated day: the pool, the cloud and the hybrid on the same arrivals."""
     import dataclasses
+    import os
     import time
 
     from gpupool.sim.scenario import ScenarioError, load, load_bundled, validate
@@ -67,7 +76,15 @@ def run(
         typer.echo(f"  {done:>12,} / {total:,} requests  {done / total:6.1%}  {rate:,.0f}/s  "
                    f"eta {(total - done) / max(rate, 1e-9):,.0f} s", err=True)
 
-    result = Day(earth, progress=progress, progress_every=max(sc.requests // 20, 1000)).run()
+    if processes is None:
+        processes = 2 if sc.providers >= SHARD_FROM and (os.cpu_count() or 1) >= 2 else 1
+    if processes > 1:
+        from gpupool.sim.shards import run_sharded
+
+        typer.echo(f"the pool's day in {processes} processes (sim/shards.py), the cloud baseline beside them")
+        result = run_sharded(earth, processes, progress=progress)
+    else:
+        result = Day(earth, progress=progress, progress_every=max(sc.requests // 20, 1000)).run()
     result.wall_s = time.perf_counter() - t0
     summary = report.summarize(earth, result)
     path = report.write_summary(summary, out)

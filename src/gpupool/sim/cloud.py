@@ -3,6 +3,7 @@
     cloud = Cloud(sc, earth)                  # or Cloud(sc, earth, share=0.1) for a fallback lane
     done_at = cloud.serve(t, user_city, kind, tokens_in, tokens_out)   # virtual time of the answer
     cloud.cost_usd()                          # GPU-hours billed so far times the hourly prices
+    lat, cost = baseline(earth)               # the whole day's arrivals, served by the cloud alone
 
 Each region holds GPUs of the scenario's cloud tier (its concurrency, speeds); a request
 goes to the region nearest its user, spilling to the next nearest when that one is at
@@ -19,6 +20,7 @@ import math
 import numpy as np
 
 from gpupool.sim import geo
+from gpupool.sim.earth import KINDS, Earth
 from gpupool.sim.scenario import Scenario
 
 TARGET_UTIL = 0.7
@@ -102,3 +104,27 @@ class Cloud:
     def cost_usd(self, until: float) -> float:
         self._scale(until)
         return sum(b / 3600 * p for b, p in zip(self.billed_s, self.prices))
+
+
+def baseline(earth: Earth) -> tuple[np.ndarray, dict[str, float]]:
+    """The centralized cloud alone on every arrival of the day: each request's latency at the
+    user, and the billed cost split between chat and embeddings by their share of GPU time.
+    It shares nothing with the pool, so it runs apart from it (in its own process when the
+    pool's day is split, `sim/shards.py`)."""
+    sc = earth.sc
+    cloud = Cloud(sc, geo.city_rtt_s())
+    arrival, ucity, kind = earth.arrival.tolist(), earth.req_city.tolist(), earth.kind.tolist()
+    tin, tout = earth.tokens_in.tolist(), earth.tokens_out.tolist()
+    noise = np.exp(np.random.default_rng(sc.seed + 2).normal(0, 0.2, len(arrival))).tolist()
+    lat = np.full(len(arrival), np.nan, dtype=np.float32)
+    embed_k = KINDS.index("embed")
+    busy = {"chat": 0.0, "embed": 0.0}
+    serve = cloud.serve
+    for j, t in enumerate(arrival):
+        embed = kind[j] == embed_k
+        done, _ = serve(t, ucity[j], embed, tin[j], tout[j], noise[j])
+        lat[j] = done - t
+        busy["embed" if embed else "chat"] += done - t
+    total = cloud.cost_usd(sc.hours * 3600)
+    all_busy = sum(busy.values()) or 1.0
+    return lat, {k: total * v / all_busy for k, v in busy.items()}

@@ -38,10 +38,10 @@ from gpupool.routing.candidate import Candidate, RouteRequest
 from gpupool.routing.speed import SpeedEstimate, SpeedSample, observe, pool_prior
 from gpupool.routing.weights import DEFAULT_WEIGHTS
 from gpupool.sim import geo
-from gpupool.sim.cloud import Cloud
+from gpupool.sim.cloud import Cloud, baseline
 from gpupool.sim.earth import KINDS, STRATEGIES, Earth
 from gpupool.sim.engine import Engine
-from gpupool.sim.trust import Trust
+from gpupool.sim.trust import Trust, TrustTally
 
 CHAT, EMBED = "llama-3-8b-instruct", "minilm-embed"
 STREAM, CHATK, EMBEDK, BATCH = range(4)
@@ -54,13 +54,14 @@ class DayResult:
     hybrid_latency: np.ndarray
     cloud_latency: np.ndarray
     fallback: np.ndarray  # served by the hybrid's lane
+    served_by: np.ndarray  # per request, the provider whose answer the user got; -1: none
     pool_charge_usd: dict[str, float]  # "chat", "embed": what clients paid the pool
     lane_charge_usd: dict[str, float]
     cloud_cost_usd: dict[str, float]
     tokens: dict[str, int]  # "chat" tokens (in + out) and "embed" items, of served requests
     earnings_usd: np.ndarray  # per provider
     electricity_usd: np.ndarray
-    trust: Trust
+    trust: Trust | TrustTally
     streams: dict[str, int]
     util_busy: np.ndarray  # per hour: busy slot-seconds, and online slot-seconds
     util_online: np.ndarray
@@ -113,7 +114,8 @@ class _View(Sequence[Candidate]):
         _s_id(c, self.ids[i])
         _s_in_flight(c, own)
         _s_conc(c, self.conc[i])
-        _s_draining(c, self.suspended[i] or d.now >= d.leave_now[i])
+        # Held back (verdicts awaited) as the router's `serving` does, less its "unless nobody else".
+        _s_draining(c, self.suspended[i] or self.held_back[i] or d.now >= d.leave_now[i])
         _s_region(c, self.regions[i])
         _s_rtt(c, self.rtt[i])
         _s_queued(c, self.total[i] - own)
@@ -131,6 +133,7 @@ class _View(Sequence[Candidate]):
         """Keep references to the day's per-provider lists (mutated in place, never replaced)."""
         d, g = self.day, self.g
         self.ids, self.own, self.conc, self.suspended = d.ids, d.own[g], d.conc, d.trust.suspended
+        self.held_back = d.trust.held_back
         self.regions, self.rtt, self.total, self.score = d.region_name, d.rtt[g], d.total, d.trust.score
         self.price_in = d.price_embed if self.embed else d.price_in
         self.price_out = [0] * d.n if self.embed else d.price_out
@@ -139,11 +142,15 @@ class _View(Sequence[Candidate]):
 
 class Day:
     def __init__(self, earth: Earth, progress: Callable[[int, int, float], None] | None = None,
-                 progress_every: int = 200_000) -> None:
+                 progress_every: int = 200_000, *, cloud: bool = True, lane_share: float = 1.0,
+                 seed: int = 1) -> None:
+        """`cloud`: also run the cloud baseline (False: the caller does, `sim/shards.py`);
+        `lane_share`: this day's share of the fallback lane's capacity."""
         e = self.earth = earth
         sc = self.sc = earth.sc
         self.n = e.n
-        self.rng = random.Random(sc.seed + 1)
+        self.with_cloud = cloud
+        self.rng = random.Random(sc.seed + seed)
         self.eng = Engine()
         self.now = 0.0
         self.gateways = e.gateways
@@ -175,14 +182,12 @@ class Day:
         self.lanes = [fallback.Lane("cloud", "https://cloud.invalid/v1",
                                     {CHAT: fallback.LaneModel(CHAT, lane_price),
                                      EMBED: fallback.LaneModel(EMBED, pricing.Price(lane_price.per_m_in, 0))})]
-        cities_rtt = geo.city_rtt_s()
-        self.cloud = Cloud(sc, cities_rtt)
-        self.lane_cloud = Cloud(sc, cities_rtt, share=sc.cloud.lane_capacity_share * 0.1)
+        self.lane_cloud = Cloud(sc, geo.city_rtt_s(), share=sc.cloud.lane_capacity_share * 0.1 * lane_share)
         self.max_price = {False: pricing.Price(), True: pricing.Price()}
-        N = sc.requests
+        N = len(e.arrival)
         nan = np.full(N, np.nan, dtype=np.float32)
         hours = int(math.ceil(sc.hours))
-        self.res = DayResult(nan.copy(), nan.copy(), nan.copy(), np.zeros(N, dtype=bool),
+        self.res = DayResult(nan.copy(), nan.copy(), nan.copy(), np.zeros(N, dtype=bool), np.full(N, -1, np.int32),
                              {"chat": 0.0, "embed": 0.0}, {"chat": 0.0, "embed": 0.0}, {"chat": 0.0, "embed": 0.0},
                              {"chat": 0, "embed": 0}, np.zeros(self.n), np.zeros(self.n), self.trust,
                              {"broken": 0, "continued": 0, "failed_after_break": 0}, np.zeros(hours + 1),
@@ -193,7 +198,6 @@ class Day:
         self.usd = sc.market.usd_per_credit / 1e6
         self.batch_queue: list[tuple[float, int]] = []  # (deadline, request index)
         self.batch_seen = [0] * self.n
-        self.cloud_busy = {"chat": 0.0, "embed": 0.0}
         self.prices = ([pricing.Price(a, b) for a, b in zip(self.price_in, self.price_out)],  # static per provider
                        [pricing.Price(a, 0) for a in self.price_embed])
 
@@ -225,19 +229,16 @@ class Day:
         while t < sc.hours * 3600 + sc.demand.batch_deadline_h * 3600:
             eng.at(t, self._batch_tick)
             t += sc.policies.batch_tick_s
+        if self.with_cloud:
+            self.res.cloud_latency, self.res.cloud_cost_usd = baseline(e)
         arrival, gw, kind = e.arrival.tolist(), e.req_gw.tolist(), e.kind.tolist()
-        tin, tout, ucity = e.tokens_in.tolist(), e.tokens_out.tolist(), e.req_city.tolist()
-        noise = np.exp(np.random.default_rng(sc.seed + 2).normal(0, 0.2, len(arrival))).tolist()
+        tin, tout = e.tokens_in.tolist(), e.tokens_out.tolist()
         max_out = sc.demand.max_output_tokens
-        cloud_lat, cloud = self.res.cloud_latency, self.cloud
         for j, t in enumerate(arrival):
             eng.run(until=t)
             self.now = t
             k = kind[j]
             embed = k == EMBEDK
-            done, _ = cloud.serve(t, ucity[j], embed, tin[j], tout[j], noise[j])
-            cloud_lat[j] = done - t
-            self.cloud_busy["embed" if embed else "chat"] += done - t
             if k == BATCH:
                 self.batch_queue.append((t + sc.demand.batch_deadline_h * 3600, j))
                 self.res.batch["items"] += 1
@@ -275,11 +276,12 @@ class Day:
         ids = self.online_ids
         if not ids:
             return
-        sample = [ids[int(self.rng.random() * len(ids))] for _ in range(min(len(ids), 100))]
+        sample = ids if len(ids) <= 100 else [ids[int(self.rng.random() * len(ids))] for _ in range(100)]
         for g, (chat, emb) in enumerate(self.views):
             for t, view in ((0, chat), (1, emb)):
                 w = self.weights[g][t]
-                prior = pool_prior([view.speed[i] for i in sample], DEFAULT_WEIGHTS.prior_speed)
+                # min_measured=1: what the gateway's router passes (gateway/dispatch/router.py).
+                prior = pool_prior([view.speed[i] for i in sample], DEFAULT_WEIGHTS.prior_speed, min_measured=1)
                 self.weights[g][t] = replace(w, prior_speed=prior)
         self.max_price[False] = pricing.Price(max(self.price_in[i] for i in sample),
                                               max(self.price_out[i] for i in sample))
@@ -322,7 +324,8 @@ class Day:
                 cheated, factor = "smaller_model", 0.5
             elif not embed and s == S_TRUNC:
                 cheated, tout = "truncated", max(1, tout // 3)
-        noise = math.exp(rng.gauss(0, 0.2)) * (4.0 if rng.random() < 0.01 else 1.0) * factor
+        e = self.earth
+        noise = math.exp(rng.gauss(0, e.service_sigma)) * (e.straggler_x if rng.random() < e.straggler_p else 1.0) * factor
         if embed:
             prefill, service = 0.0, r.tout / self.embed_speed[i] * noise
         else:
@@ -400,6 +403,7 @@ class Day:
         if r.done:
             return
         r.done = True
+        self.res.served_by[r.j] = i
         what = "embed" if embed else "chat"
         self.res.pool_charge_usd[what] += charge * self.usd
         self.res.tokens[what] += r.tout if embed else r.tin + r.tout
@@ -489,9 +493,6 @@ class Day:
         busy_gpu_s = np.minimum(np.array(self.busy) / e.conc, online_s)
         kwh = (online_s * e.watts_idle + busy_gpu_s * (e.watts_busy - e.watts_idle)) / 3.6e6
         res.electricity_usd = kwh * e.kwh_usd
-        total = self.cloud.cost_usd(sc.hours * 3600)
-        busy = sum(self.cloud_busy.values()) or 1.0
-        res.cloud_cost_usd = {k: total * v / busy for k, v in self.cloud_busy.items()}
         res.counts["lane_cost_usd_operator"] = int(self.lane_cloud.cost_usd(sc.hours * 3600))
         res.counts["audits"] = self.trust.audits
         res.counts["kinds"] = len(KINDS)

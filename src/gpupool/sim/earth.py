@@ -56,6 +56,11 @@ class Earth:
     user_gw_rtt: np.ndarray
     gateways: tuple[str, ...]
     gw_city: np.ndarray
+    # Each answer's service time: the provider's speed times lognormal noise of this sigma, and
+    # `straggler_x` times longer with probability `straggler_p` (a pause: thermal, swap, GC).
+    service_sigma: float = 0.2
+    straggler_p: float = 0.01
+    straggler_x: float = 4.0
 
 
 def build(sc: Scenario) -> Earth:

@@ -12,11 +12,21 @@ gateway decides from it comes from `gpupool.verify`, unchanged.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 from gpupool.sim.earth import STRATEGIES, Earth
 from gpupool.sim.scenario import Scenario
 from gpupool.verify import reputation, sampling, suspension_rule
 from gpupool.verify.judgement import PASS, Judgement, fail
+
+
+@dataclass
+class TrustTally:
+    """What the report reads of a day's trust, without the per-provider state (a shard's, merged)."""
+
+    suspensions: list[tuple[float, int, bool]]  # (time, provider, was a cheater)
+    cheater_identities: int
+    audits: int
 
 
 class Trust:
@@ -35,12 +45,19 @@ class Trust:
         self.suspensions: list[tuple[float, int, bool]] = []  # (time, provider, was a cheater)
         self.audits = 0
         self.rejoins: list[tuple[float, int]] = []
+        # Audits sent, verdicts not back; from MAX_AWAITING_VERDICTS on, routing passes the
+        # provider over (`held_back`), as the gateway's router does.
+        self.awaiting = [0] * n
+        self.held_back = [False] * n
 
     def served(self, i: int, request_id: str, now: float) -> bool:
         # Like the gateway (gateway/trust/audits.py), only audit verdicts move reputation; the
         # router learns about failures through its breakers and speeds.
         audit, self.records[i] = sampling.decide(self.records[i], self.secret, request_id)
-        self.audits += audit
+        if audit:
+            self.audits += 1
+            self.awaiting[i] += 1
+            self.held_back[i] = self.awaiting[i] >= sampling.MAX_AWAITING_VERDICTS
         return audit
 
     def judge(self, cheated: str | None, u: float) -> Judgement:
@@ -55,8 +72,12 @@ class Trust:
 
     def verdict(self, i: int, identity: int, v: Judgement, now: float) -> bool:
         """Fold a verdict in; True when it suspends the provider now."""
-        if identity != self.identity[i] or self.suspended[i]:
+        if identity != self.identity[i]:
             return False  # the identity it judged is gone
+        self.awaiting[i] -= 1
+        self.held_back[i] = self.awaiting[i] >= sampling.MAX_AWAITING_VERDICTS
+        if self.suspended[i]:
+            return False
         self.records[i] = sampling.record_verdict(self.records[i], v)
         self.reps[i] = reputation.observe_verdict(self.reps[i], v, now)
         self.score[i] = reputation.score(self.reps[i], now)
@@ -78,3 +99,4 @@ class Trust:
         self.score[i] = 0.5
         self.history[i].clear()
         self.suspended[i] = False
+        self.awaiting[i], self.held_back[i] = 0, False

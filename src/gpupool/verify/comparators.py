@@ -156,6 +156,9 @@ def _check_logits(tokens: np.ndarray, logits: np.ndarray) -> Judgement | None:
     return None
 
 
+NEAR_TIE = "greedy_near_tie"
+
+
 @dataclass(frozen=True)
 class GreedyReport:
     """Per-position detail behind a greedy verdict (for evidence and debugging)."""
@@ -198,7 +201,10 @@ def compare_greedy_report(
         bad, diffs = _check_reported_logprobs(tokens, logits64, reported_logprobs, logprob_tolerance)
         if bad is not None:
             return GreedyReport(bad, gaps, mismatches, diffs)
-    return GreedyReport(Judgement(passed=True, score=1.0), gaps, mismatches, diffs)
+    # Passed, but some token was not the reference's own first choice (a tie within the margin):
+    # right, yet not the only right answer, so the gateway must not make it a canary.
+    reason = NEAR_TIE if gaps.size and float(gaps.max()) > 0.0 else ""
+    return GreedyReport(Judgement(passed=True, score=1.0, reason=reason), gaps, mismatches, diffs)
 
 
 def _check_reported_logprobs(tokens: np.ndarray, logits64: np.ndarray, reported: Sequence[float] | np.ndarray,

@@ -60,6 +60,11 @@ from gpupool.verify.judgement import Judgement
 _SPACE = 1 << 64
 # Audits of one model go to one checker per slot of this many seconds (`checker_for_slot`).
 AUDIT_SLOT_S = 2.0
+# A provider with this many audits still awaiting verdicts gets no new work while others can
+# take it (the gateway's trust/audits.py, and the simulator): checkers are slower than the
+# traffic during probation, and without this bound a cheater would keep serving (bad)
+# answers until the verdicts caught up.
+MAX_AWAITING_VERDICTS = 6
 C = TypeVar("C")
 
 

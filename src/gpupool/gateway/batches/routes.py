@@ -4,7 +4,12 @@
     GET /v1/files/{id}/content                  POST /v1/batches   GET /v1/batches (after, limit)
     GET /v1/batches/{id}   POST /v1/batches/{id}/cancel   POST /v1/batches/estimate (gpupool)
 
-Files and batches belong to the API key's account: another account gets 404. An
+Files and batches belong to the API key's account: another account gets 404. Each
+account may keep `batch_max_files` input files of `batch_max_stored_bytes` in all and run
+`batch_max_active` batches at once; creating a batch needs a balance that covers the most
+it can cost (the estimate's `high`, or `gpupool_max_cost_ucr` if lower). Every route
+counts against the key's requests per minute, and files are parsed in a worker thread
+(at most two at a time), so a 100 MiB upload does not stall the event loop. An
 input file is validated line by line when uploaded (`validate.parse_file`) and again
 when a batch is created from it; batches take gpupool options from `metadata`
 (values are strings, as OpenAI's metadata): `gpupool_max_provider_share` ("0.3") and
@@ -14,6 +19,7 @@ when a batch is created from it; batches take gpupool options from `metadata`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -31,13 +37,16 @@ from gpupool.gateway.batches import estimate as est
 from gpupool.batch import policy
 from gpupool.gateway.batches.runner import BatchDeps, Runner
 from gpupool.gateway.batches.store import BatchRow, BatchStore, FileRow, ItemRow
-from gpupool.gateway.batches.validate import ENDPOINTS, parse_file
+from gpupool.gateway.batches.validate import ENDPOINTS, Item, parse_file
 from gpupool.config import GatewaySettings
+from gpupool.gateway.edge import image_inputs
 from gpupool.gateway.edge.http import JSON, BodyLimit, query_limit
 from gpupool.gateway.money.metering import price_of
 from gpupool.gateway.store import ApiKey
+from gpupool.ledger import postings
+from gpupool.market import pricing
 
-WINDOWS = {"24h": 24 * 3600}
+WINDOWS = ("24h",)  # as OpenAI; its length is settings.batch_window_s
 MAX_METADATA_KEYS = 16
 GPUPOOL_METADATA = ("gpupool_max_provider_share", "gpupool_max_cost_ucr", "gpupool_require_verified")
 STAMPS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
@@ -55,6 +64,9 @@ class BatchService:
         self.hub, self.store = deps.hub, deps.store
         self._batch_store: BatchStore | None = None
         self.runner: Runner | None = None
+        # Parsing a 100 MiB file takes seconds of CPU and a few times its size in memory: a few
+        # at a time, each in a worker thread (the event loop keeps serving meanwhile).
+        self._parsing = asyncio.Semaphore(2)
 
     @property
     def bs(self) -> BatchStore:
@@ -112,9 +124,19 @@ class BatchService:
         upload_file = form.get("file")
         if upload_file is None or isinstance(upload_file, str):
             raise errors.InvalidRequest("missing the file field (the JSONL input)", param="file")
+        n, stored = await self.bs.usage(key.account)
+        if n >= self.settings.batch_max_files:
+            raise errors.InvalidRequest(f"this account stores {n} batch files, its limit; delete some "
+                                        "(DELETE /v1/files/{id}) before uploading more", param="file",
+                                        code="file_limit_reached")
         data = await upload_file.read()
         await form.close()
-        parse_file(data, self.known_models())  # refuses the whole file, naming the line
+        if stored + len(data) > self.settings.batch_max_stored_bytes:
+            raise errors.InvalidRequest(f"this account stores {stored:,} bytes of batch files; with this one "
+                                        f"({len(data):,}) it would pass its limit of "
+                                        f"{self.settings.batch_max_stored_bytes:,}: delete some first", param="file",
+                                        code="file_limit_reached")
+        await self._parse(data)  # refuses the whole file, naming the line
         row = FileRow(id="file-" + uuid.uuid4().hex[:24], account=key.account,
                       filename=(upload_file.filename or "input.jsonl")[:256], purpose="batch", bytes=len(data),
                       created_at=int(time.time()), content=data, batch_id=None, kind="input")
@@ -138,7 +160,7 @@ class BatchService:
         return JSON({"id": row.id, "object": "file", "deleted": True})
 
     async def file_content(self, request: Request) -> Response:
-        row = await self._file(request, await self.client_key(request))
+        row = await self._file(request, await self.client_key(request), content=True)
         if row.kind == "input":
             return Response(row.content or b"", media_type="application/octet-stream")
         assert row.batch_id is not None
@@ -149,10 +171,15 @@ class BatchService:
         key = await self.client_key(request)
         body = await json_body(request)
         endpoint, file_id, metadata = self._batch_request(body)
+        max_share, max_cost = gpupool_options(metadata)
+        running = await self.bs.active_count(key.account)
+        if running >= self.settings.batch_max_active:
+            raise errors.RateLimited(f"this account has {running} batches running, its limit; wait for one to end "
+                                     "or cancel one", retry_after_s=60.0)
         source = await self._input_file(key, file_id)
         items, _ = await self._items(key, source, endpoint)
+        await self._afford(key, endpoint, items, max_cost)
         now = time.time()
-        max_share, max_cost = gpupool_options(metadata)
         if policy.require_verified(metadata) and not self.hub.model_verified(items[0].model):
             raise errors.NoProvider(f"{items[0].model!r} is not verified: no admitted checker audits it now, "
                                     "and the batch requires verified models (metadata.gpupool_require_verified)",
@@ -162,10 +189,10 @@ class BatchService:
         batch = BatchRow(id="batch_" + uuid.uuid4().hex[:24], account=key.account, key_id=key.id,
                          endpoint=endpoint, model=items[0].model, input_file_id=source.id,
                          completion_window=body["completion_window"], status="validating", created_at=int(now),
-                         expires_at=int(now) + WINDOWS[body["completion_window"]], stamps="{}",
+                         expires_at=int(now + self.settings.batch_window_s), stamps="{}",
                          meta=json.dumps(metadata), total=len(items), completed=0, failed=0, cost_ucr=0,
                          input_tokens=0, output_tokens=0, max_share=max_share, max_cost=max_cost,
-                         max_weight=max(i.weight for i in items), errors="")
+                         max_weight=max(i.units for i in items), errors="")
         rows = [ItemRow(batch_id=batch.id, idx=i, seq=order[i], custom_id=it.custom_id,
                         body=it.body.decode(), weight=it.weight, state="pending", run_id=None, owner="",
                         lease_until=0.0, attempts=0, reserved=0, ok=0, cost=0, prompt_tokens=0,
@@ -184,6 +211,24 @@ class BatchService:
         model = items[0].model
         prices = [price_of(sess, model) for sess in self.deps.dispatcher.router.serving(model)]
         return JSON(est.estimate(model, endpoint, items, prices, self.settings.fee_bps))
+
+    async def _afford(self, key: ApiKey, endpoint: str, items: list[Any], max_cost: int | None) -> None:
+        """402 unless the account could pay the most this batch can cost (capped by its max cost),
+        before its items are copied: an empty account must not fill the tables with 50k-item batches."""
+        model = items[0].model
+        prices = [price_of(sess, model) for sess in self.deps.dispatcher.router.serving(model)]
+        if not prices and model in self.hub.known_models:  # nobody serves it now: its last known price
+            offer = self.hub.known_models[model]
+            prices = [pricing.Price(offer.price_in, offer.price_out)]
+        need = est.high_bound(endpoint, items, prices)
+        if max_cost is not None:
+            need = min(need, max_cost)
+        tab = self.deps.metering.billing.tabs.get(key.account)
+        spendable = await self.deps.ledger.balance(postings.client(key.account)) + (tab.available if tab else 0)
+        if need > spendable:
+            raise errors.PaymentRequired(f"this batch may cost up to {need:,} µcr and the account can spend "
+                                         f"{spendable:,}: deposit more, or cap its cost with metadata "
+                                         "gpupool_max_cost_ucr", param="input_file_id")
 
     async def get_batch(self, request: Request) -> JSON:
         return JSON(await self._batch_body(await self._batch(request, await self.client_key(request))))
@@ -210,9 +255,17 @@ class BatchService:
     def known_models(self) -> dict[str, str]:
         return {name: offer.task for name, offer in self.hub.known_models.items()}
 
-    async def _file(self, request: Request, key: ApiKey) -> FileRow:
+    async def _parse(self, data: bytes) -> list[Item]:
+        """The file's items, checked off the event loop (images are decoded from base64 and checked)."""
+        image_models = {name for name, offer in self.hub.known_models.items() if "image" in offer.accepts}
+        limits = image_inputs.limits_of(self.settings.image_max_bytes, self.settings.image_max_pixels)
+        async with self._parsing:  # two at a time: each holds a file's items in memory
+            return await asyncio.to_thread(parse_file, data, self.known_models(), image_models=image_models,
+                                           limits=limits)
+
+    async def _file(self, request: Request, key: ApiKey, content: bool = False) -> FileRow:
         file_id = request.path_params["file_id"]
-        row = await self.bs.file(file_id, key.account)
+        row = await self.bs.file(file_id, key.account, content)
         if row is None:
             raise errors.NotFound(f"No such File object: {file_id[:80]}", param="file_id")
         return row
@@ -227,7 +280,7 @@ class BatchService:
     async def _input_file(self, key: ApiKey, file_id: Any) -> FileRow:
         if not isinstance(file_id, str) or not file_id:
             raise errors.InvalidRequest("input_file_id is required", param="input_file_id")
-        row = await self.bs.file(file_id, key.account)
+        row = await self.bs.file(file_id, key.account, content=True)
         if row is None:
             raise errors.NotFound(f"No such File object: {file_id[:80]}", param="input_file_id")
         if row.kind != "input" or row.purpose != "batch":
@@ -259,7 +312,7 @@ class BatchService:
     async def _items(self, key: ApiKey, source: Any, endpoint: str) -> tuple[list[Any], bytes]:
         row = source if isinstance(source, FileRow) else await self._input_file(key, source)
         data = row.content or b""
-        items = parse_file(data, self.known_models())
+        items = await self._parse(data)
         for it in items:
             if it.url != endpoint:
                 raise errors.InvalidRequest(f"line {it.line}: url {it.url} differs from the batch's endpoint "

@@ -4,7 +4,8 @@ Every `poll_s` (or sooner, when a shard ends) the runner looks at the active bat
 it moves new ones to `in_progress`, claims shards for providers with free batch slots
 (`policy.pick_provider`, `policy.shard_items`), runs each shard through the normal
 dispatcher (receipts, reputation, audits apply) and the gateway's money path
-(`Metering`: hold, then charge from the receipt), retries a failed shard on another
+(`Metering`: hold, then charge from the receipt) under its key's limits (`BatchDeps.admit`:
+a shard is one request; refused, it waits for a later tick), retries a failed shard on another
 provider, sends a copy of a straggler to a second provider near the end, and
 finalizes a batch when every item is done.
 
@@ -22,29 +23,23 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import msgspec
 
 from gpupool import errors
 from gpupool.batch import policy
-from gpupool.gateway.batches.store import BatchRow, BatchStore, Claimed, FileRow, Finished, ItemRow
-from gpupool.gateway.batches.validate import DEFAULT_MAX_TOKENS
-from gpupool.gateway.edge import openai_api
+from gpupool.gateway.batches.shard import Shard, error_line, item_id
+from gpupool.gateway.batches.store import BatchRow, BatchStore, FileRow, Finished, ItemRow
 from gpupool.gateway.dispatch.dispatcher import Dispatcher, Outcome
 from gpupool.gateway.edge.http import spawn
 from gpupool.gateway.peers.hub import Hub, ProviderSession
 from gpupool.gateway.money.metering import Metering
+from gpupool.gateway.money.quota import Ticket
 from gpupool.gateway.store import Store
 from gpupool.ledger import Ledger
-from gpupool.market import pricing
-from gpupool.protocol import EmbedPayload, Payload
 
 log = logging.getLogger("gpupool.batch")
 
-ENC = msgspec.json.Encoder()
 MAX_ITEM_ATTEMPTS = 3  # runs an item may take part in before it is written to the error file
 MAX_PROVIDERS_PER_RUN = 3  # providers one run tries (first plus retries elsewhere)
 SHARD_TIMEOUT_S = 600.0
@@ -62,20 +57,8 @@ class Running:
     duplicated: bool = False
     extra: asyncio.Queue[ProviderSession] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
-
-
-def item_id(batch_id: str, idx: int) -> str:
-    return f"batch_req_{batch_id.removeprefix('batch_')}_{idx}"
-
-
-def error_line(batch_id: str, idx: int, custom_id: str, code: str, message: str,
-               status: int | None = None, request_id: str = "") -> bytes:
-    response = None if status is None else {"status_code": status, "request_id": request_id,
-                                            "body": {"error": {"message": message, "type": "invalid_request_error"
-                                                              if status < 500 else "server_error",
-                                                              "param": None, "code": code}}}
-    return ENC.encode({"id": item_id(batch_id, idx), "custom_id": custom_id, "response": response,
-                       "error": {"code": code, "message": message}})
+    ticket: Ticket | None = None  # its place under the key's limits, given back when it ends
+    used_tokens: int | None = 0  # what its receipt counted (0: nothing served, all tokens given back)
 
 
 @dataclass(frozen=True)
@@ -87,6 +70,7 @@ class BatchDeps:
     metering: Metering
     store: Store
     ledger: Ledger
+    admit: Callable[[int, str, int], Awaitable[Ticket | None]]
 
 
 class Runner:
@@ -94,7 +78,7 @@ class Runner:
                  poll_s: float = 0.1, confirm_wait_s: float = 15.0, rng: random.Random | None = None):
         self.bs = bs
         self.hub, self.dispatcher, self.metering = deps.hub, deps.dispatcher, deps.metering
-        self.store, self.ledger = deps.store, deps.ledger
+        self.store, self.ledger, self.admit = deps.store, deps.ledger, deps.admit
         self.prefix = f"{node_id[:24]}:"
         self.owner = self.prefix + uuid.uuid4().hex[:8]  # leases of this process, not of an earlier one
         self.reserve_slots = reserve_slots
@@ -107,6 +91,9 @@ class Runner:
         self.typical_s: dict[str, float] = {}  # batch id -> smoothed shard time
         self.shard_limit: dict[str, int] = {}  # batch id -> most items per shard that fit its cost cap
         self._wake = asyncio.Event()
+        # Held from reading a batch's exposure to counting what is sent: the dispatch loop and the
+        # shards' retries (tasks of their own) would otherwise both see room under the privacy cap.
+        self._exposing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._renewed = 0.0
         self._recovered = 0.0
@@ -206,6 +193,10 @@ class Runner:
     async def _dispatch(self, b: BatchRow, counts: dict[str, int], now: float) -> None:
         if policy.require_verified(json.loads(b.meta or "{}")) and not self.hub.model_verified(b.model):
             return  # its items wait (until the batch expires) for an admitted checker of the model
+        async with self._exposing:
+            await self._dispatch_shards(b, counts, now)
+
+    async def _dispatch_shards(self, b: BatchRow, counts: dict[str, int], now: float) -> None:
         exposure = await self.bs.exposure(b.id)
         slots, sessions = self._slots(b, exposure)
         task = "embeddings" if b.endpoint == "/v1/embeddings" else "generate"
@@ -226,10 +217,15 @@ class Runner:
                 await self._close_exhausted(b)
                 return
             claimable -= len(items)
-            shard = _Shard.build(b, run_id, items)
+            shard = await asyncio.to_thread(Shard.build, b, run_id, items)
+            ticket = await self.admit(b.key_id, b.model, shard.tokens_in + shard.max_out)
+            if ticket is None:  # over the key's limits: the items wait for a later tick
+                await self.bs.release(b.id, run_id, tried=False)
+                return
             bound = self.metering.bound(self.dispatcher.router.serving(b.model), b.model, shard.tokens_in,
-                                        shard.max_out)
+                                        shard.max_out, images=shard.images)
             if not await self.bs.reserve_run(b.id, run_id, -(-bound // len(items)), b.max_cost, now):
+                ticket.release(0)
                 await self.bs.release(b.id, run_id, tried=False)
                 if len(items) > 1:  # a smaller shard may still fit under the cost cap
                     self.shard_limit[b.id] = len(items) // 2
@@ -239,7 +235,7 @@ class Runner:
                 return
             await self.bs.expose(b.id, slot.provider, len(items))
             slots = [policy.Slot(s.provider, s.free - 1, s.seen + len(items)) if s is slot else s for s in slots]
-            running = Running(b.id, run_id, time.monotonic(), {slot.provider}, len(items))
+            running = Running(b.id, run_id, time.monotonic(), {slot.provider}, len(items), ticket=ticket)
             self.running[run_id] = running
             running.task = asyncio.create_task(self._run(b, shard, sessions[slot.provider], running))
 
@@ -275,20 +271,21 @@ class Runner:
 
     async def _another(self, b: BatchRow, r: Running, count: int) -> ProviderSession | None:
         """A provider this run has not tried, with a free slot and room under the privacy cap."""
-        exposure = await self.bs.exposure(b.id)
-        slots, sessions = self._slots(b, exposure)
-        cap = policy.share_cap(b.total, b.max_share)
-        slots = [s for s in slots if policy.cap_room(s, cap) >= count]
-        slot = policy.pick_provider(slots, b.total, b.max_share, r.tried, self.rng)
-        if slot is None:
-            return None
-        r.tried.add(slot.provider)
-        await self.bs.expose(b.id, slot.provider, count)
-        return sessions[slot.provider]
+        async with self._exposing:
+            exposure = await self.bs.exposure(b.id)
+            slots, sessions = self._slots(b, exposure)
+            cap = policy.share_cap(b.total, b.max_share)
+            slots = [s for s in slots if policy.cap_room(s, cap) >= count]
+            slot = policy.pick_provider(slots, b.total, b.max_share, r.tried, self.rng)
+            if slot is None:
+                return None
+            r.tried.add(slot.provider)
+            await self.bs.expose(b.id, slot.provider, count)
+            return sessions[slot.provider]
 
     # ------------------------------------------------------------ one shard
 
-    async def _run(self, b: BatchRow, shard: _Shard, first: ProviderSession, r: Running) -> None:
+    async def _run(self, b: BatchRow, shard: Shard, first: ProviderSession, r: Running) -> None:
         try:
             await self._run_inner(b, shard, first, r)
         except asyncio.CancelledError:
@@ -299,12 +296,14 @@ class Runner:
             await self.bs.release(b.id, shard.run_id)
         finally:
             self.running.pop(shard.run_id, None)
+            if r.ticket is not None:
+                r.ticket.release(r.used_tokens)
             self.wake()
 
-    async def _run_inner(self, b: BatchRow, shard: _Shard, first: ProviderSession, r: Running) -> None:
+    async def _run_inner(self, b: BatchRow, shard: Shard, first: ProviderSession, r: Running) -> None:
         try:
             hold = await self.metering.reserve(b.account, self.dispatcher.router.serving(b.model), b.model,
-                                               shard.tokens_in, shard.max_out)
+                                               shard.tokens_in, shard.max_out, images=shard.images)
         except errors.PaymentRequired as exc:
             await self.bs.finish(b.id, shard.run_id, [
                 Finished(c.idx, False, error_line(b.id, c.idx, c.custom_id, "insufficient_quota", exc.message, 402))
@@ -320,7 +319,7 @@ class Runner:
             elapsed = time.monotonic() - started
             prev = self.typical_s.get(b.id)
             self.typical_s[b.id] = elapsed if prev is None else 0.8 * prev + 0.2 * elapsed
-            cost = self.metering.cost(hold, b.model, outcome.session, outcome.done)
+            cost = self.metering.cost(hold, b.model, outcome.session, outcome.done, shard.images)
             results = shard.results(b, outcome, cost)
             if not await self.bs.finish(b.id, shard.run_id, results, charging=cost > 0):
                 return  # our lease went to another gateway meanwhile: its run counts, not ours
@@ -329,13 +328,14 @@ class Runner:
             if charged > 0:
                 self.to_confirm[shard.run_id] = (b.id, time.monotonic())
             u = outcome.done.receipt.usage
+            r.used_tokens = u.prompt_tokens + u.completion_tokens
             self.store.record_request(request_id=shard.run_id, at=time.time(), key_id=b.key_id, account=b.account,
                                       model=b.model, provider=outcome.provider, status="ok",
                                       attempts=outcome.attempts, prompt_tokens=u.prompt_tokens,
                                       completion_tokens=u.completion_tokens, latency_ms=elapsed * 1000,
                                       cost=charged)
 
-    async def _race(self, b: BatchRow, shard: _Shard, first: ProviderSession, r: Running) -> Outcome | None:
+    async def _race(self, b: BatchRow, shard: Shard, first: ProviderSession, r: Running) -> Outcome | None:
         """Run the shard on `first`; on failure on another provider; a straggler copy may join."""
         deadline = time.monotonic() + SHARD_TIMEOUT_S
         running: dict[asyncio.Task[Outcome | None], ProviderSession] = {}
@@ -405,82 +405,6 @@ class Runner:
     async def _paid(self, run_ids: list[str]) -> set[str]:
         """Which of these runs the ledger has charged (each request id is paid at most once)."""
         return await self.ledger.paid(run_ids)
-
-
-@dataclass
-class _Shard:
-    """The items of one run and the one provider request that carries them."""
-
-    run_id: str
-    items: list[Claimed]
-    payload: Payload
-    bodies: list[Any]
-    tokens_in: int
-    max_out: int
-    weights: list[int]
-
-    @classmethod
-    def build(cls, b: BatchRow, run_id: str, items: list[Claimed]) -> _Shard:
-        if b.endpoint == "/v1/embeddings":
-            bodies: list[Any] = [openai_api.EmbeddingRequest.model_validate_json(c.body) for c in items]
-            inputs: list[str] = []
-            weights = []
-            for body in bodies:
-                p = body.payload(1 << 20)
-                inputs += p.inputs
-                weights.append(sum(len(x.encode()) for x in p.inputs))
-            payload: Payload = EmbedPayload(inputs=inputs)
-            return cls(run_id, items, payload, bodies, pricing.input_token_bound(sum(weights), len(inputs)), 0,
-                       weights)
-        (c,) = items  # generation: one item per run
-        if b.endpoint == "/v1/chat/completions":
-            chat = openai_api.ChatCompletionRequest.model_validate_json(c.body)
-            gen = chat.payload(DEFAULT_MAX_TOKENS)
-            size = sum(len(m.content.encode()) for m in gen.messages)
-            return cls(run_id, items, gen, [chat], pricing.input_token_bound(size, len(gen.messages)),
-                       gen.max_tokens, [size])
-        comp = openai_api.CompletionRequest.model_validate_json(c.body)
-        gen = comp.payload()
-        size = len(gen.prompt.encode())
-        return cls(run_id, items, gen, [comp], pricing.input_token_bound(size, 0), gen.max_tokens, [size])
-
-    def results(self, b: BatchRow, out: Outcome, cost: int) -> list[Finished]:
-        """Each item's output line; a packed request's usage and cost split by input size."""
-        done = out.done
-        u = done.receipt.usage
-        costs = policy.split_cost(cost, self.weights)
-        prompts = policy.split_cost(u.prompt_tokens, self.weights)
-        finished = []
-        if b.endpoint != "/v1/embeddings":
-            (c,) = self.items
-            build: Callable[..., dict[str, Any]] = (openai_api.chat_response if b.endpoint == "/v1/chat/completions"
-                                                    else openai_api.completion_response)
-            body = build(self.run_id, b.model, out.text, done.receipt.finish_reason, u.prompt_tokens,
-                         u.completion_tokens, out.provider, cost)
-            return [Finished(c.idx, True, _ok_line(b.id, c, self.run_id, body), cost, u.prompt_tokens,
-                             u.completion_tokens, out.provider)]
-        row = done.dimensions * 4
-        at = 0
-        for i, (c, req) in enumerate(zip(self.items, self.bodies)):
-            n = 1 if isinstance(req.input, str) else len(req.input)
-            vectors = done.vectors[at * row:(at + n) * row]
-            at += n
-            if req.dimensions is not None and req.dimensions != done.dimensions:
-                msg = f"{b.model!r} produces {done.dimensions} dimensions"
-                finished.append(Finished(c.idx, False, error_line(b.id, c.idx, c.custom_id, "invalid_request", msg,
-                                                                  400, self.run_id), costs[i], prompts[i], 0,
-                                         out.provider))
-                continue
-            body = openai_api.embedding_response(b.model, vectors, done.dimensions, n, req.encoding_format, prompts[i],
-                                         costs[i])
-            finished.append(Finished(c.idx, True, _ok_line(b.id, c, self.run_id, body), costs[i], prompts[i], 0,
-                                     out.provider))
-        return finished
-
-
-def _ok_line(batch_id: str, c: Claimed, run_id: str, body: dict[str, Any]) -> bytes:
-    return ENC.encode({"id": item_id(batch_id, c.idx), "custom_id": c.custom_id,
-                       "response": {"status_code": 200, "request_id": run_id, "body": body}, "error": None})
 
 
 __all__ = ["Runner", "error_line", "item_id", "ItemRow"]

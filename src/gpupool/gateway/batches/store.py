@@ -39,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, defer, mapped_column
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -163,18 +163,28 @@ class BatchStore:
         async with self.sessions.begin() as s:
             s.add(row)
 
-    async def file(self, file_id: str, account: str) -> FileRow | None:
+    async def file(self, file_id: str, account: str, content: bool = False) -> FileRow | None:
+        """The file's row; its `content` (an input file's bytes, up to 100 MiB) only when asked for."""
+        q = select(FileRow).where(FileRow.id == file_id, FileRow.account == account)
         async with self.sessions() as s:
-            row = await s.get(FileRow, file_id)
-        return row if row is not None and row.account == account else None
+            return await s.scalar(q if content else q.options(defer(FileRow.content, raiseload=True)))
+
+    async def usage(self, account: str) -> tuple[int, int]:
+        """The account's stored input files: how many, and their bytes (the quota counts these)."""
+        async with self.sessions() as s:
+            n, total = (await s.execute(select(func.count(), func.coalesce(func.sum(FileRow.bytes), 0))
+                                        .where(FileRow.account == account, FileRow.kind == "input"))).one()
+        return int(n), int(total)
 
     async def files(self, account: str, purpose: str | None, after: str | None, limit: int) -> list[FileRow]:
-        q = select(FileRow).where(FileRow.account == account).order_by(FileRow.created_at.desc(), FileRow.id.desc())
+        # Never the content column: a listing of a hundred 100 MiB files must not read them.
+        q = (select(FileRow).options(defer(FileRow.content, raiseload=True)).where(FileRow.account == account)
+             .order_by(FileRow.created_at.desc(), FileRow.id.desc()))
         if purpose:
             q = q.where(FileRow.purpose == purpose)
         if after:
             async with self.sessions() as s:
-                anchor = await s.get(FileRow, after)
+                anchor = await s.get(FileRow, after, options=[defer(FileRow.content, raiseload=True)])
             if anchor is not None:
                 q = q.where(or_(FileRow.created_at < anchor.created_at,
                                 and_(FileRow.created_at == anchor.created_at, FileRow.id < anchor.id)))
@@ -228,6 +238,11 @@ class BatchStore:
                                 and_(BatchRow.created_at == anchor.created_at, BatchRow.id < anchor.id)))
         async with self.sessions() as s:
             return list((await s.scalars(q.limit(limit))).all())
+
+    async def active_count(self, account: str) -> int:
+        async with self.sessions() as s:
+            return int(await s.scalar(select(func.count()).where(BatchRow.account == account,
+                                                                 BatchRow.status.in_(ACTIVE))) or 0)
 
     async def active(self) -> list[BatchRow]:
         async with self.sessions() as s:
@@ -383,19 +398,20 @@ class BatchStore:
 
     async def confirm(self, batch_id: str, run_id: str, paid: bool) -> None:
         """The run's charge reached the ledger (`paid`): its items are done; else they run again."""
+        # One UPDATE that only rows still `charging` pass: two gateways confirming the same run at
+        # once (its owner, and another that took its lease for lost under load) count it once, since
+        # the second UPDATE finds the rows moved (a select-then-write counted them twice).
+        charging = (ItemRow.batch_id == batch_id, ItemRow.run_id == run_id, ItemRow.state == "charging")
         async with self.sessions.begin() as s:
-            rows = (await s.scalars(select(ItemRow).where(ItemRow.batch_id == batch_id, ItemRow.run_id == run_id,
-                                                          ItemRow.state == "charging"))).all()
-            if not rows:
-                return
             if paid:
-                for row in rows:
-                    row.state = "done"
-                await self._count_done(s, batch_id, [Finished(r.idx, bool(r.ok), b"", r.cost, r.prompt_tokens,
-                                                              r.completion_tokens) for r in rows])
+                rows = (await s.execute(update(ItemRow).where(*charging).values(state="done").returning(
+                    ItemRow.idx, ItemRow.ok, ItemRow.cost, ItemRow.prompt_tokens, ItemRow.completion_tokens))).all()
+                if rows:
+                    await self._count_done(s, batch_id, [Finished(idx, bool(ok), b"", cost, pt, ct)
+                                                         for idx, ok, cost, pt, ct in rows])
             else:
-                for row in rows:
-                    row.state, row.line, row.cost, row.lease_until = "pending", None, 0, 0.0
+                await s.execute(update(ItemRow).where(*charging).values(state="pending", line=None, cost=0,
+                                                                        lease_until=0.0))
 
     async def close_rest(self, batch_id: str, make_line: Any, now: float, min_attempts: int = 0) -> int:
         """Write an error line for every item not done and not running (cancelled, expired, over the

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from gpupool import errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway.dispatch.tries import Tries
-from gpupool.gateway.payload_size import PayloadSize
+from gpupool.gateway.edge.image_inputs import reads_images
+from gpupool.gateway.payload_size import PayloadSize, image_count
 from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.peers.session import ProviderSession
 from gpupool.protocol import Done, EmbedPayload, GeneratePayload, Payload
@@ -37,9 +38,12 @@ from gpupool.routing import (
     SpeedSample,
     hedge_delay_s,
     observe,
-    pick_with_reasons,
 )
 from gpupool.routing import breaker as breakers
+
+# Looked up at each pick, not bound here: the simulator calls the same attribute, so a
+# policy swapped in `gpupool.routing.policy` changes both (tests/integration/test_sim_live.py).
+from gpupool.routing import policy as routing_policy
 from gpupool.routing.options import RouteOptions
 from gpupool.routing.speed import hardware_speed, pool_prior
 
@@ -91,10 +95,13 @@ class LiveRouter:
         # skips it until a newer frame arrives. Only connected nodes: dropped when they leave.
         self.silent: dict[str, float] = {}
 
-    def serving(self, model: str) -> list[ProviderSession]:
-        """Who may take a request for `model` now: a request looks this up once, at its start."""
+    def serving(self, model: str, images: bool = False) -> list[ProviderSession]:
+        """Who may take a request for `model` now: a request looks this up once, at its start.
+        `images`: only providers whose offer reads images (one from before images ignores them)."""
         trust = self.trust
         live = [s for s in self.hub.offering(model) if not trust.is_suspended(s.node_id)]
+        if images:
+            live = [s for s in live if reads_images(s.models[model])]
         ready = [s for s in live if not trust.is_held_back(s.node_id)]
         return ready or live
 
@@ -163,7 +170,8 @@ class LiveRouter:
         retry looks again, since the pool may have changed since. `hedge`: a copy for a request
         that one provider is sitting on goes to a provider that has answered before, if any can
         take it (a new one is as likely to be one more that sits on work)."""
-        sessions = serving if serving is not None and not tries.tried else self.serving(model)
+        sessions = (serving if serving is not None and not tries.tried
+                    else self.serving(model, images=image_count(payload) > 0))
         if hedge:
             sessions = [s for s in sessions if self.record(s.node_id).proven
                         and s.node_id not in tries.tried] or sessions
@@ -178,8 +186,8 @@ class LiveRouter:
         self._refresh_prior(model, now)
         by_id = {s.node_id: s for s in sessions}
         request = self.route_request(model, payload, options, stream)
-        decision = pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng, tries.tried,
-                                     request=request, weights=self.weights)
+        decision = routing_policy.pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng,
+                                                    tries.tried, request=request, weights=self.weights)
         if decision.choice is None:
             constrained = {k: v for k, v in decision.excluded.items() if k in ("price", "region")}
             if constrained and not tries.tried:

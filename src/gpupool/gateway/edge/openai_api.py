@@ -3,7 +3,7 @@
 Requests accept exactly what gpupool can honour. Every number is range-checked
 (`seed` within int64 as OpenAI documents it; `max_tokens` within the model's limit;
 no NaN or infinity anywhere), and a parameter the network does not implement
-(`tools`, `response_format` other than text, `logprobs`, `n > 1`, audio, ...) or an
+(`tools`, `response_format` other than text or json_object, `logprobs`, `n > 1`, audio, ...) or an
 unknown field is refused with a 400 naming it, never silently ignored. Parameters
 sent with their neutral value (`null`, `logprobs: false`, `n: 1`, `presence_penalty:
 0`, ...) keep working, so clients that spell out defaults are served. Responses are
@@ -29,6 +29,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gpupool import errors
+from gpupool.gateway.edge import image_inputs
+from gpupool.images import DEFAULT_LIMITS, ImageLimits
 from gpupool.protocol import ChatMessage, EmbedPayload, GeneratePayload
 from gpupool.verify.token_sampler import GREEDY_BELOW
 
@@ -57,6 +59,7 @@ GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 BodyT = TypeVar("BodyT", bound="_Body")
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+JSON_OBJECT = {"type": "json_object"}  # honoured only by backends that answer in JSON (inference.py checks)
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ def _unsupported_reason(name: str) -> str:
         "functions": "function calling is not implemented by the network's backends",
         "function_call": "function calling is not implemented by the network's backends",
         "parallel_tool_calls": "tool calling is not implemented by the network's backends",
-        "response_format": "only plain text output ({\"type\": \"text\"}) is supported; JSON mode is not",
+        "response_format": "only {\"type\": \"text\"} or (for ocr models, which answer in JSON) "
+                           "{\"type\": \"json_object\"} is supported",
         "logprobs": "log-probabilities are not returned by this gateway",
         "top_logprobs": "log-probabilities are not returned by this gateway",
         "audio": "audio output is not supported",
@@ -174,20 +178,9 @@ class ChatMessageIn(BaseModel):
             raise ValueError("tool calls and audio are not implemented by the network's backends")
         return v
 
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        parts = []
-        for part in self.content:
-            if part.get("type") != "text" or not isinstance(part.get("text", ""), str):
-                raise errors.InvalidRequest(
-                    f"content parts of type {part.get('type')!r} are not supported; send text",
-                    param="messages",
-                )
-            parts.append(part.get("text", ""))
-        return "".join(parts)
+    def message(self, i: int, images: ImageLimits) -> ChatMessage:
+        """The wire's message: text parts joined, image parts checked (image_inputs.py)."""
+        return image_inputs.chat_message(i, self.role, self.content, self.name or "", images)
 
 
 class StreamOptions(BaseModel):
@@ -263,10 +256,13 @@ def _output_tokens(requested: int | None, default: int, limit: ModelLimits | Non
     return requested or min(default, limit.max_output_tokens)
 
 
-def generation_body_limit(path: str, largest_context: int | None) -> tuple[int, str]:
+def generation_body_limit(path: str, largest_context: int | None, images: bool = False) -> tuple[int, str]:
     """The largest body a generation route can need: a JSON body holds at least one byte per
     prompt character, so one over the largest served context by MAX_CHARS_PER_TOKEN is refused
-    (413) from its Content-Length, before the event loop parses megabytes of it."""
+    (413) from its Content-Length, before the event loop parses megabytes of it. With a model
+    that reads images (`images`), chat bodies carry them: only --max-body-bytes bounds those."""
+    if images and path == "/v1/chat/completions":
+        return 2**63, ""
     if path not in GENERATION_PATHS or largest_context is None:
         return 2**63, ""
     return (largest_context * MAX_CHARS_PER_TOKEN + BODY_SLACK_BYTES,
@@ -305,15 +301,23 @@ class ChatCompletionRequest(_Sampling):
 
     NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {
         "tools": ([],), "tool_choice": ("none",), "functions": ([],), "function_call": ("none",),
-        "parallel_tool_calls": (True, False), "response_format": ({"type": "text"},), "logprobs": (False,),
+        "parallel_tool_calls": (True, False), "response_format": ({"type": "text"}, JSON_OBJECT),
+        "logprobs": (False,),
         "top_logprobs": (0,), "audio": (), "modalities": (["text"],), "prediction": (), "store": (False,),
         "metadata": ({},), "service_tier": ("auto", "default"), "reasoning_effort": (), "verbosity": (),
         "web_search_options": (), "frequency_penalty": (0,), "presence_penalty": (0,), "logit_bias": ({},),
     }
 
-    def payload(self, default_max_tokens: int, limit: ModelLimits | None = None) -> GeneratePayload:
+    def image_param(self) -> str:
+        """The parameter name of the request's first image, "" if it has none."""
+        return image_inputs.chat_image_param([m.content for m in self.messages])
+
+    def payload(self, default_max_tokens: int, limit: ModelLimits | None = None,
+                images: ImageLimits = DEFAULT_LIMITS) -> GeneratePayload:
+        """The wire's payload; with images (`image_param`), call it off the event loop: it checks them."""
         param = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
-        messages = [ChatMessage(role=m.role, content=m.text(), name=m.name or "") for m in self.messages]
+        messages = [m.message(i, images) for i, m in enumerate(self.messages)]
+        image_inputs.check_total([image for m in messages for image in m.images], "messages")
         _check_prompt(sum(len(m.content) for m in messages), limit, "messages")
         return GeneratePayload(
             messages=messages,
@@ -323,6 +327,7 @@ class ChatCompletionRequest(_Sampling):
             top_p=1.0 if self.top_p is None else self.top_p,
             seed=self.replayable_seed(),
             stop=self.stop_list(),
+            response_format="json_object" if self.response_format == JSON_OBJECT else "",
         )
 
 
@@ -364,7 +369,13 @@ class EmbeddingRequest(_Body):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1, le=MAX_EMBEDDING_DIMENSIONS)
 
-    def payload(self, max_inputs: int, limit: ModelLimits | None = None) -> EmbedPayload:
+    def image_param(self) -> str:
+        """The parameter name of the first input that is an image data URL, "" if none."""
+        return image_inputs.embedding_image_param([self.input] if isinstance(self.input, str) else self.input)
+
+    def payload(self, max_inputs: int, limit: ModelLimits | None = None,
+                images: ImageLimits = DEFAULT_LIMITS) -> EmbedPayload:
+        """The wire's payload; with images (`image_param`), call it off the event loop: it checks them."""
         inputs = [self.input] if isinstance(self.input, str) else self.input
         if not inputs:
             raise errors.InvalidRequest("input must not be empty", param="input")
@@ -374,8 +385,9 @@ class EmbeddingRequest(_Body):
             raise errors.InvalidRequest(f"at most {max_inputs} inputs per request", param="input")
         if any(x == "" for x in inputs):
             raise errors.InvalidRequest("inputs must be non-empty strings", param="input")
-        _check_prompt(max(len(x) for x in inputs), limit, "input")  # type: ignore[arg-type]
-        return EmbedPayload(inputs=list(inputs))  # type: ignore[arg-type]
+        texts, found = image_inputs.embedding_inputs(list(inputs), images)  # type: ignore[arg-type]
+        _check_prompt(max(len(x) for x in texts), limit, "input")
+        return EmbedPayload(inputs=texts, images=found)
 
 
 # ---------------------------------------------------------------- responses

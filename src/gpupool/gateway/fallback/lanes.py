@@ -131,8 +131,11 @@ class Fallbacks:
                  on_fallback: Callable[[str], None] = lambda reason: None):
         self.lanes, self._keys = parse_lanes(settings.fallback, environ)
         if self.lanes and not hasattr(billing.ledger, "apply"):
-            raise ValueError("fallback lanes need the SQL ledger: the EVM contract pays only provider-signed receipts")
+            raise ValueError("fallback lanes need the SQL ledger (--ledger sqlite/postgresql): the EVM contract pays "
+                             "only receipts signed by a provider's registered settlement key, and an upstream API "
+                             "signs none, so a lane's answers could never be charged")
         self.settings = settings
+        self.started = int(time.time())  # the lanes' models are listed as created then
         self.billing = billing
         self.store = store
         self.on_fallback = on_fallback  # e.g. the metrics counter, by reason
@@ -363,6 +366,14 @@ class Fallbacks:
         return EventStream(events(), closed, media_type="text/event-stream",
                            headers={"x-gpupool-provider": provider, "x-request-id": rid,
                                     "cache-control": "no-cache"})
+
+    def models(self) -> dict[str, list[str]]:
+        """Each model some lane serves, and those lanes' names (for `/v1/models`)."""
+        out: dict[str, list[str]] = {}
+        for lane in self.lanes:
+            for name in lane.models:
+                out.setdefault(name, []).append(lane.name)
+        return out
 
     # ------------------------------------------------------------ admin
 

@@ -1,10 +1,13 @@
-"""A rate per client address for requests that carry no API key (and for failed keys).
+"""A rate per client address for requests that carry no valid API key, and for every public read.
 
-Public reads (`/v1/providers`, `/v1/stats`, the dashboard, `/metrics`) and 401s cost the
-gateway CPU but no credits, so nothing else holds back a client that floods them. A
-request with a key is never refused here (its key has its own limits, gateway/money/limits.py),
-so a flood from an address does not lock out the paying clients behind the same NAT;
-but a 401 counts against the address, and once over the rate it is held back too.
+Public reads (`/v1/market`, `/v1/providers` with earnings and reputation, `/v1/stats`, the
+dashboard, `/metrics`) and 401s cost the gateway CPU but no credits, so nothing else holds
+back a client that floods them. Only a request to a keyed route (`KEYED_PATHS`) whose
+`Authorization` holds a key the gateway knows skips the address's rate (its key has its own
+limits, gateway/money/limits.py), so a flood from an address does not lock out the paying
+clients behind the same NAT. Any other header counts like none: a made-up key is counted
+against the address (then 401 from the route), and a public route counts every request,
+with or without a key, since it never reads one.
 
 Over its rate a request gets 429 with Retry-After, and the answer is held back for
 `hold_s` first (`HoldBack`, also used for keyed clients that come back before their
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -94,35 +98,56 @@ class HoldBack:
             self.held -= 1
 
 
-class AnonymousLimit:
-    """Requests without `Authorization` count against their address's rate and, over it, get
-    a held-back 429 (`middleware`); failed keys count the same once known (`failed_key`)."""
+# Routes that read the caller's key (client keys, or the admin token for /admin/): only these
+# let a known key skip the address's rate. Anything else, including routes added later, counts.
+KEYED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/account",
+               "/v1/files", "/v1/batches", "/admin/")
 
-    def __init__(self, limiter: AddressLimiter, holdback: HoldBack, hold_s: float = 1.0):
+
+def bearer_token(scope: Scope) -> str:
+    """The token of an `Authorization: Bearer <token>` header ("" if none, or another scheme)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return ""
+
+
+class AnonymousLimit:
+    """Requests without a known key, and every request to a public route, count against their
+    address's rate and, over it, get a held-back 429 (`middleware`).
+
+    `known_key(token)`: whether the token is a live client key or the admin token (the store
+    caches lookups, misses included, so a flood of made-up keys costs no queries)."""
+
+    def __init__(self, limiter: AddressLimiter, holdback: HoldBack, known_key: Callable[[str], Awaitable[bool]],
+                 hold_s: float = 1.0):
         self.limiter = limiter
         self.holdback = holdback
+        self.known_key = known_key
         # The full `hold_s`, not just until the next request would be allowed (a few ms at
         # 20/s): the point is to slow each of the flooder's connections to a request a second.
         self.hold_s = hold_s
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         async def limited(scope: Scope, receive: Receive, send: Send) -> None:
-            # A request with a key passes untouched (no wrapper on its sends: a stream makes thousands).
-            if scope["type"] != "http" or self.limiter.rate <= 0 or any(
-                    name == b"authorization" for name, _ in scope.get("headers", ())):
+            if scope["type"] != "http" or self.limiter.rate <= 0:
+                return await app(scope, receive, send)
+            token = bearer_token(scope) if scope["path"].startswith(KEYED_PATHS) else ""
+            if token and len(token) <= 512 and await self.known_key(token):
+                # A known key passes untouched (no wrapper on its sends: a stream makes thousands).
                 return await app(scope, receive, send)
             address = scope["client"][0] if scope.get("client") else "unknown"
             wait = self.limiter.admit(address, time.monotonic())
             if wait == 0.0:
                 return await app(scope, receive, send)
             await self.holdback.hold(self.hold_s)
-            exc = errors.RateLimited(f"too many requests without an API key from {address}; send your key, or "
-                                     f"retry in {wait:.1f}s", retry_after_s=wait)
+            if token:
+                # A wrong key on a keyed route is held back as any flood, then told it is wrong
+                # (401): a client with a typo learns that, not to retry later.
+                return await app(scope, receive, send)
+            exc = errors.RateLimited(f"too many requests without a valid API key from {address}; send your key, "
+                                     f"or retry in {wait:.1f}s", retry_after_s=wait)
             await error_response(exc)(scope, receive, send)
 
         return limited
-
-    async def failed_key(self, address: str) -> None:
-        """A key was refused (401): counted against the address, and held back once over its rate."""
-        if self.limiter.admit(address, time.monotonic()) > 0:
-            await self.holdback.hold(self.hold_s)

@@ -85,6 +85,8 @@ class Hold:
         self._tab = tab
         self.amount = amount
         self.charged: int | None = None
+        self.images = 0  # images the charge paid for, and the part of it they cost (for the request log)
+        self.image_cost = 0
 
     async def __aenter__(self) -> Hold:
         return self

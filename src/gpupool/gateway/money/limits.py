@@ -143,7 +143,7 @@ class KeyLimiter:
     # ------------------------------------------------------------ decisions
 
     def admit(self, key: int, limits: KeyLimits, model: str, tokens: int, slots: int, now: float,
-              places: int | None = None, related: tuple[str, ...] = ()) -> Decision:
+              places: int | None = None, related: tuple[str, ...] = (), background: bool = False) -> Decision:
         """May this key start a request for `model` now? On ok the request is counted until `release`.
 
         `tokens`: the most the request may use (prompt bound + max_tokens). `slots`: the
@@ -155,10 +155,13 @@ class KeyLimiter:
 
         A refusal says `early` when the key came back before the Retry-After of its last
         refusal: the gateway holds such answers back (a client spinning on 429s would
-        otherwise take the CPU it was refused)."""
+        otherwise take the CPU it was refused). `background`: work the gateway itself retries (a
+        batch shard): its refusals set no Retry-After, so they never hold back the key's clients."""
         self._sweep(now)
         state = self._state(key, limits, now)
         decision = self._decide(state, key, limits, model, tokens, slots, now, places, related)
+        if background:
+            return decision
         if not decision.ok:
             early = now < state.retry_at
             state.retry_at = now + decision.retry_after_s
@@ -168,6 +171,18 @@ class KeyLimiter:
         else:
             state.ignoring_retry_after = False
         return decision
+
+    def refused_elsewhere(self, key: int, retry_after_s: float, now: float) -> bool:
+        """A refusal decided outside this limiter (the network's shared rates, money/shared_limits.py),
+        remembered like its own so that a key ignoring Retry-After is treated the same way.
+        True when the key came back before its last Retry-After (`Decision.early`)."""
+        state = self.keys.get(key)
+        if state is None:
+            return False
+        early = now < state.retry_at
+        state.retry_at = now + retry_after_s
+        state.ignoring_retry_after = early
+        return early
 
     def ignored_retry_after(self, key: int, now: float) -> float:
         """Seconds left of the key's last Retry-After if it came back early once already and is

@@ -8,12 +8,18 @@ The decisions are `KeyLimiter`'s (pure, unit-tested); this module only supplies 
 key's limits (its own, else the gateway's defaults), the model's slot count from the
 request's serving set (looked up once by the route), and `time.monotonic()`, and shapes
 refusals as errors.
+
+With `--redis-url`, a key's requests and tokens per minute are counted network-wide
+(money/shared_limits.py): the local limiter then keeps only requests at once and the
+fair share, and `within_quota` asks Redis before the route runs. While Redis fails,
+the local limiter counts the rates too (fail open to per-gateway limits).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any, NoReturn
 
 from starlette.background import BackgroundTasks
 from starlette.responses import Response, StreamingResponse
@@ -21,7 +27,8 @@ from starlette.responses import Response, StreamingResponse
 from gpupool import errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway.edge.http import EventStream
-from gpupool.gateway.money.limits import KeyLimiter, KeyLimits, LimiterConfig
+from gpupool.gateway.money.limits import Decision, KeyLimiter, KeyLimits, LimiterConfig
+from gpupool.gateway.money.shared_limits import SharedRates, SharedRatesDown
 from gpupool.gateway.edge.openai_api import ModelLimits
 from gpupool.gateway.payload_size import PayloadSize
 from gpupool.gateway.peers.session import ProviderSession
@@ -39,14 +46,23 @@ EARLY_RETRY_HOLD_S = 1.0
 class Ticket:
     """One admitted request; `release` gives its place (and unused tokens) back, once."""
 
-    __slots__ = ("_quotas", "_key", "_model", "reserved", "_open", "stream_pace_s")
+    __slots__ = ("_quotas", "_key", "_model", "reserved", "_open", "stream_pace_s", "shared")
 
-    def __init__(self, quotas: Quotas, key: int, model: str, reserved: int, stream_pace_s: float = 0.0):
+    def __init__(self, quotas: Quotas, key: int, model: str, reserved: int, stream_pace_s: float = 0.0,
+                 shared: KeyLimits | None = None):
         self._quotas, self._key, self._model, self.reserved = quotas, key, model, reserved
         self._open = True
         # > 0: the key holds more than its equal share while others wait; its stream sends at
         # most one event this often (gateway/dispatch/stream.py).
         self.stream_pace_s = stream_pace_s
+        # The key's rates still to be counted network-wide (`confirm`); None: nothing to ask.
+        self.shared = shared
+
+    async def confirm(self) -> None:
+        """Count the request against the key's network-wide rates (Redis); RateLimited when spent."""
+        limits, self.shared = self.shared, None
+        if limits is not None:
+            await self._quotas.confirm_shared(self._key, limits, self.reserved)
 
     def release(self, used_tokens: int | None = None) -> None:
         """`used_tokens`: what to count against tokens per minute; None counts the admission
@@ -62,11 +78,26 @@ class Quotas:
         self.settings = settings
         self.limiter = KeyLimiter(LimiterConfig(burst_s=settings.rate_burst_s))
         self.refused: dict[str, int] = {}  # reason -> count, for operators
+        # Rates counted across the network's gateways (--redis-url); None: by this gateway alone.
+        self.shared = SharedRates(settings.redis_url, settings.rate_burst_s) if settings.redis_url else None
 
     def limits_for(self, key: ApiKey) -> KeyLimits:
         s = self.settings
         return KeyLimits(rpm=key.rpm or s.key_rpm, tpm=key.tpm or s.key_tpm,
                          concurrency=key.concurrency or s.key_concurrency)
+
+    async def confirm_shared(self, key: int, limits: KeyLimits, tokens: int) -> None:
+        assert self.shared is not None
+        try:
+            refusal = await self.shared.hit(key, limits, tokens)
+        except SharedRatesDown:
+            return  # fail open: this one passes; the next ones meet this gateway's own buckets
+        if refusal is not None:
+            self.refused[refusal.reason] = self.refused.get(refusal.reason, 0) + 1
+            early = self.limiter.refused_elsewhere(key, refusal.retry_after_s, time.monotonic())
+            raise errors.RateLimited(f"Rate limit reached for this key on {refusal.message}. Please try again in "
+                                     f"{refusal.retry_after_s:.2f}s.", retry_after_s=refusal.retry_after_s,
+                                     hold_s=EARLY_RETRY_HOLD_S if early else 0.0)
 
     def model_limits(self, model: str, serving: Sequence[ProviderSession]) -> ModelLimits | None:
         """The largest completion and prompt the model's live providers offer (None: nobody serves it).
@@ -92,7 +123,18 @@ class Quotas:
 
     def admit(self, key: ApiKey, model: str, size: PayloadSize, serving: Sequence[ProviderSession]) -> Ticket:
         """Count the request against its key, or raise the 429 that says which limit it hit."""
-        tokens = size.quota_tokens
+        decision, ticket = self._decide(key, model, size.quota_tokens, serving)
+        if ticket is None:
+            self._refuse(decision)
+        return ticket
+
+    def try_admit(self, key: ApiKey, model: str, tokens: int, serving: Sequence[ProviderSession]) -> Ticket | None:
+        """As `admit`, for work nobody waits on (a batch shard): None instead of a 429, and then the
+        work waits for a later try."""
+        return self._decide(key, model, tokens, serving, background=True)[1]
+
+    def _decide(self, key: ApiKey, model: str, tokens: int, serving: Sequence[ProviderSession],
+                background: bool = False) -> tuple[Decision, Ticket | None]:
         slots, places, related = 0, None, ()
         if self.settings.fair_share:
             sessions = serving
@@ -103,29 +145,55 @@ class Quotas:
             # The same providers' other models share their slots (offers are bounded per session).
             related = tuple({m for s in sessions for m in s.models} - {model})
         name = model if slots > 0 else UNSERVED
-        decision = self.limiter.admit(key.id, self.limits_for(key), name, tokens, slots, time.monotonic(),
-                                      places, related)
+        limits = self.limits_for(key)
+        shared = None
+        if (not background and self.shared is not None and (limits.rpm or limits.tpm)
+                and self.shared.available()):
+            # Redis counts the rates (Ticket.confirm); here only requests at once and the fair share.
+            # Batch shards (background) are counted by this gateway alone: nobody awaits a confirm.
+            shared, limits = limits, KeyLimits(concurrency=limits.concurrency)
+        decision = self.limiter.admit(key.id, limits, name, tokens, slots, time.monotonic(), places, related,
+                                      background)
         if not decision.ok:
-            self.refused[decision.reason] = self.refused.get(decision.reason, 0) + 1
-            # Back before its last Retry-After: the answer is held back (the client waits either way).
-            hold = EARLY_RETRY_HOLD_S if decision.early else 0.0
-            if decision.reason == "fair_share":
-                # Not the key's own limit: the pool is busy and others need their share.
-                raise errors.NoCapacity(f"{decision.message}; retry shortly", retry_after_s=decision.retry_after_s,
-                                        hold_s=hold)
-            raise errors.RateLimited(f"Rate limit reached for this key on {decision.message}. Please try again "
-                                     f"in {decision.retry_after_s:.1f}s.", retry_after_s=decision.retry_after_s,
-                                     hold_s=hold)
+            return decision, None
         pace = self.settings.over_share_stream_pace_ms / 1000 if decision.over_share else 0.0
-        return Ticket(self, key.id, name, tokens, pace)
+        return decision, Ticket(self, key.id, name, tokens, pace, shared)
+
+    async def close(self) -> None:
+        if self.shared is not None:
+            await self.shared.close()
+
+    def count_call(self, key: ApiKey) -> None:
+        """A request that runs nothing on the pool (files, batches): counted against the key's
+        requests per minute (and its concurrency, for the moment it is admitted), or a 429."""
+        now = time.monotonic()
+        decision = self.limiter.admit(key.id, self.limits_for(key), UNSERVED, 0, 0, now)
+        if not decision.ok:
+            self._refuse(decision)
+        self.limiter.release(key.id, UNSERVED, 0, 0, now)
+
+    def _refuse(self, decision: Decision) -> NoReturn:
+        self.refused[decision.reason] = self.refused.get(decision.reason, 0) + 1
+        # Back before its last Retry-After: the answer is held back (the client waits either way).
+        hold = EARLY_RETRY_HOLD_S if decision.early else 0.0
+        if decision.reason == "fair_share":
+            # Not the key's own limit: the pool is busy and others need their share.
+            raise errors.NoCapacity(f"{decision.message}; retry shortly", retry_after_s=decision.retry_after_s,
+                                    hold_s=hold)
+        raise errors.RateLimited(f"Rate limit reached for this key on {decision.message}. Please try again "
+                                 f"in {decision.retry_after_s:.1f}s.", retry_after_s=decision.retry_after_s,
+                                 hold_s=hold)
 
 
-async def within_quota(ticket: Ticket, respond: Awaitable[Response]) -> Response:
+async def within_quota(ticket: Ticket, respond: Coroutine[Any, Any, Response]) -> Response:
     """Await the route's response; the ticket is released when the client has it (streams: when
-    the stream ends, however it ends), or at once if the route raised."""
+    the stream ends, however it ends), or at once if the route raised. The network-wide rates
+    are counted first: a refused request never starts its route."""
     try:
+        await ticket.confirm()
         response = await respond
     except BaseException:
+        respond.close()  # refused before it started: the route's coroutine never runs
         ticket.release(0)  # refused or failed before an answer: no tokens were used
         raise
     if isinstance(response, EventStream):

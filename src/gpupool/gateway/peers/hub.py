@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from gpupool import protocol
+from gpupool import protocol, protocol_handshake
 from gpupool.config import GatewaySettings
 from gpupool.gateway.peers.peer_limits import HandshakeRate, check_lists, check_offer
 from gpupool.gateway.peers.listeners import HubListeners
@@ -87,6 +87,7 @@ class Hub:
                  stake_of: Callable[[str], Awaitable[int]] | None = None,
                  settlement: tuple[str, int] | None = None):
         self.settings = settings
+        self._public_hosts = protocol_handshake.parse_hosts(settings.public_hosts)  # names peers may sign for
         self.identity = identity
         self.store = store
         self.sessions: dict[str, ProviderSession] = {}
@@ -96,6 +97,7 @@ class Hub:
         self.known_models: dict[str, ModelOffer] = {}
         self._unoffered: dict[str, float] = {}  # known model -> since when nobody offers it
         self._largest_context: int | None = None  # cache of largest_context(), reset when offers change
+        self._generation_reads_images = False  # computed with _largest_context
         self.stake_of = stake_of
         self.settlement = settlement
         self.listeners = HubListeners()
@@ -227,9 +229,13 @@ class Hub:
         if not isinstance(proof, Proof):
             raise PeerViolation("bad_handshake", f"expected proof, got {type(proof).__name__}")
         if not verify_signature(hello.public_key, proof.signature,
-                                protocol.challenge_bytes(nonce, self.identity.node_id)):
+                                protocol_handshake.challenge_bytes(nonce, self.identity.node_id, proof.host)):
             raise PeerViolation("bad_signature", "challenge signature does not verify",
                                 protocol.CLOSE_BAD_SIGNATURE)
+        if not protocol_handshake.signed_for_here(proof.host, ws.headers.get("host", ""), self._public_hosts):
+            # Signed for a gateway at another address: relayed by that gateway to impersonate its peer here.
+            raise PeerViolation("relayed_handshake", f"the proof was signed for host {proof.host[:100]!r}, which "
+                                "is not this gateway's", protocol.CLOSE_BAD_SIGNATURE, node_id)
         if not self._handshakes.admit(node_id, time.monotonic()):  # its key proven: nobody else is locked out
             raise PeerViolation("reconnecting_too_often", f"more than {self._handshakes.per_minute} handshakes a "
                                 "minute from this node; wait a minute", protocol.CLOSE_LIMIT, node_id)
@@ -286,9 +292,16 @@ class Hub:
     def largest_context(self) -> int | None:
         """The most prompt tokens any known generation model takes (None: no such model is known)."""
         if self._largest_context is None:
-            self._largest_context = max((o.max_input_tokens for o in self.known_models.values()
-                                         if o.task == "generate"), default=0)
+            generators = [o for o in self.known_models.values() if o.task == "generate"]
+            self._largest_context = max((o.max_input_tokens for o in generators), default=0)
+            self._generation_reads_images = any("image" in o.accepts for o in generators)
         return self._largest_context or None
+
+    def generation_reads_images(self) -> bool:
+        """Whether a known generation model reads images: then a chat body is sized by its images,
+        not by the largest context (its prompt text)."""
+        self.largest_context()
+        return self._generation_reads_images
 
     def _offered(self, models: Iterable[str] | dict[str, ModelOffer]) -> None:
         if isinstance(models, dict):

@@ -42,6 +42,9 @@ def check_offer(offer: Offer, public_key: bytes, node_id: str, s: GatewaySetting
                                 f"{m.name[:40]}: price {m.price_in}/{m.price_out} µcr per 1M tokens is outside "
                                 f"this gateway's bounds 0-{s.max_price_in}/0-{s.max_price_out}",
                                 protocol.CLOSE_LIMIT)
+        if not 0 <= m.price_image <= s.max_price_image:
+            raise PeerViolation("price_out_of_bounds", f"{m.name[:40]}: price {m.price_image} µcr per image is "
+                                f"outside this gateway's bounds 0-{s.max_price_image}", protocol.CLOSE_LIMIT)
 
 
 def check_lists(frame: bytes, s: GatewaySettings) -> None:

@@ -16,6 +16,16 @@ verdict is fraud: the provider is slashed through the ledger and every request i
 served since its last passed audit is refunded (any of them may be a bad answer the
 audits did not sample), from its held earnings and stake; the checker gets the bounty.
 All decisions are the pure functions of `gpupool.verify`; this class holds state.
+
+A suspension has three ways back, since honest providers can be suspended too (near-tie
+answers, a poisoned canary, a checker in error): a second admitted checker passing the
+re-check of the answer that tipped it (the appeal every suspension gets when a second
+checker exists), `expiry_s` after it began (unless fraud was confirmed and slashed), or
+the operator (`lift`: POST /admin/providers/{node_id}/unsuspend, `gpupool provider
+unsuspend`). A lifted provider starts a fresh window of verdicts.
+
+Canaries (trust/canaries.py) hand answers that differ from a canary's to `recheck`: a
+checker judges them with the audits' own tolerance, and only its failing verdict counts.
 """
 
 from __future__ import annotations
@@ -54,15 +64,12 @@ from gpupool.verify import (
     to_record,
 )
 from gpupool.verify import Judgement
+from gpupool.verify.sampling import MAX_AWAITING_VERDICTS  # the simulator holds providers back by it too
 
 
 log = logging.getLogger("gpupool.gateway.audits")
 BOUNTY_BPS = 2_000  # the checker whose verdict led to a slash gets 20% of what is left after refunds
 JOB_TIMEOUT_S = 120.0
-# A provider with this many audits still awaiting verdicts gets no new work while others can
-# take it: checkers are slower than the traffic during probation, and without this bound a
-# cheater would keep serving (bad) answers until the verdicts caught up.
-MAX_AWAITING_VERDICTS = 6
 # A checker whose failing verdicts a second checker contradicted this many times gets no more jobs.
 MAX_OVERRULED = 3
 # Past this many provider records, those of providers gone with nothing at stake are dropped.
@@ -81,6 +88,7 @@ class ProviderAudits:
     # (request id, client, cost) served since the last passed audit: refunded on confirmed fraud.
     unvouched: deque[tuple[str, str, int]] = field(default_factory=lambda: deque(maxlen=10_000))
     suspended: str = ""  # the reason, once suspended
+    suspended_at: float = 0.0  # time.time() when suspended (expiry)
     slashing: bool = False  # a confirmed slash is under way
     slashed: bool = False
     awaiting: int = 0  # audit jobs sent, verdicts not yet back
@@ -99,15 +107,18 @@ class PendingJob:
     # The provider-signed charge for the audited answer: what an on-chain slash must show.
     evidence: Charge | None = None
     operator: str = ""  # the audited provider's operator (ProviderSession.operator)
+    canary: str = ""  # a canary's key: this job re-checks an answer that differed from that canary's
 
 
 class Auditor:
     def __init__(self, hub: Hub, store: Store, ledger: Ledger, secret: bytes | None = None,
-                 rng: random.Random | None = None, sampling: SamplingPolicy = DEFAULT_SAMPLING):
+                 rng: random.Random | None = None, sampling: SamplingPolicy = DEFAULT_SAMPLING,
+                 expiry_s: float = 0.0):
         self.hub = hub  # the registry: connected providers and admitted checkers
         self.store = store  # peer events (suspended, slashed, overruled)
         self.ledger = ledger
         self.sampling = sampling
+        self.expiry_s = expiry_s  # a suspension not confirmed as fraud ends after this long (0: never)
         self.secret = secret or secrets.token_bytes(32)  # never leaves the gateway
         self.rng = rng or random.Random()
         self.providers: dict[str, ProviderAudits] = {}
@@ -115,8 +126,11 @@ class Auditor:
         self._slot_checker: dict[tuple[str, str], tuple[int, ProviderSession]] = {}
         # Admitted checker -> how often a second checker contradicted its failing verdict.
         self.overruled: dict[str, int] = {}
-        # Called with each audit job whose answer a checker passed (the canaries' source).
-        self.on_passed: Callable[[AuditJob, str], None] = lambda job, provider: None
+        # Called with each audit job whose answer a checker passed, and the verdict (the canaries' source).
+        self.on_passed: Callable[[AuditJob, str, Judgement], None] = lambda job, provider, verdict: None
+        # Called with a canary's key when a checker passed an answer that differs from it: the
+        # prompt has more than one right answer (a near tie), so it is no canary.
+        self.on_ambiguous_canary: Callable[[str], None] = lambda key: None
         # Awaited before a slash: lets billing settle the provider's queued charges first.
         self.before_slash: Callable[[str], Awaitable[None]] = _nothing
         self.stats = {"served": 0, "audited": 0, "no_checker": 0, "passed": 0, "failed": 0,
@@ -142,7 +156,27 @@ class Auditor:
 
     def is_suspended(self, node_id: str) -> bool:
         state = self.providers.get(node_id)
-        return state is not None and bool(state.suspended)
+        if state is None or not state.suspended:
+            return False
+        if self.expiry_s > 0 and not state.slashed and not state.slashing \
+                and time.time() - state.suspended_at > self.expiry_s:
+            self.lift(node_id, f"expired after {self.expiry_s:g} s")
+            return False
+        return True
+
+    def lift(self, node_id: str, why: str) -> bool:
+        """End the provider's suspension (appeal passed, expiry, operator); False if it was not
+        suspended. Its window of recent verdicts starts afresh, so the old failures do not
+        suspend it again on the next verdict; its record stays (reputation, audit rate)."""
+        state = self.providers.get(node_id)
+        if state is None or not state.suspended:
+            return False
+        state.suspended, state.suspended_at = "", 0.0
+        state.recent.clear()
+        self.stats["lifted"] = self.stats.get("lifted", 0) + 1
+        self.store.record_event(node_id, "suspension_lifted", why)
+        log.warning("suspension of provider %s lifted: %s", node_id[:12], why)
+        return True
 
     def is_slashed(self, node_id: str) -> bool:
         state = self.providers.get(node_id)
@@ -172,15 +206,24 @@ class Auditor:
         if checker is None:
             self.stats["no_checker"] += 1
             return
-        job = AuditJob(job_id="aud-" + uuid.uuid4().hex, model=model, payload=payload, receipt=done.receipt,
-                       vectors=done.vectors, dimensions=done.dimensions, text=text,
-                       token_ids=done.token_ids, logprobs=done.logprobs, urgent=urgent)
+        job = audit_job("aud-", model, payload, done, text, urgent)
         # Only a charge the provider signed with its settlement key (an EVM ledger) is evidence
         # the contract accepts; on SQL the gateway's own receipt check stands in for it.
         evidence = (Charge(request_id, client, session.node_id, cost, signature=done.settlement_sig)
                     if cost > 0 and len(done.settlement_sig) == 65 else None)
         self._send(PendingJob(job, session.node_id, client, cost, checker.node_id, time.monotonic(),
                               evidence=evidence, operator=session.operator), checker)
+
+    def recheck(self, session: ProviderSession, model: str, payload: Payload, done: Done, text: str,
+                canary: str) -> bool:
+        """A checker judges an answer that differed from canary `canary`'s (False: no checker holds
+        the model; then the difference counts for nothing). Its verdict counts like an audit's."""
+        checker = self._checker_for(model, exclude="", provider=session.node_id, operator=session.operator)
+        if checker is None:
+            return False
+        self._send(PendingJob(audit_job("can-", model, payload, done, text, True), session.node_id, "", 0,
+                              checker.node_id, time.monotonic(), operator=session.operator, canary=canary), checker)
+        return True
 
     def _checker_for(self, model: str, exclude: str, provider: str = "", operator: str = "") -> ProviderSession | None:
         # Only admitted checkers are in `hub.checkers` (gateway/peers/hub.py refuses the rest). "The same
@@ -234,12 +277,17 @@ class Auditor:
             await self._confirmed(pending, state, judgement, checker.node_id)
             return
         if judgement.passed:
-            self.on_passed(pending.job, pending.provider)
+            if pending.canary:
+                self.on_ambiguous_canary(pending.canary)
+            else:
+                self.on_passed(pending.job, pending.provider, judgement)
             _drop_through(state.unvouched, pending.job.receipt.request_id)
         else:
-            state.owed[pending.client] = state.owed.get(pending.client, 0) + pending.cost
+            if pending.cost > 0:
+                state.owed[pending.client] = state.owed.get(pending.client, 0) + pending.cost
             state.failed_requests.append(pending.job.receipt.request_id)
-        if self.apply(pending.provider, judgement, f"checker {checker.node_id[:12]}"):
+        source = f"{'canary, ' if pending.canary else ''}checker {checker.node_id[:12]}"
+        if self.apply(pending.provider, judgement, source):
             # Fraud needs a second opinion: the same job to another checker.
             second = self._checker_for(pending.job.model, exclude=checker.node_id, provider=pending.provider,
                                        operator=pending.operator)
@@ -264,7 +312,7 @@ class Auditor:
         decision = suspension(state.recent)
         if not decision.suspend or state.suspended:
             return False
-        state.suspended = decision.reason
+        state.suspended, state.suspended_at = decision.reason, now
         self.stats["suspended"] += 1
         self.store.record_event(provider, "suspended", f"{decision.reason} ({source})")
         log.warning("suspended provider %s: %s (%s)", provider[:12], decision.reason, source)
@@ -273,9 +321,12 @@ class Auditor:
     async def _confirmed(self, pending: PendingJob, state: ProviderAudits, judgement: Judgement,
                          checker_id: str) -> None:
         if judgement.passed:
-            # The second checker disagrees: suspension stands (traffic is at stake), money does not move.
+            # The second checker disagrees: the appeal succeeds, the suspension is lifted and money does
+            # not move; the first checker takes a strike.
             self.store.record_event(pending.provider, "slash_not_confirmed",
                                         f"second checker {checker_id[:12]} passed the audited answer")
+            if not state.slashed and not state.slashing:
+                self.lift(pending.provider, f"appeal: second checker {checker_id[:12]} passed the re-check")
             await self._overruled(pending.accuser, checker_id)
             return
         if state.slashed or state.slashing:
@@ -386,6 +437,13 @@ def _drop_through(served: deque[tuple[str, str, int]], request_id: str) -> None:
     if any(r == request_id for r, _, _ in served):
         while served and served.popleft()[0] != request_id:
             pass
+
+
+def audit_job(prefix: str, model: str, payload: Payload, done: Done, text: str, urgent: bool) -> AuditJob:
+    """The job a checker gets for one committed answer (its id under `prefix`: aud-, can-)."""
+    return AuditJob(job_id=prefix + uuid.uuid4().hex, model=model, payload=payload, receipt=done.receipt,
+                    vectors=done.vectors, dimensions=done.dimensions, text=text, token_ids=done.token_ids,
+                    logprobs=done.logprobs, urgent=urgent)
 
 
 def _fields(job: AuditJob) -> dict[str, object]:

@@ -1,16 +1,28 @@
 """Canaries: requests whose right answer is already known, sent to providers like client traffic.
 
-Answers a checker has passed become canaries (a bounded pool per model). Every
+Answers a checker has passed become canaries (a bounded pool per model); a greedy answer
+only if the checker found it the reference's own choice at every token, not one within
+the tie margin (a near tie has more than one right answer). Every
 `canary_interval_s` (jittered) the gateway picks a live provider and a canary that
 provider has never been sent and did not answer itself, and runs it through the
 normal dispatch path under a fresh request id shaped like a client's. The provider
 cannot tell it from client work, and cannot have cached it. The gateway compares
-the answer with the known one itself, with no checker in the loop (embeddings by
-cosine, greedy generation by exact text), and the result counts like an audit
-verdict (`Auditor.apply`): reputation, suspension.
+the answer with the known one itself, with the audits' tolerances (`verify/canary_checks.py`:
+embeddings by cosine, image rows with the image thresholds; text read off images by `ocr`
+models by edit distance; greedy generation by exact text). A match counts as a passed
+audit (`Auditor.apply`). A difference is not taken as a failure at once: the gateway
+cannot tell a wrong answer from a near tie, so the answer goes to an admitted checker
+(`Auditor.recheck`), which judges it with the audits' own tolerance; its failing verdict
+counts like any audit's, and its passing one shows the canary is ambiguous, which is then
+dropped. With no checker for the model, a greedy text difference is a soft failure (only
+k of them suspend: verify/suspension_rule.py), while a comparison that has a tolerance
+(vectors, readings) counts as judged. Without this, a provider could plant a near-tie
+prompt, answer the runner-up (which passes audit), and have every honest provider that
+answers the favourite fail the resulting canary and be suspended.
 
 A canary is not billed and its answer goes nowhere. Sampled (temperature > 0)
-generations are never canaries: their right answer is not unique.
+generations are never canaries: their right answer is not unique. Readings of images by
+an `ocr` model are, whatever the temperature: the model ignores it.
 """
 
 from __future__ import annotations
@@ -25,12 +37,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gpupool.protocol import AuditJob, EmbedPayload, GeneratePayload, Payload
-from gpupool.verify import Judgement
-from gpupool.verify import fail
+from gpupool.verify import Judgement, fail
+from gpupool.verify.canary_checks import image_count, judge_canary
+from gpupool.verify.comparators import NEAR_TIE
 
 if TYPE_CHECKING:
     from gpupool.gateway.trust.audits import Auditor
-    from gpupool.gateway.dispatch.dispatcher import Dispatcher
+    from gpupool.gateway.dispatch.dispatcher import Dispatcher, Outcome
     from gpupool.gateway.peers.hub import Hub, ProviderSession
 
 log = logging.getLogger("gpupool.gateway.canaries")
@@ -47,6 +60,7 @@ class Canary:
     vectors: bytes = b""
     dimensions: int = 0
     text: str = ""
+    reads_images: bool = False  # an `ocr` model's reading: compared by edit distance
 
 
 class Canaries:
@@ -59,15 +73,34 @@ class Canaries:
         self.rng = rng or random.Random()
         self.pool: dict[str, deque[Canary]] = {}
         self.sent: dict[str, set[str]] = {}  # provider -> canary keys it has been sent
-        self.stats = {"sent": 0, "passed": 0, "failed": 0, "lost": 0}
+        self.stats = {"sent": 0, "passed": 0, "failed": 0, "rechecked": 0, "lost": 0, "dropped": 0}
         self._task: asyncio.Task[None] | None = None
 
-    def remember(self, job: AuditJob, provider: str) -> None:
-        """A checker passed this answer: keep it as a canary (greedy or embeddings only)."""
-        if isinstance(job.payload, GeneratePayload) and job.payload.temperature > 0:
+    def remember(self, job: AuditJob, provider: str, verdict: Judgement) -> None:
+        """A checker passed this answer: keep it as a canary (greedy, embeddings or an image reading;
+        a greedy one only if no token of it was a near tie)."""
+        reads = self._reads_images(job, provider)
+        if isinstance(job.payload, GeneratePayload) and not reads and (job.payload.temperature > 0
+                                                                         or NEAR_TIE in verdict.reason):
             return
         pool = self.pool.setdefault(job.model, deque(maxlen=POOL_PER_MODEL))
-        pool.append(Canary(job.job_id, job.model, job.payload, provider, job.vectors, job.dimensions, job.text))
+        pool.append(Canary(job.job_id, job.model, job.payload, provider, job.vectors, job.dimensions, job.text,
+                           reads))
+
+    def _reads_images(self, job: AuditJob, provider: str) -> bool:
+        """The answer is text read off images by an `ocr` model (the source's offer says which backend)."""
+        session = self.hub.sessions.get(provider)
+        offer = session.models.get(job.model) if session is not None else None
+        return offer is not None and offer.backend == "ocr" and image_count(job.payload) > 0
+
+    def drop(self, key: str) -> None:
+        """A checker passed an answer that differs from canary `key`: it has no single right answer."""
+        for model, pool in self.pool.items():
+            kept = deque((c for c in pool if c.key != key), maxlen=POOL_PER_MODEL)
+            if len(kept) != len(pool):
+                self.pool[model] = kept
+                self.stats["dropped"] += 1
+                log.info("canary %s of %s dropped: a checker passed a different answer to it", key, model)
 
     def start(self) -> None:
         if self.interval_s > 0:
@@ -93,12 +126,24 @@ class Canaries:
             return False
         session, canary = self.rng.choice(choices)
         self.sent.setdefault(session.node_id, set()).add(canary.key)
-        judgement = await self._probe(session, canary)
-        if judgement is None:
-            self.stats["lost"] += 1
+        outcome = await self._probe(session, canary)
+        if outcome is None:
+            self.stats["lost"] += 1  # failed or lost: not evidence of cheating
             return True
-        self.stats["passed" if judgement.passed else "failed"] += 1
-        self.auditor.apply(session.node_id, judgement, "canary")
+        judgement = judge_canary(canary.payload, canary.text, canary.vectors, canary.dimensions, outcome.done,
+                                 outcome.text, canary.reads_images)
+        if judgement.passed:
+            self.stats["passed"] += 1
+            self.auditor.apply(session.node_id, judgement, "canary")
+        elif self.auditor.recheck(session, canary.model, canary.payload, outcome.done, outcome.text, canary.key):
+            self.stats["rechecked"] += 1
+        else:
+            self.stats["failed"] += 1
+            if isinstance(canary.payload, GeneratePayload) and not canary.reads_images:
+                # No checker to ask: a soft failure only (k of them among the last m suspend, where a
+                # hard one suspended at once), so one planted canary cannot take an honest provider out.
+                judgement = fail("canary_mismatch_unchecked")
+            self.auditor.apply(session.node_id, judgement, "canary")
         return True
 
     def _pairs(self) -> list[tuple[ProviderSession, Canary]]:
@@ -112,25 +157,11 @@ class Canaries:
                           if c.source != session.node_id and c.key not in seen]
         return pairs
 
-    async def _probe(self, session: ProviderSession, canary: Canary) -> Judgement | None:
+    async def _probe(self, session: ProviderSession, canary: Canary) -> Outcome | None:
         # The id looks like any client request's, so the provider cannot single canaries out.
         prefix = "emb-" if isinstance(canary.payload, EmbedPayload) else "chatcmpl-"
         request_id = prefix + uuid.uuid4().hex
         outcome = await self.dispatcher.run_on(session, request_id, canary.model, canary.payload,
                                                time.monotonic() + CANARY_TIMEOUT_S)
         self.stats["sent"] += 1
-        if outcome is None:
-            return None  # failed or lost: not evidence of cheating
-        if isinstance(canary.payload, EmbedPayload):
-            import numpy as np
-
-            from gpupool.verify import compare_embeddings
-
-            if outcome.done.dimensions != canary.dimensions:
-                return fail("wrong_dimensions", hard=True)
-            shape = (-1, canary.dimensions)
-            return compare_embeddings(np.frombuffer(outcome.done.vectors, "<f4").reshape(shape),
-                                      np.frombuffer(canary.vectors, "<f4").reshape(shape))
-        if outcome.text == canary.text:
-            return Judgement(passed=True, reason="canary_match")
-        return fail("canary_text_mismatch", hard=not outcome.text[:1] or outcome.text[:1] != canary.text[:1])
+        return outcome

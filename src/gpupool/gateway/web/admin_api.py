@@ -7,6 +7,8 @@
 - `GET /admin/providers`, `/admin/events`, `/admin/audits`, `/admin/billing`,
   `/admin/requests`, `/admin/fallback`: connected providers, peer events, audit state,
   billing queues, the request log, the fallback lanes.
+- `POST /admin/providers/{node_id}/unsuspend`: lift a provider's suspension (the operator's
+  way back for an honest provider; appeals and expiry are the automatic ones, trust/audits.py).
 
 Every route needs `Authorization: Bearer <--admin-token>` (compared in constant time);
 without a configured token the admin API is off (401).
@@ -50,6 +52,7 @@ def admin_routes(gw: Gateway) -> list[Route]:
         Route("/admin/billing", partial(billing_state, gw)),
         Route("/admin/requests", partial(requests_log, gw)),
         Route("/admin/fallback", partial(fallback_state, gw)),
+        Route("/admin/providers/{node_id}/unsuspend", partial(unsuspend, gw), methods=["POST"]),
     ]
 
 
@@ -127,3 +130,13 @@ async def requests_log(gw: Gateway, request: Request) -> JSON:
 async def fallback_state(gw: Gateway, request: Request) -> JSON:
     require_admin(gw.settings, request)
     return JSON(gw.fallbacks.describe())
+
+
+async def unsuspend(gw: Gateway, request: Request) -> JSON:
+    require_admin(gw.settings, request)
+    node_id = request.path_params["node_id"]
+    if not gw.auditor.is_suspended(node_id):
+        raise errors.NotFound(f"provider {node_id[:80]!r} is not suspended on this gateway", param="node_id")
+    gw.auditor.lift(node_id, "lifted by the operator (admin API)")
+    log.info("suspension of provider %s lifted by the operator", node_id[:12])
+    return JSON({"node_id": node_id, "suspended": False})

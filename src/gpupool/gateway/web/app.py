@@ -60,6 +60,7 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     app = Starlette(
         routes=[
             route("/healthz", client_api.healthz),
+            route("/v1/gateways", client_api.gateways),
             route("/v1/models", client_api.list_models),
             route("/v1/embeddings", inference.embeddings, ["POST"]),
             route("/v1/chat/completions", inference.chat, ["POST"]),
@@ -82,5 +83,6 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
         lifespan=lifespan,
     )
     body_limit = BodyLimit(app, settings.max_body_bytes,
-                           lambda path: openai_api.generation_body_limit(path, gw.hub.largest_context()))
+                           lambda path: openai_api.generation_body_limit(path, gw.hub.largest_context(),
+                                                                         gw.hub.generation_reads_images()))
     return with_server_send(gw.metrics.middleware(gw.anonymous.middleware(gw.batches.upload_limit(body_limit, app))))

@@ -32,3 +32,10 @@ class ClientKeys:
             raise errors.AuthenticationFailed("Incorrect API key provided")
         self.quotas.refuse_if_ignoring_retry_after(key)
         return key
+
+    async def counted(self, request: Request) -> ApiKey:
+        """The key, its request counted against its requests per minute (routes that run nothing
+        on the pool: files and batches), or a 401/429."""
+        key = await self(request)
+        self.quotas.count_call(key)
+        return key

@@ -1,7 +1,10 @@
 """What clients and providers read about the network and their own account.
 
 - `GET /healthz`: up, version, providers connected, models served.
-- `GET /v1/models` (key): the models served now, OpenAI's list shape plus a `gpupool` object.
+- `GET /v1/gateways`: this gateway and its peers (URL, region), from the shared database and
+  `--peer-gateway` (gateway/registry.py); providers connect to the nearest few.
+- `GET /v1/models` (key): the models served now (by the pool, or only by a fallback lane), OpenAI's
+  list shape plus a `gpupool` object (`fallback`: the lanes that may serve it).
 - `GET /v1/market`: per model, prices, providers, regions, speed and load (market/summary.py).
 - `GET /v1/account` (key): balance, holds, recent charges (paged like OpenAI's lists).
 - `GET /v1/providers/{node_id}/earnings` and `/reputation`: a provider's money and signed record.
@@ -18,7 +21,11 @@ from gpupool.gateway.edge.http import JSON, query_limit
 from gpupool.gateway.money.billing import charge_view
 from gpupool.gateway.web.context import Gateway
 from gpupool.ledger import postings
-from gpupool.market.summary import Listing, regions_of, summarize
+from gpupool.market.summary import Listing, accepted, regions_of, summarize
+
+
+async def gateways(gw: Gateway, _request: Request) -> JSON:
+    return JSON({"object": "list", "data": gw.gateways.listing()})
 
 
 async def healthz(gw: Gateway, _request: Request) -> JSON:
@@ -28,8 +35,9 @@ async def healthz(gw: Gateway, _request: Request) -> JSON:
 
 
 async def list_models(gw: Gateway, request: Request) -> JSON:
+    """The pool's live models, then those only a fallback lane serves (their requests go to the lane)."""
     await gw.client_key(request)
-    hub = gw.hub
+    hub, lanes = gw.hub, gw.fallbacks.models()
     data = []
     for name, sessions in sorted(hub.live_models().items()):
         offer = sessions[0].models[name]
@@ -37,11 +45,20 @@ async def list_models(gw: Gateway, request: Request) -> JSON:
             "id": name, "object": "model", "created": int(sessions[0].offer.issued_at),
             "owned_by": "gpupool",
             "gpupool": {"task": offer.task, "description": offer.description,
+                        # What a request may carry: "text", and "image" where a provider reads images.
+                        "accepts": accepted([tuple(s.models[name].accepts) for s in sessions]),
                         "providers": len(sessions),
                         **regions_of(s.offer.region for s in sessions),
                         # False: no admitted checker holds it, so its answers are never audited.
-                        "verified": hub.model_verified(name)},
+                        "verified": hub.model_verified(name), "fallback": lanes.get(name, [])},
         })
+    listed = {m["id"] for m in data}
+    for name in sorted(set(lanes) - listed):
+        known = hub.known_models.get(name)
+        data.append({"id": name, "object": "model", "created": gw.fallbacks.started, "owned_by": "gpupool",
+                     # Served by the operator's upstream: no pool provider, and no audits.
+                     "gpupool": {"task": known.task if known else None, "description": "", "providers": 0,
+                                 "regions": [], "verified": False, "fallback": lanes[name]}})
     return JSON({"object": "list", "data": data})
 
 
@@ -57,9 +74,11 @@ async def market(gw: Gateway, _request: Request) -> JSON:
                 speed = sp.items_per_s if offer.task == "embeddings" else sp.decode_tps
             listings.append(Listing(name, offer.task, session.node_id, session.offer.region, offer.price_in,
                                     offer.price_out, session.offer.max_concurrency, len(session.channels),
-                                    session.draining or session.closed, speed))
+                                    session.draining or session.closed, speed, tuple(offer.accepts or ("text",)),
+                                    offer.price_image))
     data = [{**row, "verified": hub.model_verified(str(row["model"]))} for row in summarize(listings)]
-    return JSON({"object": "list", "fee_bps": gw.settings.fee_bps, "unit": "µcr per 1M tokens", "data": data})
+    return JSON({"object": "list", "fee_bps": gw.settings.fee_bps, "unit": "µcr per 1M tokens",
+                 "image_unit": "µcr per image", "data": data})
 
 
 async def account(gw: Gateway, request: Request) -> JSON:

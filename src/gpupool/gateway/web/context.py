@@ -14,6 +14,7 @@ nowhere else; no part looks another up through a third.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
 
@@ -22,13 +23,15 @@ from gpupool.gateway.batches.routes import BatchService
 from gpupool.gateway.batches.runner import BatchDeps
 from gpupool.gateway.dispatch.dispatcher import Dispatcher
 from gpupool.gateway.dispatch.router import TrustView
+from gpupool.gateway.edge import image_inputs
 from gpupool.gateway.fallback.lanes import Fallbacks
 from gpupool.gateway.money.anonymous_limits import AddressLimiter, AnonymousLimit, HoldBack
 from gpupool.gateway.money.billing import Billing
 from gpupool.gateway.money.metering import Metering
-from gpupool.gateway.money.quota import Quotas
+from gpupool.gateway.money.quota import Quotas, Ticket
 from gpupool.gateway.money.settlement_keys import SettlementKeys
 from gpupool.gateway.peers.hub import Hub
+from gpupool.gateway.registry import Registry
 from gpupool.gateway.store import Retention, Store
 from gpupool.gateway.trust.audits import Auditor
 from gpupool.gateway.trust.canaries import Canaries
@@ -37,6 +40,7 @@ from gpupool.gateway.web.auth import ClientKeys
 from gpupool.gateway.web.metrics import GatewayMetrics
 from gpupool.gateway.web.metrics_collector import LiveCollector
 from gpupool.identity import Identity
+from gpupool.images import ImageLimits
 from gpupool.ledger import Ledger, postings
 from gpupool.verify import SamplingPolicy
 
@@ -63,6 +67,7 @@ class Gateway:
     holdback: HoldBack  # refused answers held back from clients that flood or ignore Retry-After
     anonymous: AnonymousLimit  # keyless requests and failed keys: a rate per client address
     metrics: GatewayMetrics  # Prometheus (/metrics) and /v1/stats
+    gateways: Registry  # this gateway and its peers in the network (GET /v1/gateways)
     settlement_keys: SettlementKeys | None = None  # EVM ledger: registers providers' keys, after settlement
 
     @classmethod
@@ -89,7 +94,8 @@ class Gateway:
                           # Several statements' worth per provider: a provider's own charges are
                           # matched within a flush interval, so more are digests nobody will charge.
                           signed_per_node=4 * settings.max_statement_digests)
-        auditor = Auditor(hub, store, ledger, sampling=SamplingPolicy(probation_requests=settings.audit_probation_requests))
+        auditor = Auditor(hub, store, ledger, sampling=SamplingPolicy(probation_requests=settings.audit_probation_requests),
+                          expiry_s=settings.suspension_expiry_s)
         hardware_checks = HardwareChecker(hub.disconnect, interval_s=settings.hardware_proof_interval_s,
                                           max_n=settings.hardware_proof_max_n)
         proofs = settings.hardware_proof_max_n > 0
@@ -100,6 +106,7 @@ class Gateway:
         dispatcher = Dispatcher(hub, store, settings, trust)
         canaries = Canaries(hub, dispatcher, auditor, settings.canary_interval_s)
         auditor.on_passed = canaries.remember
+        auditor.on_ambiguous_canary = canaries.drop
         auditor.before_slash = billing.settle_provider
         billing.unpaid = auditor.is_slashed
 
@@ -113,15 +120,34 @@ class Gateway:
             listeners.settlement_address.append(settlement_keys.announced)
 
         quotas, metering = Quotas(settings), Metering(billing, auditor)
+
+        async def admit_shard(key_id: int, model: str, tokens: int) -> Ticket | None:
+            """A batch shard under its key's limits (None: not now; a revoked key's batch waits)."""
+            key = await store.key_by_id(key_id)
+            return None if key is None else quotas.try_admit(key, model, tokens, dispatcher.router.serving(model))
+
         client_key = ClientKeys(store, quotas)
         holdback = HoldBack()
+
+        async def known_key(token: str) -> bool:  # a client key or the admin token skips the keyless rate
+            admin = settings.admin_token
+            return bool(admin and hmac.compare_digest(token.encode(), admin.encode())) or (
+                await store.authenticate(token) is not None)
+
         gw = cls(settings, identity, store, ledger, hub, dispatcher, auditor, hardware_checks, canaries, billing,
                  quotas, client_key, metering, Fallbacks(settings, billing, store),
-                 BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger), client_key), holdback,
-                 AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback),
-                 GatewayMetrics(hub.known_models), settlement_keys)
+                 BatchService(settings, BatchDeps(hub, dispatcher, metering, store, ledger, admit_shard),
+                              client_key.counted), holdback,
+                 AnonymousLimit(AddressLimiter(settings.anonymous_rate, settings.rate_burst_s), holdback, known_key),
+                 GatewayMetrics(hub.known_models),
+                 Registry(store.engine, identity.node_id, settings.public_url, settings.region, settings.peer_gateways),
+                 settlement_keys)
         gw.metrics.registry.register(LiveCollector(gw.metrics, gw))
         return gw
+
+    def image_limits(self) -> ImageLimits:
+        """What one image in a request may be: the operator's byte and pixel limits."""
+        return image_inputs.limits_of(self.settings.image_max_bytes, self.settings.image_max_pixels)
 
     async def start(self) -> None:
         s, hub = self.settings, self.hub
@@ -131,8 +157,10 @@ class Gateway:
         self.canaries.start()
         self.dispatcher.start()  # the watch for providers gone silent with work in flight
         await self.batches.start()
+        await self.gateways.start()
 
     async def close(self) -> None:
+        await self.gateways.close()  # leaves the list first: providers stop choosing it
         if self.settlement_keys is not None:
             await self.settlement_keys.close()
         await self.batches.close()  # before billing closes: its last charges settle with the rest
@@ -145,5 +173,6 @@ class Gateway:
         await self.hub.close_all()
         await self.hardware_checks.close()
         await self.fallbacks.close()
+        await self.quotas.close()
         await self.store.close()
         await self.ledger.close()

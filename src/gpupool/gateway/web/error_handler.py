@@ -1,8 +1,8 @@
 """Every error leaves as an OpenAI error body, from this one handler (the app registers it for all).
 
 A refused request that should wait (429s to clients that flood or ignore Retry-After) is
-held back here before its answer goes out; failed keys count against the caller's address
-(keyless limit, money/anonymous_limits.py).
+held back here before its answer goes out. (Failed keys were already counted against the
+caller's address before the route ran: money/anonymous_limits.py.)
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ REQUEST_LOG = logging.getLogger(REQUESTS)
 async def on_error(gw: Gateway, request: Request, exc: Exception) -> Response:
     if isinstance(exc, (ClientGone, ClientDisconnect)):
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-    if isinstance(exc, errors.AuthenticationFailed):
-        await gw.anonymous.failed_key(request.client.host if request.client else "unknown")
     if isinstance(exc, (errors.RateLimited, errors.NoCapacity)):
         if exc.hold_s > 0:
             # What the refused request read and parsed (its body, its prompt) need not wait

@@ -14,10 +14,12 @@ Each handler is `handler(gw, request)` over the gateway's context (web/context.p
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pydantic
 from starlette.requests import Request
@@ -26,14 +28,14 @@ from starlette.responses import Response
 from gpupool import errors
 from gpupool.gateway.dispatch.dispatcher import Outcome
 from gpupool.gateway.dispatch.stream import Stream, open_stream
-from gpupool.gateway.edge import openai_api
+from gpupool.gateway.edge import image_inputs, openai_api
 from gpupool.gateway.edge.http import (JSON, JSON_ENCODER, SLOT, EventStream, request_timeout, route_options, sse,
                                        sse_template, until_disconnect)
 from gpupool.gateway.fallback.lanes import Plan
 from gpupool.gateway.money.billing import Hold
 from gpupool.gateway.money.metering import price_of
 from gpupool.gateway.money.quota import within_quota
-from gpupool.gateway.payload_size import PayloadSize
+from gpupool.gateway.payload_size import PayloadSize, image_count
 from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.peers.session import ProviderSession
 from gpupool.gateway.probes import note_first_token, note_model
@@ -41,11 +43,13 @@ from gpupool.gateway.store import ApiKey
 from gpupool.gateway.web.context import Gateway
 from gpupool.gateway.web.request_log import log_request
 from gpupool.market import pricing
-from gpupool.protocol import Done, EmbedPayload, Payload
+from gpupool.protocol import Done, EmbedPayload, GeneratePayload, ModelOffer, Payload
 from gpupool.routing.options import RouteOptions
 
 DEFAULT_MAX_TOKENS = 256
 MAX_EMBEDDING_INPUTS = 2048
+P = TypeVar("P", bound=Payload)
+JSON_BACKENDS = ("ocr",)  # backends that honour response_format json_object (audits compare its JSON)
 
 
 @dataclass(slots=True)
@@ -66,7 +70,7 @@ class Call:
     async def reserve(self, gw: Gateway) -> Hold:
         """Hold the most this request can cost on any provider it may go to (402 if unaffordable)."""
         return await gw.metering.reserve(self.key.account, self.serving, self.model, self.size.input_token_bound,
-                                         self.size.max_output, self.route.max_price)
+                                         self.size.max_output, self.route.max_price, self.size.images)
 
     async def complete(self, gw: Gateway, request: Request, hold: Hold) -> Outcome | Response:
         """Serve it on the pool (non-streaming); if the pool cannot, a fallback lane's Response (or the error)."""
@@ -105,12 +109,13 @@ class Call:
             return
         prompt = PayloadSize.of(stream.answer_payload).tokens_estimate
         hold.charge_delivered(self.rid, stream.session.node_id,
-                              pricing.charge_for(price, prompt, stream.run_chunks, hold.amount))
+                              pricing.charge_for(price, prompt, stream.run_chunks, hold.amount,
+                                                 image_count(stream.answer_payload)))
 
     def log(self, gw: Gateway, provider: str, status: str, attempts: int, prompt: int, completion: int,
-            cost: int) -> None:
+            cost: int, hold: Hold | None = None) -> None:
         log_request(gw.store, self.rid, self.key, self.model, provider, status, attempts, prompt, completion,
-                    self.started, cost)
+                    self.started, cost, hold.images if hold else 0, hold.image_cost if hold else 0)
 
 
 def _call(gw: Gateway, request: Request, key: ApiKey, body: pydantic.BaseModel, kind: str, payload: Payload,
@@ -132,6 +137,34 @@ def check_task(hub: Hub, model: str, task: str) -> None:
         raise errors.InvalidRequest(f"{model!r} serves {offer.task}; use {route}", param="model")
 
 
+def _offers(gw: Gateway, model: str, serving: list[ProviderSession]) -> list[ModelOffer]:
+    """The live providers' offers of `model`, or the last one known (none: the request goes on to its 404/503)."""
+    known = gw.hub.known_models.get(model)
+    return [s.models[model] for s in serving] or ([known] if known is not None else [])
+
+
+def image_readers(gw: Gateway, model: str, serving: list[ProviderSession], param: str) -> list[ProviderSession]:
+    """The serving set of a request with images: the providers whose offer reads images (400 if the
+    model reads text only; a provider from before images would answer from the text alone)."""
+    image_inputs.refuse_unless_read(model, _offers(gw, model, serving), param)
+    return [s for s in serving if image_inputs.reads_images(s.models[model])]
+
+
+async def checked_images(build: Callable[[], P], param: str) -> P:
+    """`build()` checks the request's images (base64, headers, structure): off the event loop when
+    there are any (`param`), inline otherwise (no thread hop for text)."""
+    return await asyncio.to_thread(build) if param else build()
+
+
+def check_json_mode(gw: Gateway, model: str, serving: list[ProviderSession], payload: GeneratePayload) -> None:
+    if payload.response_format == "json_object":
+        offers = _offers(gw, model, serving)
+        if offers and not all(o.backend in JSON_BACKENDS for o in offers):
+            raise errors.InvalidRequest(f"response_format: model {model!r} answers in plain text only "
+                                        "(json_object is honoured by the ocr backend)",
+                                        param="response_format", code="unsupported_parameter")
+
+
 # ---------------------------------------------------------------- embeddings
 
 
@@ -139,8 +172,11 @@ async def embeddings(gw: Gateway, request: Request) -> Response:
     key = await gw.client_key(request)
     body = openai_api.parse(openai_api.EmbeddingRequest, await request.body())
     serving = gw.dispatcher.router.serving(body.model)
-    payload = body.payload(MAX_EMBEDDING_INPUTS, gw.quotas.model_limits(body.model, serving))
     check_task(gw.hub, body.model, "embeddings")
+    if param := body.image_param():
+        serving = image_readers(gw, body.model, serving, param)
+    limits, images = gw.quotas.model_limits(body.model, serving), gw.image_limits()
+    payload = await checked_images(lambda: body.payload(MAX_EMBEDDING_INPUTS, limits, images), param)
     call = _call(gw, request, key, body, "embeddings", payload, serving, "emb-")
     ticket = gw.quotas.admit(key, body.model, call.size, serving)
     return await within_quota(ticket, _embed(gw, request, call, body))
@@ -157,7 +193,7 @@ async def _embed(gw: Gateway, request: Request, call: Call, body: openai_api.Emb
             raise errors.InvalidRequest(f"{call.model!r} produces {done.dimensions} dimensions", param="dimensions")
         tokens = done.receipt.usage.prompt_tokens
         cost = call.charge(gw, hold, out.session, done, call.payload)
-    call.log(gw, out.provider, "ok", out.attempts, tokens, 0, cost)
+    call.log(gw, out.provider, "ok", out.attempts, tokens, 0, cost, hold)
     return JSON(openai_api.embedding_response(call.model, done.vectors, done.dimensions, len(call.payload.inputs),
                                               body.encoding_format, tokens, cost),
                 headers={"x-gpupool-provider": out.provider, "x-request-id": call.rid, "x-gpupool-cost": str(cost)})
@@ -171,7 +207,11 @@ async def chat(gw: Gateway, request: Request) -> Response:
     body = openai_api.parse(openai_api.ChatCompletionRequest, await request.body())
     check_task(gw.hub, body.model, "generate")
     serving = gw.dispatcher.router.serving(body.model)
-    payload = body.payload(DEFAULT_MAX_TOKENS, gw.quotas.model_limits(body.model, serving))
+    if param := body.image_param():
+        serving = image_readers(gw, body.model, serving, param)
+    limits, images = gw.quotas.model_limits(body.model, serving), gw.image_limits()
+    payload = await checked_images(lambda: body.payload(DEFAULT_MAX_TOKENS, limits, images), param)
+    check_json_mode(gw, body.model, serving, payload)
     return await _admit_generation(gw, request, key, body, "chat", payload, serving, "chatcmpl-")
 
 
@@ -203,7 +243,7 @@ async def _complete(gw: Gateway, request: Request, call: Call, chat: bool) -> Re
         cost = call.charge(gw, hold, out.session, out.done, call.payload, out.text)
     u = out.done.receipt.usage
     build = openai_api.chat_response if chat else openai_api.completion_response
-    call.log(gw, out.provider, "ok", out.attempts, u.prompt_tokens, u.completion_tokens, cost)
+    call.log(gw, out.provider, "ok", out.attempts, u.prompt_tokens, u.completion_tokens, cost, hold)
     return JSON(build(call.rid, call.model, out.text, out.done.receipt.finish_reason, u.prompt_tokens,
                       u.completion_tokens, out.provider, cost),
                 headers={"x-gpupool-provider": out.provider, "x-request-id": call.rid, "x-gpupool-cost": str(cost)})
@@ -265,7 +305,7 @@ async def _stream(gw: Gateway, request: Request, call: Call, chat: bool, include
             hold.release()  # no-op once charged
             u = opened.done.receipt.usage if opened.done else None
             call.log(gw, opened.session.node_id, status, opened.attempts, u.prompt_tokens if u else 0,
-                     u.completion_tokens if u else 0, hold.charged or 0)
+                     u.completion_tokens if u else 0, hold.charged or 0, hold)
 
     async def closed() -> None:
         # Runs even if the client left before the body started: nothing stays held or open.

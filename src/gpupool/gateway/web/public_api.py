@@ -53,7 +53,8 @@ def describe(gw: Gateway, s: ProviderSession) -> dict[str, Any]:
         if sp is not None and sp.samples:
             speed = round(sp.items_per_s if offer.task == "embeddings" else sp.decode_tps, 2)
         models.append({"name": name, "task": offer.task, "price_in": offer.price_in,
-                       "price_out": offer.price_out, "measured_speed": speed,
+                       "price_out": offer.price_out, "price_image": offer.price_image,
+                       "accepts": list(offer.accepts or ["text"]), "measured_speed": speed,
                        "speed_unit": "items/s" if offer.task == "embeddings" else "tokens/s"})
     audits = auditor.providers.get(s.node_id)
     rep = audits.reputation if audits else None

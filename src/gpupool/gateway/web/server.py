@@ -9,6 +9,7 @@ With `port=0` the OS picks a free port; the chosen address is written as JSON to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import uvicorn
 from gpupool.config import GatewaySettings
 from gpupool.gateway.web.app import create_app
 from gpupool.gateway.edge.slow_clients import guarded_http
+from gpupool.gateway.money.shared_limits import check_redis
 from gpupool.gc_tuning import freeze_startup_heap, limit_malloc_arenas
 from gpupool.tls import server_files
 from gpupool.gateway.store import Store
@@ -40,15 +42,21 @@ def _event_loop() -> str:
 async def serve(settings: GatewaySettings) -> None:
     limit_malloc_arenas()  # before the database threads start (gc_tuning)
     tls = server_files(settings.tls_cert, settings.tls_key)  # checked before anything starts
+    if settings.redis_url:
+        await check_redis(settings.redis_url)  # one line and no start, rather than limits that silently do not hold
     identity = Identity.load_or_create(settings.key_file)
     store = await Store.open(settings.db_url())
     ledger = await open_ledger(settings.ledger_url())
-    app = create_app(settings, store, identity, ledger)
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
     sock.set_inheritable(True)
     port = sock.getsockname()[1]
+    if not settings.public_url:  # what /v1/gateways and the shared registry tell others (--public-url)
+        host = socket.gethostname() if settings.host in ("0.0.0.0", "::", "") else settings.host
+        host = f"[{host}]" if ":" in host else host
+        settings = dataclasses.replace(settings, public_url=f"{'https' if tls else 'http'}://{host}:{port}")
+    app = create_app(settings, store, identity, ledger)
     config = uvicorn.Config(
         app,
         loop="none",  # the caller's loop (uvloop when installed) is already running

@@ -90,6 +90,10 @@ def with_spaces(text: str, char_boxes: list[Any], gaps: list[tuple[float, float]
         if 0 < i < len(text) and text[i - 1] != " " and text[i] != " ":
             if text[i - 1].isdigit() and text[i].isdigit() and width < SPACE_BETWEEN_DIGITS:
                 continue
+            # A period or comma sits below the band the gaps are measured in, so the gap around
+            # it looks wide ("86 .99"): never a space before one, nor after one inside a number.
+            if text[i] in ".," or (text[i - 1] in ".," and i >= 2 and text[i - 2].isdigit() and text[i].isdigit()):
+                continue
             cut.add(i)
     return "".join((" " if i in cut else "") + ch for i, ch in enumerate(text))
 

@@ -6,8 +6,15 @@ the batching and the GPU work; gpupool adds the network, routing and payment.
 Spec: the engine's base URL, with optional query parameters
     `model` (the engine's model name; default: the served name),
     `task`  (`generate`, the default, or `embeddings`),
-    `key`   (name of an environment variable holding the engine's API key).
-e.g. `--serve llama3=upstream:http://127.0.0.1:11434/v1?model=llama3.1:8b`
+    `key`   (name of an environment variable holding the engine's API key),
+    `accepts` (`image`: the engine is a vision model, e.g. vLLM or Ollama serving a VLM; the
+            offer then says it reads images and they are passed through).
+e.g. `--serve llama3=upstream:http://127.0.0.1:11434/v1?model=llama3.1:8b`,
+     `--serve vlm=upstream:http://127.0.0.1:8001/v1?model=Qwen/Qwen2-VL-2B-Instruct&accepts=image`
+
+Images travel in OpenAI's shapes, as data URLs: a chat message's images become `image_url`
+parts between its text parts (at the offsets the client placed them), an embedding input
+that is an image becomes its data URL.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import httpx
 import msgspec
 
 from gpupool.model_results import BackendError, EmbedResult, GenDone, TextDelta
-from gpupool.protocol import EmbedPayload, GeneratePayload, ModelOffer
+from gpupool.protocol import ChatMessage, EmbedPayload, GeneratePayload, Image, ModelOffer
 from gpupool.provider.backends.base import Backend, GenEvent
 
 
@@ -41,6 +48,10 @@ class UpstreamBackend(Backend):
         if task not in ("generate", "embeddings"):
             raise ValueError(f"upstream task must be 'generate' or 'embeddings', not {task!r}")
         self.task = task  # type: ignore[assignment]
+        accepts = params.get("accepts", "text")
+        if accepts not in ("text", "image", "text,image"):
+            raise ValueError(f"upstream accepts must be 'image' (a vision engine) or 'text', not {accepts!r}")
+        self.accepts = ["text", "image"] if "image" in accepts else []
         key = os.environ.get(params["key"], "") if "key" in params else ""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=600.0)
@@ -65,6 +76,7 @@ class UpstreamBackend(Backend):
             backend=self.kind,
             description=f"upstream engine model {self.upstream_model!r}",
             dimensions=self._dimensions,
+            accepts=self.accepts,
         )
 
     async def _post(self, path: str, body: dict) -> httpx.Response:
@@ -85,7 +97,7 @@ class UpstreamBackend(Backend):
             return await super().embed(payload, urgent)
         resp = await self._post(
             "/embeddings",
-            {"model": self.upstream_model, "input": payload.inputs, "encoding_format": "float"},
+            {"model": self.upstream_model, "input": embedding_input(payload), "encoding_format": "float"},
         )
         data = resp.json()
         rows = sorted(data["data"], key=lambda d: d["index"])
@@ -121,7 +133,7 @@ class UpstreamBackend(Backend):
             body["stop"] = payload.stop
         if payload.messages:
             path = "/chat/completions"
-            body["messages"] = [msgspec.to_builtins(m) for m in payload.messages]
+            body["messages"] = [openai_message(m) for m in payload.messages]
             if payload.continue_text:
                 # vLLM's (and others') way to extend a partial assistant answer.
                 body["messages"].append({"role": "assistant", "content": payload.continue_text})
@@ -163,3 +175,36 @@ class UpstreamBackend(Backend):
         except httpx.HTTPError as exc:
             raise BackendError("upstream_unreachable", f"upstream engine: {exc}", retryable=True) from exc
         yield GenDone(finish, prompt_tokens, completion_tokens)
+
+
+def data_url(image: Image) -> str:
+    return f"data:{image.media_type};base64," + base64.b64encode(image.data).decode()
+
+
+def openai_message(m: ChatMessage) -> dict:
+    """A message in OpenAI's shape: plain content, or text and image_url parts in the client's order."""
+    out: dict = {"role": m.role, "content": m.content}
+    if m.name:
+        out["name"] = m.name
+    if m.images:
+        parts: list[dict] = []
+        at = 0
+        for image in sorted(m.images, key=lambda i: len(m.content) if i.at < 0 else i.at):
+            cut = len(m.content) if image.at < 0 else min(image.at, len(m.content))
+            if cut > at:
+                parts.append({"type": "text", "text": m.content[at:cut]})
+                at = cut
+            parts.append({"type": "image_url", "image_url": {"url": data_url(image)}})
+        if at < len(m.content):
+            parts.append({"type": "text", "text": m.content[at:]})
+        out["content"] = parts
+    return out
+
+
+def embedding_input(payload: EmbedPayload) -> list[str]:
+    """The inputs with each image in its slot as a data URL (text inputs as they are)."""
+    inputs = list(payload.inputs)
+    for image in payload.images:
+        if 0 <= image.at < len(inputs):
+            inputs[image.at] = data_url(image)
+    return inputs

@@ -1,0 +1,70 @@
+"""The simulator against the live network: one small network run on real processes and simulated.
+
+    .venv/bin/python bench/sim_live/run.py                  # ~2 min; bench/results/sim_live.json
+    .venv/bin/python bench/sim_live/run.py --seconds 30 --rate 8
+
+12 echo providers in 3 regions behind delaying TCP relays (5, 25, 60 ms one way), one
+crashed mid-run, one cheater (its audits fail; the gateway suspends it), Poisson streamed
+chat; then the same arrivals in `gpupool.sim.Day` with what was measured (link RTTs as
+the gateway measured them, backend time per token, the path's fixed overhead and noise:
+tests/integration/sim_live.py). Target (issue 19): p50, p99 within 15%, and each
+provider's share of the requests served within 15% (reported as the absolute gap in
+share, and the total variation distance between the two distributions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))
+
+from common import print_table, write_json  # noqa: E402
+from tests.integration.sim_live import Spec, agreement, run_live, run_sim  # noqa: E402
+
+TARGET = 0.15
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=60.0, help="seconds of load after calibration")
+    ap.add_argument("--rate", type=float, default=8.0, help="requests per second")
+    ap.add_argument("--seed", type=int, default=5)
+    args = ap.parse_args()
+    spec = Spec(seconds=args.seconds, rate=args.rate, seed=args.seed)
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as home:
+        live = run_live(Path(home), spec)
+    sim = run_sim(spec, live)
+    rows, gaps = agreement(spec, live, sim)
+    print_table(["measure", "live", "sim", "gap"], [[r["measure"], r["live"], r["sim"], r["gap"]] for r in rows],
+                title=f"live vs simulated: {len(live.sent) - spec.calibration} requests at {spec.rate:g}/s "
+                      f"after {spec.calibration} calibration requests")
+    model = {"overhead_s": round(live.overhead_s, 4), "per_token_s": round(live.per_token_s, 5),
+             "service_sigma": round(live.sigma, 3), "rtt_s": [round(r, 4) for r in live.rtt],
+             "crash_t": round(live.crash_t, 2), "suspended_live": live.suspended,
+             "suspended_sim": sorted({i for _, i, _ in sim.trust.suspensions})}
+    print("measured path model:", model)
+    met = {"p50": gaps["p50_s"] <= TARGET, "p99": gaps["p99_s"] <= TARGET,
+           "shares": max(v for k, v in gaps.items() if k.startswith("share p")) <= TARGET}
+    print(f"share total variation distance {gaps['share_total_variation']:.3f}; targets (<= {TARGET:.0%}): "
+          + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items()))
+    print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}; "
+          f"wall {time.perf_counter() - t0:.0f} s")
+    path = write_json("sim_live", {"spec": dataclasses.asdict(spec),
+                                   "rows": rows, "gaps": gaps, "targets_met": met, "model": model,
+                                   "load_average": [load_before[0], os.getloadavg()[0]],
+                                   "live": dataclasses.asdict(live)})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+"""The simulator against real processes: one small network, run live and then simulated.
+
+    spec = Spec(seconds=60, rate=8)
+    live = run_live(tmp_path, spec)        # real gateway, 12 echo providers behind delaying relays, a checker
+    sim = run_sim(spec, live)              # the same arrivals through gpupool.sim.Day
+    rows, gaps = agreement(live, sim)      # p50, p99 and each provider's share, live vs simulated
+
+The network: 12 providers in 3 regions, each region behind a TCP relay that delays every
+byte by the region's one-way delay (nothing tells the gateway: it measures RTTs by ping);
+echo backends that take `ms_per_token` per word; one provider is killed mid-run (a
+crash: its streams break and continue elsewhere); one cheats (a raw checker fails its
+audits softly, as a checker would for a smaller model) and is suspended by the gateway.
+
+The simulator gets only what was measured, not fitted to the answer: the relays' delays,
+each backend's time per token, and the request path's fixed and per-token overheads
+(gateway, client, asyncio timers), measured by a calibration phase of one request at a
+time before the load; the same calibration requests also run in the simulation (they
+teach both routers their first speeds) and are left out of the comparison. Arrivals,
+prompt lengths, the crash time and the cheater are the same in both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import openai
+
+from gpupool.devnet import Network
+from gpupool.sim import geo
+from gpupool.sim.day import STREAM, Day, DayResult
+from gpupool.sim.earth import STRATEGIES, Earth
+from gpupool.sim.scenario import Cheaters, Churn, Demand, Policies, Scenario
+from tests.integration.test_audits import judge_jobs, raw_checker
+
+RELAY = Path(__file__).with_name("delay_relay.py")
+REGION_DELAY_MS = {"us-east": 5.0, "eu-west": 25.0, "ap-northeast": 60.0}  # one way
+MS_PER_TOKEN = (20.0, 30.0, 40.0, 60.0)  # the 4 providers of each region: few, slow tokens keep the CPU idle
+CONCURRENCY = 2
+MAX_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class Spec:
+    seconds: float = 20.0  # of load, after calibration
+    rate: float = 8.0  # requests per second (Poisson)
+    words_median: int = 8  # prompt = answer length (echo), lognormal, 2..24
+    calibration: int = 40  # requests one at a time, before the load
+    crash_at: float = 0.5  # share of the load's duration at which provider `crash` is killed
+    crash: int = 1  # index into the providers (region-major)
+    cheater: int = 0  # the fastest near one: both runs send it work at once, so both must suspend it
+    seed: int = 5
+
+    def providers(self) -> list[tuple[str, float, float]]:
+        """(region, one-way delay s, s per token) per provider."""
+        return [(r, d / 1000, ms / 1000) for r, d in REGION_DELAY_MS.items() for ms in MS_PER_TOKEN]
+
+
+@dataclass
+class Live:
+    sent: list[float] = field(default_factory=list)  # seconds since the calibration began
+    latency: list[float] = field(default_factory=list)  # NaN: failed
+    provider: list[int] = field(default_factory=list)  # -1: failed
+    words: list[int] = field(default_factory=list)
+    crash_t: float = math.nan
+    overhead_s: float = 0.0  # measured: fixed part of the request path
+    per_token_s: float = 0.0  # measured: what each token costs beyond the backend's sleep
+    sigma: float = 0.0  # measured: spread of the calibration's service times (lognormal)
+    suspended: list[int] = field(default_factory=list)
+    rtt: list[float] = field(default_factory=list)  # measured by the gateway, per provider
+    wall_s: float = 0.0
+
+
+def _words(spec: Spec, rng: random.Random) -> int:
+    return int(min(max(round(spec.words_median * math.exp(rng.gauss(0, 0.6))), 2), 24))
+
+
+async def _ask(client: openai.AsyncOpenAI, n: int, index: dict[str, int]) -> tuple[float, int]:
+    prompt = " ".join(f"w{k}" for k in range(n))
+    t0 = time.perf_counter()
+    try:
+        async with client.chat.completions.with_streaming_response.create(
+                model="echo", messages=[{"role": "user", "content": prompt}], stream=True,
+                max_tokens=MAX_TOKENS) as resp:
+            node = resp.headers.get("x-gpupool-provider", "")
+            async for _ in await resp.parse():
+                pass
+        return time.perf_counter() - t0, index.get(node, -1)
+    except openai.APIError:
+        return math.nan, -1
+
+
+async def _drive(net: Network, spec: Spec, live: Live, index: dict[str, int]) -> None:
+    rng = random.Random(spec.seed)
+    cheater_id = next(k for k, v in index.items() if v == spec.cheater)
+    checker = net.checker_identity("checker")
+    ws = await raw_checker(net, checker, ["echo"])
+    judge = asyncio.create_task(judge_jobs(ws, checker, lambda job: job.receipt.node_id != cheater_id, [],
+                                           hard=False))
+    client = openai.AsyncOpenAI(base_url=net.gateway_url + "/v1", api_key=net.dev_key(), timeout=30,
+                                max_retries=0)
+    t0 = time.perf_counter()
+    try:
+        # Calibration: one at a time (nothing queues), so each latency is path + service.
+        for _ in range(spec.calibration):
+            n = _words(spec, rng)
+            live.sent.append(time.perf_counter() - t0)
+            lat, who = await _ask(client, n, index)
+            live.latency.append(lat)
+            live.provider.append(who)
+            live.words.append(n)
+        start = time.perf_counter() - t0 + 0.5
+        at, plan = start, []
+        while at < start + spec.seconds:
+            at += rng.expovariate(spec.rate)
+            plan.append((at, _words(spec, rng)))
+        live.crash_t = start + spec.crash_at * spec.seconds
+
+        async def one(k: int, at: float, n: int) -> None:
+            await asyncio.sleep(max(0.0, at - (time.perf_counter() - t0)))
+            live.sent[k] = time.perf_counter() - t0
+            live.latency[k], live.provider[k] = await _ask(client, n, index)
+
+        async def crash() -> None:
+            await asyncio.sleep(max(0.0, live.crash_t - (time.perf_counter() - t0)))
+            live.crash_t = time.perf_counter() - t0
+            net.kill_provider(net.providers[spec.crash])
+
+        base = len(live.sent)
+        live.sent += [at for at, _ in plan]
+        live.latency += [math.nan] * len(plan)
+        live.provider += [-1] * len(plan)
+        live.words += [n for _, n in plan]
+        await asyncio.gather(crash(), *(one(base + k, at, n) for k, (at, n) in enumerate(plan)))
+    finally:
+        judge.cancel()
+        await ws.close()
+        await client.close()
+
+
+def _measure_path(spec: Spec, live: Live) -> None:
+    """Fixed and per-token overheads of the request path and the spread of service times, from
+    the calibration: a robust line (Theil-Sen) through latency - link RTT - backend sleeps
+    against the number of tokens (one slow first request, a connection being set up, or a
+    moment of a busy machine must not tilt it)."""
+    provs = spec.providers()
+    pts = [(float(live.words[k]), live.latency[k] - live.rtt[i] - live.words[k] * provs[i][2], provs[i][2])
+           for k in range(spec.calibration)
+           if (i := live.provider[k]) >= 0 and not math.isnan(live.latency[k])]
+    slopes = [(y2 - y1) / (x2 - x1) for a, (x1, y1, _) in enumerate(pts) for x2, y2, _ in pts[a + 1:] if x2 != x1]
+    live.per_token_s = max(float(np.median(slopes)), 0.0) if slopes else 0.0
+    live.overhead_s = max(float(np.median([y - live.per_token_s * x for x, y, _ in pts])), 0.0)
+    # The rest is the service time's own noise, as a lognormal sigma (median absolute deviation).
+    resid = np.array([math.log(max(x * (spt + live.per_token_s) + y - live.overhead_s - live.per_token_s * x, 1e-3)
+                               / (x * (spt + live.per_token_s))) for x, y, spt in pts])
+    live.sigma = float(np.median(np.abs(resid - np.median(resid))) * 1.4826)
+
+
+def run_live(home: Path, spec: Spec) -> Live:
+    live = Live()
+    relays: list[subprocess.Popen[bytes]] = []
+    net = Network(home)
+    t0 = time.perf_counter()
+    try:
+        net.start_gateway(extra=["--ping-interval-s", "0.25"])
+        port = int(net.gateway_url.rsplit(":", 1)[1])
+        relay_port = {}
+        for r, delay in REGION_DELAY_MS.items():
+            relay_port[r] = _free_port()
+            relays.append(subprocess.Popen([sys.executable, str(RELAY), str(relay_port[r]), "127.0.0.1", str(port),
+                                            str(delay)], stdout=subprocess.PIPE))
+            assert relays[-1].stdout is not None and b"ready" in relays[-1].stdout.readline()
+        for region, _, spt in spec.providers():
+            net.start_provider([f"echo=echo:chat?delay_ms={spt * 1000:g}"], region=region,
+                               max_concurrency=CONCURRENCY, gateways=[f"ws://127.0.0.1:{relay_port[region]}"])
+        net.wait_for_models({"echo": len(spec.providers())}, timeout=90)
+        ids = [p.node_id for p in net.providers]
+        index = {node: k for k, node in enumerate(ids)}
+        live.rtt = _measure_rtts(net, spec, index)
+        asyncio.run(_drive(net, spec, live, index))
+        live.suspended = [index[r["node_id"]] for r in net.admin("/admin/audits")
+                          if r.get("suspended") and r["node_id"] in index]
+    finally:
+        net.stop(timeout=10)
+        for r in relays:
+            r.kill()
+            r.wait()
+    live.wall_s = time.perf_counter() - t0
+    _measure_path(spec, live)
+    return live
+
+
+def _measure_rtts(net: Network, spec: Spec, index: dict[str, int], timeout: float = 30) -> list[float]:
+    """Each link's RTT as the gateway measures it by ping (it is told nothing): the median of
+    a few polls once all are known and at least the relay's round trip. On a busy machine
+    this is above twice the relay's delay (the relay's and the peers' event loops wait for
+    a core too), and it is what the simulator is given as the link's RTT."""
+    provs = spec.providers()
+    deadline = time.monotonic() + timeout
+    polls: list[dict[int, float]] = []
+    while len(polls) < 5:
+        rtts = {index[p["node_id"]]: p["rtt_ms"] for p in net.admin("/admin/providers") if p["node_id"] in index}
+        if len(rtts) == len(provs) and all(r is not None and r >= 2 * provs[i][1] * 1000 * 0.8
+                                           for i, r in rtts.items()):
+            polls.append(rtts)
+        elif time.monotonic() > deadline:
+            raise AssertionError(f"RTTs never settled near the relays' delays: {rtts}")
+        time.sleep(0.5)
+    return [float(np.median([p[i] for p in polls])) / 1000 for i in range(len(provs))]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_sim(spec: Spec, live: Live) -> DayResult:
+    """The same network and arrivals in the simulator, with the path model measured live."""
+    provs = spec.providers()
+    n, m = len(provs), len(live.sent)
+    end = max(live.sent) + 60
+    sc = dataclasses.replace(
+        Scenario(), name="sim-live", seed=spec.seed, providers=n, requests=m, hours=end / 3600,
+        gateways={"us-east": "washington"},
+        churn=Churn(step_s=end),
+        demand=Demand(region_share={"us-east": 1.0}, mix={"chat_stream": 1.0}, max_output_tokens=MAX_TOKENS,
+                      chat_output_median=spec.words_median, bursts=()),
+        cheaters=Cheaters(share=1 / n, strategies={"smaller_model": 1.0}, detect={"smaller_model": 1.0},
+                          honest_false_positive=0.0),
+        # The live router refreshes its prior every 2 s (gateway/dispatch/router.py) and the raw checker
+        # answers at once; nothing is hedged (streams) and there is no batch work.
+        policies=Policies(prior_refresh_s=2.0, audit_delay_s=0.05, hedge_percentile=0.0, batch_tick_s=end))
+    tokens_s = np.array([1 / (spt + live.per_token_s) for _, _, spt in provs])
+    strategy = np.zeros(n, dtype=np.int8)
+    strategy[spec.cheater] = STRATEGIES.index("smaller_model")
+    # The simulator serves a cheated answer twice as fast (a smaller model); the live cheater is an
+    # honest echo whose audits fail, so its simulated speed is halved to give the same service time.
+    tokens_s[spec.cheater] *= 0.5
+    leave = np.full((1, n), np.inf)
+    leave[0, spec.crash] = live.crash_t
+    city = np.full(n, geo.city("washington"))
+    ones = np.ones(n)
+    words = np.array(live.words, dtype=np.int64)
+    earth = Earth(
+        sc, n, city, np.full(n, geo.REGIONS.index("us-east")), np.zeros(n, int), np.zeros(n, bool),
+        ones * 1e9, tokens_s, ones * 1e3, np.full(n, CONCURRENCY), np.zeros(n, np.int64), np.zeros(n, np.int64),
+        np.zeros(n, np.int64), np.zeros(n), ones * 0.1, ones * 100, ones * 10, strategy,
+        np.array([live.rtt]), 1, np.ones((1, n), bool), leave,
+        np.array([[k == spec.crash for k in range(n)]]),
+        np.array(live.sent), np.zeros(m, np.int16), np.full(m, city[0], np.int32), np.full(m, STREAM, np.int8),
+        words, words, np.full(m, live.overhead_s), gateways=("us-east",), gw_city=city[:1],
+        service_sigma=live.sigma, straggler_p=0.0)
+    return Day(earth).run()
+
+
+def agreement(spec: Spec, live: Live, sim: DayResult) -> tuple[list[dict[str, object]], dict[str, float]]:
+    """Rows for a table (p50, p99, each provider's share; live, sim, gap) and the gaps by name."""
+    skip = spec.calibration
+    lat_l = np.array(live.latency[skip:])
+    lat_s = sim.pool_latency[skip:].astype(float)
+    rows: list[dict[str, object]] = []
+    gaps: dict[str, float] = {}
+
+    def row(name: str, a: float, b: float, relative: bool = True) -> None:
+        gap = abs(b - a) / a if relative and a else abs(b - a)
+        rows.append({"measure": name, "live": round(a, 4), "sim": round(b, 4), "gap": round(gap, 4)})
+        gaps[name] = gap
+
+    for q in (50, 99):
+        row(f"p{q}_s", float(np.nanpercentile(lat_l, q)), float(np.nanpercentile(lat_s, q)))
+    row("failed_share", float(np.isnan(lat_l).mean()), float(np.isnan(lat_s).mean()), relative=False)
+    who_l = np.array(live.provider[skip:])
+    who_s = sim.served_by[skip:]
+    n = len(spec.providers())
+    share_l = np.bincount(who_l[who_l >= 0], minlength=n) / max(1, (who_l >= 0).sum())
+    share_s = np.bincount(who_s[who_s >= 0], minlength=n) / max(1, (who_s >= 0).sum())
+    for i, (region, _, spt) in enumerate(spec.providers()):
+        tag = " (crashed)" if i == spec.crash else " (cheater)" if i == spec.cheater else ""
+        row(f"share p{i} {region} {spt * 1000:g}ms/tok{tag}", float(share_l[i]), float(share_s[i]), relative=False)
+    gaps["share_total_variation"] = float(np.abs(share_l - share_s).sum() / 2)
+    return rows, gaps

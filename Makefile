@@ -47,7 +47,7 @@ test: $(STAMP) $(ANVIL) $(CHROMIUM)
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-.PHONY: bench-overhead bench-streaming bench-routing bench-policies bench-ledger bench-scale
+.PHONY: bench-overhead bench-streaming bench-routing bench-policies bench-ledger bench-scale bench-failover
 bench-overhead: $(STAMP)
 	$(PY) bench/overhead/run.py
 bench-streaming: $(STAMP)
@@ -60,6 +60,8 @@ bench-ledger: $(STAMP)
 	$(PY) bench/ledger/run.py
 bench-scale: $(STAMP)
 	$(PY) bench/scale/run.py
+bench-failover: $(STAMP)
+	$(PY) bench/failover/run.py
 
 .PHONY: bench-images
 bench-images: $(STAMP)

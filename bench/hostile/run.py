@@ -77,6 +77,9 @@ _reexec_for_src()
 need_gpupool()
 
 from attacks import ATTACKS, Target  # noqa: E402
+from provider_attacks import PROVIDER_ATTACKS  # noqa: E402
+
+ATTACKS = {**ATTACKS, **PROVIDER_ATTACKS}  # issue 18's provider-side attacks run after the others
 
 from gpupool.devnet import Network  # noqa: E402
 

@@ -84,6 +84,10 @@ class GatewaySettings:
     stream_continuation: bool = _opt(True, "continue a stream on another provider if its provider is lost")
     first_byte_timeout_s: float = _opt(30.0, "upper bound on waiting for a provider's first token "
                                        "before trying another")
+    stream_stall_factor: float = _opt(8.0, "a stream silent for this many times its measured gap between tokens "
+                                      "is continued on another provider, as a dropped one is (0: never)")
+    stream_stall_min_s: float = _opt(1.0, "never call a stream (or a provider with work in flight) stalled before "
+                                     "this many seconds of silence")
     breaker_failures: int = _opt(5, "consecutive failures that open a provider's circuit breaker")
     breaker_cooldown_s: float = _opt(10.0, "time an open breaker waits before a half-open probe")
     receipt_verify_rate: float = _opt(0.1, "share of receipt signatures checked inline (1.0 = all); "

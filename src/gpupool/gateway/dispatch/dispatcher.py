@@ -32,6 +32,7 @@ from gpupool.gateway.dispatch.router import LiveRouter, TrustView
 from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.peers.session import Event, ProviderLost, ProviderSession
 from gpupool.gateway.probes import note_routing
+from gpupool.gateway.dispatch.stalls import PoolStalled, SilenceWatch, give_up_on
 from gpupool.gateway.dispatch.tries import Tries
 from gpupool.gateway.payload_size import PayloadSize
 from gpupool.routing.options import DEFAULT_ROUTE, RouteOptions
@@ -69,6 +70,20 @@ class Dispatcher:
         hub.listeners.left.append(self.router.forget_if_crowded)
         self.settings = settings
         self.rng = rng or random.Random()
+        self.silence = SilenceWatch(hub, self.router, settings, self.cancel)
+
+    def start(self) -> None:
+        self.silence.start()
+
+    async def close(self) -> None:
+        await self.silence.close()
+
+    def give_up_if_silent(self, session: ProviderSession, silent_s: float) -> None:
+        """One of `session`'s streams went silent: if nothing at all came from the provider for as
+        long, its other requests are stuck too (a stopped process): move them now, not one by one."""
+        if (not session.closed and not self.router.is_silent(session) and session.channels
+                and time.monotonic() - session.last_seen >= silent_s):
+            give_up_on(self.router, session, f"silent for {silent_s:.1f}s with streams open", self.cancel)
 
     def check_signature(self) -> bool:
         return self.rng.random() < self.settings.receipt_verify_rate
@@ -76,12 +91,12 @@ class Dispatcher:
     # ------------------------------------------------------------ one attempt
 
     def choose(self, request_id: str, model: str, payload: Payload, tries: Tries, route: RouteOptions,
-               stream: bool, serving: list[ProviderSession] | None = None) -> ProviderSession:
+               stream: bool, serving: list[ProviderSession] | None = None, hedge: bool = False) -> ProviderSession:
         try:
             if tries.exhausted(self.settings.max_attempts):
                 raise tries.error(model)
             session = self.router.choose(request_id, model, payload, time.monotonic(), self.rng, route, tries,
-                                         stream, serving)
+                                         stream, serving, hedge)
         except errors.GpupoolError:
             if tries.client_faults:  # nobody else to ask: the provider's word is all there is
                 raise tries.client_fault_error() from None
@@ -205,11 +220,17 @@ class Dispatcher:
 
     async def complete(self, request_id: str, model: str, payload: Payload, deadline: float,
                        route: RouteOptions = DEFAULT_ROUTE,
-                       serving: list[ProviderSession] | None = None) -> Outcome:
-        """`serving`: the request's serving set if the caller looked it up already (`router.serving`)."""
+                       serving: list[ProviderSession] | None = None, lane_after_s: float | None = None) -> Outcome:
+        """`serving`: the request's serving set if the caller looked it up already (`router.serving`).
+        `lane_after_s`: a fallback lane could take this request. When the hedge is due and no other
+        provider can take the copy, the lane is the hedge: once this many seconds have passed since
+        the start (the streams' first-token budget), `PoolStalled` hands the request to it instead of
+        waiting for the deadline."""
         tries = Tries()
         running: dict[asyncio.Task[Outcome | None], ProviderSession] = {}
-        hedged = False
+        hedged = not self.settings.hedging
+        started = time.monotonic()
+        lane_at: float | None = None  # when the lane takes over (set once the hedge found nobody)
         try:
             async with asyncio.timeout_at(loop_deadline(deadline)):
                 while True:
@@ -220,19 +241,26 @@ class Dispatcher:
                                               serving=serving)
                         running[self._start(session, request_id, model, payload, deadline, tries)] = session
                     wait_s = None
-                    if not hedged and self.settings.hedging and len(running) == 1:
+                    if not hedged and len(running) == 1:
                         (first_session,) = running.values()
                         wait_s = self.router.hedge_delay(first_session, model, payload, route)
                         if wait_s is not None:
                             # Leave a second copy half of the time that is left, whatever the estimate.
                             left = deadline - time.monotonic()
                             wait_s = min(wait_s, max(self.settings.hedge_min_s, left / 2))
+                    elif lane_at is not None:
+                        wait_s = max(0.0, lane_at - time.monotonic())
                     finished, _ = await asyncio.wait(running, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
                     if not finished:
+                        if lane_at is not None:
+                            raise PoolStalled(f"no answer from the pool within {lane_after_s:.1f}s and no other "
+                                              "provider to hedge on")
                         hedged = True  # slower than expected: send a second copy elsewhere
                         try:
-                            session = self.choose(request_id, model, payload, tries, route, stream=False)
+                            session = self.choose(request_id, model, payload, tries, route, stream=False, hedge=True)
                         except errors.GpupoolError:
+                            if lane_after_s is not None:
+                                lane_at = started + lane_after_s  # the lane is the hedge
                             continue  # nobody else to ask: keep waiting for the first
                         note_routing("hedge")
                         running[self._start(session, request_id, model, payload, deadline, tries)] = session

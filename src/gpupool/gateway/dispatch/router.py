@@ -85,6 +85,7 @@ class ProviderRecord:
     # request id -> (expected service seconds, sent while every slot was busy)
     pending: dict[str, tuple[float, bool]] = field(default_factory=dict)
     backlog_s: float = 0.0
+    proven: bool = False  # has answered at least one request of ours
 
 
 class LiveRouter:
@@ -99,6 +100,9 @@ class LiveRouter:
         self._prior_at = 0.0
         self._pool_gflops = 0.0  # median verified GFLOP/s of connected providers; 0 = none proved
         self.rng = random.Random()
+        # Node id -> its session's last_seen when it was found silent (dispatch/stalls.py): routing
+        # skips it until a newer frame arrives. Only connected nodes: dropped when they leave.
+        self.silent: dict[str, float] = {}
 
     def serving(self, model: str, within: tuple[int, int] | None = None, images: bool = False) -> Serving:
         """Who may take a request for `model` now: a request looks this up once, at its start.
@@ -168,6 +172,7 @@ class LiveRouter:
     def forget_if_crowded(self, _left: ProviderSession) -> None:
         """A provider left (hub listener): past the bound, forget what was learned about absent nodes,
         since fresh keys cost nothing."""
+        self.silent.pop(_left.node_id, None)
         if len(self.records) > MAX_ROUTER_RECORDS:
             for node_id in [n for n in self.records if n not in self.hub.sessions]:
                 del self.records[node_id]
@@ -206,7 +211,7 @@ class LiveRouter:
             provider_id=session.node_id,
             in_flight=len(session.channels),
             max_concurrency=session.offer.max_concurrency,
-            draining=session.draining or session.closed,
+            draining=session.draining or session.closed or self.is_silent(session),
             region=session.offer.region,
             rtt_s=session.rtt_s,
             # Work the provider holds beyond ours (e.g. other gateways'), from its load report.
@@ -224,10 +229,12 @@ class LiveRouter:
 
     def choose(self, request_id: str, model: str, payload: Payload, now: float, rng: random.Random,
                options: RouteOptions, tries: Tries, stream: bool,
-               serving: list[ProviderSession] | None = None) -> ProviderSession:
+               serving: list[ProviderSession] | None = None, hedge: bool = False) -> ProviderSession:
         """`serving`: the request's serving set, looked up once at its start (`serving(model)`, narrowed
         by `shortlist`); later tries (failover, hedge, a continued stream) take its untried ones first,
-        then draw again among providers whose prices its hold covers (`Tries.serving`)."""
+        then draw again among providers whose prices its hold covers (`Tries.serving`). `hedge`: a copy
+        for a request that one provider is sitting on goes to a provider that has answered before, if
+        any can take it (a new one is as likely to be one more that sits on work)."""
         if serving is not None and tries.serving is None:
             tries.serving = serving
         first = tries.serving
@@ -237,6 +244,13 @@ class LiveRouter:
         else:
             within = first.price_cap() if isinstance(first, Serving) else None
             sessions = self.serving(model, within, images=image_count(payload) > 0)
+        if hedge:
+            proven = [s for s in sessions if self.record(s.node_id).proven and s.node_id not in tries.tried]
+            if not proven and untried:  # none in the request's own set: any its hold covers
+                within = first.price_cap() if isinstance(first, Serving) else None
+                proven = [s for s in self.serving(model, within, images=image_count(payload) > 0)
+                          if self.record(s.node_id).proven and s.node_id not in tries.tried]
+            sessions = proven or sessions
         if not sessions and not tries.tried:
             if model in self.hub.known_models:
                 raise errors.NoProvider(f"no provider is serving {model!r} right now; retry later")
@@ -300,6 +314,7 @@ class LiveRouter:
         waited = self._settle(session, request_id)
         rec = self.record(session.node_id)
         rec.breaker = breakers.record_success(rec.breaker, now)
+        rec.proven = True
         usage = done.receipt.usage
         if isinstance(payload, EmbedPayload):
             sample = SpeedSample(elapsed_s, rtt_s=session.rtt_s or 0.0, items=len(payload.inputs), waited=waited)
@@ -327,7 +342,29 @@ class LiveRouter:
         """We stopped waiting (client gone, deadline, another copy won): no verdict on the provider."""
         self._settle(session, request_id)
 
+    # ------------------------------------------------------------ silence
+
+    def mark_silent(self, session: ProviderSession) -> None:
+        self.silent[session.node_id] = session.last_seen
+
+    def is_silent(self, session: ProviderSession) -> bool:
+        """Found silent and not heard from since (any frame, a Pong included, lifts it)."""
+        marked = self.silent.get(session.node_id)
+        if marked is None:
+            return False
+        if session.last_seen > marked or session.closed:
+            del self.silent[session.node_id]
+            return False
+        return True
+
     # ------------------------------------------------------------ timing decisions
+
+    def token_gap(self, session: ProviderSession, model: str) -> float | None:
+        """Seconds between tokens this provider was measured at for `model` (None: not measured)."""
+        speed = self.record(session.node_id).speed.get(model)
+        if speed is None or speed.samples == 0 or speed.decode_tps <= 0:
+            return None
+        return 1.0 / speed.decode_tps
 
     def hedge_delay(self, session: ProviderSession, model: str, payload: Payload, options: RouteOptions) -> float | None:
         request = self.route_request(model, payload, options, stream=False)

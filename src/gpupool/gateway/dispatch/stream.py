@@ -7,7 +7,10 @@
   a provider far slower to its first token than it should be counts as stalled.
 - A provider lost after chunks were sent is replaced by another that continues the
   text (`continue_text`), so the client sees one uninterrupted stream; the final
-  chunk says so in its `gpupool` metadata.
+  chunk says so in its `gpupool` metadata. So is one that goes silent mid-answer for
+  `stream_stall_factor` times its measured gap between tokens (at least
+  `stream_stall_min_s`): its run is cancelled, and if its whole session went quiet the
+  provider's other requests move too (`dispatch/stalls.py`).
 - The answer must match its receipt (`Dispatcher.receipt_ok`), as for
   non-streaming requests.
 - Leaving early (deadline, client gone) cancels the work at the provider.
@@ -29,6 +32,7 @@ from gpupool.gateway.dispatch.tries import Tries
 from gpupool.gateway.peers.session import Event, ProviderSession
 from gpupool.gateway.probes import note_routing
 from gpupool.routing.options import DEFAULT_ROUTE, RouteOptions
+from gpupool.routing.stall import mean_gap_s, silence_limit_s
 from gpupool.protocol import Chunk, Done, Fail, GeneratePayload, Payload, Run
 
 log = logging.getLogger("gpupool.gateway.stream")
@@ -102,7 +106,7 @@ async def _await_first(dispatcher: Dispatcher, session: ProviderSession, channel
 
 @dataclass
 class _Stalled:
-    pass
+    limit_s: float = 0.0  # the silence that ended the wait
 
 
 class Stream:
@@ -134,6 +138,9 @@ class Stream:
         self._started = sent_at
         self._first_at: float | None = time.monotonic() - sent_at  # dispatch to first event
         self.pace_s = 0.0
+        # When this provider's first and last chunks came (with run_chunks: its gap between tokens).
+        self._gap_from: float | None = None
+        self._gap_last: float | None = None
 
     @property
     def attempts(self) -> int:
@@ -155,7 +162,7 @@ class Stream:
         try:
             async with asyncio.timeout_at(loop_deadline(self.deadline)):
                 while True:
-                    event = self._first or await self._channel.get()
+                    event = self._first or await self._next_event()
                     self._first = None
                     if isinstance(event, Chunk):
                         # Under load several chunks are already waiting: send them as one
@@ -170,6 +177,7 @@ class Stream:
                         text = "".join(pieces)
                         self._chunks += len(pieces)
                         self.run_chunks += len(pieces)
+                        self._note_chunk()
                         sent.append(text)
                         mine.append(text)
                         yield text
@@ -186,6 +194,14 @@ class Stream:
                         self.text = "".join(sent)
                         self.answer_text = part
                         return
+                    elif isinstance(event, _Stalled):
+                        reason = f"stalled mid-stream: no token for {event.limit_s:.1f}s"
+                        self.session.close_channel(self._run_id)
+                        self._dispatcher.cancel(self.session, self._run_id)
+                        self._dispatcher.router.on_failure(self.session, self._run_id, reason)
+                        self._dispatcher.give_up_if_silent(self.session, event.limit_s)
+                        await self._continue_elsewhere("".join(sent), self._chunks, reason)
+                        mine = []
                     else:
                         reason = (f"{event.code}: {event.message}" if isinstance(event, Fail)
                                   else f"provider lost ({event.reason})")
@@ -198,6 +214,30 @@ class Stream:
             raise errors.Timeout("the stream did not finish before the deadline") from None
         finally:
             await self.aclose()
+
+    def _note_chunk(self) -> None:
+        now = time.monotonic()
+        if self._gap_from is None:
+            self._gap_from = now
+        self._gap_last = now
+
+    async def _next_event(self) -> Event | _Stalled:
+        """The next event, or _Stalled once the provider has been silent far longer than its pace."""
+        settings = self._dispatcher.settings
+        if settings.stream_stall_factor <= 0 or not settings.stream_continuation:
+            return await self._channel.get()  # nothing could take over: wait as long as the deadline allows
+        gap = mean_gap_s(self._gap_from, self._gap_last, self.run_chunks)
+        if gap is None:
+            gap = self._dispatcher.router.token_gap(self.session, self.model)
+        limit = silence_limit_s(gap, settings.stream_stall_factor, settings.stream_stall_min_s)
+        try:
+            return await asyncio.wait_for(self._channel.get(), limit)
+        except TimeoutError:
+            # Our own loop may have been too busy to hand over frames that already came: look once more.
+            await asyncio.sleep(0)
+            if not self._channel.empty():
+                return self._channel.get_nowait()
+            return _Stalled(limit)
 
     async def _continue_elsewhere(self, text_so_far: str, pieces: int, reason: str) -> None:
         """Hand the stream to another provider that continues from `text_so_far`."""
@@ -222,6 +262,7 @@ class Stream:
                                         f"{exc.message}") from None
         log.info("stream %s continued on %s after: %s", self.request_id, session.node_id[:12], reason)
         self.session, self._channel, self._first = session, channel, first
+        self._gap_from = self._gap_last = None
         self.providers.append(session.node_id)
         self._started = sent_at
         self._first_at = time.monotonic() - sent_at

@@ -39,6 +39,7 @@ from starlette.responses import Response
 
 from gpupool import errors
 from gpupool.config import GatewaySettings
+from gpupool.gateway.dispatch.stalls import PoolStalled
 from gpupool.gateway.edge import openai_api
 from gpupool.gateway.money.billing import Billing, Hold
 from gpupool.gateway.payload_size import PayloadSize
@@ -65,11 +66,6 @@ PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings
 
 
 # ---------------------------------------------------------------- the pool's failure, the request's needs
-
-
-class PoolStalled(errors.Timeout):
-    """A stream had no first token from the pool within the fallback budget (never reaches a client
-    unless no lane could serve either)."""
 
 
 def pool_failure_reason(exc: BaseException, pool_live: bool) -> str | None:
@@ -173,6 +169,11 @@ class Fallbacks:
         if plan is None:
             return deadline
         return pool_deadline(time.monotonic(), deadline, self.settings.fallback_reserve_s)
+
+    def lane_after_s(self, plan: Plan | None) -> float | None:
+        """With a plan, how long a non-streaming request waits on a stalled provider that nobody else
+        can hedge before the lane becomes the hedge (`Dispatcher.complete`): the streams' budget."""
+        return None if plan is None else self.settings.fallback_first_token_budget_s
 
     async def first_event(self, plan: Plan | None, deadline: float, opening: Awaitable[T]) -> T:
         """Await a stream's opening (its first token); with a plan, only for the first-token budget."""

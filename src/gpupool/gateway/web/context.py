@@ -156,6 +156,7 @@ class Gateway:
         await hub.start()  # what was served before this start (restart grace)
         await self.billing.start([k["account"] for k in await self.store.list_keys()])
         self.canaries.start()
+        self.dispatcher.start()  # the watch for providers gone silent with work in flight
         await self.batches.start()
         await self.gateways.start()
 
@@ -165,6 +166,7 @@ class Gateway:
             await self.settlement_keys.close()
         await self.batches.close()  # before billing closes: its last charges settle with the rest
         await self.canaries.close()
+        await self.dispatcher.close()
         try:
             await self.billing.close()  # providers are still connected to sign the last receipts
         except Exception:  # noqa: BLE001 - the ledger unreachable: a restart returns the reserves

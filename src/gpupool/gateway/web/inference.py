@@ -82,7 +82,7 @@ class Call:
         try:
             return await until_disconnect(request.receive, gw.dispatcher.complete(
                 self.rid, self.model, self.payload, gw.fallbacks.pool_deadline(self.plan, self.deadline), self.route,
-                self.serving))
+                self.serving, lane_after_s=gw.fallbacks.lane_after_s(self.plan)))
         except errors.GpupoolError as exc:  # the pool cannot serve: a fallback lane may (or exc again)
             hold.release()
             return await gw.fallbacks.take_over(exc, self.plan, request, self.key, self.rid, self.deadline,

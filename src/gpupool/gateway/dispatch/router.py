@@ -246,10 +246,12 @@ class LiveRouter:
             sessions = self.serving(model, within, images=image_count(payload) > 0)
         if hedge:
             proven = [s for s in sessions if self.record(s.node_id).proven and s.node_id not in tries.tried]
-            if not proven and untried:  # none in the request's own set: any its hold covers
+            if not proven:  # none in the request's own set: any in the pool its hold covers (hedges are rare)
                 within = first.price_cap() if isinstance(first, Serving) else None
-                proven = [s for s in self.serving(model, within, images=image_count(payload) > 0)
-                          if self.record(s.node_id).proven and s.node_id not in tries.tried]
+                pool = self.hub.index.pools.get(model)
+                proven = [s for s in self._eligible(pool.sessions if pool else [], model, within,
+                                                    image_count(payload) > 0)
+                          if s.node_id not in tries.tried and (r := self.records.get(s.node_id)) and r.proven]
             sessions = proven or sessions
         if not sessions and not tries.tried:
             if model in self.hub.known_models:

@@ -42,7 +42,7 @@ $(CHROMIUM):
 chromium: $(CHROMIUM)
 
 test: $(STAMP) $(ANVIL) $(CHROMIUM)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -388,20 +388,21 @@ async def liar_serving(net: Network, model: str, frames: Any) -> tuple[Identity,
     """A raw provider, alone serving `model`, answering any Run it gets with `frames(run)`."""
     ident = Identity.generate()
     ws = await joined(net, ident, [echo(model)])
+    return ident, asyncio.create_task(serve_runs(ws, frames))
 
-    async def serve() -> None:
-        try:
-            async for frame in ws:
-                msg = protocol.decode(frame)
-                if isinstance(msg, protocol.Ping):
-                    await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
-                elif isinstance(msg, Run):
-                    for out in frames(msg):
-                        await ws.send(protocol.encode(out))
-        except websockets.ConnectionClosed:
-            return  # thrown out, as it should be
 
-    return ident, asyncio.create_task(serve())
+async def serve_runs(ws: Any, frames: Any) -> None:
+    """A raw provider's loop: answer Pings, and each Run with the frames `frames(run)` gives."""
+    try:
+        async for frame in ws:
+            msg = protocol.decode(frame)
+            if isinstance(msg, protocol.Ping):
+                await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
+            elif isinstance(msg, Run):
+                for out in frames(msg):
+                    await ws.send(protocol.encode(out))
+    except websockets.ConnectionClosed:
+        return  # thrown out, as it should be
 
 
 async def thrown_out_for(net: Network, ident: Identity, model: str, kind: str, serving: Any) -> None:

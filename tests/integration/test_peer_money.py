@@ -27,7 +27,7 @@ from gpupool.identity import Identity
 from gpupool.protocol import Challenge, Hardware, Hello, Offer, Run, Welcome
 from gpupool.protocol_handshake import answer
 from tests.integration.conftest import client_for, raw, wait_until_async
-from tests.integration.test_hostile_peers import bystander_served, echo, joined, net, wait_events
+from tests.integration.test_hostile_peers import bystander_served, echo, joined, net, serve_runs, wait_events
 
 __all__ = ["net"]  # the module's gateway with one honest echo provider
 LIAR_REGION = {"X-Gpupool-Region": "liar-land"}  # "prefer": the liar first, the others after
@@ -52,21 +52,8 @@ async def liar_in_region(net: Network, frames: Callable[[Identity, Run], list[pr
     """A raw provider offering `echo` in its own region, answering each Run with `frames(ident, run)`."""
     ident = Identity.generate()
     ws = await join_in(net, ident, "echo", "liar-land")
-
-    async def serve() -> None:
-        try:
-            async for frame in ws:
-                msg = protocol.decode(frame)
-                if isinstance(msg, protocol.Ping):
-                    await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
-                elif isinstance(msg, Run):
-                    for out in frames(ident, msg):
-                        await ws.send(protocol.encode(out))
-        except websockets.ConnectionClosed:
-            return  # thrown out, as it should be
-
     await wait_until_async(lambda: "liar-land" in raw(net, "GET", "/v1/market").text, "the liar listed")
-    task = asyncio.create_task(serve())
+    task = asyncio.create_task(serve_runs(ws, lambda run: frames(ident, run)))
     # Routing counts an unmeasured RTT against a provider: wait for its first Pong, or every
     # request goes to the measured honest provider (the hub's first ping can take up to a second).
     await wait_until_async(lambda: any(p["node_id"] == ident.node_id and p["rtt_ms"] is not None

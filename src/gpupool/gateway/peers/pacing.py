@@ -50,6 +50,9 @@ class PingScheduler:
         self._task: asyncio.Task[None] | None = None
         self._rng = random.Random()
         self._ticked = 0.0
+        # Set when a session joins with a ping due before the scheduler's next wake-up: a new
+        # provider's RTT is unknown until its first ping, and routing ranks it worse meanwhile.
+        self._wake = asyncio.Event()
 
     def interval(self) -> float:
         s = self.settings
@@ -63,6 +66,8 @@ class PingScheduler:
         heapq.heappush(self.heap, (time.monotonic() + first_in, next(self._seq), session))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="hub-pings")
+        elif self.heap[0][2] is session:
+            self._wake.set()
 
     async def _run(self) -> None:
         while True:
@@ -75,7 +80,11 @@ class PingScheduler:
                 log.exception("ping scheduler step failed")
             heap = self.heap
             delay = 1.0 if not heap else min(1.0, heap[0][0] - time.monotonic())
-            await asyncio.sleep(max(WAKE_S, delay))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(WAKE_S, delay))
+            except asyncio.TimeoutError:
+                pass
 
     async def _due(self) -> None:
         heap = self.heap

@@ -64,8 +64,6 @@ def rtts_in_bounds(net: Network, timeout: float = 20) -> dict[str, float]:
     raise AssertionError(f"measured RTTs never matched the link delays {DELAYS_MS}: {rtts}")
 
 
-@pytest.mark.xfail(reason="open regression (issue 17/18 notes, 2026-12-07): in 2 of 3 full runs after the scale and "
-                   "stall merges, one-at-a-time requests went mostly to the 40 ms provider; passes alone", strict=False)
 def test_gateway_measures_distance_and_places_traffic_by_it(tmp_path: Path) -> None:
     relays: list[subprocess.Popen[bytes]] = []
     with Hosts(list(DELAYS_MS)) as hosts:

@@ -52,11 +52,10 @@ from gpupool.routing import breaker as breakers
 # policy swapped in `gpupool.routing.policy` changes both (tests/integration/test_sim_live.py).
 from gpupool.routing import policy as routing_policy
 from gpupool.routing.options import RouteOptions
-from gpupool.routing.speed import hardware_speed, pool_prior
+from gpupool.routing.priors import AnswerLengths, SpeedPriors
+from gpupool.routing.speed import hardware_speed
 
-
-PRIOR_REFRESH_S = 2.0
-PRIOR_SOON_S = 0.25  # how soon after a provider's first measurement the prior is refreshed
+GFLOPS_REFRESH_S = 2.0  # how often the pool's median proven compute is recomputed (reads every session)
 # Past this many speed/breaker records, those of providers not connected are dropped.
 MAX_ROUTER_RECORDS = 10_000
 
@@ -93,11 +92,12 @@ class LiveRouter:
         self.hub = hub
         self.settings = settings
         self.trust = trust
-        self.weights = RoutingWeights()
+        self.priors = SpeedPriors(RoutingWeights())
+        self.lengths = AnswerLengths()
         self.breaker_config = BreakerConfig(failure_threshold=settings.breaker_failures,
                                             cooldown_s=settings.breaker_cooldown_s)
         self.records: dict[str, ProviderRecord] = {}
-        self._prior_at = 0.0
+        self._gflops_at = 0.0
         self._pool_gflops = 0.0  # median verified GFLOP/s of connected providers; 0 = none proved
         self.rng = random.Random()
         # Node id -> its session's last_seen when it was found silent (dispatch/stalls.py): routing
@@ -160,10 +160,11 @@ class LiveRouter:
         k = self.settings.hold_candidates
         if k <= 0 or len(serving) <= k:
             return serving
-        self._refresh_prior(model, time.monotonic())
-        request = self.route_request(model, payload, options, stream)
-        best = routing_policy.rank([self.candidate(s, model) for s in serving], time.monotonic(), request=request,
-                    weights=self.weights, k=k)
+        now = time.monotonic()
+        weights = self._weights(model, now)
+        request = self.route_request(model, payload, options, stream, ranking=True)
+        best = routing_policy.rank([self.candidate(s, model, weights) for s in serving], now, request=request,
+                                   weights=weights, k=k)
         if not best:
             return serving
         by_id = {s.node_id: s for s in serving}
@@ -176,6 +177,7 @@ class LiveRouter:
         if len(self.records) > MAX_ROUTER_RECORDS:
             for node_id in [n for n in self.records if n not in self.hub.sessions]:
                 del self.records[node_id]
+                self.priors.forget(node_id)
 
     def record(self, node_id: str) -> ProviderRecord:
         rec = self.records.get(node_id)
@@ -185,16 +187,23 @@ class LiveRouter:
 
     # ------------------------------------------------------------ snapshots
 
-    def route_request(self, model: str, payload: Payload, options: RouteOptions, stream: bool) -> RouteRequest:
+    def route_request(self, model: str, payload: Payload, options: RouteOptions, stream: bool,
+                      ranking: bool = False) -> RouteRequest:
+        """`ranking`: time estimates assume the model's typical answer length (`priors.AnswerLengths`), not
+        max_tokens; hedge and stall timers pass False."""
         size = PayloadSize.of(payload)  # ~4 characters per token: a routing estimate only; usage comes from the receipt
         return RouteRequest(model, "embeddings" if size.embeddings else "generate",
                             input_tokens=size.tokens_estimate, max_output_tokens=size.max_output,
                             items=size.items if size.embeddings else 1, max_price=options.max_price,
                             region=options.region, region_policy=options.region_policy,  # type: ignore[arg-type]
-                            stream=stream)
+                            stream=stream,
+                            expected_output_tokens=self.lengths.typical(model) if ranking and not size.embeddings
+                            else None)
 
-    def candidate(self, session: ProviderSession, model: str) -> Candidate:
+    def candidate(self, session: ProviderSession, model: str, weights: RoutingWeights | None = None) -> Candidate:
         rec = self.record(session.node_id)
+        if weights is None:
+            weights = self._weights(model, time.monotonic())
         offer = session.models[model]
         claimed = None
         # Claims count (capped) only once the provider proved hardware; measurements replace them anyway.
@@ -204,8 +213,7 @@ class LiveRouter:
                                     items_per_s=offer.claimed_items_per_s)
         elif self._pool_gflops > 0 and (gflops := self.trust.hardware_gflops(session.node_id)):
             # No claim: clearly more proven compute than the pool's stands in until measured.
-            claimed = hardware_speed(self.weights.prior_speed, gflops / self._pool_gflops,
-                                     self.weights.max_claim_factor)
+            claimed = hardware_speed(weights.prior_speed, gflops / self._pool_gflops, weights.max_claim_factor)
         load = session.load
         return Candidate(
             provider_id=session.node_id,
@@ -261,18 +269,18 @@ class LiveRouter:
             raise errors.NoProvider(f"{model!r} is not verified: no admitted checker audits it now, and the "
                                     "request requires verified models (gpupool.require_verified)",
                                     param="gpupool.require_verified", code="model_not_verified")
-        self._refresh_prior(model, now)
+        weights = self._weights(model, now)
         by_id = {s.node_id: s for s in sessions}
-        request = self.route_request(model, payload, options, stream)
-        decision = routing_policy.pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng, tries.tried,
-                                     request=request, weights=self.weights)
+        request = self.route_request(model, payload, options, stream, ranking=True)
+        decision = routing_policy.pick_with_reasons([self.candidate(s, model, weights) for s in sessions], now, rng,
+                                                    tries.tried, request=request, weights=weights)
         if decision.choice is None and untried:
             # The request's own set cannot take it now (e.g. breakers open): others its hold covers may.
             within = first.price_cap() if isinstance(first, Serving) else None
             sessions = self.serving(model, within, images=image_count(payload) > 0)
             by_id = {s.node_id: s for s in sessions}
-            decision = routing_policy.pick_with_reasons([self.candidate(s, model) for s in sessions], now, rng, tries.tried,
-                                         request=request, weights=self.weights)
+            decision = routing_policy.pick_with_reasons([self.candidate(s, model, weights) for s in sessions], now,
+                                                        rng, tries.tried, request=request, weights=weights)
         if decision.choice is None:
             constrained = {k: v for k, v in decision.excluded.items() if k in ("price", "region")}
             if constrained and not tries.tried:
@@ -290,15 +298,14 @@ class LiveRouter:
         rec.backlog_s += service
         return session
 
-    def _refresh_prior(self, model: str, now: float) -> None:
-        """Unmeasured providers are assumed as fast as the pool's median measured one."""
-        if now - self._prior_at < PRIOR_REFRESH_S:
-            return
-        self._prior_at = now
-        # At most a few thousand records' estimates, every PRIOR_REFRESH_S: not per request.
-        estimates = [r.speed.get(model) for r in self.records.values()]
-        prior = pool_prior(estimates, RoutingWeights().prior_speed, min_measured=1)
-        self.weights = RoutingWeights(prior_speed=prior, sample_k=self.weights.sample_k)
+    def _weights(self, model: str, now: float) -> RoutingWeights:
+        """Routing weights for `model` (its speed prior: `routing.priors`), with the pool's proven compute fresh."""
+        if now - self._gflops_at >= GFLOPS_REFRESH_S:
+            self._gflops_at = now
+            self._refresh_gflops()
+        return self.priors.weights(model, now)
+
+    def _refresh_gflops(self) -> None:
         proven = sorted(g for s in self.hub.sessions.values() if (g := self.trust.hardware_gflops(s.node_id)))
         self._pool_gflops = proven[len(proven) // 2] if proven else 0.0
 
@@ -324,12 +331,10 @@ class LiveRouter:
             sample = SpeedSample(elapsed_s, rtt_s=session.rtt_s or 0.0, first_token_s=first_token_s,
                                  input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
                                  waited=waited)
-        prev = rec.speed.get(model)
-        rec.speed[model] = observe(prev, sample, now)
-        if prev is None or prev.samples == 0:
-            # A newly measured provider: refresh the pool prior soon. Not at once: in a big pool
-            # nearly every request meets a new provider, and the refresh reads every record.
-            self._prior_at = min(self._prior_at, now - PRIOR_REFRESH_S + PRIOR_SOON_S)
+        rec.speed[model] = estimate = observe(rec.speed.get(model), sample, now)
+        if not isinstance(payload, EmbedPayload):
+            self.lengths.observed(model, usage.completion_tokens)
+        self.priors.measured(model, session.node_id, estimate, now)
 
     def on_failure(self, session: ProviderSession, request_id: str, reason: str, *, counts: bool = True) -> None:
         """A failed try; `counts=False` for load-related refusals that say nothing about health."""
@@ -370,8 +375,9 @@ class LiveRouter:
 
     def hedge_delay(self, session: ProviderSession, model: str, payload: Payload, options: RouteOptions) -> float | None:
         request = self.route_request(model, payload, options, stream=False)
-        delay = hedge_delay_s(self.candidate(session, model), request, self.settings.hedge_percentile,
-                              self.weights, self.settings.hedge_min_s)
+        weights = self._weights(model, time.monotonic())
+        delay = hedge_delay_s(self.candidate(session, model, weights), request, self.settings.hedge_percentile,
+                              weights, self.settings.hedge_min_s)
         return delay
 
     def first_byte_limit(self, session: ProviderSession, model: str, payload: Payload, options: RouteOptions) -> float:
@@ -379,7 +385,8 @@ class LiveRouter:
         if isinstance(payload, GeneratePayload):
             request = self.route_request(model, payload, options, stream=False)
             request = RouteRequest(model, "generate", input_tokens=request.input_tokens, max_output_tokens=1)
-            expected = hedge_delay_s(self.candidate(session, model), request, 0.999, self.weights, 1.0)
+            weights = self._weights(model, time.monotonic())
+            expected = hedge_delay_s(self.candidate(session, model, weights), request, 0.999, weights, 1.0)
             if expected is not None:
                 return min(self.settings.first_byte_timeout_s, max(2.0, 4 * expected))
         return self.settings.first_byte_timeout_s

@@ -16,8 +16,9 @@ from gpupool.gateway.store import Store
 
 
 def row(rid: str) -> dict[str, object]:
-    return dict(request_id=rid, at=time.time(), key_id=1, account="alice", model="m", provider="p",
-                status="ok", attempts=1, prompt_tokens=1, completion_tokens=1, latency_ms=1.0, cost=5)
+    return {"request_id": rid, "at": time.time(), "key_id": 1, "account": "alice", "model": "m",
+            "provider": "p", "status": "ok", "attempts": 1, "prompt_tokens": 1, "completion_tokens": 1,
+            "latency_ms": 1.0, "cost": 5}
 
 
 async def test_a_read_waits_for_the_rows_the_write_loop_is_writing(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +41,36 @@ def pg_available() -> bool:
         return True
 
     return asyncio.run(probe())
+
+
+def _pg_admin(sql: str) -> None:
+    async def run() -> None:
+        import asyncpg
+
+        admin = PG_URL.replace("postgresql+asyncpg", "postgresql").rsplit("/", 1)[0] + "/postgres"
+        conn = await asyncpg.connect(admin, timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@contextmanager
+def pg_database(prefix: str = "gpupool_test") -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test (dropped after it), as a gateway `--db` URL.
+
+    Tests sharing the one `test` database saw each other's rows: a batch, gateway registry
+    row or key left by another run (a killed run, or another checkout's suite running at the
+    same time) was picked up by this run's gateways, and clearing them cancelled the other
+    run's batch. A database of its own leaves nothing to share."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -74,7 +106,7 @@ def wait_until(probe: Callable[[], T], what: str, timeout: float = 60.0) -> T:
     deadline = time.monotonic() + timeout
     while not (got := probe()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+        time.sleep(0.05)  # every test waits on something, often many times: overshoot adds up
     return got
 
 
@@ -83,7 +115,7 @@ async def wait_until_async(probe: Callable[[], T], what: str, timeout: float = 3
     deadline = time.monotonic() + timeout
     while not (got := probe()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
     return got
 
 

@@ -20,7 +20,14 @@ import openai
 import pytest
 
 from gpupool.devnet import Network
-from tests.integration.conftest import PG_URL, client_for, pg_available, raw, wait_until
+from tests.integration.conftest import (
+    PG_URL,
+    client_for,
+    pg_available,
+    pg_database,
+    raw,
+    wait_until,
+)
 from tests.openai_schemas import validate
 
 PRICE = 50_000_000  # µcr per 1M input tokens: 50 µcr per echo token (a word), so costs are visible
@@ -290,8 +297,8 @@ def test_a_gateway_killed_mid_batch_finishes_it_after_restart_exactly_once(netwo
 async def _attempts(db: str, batch_id: str) -> list[int]:
     from sqlalchemy import select
 
-    from gpupool.gateway.batches.store import ItemRow
     from gpupool.db import create_engine
+    from gpupool.gateway.batches.store import ItemRow
 
     engine = create_engine(db)
     try:
@@ -346,8 +353,12 @@ def test_cli_estimates_submits_and_a_cost_cap_is_never_exceeded(network: Network
 
 @pytest.mark.skipif(not pg_available(), reason=f"PostgreSQL not reachable at {PG_URL}")
 def test_two_gateways_on_postgresql_share_a_batch_and_one_finishes_it_when_the_other_dies(tmp_path: Any) -> None:
-    asyncio.run(_retire_stale_batches())  # a run killed mid-way leaves its batch in the shared database
-    a, b = Network(tmp_path / "a", db=PG_URL), Network(tmp_path / "b", db=PG_URL)
+    with pg_database("gpupool_batch") as db:
+        _two_gateways_share_a_batch(tmp_path, db)
+
+
+def _two_gateways_share_a_batch(tmp_path: Any, db: str) -> None:
+    a, b = Network(tmp_path / "a", db=db), Network(tmp_path / "b", db=db)
     try:
         a.start_gateway()
         b.start_gateway()
@@ -371,36 +382,22 @@ def test_two_gateways_on_postgresql_share_a_batch_and_one_finishes_it_when_the_o
         out = read_lines(other, done.output_file_id)
         assert sorted(x["custom_id"] for x in out) == sorted(x["custom_id"] for x in lines)
         check_cost(b, done, out, [])
-        owners = asyncio.run(_owners(batch.id))
+        owners = asyncio.run(_owners(db, batch.id))
         assert len(owners) == 2, owners  # both gateways finished items of it
-        assert max(asyncio.run(_attempts(PG_URL, batch.id))) >= 2  # B ran again what A held when it died
+        assert max(asyncio.run(_attempts(db, batch.id))) >= 2  # B ran again what A held when it died
     finally:
         a.stop()
         b.stop()
 
 
-async def _retire_stale_batches() -> None:
-    """Earlier runs on this PostgreSQL (killed, or failed before finishing) leave batches in
-    progress there; this test's gateways would otherwise spend their slots finishing those."""
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg", "postgresql"), timeout=5)
-    try:
-        if await conn.fetchval("select to_regclass('batches') is not null"):
-            await conn.execute("update batches set status = 'cancelled' "
-                               "where status in ('validating', 'in_progress', 'finalizing', 'cancelling')")
-    finally:
-        await conn.close()
-
-
-async def _owners(batch_id: str) -> set[str]:
+async def _owners(db: str, batch_id: str) -> set[str]:
     """Which gateway processes finished the batch's items (read from the shared database)."""
     from sqlalchemy import select
 
-    from gpupool.gateway.batches.store import ItemRow
     from gpupool.db import create_engine
+    from gpupool.gateway.batches.store import ItemRow
 
-    engine = create_engine(PG_URL)
+    engine = create_engine(db)
     try:
         async with engine.connect() as conn:
             rows = (await conn.execute(select(ItemRow.owner).where(ItemRow.batch_id == batch_id).distinct())).all()

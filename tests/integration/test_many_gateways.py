@@ -26,7 +26,7 @@ import openai
 import pytest
 
 from gpupool.devnet import Network
-from tests.integration.conftest import PG_URL, client_for, pg_available, wait_until
+from tests.integration.conftest import PG_URL, client_for, pg_available, pg_database, wait_until
 from tests.redteam import child_env
 
 REDIS_URL = os.environ.get("GPUPOOL_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -105,8 +105,13 @@ def two_gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Net
     if not pg_available():
         pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
     home = tmp_path_factory.mktemp("gateways")
-    a = Network(home / "a", db=PG_URL, env=child_env())
-    b = Network(home / "b", db=PG_URL, env=child_env())
+    with pg_database("gpupool_gateways") as db:
+        yield from _two_gateways(home, db)
+
+
+def _two_gateways(home: Path, db: str) -> Iterator[tuple[Network, Network]]:
+    a = Network(home / "a", db=db, env=child_env())
+    b = Network(home / "b", db=db, env=child_env())
     # 1,200 requests a minute with 2 s of burst: at most 40 in any 2 s, network-wide.
     limits = ["--key-rpm", "1200", "--rate-burst-s", "2"]
     if shared_limits_possible():  # else the rpm test skips; discovery needs no Redis

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gpupool.devnet import Network
-from tests.integration.conftest import PG_URL, client_for, pg_available
+from tests.integration.conftest import PG_URL, client_for, pg_available, pg_database
 
 
 def test_upstream_backend_forwards_to_an_openai_compatible_engine(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_upstream_backend_forwards_to_an_openai_compatible_engine(tmp_path: Path
 
 @pytest.mark.skipif(not pg_available(), reason=f"PostgreSQL not reachable at {PG_URL}")
 def test_gateway_on_postgresql_serves_and_records(tmp_path: Path) -> None:
-    with Network(tmp_path / "pg", db=PG_URL) as net:
+    with pg_database("gpupool_upstream") as db, Network(tmp_path / "pg", db=db) as net:
         net.start_gateway()
         net.start_provider(["echo=echo:chat"])
         net.wait_for_models({"echo": 1}, timeout=60)

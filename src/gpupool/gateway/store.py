@@ -161,6 +161,9 @@ class Store:
         # providers reconnecting at once must not each wait on, and lock, the database).
         self._providers: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
+        # One flush at a time: a reader's flush (recent_charges, peer_events) must wait for the
+        # rows the write loop has already taken out of `_pending` to commit, or it reads without them.
+        self._flushing = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self.dropped = 0  # log rows dropped: the database unreachable too long, or refusing the row
@@ -412,6 +415,10 @@ class Store:
                 await asyncio.sleep(1.0)
 
     async def _flush(self) -> None:
+        async with self._flushing:
+            await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
         self._wake.clear()
         if not self._pending and not self._providers:
             return

@@ -25,7 +25,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -39,36 +39,14 @@ from gpupool.routing.speed import SpeedEstimate, SpeedSample, observe, pool_prio
 from gpupool.routing.weights import DEFAULT_WEIGHTS
 from gpupool.sim import geo, serving
 from gpupool.sim.cloud import Cloud, baseline
+from gpupool.sim.day_result import DayResult
 from gpupool.sim.earth import KINDS, STRATEGIES, Earth
 from gpupool.sim.engine import Engine
-from gpupool.sim.trust import Trust, TrustTally
+from gpupool.sim.trust import Trust
 
 CHAT, EMBED = "llama-3-8b-instruct", "minilm-embed"
 STREAM, CHATK, EMBEDK, BATCH = range(4)
 S_SMALL, S_TRUNC, S_RANDOM, S_FRACTION, S_SYBIL = (STRATEGIES.index(s) for s in STRATEGIES[1:])
-
-
-@dataclass
-class DayResult:
-    pool_latency: np.ndarray  # per request, seconds at the user; NaN: not served
-    hybrid_latency: np.ndarray
-    cloud_latency: np.ndarray
-    fallback: np.ndarray  # served by the hybrid's lane
-    served_by: np.ndarray  # per request, the provider whose answer the user got; -1: none
-    pool_charge_usd: dict[str, float]  # "chat", "embed": what clients paid the pool
-    lane_charge_usd: dict[str, float]
-    cloud_cost_usd: dict[str, float]
-    tokens: dict[str, int]  # "chat" tokens (in + out) and "embed" items, of served requests
-    earnings_usd: np.ndarray  # per provider
-    electricity_usd: np.ndarray
-    trust: Trust | TrustTally
-    streams: dict[str, int]
-    util_busy: np.ndarray  # per hour: busy slot-seconds, and online slot-seconds
-    util_online: np.ndarray
-    stream_breaks_by_hour: np.ndarray
-    batch: dict[str, int]
-    wall_s: float = 0.0
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 class _Req:
@@ -119,7 +97,6 @@ class _View(Sequence[Candidate]):
         _s_region(c, self.regions[i])
         _s_rtt(c, self.rtt[i])
         _s_queued(c, self.total[i] - own)
-        # The sum of the routing's service estimates of this gateway's unanswered requests there.
         _s_backlog(c, self.backlog[i] if own else None)
         _s_price_in(c, self.price_in[i])
         _s_price_out(c, self.price_out[i])
@@ -180,7 +157,6 @@ class Day:
         self.leave_now: list[float] = []
         self.crash_now: list[bool] = []
         self.step = -1
-        self.soon = False  # a refresh is due `prior_soon_s` after a provider's first measurement
         self.progress, self.progress_every = progress, progress_every
         lane_price = pricing.Price(sc.cloud.lane_price_in, sc.cloud.lane_price_out)
         self.lanes = [fallback.Lane("cloud", "https://cloud.invalid/v1",
@@ -278,7 +254,6 @@ class Day:
     def _refresh(self) -> None:
         """What each gateway does every few seconds: the pool's median measured speed becomes
         its prior (`speed.pool_prior`), and the hold bound uses the dearest live price."""
-        self.soon = False
         ids = self.online_ids
         if not ids:
             return
@@ -300,8 +275,7 @@ class Day:
         self.now = now
         embed = r.kind == EMBEDK
         view = self.views[r.g][embed]
-        k = self.sc.policies.route_sample
-        cands = serving.draw(self, view, k) if 0 < k < len(view) else view
+        cands = serving.draw(self, view, k) if 0 < (k := self.sc.policies.route_sample) < len(view) else view
         d = routing_policy.pick_with_reasons(cands, now, self.rng, {self.ids[i] for i in r.tried},
                                              request=r.req, weights=self.weights[r.g][embed])
         if d.choice is None:
@@ -345,9 +319,7 @@ class Day:
             # Its admission queue is full: it refuses at once (no slot taken, no failure held against it).
             self.eng.at(now + 2 * owd, self._refused, r, i, service_s)
             return
-        # What the gateway's router records as "sent while every slot was busy" (its speed samples skip
-        # those): its own unanswered requests there plus the others it knows of, before this one.
-        waited = self.total[i] > self.conc[i]
+        waited = self.total[i] > self.conc[i]  # the gateway's "sent while every slot was busy", not the truth
         start = max(now + owd, slots[0])
         end = start + service
         heapq.heapreplace(slots, end)
@@ -359,8 +331,7 @@ class Day:
         leave = self.leave_now[i]
         if leave < end and self.crash_now[i]:
             ok, at = False, max(leave, now + owd)
-        # The first token comes one decode step after the prefill (as `service` counts `tout` steps).
-        first = start + prefill + (0.0 if embed else noise / self.decode[i])
+        first = start + prefill + (0.0 if embed else noise / self.decode[i])  # `service` has `tout` steps
         copy = (r, i, now, first, ok, cheated, tout, waited, self.trust.identity[i], service_s)
         self.eng.at(at + owd, self._done, copy)
         if (cand is not None and r.kind == CHATK and not r.hedged
@@ -405,11 +376,9 @@ class Day:
                 self._give_up(r, "failed")
             return
         view.breakers[i] = brk.record_success(view.breakers[i], now)
-        if view.speed[i] is None and self.sc.policies.prior_soon_s > 0 and not self.soon:
-            self.soon = True  # one refresh pending at a time, as the gateway's `_prior_at` allows
+        if view.speed[i] is None and self.sc.policies.prior_soon_s > 0:
             self.eng.after(self.sc.policies.prior_soon_s, self._refresh)
         view.speed[i] = observe(view.speed[i], SpeedSample(
-            # A stream's first chunk splits prefill from decode, as in the gateway (dispatch/stream.py).
             elapsed_s=now - sent, rtt_s=self.rtt[g][i], input_tokens=0 if embed else r.tin,
             first_token_s=first_at + self.rtt[g][i] / 2 - sent if r.kind == STREAM else None,
             output_tokens=0 if embed else tout, items=r.tout if embed else 0, waited=waited), now)

@@ -14,16 +14,25 @@ drawn. (tests/integration/sim_live.py; `Policies.route_sample`.)
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from gpupool.routing.candidate import Candidate
-
-if TYPE_CHECKING:
-    from gpupool.sim.day import Day
+from gpupool.sim.trust import Trust
 
 
-def draw(day: Day, view: Sequence[Candidate], k: int) -> Sequence[Candidate]:
+class _Pool(Protocol):
+    """What `draw` reads of a `sim.day.Day` (not imported: the day imports this module)."""
+
+    online_ids: list[int]
+    leave_now: list[float]
+    now: float
+    rng: random.Random
+    trust: Trust
+
+
+def draw(day: _Pool, view: Sequence[Candidate], k: int) -> Sequence[Candidate]:
     """Up to `k` of `view`'s candidates (the providers online now) drawn as the gateway does: at most
     4k random draws, repeats skipped, gone or suspended ones left out; the whole view if none is left
     (the gateway then takes every eligible session)."""

@@ -24,9 +24,9 @@ prefill from decode, the router's own backlog_s and busy-at-dispatch flags):
   a calibration phase of one request at a time when too few did; the calibration requests
   also run in the simulation (they teach both routers their first speeds) and are left out
   of the comparison;
-- the host's stalls, from the same polls as a probe (`host_stalls`): a 2-core machine
-  shared with other sessions stalls every process for up to seconds now and then; requests
-  open across a stall are held up by it in the simulation too.
+- the host's stalls, from the same polls as a probe (`host_stalls`): on a 2-core machine
+  shared with other sessions the client or the gateway stalls for up to seconds now and
+  then; requests open across a stall are held up by it in the simulation too.
 Arrivals, prompt lengths, the crash time and the cheater are the same in both.
 """
 
@@ -205,11 +205,11 @@ async def _poll_rtts(net: Network, n: int, index: dict[str, int], live: Live, t0
 
 
 def host_stalls(live: Live) -> list[tuple[float, float]]:
-    """When the host stalled, from the probes (merged, sorted intervals). A probe answered STALL_S or
-    more after the probes' median spent the excess waiting, and so did every process on the machine
-    then (gateway, relays, providers, client: a 2-core machine shared with other sessions' tests).
-    The probes are not the
-    requests compared, so this is a measurement of the host, like the RTTs."""
+    """When the request path stalled, from the probes (merged, sorted intervals): a probe answered
+    STALL_S or more after the probes' median spent the excess waiting on the client's event loop (it
+    shares the prober's) or the gateway's, and so did every request open then (a 2-core machine
+    shared with other sessions' tests stalls for up to seconds). The probes are not the requests
+    compared, so this is a measurement of the host, like the RTTs."""
     if not live.probe_s:
         return []
     base = float(np.median(live.probe_s))
@@ -228,21 +228,6 @@ def host_stalls(live: Live) -> list[tuple[float, float]]:
 def _stalled(stalls: list[tuple[float, float]], a: float, b: float) -> float:
     """Seconds of host stall within [a, b]."""
     return sum(max(0.0, min(b, y) - max(a, x)) for x, y in stalls)
-
-
-def machine_time(stalls: list[tuple[float, float]], t: float) -> float:
-    """`t` less the host's stalls before it: the clock of a machine that never stalled. The simulation
-    runs on it (a stall pauses every process alike, so arrivals after one bunch up as they did live),
-    and its answers are put back on the wall clock (`_wall_time`)."""
-    return t - _stalled(stalls, -math.inf, t)
-
-
-def _wall_time(stalls: list[tuple[float, float]], tau: float) -> float:
-    t = tau
-    for x, y in stalls:  # sorted: each stall that starts before the answer pushes it back by its length
-        if x < t:
-            t += y - x
-    return t
 
 
 def rtt_at(live: Live, i: int, t: float) -> float:
@@ -383,30 +368,35 @@ def run_sim(spec: Spec, live: Live) -> DayResult:
     # honest echo whose audits fail, so its simulated speed is halved to give the same service time.
     tokens_s[spec.cheater] *= 0.5
     leave = np.full((1, n), np.inf)
-    stalls = host_stalls(live)
-    leave[0, spec.crash] = machine_time(stalls, live.crash_t)
+    leave[0, spec.crash] = live.crash_t
     city = np.full(n, geo.city("washington"))
     ones = np.ones(n)
     words = np.array(live.words, dtype=np.int64)
-    arrival = np.array([machine_time(stalls, t) for t in live.sent])
     earth = Earth(
         sc, n, city, np.full(n, geo.REGIONS.index("us-east")), np.zeros(n, int), np.zeros(n, bool),
         ones * 1e9, tokens_s, ones * 1e3, np.full(n, CONCURRENCY), np.zeros(n, np.int64), np.zeros(n, np.int64),
         np.zeros(n, np.int64), np.zeros(n), ones * 0.1, ones * 100, ones * 10, strategy,
         np.array([live.rtt]), 1, np.ones((1, n), bool), leave,
         np.array([[k == spec.crash for k in range(n)]]),
-        arrival, np.zeros(m, np.int16), np.full(m, city[0], np.int32), np.full(m, STREAM, np.int8),
+        np.array(live.sent), np.zeros(m, np.int16), np.full(m, city[0], np.int32), np.full(m, STREAM, np.int8),
         words, words, np.full(m, live.overhead_s), gateways=("us-east",), gw_city=city[:1],
         service_sigma=live.sigma, straggler_p=0.0)
     day = Day(earth)
     # The router's view of each link moves as the gateway's did (it is also the link's delay here).
     for t, seen in zip(live.rtt_at, live.rtt_seen):
-        day.eng.at(machine_time(stalls, t), _set_rtts, day.rtt[0], seen)
+        day.eng.at(t, _set_rtts, day.rtt[0], seen)
     res = day.run()
-    # Back on the wall clock: a request open across a host stall waited for it as well.
+    # The host's stalls (`host_stalls`) hold up every request open across one, by the stalled time
+    # within its (so lengthened) span. The providers are not paused: the probe measured the client's
+    # and the gateway's stalls only. (Pausing the whole simulation instead, a stall of every process,
+    # put the simulated p99 20-80% above the live one in 3 of 5 runs: bench/README.md "sim_live".)
+    stalls = host_stalls(live)
     lat = res.pool_latency
     for j in np.flatnonzero(~np.isnan(lat)).tolist():
-        lat[j] = _wall_time(stalls, float(arrival[j] + lat[j])) - live.sent[j]
+        extra = 0.0
+        for _ in range(4):  # the held-up span is longer, and may reach into the next stall
+            extra = _stalled(stalls, live.sent[j], live.sent[j] + float(lat[j]) + extra)
+        lat[j] += extra
     return res
 
 

@@ -11,17 +11,30 @@ echo backends that take `ms_per_token` per word; one provider is killed mid-run 
 crash: its streams break and continue elsewhere); one cheats (a raw checker fails its
 audits softly, as a checker would for a smaller model) and is suspended by the gateway.
 
-The simulator gets only what was measured, not fitted to the answer: the relays' delays,
-each backend's time per token, and the request path's fixed and per-token overheads
-(gateway, client, asyncio timers), measured by a calibration phase of one request at a
-time before the load; the same calibration requests also run in the simulation (they
-teach both routers their first speeds) and are left out of the comparison. Arrivals,
-prompt lengths, the crash time and the cheater are the same in both.
+The simulator gets only what was measured, not fitted to the answer, and its router is fed
+what the gateway's router is fed (sim/day.py with `Policies(expected_output_known=False,
+prior_soon_s=0.25)`: answers timed at their max_tokens, streams' first chunks splitting
+prefill from decode, the router's own backlog_s and busy-at-dispatch flags):
+- each backend's time per token;
+- each link's RTT as the gateway's router saw it through the run (polled every 0.25 s and
+  replayed: on a loaded machine it moves with the CPU queue, and it decides which of the
+  providers behind one relay is tried first);
+- the request path's fixed and per-token overheads and noise (gateway, client, asyncio
+  timers), measured on the load's own requests that found a free slot (no queueing), or on
+  a calibration phase of one request at a time when too few did; the calibration requests
+  also run in the simulation (they teach both routers their first speeds) and are left out
+  of the comparison;
+- the host's stalls, from the same polls as a probe (`host_stalls`): on a 2-core machine
+  shared with other sessions the client or the gateway stalls for up to seconds now and
+  then; requests open across a stall are held up by it in the simulation too.
+Arrivals, prompt lengths, the crash time and the cheater are the same in both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import dataclasses
 import math
 import random
@@ -31,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 import openai
 
@@ -46,6 +60,10 @@ REGION_DELAY_MS = {"us-east": 5.0, "eu-west": 25.0, "ap-northeast": 60.0}  # one
 MS_PER_TOKEN = (20.0, 30.0, 40.0, 60.0)  # the 4 providers of each region: few, slow tokens keep the CPU idle
 CONCURRENCY = 2
 MAX_TOKENS = 64
+ROUTE_SAMPLE = 6  # the gateway's default `route_sample` (config.py), which run_live leaves as it is
+STALL_S = 0.2  # a probe answered this much later than the probes' median saw the host stall
+MIN_FREE_SLOT = 40  # load requests that found a free slot, to measure the path on (else the calibration's)
+RTT_POLL_S = 0.25  # how often the gateway's RTTs are read during the run (it pings every 0.25 s)
 
 
 @dataclass(frozen=True)
@@ -75,7 +93,16 @@ class Live:
     per_token_s: float = 0.0  # measured: what each token costs beyond the backend's sleep
     sigma: float = 0.0  # measured: spread of the calibration's service times (lognormal)
     suspended: list[int] = field(default_factory=list)
-    rtt: list[float] = field(default_factory=list)  # measured by the gateway, per provider
+    rtt: list[float] = field(default_factory=list)  # measured by the gateway, per provider, before the load
+    # The gateway's smoothed RTTs as its router saw them through the run: poll times, and per poll one
+    # value per provider (NaN: not connected).
+    rtt_at: list[float] = field(default_factory=list)
+    rtt_seen: list[list[float]] = field(default_factory=list)
+    path_from: str = ""  # what the path model was measured on
+    # The same polls as a probe of the host: when each was sent and how long the gateway took to answer
+    # it. A loaded machine stalls every process now and then (seconds at load 15); see `host_stalls`.
+    probe_sent: list[float] = field(default_factory=list)
+    probe_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
 
 
@@ -107,7 +134,13 @@ async def _drive(net: Network, spec: Spec, live: Live, index: dict[str, int]) ->
                                            hard=False))
     client = openai.AsyncOpenAI(base_url=net.gateway_url + "/v1", api_key=net.dev_key(), timeout=30,
                                 max_retries=0)
+    # Warm the client's connection and the gateway's request path with a request nothing can serve (no
+    # provider is picked, so the router learns nothing): a first request took ~1 s more than the next
+    # ones, and the router, which refreshes its prior 0.25 s after a first answer, decided differently.
+    with contextlib.suppress(openai.APIError):
+        await client.chat.completions.create(model="warm-up", messages=[{"role": "user", "content": "a"}])
     t0 = time.perf_counter()
+    poller = asyncio.create_task(_poll_rtts(net, len(spec.providers()), index, live, t0))
     try:
         # Calibration: one at a time (nothing queues), so each latency is path + service.
         for _ in range(spec.calibration):
@@ -141,9 +174,87 @@ async def _drive(net: Network, spec: Spec, live: Live, index: dict[str, int]) ->
         live.words += [n for _, n in plan]
         await asyncio.gather(crash(), *(one(base + k, at, n) for k, (at, n) in enumerate(plan)))
     finally:
+        poller.cancel()
         judge.cancel()
         await ws.close()
         await client.close()
+
+
+async def _poll_rtts(net: Network, n: int, index: dict[str, int], live: Live, t0: float) -> None:
+    """The gateway's smoothed RTT to each provider, every RTT_POLL_S: what its router saw, which the
+    simulator replays (on a loaded machine it moves with the CPU queue, and it breaks ties between
+    providers behind the same relay)."""
+    async with httpx.AsyncClient(base_url=net.gateway_url, verify=net.verify, timeout=5,
+                                 headers={"Authorization": f"Bearer {net.admin_token}"}) as http:
+        while True:
+            sent = time.perf_counter() - t0
+            try:
+                data = (await http.get("/admin/providers")).json()["data"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                await asyncio.sleep(RTT_POLL_S)
+                continue
+            live.probe_sent.append(sent)
+            live.probe_s.append(time.perf_counter() - t0 - sent)
+            seen = [math.nan] * n
+            for p in data:
+                if p["node_id"] in index and p["rtt_ms"] is not None:
+                    seen[index[p["node_id"]]] = p["rtt_ms"] / 1000
+            live.rtt_at.append(time.perf_counter() - t0)
+            live.rtt_seen.append(seen)
+            await asyncio.sleep(RTT_POLL_S)
+
+
+def host_stalls(live: Live) -> list[tuple[float, float]]:
+    """When the request path stalled, from the probes (merged, sorted intervals): a probe answered
+    STALL_S or more after the probes' median spent the excess waiting on the client's event loop (it
+    shares the prober's) or the gateway's, and so did every request open then (a 2-core machine
+    shared with other sessions' tests stalls for up to seconds). The probes are not the requests
+    compared, so this is a measurement of the host, like the RTTs."""
+    if not live.probe_s:
+        return []
+    base = float(np.median(live.probe_s))
+    # (Not the prober's late wake-ups between probes: they are its own event loop's lag, busy with the
+    # client's streams, and counted as stalls they put the simulated p99 at 1.3-3x the live one.)
+    spans = [(s + base, s + p) for s, p in zip(live.probe_sent, live.probe_s) if p - base >= STALL_S]
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _stalled(stalls: list[tuple[float, float]], a: float, b: float) -> float:
+    """Seconds of host stall within [a, b]."""
+    return sum(max(0.0, min(b, y) - max(a, x)) for x, y in stalls)
+
+
+def rtt_at(live: Live, i: int, t: float) -> float:
+    """Provider `i`'s RTT as the gateway last reported it at or before `t` (else the pre-load median)."""
+    k = bisect.bisect_right(live.rtt_at, t) - 1
+    while k >= 0 and math.isnan(live.rtt_seen[k][i]):
+        k -= 1
+    return live.rtt_seen[k][i] if k >= 0 else live.rtt[i]
+
+
+def _free_slot_requests(spec: Spec, live: Live) -> list[int]:
+    """The load's requests that found a free slot at their provider: fewer than CONCURRENCY others to it
+    were open at the client when it was sent (a client-side interval holds the provider's), so their
+    latency is path + service, without queueing. The crashed provider's last ones are left out (a
+    continued stream is served by two)."""
+    sent, lat, who = np.array(live.sent), np.array(live.latency), np.array(live.provider)
+    end = sent + np.nan_to_num(lat, nan=np.inf)
+    stalls = host_stalls(live)
+    out = []
+    for k in range(spec.calibration, len(sent)):
+        i = who[k]
+        if i < 0 or math.isnan(lat[k]) or (i == spec.crash and end[k] > live.crash_t - 1.0) \
+                or _stalled(stalls, sent[k], end[k]) > 0:  # the stall is modelled on its own
+            continue
+        if np.count_nonzero((who == i) & (sent < sent[k]) & (end > sent[k])) < CONCURRENCY:
+            out.append(k)
+    return out
 
 
 def _measure_path(spec: Spec, live: Live) -> None:
@@ -152,9 +263,15 @@ def _measure_path(spec: Spec, live: Live) -> None:
     against the number of tokens (one slow first request, a connection being set up, or a
     moment of a busy machine must not tilt it)."""
     provs = spec.providers()
-    pts = [(float(live.words[k]), live.latency[k] - live.rtt[i] - live.words[k] * provs[i][2], provs[i][2])
-           for k in range(spec.calibration)
-           if (i := live.provider[k]) >= 0 and not math.isnan(live.latency[k])]
+    # Measured on the load itself where enough requests found a free slot: the machine's load moves
+    # with other processes, and a path measured before the load would miss what it costs during it.
+    free = _free_slot_requests(spec, live)
+    use = free if len(free) >= MIN_FREE_SLOT else [k for k in range(spec.calibration)
+                                                   if live.provider[k] >= 0 and not math.isnan(live.latency[k])]
+    live.path_from = f"{len(free)} load requests that found a free slot" if use is free else \
+        f"{len(use)} calibration requests"
+    pts = [(float(live.words[k]), live.latency[k] - rtt_at(live, i, live.sent[k]) - live.words[k] * provs[i][2],
+            provs[i][2]) for k in use if (i := live.provider[k]) >= 0]
     slopes = [(y2 - y1) / (x2 - x1) for a, (x1, y1, _) in enumerate(pts) for x2, y2, _ in pts[a + 1:] if x2 != x1]
     live.per_token_s = max(float(np.median(slopes)), 0.0) if slopes else 0.0
     live.overhead_s = max(float(np.median([y - live.per_token_s * x for x, y, _ in pts])), 0.0)
@@ -238,9 +355,12 @@ def run_sim(spec: Spec, live: Live) -> DayResult:
                       chat_output_median=spec.words_median, bursts=()),
         cheaters=Cheaters(share=1 / n, strategies={"smaller_model": 1.0}, detect={"smaller_model": 1.0},
                           honest_false_positive=0.0),
-        # The live router refreshes its prior every 2 s (gateway/dispatch/router.py) and the raw checker
-        # answers at once; nothing is hedged (streams) and there is no batch work.
-        policies=Policies(prior_refresh_s=2.0, audit_delay_s=0.05, hedge_percentile=0.0, batch_tick_s=end))
+        # The live router looks at a random 6 of the 12 for each request, refreshes its prior every 2 s
+        # and 0.25 s after a provider's first answer (gateway/dispatch/router.py), and times answers at
+        # their max_tokens; the raw checker answers
+        # at once; nothing is hedged (streams) and there is no batch work.
+        policies=Policies(prior_refresh_s=2.0, prior_soon_s=0.25, audit_delay_s=0.05, hedge_percentile=0.0,
+                          batch_tick_s=end, expected_output_known=False, route_sample=ROUTE_SAMPLE))
     tokens_s = np.array([1 / (spt + live.per_token_s) for _, _, spt in provs])
     strategy = np.zeros(n, dtype=np.int8)
     strategy[spec.cheater] = STRATEGIES.index("smaller_model")
@@ -261,7 +381,29 @@ def run_sim(spec: Spec, live: Live) -> DayResult:
         np.array(live.sent), np.zeros(m, np.int16), np.full(m, city[0], np.int32), np.full(m, STREAM, np.int8),
         words, words, np.full(m, live.overhead_s), gateways=("us-east",), gw_city=city[:1],
         service_sigma=live.sigma, straggler_p=0.0)
-    return Day(earth).run()
+    day = Day(earth)
+    # The router's view of each link moves as the gateway's did (it is also the link's delay here).
+    for t, seen in zip(live.rtt_at, live.rtt_seen):
+        day.eng.at(t, _set_rtts, day.rtt[0], seen)
+    res = day.run()
+    # The host's stalls (`host_stalls`) hold up every request open across one, by the stalled time
+    # within its (so lengthened) span. The providers are not paused: the probe measured the client's
+    # and the gateway's stalls only. (Pausing the whole simulation instead, a stall of every process,
+    # put the simulated p99 20-80% above the live one in 3 of 5 runs: bench/README.md "sim_live".)
+    stalls = host_stalls(live)
+    lat = res.pool_latency
+    for j in np.flatnonzero(~np.isnan(lat)).tolist():
+        extra = 0.0
+        for _ in range(4):  # the held-up span is longer, and may reach into the next stall
+            extra = _stalled(stalls, live.sent[j], live.sent[j] + float(lat[j]) + extra)
+        lat[j] += extra
+    return res
+
+
+def _set_rtts(rtt: list[float], seen: list[float]) -> None:
+    for i, r in enumerate(seen):
+        if not math.isnan(r):
+            rtt[i] = r
 
 
 def agreement(spec: Spec, live: Live, sim: DayResult) -> tuple[list[dict[str, object]], dict[str, float]]:

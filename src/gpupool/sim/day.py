@@ -25,7 +25,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -37,38 +37,16 @@ from gpupool.routing import policy as routing_policy
 from gpupool.routing.candidate import Candidate, RouteRequest
 from gpupool.routing.speed import SpeedEstimate, SpeedSample, observe, pool_prior
 from gpupool.routing.weights import DEFAULT_WEIGHTS
-from gpupool.sim import geo
+from gpupool.sim import geo, serving
 from gpupool.sim.cloud import Cloud, baseline
+from gpupool.sim.day_result import DayResult
 from gpupool.sim.earth import KINDS, STRATEGIES, Earth
 from gpupool.sim.engine import Engine
-from gpupool.sim.trust import Trust, TrustTally
+from gpupool.sim.trust import Trust
 
 CHAT, EMBED = "llama-3-8b-instruct", "minilm-embed"
 STREAM, CHATK, EMBEDK, BATCH = range(4)
 S_SMALL, S_TRUNC, S_RANDOM, S_FRACTION, S_SYBIL = (STRATEGIES.index(s) for s in STRATEGIES[1:])
-
-
-@dataclass
-class DayResult:
-    pool_latency: np.ndarray  # per request, seconds at the user; NaN: not served
-    hybrid_latency: np.ndarray
-    cloud_latency: np.ndarray
-    fallback: np.ndarray  # served by the hybrid's lane
-    served_by: np.ndarray  # per request, the provider whose answer the user got; -1: none
-    pool_charge_usd: dict[str, float]  # "chat", "embed": what clients paid the pool
-    lane_charge_usd: dict[str, float]
-    cloud_cost_usd: dict[str, float]
-    tokens: dict[str, int]  # "chat" tokens (in + out) and "embed" items, of served requests
-    earnings_usd: np.ndarray  # per provider
-    electricity_usd: np.ndarray
-    trust: Trust | TrustTally
-    streams: dict[str, int]
-    util_busy: np.ndarray  # per hour: busy slot-seconds, and online slot-seconds
-    util_online: np.ndarray
-    stream_breaks_by_hour: np.ndarray
-    batch: dict[str, int]
-    wall_s: float = 0.0
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 class _Req:
@@ -119,7 +97,7 @@ class _View(Sequence[Candidate]):
         _s_region(c, self.regions[i])
         _s_rtt(c, self.rtt[i])
         _s_queued(c, self.total[i] - own)
-        _s_backlog(c, None)
+        _s_backlog(c, self.backlog[i] if own else None)
         _s_price_in(c, self.price_in[i])
         _s_price_out(c, self.price_out[i])
         _s_reputation(c, self.score[i])
@@ -134,6 +112,7 @@ class _View(Sequence[Candidate]):
         d, g = self.day, self.g
         self.ids, self.own, self.conc, self.suspended = d.ids, d.own[g], d.conc, d.trust.suspended
         self.held_back = d.trust.held_back
+        self.backlog = d.backlog[g]
         self.regions, self.rtt, self.total, self.score = d.region_name, d.rtt[g], d.total, d.trust.score
         self.price_in = d.price_embed if self.embed else d.price_in
         self.price_out = [0] * d.n if self.embed else d.price_out
@@ -165,6 +144,7 @@ class Day:
         self.strategy = e.strategy.tolist()
         self.rtt = e.gw_rtt.tolist()
         self.own = [[0] * self.n for _ in self.gateways]
+        self.backlog = [[0.0] * self.n for _ in self.gateways]  # as the gateway's `ProviderRecord.backlog_s`
         self.total = [0] * self.n
         self.slots = [[0.0] * c for c in self.conc]
         self.views = [(_View(self, g, False), _View(self, g, True)) for g in range(len(self.gateways))]
@@ -234,6 +214,7 @@ class Day:
         arrival, gw, kind = e.arrival.tolist(), e.req_gw.tolist(), e.kind.tolist()
         tin, tout = e.tokens_in.tolist(), e.tokens_out.tolist()
         max_out = sc.demand.max_output_tokens
+        expected_out = sc.demand.chat_output_median if sc.policies.expected_output_known else None
         for j, t in enumerate(arrival):
             eng.run(until=t)
             self.now = t
@@ -247,7 +228,7 @@ class Day:
                 req = RouteRequest(EMBED if embed else CHAT, "embeddings" if embed else "generate",
                                    input_tokens=tin[j], max_output_tokens=0 if embed else max_out,
                                    items=tout[j] if embed else 1, region=self.gateways[g], stream=k == STREAM,
-                                   expected_output_tokens=None if embed else sc.demand.chat_output_median)
+                                   expected_output_tokens=None if embed else expected_out)
                 r = _Req(j, g, k, tin[j], tout[j], req, t)
                 r.hold = pricing.hold_bound([self.max_price[embed]], tin[j], req.max_output_tokens, None)
                 self._route(r)
@@ -294,7 +275,8 @@ class Day:
         self.now = now
         embed = r.kind == EMBEDK
         view = self.views[r.g][embed]
-        d = routing_policy.pick_with_reasons(view, now, self.rng, {self.ids[i] for i in r.tried},
+        cands = serving.draw(self, view, k) if 0 < (k := self.sc.policies.route_sample) < len(view) else view
+        d = routing_policy.pick_with_reasons(cands, now, self.rng, {self.ids[i] for i in r.tried},
                                              request=r.req, weights=self.weights[r.g][embed])
         if d.choice is None:
             if not r.live:  # a hedge that found no second provider leaves the first copy running
@@ -303,10 +285,11 @@ class Day:
         i = self.index[d.choice.provider_id]
         if d.probe:
             view.breakers[i] = brk.on_dispatch(view.breakers[i], now)
-        self._dispatch(r, i, d.choice, now)
+        self._dispatch(r, i, d.choice, now, d.service_s or 0.0)
 
-    def _dispatch(self, r: _Req, i: int, cand: Candidate | None, now: float) -> None:
+    def _dispatch(self, r: _Req, i: int, cand: Candidate | None, now: float, service_s: float = 0.0) -> None:
         g, embed = r.g, r.kind == EMBEDK
+        self.backlog[g][i] += service_s
         r.tried.add(i)
         r.attempts += 1
         r.live += 1
@@ -334,9 +317,9 @@ class Day:
         slots = self.slots[i]
         if slots[0] - (now + owd) > self.sc.policies.max_queue_s:
             # Its admission queue is full: it refuses at once (no slot taken, no failure held against it).
-            self.eng.at(now + 2 * owd, self._refused, r, i)
+            self.eng.at(now + 2 * owd, self._refused, r, i, service_s)
             return
-        waited = slots[0] > now + owd
+        waited = self.total[i] > self.conc[i]  # the gateway's "sent while every slot was busy", not the truth
         start = max(now + owd, slots[0])
         end = start + service
         heapq.heapreplace(slots, end)
@@ -348,7 +331,8 @@ class Day:
         leave = self.leave_now[i]
         if leave < end and self.crash_now[i]:
             ok, at = False, max(leave, now + owd)
-        copy = (r, i, now, start + prefill, ok, cheated, tout, waited, self.trust.identity[i])
+        first = start + prefill + (0.0 if embed else noise / self.decode[i])  # `service` has `tout` steps
+        copy = (r, i, now, first, ok, cheated, tout, waited, self.trust.identity[i], service_s)
         self.eng.at(at + owd, self._done, copy)
         if (cand is not None and r.kind == CHATK and not r.hedged
                 and self.sc.policies.hedge_percentile > 0):
@@ -367,10 +351,11 @@ class Day:
         self.res.counts[name] = self.res.counts.get(name, 0) + n
 
     def _done(self, copy: tuple) -> None:  # type: ignore[type-arg]
-        r, i, sent, first_at, ok, cheated, tout, waited, identity = copy
+        r, i, sent, first_at, ok, cheated, tout, waited, identity, service_s = copy
         now = self.eng.now
         g, embed = r.g, r.kind == EMBEDK
         self.own[g][i] -= 1
+        self.backlog[g][i] = max(0.0, self.backlog[g][i] - service_s) if self.own[g][i] else 0.0
         self.total[i] -= 1
         r.live -= 1
         view = self.views[g][embed]
@@ -391,8 +376,11 @@ class Day:
                 self._give_up(r, "failed")
             return
         view.breakers[i] = brk.record_success(view.breakers[i], now)
+        if view.speed[i] is None and self.sc.policies.prior_soon_s > 0:
+            self.eng.after(self.sc.policies.prior_soon_s, self._refresh)
         view.speed[i] = observe(view.speed[i], SpeedSample(
             elapsed_s=now - sent, rtt_s=self.rtt[g][i], input_tokens=0 if embed else r.tin,
+            first_token_s=first_at + self.rtt[g][i] / 2 - sent if r.kind == STREAM else None,
             output_tokens=0 if embed else tout, items=r.tout if embed else 0, waited=waited), now)
         price = self.prices[embed][i]
         charge = pricing.charge_for(price, r.tin, 0 if embed else tout, r.hold or 1 << 62)
@@ -417,8 +405,9 @@ class Day:
         if r.continued:
             self.res.streams["continued"] += 1
 
-    def _refused(self, r: _Req, i: int) -> None:
+    def _refused(self, r: _Req, i: int, service_s: float) -> None:
         self.own[r.g][i] -= 1
+        self.backlog[r.g][i] = max(0.0, self.backlog[r.g][i] - service_s) if self.own[r.g][i] else 0.0
         self.total[i] -= 1
         r.live -= 1
         self.counts_add("refused")

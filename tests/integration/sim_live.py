@@ -12,9 +12,10 @@ crash: its streams break and continue elsewhere); one cheats (a raw checker fail
 audits softly, as a checker would for a smaller model) and is suspended by the gateway.
 
 The simulator gets only what was measured, not fitted to the answer, and its router is fed
-what the gateway's router is fed (sim/day.py with `Policies(expected_output_known=False,
-prior_soon_s=0.25)`: answers timed at their max_tokens, streams' first chunks splitting
-prefill from decode, the router's own backlog_s and busy-at-dispatch flags):
+what the gateway's router is fed (sim/day.py with `Policies(prior_soon_s=PRIOR_AT_ONCE_S)`:
+answers ranked at their typical length, the prior refreshed at a provider's first answer,
+streams' first chunks splitting prefill from decode, the router's own backlog_s and
+busy-at-dispatch flags):
 - each backend's time per token;
 - each link's RTT as the gateway's router saw it through the run (polled every 0.25 s and
   replayed: on a loaded machine it moves with the CPU queue, and it decides which of the
@@ -60,6 +61,7 @@ REGION_DELAY_MS = {"us-east": 5.0, "eu-west": 25.0, "ap-northeast": 60.0}  # one
 MS_PER_TOKEN = (20.0, 30.0, 40.0, 60.0)  # the 4 providers of each region: few, slow tokens keep the CPU idle
 CONCURRENCY = 2
 MAX_TOKENS = 64
+PRIOR_AT_ONCE_S = 1e-6  # the simulator's "at once": just after the answer that measured the provider
 ROUTE_SAMPLE = 6  # the gateway's default `route_sample` (config.py), which run_live leaves as it is
 STALL_S = 0.2  # a probe answered this much later than the probes' median saw the host stall
 MIN_FREE_SLOT = 40  # load requests that found a free slot, to measure the path on (else the calibration's)
@@ -356,11 +358,12 @@ def run_sim(spec: Spec, live: Live) -> DayResult:
         cheaters=Cheaters(share=1 / n, strategies={"smaller_model": 1.0}, detect={"smaller_model": 1.0},
                           honest_false_positive=0.0),
         # The live router looks at a random 6 of the 12 for each request, refreshes its prior every 2 s
-        # and 0.25 s after a provider's first answer (gateway/dispatch/router.py), and times answers at
-        # their max_tokens; the raw checker answers
-        # at once; nothing is hedged (streams) and there is no batch work.
-        policies=Policies(prior_refresh_s=2.0, prior_soon_s=0.25, audit_delay_s=0.05, hedge_percentile=0.0,
-                          batch_tick_s=end, expected_output_known=False, route_sample=ROUTE_SAMPLE))
+        # and at once after a provider's first answer in a pool this small, and ranks answers at their
+        # typical length (routing/priors.py); the raw checker answers at once; nothing is hedged
+        # (streams) and there is no batch work.
+        policies=Policies(prior_refresh_s=2.0, prior_soon_s=PRIOR_AT_ONCE_S, audit_delay_s=0.05,
+                          hedge_percentile=0.0, batch_tick_s=end, expected_output_known=True,
+                          route_sample=ROUTE_SAMPLE))
     tokens_s = np.array([1 / (spt + live.per_token_s) for _, _, spt in provs])
     strategy = np.zeros(n, dtype=np.int8)
     strategy[spec.cheater] = STRATEGIES.index("smaller_model")

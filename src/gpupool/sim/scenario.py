@@ -160,12 +160,13 @@ class Policies:
     batch_tick_s: float = 60.0
     batch_reserve: int = 1
     prior_refresh_s: float = 30.0
-    # Routing's time estimates assume each chat answer is the demand's median length (True), or
-    # the request's max_tokens (False): what the live gateway does, which knows no typical length
-    # (gateway/dispatch/router.py sets no `expected_output_tokens`). tests/integration/sim_live.py.
+    # Routing's time estimates assume each chat answer is the demand's median length (True), as the
+    # gateway does with its running mean of answer lengths (routing/priors.py `AnswerLengths`), or
+    # the request's max_tokens (False).
     expected_output_known: bool = True
-    # A provider's first measured answer refreshes the prior this soon (the gateway: 0.25 s,
-    # `PRIOR_SOON_S`); 0: only every `prior_refresh_s` (cheaper with thousands of new providers).
+    # A provider's first measured answer refreshes the prior this soon (the gateway: at once while
+    # at most 32 of a model's providers are measured, else 0.25 s: routing/priors.py); 0: only
+    # every `prior_refresh_s` (cheaper with thousands of new providers).
     prior_soon_s: float = 0.0
     # Each request looks at a random sample of this many providers online, as the gateway's router
     # does (`route_sample`, default 6; sim/serving.py); 0: at all of them (`routing.policy` still

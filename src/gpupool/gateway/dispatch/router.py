@@ -59,6 +59,11 @@ PRIOR_REFRESH_S = 2.0
 PRIOR_SOON_S = 0.25  # how soon after a provider's first measurement the prior is refreshed
 # Past this many speed/breaker records, those of providers not connected are dropped.
 MAX_ROUTER_RECORDS = 10_000
+# The prior is the median of at most this many measured providers (and the pool's proven compute
+# the median of this many sessions), drawn at random beyond it, as the simulator draws 1,000
+# (sim/policies.py): a refresh then costs the same at 1,000 or 10,000 providers (profiled at
+# 1,000: reading every record and every session's proof was the largest part of a refresh).
+PRIOR_SAMPLE = 1000
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,8 @@ class LiveRouter:
         self.breaker_config = BreakerConfig(failure_threshold=settings.breaker_failures,
                                             cooldown_s=settings.breaker_cooldown_s)
         self.records: dict[str, ProviderRecord] = {}
+        # Model -> node ids measured for it (what the prior reads, instead of every record).
+        self._measured: dict[str, list[str]] = {}
         self._prior_at = 0.0
         self._pool_gflops = 0.0  # median verified GFLOP/s of connected providers; 0 = none proved
         self.rng = random.Random()
@@ -176,6 +183,12 @@ class LiveRouter:
         if len(self.records) > MAX_ROUTER_RECORDS:
             for node_id in [n for n in self.records if n not in self.hub.sessions]:
                 del self.records[node_id]
+            for model, ids in list(self._measured.items()):
+                kept = [n for n in ids if n in self.records]
+                if kept:
+                    self._measured[model] = kept
+                else:
+                    del self._measured[model]
 
     def record(self, node_id: str) -> ProviderRecord:
         rec = self.records.get(node_id)
@@ -295,11 +308,18 @@ class LiveRouter:
         if now - self._prior_at < PRIOR_REFRESH_S:
             return
         self._prior_at = now
-        # At most a few thousand records' estimates, every PRIOR_REFRESH_S: not per request.
-        estimates = [r.speed.get(model) for r in self.records.values()]
+        # Only providers measured for this model (at most PRIOR_SAMPLE of them): not every record.
+        ids = self._measured.get(model, [])
+        if len(ids) > PRIOR_SAMPLE:
+            ids = self.rng.sample(ids, PRIOR_SAMPLE)
+        records = self.records
+        estimates = [rec.speed.get(model) for n in ids if (rec := records.get(n)) is not None]
         prior = pool_prior(estimates, RoutingWeights().prior_speed, min_measured=1)
         self.weights = RoutingWeights(prior_speed=prior, sample_k=self.weights.sample_k)
-        proven = sorted(g for s in self.hub.sessions.values() if (g := self.trust.hardware_gflops(s.node_id)))
+        sessions = list(self.hub.sessions.values())
+        if len(sessions) > PRIOR_SAMPLE:
+            sessions = self.rng.sample(sessions, PRIOR_SAMPLE)
+        proven = sorted(g for s in sessions if (g := self.trust.hardware_gflops(s.node_id)))
         self._pool_gflops = proven[len(proven) // 2] if proven else 0.0
 
     def _settle(self, session: ProviderSession, request_id: str) -> bool:
@@ -326,6 +346,8 @@ class LiveRouter:
                                  waited=waited)
         prev = rec.speed.get(model)
         rec.speed[model] = observe(prev, sample, now)
+        if prev is None:
+            self._measured.setdefault(model, []).append(session.node_id)
         if prev is None or prev.samples == 0:
             # A newly measured provider: refresh the pool prior soon. Not at once: in a big pool
             # nearly every request meets a new provider, and the refresh reads every record.

@@ -58,7 +58,8 @@ class Swarm:
         for i in range(procs):
             count = per + (1 if i < extra else 0)
             cmd = [sys.executable, str(HERE / "swarm.py"), "--url", url, "--count", str(count), "--first",
-                   str(first), "--models", str(args.models), "--reconnect-max-s", str(args.reconnect_max_s)]
+                   str(first), "--models", str(args.models), "--reconnect-max-s", str(args.reconnect_max_s),
+                   "--ramp-s", str(args.ramp_s)]
             err = open(log_dir / f"swarm-{i}.log", "ab")
             p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
                                  start_new_session=True)
@@ -318,6 +319,10 @@ def main() -> int:
                     "after this long [240]")
     ap.add_argument("--reconnect-max-s", type=float, default=30.0, help="sessions' longest reconnect backoff "
                     "[30, the provider's default]")
+    ap.add_argument("--ramp-s", type=float, default=0.0, help="spread the sessions' first dials over this long "
+                    "(an arrival rate of sessions/ramp a second; reconnects after the restart are not spread) [0: "
+                    "all at once]. At 10,000 on a shared 2-core machine the swarm's own processes could not "
+                    "complete their dials in time when all started at once")
     ap.add_argument("--no-hardware-proofs", action="store_true", help="run the gateway with hardware proofs "
                     "off (--hardware-proof-max-n 0)")
     ap.add_argument("--skip-idle", action="store_true", help="skip the idle CPU and RSS measurement")

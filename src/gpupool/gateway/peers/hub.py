@@ -150,24 +150,20 @@ class Hub:
         now = time.monotonic()
         wait = self.gate.turn(now)
         if wait is None:
-            await self._deny(ws, peer, now)
+            # Refused before the upgrade: the cheapest answer, with when to come back.
+            retry = math.ceil(self.gate.retry_after(now))
+            self.record_event(peer, "handshake_deferred", f"too many handshakes queued; retry in {retry} s")
+            await ws.send_denial_response(Response("gateway busy with other providers' handshakes; retry later\n",
+                                                   503, {"retry-after": str(retry)}))
             return
         if wait > 0:
             await asyncio.sleep(wait)
-        # One of the handshakes at once (HandshakeGate): on a starved CPU the rest wait here, before
-        # the upgrade, rather than time out half-way through a handshake whose work is then lost.
-        if not await self.gate.enter(max(0.5, self.settings.handshake_queue_s - wait)):
-            await self._deny(ws, peer, time.monotonic())
-            return
-        entered = True
         set_frame_limit(ws, protocol.MAX_OFFER_FRAME_BYTES)
         set_close_timeout(ws)
+        await ws.accept()
         session: ProviderSession | None = None
         try:
-            await ws.accept()
             session = await asyncio.wait_for(self._handshake(ws, peer), self.settings.handshake_timeout_s)
-            self.gate.leave()
-            entered = False
             session.apply_frame_limit(session.base_frame_bytes)
             # Registered only now: a peer that vanished during the handshake was never
             # registered, and a registered one is removed in `finally` whatever happens
@@ -193,17 +189,8 @@ class Hub:
             log.info("peer %s dropped: %s: %s", session.node_id[:12] if session else peer, type(exc).__name__, exc)
             await self._close(ws, protocol.CLOSE_PROTOCOL_ERROR, "connection failed")
         finally:
-            if entered:
-                self.gate.leave()
             if session is not None:
                 self._remove(session, "provider disconnected")
-
-    async def _deny(self, ws: WebSocket, peer: str, now: float) -> None:
-        """Refuse a dial before the upgrade (the cheapest answer), with when to come back."""
-        retry = math.ceil(self.gate.retry_after(now))
-        self.record_event(peer, "handshake_deferred", f"too many handshakes queued; retry in {retry} s")
-        await ws.send_denial_response(Response("gateway busy with other providers' handshakes; retry later\n",
-                                               503, {"retry-after": str(retry)}))
 
     def record_event(self, peer: str, kind: str, detail: str) -> None:
         """Record a peer event, at most EVENTS_PER_MINUTE a minute; the rest are counted in one row."""

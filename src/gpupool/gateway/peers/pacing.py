@@ -6,16 +6,11 @@
   under `max_pings_per_s` (10,000 sessions at 250/s: every 40 s; silence is then
   judged over 3 intervals). Nothing per tick walks every session.
 - `HandshakeGate`: handshakes are admitted at `handshakes_per_s`, in arrival order,
-  with a burst of one second's worth, and at most `HANDSHAKES_AT_ONCE` run at once; a
-  dial that would wait longer than `handshake_queue_s` is refused before the upgrade
-  with a 503 whose Retry-After says when the queue will have drained (at the rate
-  handshakes are really completing, not only the configured one; the provider waits
-  that long, jittered), so a reconnect storm after a restart is spread out rather than
-  starving client requests, and refusing it costs one answer per provider, not one per
-  exponential-backoff retry. The cap on handshakes at once is what keeps a CPU-starved
-  gateway from collapsing: admitted at a fixed rate, handshakes it had no CPU for
-  piled up, timed out half-way (all their work wasted) and came back as retries
-  (bench/scale on a shared 2-core machine: 2,202 failed handshakes for 1,500 joins).
+  with a burst of one second's worth; a dial that would wait longer than
+  `handshake_queue_s` is refused before the upgrade with a 503 whose Retry-After says
+  when the queue will have drained (the provider waits that long, jittered), so a
+  reconnect storm after a restart is spread out rather than starving client requests,
+  and refusing it costs one answer per provider, not one per exponential-backoff retry.
 """
 
 from __future__ import annotations
@@ -26,7 +21,6 @@ import itertools
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 from gpupool.config import GatewaySettings
@@ -39,12 +33,6 @@ PINGS_PER_SLICE = 200
 # The scheduler wakes at most this often and sends every ping then due (one wake-up per ping
 # would cost the event loop a switch per ping at hundreds a second).
 WAKE_S = 0.05
-# Handshakes in progress at once (from the upgrade to the Welcome). Each takes two round trips
-# and ~2 ms of the gateway's CPU: 64 at once admit thousands a second on a free core, and on a
-# starved one each still finishes well within `handshake_timeout_s`.
-HANDSHAKES_AT_ONCE = 64
-# Completed handshakes whose times give the measured throughput (Retry-After's pace).
-THROUGHPUT_WINDOW = 128
 
 
 class PingScheduler:
@@ -128,52 +116,14 @@ class PingScheduler:
 
 
 class HandshakeGate:
-    """Admission of handshakes at `rate` per second and at most `at_once` at a time, first come
-    first served.
+    """Admission of handshakes at `rate` per second, first come first served."""
 
-        wait = gate.turn(now)            # None: refuse (Retry-After: gate.retry_after(now))
-        await asyncio.sleep(wait)
-        if not await gate.enter(timeout_s): refuse
-        try: ...handshake...
-        finally: gate.leave()
-    """
-
-    def __init__(self, rate: float, max_wait_s: float, at_once: int = HANDSHAKES_AT_ONCE):
+    def __init__(self, rate: float, max_wait_s: float):
         self.rate = rate
         self.max_wait_s = max_wait_s
-        self.at_once = max(1, at_once)
         self._next = 0.0  # when the next handshake may start
         self.refused = 0
         self._told = 0.0  # the latest time a refused dial was told to come back (Retry-After)
-        self._slots: asyncio.Semaphore | None = None  # made on first use, inside the event loop
-        self.active = 0
-        self._done: deque[float] = deque(maxlen=THROUGHPUT_WINDOW)  # when recent handshakes ended
-
-    async def enter(self, timeout_s: float) -> bool:
-        """Wait at most `timeout_s` for one of the `at_once` places; False: none came free."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.at_once)
-        try:
-            await asyncio.wait_for(self._slots.acquire(), max(0.0, timeout_s))
-        except TimeoutError:
-            self.refused += 1
-            return False
-        self.active += 1
-        return True
-
-    def leave(self) -> None:
-        """A handshake that `enter`ed has ended (welcomed or not)."""
-        assert self._slots is not None
-        self.active -= 1
-        self._done.append(time.monotonic())
-        self._slots.release()
-
-    def throughput(self, now: float) -> float:
-        """Handshakes completed a second lately (the configured rate until there is a measure)."""
-        done = self._done
-        if len(done) < 8 or now - done[0] <= 0:
-            return self.rate if self.rate > 0 else float(self.at_once)
-        return len(done) / (now - done[0])
 
     def turn(self, now: float) -> float | None:
         """Seconds to wait before this handshake may start; None: refuse it (the queue is too long)."""
@@ -189,10 +139,8 @@ class HandshakeGate:
 
     def retry_after(self, now: float) -> float:
         """Seconds a refused dial should wait: each refusal books a later turn, so a storm of N
-        dials is told to come back spread over N / rate seconds rather than all at once, at the
-        pace handshakes really complete where that is slower than `rate` (a starved CPU)."""
-        pace = min(self.rate, self.throughput(now)) if self.rate > 0 else self.throughput(now)
-        self._told = max(self._told, self._next, now) + 1.0 / max(pace, 1e-3)
+        dials is told to come back spread over N / rate seconds rather than all at once."""
+        self._told = max(self._told, self._next, now) + 1.0 / max(self.rate, 1e-3)
         return min(300.0, max(1.0, self._told - now))
 
 

@@ -212,8 +212,8 @@ def measure(size: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             c1, s1, t1 = cpu_seconds(gw, children=False), sum(cpu_seconds(p) for p in swarm.pids()), time.monotonic()
             rss1 = rss_kib(gw)
             out.update(idle_cpu_core=(c1 - c0) / (t1 - t0), swarm_idle_cpu_core=(s1 - s0) / (t1 - t0),
-                       gateway_rss_mib=rss1 / 1024, rss_kib_per_session=(rss1 - rss0) / out["joined"],
-                       swarm_rss_kib_per_session=sum(rss_kib(p) for p in swarm.pids()) / out["joined"])
+                       gateway_rss_mib=rss1 / 1024, rss_kib_per_session=(rss1 - rss0) / max(1, out["joined"]),
+                       swarm_rss_kib_per_session=sum(rss_kib(p) for p in swarm.pids()) / max(1, out["joined"]))
             print(f"[{size}] idle: gateway {out['idle_cpu_core']:.3f} core, swarm "
                   f"{out['swarm_idle_cpu_core']:.3f} core; RSS {rss1 / 1024:.0f} MiB "
                   f"({out['rss_kib_per_session']:.1f} KiB/session)", flush=True)

@@ -172,7 +172,7 @@ async def main_async(args: argparse.Namespace) -> None:
                          args.max_concurrency)
         node.link = SwarmLink(node, args.url, counters)
         links.append(node.link)
-    tasks = []
+    tasks = [asyncio.create_task(report(counters, args.report_s))]  # counters from the start, ramp or not
     for link in links:
         tasks.append(asyncio.create_task(link.run()))
         if args.ramp_s:
@@ -180,12 +180,15 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.churn_s > 0:
         for link in links:
             tasks.append(asyncio.create_task(churn(link.node, args.churn_s, random.Random(rng.random()))))
-    del tasks  # they run until the process is stopped
+    await asyncio.gather(*tasks)  # they run until the process is stopped
+
+
+async def report(counters: Counters, every_s: float) -> None:
     while True:
         print(json.dumps({"t": time.time(), "connected": counters.connected, "welcomed": counters.welcomed,
                           "proofs": counters.proofs, "runs": counters.runs, "errors": counters.errors}),
               flush=True)
-        await asyncio.sleep(args.report_s)
+        await asyncio.sleep(every_s)
 
 
 def main() -> None:

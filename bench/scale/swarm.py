@@ -180,7 +180,7 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.churn_s > 0:
         for link in links:
             tasks.append(asyncio.create_task(churn(link.node, args.churn_s, random.Random(rng.random()))))
-    await asyncio.gather(*tasks)  # they run until the process is stopped
+    await asyncio.gather(*tasks, return_exceptions=True)  # they run until the process is stopped
 
 
 async def report(counters: Counters, every_s: float) -> None:

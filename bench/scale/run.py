@@ -58,7 +58,8 @@ class Swarm:
         for i in range(procs):
             count = per + (1 if i < extra else 0)
             cmd = [sys.executable, str(HERE / "swarm.py"), "--url", url, "--count", str(count), "--first",
-                   str(first), "--models", str(args.models), "--reconnect-max-s", str(args.reconnect_max_s)]
+                   str(first), "--models", str(args.models), "--reconnect-max-s", str(args.reconnect_max_s),
+                   "--ramp-s", str(args.ramp_s)]
             err = open(log_dir / f"swarm-{i}.log", "ab")
             p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
                                  start_new_session=True)
@@ -175,10 +176,18 @@ def measure(size: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         procs = 1 if size <= 50 else args.procs
         print(f"[{size}] gateway up ({url}, RSS {rss0 / 1024:.0f} MiB); starting {size:,} sessions in "
               f"{procs} processes", flush=True)
+        gw_pid = net.gateway.popen.pid
+        cpu_gw0 = cpu_seconds(gw_pid, children=False)
         swarm = Swarm(net.ws_url, size, procs, args, home / "logs")
         t_join = wait_until(lambda: swarm.total("connected") >= size, args.join_timeout, swarm, "joins")
         out["join_s"] = t_join
         out["joined"] = swarm.total("connected")
+        # CPU per join: on a shared machine the wall time says how much CPU the gateway got,
+        # this says how much a join needs (the swarm's processes are measured apart).
+        out["join_cpu_s"] = cpu_seconds(gw_pid, children=False) - cpu_gw0
+        out["swarm_join_cpu_s"] = sum(cpu_seconds(p) for p in swarm.pids())
+        out["join_cpu_ms_per_session"] = out["join_cpu_s"] * 1000 / max(1, out["joined"])
+        out["loadavg_at_join"] = os.getloadavg()
         out["handshake_failures_during_join"] = swarm.total("errors")
         if t_join is None:
             # Measured anyway, at the sessions that did join: the point where the gateway saturates.
@@ -187,6 +196,9 @@ def measure(size: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                   flush=True)
         else:
             print(f"[{size}] all {size:,} joined in {t_join:.1f} s", flush=True)
+        print(f"[{size}] join CPU: gateway {out['join_cpu_s']:.1f} s ({out['join_cpu_ms_per_session']:.2f} ms a "
+              f"session), swarm {out['swarm_join_cpu_s']:.1f} s; load average {out['loadavg_at_join'][0]:.1f}",
+              flush=True)
         if not args.no_hardware_proofs and t_join is not None:
             t_proof = wait_until(lambda: swarm.total("proofs") >= size, args.join_timeout, swarm, "proofs")
             out["proved_s"] = None if t_proof is None else t_join + t_proof
@@ -200,8 +212,8 @@ def measure(size: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             c1, s1, t1 = cpu_seconds(gw, children=False), sum(cpu_seconds(p) for p in swarm.pids()), time.monotonic()
             rss1 = rss_kib(gw)
             out.update(idle_cpu_core=(c1 - c0) / (t1 - t0), swarm_idle_cpu_core=(s1 - s0) / (t1 - t0),
-                       gateway_rss_mib=rss1 / 1024, rss_kib_per_session=(rss1 - rss0) / out["joined"],
-                       swarm_rss_kib_per_session=sum(rss_kib(p) for p in swarm.pids()) / out["joined"])
+                       gateway_rss_mib=rss1 / 1024, rss_kib_per_session=(rss1 - rss0) / max(1, out["joined"]),
+                       swarm_rss_kib_per_session=sum(rss_kib(p) for p in swarm.pids()) / max(1, out["joined"]))
             print(f"[{size}] idle: gateway {out['idle_cpu_core']:.3f} core, swarm "
                   f"{out['swarm_idle_cpu_core']:.3f} core; RSS {rss1 / 1024:.0f} MiB "
                   f"({out['rss_kib_per_session']:.1f} KiB/session)", flush=True)
@@ -307,6 +319,10 @@ def main() -> int:
                     "after this long [240]")
     ap.add_argument("--reconnect-max-s", type=float, default=30.0, help="sessions' longest reconnect backoff "
                     "[30, the provider's default]")
+    ap.add_argument("--ramp-s", type=float, default=0.0, help="spread the sessions' first dials over this long "
+                    "(an arrival rate of sessions/ramp a second; reconnects after the restart are not spread) [0: "
+                    "all at once]. At 10,000 on a shared 2-core machine the swarm's own processes could not "
+                    "complete their dials in time when all started at once")
     ap.add_argument("--no-hardware-proofs", action="store_true", help="run the gateway with hardware proofs "
                     "off (--hardware-proof-max-n 0)")
     ap.add_argument("--skip-idle", action="store_true", help="skip the idle CPU and RSS measurement")
@@ -342,14 +358,15 @@ def main() -> int:
     for r in results:
         lat = r.get("latency") or {}
         rs = r.get("restart") or {}
-        rows.append([r["sessions"], r.get("joined"), r.get("join_s"), r.get("proved_s"), r.get("idle_cpu_core"),
+        rows.append([r["sessions"], r.get("joined"), r.get("join_s"), r.get("proved_s"),
+                     r.get("join_cpu_ms_per_session"), r.get("idle_cpu_core"),
                      r.get("rss_kib_per_session") if r["sessions"] > BASELINE else None,
                      lat.get("p50_ms"), ratio(lat.get("p50_ms", math.nan), bl.get("p50_ms", math.nan)),
                      lat.get("p99_ms"), ratio(lat.get("p99_ms", math.nan), bl.get("p99_ms", math.nan)),
                      rs.get("all_back_after_kill_s"), (rs.get("statuses_meanwhile") or {}).get(404, 0)
                      if rs else None])
     print()
-    text = print_table(["sessions", "joined", "join s", "proved s", "idle CPU (core)", "RSS KiB/session", "p50 ms",
+    text = print_table(["sessions", "joined", "join s", "proved s", "join CPU ms/session", "idle CPU (core)", "RSS KiB/session", "p50 ms",
                         "p50 ×base", "p99 ms", "p99 ×base", "reconnect s", "404s in restart"], rows,
                        title=f"bench/scale: {args.models} models per session, hardware proofs "
                              f"{'off' if args.no_hardware_proofs else 'on'}")

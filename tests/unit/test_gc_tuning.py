@@ -62,3 +62,32 @@ def test_old_garbage_is_collected_once_quiet_and_not_while_busy(restored_gc: Non
         assert asyncio.run(run(_old_cycle())), "no full pass may run while the gateway is busy"
     finally:
         gc.enable()
+
+
+def test_full_passes_take_a_bounded_share_of_the_time(restored_gc: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full pass walks the whole heap (10,000 sessions: tens of ms): after one, the next waits
+    in proportion to what it cost, so a busy join storm is not walked once a second."""
+    gc.set_threshold(gc_tuning.YOUNG_THRESHOLD, gc_tuning.MIDDLE_THRESHOLD, gc_tuning.OLD_THRESHOLD)
+    monkeypatch.setattr(gc_tuning, "FULL_PASS_SHARE", 1e-9)  # any pass then books the next one for ages
+
+    async def run() -> tuple[bool, bool]:
+        first = _old_cycle()
+        gc.collect(0)
+        task = asyncio.create_task(gc_tuning.hand_back_memory(every_s=0.01))
+        try:
+            await asyncio.sleep(0.1)
+            first_collected = first() is None
+            second = _old_cycle()
+            gc.collect(0)  # a young collection since: without the bound the next tick would collect it
+            await asyncio.sleep(0.1)
+            return first_collected, second() is not None
+        finally:
+            task.cancel()
+
+    gc.disable()
+    try:
+        first_collected, second_waits = asyncio.run(run())
+    finally:
+        gc.enable()
+    assert first_collected, "the first quiet second should make a full pass"
+    assert second_waits, "a second full pass came before the bound allowed it"

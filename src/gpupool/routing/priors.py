@@ -23,6 +23,7 @@ not look stalled because most answers are short).
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 from gpupool.routing.speed import SpeedEstimate, pool_prior
@@ -32,6 +33,9 @@ REFRESH_S = 2.0
 SOON_S = 0.25
 # Up to this many measured providers of a model, a first measurement refreshes the prior at once.
 AT_ONCE_UP_TO = 32
+# The prior is the median of at most this many measured providers, drawn at random beyond it (as
+# the simulator draws 1,000): a refresh costs the same at 1,000 or 10,000 providers.
+SAMPLE = 1000
 # Weight of one answer in the running mean of answer lengths; models tracked at most (model
 # names come from offers: past this, the table starts over rather than grow).
 LENGTH_ALPHA = 0.1
@@ -41,8 +45,9 @@ MAX_MODELS = 10_000
 class SpeedPriors:
     """`weights(model, now)`: the routing weights with `model`'s prior; `measured(...)` after each answer."""
 
-    def __init__(self, base: RoutingWeights):
+    def __init__(self, base: RoutingWeights, rng: random.Random | None = None):
         self.base = base
+        self.rng = rng or random.Random()
         self._measured: dict[str, dict[str, SpeedEstimate]] = {}  # model -> node id -> estimate
         self._weights: dict[str, tuple[float, RoutingWeights]] = {}  # model -> (refresh due at, weights)
 
@@ -50,7 +55,9 @@ class SpeedPriors:
         hit = self._weights.get(model)
         if hit is not None and now < hit[0]:
             return hit[1]
-        estimates = self._measured.get(model, {}).values()
+        estimates = list(self._measured.get(model, {}).values())
+        if len(estimates) > SAMPLE:
+            estimates = self.rng.sample(estimates, SAMPLE)
         weights = replace(self.base, prior_speed=pool_prior(estimates, self.base.prior_speed, min_measured=1))
         self._weights[model] = (now + REFRESH_S, weights)
         return weights

@@ -35,6 +35,16 @@ from gpupool.tls import certificate_problem, client_context
 log = logging.getLogger("gpupool.provider")
 # How long the gateway may take to send each handshake reply.
 HANDSHAKE_REPLY_TIMEOUT_S = 15
+# After a welcomed connection is lost (the gateway died, restarted or went away: no close
+# frame, or its shutdown close), dial again at least every FAST_RETRY_MAX_S for
+# FAST_RETRY_FOR_S, not on the doubling backoff: a restarted gateway is back within
+# seconds, and each doubling step it falls between cost its clients that much more
+# (issue 18: the restart's worst case). A refused dial is one SYN and RST; a storm of
+# dials at a gateway that is back queues at its handshake pacing (Retry-After), as before.
+FAST_RETRY_FOR_S = 30.0
+FAST_RETRY_MAX_S = 0.5
+# Close codes that say "gone for now, come back": a shutdown (ours), going away, restarting.
+_COMING_BACK = frozenset({protocol.CLOSE_GATEWAY_SHUTDOWN, 1001, 1012})
 
 
 class LinkedNode(Protocol):
@@ -66,6 +76,19 @@ async def handshake(ws: ClientConnection, identity: Identity, client: str,
     if not isinstance(msg, Welcome):
         raise protocol.ProtocolError(f"expected welcome, got {type(msg).__name__}")
     return msg
+
+
+def reconnect_delay(backoff: float, reconnect_max_s: float, fast: bool, told: float, rng: random.Random) -> float:
+    """Seconds to wait before the next dial (pure): the backoff with jitter, capped at
+    FAST_RETRY_MAX_S while `fast` (a lost gateway may be back any moment), and never
+    before a busy gateway's Retry-After (`told`), spread a little."""
+    ceiling = min(backoff, reconnect_max_s, FAST_RETRY_MAX_S if fast else reconnect_max_s)
+    delay = ceiling * rng.uniform(0.5, 1.0)
+    if told:
+        # The gateway is admitting a storm of handshakes at its pace and booked us a later
+        # turn: come then (spread a little), not at every backoff step until it.
+        delay = max(delay, told * rng.uniform(1.0, 1.2))
+    return delay
 
 
 def retry_after(exc: BaseException) -> float:
@@ -116,9 +139,13 @@ class PeerLink:
 
     async def run(self) -> None:
         backoff = 0.25
+        lost_at = float("-inf")  # when a welcomed connection last ended in a way that may come back
+        rng = random.Random()
         while True:
             started = time.monotonic()
             told = 0.0  # a busy gateway's Retry-After (seconds), if it refused us with one
+            welcomed = False
+            coming_back = True  # False once the gateway said not to hurry (a close code, a TLS problem)
             try:
                 async with connect(
                     self.url,
@@ -132,6 +159,7 @@ class PeerLink:
                     self._ws = ws
                     welcome = await handshake(ws, self.node.identity, self.client, self.node.make_offer,
                                               on_gateway=self._gateway_is)
+                    welcomed = True
                     await self._welcomed(ws, welcome)
                     log.info("connected to %s", self.url)
                     self._last_said = ""
@@ -141,6 +169,7 @@ class PeerLink:
             except websockets.ConnectionClosed as exc:
                 reason = exc.rcvd.reason if exc.rcvd else "connection lost"
                 log.warning("gateway %s closed the connection: %s", self.url, reason)
+                coming_back = exc.rcvd is None or exc.rcvd.code in _COMING_BACK
                 if exc.rcvd and exc.rcvd.code in (protocol.CLOSE_BAD_VERSION, protocol.CLOSE_BAD_SIGNATURE):
                     backoff = self.reconnect_max_s  # retrying fast won't help
             except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
@@ -151,6 +180,7 @@ class PeerLink:
                     log.error("cannot connect to gateway %s: %s (a private CA: pass --ca-cert FILE)",
                               self.url, tls_problem)
                     backoff = self.reconnect_max_s
+                    coming_back = False
                 else:
                     # Once per distinct cause, then quiet until it changes: a gateway down for an
                     # hour is one line, not one per retry.
@@ -165,14 +195,13 @@ class PeerLink:
                 self._disconnected()
             if self.node.draining:
                 return
-            if time.monotonic() - started > 30:
+            now = time.monotonic()
+            if welcomed:
+                lost_at = now if coming_back else float("-inf")
+            if now - started > 30:
                 backoff = 0.25  # the connection was healthy for a while: start over
-            delay = min(backoff, self.reconnect_max_s) * random.uniform(0.5, 1.0)
-            if told:
-                # The gateway is admitting a storm of handshakes at its pace and booked us a later
-                # turn: come then (spread a little), not at every backoff step until it.
-                delay = max(delay, told * random.uniform(1.0, 1.2))
-            await asyncio.sleep(delay)
+            fast = coming_back and now - lost_at < FAST_RETRY_FOR_S
+            await asyncio.sleep(reconnect_delay(backoff, self.reconnect_max_s, fast, told, rng))
             backoff = min(backoff * 2, self.reconnect_max_s)
 
     async def _send(self, msg: protocol.Message) -> None:

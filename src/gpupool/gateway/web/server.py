@@ -4,30 +4,31 @@
 
 With `port=0` the OS picks a free port; the chosen address is written as JSON to
 `ready_file` once the gateway accepts connections (tests and devnet wait on it).
+
+The port is bound and listening before the heavy part of the start (the app's imports,
+the database, the ledger), so a restarted gateway's clients and providers wait in the
+listen backlog and are answered the moment it is ready, instead of being refused and
+backing off past it (issue 18: the restart's worst case). Hence the lazy imports below.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import logging
 import os
 import socket
 
-import uvicorn
-
 from gpupool.config import GatewaySettings
-from gpupool.gateway.web.app import create_app
-from gpupool.gateway.edge.slow_clients import guarded_http
-from gpupool.gateway.money.shared_limits import check_redis
 from gpupool.gc_tuning import freeze_startup_heap, limit_malloc_arenas
 from gpupool.tls import server_files
-from gpupool.gateway.store import Store
-from gpupool.identity import Identity
-from gpupool.ledger import open_ledger
 
 log = logging.getLogger("gpupool.gateway")
+
+# uvicorn's own default: a restart's reconnect storm (clients and providers) waits here, not refused.
+LISTEN_BACKLOG = 2048
 
 
 def _event_loop() -> str:
@@ -39,19 +40,48 @@ def _event_loop() -> str:
         return "asyncio"
 
 
+def listen_early(host: str, port: int) -> socket.socket:
+    """Bind and listen now; connections queue in the backlog until the server accepts them."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 async def serve(settings: GatewaySettings) -> None:
     limit_malloc_arenas()  # before the database threads start (gc_tuning)
+    # The start (mostly imports) makes objects that live as long as the process: collecting
+    # during it only walks them again and again (~5% of its CPU). One collection when it is
+    # over (freeze_startup_heap), then the serving thresholds.
+    gc.disable()
     tls = server_files(settings.tls_cert, settings.tls_key)  # checked before anything starts
-    if settings.redis_url:
-        await check_redis(settings.redis_url)  # one line and no start, rather than limits that silently do not hold
-    identity = Identity.load_or_create(settings.key_file)
-    store = await Store.open(settings.db_url())
-    ledger = await open_ledger(settings.ledger_url())
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
-    sock.set_inheritable(True)
+    sock = listen_early(settings.host, settings.port)
     port = sock.getsockname()[1]
+    try:
+        # Imported here, after the port listens: they are most of the start (module docstring).
+        import uvicorn
+
+        from gpupool.gateway.edge.slow_clients import guarded_http
+        from gpupool.gateway.money.shared_limits import check_redis
+        from gpupool.gateway.store import Store
+        from gpupool.gateway.web.app import create_app
+        from gpupool.identity import Identity
+        from gpupool.ledger import open_ledger
+
+        if settings.redis_url:
+            await check_redis(settings.redis_url)  # one line and no start, rather than limits that silently do not hold
+        identity = Identity.load_or_create(settings.key_file)
+        store = await Store.open(settings.db_url())
+        ledger = await open_ledger(settings.ledger_url())
+    except BaseException:
+        sock.close()  # a start that fails refuses the waiting connections at once
+        raise
     if not settings.public_url:  # what /v1/gateways and the shared registry tell others (--public-url)
         host = socket.gethostname() if settings.host in ("0.0.0.0", "::", "") else settings.host
         host = f"[{host}]" if ":" in host else host
@@ -83,6 +113,7 @@ async def serve(settings: GatewaySettings) -> None:
         while not server.started:
             await asyncio.sleep(0.01)
         freeze_startup_heap()
+        gc.enable()
         log.warning("gateway %s listening on %s", identity.node_id[:12], url)
         if not tls and settings.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("no TLS on %s: API keys, prompts and answers cross the network in clear text; "

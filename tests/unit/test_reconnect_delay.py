@@ -1,0 +1,37 @@
+"""A node's wait before dialling a gateway again (provider/peer_link.reconnect_delay, pure).
+
+Issue 18: after a gateway restart the providers came back ~1.4 s after it was ready,
+because each refused dial doubled the wait; for a while after losing a gateway that may
+come back, the wait stays short, and a busy gateway's Retry-After still wins.
+"""
+
+from __future__ import annotations
+
+import random
+
+from gpupool.provider.peer_link import FAST_RETRY_MAX_S, reconnect_delay
+
+
+def waits(fast: bool, told: float = 0.0, steps: int = 8, reconnect_max_s: float = 30.0) -> list[float]:
+    """The waits of `steps` failed dials in a row, doubling the backoff as PeerLink.run does."""
+    rng, backoff, out = random.Random(7), 0.25, []
+    for _ in range(steps):
+        out.append(reconnect_delay(backoff, reconnect_max_s, fast, told, rng))
+        backoff = min(backoff * 2, reconnect_max_s)
+    return out
+
+
+def test_a_lost_gateway_is_dialled_at_least_every_half_second() -> None:
+    assert max(waits(fast=True)) <= FAST_RETRY_MAX_S
+    assert sum(waits(fast=True)) < 4.0  # eight dials within a few seconds
+
+
+def test_otherwise_the_wait_doubles_up_to_the_maximum() -> None:
+    slow = waits(fast=False, steps=10, reconnect_max_s=8.0)
+    assert slow[-1] > 2.0 and max(slow) <= 8.0  # 0.25 doubling, jittered by 0.5-1x, capped at 8 s
+    assert sum(slow) > 4 * sum(waits(fast=True, steps=10))
+
+
+def test_a_busy_gateways_retry_after_wins_even_when_fast() -> None:
+    assert min(waits(fast=True, told=5.0)) >= 5.0
+    assert max(waits(fast=True, told=5.0)) <= 6.0  # spread a little, not more

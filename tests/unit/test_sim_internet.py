@@ -240,3 +240,32 @@ def test_providers_with_many_verdicts_awaited_are_held_back_like_the_gateway_doe
     assert trust.held_back[i] and view[k].draining
     trust.verdict(i, trust.identity[i], PASS, 1.0)
     assert not trust.held_back[i] and not view[k].draining
+
+
+def test_the_command_reruns_itself_with_huge_pages_and_answers_the_same(tmp_path: Path) -> None:
+    """sim/memory.py: a real `gpupool sim run` re-executes under glibc malloc with THP (where glibc
+    has the tunable); the allocator changes no decision, so the summaries are equal but for wall_s."""
+    import os
+    import subprocess
+    import sys
+
+    from gpupool.sim import memory
+
+    assert memory.hugepage_env({"PYTHONMALLOC": "pymalloc"}) is None  # the user's choice stands
+    assert memory.hugepage_env({memory.MARKER: "1"}) is None  # never twice
+    if not memory.glibc_supports_hugetlb():
+        pytest.skip("needs Linux with glibc >= 2.35")
+    env = memory.hugepage_env({"PATH": "/usr/bin"})
+    assert env is not None and memory.active(env) and env["PATH"] == "/usr/bin"
+    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", "GLIBC_TUNABLES", memory.MARKER)}
+    runs = {}
+    for flag in ("--hugepages", "--no-hugepages"):
+        out = tmp_path / flag.strip("-")
+        r = subprocess.run([sys.executable, "-m", "gpupool", "sim", "run", "--scenario", "small", "--requests",
+                            "3000", "--no-plots", flag, "--out", str(out)], check=False, env=base,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert ("memory: glibc malloc with transparent huge pages" in r.stdout) == (flag == "--hugepages")
+        runs[flag] = json.loads((out / "summary.json").read_text())
+        runs[flag].pop("wall_s")
+    assert runs["--hugepages"] == runs["--no-hugepages"]

@@ -3,12 +3,14 @@
     gpupool sim run SCENARIO.toml --out DIR       # DIR/summary.json and DIR/*.png
     gpupool sim run --scenario internet-100k      # a bundled scenario (`gpupool sim list`)
     gpupool sim run ... --processes 1             # one process (default: 2 from 10,000 providers)
+    gpupool sim run ... --no-hugepages            # keep Python's allocator (default: glibc + THP, sim/memory.py)
     gpupool sim compare A.json B.json             # two summaries side by side
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -46,16 +48,27 @@ def run(
     processes: Annotated[Optional[int], typer.Option(
         min=1, max=64, help="split the pool's day over this many processes (sim/shards.py; default: 2 from "
         f"{SHARD_FROM:,} providers on a machine with 2+ cores, else 1)")] = None,
+    hugepages: Annotated[bool, typer.Option(
+        "--hugepages/--no-hugepages", help="re-run the command under glibc malloc with transparent huge "
+        "pages where available (sim/memory.py: same results, less CPU)")] = True,
 ) -> None:
     """Run one simulated day: the pool, the cloud and the hybrid on the same arrivals."""
     import dataclasses
-    import os
     import time
 
     from gpupool.sim.scenario import ScenarioError, load, load_bundled, validate
 
     if (scenario_file is None) == (scenario is None):
         raise fail("name a scenario file or --scenario NAME (one of them)", 2)
+    # Only a real `gpupool sim run` command line is re-executed (not an in-process call, e.g. a test's).
+    if hugepages and sys.argv[1:3] == ["sim", "run"]:
+        from gpupool.sim.memory import hugepage_env
+
+        env = hugepage_env(os.environ)
+        if env is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execve(sys.executable, [sys.executable, "-m", "gpupool", *sys.argv[1:]], env)
     try:
         sc = load(scenario_file) if scenario_file is not None else load_bundled(scenario or "")
         if providers or requests:
@@ -69,6 +82,10 @@ def run(
 
     t0 = time.perf_counter()
     typer.echo(f"building the world: {sc.providers:,} providers, {sc.requests:,} requests over {sc.hours:g} h")
+    from gpupool.sim.memory import active
+
+    if active(os.environ):
+        typer.echo("memory: glibc malloc with transparent huge pages (sim/memory.py; --no-hugepages: off)")
     earth = build(sc)
 
     def progress(done: int, total: int, wall: float) -> None:

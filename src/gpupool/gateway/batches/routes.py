@@ -8,8 +8,10 @@ Files and batches belong to the API key's account: another account gets 404. Eac
 account may keep `batch_max_files` input files of `batch_max_stored_bytes` in all and run
 `batch_max_active` batches at once; creating a batch needs a balance that covers the most
 it can cost (the estimate's `high`, or `gpupool_max_cost_ucr` if lower). Every route
-counts against the key's requests per minute, and files are parsed in a worker thread
-(at most two at a time), so a 100 MiB upload does not stall the event loop. An
+counts against the key's requests per minute; an account uploads one file at a time, at most
+`batch_upload_bytes_per_s` after a burst of one largest file (`upload_limits.py`, 429 from the
+Content-Length, before the body is read), and files are parsed in a child process, one at a
+time (`parse_pool.py`), so a 100 MiB upload does not stall the event loop. An
 input file is validated line by line when uploaded (`validate.parse_file`) and again
 when a batch is created from it; batches take gpupool options from `metadata`
 (values are strings, as OpenAI's metadata): `gpupool_max_provider_share` ("0.3") and
@@ -19,13 +21,12 @@ when a batch is created from it; batches take gpupool options from `metadata`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -37,10 +38,12 @@ from gpupool.gateway.batches import estimate as est
 from gpupool.batch import policy
 from gpupool.gateway.batches.runner import BatchDeps, Runner
 from gpupool.gateway.batches.store import BatchRow, BatchStore, FileRow, ItemRow
-from gpupool.gateway.batches.validate import ENDPOINTS, Item, parse_file
+from gpupool.gateway.batches.parse_pool import ParsePool
+from gpupool.gateway.batches.upload_limits import UploadLimits
+from gpupool.gateway.batches.validate import ENDPOINTS, Item
 from gpupool.config import GatewaySettings
 from gpupool.gateway.edge import image_inputs
-from gpupool.gateway.edge.http import JSON, BodyLimit, query_limit
+from gpupool.gateway.edge.http import JSON, BodyLimit, error_response, query_limit
 from gpupool.gateway.money.metering import price_of
 from gpupool.gateway.store import ApiKey
 from gpupool.ledger import postings
@@ -64,9 +67,11 @@ class BatchService:
         self.hub, self.store = deps.hub, deps.store
         self._batch_store: BatchStore | None = None
         self.runner: Runner | None = None
-        # Parsing a 100 MiB file takes seconds of CPU and a few times its size in memory: a few
-        # at a time, each in a worker thread (the event loop keeps serving meanwhile).
-        self._parsing = asyncio.Semaphore(2)
+        # Parsing a 100 MiB file takes seconds of CPU and a few times its size in memory: one at a
+        # time, in a child process (a thread still held the GIL against the event loop).
+        self.parser = ParsePool()
+        self.upload_limits = UploadLimits(settings.batch_upload_bytes_per_s,
+                                          max(settings.batch_max_file_bytes, 1 << 20))
 
     @property
     def bs(self) -> BatchStore:
@@ -82,6 +87,7 @@ class BatchService:
     async def close(self) -> None:
         if self.runner:
             await self.runner.close()
+        self.parser.close()
 
     def upload_limit(self, limited: ASGIApp, app: ASGIApp) -> ASGIApp:
         """File uploads get their own, larger body limit; every other request keeps `limited`'s."""
@@ -110,8 +116,28 @@ class BatchService:
 
     # ------------------------------------------------------------ handlers
 
-    async def upload(self, request: Request) -> JSON:
+    async def upload(self, request: Request) -> Response:
         key = await self.client_key(request)
+        try:
+            size = int(request.headers.get("content-length", "0"))
+        except ValueError:
+            size = 0
+        wait = self.upload_limits.admit(key.account, max(0, size), time.monotonic())
+        if wait is not None:
+            refused = error_response(errors.RateLimited(
+                f"this account is uploading batch files faster than its limit "
+                f"({self.settings.batch_upload_bytes_per_s / 1048576:g} MiB/s, one at a time); retry in {wait:.1f}s",
+                retry_after_s=max(1.0, wait)))
+            # Closing is what makes the refusal cheap: on a kept-alive connection the server would
+            # still read (and drop) the whole body the client goes on sending.
+            refused.headers["Connection"] = "close"
+            return refused
+        try:
+            return await self._upload(request, key)
+        finally:
+            self.upload_limits.done(key.account)
+
+    async def _upload(self, request: Request, key: ApiKey) -> JSON:
         try:
             form = await request.form(max_files=1, max_fields=4)
         except Exception as exc:  # noqa: BLE001 - python-multipart raises several types on bad input
@@ -136,7 +162,7 @@ class BatchService:
                                         f"({len(data):,}) it would pass its limit of "
                                         f"{self.settings.batch_max_stored_bytes:,}: delete some first", param="file",
                                         code="file_limit_reached")
-        await self._parse(data)  # refuses the whole file, naming the line
+        await self._parse(data, items=False)  # refuses the whole file, naming the line
         row = FileRow(id="file-" + uuid.uuid4().hex[:24], account=key.account,
                       filename=(upload_file.filename or "input.jsonl")[:256], purpose="batch", bytes=len(data),
                       created_at=int(time.time()), content=data, batch_id=None, kind="input")
@@ -255,13 +281,19 @@ class BatchService:
     def known_models(self) -> dict[str, str]:
         return {name: offer.task for name, offer in self.hub.known_models.items()}
 
-    async def _parse(self, data: bytes) -> list[Item]:
-        """The file's items, checked off the event loop (images are decoded from base64 and checked)."""
-        image_models = {name for name, offer in self.hub.known_models.items() if "image" in offer.accepts}
+    @overload
+    async def _parse(self, data: bytes) -> list[Item]: ...
+    @overload
+    async def _parse(self, data: bytes, items: Literal[False]) -> int: ...
+
+    async def _parse(self, data: bytes, items: bool = True) -> list[Item] | int:
+        """The file's items (or, `items=False`, their count), checked in the parser's child process
+        (images are decoded from base64 and checked)."""
+        image_models = frozenset(name for name, offer in self.hub.known_models.items() if "image" in offer.accepts)
         limits = image_inputs.limits_of(self.settings.image_max_bytes, self.settings.image_max_pixels)
-        async with self._parsing:  # two at a time: each holds a file's items in memory
-            return await asyncio.to_thread(parse_file, data, self.known_models(), image_models=image_models,
-                                           limits=limits)
+        if items:
+            return await self.parser.parse(data, self.known_models(), image_models, limits)
+        return await self.parser.check(data, self.known_models(), image_models, limits)
 
     async def _file(self, request: Request, key: ApiKey, content: bool = False) -> FileRow:
         file_id = request.path_params["file_id"]

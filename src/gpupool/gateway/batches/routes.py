@@ -9,8 +9,8 @@ account may keep `batch_max_files` input files of `batch_max_stored_bytes` in al
 `batch_max_active` batches at once; creating a batch needs a balance that covers the most
 it can cost (the estimate's `high`, or `gpupool_max_cost_ucr` if lower). Every route
 counts against the key's requests per minute; an account uploads one file at a time, at most
-`batch_upload_bytes_per_s` after a burst of one largest file (`upload_limits.py`, 429 from the
-Content-Length, before the body is read), and files are parsed in a child process, one at a
+`batch_upload_bytes_per_s` after a burst of one largest file (`upload_limits.py`: a 429 decided
+from the Content-Length, whose body is then read and dropped, never parsed), and files are parsed in a child process, one at a
 time (`parse_pool.py`), so a 100 MiB upload does not stall the event loop. An
 input file is validated line by line when uploaded (`validate.parse_file`) and again
 when a batch is created from it; batches take gpupool options from `metadata`
@@ -43,7 +43,8 @@ from gpupool.gateway.batches.upload_limits import UploadLimits
 from gpupool.gateway.batches.validate import ENDPOINTS, Item
 from gpupool.config import GatewaySettings
 from gpupool.gateway.edge import image_inputs
-from gpupool.gateway.edge.http import JSON, BodyLimit, error_response, query_limit
+from gpupool.gateway.edge.http import JSON, BodyLimit, query_limit
+from gpupool.gateway.money.anonymous_limits import HoldBack
 from gpupool.gateway.money.metering import price_of
 from gpupool.gateway.store import ApiKey
 from gpupool.ledger import postings
@@ -70,6 +71,7 @@ class BatchService:
         # Parsing a 100 MiB file takes seconds of CPU and a few times its size in memory: one at a
         # time, in a child process (a thread still held the GIL against the event loop).
         self.parser = ParsePool()
+        self._held = HoldBack(max_held=64)  # refusals held back from clients that ignore Retry-After
         self.upload_limits = UploadLimits(settings.batch_upload_bytes_per_s,
                                           max(settings.batch_max_file_bytes, 1 << 20))
 
@@ -116,22 +118,25 @@ class BatchService:
 
     # ------------------------------------------------------------ handlers
 
-    async def upload(self, request: Request) -> Response:
+    async def upload(self, request: Request) -> JSON:
         key = await self.client_key(request)
         try:
             size = int(request.headers.get("content-length", "0"))
         except ValueError:
             size = 0
-        wait = self.upload_limits.admit(key.account, max(0, size), time.monotonic())
+        now = time.monotonic()
+        wait = self.upload_limits.admit(key.account, max(0, size), now)
         if wait is not None:
-            refused = error_response(errors.RateLimited(
+            await self._held.hold(self.upload_limits.refused(key.account, max(1.0, wait), now))
+            # The body is read and dropped (never parsed or kept) so that the client, which sends it
+            # all before it reads an answer, gets this 429 rather than a reset connection; the hold
+            # above keeps a client that ignores Retry-After to about one such read a second.
+            async for _ in request.stream():
+                pass
+            raise errors.RateLimited(
                 f"this account is uploading batch files faster than its limit "
                 f"({self.settings.batch_upload_bytes_per_s / 1048576:g} MiB/s, one at a time); retry in {wait:.1f}s",
-                retry_after_s=max(1.0, wait)))
-            # Closing is what makes the refusal cheap: on a kept-alive connection the server would
-            # still read (and drop) the whole body the client goes on sending.
-            refused.headers["Connection"] = "close"
-            return refused
+                retry_after_s=max(1.0, wait))
         try:
             return await self._upload(request, key)
         finally:

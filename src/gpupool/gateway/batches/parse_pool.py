@@ -2,7 +2,8 @@
 
     pool = ParsePool()
     count = await pool.check(data, known, image_models, limits)   # upload: validate only
-    items = await pool.parse(data, known, image_models, limits)   # create / estimate: the items
+    items = await pool.parse(data, known, image_models, limits)   # the items (unpickled in one GIL hold:
+                                                                  # routes.py keeps create/estimate in a thread)
     pool.close()
 
 Why a process and not a thread: parsing holds the GIL (msgspec, pydantic, the per-line

@@ -33,9 +33,9 @@ import websockets
 
 from gpupool import protocol
 from gpupool.identity import Identity
-from gpupool.protocol import AuditJob, Fail, Hello, ModelOffer, Run, Statement, Verdict
+from gpupool.protocol import AuditJob, Hello, ModelOffer, Statement, Verdict
 
-from peers import Refused, close_text, handshake, keep_alive, open_ws, prove, signed_offer
+from peers import WS_ERRORS, close_text, decline_runs, handshake, keep_alive, open_ws, prove, signed_offer
 
 
 @dataclass
@@ -74,7 +74,7 @@ async def _loop(duration: float, workers: int, one: Callable[[int], Awaitable[st
         while time.monotonic() < end:
             try:
                 seen[await one(i)] += 1
-            except (httpx.HTTPError, OSError, websockets.WebSocketException, Refused, TimeoutError) as exc:
+            except (httpx.HTTPError, *WS_ERRORS) as exc:
                 seen[type(exc).__name__] += 1
             i += workers
 
@@ -356,12 +356,6 @@ async def huge_hello(t: Target, duration: float, field_mb: float = 16, workers: 
 # ---------------------------------------------------------------- provider-side peers
 
 
-async def _decline_runs(ws: Any, msg: Any) -> None:
-    """A peer that never serves: every Run it is sent fails at once (retryable, so it moves on)."""
-    if isinstance(msg, Run):
-        await ws.send(protocol.encode(Fail(msg.request_id, "overloaded", "hostile peer", retryable=True)))
-
-
 async def fake_offers(t: Target, duration: float, sessions: int = 20, models: int = 10_000) -> dict[str, Any]:
     """Waves of `sessions` fresh keys, each offering `models` made-up models, held ~3 s, then dropped."""
     waves = accepted = refused = 0
@@ -379,7 +373,7 @@ async def fake_offers(t: Target, duration: float, sessions: int = 20, models: in
         live = [g for g in got if not isinstance(g, BaseException)]
         accepted += len(live)
         refused += len(got) - len(live)
-        holders = [asyncio.create_task(keep_alive(ws, _decline_runs)) for ws in live]
+        holders = [asyncio.create_task(keep_alive(ws, decline_runs)) for ws in live]
         await asyncio.sleep(min(3.0, max(0.0, end - time.monotonic())))
         if t.admin_token:
             try:
@@ -395,17 +389,16 @@ async def fake_offers(t: Target, duration: float, sessions: int = 20, models: in
             "most_models_listed": most_listed, "contained": most_listed < models}
 
 
-async def big_statement(t: Target, duration: float, digests: int = 500_000) -> dict[str, Any]:
-    """A provider that signs Statements of `digests` made-up receipt digests, again and again.
-    (One frame of 500k digests is 17 MB, over the 16 MiB frame limit: it goes as two frames.)"""
+async def sign_statements(t: Target, duration: float, per_frame: int, pause_s: float) -> dict[str, Any]:
+    """One fresh provider signing Statements of `per_frame` made-up receipt digests every `pause_s`,
+    until `duration` is over or the gateway closes it (big_statement and statement_flood)."""
     ident = Identity.generate()
     try:
         ws = await handshake(t.ws_url, ident, [ModelOffer("stmt-bait", "generate", "echo")])
-    except (Refused, OSError, websockets.WebSocketException) as exc:
-        return {"refused_at_handshake": str(exc), "contained": True}
-    holder = asyncio.create_task(keep_alive(ws, _decline_runs))
-    sent = digests_sent = 0
-    per_frame = min(digests, 250_000)
+    except WS_ERRORS as exc:
+        return {"refused_at_handshake": str(exc), "connection": "refused at handshake"}
+    holder = asyncio.create_task(keep_alive(ws, decline_runs))
+    sent = 0
     end = time.monotonic() + duration
     ended = ""
     try:
@@ -415,15 +408,20 @@ async def big_statement(t: Target, duration: float, digests: int = 500_000) -> d
             st = msgspec.structs.replace(st, signature=ident.sign(protocol.statement_bytes(st.seq, batch)))
             await ws.send(protocol.encode(st))
             sent += 1
-            digests_sent += per_frame
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(pause_s)
     except websockets.ConnectionClosed as exc:
         ended = close_text(exc)
     holder.cancel()
-    ended = ended or (await asyncio.gather(holder, return_exceptions=True))[0]
-    # Contained: the gateway closed the connection rather than keep taking digests.
-    return {"statements_sent": sent, "digests_sent": digests_sent, "connection": str(ended),
-            "contained": str(ended) != "closed by us"}
+    ended = ended or str((await asyncio.gather(holder, return_exceptions=True))[0])
+    return {"statements_sent": sent, "digests_sent": sent * per_frame, "connection": ended}
+
+
+async def big_statement(t: Target, duration: float, digests: int = 500_000) -> dict[str, Any]:
+    """A provider that signs Statements of `digests` made-up receipt digests, again and again.
+    (One frame of 500k digests is 17 MB, over the 16 MiB frame limit: it goes as two frames.)"""
+    seen = await sign_statements(t, duration, min(digests, 250_000), 0.5)
+    # Contained: the gateway closed the connection (or refused the peer) rather than keep taking digests.
+    return {**seen, "contained": seen["connection"] != "closed by us"}
 
 
 async def ghost_sessions(t: Target, duration: float, ghosts: int = 50) -> dict[str, Any]:
@@ -439,7 +437,7 @@ async def ghost_sessions(t: Target, duration: float, ghosts: int = 50) -> dict[s
             await ws.send(protocol.encode(signed_offer(ident, [ModelOffer(t.chat_model, "generate", "echo")])))
             await ws.close()
             sent += 1
-        except (OSError, websockets.WebSocketException, Refused, TimeoutError):
+        except WS_ERRORS:
             pass
     await asyncio.sleep(max(0.0, duration - 2))
     listed = len(t.admin("/admin/providers")) if t.admin_token else None
@@ -455,9 +453,9 @@ async def price_bomb(t: Target, duration: float, price: int = 10**15) -> dict[st
     offer = ModelOffer(t.chat_model, "generate", "echo", price_in=price, price_out=price)
     try:
         ws = await handshake(t.ws_url, ident, [offer])
-    except (Refused, OSError, websockets.WebSocketException) as exc:
+    except WS_ERRORS as exc:
         return {"refused_at_handshake": str(exc), "contained": True}
-    holder = asyncio.create_task(keep_alive(ws, _decline_runs))
+    holder = asyncio.create_task(keep_alive(ws, decline_runs))
     await asyncio.sleep(duration)
     holder.cancel()
     ended = (await asyncio.gather(holder, return_exceptions=True))[0]
@@ -490,7 +488,7 @@ async def rogue_checkers(t: Target, duration: float, checkers: int = 2) -> dict[
         ident = Identity.generate()
         try:
             ws = await handshake(t.ws_url, ident, models, role="checker")
-        except (Refused, OSError, websockets.WebSocketException) as exc:
+        except WS_ERRORS as exc:
             refused.append(str(exc))
             continue
         held.append(asyncio.create_task(keep_alive(ws, make_handler(ident))))

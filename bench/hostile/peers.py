@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from gpupool import protocol
 from gpupool.protocol_handshake import answer
 from gpupool.identity import Identity
-from gpupool.protocol import Challenge, Hardware, Hello, ModelOffer, Offer, Ping, Pong, Welcome
+from gpupool.protocol import Challenge, Fail, Hardware, Hello, ModelOffer, Offer, Ping, Pong, Run, Welcome
 
 PROVIDERS_PATH = "/v1/providers/ws"
 # Our own frame limit is the gateway's: the attacks choose frame sizes, websockets must not refuse them first.
@@ -34,11 +34,23 @@ class Refused(Exception):
     """The gateway closed the connection (or answered something else) during the handshake."""
 
 
-def signed_offer(ident: Identity, models: list[ModelOffer], role: str = "provider",
-                 max_concurrency: int = 4) -> Offer:
-    offer = Offer(node_id=ident.node_id, models=models, hardware=Hardware("hostile", 1, 1024),
-                  region="hostile", max_concurrency=max_concurrency, issued_at=time.time(), role=role)
+# What a hostile peer's connection can end with, short of a bug in the attack.
+WS_ERRORS = (Refused, OSError, websockets.WebSocketException, TimeoutError)
+
+
+def signed_offer(ident: Identity, models: list[ModelOffer], role: str = "provider", **fields: Any) -> Offer:
+    """A signed Offer; `fields` override any Offer field, in or out of the protocol's bounds (msgspec
+    checks bounds when decoding, not when encoding, so a raw peer can send anything)."""
+    base: dict[str, Any] = {"node_id": ident.node_id, "models": models, "hardware": Hardware("hostile", 1, 1024),
+                            "region": "hostile", "max_concurrency": 4, "issued_at": time.time(), "role": role}
+    offer = Offer(**{**base, **fields})
     return msgspec.structs.replace(offer, signature=ident.sign(protocol.signed_bytes(offer)))
+
+
+async def decline_runs(ws: ClientConnection, msg: Any) -> None:
+    """A peer that never serves: every Run it is sent fails at once (retryable, so it moves on)."""
+    if isinstance(msg, Run):
+        await ws.send(protocol.encode(Fail(msg.request_id, "overloaded", "hostile peer", retryable=True)))
 
 
 async def open_ws(ws_url: str) -> ClientConnection:

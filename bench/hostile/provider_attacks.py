@@ -19,37 +19,20 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import time
 from collections import Counter
 from typing import Any
 
 import httpx
-import msgspec
 import websockets
 
-from attacks import Target, _client, _loop
+from attacks import Target, _client, _loop, sign_statements
 from gpupool import protocol
 from gpupool.identity import Identity
-from gpupool.protocol import Fail, Hardware, LoadReport, ModelOffer, Offer, Run, Statement
-from peers import Refused, close_text, handshake, keep_alive
+from gpupool.protocol import Hardware, LoadReport, ModelOffer, Offer, Run
+from peers import WS_ERRORS, decline_runs, handshake, keep_alive, signed_offer
 
 LONG = 60_000  # characters in each long string (the issue's repro)
-WS_ERRORS = (Refused, OSError, websockets.WebSocketException, TimeoutError)
-
-
-async def _decline(ws: Any, msg: Any) -> None:
-    if isinstance(msg, Run):
-        await ws.send(protocol.encode(Fail(msg.request_id, "overloaded", "hostile peer", retryable=True)))
-
-
-def _offer(ident: Identity, models: list[ModelOffer], **fields: Any) -> Offer:
-    """A signed Offer with any field values, in or out of the protocol's bounds (msgspec checks
-    bounds when decoding, not when encoding, so a raw peer can send anything)."""
-    base: dict[str, Any] = {"node_id": ident.node_id, "models": models, "hardware": Hardware("hostile", 1, 1024),
-                            "region": "hostile", "max_concurrency": 4, "issued_at": time.time()}
-    offer = Offer(**{**base, **fields})
-    return msgspec.structs.replace(offer, signature=ident.sign(protocol.signed_bytes(offer)))
 
 
 async def _session(t: Target, offer: Offer, ident: Identity) -> Any:
@@ -58,30 +41,9 @@ async def _session(t: Target, offer: Offer, ident: Identity) -> Any:
 
 async def statement_flood(t: Target, duration: float, digests: int = 4096) -> dict[str, Any]:
     """Statements at the per-statement limit, as fast as the socket takes them (issue 18: 300 of
-    them grew the gateway by 137 MB, never given back)."""
-    ident = Identity.generate()
-    try:
-        ws = await handshake(t.ws_url, ident, [ModelOffer("stmt-bait", "generate", "echo")])
-    except WS_ERRORS as exc:
-        return {"refused_at_handshake": str(exc), "contained": True}
-    holder = asyncio.create_task(keep_alive(ws, _decline))
-    sent = 0
-    ended = ""
-    end = time.monotonic() + duration
-    try:
-        while time.monotonic() < end and not holder.done():
-            batch = [os.urandom(32) for _ in range(digests)]
-            st = Statement(seq=sent, digests=batch)
-            st = msgspec.structs.replace(st, signature=ident.sign(protocol.statement_bytes(st.seq, batch)))
-            await ws.send(protocol.encode(st))
-            sent += 1
-            await asyncio.sleep(0.01)
-    except websockets.ConnectionClosed as exc:
-        ended = close_text(exc)
-    holder.cancel()
-    ended = ended or str((await asyncio.gather(holder, return_exceptions=True))[0])
-    # Contained is judged by the runner's RSS check; here: what the peer could send.
-    return {"statements_sent": sent, "digests_sent": sent * digests, "connection": ended}
+    them grew the gateway by 137 MB, never given back). Contained is judged by the runner's RSS
+    check; here: what the peer could send."""
+    return await sign_statements(t, duration, digests, 0.01)
 
 
 async def long_strings(t: Target, duration: float, sessions: int = 31) -> dict[str, Any]:
@@ -94,7 +56,7 @@ async def long_strings(t: Target, duration: float, sessions: int = 31) -> dict[s
         ident = Identity.generate()
         made += 1
         model = ModelOffer(f"long-{ident.node_id[2:10]}", "generate", "echo", description="d" * LONG)
-        offer = _offer(ident, [model], region="r" * LONG, hardware=Hardware("c" * LONG, 1, 1024))
+        offer = signed_offer(ident, [model], region="r" * LONG, hardware=Hardware("c" * LONG, 1, 1024))
         try:
             ws = await _session(t, offer, ident)
             seen["accepted"] += 1
@@ -121,7 +83,7 @@ async def nan_numbers(t: Target, duration: float) -> dict[str, Any]:
     for fields in variants:
         ident = Identity.generate()
         try:
-            ws = await _session(t, _offer(ident, [ModelOffer(t.chat_model, "generate", "echo")], **fields), ident)
+            ws = await _session(t, signed_offer(ident, [ModelOffer(t.chat_model, "generate", "echo")], **fields), ident)
         except WS_ERRORS:
             outcomes[f"{next(iter(fields))}: refused"] += 1
             continue
@@ -130,7 +92,7 @@ async def nan_numbers(t: Target, duration: float) -> dict[str, Any]:
             await ws.send(protocol.encode(LoadReport(in_flight=0, queued=0, capacity=2**40)))
         except websockets.ConnectionClosed:
             pass
-        held.append(asyncio.create_task(keep_alive(ws, _decline)))
+        held.append(asyncio.create_task(keep_alive(ws, decline_runs)))
     statuses: Counter[int] = Counter()
     end = time.monotonic() + duration
     async with httpx.AsyncClient(timeout=10) as client:
@@ -160,7 +122,7 @@ async def sybil_silent(t: Target, duration: float, sessions: int = 20) -> dict[s
     refused = 0
     for _ in range(sessions):
         ident = Identity.generate()
-        offer = _offer(ident, [ModelOffer(t.chat_model, "generate", "echo"),
+        offer = signed_offer(ident, [ModelOffer(t.chat_model, "generate", "echo"),
                                ModelOffer(t.embed_model, "embeddings", "echo", dimensions=32)], max_concurrency=64)
         try:
             ws = await _session(t, offer, ident)

@@ -174,6 +174,9 @@ class GatewaySettings:
     batch_max_files: int = _opt(500, "batch input files an account may keep stored at once (delete some to upload "
                                 "more)")
     batch_max_stored_bytes: int = _opt(2 * 1024 ** 3, "total bytes of batch input files an account may keep stored")
+    batch_upload_bytes_per_s: float = _opt(2 * 1024 * 1024, "bytes of batch files per second an account may "
+                                           "upload, after a burst of one largest file; and one upload at a time "
+                                           "(over it: 429 with Retry-After)")
     batch_max_active: int = _opt(100, "batches an account may have running (not yet finished) at once")
     batch_reserve_slots: int = _opt(1, "slots per provider that batch work leaves free for interactive requests")
     redis_url: str = _opt("", "count each key's requests and tokens per minute across all the network's gateways "

@@ -8,8 +8,11 @@ Files and batches belong to the API key's account: another account gets 404. Eac
 account may keep `batch_max_files` input files of `batch_max_stored_bytes` in all and run
 `batch_max_active` batches at once; creating a batch needs a balance that covers the most
 it can cost (the estimate's `high`, or `gpupool_max_cost_ucr` if lower). Every route
-counts against the key's requests per minute, and files are parsed in a worker thread
-(at most two at a time), so a 100 MiB upload does not stall the event loop. An
+counts against the key's requests per minute; an account uploads one file at a time, at most
+`batch_upload_bytes_per_s` after a burst of one largest file (`upload_limits.py`: a 429 decided
+from the Content-Length, whose body is then read and dropped, never parsed); uploads are checked in a
+child process, one at a time (`parse_pool.py`), and create and estimate parse in a worker
+thread, two at a time, so a 100 MiB file does not stall the event loop. An
 input file is validated line by line when uploaded (`validate.parse_file`) and again
 when a batch is created from it; batches take gpupool options from `metadata`
 (values are strings, as OpenAI's metadata): `gpupool_max_provider_share` ("0.3") and
@@ -25,7 +28,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -37,10 +40,13 @@ from gpupool.gateway.batches import estimate as est
 from gpupool.batch import policy
 from gpupool.gateway.batches.runner import BatchDeps, Runner
 from gpupool.gateway.batches.store import BatchRow, BatchStore, FileRow, ItemRow
+from gpupool.gateway.batches.parse_pool import ParsePool
+from gpupool.gateway.batches.upload_limits import UploadLimits
 from gpupool.gateway.batches.validate import ENDPOINTS, Item, parse_file
 from gpupool.config import GatewaySettings
 from gpupool.gateway.edge import image_inputs
 from gpupool.gateway.edge.http import JSON, BodyLimit, query_limit
+from gpupool.gateway.money.anonymous_limits import HoldBack
 from gpupool.gateway.money.metering import price_of
 from gpupool.gateway.store import ApiKey
 from gpupool.ledger import postings
@@ -64,9 +70,13 @@ class BatchService:
         self.hub, self.store = deps.hub, deps.store
         self._batch_store: BatchStore | None = None
         self.runner: Runner | None = None
-        # Parsing a 100 MiB file takes seconds of CPU and a few times its size in memory: a few
-        # at a time, each in a worker thread (the event loop keeps serving meanwhile).
-        self._parsing = asyncio.Semaphore(2)
+        # Parsing a 100 MiB file takes seconds of CPU and a few times its size in memory: one at a
+        # time, in a child process (a thread still held the GIL against the event loop).
+        self.parser = ParsePool()
+        self._parsing = asyncio.Semaphore(2)  # create and estimate parse in a worker thread, two at a time
+        self._held = HoldBack(max_held=64)  # refusals held back from clients that ignore Retry-After
+        self.upload_limits = UploadLimits(settings.batch_upload_bytes_per_s,
+                                          max(settings.batch_max_file_bytes, 1 << 20))
 
     @property
     def bs(self) -> BatchStore:
@@ -82,6 +92,7 @@ class BatchService:
     async def close(self) -> None:
         if self.runner:
             await self.runner.close()
+        self.parser.close()
 
     def upload_limit(self, limited: ASGIApp, app: ASGIApp) -> ASGIApp:
         """File uploads get their own, larger body limit; every other request keeps `limited`'s."""
@@ -113,6 +124,29 @@ class BatchService:
     async def upload(self, request: Request) -> JSON:
         key = await self.client_key(request)
         try:
+            size = int(request.headers.get("content-length", "0"))
+        except ValueError:
+            size = 0
+        now = time.monotonic()
+        wait = self.upload_limits.admit(key.account, max(0, size), now)
+        if wait is not None:
+            await self._held.hold(self.upload_limits.refused(key.account, max(1.0, wait), now))
+            # The body is read and dropped (never parsed or kept) so that the client, which sends it
+            # all before it reads an answer, gets this 429 rather than a reset connection; the hold
+            # above keeps a client that ignores Retry-After to about one such read a second.
+            async for _ in request.stream():
+                pass
+            raise errors.RateLimited(
+                f"this account is uploading batch files faster than its limit "
+                f"({self.settings.batch_upload_bytes_per_s / 1048576:g} MiB/s, one at a time); retry in {wait:.1f}s",
+                retry_after_s=max(1.0, wait))
+        try:
+            return await self._upload(request, key)
+        finally:
+            self.upload_limits.done(key.account)
+
+    async def _upload(self, request: Request, key: ApiKey) -> JSON:
+        try:
             form = await request.form(max_files=1, max_fields=4)
         except Exception as exc:  # noqa: BLE001 - python-multipart raises several types on bad input
             raise errors.InvalidRequest(f"expected a multipart/form-data upload with fields file and purpose "
@@ -136,7 +170,7 @@ class BatchService:
                                         f"({len(data):,}) it would pass its limit of "
                                         f"{self.settings.batch_max_stored_bytes:,}: delete some first", param="file",
                                         code="file_limit_reached")
-        await self._parse(data)  # refuses the whole file, naming the line
+        await self._parse(data, items=False)  # refuses the whole file, naming the line
         row = FileRow(id="file-" + uuid.uuid4().hex[:24], account=key.account,
                       filename=(upload_file.filename or "input.jsonl")[:256], purpose="batch", bytes=len(data),
                       created_at=int(time.time()), content=data, batch_id=None, kind="input")
@@ -255,13 +289,23 @@ class BatchService:
     def known_models(self) -> dict[str, str]:
         return {name: offer.task for name, offer in self.hub.known_models.items()}
 
-    async def _parse(self, data: bytes) -> list[Item]:
-        """The file's items, checked off the event loop (images are decoded from base64 and checked)."""
-        image_models = {name for name, offer in self.hub.known_models.items() if "image" in offer.accepts}
+    @overload
+    async def _parse(self, data: bytes) -> list[Item]: ...
+    @overload
+    async def _parse(self, data: bytes, items: Literal[False]) -> int: ...
+
+    async def _parse(self, data: bytes, items: bool = True) -> list[Item] | int:
+        """The file's items, checked in a worker thread; or, `items=False` (uploads), their count,
+        checked in the parser's child process (images are decoded from base64 and checked)."""
+        image_models = frozenset(name for name, offer in self.hub.known_models.items() if "image" in offer.accepts)
         limits = image_inputs.limits_of(self.settings.image_max_bytes, self.settings.image_max_pixels)
-        async with self._parsing:  # two at a time: each holds a file's items in memory
-            return await asyncio.to_thread(parse_file, data, self.known_models(), image_models=image_models,
-                                           limits=limits)
+        if items:
+            # Create and estimate need the items back: unpickling 50,000 of them from a child held
+            # the GIL in one piece (a 765 ms stall, against ~130 ms for a thread that yields it).
+            async with self._parsing:
+                return await asyncio.to_thread(parse_file, data, self.known_models(), image_models=image_models,
+                                               limits=limits)
+        return await self.parser.check(data, self.known_models(), image_models, limits)
 
     async def _file(self, request: Request, key: ApiKey, content: bool = False) -> FileRow:
         file_id = request.path_params["file_id"]

@@ -20,6 +20,7 @@ A failover past them draws again among providers no dearer (`Tries.serving`).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -99,6 +100,7 @@ class LiveRouter:
         self.lengths = AnswerLengths()
         self.breaker_config = BreakerConfig(failure_threshold=settings.breaker_failures,
                                             cooldown_s=settings.breaker_cooldown_s)
+        self._unproven_breaker = dataclasses.replace(self.breaker_config, failure_threshold=1)
         self.records: dict[str, ProviderRecord] = {}
         self._gflops_at = 0.0
         self._pool_gflops = 0.0  # median verified GFLOP/s of connected providers; 0 = none proved
@@ -120,8 +122,12 @@ class LiveRouter:
         sessions, k = pool.sessions, max(1, self.settings.route_sample)
         if len(sessions) > k:
             ready, held = self._draw(sessions, model, k, within, images)
-            if ready or held:
-                return Serving(ready or held, model, pool)
+            if ready:
+                return Serving(ready, model, pool)
+            # Nothing drawn can take work now: scan for one that can (rare), else keep the held ones.
+            now = time.monotonic()
+            eligible = self._eligible(sessions, model, within, images)
+            return Serving([s for s in eligible if self._takes_work(s, now)] or held or eligible, model, pool)
         return Serving(self._eligible(sessions, model, within, images), model, pool)
 
     def serving_all(self, model: str) -> Serving:
@@ -139,6 +145,7 @@ class LiveRouter:
     def _draw(self, sessions: list[ProviderSession], model: str, k: int, within: tuple[int, int] | None,
               images: bool) -> tuple[list[ProviderSession], list[ProviderSession]]:
         trust, n, rand = self.trust, len(sessions), self.rng.random
+        now = time.monotonic()
         ready: list[ProviderSession] = []
         held: list[ProviderSession] = []
         seen: set[int] = set()
@@ -150,10 +157,18 @@ class LiveRouter:
             s = sessions[i]
             if s.closed or s.draining or trust.is_suspended(s.node_id) or not _fits(s, model, within, images):
                 continue
-            (held if trust.is_held_back(s.node_id) else ready).append(s)
+            # Open breakers and silent sessions wait with the held-back ones: a sample filled with
+            # providers that cannot take the request (20 Sybils that sat on work, say) refused it
+            # while honest ones were free.
+            (held if trust.is_held_back(s.node_id) or not self._takes_work(s, now) else ready).append(s)
             if len(ready) >= k:
                 break
         return ready, held
+
+    def _takes_work(self, session: ProviderSession, now: float) -> bool:
+        """Its breaker lets a request through now and it has not gone silent."""
+        rec = self.records.get(session.node_id)
+        return (rec is None or breakers.allows(rec.breaker, now)) and not self.is_silent(session)
 
     def shortlist(self, serving: Serving, model: str, payload: Payload, options: RouteOptions,
                   stream: bool) -> Serving:
@@ -348,7 +363,10 @@ class LiveRouter:
         if not counts:
             return
         rec = self.record(session.node_id)
-        rec.breaker = breakers.record_failure(rec.breaker, time.monotonic(), self.breaker_config)
+        # A provider that never answered us gets no run of failures: its first opens the breaker
+        # (fresh keys are free, and each of 20 Sybils that sit on work cost five requests before).
+        config = self.breaker_config if rec.proven else self._unproven_breaker
+        rec.breaker = breakers.record_failure(rec.breaker, time.monotonic(), config)
         rec.last_failure = reason
 
     def on_abandoned(self, session: ProviderSession, request_id: str) -> None:
@@ -382,8 +400,13 @@ class LiveRouter:
     def hedge_delay(self, session: ProviderSession, model: str, payload: Payload, options: RouteOptions) -> float | None:
         request = self.route_request(model, payload, options, stream=False)
         weights = self._weights(model, time.monotonic())
-        delay = hedge_delay_s(self.candidate(session, model, weights), request, self.settings.hedge_percentile,
-                              weights, self.settings.hedge_min_s)
+        candidate = self.candidate(session, model, weights)
+        delay = hedge_delay_s(candidate, request, self.settings.hedge_percentile, weights, self.settings.hedge_min_s)
+        if delay is not None and not self.record(session.node_id).proven:
+            # No benefit of the doubt for a provider that never answered us: hedge once it is slower
+            # than expected (a Sybil that sits on work costs its request this much, not the
+            # 95th percentile of a spread it never showed).
+            delay = min(delay, hedge_delay_s(candidate, request, 0.5, weights, self.settings.hedge_min_s) or delay)
         return delay
 
     def first_byte_limit(self, session: ProviderSession, model: str, payload: Payload, options: RouteOptions) -> float:

@@ -1,0 +1,86 @@
+"""Batch input files are parsed in a child process, never on the gateway's own interpreter.
+
+    pool = ParsePool()
+    count = await pool.check(data, known, image_models, limits)   # upload: validate only
+    items = await pool.parse(data, known, image_models, limits)   # the items (unpickled in one GIL hold:
+                                                                  # routes.py keeps create/estimate in a thread)
+    pool.close()
+
+Why a process and not a thread: parsing holds the GIL (msgspec, pydantic, the per-line
+checks), so a worker thread still took the event loop's turn every few milliseconds;
+a flood of 8 MiB uploads from one key made every other client's p99 x14-x63
+(bench/README.md, "hostile"). In a child the event loop only pays for sending the
+bytes over a pipe. One child, files one at a time: the bound on CPU and memory that
+files can take, whoever sends them. The child is started (spawn, not fork: the
+gateway has threads) at the first file, and again if it dies.
+
+Errors come back as (message, param, code) and are raised here as the same
+`InvalidRequest` naming the line: exceptions with keyword fields do not pickle whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from gpupool import errors
+from gpupool.gateway.batches.validate import Item, parse_file
+from gpupool.images import ImageLimits
+
+Failure = tuple[str, str | None, str | None]
+
+
+def _run(data: bytes, known: dict[str, str], image_models: frozenset[str], limits: ImageLimits,
+         items: bool) -> tuple[list[Item] | int | None, Failure | None]:
+    """In the child: the items (or their count), or the file's first problem."""
+    try:
+        parsed = parse_file(data, known, image_models=image_models, limits=limits)
+    except errors.GpupoolError as exc:
+        return None, (exc.message, exc.param, exc.code)
+    return (parsed if items else len(parsed)), None
+
+
+class ParsePool:
+    def __init__(self, workers: int = 1):
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+        self._turns = asyncio.Semaphore(workers)  # files wait here, not in the executor's queue
+
+    async def check(self, data: bytes, known: dict[str, str], image_models: frozenset[str],
+                    limits: ImageLimits) -> int:
+        """How many requests the file holds; InvalidRequest naming the first bad line."""
+        got = await self._call(data, known, image_models, limits, False)
+        assert isinstance(got, int)
+        return got
+
+    async def parse(self, data: bytes, known: dict[str, str], image_models: frozenset[str],
+                    limits: ImageLimits) -> list[Item]:
+        got = await self._call(data, known, image_models, limits, True)
+        assert isinstance(got, list)
+        return got
+
+    async def _call(self, *args: Any) -> list[Item] | int:
+        async with self._turns:
+            try:
+                result, failure = await asyncio.wrap_future(self._pool().submit(_run, *args))
+            except BrokenProcessPool:
+                self.close()  # the child died (killed, out of memory): a fresh one for the next file
+                raise errors.GpupoolError("the batch file parser stopped; retry the request") from None
+        if failure is not None:
+            message, param, code = failure
+            raise errors.InvalidRequest(message, param=param, code=code)
+        assert result is not None
+        return result
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

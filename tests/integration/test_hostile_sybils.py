@@ -1,0 +1,90 @@
+"""Sybil providers that take work and never answer it must not cost an honest client its answers.
+
+Issue 18 (bench/hostile `sybil_silent`): fresh keys offering the honest provider's model
+take every Run they are sent and sit on it, while answering Pings so that liveness keeps
+them. Against a real gateway and a real echo provider (proven by answering before the
+Sybils arrive), with raw protocol peers as the Sybils and the official client as the
+bystander. Before: a request whose serving sample was all Sybils with open breakers got
+a 503 (about one in ten), and each Sybil was handed five requests (its breaker's run of
+failures) before routing stopped choosing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import websockets
+
+from gpupool import protocol
+from gpupool.devnet import Network
+from gpupool.identity import Identity
+from gpupool.protocol import ModelOffer, Run
+from tests.integration.conftest import client_for
+from tests.integration.test_hostile_peers import joined
+
+SYBILS = 12
+REQUESTS = 80
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    network = Network(Path(tmp_path_factory.mktemp("sybils")) / "net")
+    try:
+        network.start_gateway()
+        network.start_provider(["echo=echo:chat"], max_concurrency=16)
+        network.wait_for_models({"echo": 1}, timeout=60)
+        yield network
+    finally:
+        network.stop(timeout=10)
+
+
+async def sit_on_runs(ws: Any, taken: Counter[str]) -> None:
+    """A Sybil's loop: answer Pings, take every Run and never answer it."""
+    try:
+        async for frame in ws:
+            msg = protocol.decode(frame)
+            if isinstance(msg, protocol.Ping):
+                await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
+            elif isinstance(msg, Run):
+                taken[ws.id] += 1
+    except websockets.ConnectionClosed:
+        return
+
+
+async def test_sybils_that_sit_on_work_cost_a_client_no_answers(net: Network) -> None:
+    client = client_for(net, timeout=30)
+
+    def ask(i: int) -> str:
+        out = client.chat.completions.create(model="echo", max_tokens=8,
+                                             messages=[{"role": "user", "content": f"bystander {i}"}])
+        return out.choices[0].message.content or ""
+
+    for i in range(5):  # the honest provider answers first: it is proven
+        assert await asyncio.to_thread(ask, i) == f"bystander {i}"
+    taken: Counter[str] = Counter()
+    sybils = [await joined(net, Identity.generate(), [ModelOffer("echo", "generate", "echo")]) for _ in range(SYBILS)]
+    loops = [asyncio.create_task(sit_on_runs(ws, taken)) for ws in sybils]
+    try:
+        failed: list[str] = []
+        for i in range(REQUESTS):
+            try:
+                assert await asyncio.to_thread(ask, i) == f"bystander {i}"
+            except openai.APIStatusError as exc:
+                failed.append(f"{exc.status_code}: {exc.message[:120]}")
+        assert not failed, f"{len(failed)} of {REQUESTS} failed, e.g. {failed[0]}"
+        # A provider that never answered trips at its first lost race: at most one request each in
+        # the breaker's first cooldown (10 s), and no Sybil is given a second before it.
+        assert sum(taken.values()) <= SYBILS, dict(taken)
+        assert max(taken.values(), default=0) <= 1, dict(taken)
+    finally:
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        for ws in sybils:
+            await ws.close()

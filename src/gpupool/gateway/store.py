@@ -34,10 +34,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from gpupool.db import add_missing_columns, create_engine
+from gpupool.db import create_engine, create_tables, session_factory
 from gpupool.ledger.postings import account_for
 
 log = logging.getLogger("gpupool.gateway.store")
@@ -126,13 +126,6 @@ KEY_CACHE_S = 2.0
 KEY_CACHE_MAX = 10_000
 
 
-def _add_missing_indexes(conn: Any) -> None:
-    """create_all makes indexes only with new tables: add the ones older databases lack."""
-    for table in Base.metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(conn, checkfirst=True)
-
-
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -151,7 +144,7 @@ class Retention:
 class Store:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
-        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.sessions = session_factory(engine)
         # key hash -> (key or None if unknown/revoked, monotonic time the entry expires)
         self._key_cache: dict[str, tuple[ApiKey | None, float]] = {}
         self._id_cache: dict[int, tuple[ApiKey | None, float]] = {}
@@ -168,10 +161,7 @@ class Store:
     @classmethod
     async def open(cls, url: str) -> Store:
         engine = create_engine(url)
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
-            await conn.run_sync(add_missing_columns, Base.metadata)
-            await conn.run_sync(_add_missing_indexes)
+        await create_tables(engine, Base.metadata)
         return cls(engine)
 
     def start_writer(self, retention: Retention | None = None) -> None:

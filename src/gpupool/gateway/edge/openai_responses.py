@@ -66,20 +66,15 @@ def _answer(rid: str, kind: str, model: str, provider: str, choice: dict[str, An
 
 
 def chat_chunk(rid: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-    }
+    return _chunk(rid, "chat.completion.chunk", model, created,
+                  {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None})
 
 
 def completion_chunk(rid: str, model: str, created: int, text: str, finish: str | None) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-    }
+    return _chunk(rid, "text_completion", model, created,
+                  {"index": 0, "text": text, "finish_reason": finish, "logprobs": None})
+
+
+def _chunk(rid: str, kind: str, model: str, created: int, choice: dict[str, Any]) -> dict[str, Any]:
+    """One streamed event: every chunk of a stream carries the stream's id, model and creation time."""
+    return {"id": rid, "object": kind, "created": created, "model": model, "choices": [choice]}

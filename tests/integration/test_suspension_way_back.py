@@ -80,7 +80,7 @@ async def test_the_operator_lifts_a_suspension_and_suspensions_expire(network: N
     network.start_gateway(extra=[*FAST_SETTLE, "--suspension-expiry-s", "3"])
     provider = network.start_provider(["echo=echo:chat"])
     network.wait_for_models({"echo": 1}, timeout=60)
-    _checker, cws, jobs, judging = await judging_checker(network, ["echo"], False)  # a checker in error
+    _checker, cws, _jobs, judging = await judging_checker(network, ["echo"], False)  # a checker in error
     client = client_for(network)
     await asyncio.to_thread(chat, client, "first answer")
     await _suspended(network, provider.node_id)

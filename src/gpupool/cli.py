@@ -1,7 +1,8 @@
-"""The one `gpupool` command: gateway, provider, checker, keys, market, devnet, ask, demo.
+"""The one `gpupool` command: gateway, provider, checker, market, ask, demo.
 
-Registered here from their own modules: `gpupool ledger ...` (ledger/cli.py), `gpupool batch ...`
-(batch/cli.py), `gpupool sim ...` (sim/cli.py) and the money views `account`, `providers`, `status` (cli_views.py).
+Registered here from their own modules: `gpupool keys ...` (cli_keys.py), `gpupool devnet` (cli_devnet.py),
+`gpupool ledger ...` (ledger/cli.py), `gpupool batch ...` (batch/cli.py), `gpupool sim ...` (sim/cli.py) and
+the money views `account`, `providers`, `status` (cli_views.py).
 
 Flags map one-to-one onto the fields of `GatewaySettings` / `ProviderSettings`
 (a test checks that), and each also reads `GPUPOOL_<ROLE>_<FIELD>` and `--config FILE`.
@@ -15,10 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import json
-import signal
 import sys
-import time
 import types
 import typing
 from collections.abc import Callable
@@ -31,18 +29,10 @@ from gpupool import config, errors, logs
 from gpupool.cli_support import (
     HELP,
     credits,
-    database_url,
     default_api_key,
     default_gateway,
     fail,
     friendly,
-    pointer_path,
-    redact,
-    remove_devnet_pointer,
-    require_existing,
-    running_devnet,
-    say_database,
-    write_devnet_pointer,
 )
 from gpupool.ledger.cli import ledger_app
 from gpupool.urls import ws_url
@@ -50,8 +40,8 @@ from gpupool.urls import ws_url
 app = typer.Typer(help="gpupool: pool idle GPUs into one OpenAI-compatible inference network.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, context_settings=HELP)
-keys_app = typer.Typer(help="Create, list and revoke client API keys.", no_args_is_help=True,
-                       rich_markup_mode=None, context_settings=HELP)
+from gpupool.cli_keys import keys_app  # noqa: E402 - the gateway's store, imported only when a command runs
+
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
 from gpupool.batch.cli import batch_app  # noqa: E402 - an HTTP client only (no torch, no database)
@@ -61,8 +51,10 @@ from gpupool.sim.cli import sim_app  # noqa: E402 - the simulator (numpy importe
 
 app.add_typer(sim_app, name="sim")
 from gpupool import cli_views  # noqa: E402 - account, providers, status (HTTP clients only)
+from gpupool.cli_views import GatewayOpt  # noqa: E402 - the one --gateway option
 
 cli_views.register(app)
+from gpupool.cli_devnet import devnet  # noqa: E402 - the local network (its modules imported when it runs)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file")]
 
@@ -175,9 +167,6 @@ provider_app.callback()(settings_command(
     "(`gpupool provider earnings` shows what it has earned).", group=True))
 app.add_typer(provider_app, name="provider")
 
-GatewayOpt = Annotated[Optional[str], typer.Option(
-    "--gateway", help="gateway base URL, http(s):// or ws(s):// (default: the running devnet's, else "
-    "http://127.0.0.1:8000)")]
 
 
 def _get(url: str, api_key: str | None = None) -> Any:
@@ -266,182 +255,7 @@ def market(gateway: GatewayOpt = None,
                    f"{speed:>16}  {'+'.join(m.get('accepts') or ['text']):<10} {','.join(m['regions'])}")
 
 
-def _with_store(db: str | None, call: Callable[[Any], Any], create: bool = False) -> Any:
-    """Open the gateway's store (see cli_support.database_url), say which, run one call, close it.
-
-    Without `create`, a SQLite file that does not exist is an error rather than a new database."""
-    from gpupool.gateway.store import Store
-
-    url, origin = database_url(db)
-    say_database(url, origin)
-
-    async def go() -> Any:
-        store = await Store.open(url)
-        try:
-            return await call(store)
-        finally:
-            await store.close()
-
-    try:
-        if not create:
-            require_existing(url)
-        return asyncio.run(go())
-    except OSError as exc:
-        raise fail(f"cannot open the database {redact(url)}: {exc}") from None
-    except Exception as exc:
-        message = friendly(exc)
-        if message is None:
-            raise
-        raise fail(message) from None
-
-
-@keys_app.command("create")
-def keys_create(
-    name: Annotated[str, typer.Option(help="who the key is for")] = "default",
-    db: Annotated[Optional[str], typer.Option(help="the gateway's database URL")] = None,
-    key: Annotated[Optional[str], typer.Option(help="register this exact key instead of a random one")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-    rpm: Annotated[int, typer.Option(min=0, help="requests per minute (0: the gateway's --key-rpm)")] = 0,
-    tpm: Annotated[int, typer.Option(min=0, help="tokens per minute (0: the gateway's --key-tpm)")] = 0,
-    concurrency: Annotated[int, typer.Option(min=0, help="requests at once (0: the gateway's "
-                                             "--key-concurrency)")] = 0,
-) -> None:
-    """Create an API key in the gateway's database and print it (shown only once)."""
-    created = _with_store(db, lambda store: store.create_key(name, key, rpm=rpm, tpm=tpm, concurrency=concurrency),
-                          create=True)
-    typer.echo(created if quiet else f"API key for {name!r} (store it now; it is not shown again):\n{created}")
-
-
-@keys_app.command("list")
-def keys_list(db: Annotated[Optional[str], typer.Option(help="the gateway's database URL")] = None) -> None:
-    """List API keys (hints only; keys are stored hashed)."""
-    keys = _with_store(db, lambda store: store.list_keys())
-    if not keys:
-        typer.echo("no API keys yet: create one with `gpupool keys create --name NAME`")
-        return
-    typer.echo(f"{'id':>4}  {'key':<10}  {'name':<20} {'account':<20} {'limits (rpm/tpm/conc.)':<22} state")
-    for k in keys:
-        limits = "/".join(str(k[x] or "-") for x in ("rpm", "tpm", "concurrency"))
-        typer.echo(f"{k['id']:>4}  {k['hint']:<10}  {k['name']:<20} {k['account']:<20} {limits:<22} "
-                   f"{'revoked' if k['revoked'] else 'active'}")
-
-
-@keys_app.command("revoke")
-def keys_revoke(key_id: int, db: Annotated[Optional[str], typer.Option(help="the gateway's database URL")]
-                = None) -> None:
-    """Revoke an API key by id (see `gpupool keys list`)."""
-    if not _with_store(db, lambda store: store.revoke_key(key_id)):
-        raise fail(f"no key with id {key_id} (see `gpupool keys list`)")
-    typer.echo(f"revoked key {key_id}")
-
-
-@app.command()
-def devnet(
-    port: Annotated[int, typer.Option(help="gateway port (0: any free one)")] = 8000,
-    providers: Annotated[int, typer.Option(min=1, help="number of provider processes")] = 3,
-    checkers: Annotated[int, typer.Option(min=0, help="number of checker processes (audits)")] = 2,
-    home: Annotated[Optional[Path], typer.Option(help="where keys, database and logs go "
-                                                 "(default: ~/.gpupool/devnet)")] = None,
-    echo_only: Annotated[bool, typer.Option("--echo-only", help="serve only the no-model echo backend")] = False,
-) -> None:
-    """Start a local network (1 gateway, N providers, checkers) and serve until Ctrl-C."""
-    from gpupool.devnet import Network, NetworkError, stale_processes, stop_stale
-    from gpupool.devnet_setup import (
-        banner,
-        checker_serve,
-        default_serve,
-        dev_price_args,
-        prepare_models,
-    )
-
-    logs.quiet_third_parties()  # before transformers is imported: no progress bars while preparing models
-    home = home or config.default_home() / "devnet"
-    if running_devnet():
-        raise fail(f"a devnet is already running (see {pointer_path()}); stop it with Ctrl-C first")
-    stale = stale_processes(_pointer())
-    if stale:
-        typer.echo(f"a devnet that is gone left {len(stale)} processes running (pids "
-                   f"{', '.join(map(str, stale))}, from {pointer_path()}): stopping them")
-        stop_stale(stale)
-    if not echo_only:
-        prepare_models(progress=True)
-    serve_list = ["echo=echo:chat"] if echo_only else default_serve()
-    stop = serving = False
-
-    def on_signal(_sig: int, _frame: object) -> None:
-        # Ctrl-C, kill, or the terminal closing (SIGHUP): stop everything this devnet started.
-        nonlocal stop
-        stop = True
-        if not serving:
-            raise _Interrupted()  # still starting: stop waiting for models now
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    net = Network(home, die_with_parent=True)
-    names = [f"checker-{i}" for i in range(checkers)]
-    net.checker_names += [n for n in names if n not in net.checker_names]  # the gateway admits these
-    try:
-        typer.echo(f"starting gateway on 127.0.0.1:{port} (logs in {home / 'logs'})")
-        url = net.start_gateway(port=port)
-        for _ in range(providers):
-            net.start_provider(serve_list, extra=dev_price_args(serve_list))
-        for name in names:
-            net.start_checker(checker_serve(serve_list), name=name)
-        # Written now, not only once all is up: a devnet killed while models load is found next time.
-        write_devnet_pointer({"home": str(home), "children": net.pids()})
-        what = "echo providers" if echo_only else "providers (loading models)"
-        typer.echo(f"starting {providers} {what} and {checkers} checkers...")
-        net.wait_for_models({s.split('=')[0]: providers for s in serve_list}, progress=True)
-        net.wait_for_checkers(checkers, progress=True)
-        key = net.dev_key()
-        pointer = write_devnet_pointer({"home": str(home), "db": net.db, "url": url, "children": net.pids(),
-                                        "admin_token": net.admin_token, "key_file": str(net.key_file)})
-        typer.echo(banner(url, key, echo_only, admin_token=net.admin_token, checkers=checkers,
-                          providers=providers, pointer=pointer))
-        serving = True
-        while not stop:
-            dead = [p for p in net.providers + net.checkers + [net.gateway] if p and not p.alive()]
-            if dead:
-                typer.echo(f"{dead[0].name} exited unexpectedly:\n{dead[0].log_tail()}", err=True)
-                break
-            time.sleep(0.5)
-    except _Interrupted:
-        pass
-    except (NetworkError, httpx_errors()) as exc:
-        raise fail(str(exc)) from None
-    finally:
-        serving = True  # a second signal while stopping only sets the flag
-        remove_devnet_pointer()
-        _say("stopping: draining providers and checkers, then the gateway...")
-        net.stop()
-        _say("stopped.")
-
-
-class _Interrupted(Exception):
-    """A signal arrived while the devnet was still starting."""
-
-
-def _say(line: str) -> None:
-    """Print, unless the terminal is gone (SIGHUP): stopping the children must not depend on it."""
-    try:
-        typer.echo(line)
-    except OSError:
-        pass
-
-
-def _pointer() -> dict[str, Any]:
-    """The devnet pointer as it is on disk, whether or not its devnet is alive."""
-    try:
-        info = json.loads(pointer_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
-
-
-def httpx_errors() -> type[Exception]:
-    import httpx
-
-    return httpx.HTTPError
+app.command()(devnet)  # here, so `gpupool --help` lists the commands in the order it always has
 
 
 @app.command()

@@ -30,6 +30,30 @@ def _opt(default: Any = None, help: str = "", flag: str = "", factory: Any = Non
     return field(default=default, metadata=meta)
 
 
+# Fields the provider and the checker share: one definition each, so their flags and help cannot drift.
+
+def _gateways_opt() -> Any:
+    return _opt(help="gateway URL: wss://HOST, ws://HOST:PORT, or its https:// / http:// address "
+                "(converted); repeat for several", flag="gateway", factory=lambda: ["ws://127.0.0.1:8000"])
+
+
+def _ca_cert_opt() -> Any:
+    return _opt(None, "trust gateways whose certificate this CA (PEM) signed, instead of the "
+                "system's CA store (a private network's own CA)")
+
+
+def _reconnect_max_opt() -> Any:
+    return _opt(30.0, "longest wait between reconnection attempts")
+
+
+def _metrics_port_opt() -> Any:
+    return _opt(0, "serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (0: off)")
+
+
+def _metrics_host_opt() -> Any:
+    return _opt("127.0.0.1", "address the metrics server listens on (0.0.0.0: every interface)")
+
+
 @dataclass
 class GatewaySettings:
     host: str = _opt("127.0.0.1", "address to listen on")
@@ -200,11 +224,8 @@ class GatewaySettings:
 
 @dataclass
 class ProviderSettings:
-    gateways: list[str] = _opt(help="gateway URL: wss://HOST, ws://HOST:PORT, or its https:// / http:// address "
-                               "(converted); repeat for several", flag="gateway",
-                               factory=lambda: ["ws://127.0.0.1:8000"])
-    ca_cert: Path | None = _opt(None, "trust gateways whose certificate this CA (PEM) signed, instead of the "
-                                "system's CA store (a private network's own CA)")
+    gateways: list[str] = _gateways_opt()
+    ca_cert: Path | None = _ca_cert_opt()
     serve: list[str] = _opt(help="NAME=BACKEND[:SPEC]; repeat for several models", factory=list)
     prices: list[str] = _opt(help="NAME=IN, NAME=IN/OUT or NAME=IN/OUT/IMAGE: price in µcr per 1M input (and "
                              "output) tokens, and per image for a model that reads images; repeat per model "
@@ -219,24 +240,21 @@ class ProviderSettings:
                                           "one, providers and checkers, are known as one operator, and a gateway "
                                           "never has one of them audit another")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, time to finish in-flight work before leaving")
-    reconnect_max_s: float = _opt(30.0, "longest wait between reconnection attempts")
+    reconnect_max_s: float = _reconnect_max_opt()
     gateways_max: int = _opt(3, "connect to at most this many gateways: every --gateway, then the nearest by "
                              "measured RTT of the others they list at GET /v1/gateways (0: only --gateway)")
     gateway_discovery_s: float = _opt(60.0, "how often the gateways' lists of their peers are read again")
     settlement_key_file: Path = _opt(help="secp256k1 key that signs receipts for gateways settling on an EVM "
                                      "ledger (created when first needed)",
                                      factory=lambda: default_home() / "settlement.key")
-    metrics_port: int = _opt(0, "serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (0: off)")
-    metrics_host: str = _opt("127.0.0.1", "address the metrics server listens on (0.0.0.0: every interface)")
+    metrics_port: int = _metrics_port_opt()
+    metrics_host: str = _metrics_host_opt()
 
 
 @dataclass
 class CheckerSettings:
-    gateways: list[str] = _opt(help="gateway URL: wss://HOST, ws://HOST:PORT, or its https:// / http:// address "
-                               "(converted); repeat for several", flag="gateway",
-                               factory=lambda: ["ws://127.0.0.1:8000"])
-    ca_cert: Path | None = _opt(None, "trust gateways whose certificate this CA (PEM) signed, instead of the "
-                                "system's CA store (a private network's own CA)")
+    gateways: list[str] = _gateways_opt()
+    ca_cert: Path | None = _ca_cert_opt()
     serve: list[str] = _opt(help="NAME=BACKEND[:SPEC]: a reference model to audit NAME with; repeat",
                             factory=list)
     key_file: Path = _opt(help="checker identity key (verdicts are signed with it)",
@@ -247,9 +265,9 @@ class CheckerSettings:
                                     "embeddings in shared batches)")
     batch_window_s: float = _opt(1.0, "how long an embeddings audit waits for others to share its "
                                        "forward pass")
-    reconnect_max_s: float = _opt(30.0, "longest wait between reconnection attempts")
-    metrics_port: int = _opt(0, "serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (0: off)")
-    metrics_host: str = _opt("127.0.0.1", "address the metrics server listens on (0.0.0.0: every interface)")
+    reconnect_max_s: float = _reconnect_max_opt()
+    metrics_port: int = _metrics_port_opt()
+    metrics_host: str = _metrics_host_opt()
 
 
 S = TypeVar("S")

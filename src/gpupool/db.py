@@ -1,4 +1,4 @@
-"""Database URLs shared by the gateway's store and the SQL ledger."""
+"""Databases shared by the gateway's store, its registry and the SQL ledger: URLs, engines, tables."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, MetaData, event, inspect, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 
 def normalize_url(url: str) -> str:
@@ -66,3 +66,23 @@ def create_engine(url: str) -> AsyncEngine:
         cursor.close()
 
     return engine
+
+
+def add_missing_indexes(conn: Connection, metadata: MetaData) -> None:
+    """create_all makes indexes only with new tables: add the ones older databases lack."""
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+
+
+async def create_tables(engine: AsyncEngine, metadata: MetaData) -> None:
+    """Create `metadata`'s tables, and bring ones an older gpupool made up to date (columns, indexes)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+        await conn.run_sync(add_missing_columns, metadata)
+        await conn.run_sync(add_missing_indexes, metadata)
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
+    """Sessions whose rows stay readable after commit (they are handed out of the `async with`)."""
+    return async_sessionmaker(engine, expire_on_commit=False)

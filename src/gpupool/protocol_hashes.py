@@ -1,6 +1,6 @@
 """The hashes a receipt commits to for an answer: its output text or vectors, its tokens.
 
-Split out of `protocol.py` (which re-exports them) to keep that file readable; both
+Split out of the protocol (`gpupool.protocol` re-exports them) to keep that file readable; both
 sides of the wire compute them alike.
 """
 

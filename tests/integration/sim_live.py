@@ -54,7 +54,7 @@ from gpupool.sim import geo
 from gpupool.sim.day import STREAM, Day, DayResult
 from gpupool.sim.earth import STRATEGIES, Earth
 from gpupool.sim.scenario import Cheaters, Churn, Demand, Policies, Scenario
-from tests.integration.test_audits import judge_jobs, raw_checker
+from tests.integration.raw_peers import judge_jobs, raw_checker
 
 RELAY = Path(__file__).with_name("delay_relay.py")
 REGION_DELAY_MS = {"us-east": 5.0, "eu-west": 25.0, "ap-northeast": 60.0}  # one way

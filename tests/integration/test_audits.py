@@ -9,56 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
-import msgspec
 import openai
 import pytest
 
 from gpupool import protocol
-from gpupool.protocol_handshake import answer
 from gpupool.devnet import Network
 from gpupool.identity import Identity
 from gpupool.ledger import fee_of
 from gpupool.ledger import postings
-from gpupool.protocol import AuditJob, Hello, ModelOffer, Welcome
+from gpupool.protocol import AuditJob, ModelOffer
 from tests.integration.conftest import client_for, wait_until_async
-from tests.integration.test_bad_peers import events, handshake, signed_offer, ws_url
-from tests.integration.test_billing import FAST_SETTLE, answer_one_run, ledger_state, new_account, wait_settled
-
-from websockets.asyncio.client import connect
-
-
-async def raw_checker(net: Network, ident: Identity, models: list[str]) -> Any:
-    ws = await connect(ws_url(net))
-    await ws.send(protocol.encode(Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
-    challenge = protocol.decode(await ws.recv())
-    await ws.send(protocol.encode(answer(ident, challenge, ws.request.headers["Host"])))
-    offer = signed_offer(ident, [ModelOffer(m, "generate", "echo") for m in models])
-    offer = msgspec.structs.replace(offer, role="checker", signature=b"")
-    await ws.send(protocol.encode(msgspec.structs.replace(offer, signature=ident.sign(protocol.signed_bytes(offer)))))
-    assert isinstance(protocol.decode(await ws.recv()), Welcome)
-    return ws
-
-
-async def judge_jobs(ws: Any, ident: Identity, passed: bool | Callable[[AuditJob], bool], jobs: list[AuditJob],
-                     delay: float = 0.0, hard: bool = True) -> None:
-    """Answer every audit job with the same verdict (or `passed(job)`'s), signed; pongs keep the link alive.
-    `hard`: whether a failure is hard (suspends at once) or soft (counts towards the suspension rule's k)."""
-    async for frame in ws:
-        msg = protocol.decode(frame)
-        if isinstance(msg, protocol.Ping):
-            await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
-        elif isinstance(msg, AuditJob):
-            jobs.append(msg)
-            await asyncio.sleep(delay)  # a checker takes a while to re-run the model
-            ok = passed(msg) if callable(passed) else passed
-            verdict = protocol.Verdict(msg.job_id, msg.receipt.request_id, msg.receipt.node_id, ident.node_id,
-                                       passed=ok, hard=hard and not ok, reason="ok" if ok else "wrong_model",
-                                       score=1.0 if ok else 0.05, issued_at=time.time())
-            verdict = msgspec.structs.replace(verdict, signature=ident.sign(protocol.signed_bytes(verdict)))
-            await ws.send(protocol.encode(verdict))
+from tests.integration.raw_peers import judge_jobs, judging_checker, lie_until_suspended, raw_checker
+from tests.integration.test_bad_peers import events, handshake
+from tests.integration.test_billing import FAST_SETTLE, ledger_state, new_account, wait_settled
 
 
 def ask(client: openai.OpenAI, text: str) -> openai.types.chat.ChatCompletion:
@@ -71,10 +36,7 @@ async def echo_and_passing_checker(network: Network, gateway_extra: list[str], p
     network.start_gateway(extra=gateway_extra)
     network.start_provider(["echo=echo:chat"], extra=provider_extra)
     network.wait_for_models({"echo": 1}, timeout=60)
-    checker = network.checker_identity("checker")  # admitted: devnet passes its node id as --checker
-    ws = await raw_checker(network, checker, ["echo"])
-    jobs: list[AuditJob] = []
-    return checker, ws, jobs, asyncio.create_task(judge_jobs(ws, checker, True, jobs))
+    return await judging_checker(network, ["echo"], True)
 
 
 async def test_honest_audits_pass_and_checkers_never_get_client_traffic(network: Network) -> None:
@@ -160,20 +122,8 @@ async def test_canaries_catch_a_provider_without_any_checker_judging_it(network:
     # A provider that answers everything with the same wrong text, and gets no client traffic.
     liar = Identity.generate()
     lws = await handshake(network, liar, [ModelOffer("echo", "generate", "echo")])
-    runs: list[str] = []
-
-    async def lie() -> None:
-        while True:
-            receipt = await answer_one_run(lws, liar.node_id, "nonsense", protocol.Usage(1, 1))
-            runs.append(receipt.request_id)
-
-    lying = asyncio.create_task(lie())
-    deadline = time.monotonic() + 20
-    while not any(e["kind"] == "suspended" and e["peer"] == liar.node_id for e in events(network, "suspended")):
-        assert time.monotonic() < deadline, network.admin("/admin/audits")
-        await asyncio.sleep(0.2)
-    lying.cancel()
-    assert "(canary)" in events(network, "suspended")[0]["detail"]
+    detail, runs = await lie_until_suspended(network, lws, liar, "nonsense", protocol.Usage(1, 1), 20)
+    assert "(canary)" in detail
     # Its canaries looked like client requests and it never saw the same one twice.
     assert runs and all(r.startswith("chatcmpl-") for r in runs) and len(set(runs)) == len(runs)
     await lws.close()

@@ -78,7 +78,8 @@ async def test_confirmed_fraud_slashes_on_chain_with_the_providers_signed_receip
     """Two checkers fail the provider's answer: the gateway slashes through the contract, which
     takes it only with evidence (the receipt the provider signed and the contract paid)."""
     from gpupool.protocol import AuditJob
-    from tests.integration.test_audits import ask, judge_jobs, raw_checker
+    from tests.integration.raw_peers import judge_jobs, raw_checker
+    from tests.integration.test_audits import ask
     from tests.integration.test_bad_peers import events
 
     deployed = gpupool("ledger", "deploy", "--rpc", anvil_url, "--min-delay", "0")

@@ -26,7 +26,7 @@ from gpupool.devnet import Network
 from gpupool.identity import Identity
 from gpupool.protocol import Challenge, Hardware, Hello, ModelOffer, Offer, Run, Welcome
 from tests.integration.conftest import client_for, raw, wait_until_async
-from tests.integration.test_audits import judge_jobs
+from tests.integration.raw_peers import judge_jobs
 from tests.integration.test_bad_peers import events
 from tests.integration.test_billing import FAST_SETTLE, new_account
 

@@ -107,18 +107,14 @@ async def test_image_readings_become_canaries_that_catch_a_liar_without_a_checke
 
     from gpupool import protocol
     from gpupool.identity import Identity
-    from gpupool.protocol import AuditJob, ModelOffer
-    from tests.integration.test_audits import judge_jobs, raw_checker
-    from tests.integration.test_bad_peers import events, handshake
-    from tests.integration.test_billing import answer_one_run
+    from gpupool.protocol import ModelOffer
+    from tests.integration.raw_peers import judging_checker, lie_until_suspended
+    from tests.integration.test_bad_peers import handshake
 
     network.start_gateway(extra=[*FAST_SETTLE, "--canary-interval-s", "0.2"])
     network.start_provider(["ocr=ocr"])
     network.wait_for_models({"ocr": 1}, timeout=240)
-    checker = network.checker_identity("checker")
-    ws = await raw_checker(network, checker, ["ocr"])
-    jobs: list[AuditJob] = []
-    judging = asyncio.create_task(judge_jobs(ws, checker, True, jobs))  # passes what the honest provider read
+    _checker, ws, jobs, judging = await judging_checker(network, ["ocr"], True)  # passes what the honest one read
     client = client_for(network, timeout=120)
     for i in range(3):
         await asyncio.to_thread(ask, client, "ocr", i)
@@ -129,19 +125,7 @@ async def test_image_readings_become_canaries_that_catch_a_liar_without_a_checke
     await ws.close()  # from here on, no checker at all
     liar = Identity.generate()
     lws = await handshake(network, liar, [ModelOffer("ocr", "generate", "ocr", accepts=["text", "image"])])
-    runs: list[str] = []
-
-    async def lie() -> None:
-        while True:
-            receipt = await answer_one_run(lws, liar.node_id, "Totally different words\nLot 1", protocol.Usage(1, 4))
-            runs.append(receipt.request_id)
-
-    lying = asyncio.create_task(lie())
-    deadline = time.monotonic() + 30
-    while not any(e["peer"] == liar.node_id for e in events(network, "suspended")):
-        assert time.monotonic() < deadline, network.admin("/admin/audits")
-        await asyncio.sleep(0.2)
-    lying.cancel()
-    detail = next(e["detail"] for e in events(network, "suspended") if e["peer"] == liar.node_id)
+    detail, runs = await lie_until_suspended(network, lws, liar, "Totally different words\nLot 1",
+                                             protocol.Usage(1, 4), 30)
     assert "(canary)" in detail and runs and all(r.startswith("chatcmpl-") for r in runs), detail
     await lws.close()

@@ -9,15 +9,11 @@ import threading
 import time
 from collections import Counter
 
-from websockets.asyncio.client import connect
 
-from gpupool import protocol
-from gpupool.protocol_handshake import answer
 from gpupool.devnet import Network
-from gpupool.identity import Identity
 from gpupool.protocol import ModelOffer
 from tests.integration.conftest import client_for, freeze_a_busy_provider, wait_until, wait_until_async
-from tests.integration.test_bad_peers import signed_offer, ws_url
+from tests.integration.raw_peers import silent_provider
 
 WORDS = " ".join(f"w{i}" for i in range(10))
 
@@ -75,39 +71,14 @@ def test_killing_30_percent_of_providers_under_load_fails_nothing(network: Netwo
     assert any(r["attempts"] > 1 for r in rows), "some requests must have moved to another provider"
 
 
-async def _stalled_provider(net: Network, stop: asyncio.Event) -> str:
-    """A provider that completes the handshake, answers pings, accepts work and never answers it."""
-    ident = Identity.generate()
-    ws = await connect(ws_url(net))
-    await ws.send(protocol.encode(protocol.Hello(protocol.PROTOCOL_VERSION, ident.public_key)))
-    ch = protocol.decode(await ws.recv())
-    await ws.send(protocol.encode(answer(ident, ch, ws.request.headers["Host"])))
-    offer = signed_offer(ident, [ModelOffer("echo", "generate", "echo", claimed_decode_tps=5000.0,
-                                            claimed_prefill_tps=100000.0)])
-    await ws.send(protocol.encode(offer))
-    protocol.decode(await ws.recv())
-
-    async def loop() -> None:
-        async for frame in ws:
-            msg = protocol.decode(frame)
-            if isinstance(msg, protocol.Ping):
-                await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
-            # Run: swallowed. Never answered.
-
-    task = asyncio.create_task(loop())
-    await stop.wait()
-    task.cancel()
-    await ws.close()
-    return ident.node_id
-
-
 async def test_a_stalled_provider_is_routed_around_within_the_deadline(network: Network) -> None:
     network.start_gateway(extra=["--breaker-failures", "2"])
     network.start_provider(["echo=echo:chat"], max_concurrency=8)
     network.wait_for_models({"echo": 1}, timeout=60)
     client = client_for(network, timeout=30)
     stop = asyncio.Event()
-    staller = asyncio.create_task(_stalled_provider(network, stop))
+    staller = asyncio.create_task(silent_provider(network, [ModelOffer(
+        "echo", "generate", "echo", claimed_decode_tps=5000.0, claimed_prefill_tps=100000.0)], stop))
     await wait_until_async(lambda: network.health()["providers"] == 2, "the staller to join")
     for i in range(20):
         # A 5 s deadline: had the staller kept a request, the gateway would answer 504.

@@ -17,13 +17,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from gpupool import protocol
 from gpupool.devnet import Network
-from gpupool.identity import Identity
 from gpupool.protocol import ModelOffer
 from tests.fake_engine import EngineProc
 from tests.integration.conftest import client_for, wait_until_async
-from tests.integration.test_bad_peers import handshake
+from tests.integration.raw_peers import silent_provider
 
 WORDS = " ".join(f"w{i}" for i in range(20))
 
@@ -131,22 +129,6 @@ def test_a_non_streaming_request_behind_a_stalled_provider_hedges_onto_the_lane(
     assert took < 8.0, took
 
 
-async def _sybil(net: Network, stop: asyncio.Event) -> None:
-    """A fresh key offering the honest model: handshake, Pongs, takes every Run, never answers."""
-    ws = await handshake(net, Identity.generate(), [ModelOffer("echo", "generate", "echo")])
-
-    async def pong() -> None:
-        async for frame in ws:
-            msg = protocol.decode(frame)
-            if isinstance(msg, protocol.Ping):
-                await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
-
-    task = asyncio.create_task(pong())
-    await stop.wait()
-    task.cancel()
-    await ws.close()
-
-
 async def test_fresh_keys_that_sit_on_work_cost_a_hedge_delay_not_the_deadline(network: Network) -> None:
     """Twenty Sybils beside two honest providers. Each request that lands on one is hedged; the
     hedge goes to a provider that has answered before, and a Sybil that sat on a request is held
@@ -159,7 +141,9 @@ async def test_fresh_keys_that_sit_on_work_cost_a_hedge_delay_not_the_deadline(n
     for i in range(4):
         client.chat.completions.create(model="echo", messages=[{"role": "user", "content": f"warm {i}"}])
     stop = asyncio.Event()
-    sybils = [asyncio.create_task(_sybil(network, stop)) for _ in range(20)]
+    # Fresh keys offering the honest model: each takes every Run and never answers.
+    sybils = [asyncio.create_task(silent_provider(network, [ModelOffer("echo", "generate", "echo")], stop))
+              for _ in range(20)]
     await wait_until_async(lambda: network.health()["providers"] == 22, "the Sybils to join")
 
     def ask(i: int) -> tuple[str, float]:

@@ -11,39 +11,21 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from typing import Any
 
 import httpx
-import msgspec
 import openai
 
 from gpupool import protocol
 from gpupool.devnet import Network
 from gpupool.identity import Identity
 from gpupool.protocol import AuditJob, ModelOffer
-from tests.integration.conftest import client_for, wait_until_async
-from tests.integration.test_audits import raw_checker
+from tests.integration.conftest import audits_body, client_for, wait_until_async
+from tests.integration.raw_peers import judge_jobs, judging_checker, raw_checker
 from tests.integration.test_bad_peers import events, handshake
 from tests.integration.test_billing import FAST_SETTLE, answer_one_run
 
 PLANTED = "Paris is the capital"  # the runner-up answer the attacker commits to
-
-
-async def judge(ws: Any, ident: Identity, passes: Any, jobs: list[AuditJob]) -> None:
-    """A raw checker: `passes(job)` decides each verdict (a failure is hard)."""
-    async for frame in ws:
-        msg = protocol.decode(frame)
-        if isinstance(msg, protocol.Ping):
-            await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
-        elif isinstance(msg, AuditJob):
-            jobs.append(msg)
-            ok = bool(passes(msg))
-            verdict = protocol.Verdict(msg.job_id, msg.receipt.request_id, msg.receipt.node_id, ident.node_id,
-                                       passed=ok, hard=not ok, reason="ok" if ok else "wrong_model",
-                                       score=1.0 if ok else 0.05, issued_at=time.time())
-            await ws.send(protocol.encode(msgspec.structs.replace(
-                verdict, signature=ident.sign(protocol.signed_bytes(verdict)))))
 
 
 def chat(client: openai.OpenAI, text: str, **kw: Any) -> Any:
@@ -60,10 +42,7 @@ async def test_a_planted_near_tie_canary_does_not_suspend_an_honest_provider(net
     network.start_gateway(extra=[*FAST_SETTLE, "--canary-interval-s", "0.2"])
     honest = network.start_provider(["echo=echo:chat"])
     network.wait_for_models({"echo": 1}, timeout=60)
-    checker = network.checker_identity("checker")
-    cws = await raw_checker(network, checker, ["echo"])
-    jobs: list[AuditJob] = []
-    judging = asyncio.create_task(judge(cws, checker, lambda job: True, jobs))
+    _checker, cws, jobs, judging = await judging_checker(network, ["echo"], True)
     attacker = Identity.generate()
     aws = await handshake(network, attacker, [ModelOffer("echo", "generate", "echo")])  # region "test"
     client = client_for(network)
@@ -74,24 +53,18 @@ async def test_a_planted_near_tie_canary_does_not_suspend_an_honest_provider(net
     # The checker passed it; it is a canary now, and the honest provider is probed with it.
     await wait_until_async(lambda: any(j.job_id.startswith("can-") for j in jobs), "the canary's difference to "
                            "reach the checker", 30)
-    await wait_until_async(lambda: _audits(network)["canaries"]["dropped"] >= 1, "the ambiguous canary to be dropped",
+    await wait_until_async(lambda: audits_body(network)["canaries"]["dropped"] >= 1, "the ambiguous canary to be dropped",
                            15)
     recheck = next(j for j in jobs if j.job_id.startswith("can-"))
     assert recheck.text == "The capital of France?" and recheck.receipt.node_id == honest.node_id
     assert not [e for e in events(network, "suspended") if e["peer"] == honest.node_id]
-    row = next(r for r in _audits(network)["data"] if r["node_id"] == honest.node_id)
+    row = next(r for r in audits_body(network)["data"] if r["node_id"] == honest.node_id)
     assert not row["suspended"] and row["audit_failures"] == 0, row
     # The honest provider keeps serving.
     assert (await asyncio.to_thread(chat, client, "still served")).choices[0].message.content == "still served"
     judging.cancel()
     await cws.close()
     await aws.close()
-
-
-def _audits(network: Network) -> dict[str, Any]:
-    r = httpx.get(network.gateway_url + "/admin/audits", headers={"Authorization": f"Bearer {network.admin_token}"},
-                  timeout=5)
-    return dict(r.json())
 
 
 async def _suspended(network: Network, node_id: str, after: int = 0) -> None:
@@ -107,10 +80,7 @@ async def test_the_operator_lifts_a_suspension_and_suspensions_expire(network: N
     network.start_gateway(extra=[*FAST_SETTLE, "--suspension-expiry-s", "3"])
     provider = network.start_provider(["echo=echo:chat"])
     network.wait_for_models({"echo": 1}, timeout=60)
-    checker = network.checker_identity("checker")
-    cws = await raw_checker(network, checker, ["echo"])
-    jobs: list[AuditJob] = []
-    judging = asyncio.create_task(judge(cws, checker, lambda job: False, jobs))  # a checker in error
+    _checker, cws, _jobs, judging = await judging_checker(network, ["echo"], False)  # a checker in error
     client = client_for(network)
     await asyncio.to_thread(chat, client, "first answer")
     await _suspended(network, provider.node_id)
@@ -164,14 +134,14 @@ async def test_a_second_checker_passing_the_recheck_lifts_the_suspension(network
         ws = await raw_checker(network, ident, ["echo"])
         sockets.append(ws)
         # Whichever gets the first job fails it; the re-check (conf-) passes.
-        tasks.append(asyncio.create_task(judge(ws, ident, lambda job: job.job_id.startswith("conf-"), jobs)))
+        tasks.append(asyncio.create_task(judge_jobs(ws, ident, lambda job: job.job_id.startswith("conf-"), jobs)))
     client = client_for(network)
     await asyncio.to_thread(chat, client, "appeal me")
     await _suspended(network, provider.node_id)
     await wait_until_async(lambda: bool(_lifted(network, provider.node_id)), "the appeal to lift it", 30)
     assert "appeal" in _lifted(network, provider.node_id)[0]["detail"]
     assert events(network, "checker_overruled")
-    row = next(r for r in _audits(network)["data"] if r["node_id"] == provider.node_id)
+    row = next(r for r in audits_body(network)["data"] if r["node_id"] == provider.node_id)
     assert not row["suspended"] and not row["slashed"]
     for t in tasks:
         t.cancel()

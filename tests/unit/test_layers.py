@@ -46,7 +46,7 @@ ROOMS: list[tuple[str, ...]] = [
     ("gpupool.sdk",),
     ("gpupool.sim",),
     # Entry points: the command line and the local network.
-    ("gpupool.__main__", "gpupool.cli", "gpupool.cli_views", "gpupool.devnet", "gpupool.devnet_setup", "gpupool.demo",
+    ("gpupool.__main__", "gpupool.cli", "gpupool.cli_views", "gpupool.cli_keys", "gpupool.cli_devnet", "gpupool.devnet", "gpupool.devnet_setup", "gpupool.demo",
      "gpupool.demo_images"),
 ]
 

@@ -25,8 +25,10 @@ import time
 from typing import Any
 
 from sqlalchemy import Float, String, delete, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from gpupool.db import create_tables, session_factory
 
 log = logging.getLogger("gpupool.gateway")
 
@@ -52,7 +54,7 @@ class Registry:
     def __init__(self, engine: AsyncEngine, node_id: str, url: str, region: str = "", peers: list[str] | None = None,
                  heartbeat_s: float = HEARTBEAT_S, ttl_s: float = TTL_S):
         self.engine = engine
-        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.sessions = session_factory(engine)
         self.node_id, self.url, self.region = node_id, url.rstrip("/"), region
         self.peers = [p.rstrip("/") for p in peers or []]
         self.heartbeat_s, self.ttl_s = heartbeat_s, ttl_s
@@ -62,12 +64,10 @@ class Registry:
 
     async def start(self) -> None:
         try:
-            async with self.engine.begin() as conn:
-                await conn.run_sync(_Base.metadata.create_all)
+            await create_tables(self.engine, _Base.metadata)
         except Exception:  # noqa: BLE001 - two replicas creating the table at once: one loses, it exists now
             await asyncio.sleep(0.5)
-            async with self.engine.begin() as conn:
-                await conn.run_sync(_Base.metadata.create_all)
+            await create_tables(self.engine, _Base.metadata)
         await self.beat()  # listed before the first provider asks
         self._task = asyncio.create_task(self._loop(), name="gateway-registry")
 

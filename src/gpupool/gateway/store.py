@@ -1,8 +1,9 @@
 """Gateway state in SQL (SQLAlchemy 2, async): API keys, providers, peer events, request log.
 
 SQLite file by default, PostgreSQL by URL. API keys are stored as SHA-256 hashes
-only. Request-log and peer-event rows go through a small batching writer so a
-request never waits on a database round trip.
+only. Request-log and peer-event rows go through a small batching writer
+(store_writer.py) so a request never waits on a database round trip; the tables
+are in store_tables.py.
 
     store = await Store.open("sqlite+aiosqlite:///gw.db")
     key = await store.create_key("alice")        # plaintext shown once
@@ -20,117 +21,34 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Float,
-    Index,
-    Integer,
-    String,
-    Text,
-    delete,
-    insert,
-    select,
-    update,
-)
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gpupool.db import add_missing_columns, create_engine
+from gpupool.db import create_engine, create_tables, session_factory
+from gpupool.gateway.store_tables import (
+    ApiKey,
+    ApiKeyRow,
+    Base,
+    PeerEventRow,
+    ProviderRow,
+    RequestRow,
+)
+from gpupool.gateway.store_writer import LogWriter
 from gpupool.ledger.postings import account_for
+
+__all__ = ["KEY_PREFIX", "ApiKey", "ApiKeyRow", "PeerEventRow", "ProviderRow", "RequestRow", "Retention", "Store",
+           "hash_key"]
 
 log = logging.getLogger("gpupool.gateway.store")
 
 KEY_PREFIX = "gp-"
-# Request and event log rows held in memory while the database does not take writes.
-MAX_PENDING_ROWS = 100_000
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class ApiKeyRow(Base):
-    __tablename__ = "api_keys"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(200))
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    hint: Mapped[str] = mapped_column(String(16))  # first characters, for humans listing keys
-    # The ledger account the key spends from (server defaults: added to older databases in place).
-    account: Mapped[str] = mapped_column(String(64), default="", server_default="default")
-    created_at: Mapped[float] = mapped_column(Float)
-    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Per-key limits (gateway/money/limits.py); 0 = the gateway's default. Server defaults, so
-    # `add_missing_columns` adds them to databases made by older gpupools in place.
-    rpm: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    tpm: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
-    max_concurrency: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-
-
-class ProviderRow(Base):
-    __tablename__ = "providers"
-    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    public_key: Mapped[str] = mapped_column(String(64))
-    region: Mapped[str] = mapped_column(String(64))
-    models: Mapped[str] = mapped_column(Text)
-    first_seen: Mapped[float] = mapped_column(Float)
-    last_seen: Mapped[float] = mapped_column(Float)
-
-
-class PeerEventRow(Base):
-    """Misbehaviour and lifecycle of peers: bad signatures, garbage frames, disconnects."""
-
-    __tablename__ = "peer_events"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[float] = mapped_column(Float, index=True)
-    peer: Mapped[str] = mapped_column(String(128), index=True)  # node id, or address if unknown
-    kind: Mapped[str] = mapped_column(String(64))
-    detail: Mapped[str] = mapped_column(Text)
-
-
-class RequestRow(Base):
-    __tablename__ = "requests"
-    # /v1/account pages a client's charges newest first: one index walk, not a scan.
-    __table_args__ = (Index("ix_requests_account_at", "account", "at"),)
-    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    at: Mapped[float] = mapped_column(Float, index=True)
-    key_id: Mapped[int] = mapped_column(Integer, index=True)
-    account: Mapped[str] = mapped_column(String(64), index=True, default="", server_default="")
-    model: Mapped[str] = mapped_column(String(200))
-    provider: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(32))
-    attempts: Mapped[int] = mapped_column(Integer)
-    prompt_tokens: Mapped[int] = mapped_column(Integer)
-    completion_tokens: Mapped[int] = mapped_column(Integer)
-    latency_ms: Mapped[float] = mapped_column(Float)
-    cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # µcr charged
-    images: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # images in the request
-    image_cost: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # µcr of `cost` for them
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    id: int
-    name: str
-    account: str
-    # Limits stored with the key; 0 = the gateway's default (GatewaySettings.key_*).
-    rpm: int = 0
-    tpm: int = 0
-    concurrency: int = 0
 
 
 # How long a gateway trusts what it read about a key: a revocation (from the CLI, the
 # admin API or another gateway sharing the database) takes effect within this time.
 KEY_CACHE_S = 2.0
 KEY_CACHE_MAX = 10_000
-
-
-def _add_missing_indexes(conn: Any) -> None:
-    """create_all makes indexes only with new tables: add the ones older databases lack."""
-    for table in Base.metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(conn, checkfirst=True)
 
 
 def hash_key(key: str) -> str:
@@ -151,42 +69,35 @@ class Retention:
 class Store:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
-        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.sessions = session_factory(engine)
         # key hash -> (key or None if unknown/revoked, monotonic time the entry expires)
         self._key_cache: dict[str, tuple[ApiKey | None, float]] = {}
         self._id_cache: dict[int, tuple[ApiKey | None, float]] = {}
         self.key_cache_s = KEY_CACHE_S
-        self._pending: list[tuple[Any, dict[str, Any]]] = []
-        # node id -> its provider row's new values: joins are written in batches (thousands of
-        # providers reconnecting at once must not each wait on, and lock, the database).
-        self._providers: dict[str, dict[str, Any]] = {}
-        self._wake = asyncio.Event()
-        # One flush at a time: a reader's flush (recent_charges, peer_events) must wait for the
-        # rows the write loop has already taken out of `_pending` to commit, or it reads without them.
-        self._flushing = asyncio.Lock()
-        self._writer: asyncio.Task[None] | None = None
+        self.writer = LogWriter(self.sessions)
         self._pruner: asyncio.Task[None] | None = None
-        self.dropped = 0  # log rows dropped: the database unreachable too long, or refusing the row
+
+    @property
+    def dropped(self) -> int:
+        """Log rows dropped: the database unreachable too long, or refusing the row."""
+        return self.writer.dropped
 
     @classmethod
     async def open(cls, url: str) -> Store:
         engine = create_engine(url)
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
-            await conn.run_sync(add_missing_columns, Base.metadata)
-            await conn.run_sync(_add_missing_indexes)
+        await create_tables(engine, Base.metadata)
         return cls(engine)
 
     def start_writer(self, retention: Retention | None = None) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        self.writer.start()
         if retention is not None:
             self._pruner = asyncio.create_task(self._prune_loop(retention), name="store-pruner")
 
     async def close(self) -> None:
-        tasks = [t for t in (self._writer, self._pruner) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.writer.stop()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
         await self._flush()
         await self.engine.dispose()
 
@@ -290,9 +201,7 @@ class Store:
 
     def note_provider(self, node_id: str, public_key: bytes, region: str, models: list[str]) -> None:
         """Record (or refresh) a provider's row in the next batch write, `last_seen` = now."""
-        self._providers[node_id] = {"node_id": node_id, "public_key": public_key.hex(), "region": region,
-                                    "models": ",".join(models), "last_seen": time.time()}
-        self._wake.set()
+        self.writer.note_provider(node_id, public_key, region, models)
 
     async def recent_models(self, since: float) -> set[str]:
         """The models of providers seen (connected, leaving or re-stamped) since `since` (wall clock)."""
@@ -300,30 +209,16 @@ class Store:
             rows = (await s.scalars(select(ProviderRow.models).where(ProviderRow.last_seen >= since))).all()
         return {name for row in rows for name in row.split(",") if name}
 
-    async def _write_providers(self, s: Any, rows: dict[str, dict[str, Any]]) -> None:
-        ids = list(rows)
-        known: set[str] = set()
-        for i in range(0, len(ids), 500):
-            known.update((await s.scalars(select(ProviderRow.node_id).where(
-                ProviderRow.node_id.in_(ids[i:i + 500])))).all())
-        new = [{**r, "first_seen": r["last_seen"]} for n, r in rows.items() if n not in known]
-        if new:
-            await s.execute(insert(ProviderRow), new)
-        seen = [r for n, r in rows.items() if n in known]
-        if seen:
-            await s.execute(update(ProviderRow), seen)  # by primary key, first_seen kept
-
     async def provider_known(self, node_id: str) -> bool:
         """Whether this provider ever connected to a gateway sharing this database."""
         async with self.sessions() as s:
             return await s.get(ProviderRow, node_id[:64]) is not None
 
     def record_event(self, peer: str, kind: str, detail: str) -> None:
-        log.warning("peer %s: %s: %s", peer, kind, detail)
-        self._queue(PeerEventRow, {"at": time.time(), "peer": peer, "kind": kind, "detail": detail[:2000]})
+        self.writer.record_event(peer, kind, detail)
 
     def record_request(self, **row: Any) -> None:
-        self._queue(RequestRow, row)
+        self.writer.queue(RequestRow, row)
 
     async def peer_events(self, peer: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         await self._flush()
@@ -363,16 +258,10 @@ class Store:
                  "images": r.images, "image_cost": r.image_cost,
                  "provider": r.provider} for r in rows]  # a node id, or fallback:NAME
 
-    # ------------------------------------------------------------ batching writer
+    # ------------------------------------------------------------ pruning
 
-    def _queue(self, table: Any, row: dict[str, Any]) -> None:
-        if len(self._pending) >= MAX_PENDING_ROWS:
-            # The database has been unreachable for a while: keep the newest rows, count the rest.
-            del self._pending[:MAX_PENDING_ROWS // 10]
-            self.dropped += MAX_PENDING_ROWS // 10
-            log.error("the database is not taking writes: %d request/event log rows dropped so far", self.dropped)
-        self._pending.append((table, row))
-        self._wake.set()
+    async def _flush(self) -> None:
+        await self.writer.flush()
 
     async def _prune_loop(self, retention: Retention) -> None:
         while True:
@@ -403,71 +292,3 @@ class Store:
             extra = await s.execute(delete(PeerEventRow).where(PeerEventRow.id <= cutoff)) if cutoff else None
         return {"providers": len(gone),
                 "peer events": old_events.rowcount + (extra.rowcount if extra is not None else 0)}
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            await asyncio.sleep(0.05)  # gather a batch: one transaction per ~50 ms, not per request
-            try:
-                await self._flush()
-            except Exception:  # noqa: BLE001 - logging must never take the gateway down
-                log.exception("writing request log failed; will retry")
-                await asyncio.sleep(1.0)
-
-    async def _flush(self) -> None:
-        async with self._flushing:
-            await self._flush_pending()
-
-    async def _flush_pending(self) -> None:
-        self._wake.clear()
-        if not self._pending and not self._providers:
-            return
-        batch, self._pending = self._pending, []
-        providers, self._providers = self._providers, {}
-        by_table: dict[Any, list[dict[str, Any]]] = {}
-        for table, row in batch:
-            by_table.setdefault(table, []).append(row)
-        try:
-            async with self.sessions.begin() as s:
-                if providers:
-                    await self._write_providers(s, providers)
-                for table, rows in by_table.items():
-                    await s.execute(insert(table), rows)
-        except (OperationalError, InterfaceError, OSError):
-            self._pending[:0] = batch  # the database is unreachable: keep them for the next try
-            # Newer values noted meanwhile win; the rest are tried again.
-            self._providers = {**providers, **self._providers}
-            raise
-        except Exception:  # noqa: BLE001 - a row the database refuses: retrying the batch would jam forever
-            await self._write_one_by_one(batch)
-            await self._providers_one_by_one(providers)
-
-    async def _providers_one_by_one(self, rows: dict[str, dict[str, Any]]) -> None:
-        """Provider rows of a refused batch, each in its own transaction (another gateway sharing the
-        database may have inserted one a moment ago: this updates it); one still refused is dropped."""
-        for node_id, row in rows.items():
-            try:
-                async with self.sessions.begin() as s:
-                    await self._write_providers(s, {node_id: row})
-            except (OperationalError, InterfaceError, OSError):
-                self._providers.setdefault(node_id, row)  # unreachable after all: try again later
-            except Exception as exc:  # noqa: BLE001
-                log.error("dropped provider row %s the database refuses: %s: %s", node_id[:16],
-                          type(exc).__name__, str(exc)[:200])
-
-    async def _write_one_by_one(self, batch: list[tuple[Any, dict[str, Any]]]) -> None:
-        """Write a refused batch row by row; a row the database refuses is dropped and recorded."""
-        bad = 0
-        for table, row in batch:
-            try:
-                async with self.sessions.begin() as s:
-                    await s.execute(insert(table), [row])
-            except (OperationalError, InterfaceError, OSError):
-                self._pending.append((table, row))  # unreachable after all: try again later
-            except Exception as exc:  # noqa: BLE001
-                bad += 1
-                log.error("dropped a %s row the database refuses: %s: %s", table.__tablename__,
-                          type(exc).__name__, str(exc)[:200])
-        if bad:
-            self.dropped += bad
-            self.record_event("gateway", "log_rows_dropped", f"{bad} log rows the database refused were dropped")

@@ -1,4 +1,4 @@
-"""OpenAI-compatible request bodies (pydantic, validated at the HTTP edge) and response builders.
+"""OpenAI-compatible request bodies (pydantic, validated at the HTTP edge); the responses are in openai_responses.py.
 
 Requests accept exactly what gpupool can honour. Every number is range-checked
 (`seed` within int64 as OpenAI documents it; `max_tokens` within the model's limit;
@@ -6,8 +6,7 @@ no NaN or infinity anywhere), and a parameter the network does not implement
 (`tools`, `response_format` other than text or json_object, `logprobs`, `n > 1`, audio, ...) or an
 unknown field is refused with a 400 naming it, never silently ignored. Parameters
 sent with their neutral value (`null`, `logprobs: false`, `n: 1`, `presence_penalty:
-0`, ...) keep working, so clients that spell out defaults are served. Responses are
-plain dicts shaped like OpenAI's published schemas (the tests validate them against it).
+0`, ...) keep working, so clients that spell out defaults are served.
 
     body = parse(ChatCompletionRequest, raw_bytes)    # errors.InvalidRequest on anything wrong
     payload = body.payload(default_max_tokens=256, limit=ModelLimits(2048, 8192))
@@ -19,9 +18,7 @@ sampled answer by replaying its seed (see `gpupool.verify.token_sampler`).
 
 from __future__ import annotations
 
-import base64
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -30,6 +27,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gpupool import errors
 from gpupool.gateway.edge import image_inputs
+
+# The response builders, also read here by batches/shard.py (openai_api.chat_response, ...).
+from gpupool.gateway.edge.openai_responses import (  # noqa: F401
+    chat_chunk,
+    chat_response,
+    completion_chunk,
+    completion_response,
+    embedding_response,
+    usage,
+)
 from gpupool.images import DEFAULT_LIMITS, ImageLimits
 from gpupool.protocol import ChatMessage, EmbedPayload, GeneratePayload
 from gpupool.verify.token_sampler import GREEDY_BELOW
@@ -388,77 +395,3 @@ class EmbeddingRequest(_Body):
         texts, found = image_inputs.embedding_inputs(list(inputs), images)  # type: ignore[arg-type]
         _check_prompt(max(len(x) for x in texts), limit, "input")
         return EmbedPayload(inputs=texts, images=found)
-
-
-# ---------------------------------------------------------------- responses
-
-
-def usage(prompt: int, completion: int, cost: int = 0) -> dict[str, int]:
-    """OpenAI's usage object, plus `cost_ucr`: what this request was charged, in µcr."""
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "cost_ucr": cost}
-
-
-def embedding_response(model: str, vectors: bytes, dims: int, count: int, fmt: str, prompt_tokens: int,
-                       cost: int = 0) -> dict[str, Any]:
-    import struct  # local: only this builder needs it
-
-    row_bytes = dims * 4
-    data = []
-    for i in range(count):
-        row = vectors[i * row_bytes:(i + 1) * row_bytes]
-        emb: Any = base64.b64encode(row).decode() if fmt == "base64" else list(struct.unpack(f"<{dims}f", row))
-        data.append({"object": "embedding", "index": i, "embedding": emb})
-    return {"object": "list", "model": model, "data": data,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens, "cost_ucr": cost}}
-
-
-def chat_response(rid: str, model: str, text: str, finish: str, prompt: int, completion: int, provider: str,
-                  cost: int = 0) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": provider[:16],
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "finish_reason": finish or "stop",
-            "logprobs": None,
-        }],
-        "usage": usage(prompt, completion, cost),
-    }
-
-
-def completion_response(rid: str, model: str, text: str, finish: str, prompt: int, completion: int,
-                        provider: str, cost: int = 0) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": provider[:16],
-        "choices": [{"index": 0, "text": text, "finish_reason": finish or "stop", "logprobs": None}],
-        "usage": usage(prompt, completion, cost),
-    }
-
-
-def chat_chunk(rid: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-    }
-
-
-def completion_chunk(rid: str, model: str, created: int, text: str, finish: str | None) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-    }

@@ -40,7 +40,7 @@ from starlette.responses import Response
 from gpupool import errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway.dispatch.stalls import PoolStalled
-from gpupool.gateway.edge import openai_api
+from gpupool.gateway.edge import openai_responses
 from gpupool.gateway.money.billing import Billing, Hold
 from gpupool.gateway.payload_size import PayloadSize
 from gpupool.gateway.fallback.lane_config import parse_lanes
@@ -298,7 +298,7 @@ class Fallbacks:
             data["usage"] = {"prompt_tokens": pt, "total_tokens": pt, "cost_ucr": charged}
         else:
             data["id"] = rid
-            data["usage"] = openai_api.usage(pt, ct, charged)
+            data["usage"] = openai_responses.usage(pt, ct, charged)
         self._record(rid, key, plan, lane, "ok", pt, ct, started, charged)
         return JSON(data, headers={"x-gpupool-provider": f"fallback:{lane.name}", "x-request-id": rid,
                                    "x-gpupool-cost": str(charged)})
@@ -344,7 +344,7 @@ class Fallbacks:
                 pt, ct, charged = self._bill(lane, plan, hold, rid, usage, chars)
                 if plan.include_usage:
                     yield sse({"id": rid, "object": obj, "created": created, "model": plan.model, "choices": [],
-                               "usage": openai_api.usage(pt, ct, charged)})
+                               "usage": openai_responses.usage(pt, ct, charged)})
                 yield b"data: [DONE]\n\n"
                 status = "ok"
                 _count(self.stats["lane_ok"], lane.name)

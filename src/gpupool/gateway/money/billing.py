@@ -16,6 +16,8 @@ signature of its own (checked off the event loop). A receipt still unsigned afte
 their unused rest goes back to the client. If the gateway dies, a restart finds
 its reserve accounts and returns them; charges not yet flushed are lost to the
 provider, never taken from the client twice or created.
+
+Tabs and holds are in holds.py; how `/v1/account` words the money, in account_view.py.
 """
 
 from __future__ import annotations
@@ -25,120 +27,16 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
-from dataclasses import dataclass, field
 from typing import Any
 
 from gpupool import errors, protocol
 from gpupool.ledger import Charge, InsufficientFunds, Ledger
 from gpupool.ledger import postings
+from gpupool.gateway.money.account_view import UCR_PER_CREDIT, movement
+from gpupool.gateway.money.holds import FallbackCharge, Hold, PendingCharge, Tab
 from gpupool.gateway.money.signed_digests import SignedDigests
-from gpupool.protocol import Receipt
 
 log = logging.getLogger("gpupool.gateway.billing")
-
-
-@dataclass
-class Tab:
-    client: str
-    reserved: int = 0  # µcr held on the ledger for this client by this gateway, not yet charged
-    committed: int = 0  # reserved by requests in flight
-    pending: int = 0  # charged in memory, waiting for the next batch
-    in_flight: int = 0
-    last_used: float = 0.0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    @property
-    def available(self) -> int:
-        return self.reserved - self.committed - self.pending
-
-
-@dataclass(frozen=True)
-class PendingCharge:
-    request_id: str
-    client: str
-    provider: str
-    cost: int
-    receipt: Receipt | None  # None: a stream the client left, charged for what it was sent (`charge_delivered`)
-    public_key: bytes
-    digest: bytes  # what the provider's Statement lists for this receipt
-    queued_at: float
-    settlement_sig: bytes = b""  # on an EVM ledger: the provider's signature over the cost
-
-
-@dataclass(frozen=True)
-class FallbackCharge:
-    """A request served by a fallback lane: no receipt, no provider, no audit (see `flush_fallback`)."""
-
-    request_id: str
-    client: str
-    lane: str
-    cost: int  # what the client pays: the lane's price plus the gateway fee
-    fee: int  # the gateway's part of `cost`; the rest is owed to the lane's upstream
-
-
-class Hold:
-    """One request's reservation. Settle it once: `charge` from a receipt, or `release`."""
-
-    def __init__(self, billing: Billing, tab: Tab | None, amount: int):
-        self._billing = billing
-        self._tab = tab
-        self.amount = amount
-        self.charged: int | None = None
-        self.images = 0  # images the charge paid for, and the part of it they cost (for the request log)
-        self.image_cost = 0
-
-    async def __aenter__(self) -> Hold:
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        self.release()
-
-    def charge(self, request_id: str, provider: str, cost: int, receipt: Receipt, public_key: bytes,
-               settlement_sig: bytes = b"") -> int:
-        """Charge `cost` (capped by the hold) for a served request; returns what was charged."""
-        return self._charge(cost, lambda client, amount: self._billing.queue.append(PendingCharge(
-            request_id, client, provider, amount, receipt, public_key, protocol.receipt_digest(receipt),
-            time.monotonic(), settlement_sig)))
-
-    def charge_delivered(self, request_id: str, provider: str, cost: int) -> int:
-        """Charge `cost` (capped) for a stream's part delivered before the client left: no receipt
-        covers it, so only a ledger that takes the gateway's count settles it (`receiptless`)."""
-        if not self._billing.receiptless:
-            self.release()
-            return 0
-        return self._charge(cost, lambda client, amount: self._billing.queue.append(PendingCharge(
-            request_id, client, provider, amount, None, b"", b"", time.monotonic())))
-
-    def charge_fallback(self, request_id: str, lane: str, cost: int, fee: int) -> int:
-        """Charge `cost` (capped by the hold) for a request a fallback lane served; returns what was charged."""
-        return self._charge(cost, lambda client, amount: self._billing.fallback_queue.append(
-            FallbackCharge(request_id, client, lane, amount, min(fee, amount))))
-
-    def _charge(self, cost: int, enqueue: Callable[[str, int], None]) -> int:
-        """Charge once, capped by the hold; `enqueue(client, amount)` queues the settlement."""
-        if self.charged is not None:
-            return self.charged
-        self.charged = min(cost, self.amount)
-        tab = self._tab
-        if tab is not None:
-            self._finish(tab)
-            if self.charged > 0:
-                tab.pending += self.charged
-                enqueue(tab.client, self.charged)
-        return self.charged
-
-    def release(self) -> None:
-        """The request ended without a charge (failed, cancelled, timed out): the hold returns to the tab."""
-        if self.charged is None:
-            self.charged = 0
-            if self._tab is not None:
-                self._finish(self._tab)
-
-    def _finish(self, tab: Tab) -> None:
-        tab.committed -= self.amount
-        tab.in_flight -= 1
-        tab.last_used = time.monotonic()
 
 
 class Billing:
@@ -459,37 +357,8 @@ class Billing:
             "in_flight": tab.in_flight if tab else 0,
             "unsettled_charges": tab.pending if tab else 0,
             "holds": holds,
-            "recent": [_movement(h) for h in history],
+            "recent": [movement(h) for h in history],
         }
-
-
-UCR_PER_CREDIT = 1_000_000
-# What a ledger entry of each kind means to the client whose account it touched.
-MOVEMENTS = {
-    "deposit": "deposit",
-    "withdraw": "withdrawal",
-    "hold": "reserved for requests (moved to a gateway's prepaid tab)",
-    "release_hold": "unused prepaid tab returned",
-    "slash": "refund from a provider slashed for a wrong answer",
-}
-
-
-def iso(ts: float | None) -> str | None:
-    """A Unix time as ISO 8601 (UTC, milliseconds), as the API shows times."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _movement(entry: dict[str, Any]) -> dict[str, Any]:
-    """A ledger history row, in words: internal keys (hold:tab:…) stay inside."""
-    return {"seq": entry["seq"], "at": iso(entry.get("at")), "kind": entry["kind"], "delta": entry["delta"],
-            "description": MOVEMENTS.get(entry["kind"], entry["kind"].replace("_", " "))}
-
-
-def charge_view(charge: dict[str, Any]) -> dict[str, Any]:
-    """One of `store.recent_charges`, with its time in ISO 8601 and its cost unit named."""
-    return {**charge, "at": iso(charge.get("at"))}
 
 
 def _verified(batch: list[PendingCharge]) -> list[PendingCharge]:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 
 from gpupool import __version__, errors
 from gpupool.gateway.edge.http import JSON, query_limit
-from gpupool.gateway.money.billing import charge_view
+from gpupool.gateway.money.account_view import charge_view
 from gpupool.gateway.web.context import Gateway
 from gpupool.ledger import postings
 from gpupool.market.summary import Listing, accepted, regions_of, summarize

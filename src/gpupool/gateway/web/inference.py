@@ -28,7 +28,7 @@ from starlette.responses import Response
 from gpupool import errors
 from gpupool.gateway.dispatch.dispatcher import Outcome
 from gpupool.gateway.dispatch.stream import Stream, open_stream
-from gpupool.gateway.edge import image_inputs, openai_api
+from gpupool.gateway.edge import image_inputs, openai_api, openai_responses
 from gpupool.gateway.edge.http import (JSON, JSON_ENCODER, SLOT, EventStream, request_timeout, route_options, sse,
                                        sse_template, until_disconnect)
 from gpupool.gateway.fallback.lanes import Plan
@@ -219,7 +219,7 @@ async def _embed(gw: Gateway, request: Request, call: Call, body: openai_api.Emb
         tokens = done.receipt.usage.prompt_tokens
         cost = call.charge(gw, hold, out.session, done, call.payload)
     call.log(gw, out.provider, "ok", out.attempts, tokens, 0, cost, hold)
-    return JSON(openai_api.embedding_response(call.model, done.vectors, done.dimensions, len(call.payload.inputs),
+    return JSON(openai_responses.embedding_response(call.model, done.vectors, done.dimensions, len(call.payload.inputs),
                                               body.encoding_format, tokens, cost),
                 headers={"x-gpupool-provider": out.provider, "x-request-id": call.rid, "x-gpupool-cost": str(cost)})
 
@@ -267,7 +267,7 @@ async def _complete(gw: Gateway, request: Request, call: Call, chat: bool) -> Re
             return out  # a fallback lane answered
         cost = call.charge(gw, hold, out.session, out.done, call.payload, out.text)
     u = out.done.receipt.usage
-    build = openai_api.chat_response if chat else openai_api.completion_response
+    build = openai_responses.chat_response if chat else openai_responses.completion_response
     call.log(gw, out.provider, "ok", out.attempts, u.prompt_tokens, u.completion_tokens, cost, hold)
     return JSON(build(call.rid, call.model, out.text, out.done.receipt.finish_reason, u.prompt_tokens,
                       u.completion_tokens, out.provider, cost),
@@ -293,9 +293,9 @@ async def _stream(gw: Gateway, request: Request, call: Call, chat: bool, include
         status = "cancelled"  # unless it ends below: the client went away
         try:
             if chat:
-                yield sse(openai_api.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}, None))
-            head, tail = sse_template(openai_api.chat_chunk(rid, model, created, {"content": SLOT}, None) if chat
-                                      else openai_api.completion_chunk(rid, model, created, SLOT, None))
+                yield sse(openai_responses.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}, None))
+            head, tail = sse_template(openai_responses.chat_chunk(rid, model, created, {"content": SLOT}, None) if chat
+                                      else openai_responses.completion_chunk(rid, model, created, SLOT, None))
             async for text in opened:
                 # Per token only the text is encoded; the rest of the event is fixed.
                 yield head + JSON_ENCODER.encode(text) + tail
@@ -304,8 +304,8 @@ async def _stream(gw: Gateway, request: Request, call: Call, chat: bool, include
             # Charged before anything else is sent: a client leaving now has had the whole answer.
             cost = call.charge(gw, hold, opened.session, done, opened.answer_payload, opened.answer_text)
             finish = done.receipt.finish_reason or "stop"
-            last = (openai_api.chat_chunk(rid, model, created, {}, finish) if chat
-                    else openai_api.completion_chunk(rid, model, created, "", finish))
+            last = (openai_responses.chat_chunk(rid, model, created, {}, finish) if chat
+                    else openai_responses.completion_chunk(rid, model, created, "", finish))
             if opened.continued:
                 # The client saw one stream; say that several providers produced it.
                 last["gpupool"] = {"continued": opened.continued, "providers": opened.providers}
@@ -314,7 +314,7 @@ async def _stream(gw: Gateway, request: Request, call: Call, chat: bool, include
                 u = done.receipt.usage
                 yield sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
                            "created": created, "model": model, "choices": [],
-                           "usage": openai_api.usage(u.prompt_tokens, u.completion_tokens, cost)})
+                           "usage": openai_responses.usage(u.prompt_tokens, u.completion_tokens, cost)})
             yield b"data: [DONE]\n\n"
             status = "ok"
         except errors.GpupoolError as exc:

@@ -64,8 +64,11 @@ def big_file(mb: int, lines: int = 12) -> bytes:
 def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
     network = Network(tmp_path_factory.mktemp("batchquota") / "net")
     try:
+        # Upload rates are not what this module tests (test_hostile_uploads.py does): a byte-hog's
+        # 9 x 12 MiB would meet the 2 MiB/s default before the stored-bytes cap on a fast machine.
         network.start_gateway(extra=["--batch-max-files", str(MAX_FILES), "--batch-max-stored-bytes",
-                                     str(MAX_STORED), "--batch-window-s", "8"])
+                                     str(MAX_STORED), "--batch-window-s", "8",
+                                     "--batch-upload-bytes-per-s", str(1 << 30)])
         network.start_provider(["echo-embed=echo:embeddings", "slow=echo:chat?delay_ms=500"], max_concurrency=2,
                                extra=["--price", f"echo-embed={PRICE}", "--price", f"slow={PRICE}/{PRICE}"])
         network.wait_for_models({"echo-embed": 1, "slow": 1}, timeout=90)

@@ -274,7 +274,7 @@ class Dispatcher:
                             for other, other_session in running.items():
                                 # Slower than its own expected percentile: counts against it,
                                 # so a provider that stalls opens its breaker.
-                                self.router.on_failure(other_session, request_id, "lost a hedge race")
+                                self.router.on_failure(other_session, request_id, "lost a hedge race", lost_race=True)
                                 other.cancel()
                             return outcome
         except TimeoutError:

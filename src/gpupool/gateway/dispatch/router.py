@@ -357,15 +357,19 @@ class LiveRouter:
             self.lengths.observed(model, usage.completion_tokens)
         self.priors.measured(model, session.node_id, estimate, now)
 
-    def on_failure(self, session: ProviderSession, request_id: str, reason: str, *, counts: bool = True) -> None:
-        """A failed try; `counts=False` for load-related refusals that say nothing about health."""
+    def on_failure(self, session: ProviderSession, request_id: str, reason: str, *, counts: bool = True,
+                   lost_race: bool = False) -> None:
+        """A failed try; `counts=False` for load-related refusals that say nothing about health;
+        `lost_race`: it was still working when a hedge's copy answered first."""
         self._settle(session, request_id)
         if not counts:
             return
         rec = self.record(session.node_id)
         # A provider that never answered us gets no run of failures: its first opens the breaker
         # (fresh keys are free, and each of 20 Sybils that sit on work cost five requests before).
-        config = self.breaker_config if rec.proven else self._unproven_breaker
+        # Not for a lost race: a new honest provider slower than the pool's instant cheaters loses
+        # races until measured, and one race lost must not shut it out (tests/integration/test_redteam.py).
+        config = self.breaker_config if rec.proven or lost_race else self._unproven_breaker
         rec.breaker = breakers.record_failure(rec.breaker, time.monotonic(), config)
         rec.last_failure = reason
 

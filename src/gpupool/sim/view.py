@@ -102,10 +102,6 @@ class View(Sequence[Candidate]):
         self.total, self.score = d.total, d.trust.score
         self.price_in = d.price_embed if self.embed else d.price_in
         self.price_out = [0] * d.n if self.embed else d.price_out
-        # Fresh copies of the id, RTT and prices, made just before their tuple: building a candidate
-        # touches each object it refers to (its reference count), and objects allocated one after the
-        # other sit next to each other in memory, so one draw reads a few neighbouring cache lines.
-        # (Equal values, so every candidate compares and hashes as before.)
-        rows = zip(d.conc, d.region_name, d.rtt[g], self.price_in, self.price_out, d.claims)
-        self.fixed = [(f"p{i}", conc, region, rtt + 0.0, p_in + 0, p_out + 0, claim)  # f"p{i}" is d.ids[i]
-                      for i, (conc, region, rtt, p_in, p_out, claim) in enumerate(rows)]
+        # One tuple per provider of what never changes during the day. (Tried: fresh copies of the
+        # id, RTT and prices next to each tuple, for fewer cache lines per draw: no faster, +30% RSS.)
+        self.fixed = list(zip(d.ids, d.conc, d.region_name, d.rtt[g], self.price_in, self.price_out, d.claims))

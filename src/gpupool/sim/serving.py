@@ -33,7 +33,7 @@ class _Pool(Protocol):
 
 
 class _Lazy(Protocol):
-    """What `draw` needs of a view (`sim.day._View`): the online providers, and one by its index."""
+    """What `draw` needs of a view (`sim.view.View`): the online providers, and one by its index."""
 
     def __len__(self) -> int: ...
     def __getitem__(self, k: int) -> Candidate: ...

@@ -42,6 +42,24 @@ def test_a_request_looks_at_a_random_sample_of_the_online_providers_like_the_gat
     assert serving.draw(day, view, 6) is view
 
 
+def test_drawn_candidates_are_the_views_candidates_of_the_same_providers() -> None:
+    """`draw` builds each candidate with `View.at`, skipping the checks it has just made: the result
+    must equal what indexing the view builds, held-back ones (draining) included."""
+    day = Day(build(_small()))
+    day._step(0)
+    view = day.views[1][1]
+    for n, i in enumerate(day.online_ids[:4]):
+        day.own[1][i], day.total[i], day.backlog[1][i] = n, n + 1, 0.5 * n
+    pos = {i: k for k, i in enumerate(day.online_ids)}
+    for _ in range(50):
+        for c in serving.draw(day, view, 6):
+            assert not c.draining and c == view[pos[day.index[c.provider_id]]]
+    for i in day.online_ids:
+        day.trust.held_back[i] = True  # verdicts awaited everywhere: only held-back ones are left
+    held = serving.draw(day, view, 6)
+    assert held and all(c.draining and c == view[pos[day.index[c.provider_id]]] for c in held)
+
+
 def test_the_router_tracks_backlog_and_ends_the_day_with_none_left() -> None:
     day = Day(build(_small(route_sample=6, prior_soon_s=0.25, expected_output_known=False)))
     seen_backlog = []

@@ -166,7 +166,7 @@ def test_the_cloud_bills_gpu_hours_scales_up_after_a_cold_start_and_spills_when_
 
 
 def test_the_views_candidates_equal_the_ones_the_constructor_builds() -> None:
-    """`_View.__getitem__` sets a Candidate's slots directly (speed): every field, the same values."""
+    """`View.__getitem__` sets a Candidate's slots directly (speed): every field, the same values."""
     from gpupool.routing.candidate import Candidate
 
     day = Day(build(_small(providers=40, requests=200)))

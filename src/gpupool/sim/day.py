@@ -24,7 +24,7 @@ import heapq
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -37,15 +37,17 @@ from gpupool.routing import policy as routing_policy
 from gpupool.routing.candidate import Candidate, RouteRequest
 from gpupool.routing.speed import SpeedEstimate, SpeedSample, observe, pool_prior
 from gpupool.routing.weights import DEFAULT_WEIGHTS
-from gpupool.sim import geo, serving
+from gpupool.sim import geo, records, serving
 from gpupool.sim.cloud import Cloud, baseline
 from gpupool.sim.day_result import DayResult
 from gpupool.sim.earth import KINDS, STRATEGIES, Earth
 from gpupool.sim.engine import Engine
 from gpupool.sim.trust import Trust
+from gpupool.sim.view import View
 
 CHAT, EMBED = "llama-3-8b-instruct", "minilm-embed"
 STREAM, CHATK, EMBEDK, BATCH = range(4)
+_CHUNK = 1 << 16  # arrivals turned into Python numbers at a time
 S_SMALL, S_TRUNC, S_RANDOM, S_FRACTION, S_SYBIL = (STRATEGIES.index(s) for s in STRATEGIES[1:])
 
 
@@ -59,64 +61,12 @@ class _Req:
         self.attempts, self.arrival, self.continued, self.sent_tokens = 0, arrival, False, 0
 
 
-_new = object.__new__
-(_s_id, _s_in_flight, _s_conc, _s_draining, _s_region, _s_rtt, _s_queued, _s_backlog, _s_price_in, _s_price_out,
- _s_reputation, _s_speed, _s_claimed, _s_breaker, _s_models) = (
-    Candidate.__dict__[f].__set__ for f in ("provider_id", "in_flight", "max_concurrency", "draining", "region",
-                                            "rtt_s", "queued", "backlog_s", "price_in", "price_out", "reputation",
-                                            "speed", "claimed_speed", "breaker", "models"))
-assert len(Candidate.__slots__) == 15, "a new Candidate field must be set in _View.__getitem__ too"
-
-
-class _View(Sequence[Candidate]):
-    """The providers online now, as one gateway sees them for one task; built lazily when drawn."""
-
-    def __init__(self, day: Day, g: int, embed: bool) -> None:
-        self.day, self.g, self.embed = day, g, embed
-        self.speed: list[SpeedEstimate | None] = [None] * day.n
-        self.breakers = [brk.CLOSED] * day.n
-        self.region = day.gateways[g]
-
-    def __len__(self) -> int:
-        return len(self.day.online_ids)
-
-    def __getitem__(self, k: int) -> Candidate:  # type: ignore[override]
-        d = self.day
-        i = d.online_ids[k]
-        own = self.own[i]
-        # A real `Candidate` with every field set, built through its slots' descriptors: the
-        # frozen dataclass's generated __init__ (one object.__setattr__ per field) costs ~2x as
-        # much, and this runs ~6 times per request. tests/unit/test_sim_internet.py checks that
-        # it equals the one the constructor builds.
-        c = _new(Candidate)
-        _s_id(c, self.ids[i])
-        _s_in_flight(c, own)
-        _s_conc(c, self.conc[i])
-        # Held back (verdicts awaited) as the router's `serving` does, less its "unless nobody else".
-        _s_draining(c, self.suspended[i] or self.held_back[i] or d.now >= d.leave_now[i])
-        _s_region(c, self.regions[i])
-        _s_rtt(c, self.rtt[i])
-        _s_queued(c, self.total[i] - own)
-        _s_backlog(c, self.backlog[i] if own else None)
-        _s_price_in(c, self.price_in[i])
-        _s_price_out(c, self.price_out[i])
-        _s_reputation(c, self.score[i])
-        _s_speed(c, self.speed[i])
-        _s_claimed(c, self.claims[i])
-        _s_breaker(c, self.breakers[i])
-        _s_models(c, None)
-        return c
-
-    def bind(self) -> None:
-        """Keep references to the day's per-provider lists (mutated in place, never replaced)."""
-        d, g = self.day, self.g
-        self.ids, self.own, self.conc, self.suspended = d.ids, d.own[g], d.conc, d.trust.suspended
-        self.held_back = d.trust.held_back
-        self.backlog = d.backlog[g]
-        self.regions, self.rtt, self.total, self.score = d.region_name, d.rtt[g], d.total, d.trust.score
-        self.price_in = d.price_embed if self.embed else d.price_in
-        self.price_out = [0] * d.n if self.embed else d.price_out
-        self.claims = d.claims
+_request = records.builder(RouteRequest)  # every field, in order: (model, task, input_tokens,
+# max_output_tokens, items, max_price, region, region_policy, stream, expected_output_tokens)
+_sample = records.builder(SpeedSample)  # (elapsed_s, rtt_s, first_token_s, input_tokens, output_tokens,
+# items, waited)
+# The defaults the gateway's requests get for the fields the simulator leaves alone.
+_NO_MAX_PRICE, _REGION_POLICY = RouteRequest("").max_price, RouteRequest("").region_policy
 
 
 class Day:
@@ -127,6 +77,7 @@ class Day:
         `lane_share`: this day's share of the fallback lane's capacity."""
         e = self.earth = earth
         sc = self.sc = earth.sc
+        self.pol = sc.policies  # read on every request: one attribute less
         self.n = e.n
         self.with_cloud = cloud
         self.rng = random.Random(sc.seed + seed)
@@ -147,7 +98,7 @@ class Day:
         self.backlog = [[0.0] * self.n for _ in self.gateways]  # as the gateway's `ProviderRecord.backlog_s`
         self.total = [0] * self.n
         self.slots = [[0.0] * c for c in self.conc]
-        self.views = [(_View(self, g, False), _View(self, g, True)) for g in range(len(self.gateways))]
+        self.views = [(View(self, g, False), View(self, g, True)) for g in range(len(self.gateways))]
         self.weights = [[DEFAULT_WEIGHTS, DEFAULT_WEIGHTS] for _ in self.gateways]
         self.trust = Trust(sc, e, secret=b"sim-%d" % sc.seed)
         for pair in self.views:
@@ -172,6 +123,13 @@ class Day:
                              {"chat": 0, "embed": 0}, np.zeros(self.n), np.zeros(self.n), self.trust,
                              {"broken": 0, "continued": 0, "failed_after_break": 0}, np.zeros(hours + 1),
                              np.zeros(hours + 1), np.zeros(hours + 1), {"items": 0, "done": 0, "late": 0})
+        # Per-request outcomes written through memoryviews of the result's arrays: a store or a read of
+        # one element costs about half of numpy's scalar indexing (the same C cast to float32).
+        res = self.res
+        self.out_pool, self.out_hybrid = memoryview(res.pool_latency), memoryview(res.hybrid_latency)
+        self.out_served, self.out_fallback = memoryview(res.served_by), memoryview(res.fallback)
+        self.out_busy, self.n_hours = memoryview(res.util_busy), len(res.util_busy)
+        self.user_rtt = memoryview(np.ascontiguousarray(e.user_gw_rtt, dtype=np.float64))
         self.earn = [0] * self.n  # µcr
         self.busy = [0.0] * self.n
         self.fee = sc.market.fee_bps
@@ -211,29 +169,35 @@ class Day:
             t += sc.policies.batch_tick_s
         if self.with_cloud:
             self.res.cloud_latency, self.res.cloud_cost_usd = baseline(e)
-        arrival, gw, kind = e.arrival.tolist(), e.req_gw.tolist(), e.kind.tolist()
-        tin, tout = e.tokens_in.tolist(), e.tokens_out.tolist()
         max_out = sc.demand.max_output_tokens
         expected_out = sc.demand.chat_output_median if sc.policies.expected_output_known else None
-        for j, t in enumerate(arrival):
-            eng.run(until=t)
-            self.now = t
-            k = kind[j]
-            embed = k == EMBEDK
-            if k == BATCH:
-                self.batch_queue.append((t + sc.demand.batch_deadline_h * 3600, j))
-                self.res.batch["items"] += 1
-            else:
-                g = gw[j]
-                req = RouteRequest(EMBED if embed else CHAT, "embeddings" if embed else "generate",
-                                   input_tokens=tin[j], max_output_tokens=0 if embed else max_out,
-                                   items=tout[j] if embed else 1, region=self.gateways[g], stream=k == STREAM,
-                                   expected_output_tokens=None if embed else expected_out)
-                r = _Req(j, g, k, tin[j], tout[j], req, t)
-                r.hold = pricing.hold_bound([self.max_price[embed]], tin[j], req.max_output_tokens, None)
-                self._route(r)
-            if self.progress and j % self.progress_every == 0 and j:
-                self.progress(j, len(arrival), time.perf_counter() - t0)
+        gateways, batch_wait, res, max_price = self.gateways, sc.demand.batch_deadline_h * 3600, self.res, self.max_price
+        n_req = len(e.arrival)
+        # The arrivals as Python numbers a chunk at a time: all of them at once would be ~1.5 GB of
+        # Python objects per process at 10M requests, and a smaller heap keeps the caches warmer.
+        for lo in range(0, n_req, _CHUNK):
+            hi = min(lo + _CHUNK, n_req)
+            for j, t, g, k, n_in, n_out in zip(range(lo, hi), e.arrival[lo:hi].tolist(), e.req_gw[lo:hi].tolist(),
+                                               e.kind[lo:hi].tolist(), e.tokens_in[lo:hi].tolist(),
+                                               e.tokens_out[lo:hi].tolist()):
+                eng.run(until=t)
+                self.now = t
+                if k == BATCH:
+                    self.batch_queue.append((t + batch_wait, j))
+                    res.batch["items"] += 1
+                else:
+                    embed = k == EMBEDK
+                    if embed:
+                        req = _request(EMBED, "embeddings", n_in, 0, n_out, _NO_MAX_PRICE, gateways[g],
+                                       _REGION_POLICY, False, None)
+                    else:
+                        req = _request(CHAT, "generate", n_in, max_out, 1, _NO_MAX_PRICE, gateways[g],
+                                       _REGION_POLICY, k == STREAM, expected_out)
+                    r = _Req(j, g, k, n_in, n_out, req, t)
+                    r.hold = pricing.hold_bound([max_price[embed]], n_in, req.max_output_tokens, None)
+                    self._route(r)
+                if self.progress and j % self.progress_every == 0 and j:
+                    self.progress(j, n_req, time.perf_counter() - t0)
         eng.run()
         self._finish()
         self.res.wall_s = time.perf_counter() - t0
@@ -275,8 +239,9 @@ class Day:
         self.now = now
         embed = r.kind == EMBEDK
         view = self.views[r.g][embed]
-        cands = serving.draw(self, view, k) if 0 < (k := self.sc.policies.route_sample) < len(view) else view
-        d = routing_policy.pick_with_reasons(cands, now, self.rng, {self.ids[i] for i in r.tried},
+        cands = serving.draw(self, view, k) if 0 < (k := self.pol.route_sample) < len(view) else view
+        tried = {self.ids[i] for i in r.tried} if r.tried else ()
+        d = routing_policy.pick_with_reasons(cands, now, self.rng, tried,
                                              request=r.req, weights=self.weights[r.g][embed])
         if d.choice is None:
             if not r.live:  # a hedge that found no second provider leaves the first copy running
@@ -315,7 +280,7 @@ class Day:
             prefill = (r.tin + r.sent_tokens) / self.prefill[i] * noise
             service = prefill + tout / self.decode[i] * noise
         slots = self.slots[i]
-        if slots[0] - (now + owd) > self.sc.policies.max_queue_s:
+        if slots[0] - (now + owd) > self.pol.max_queue_s:
             # Its admission queue is full: it refuses at once (no slot taken, no failure held against it).
             self.eng.at(now + 2 * owd, self._refused, r, i, service_s)
             return
@@ -325,8 +290,8 @@ class Day:
         heapq.heapreplace(slots, end)
         self.busy[i] += service
         h = int(start // 3600)
-        if h < len(self.res.util_busy):
-            self.res.util_busy[h] += service
+        if h < self.n_hours:
+            self.out_busy[h] += service
         ok, at = True, end
         leave = self.leave_now[i]
         if leave < end and self.crash_now[i]:
@@ -335,13 +300,13 @@ class Day:
         copy = (r, i, now, first, ok, cheated, tout, waited, self.trust.identity[i], service_s)
         self.eng.at(at + owd, self._done, copy)
         if (cand is not None and r.kind == CHATK and not r.hedged
-                and self.sc.policies.hedge_percentile > 0):
-            delay = hedge.hedge_delay_s(cand, r.req, self.sc.policies.hedge_percentile, self.weights[g][0])
+                and self.pol.hedge_percentile > 0):
+            delay = hedge.hedge_delay_s(cand, r.req, self.pol.hedge_percentile, self.weights[g][0])
             if delay is not None and now + delay < at + owd:
                 self.eng.at(now + delay, self._hedge, r)
 
     def _hedge(self, r: _Req) -> None:
-        if r.done or r.hedged or r.attempts >= self.sc.policies.max_attempts:
+        if r.done or r.hedged or r.attempts >= self.pol.max_attempts:
             return
         r.hedged = True
         self.counts_add("hedges")
@@ -370,28 +335,31 @@ class Day:
                 r.continued = True
                 done_share = min(1.0, max(0.0, (now - first_at) / max(now - sent, 1e-6)))
                 r.sent_tokens = int(r.tout * done_share * 0.5)
-            if r.attempts < self.sc.policies.max_attempts:
+            if r.attempts < self.pol.max_attempts:
                 self._route(r)
             else:
                 self._give_up(r, "failed")
             return
         view.breakers[i] = brk.record_success(view.breakers[i], now)
-        if view.speed[i] is None and self.sc.policies.prior_soon_s > 0:
-            self.eng.after(self.sc.policies.prior_soon_s, self._refresh)
-        view.speed[i] = observe(view.speed[i], SpeedSample(
-            elapsed_s=now - sent, rtt_s=self.rtt[g][i], input_tokens=0 if embed else r.tin,
-            first_token_s=first_at + self.rtt[g][i] / 2 - sent if r.kind == STREAM else None,
-            output_tokens=0 if embed else tout, items=r.tout if embed else 0, waited=waited), now)
+        if view.speed[i] is None and self.pol.prior_soon_s > 0:
+            self.eng.after(self.pol.prior_soon_s, self._refresh)
+        rtt = self.rtt[g][i]
+        if embed:
+            sample = _sample(now - sent, rtt, None, 0, 0, r.tout, waited)
+        else:
+            sample = _sample(now - sent, rtt, first_at + rtt / 2 - sent if r.kind == STREAM else None,
+                             r.tin, tout, 0, waited)
+        view.speed[i] = observe(view.speed[i], sample, now)
         price = self.prices[embed][i]
         charge = pricing.charge_for(price, r.tin, 0 if embed else tout, r.hold or 1 << 62)
         self.earn[i] += charge - charge * self.fee // fallback.BPS
         if identity == self.trust.identity[i] and self.trust.served(i, f"r{r.j}.{r.attempts}.{i}", now):
             v = self.trust.judge(cheated, self.rng.random())
-            self.eng.after(self.sc.policies.audit_delay_s, self._verdict, i, identity, v)
+            self.eng.after(self.pol.audit_delay_s, self._verdict, i, identity, v)
         if r.done:
             return
         r.done = True
-        self.res.served_by[r.j] = i
+        self.out_served[r.j] = i
         what = "embed" if embed else "chat"
         self.res.pool_charge_usd[what] += charge * self.usd
         self.res.tokens[what] += r.tout if embed else r.tin + r.tout
@@ -399,9 +367,9 @@ class Day:
             self.res.batch["done"] += 1
             self.batch_seen[i] += 1
             return
-        lat = now - r.arrival + float(self.earth.user_gw_rtt[r.j])
-        self.res.pool_latency[r.j] = lat
-        self.res.hybrid_latency[r.j] = lat
+        lat = now - r.arrival + self.user_rtt[r.j]
+        self.out_pool[r.j] = lat
+        self.out_hybrid[r.j] = lat
         if r.continued:
             self.res.streams["continued"] += 1
 
@@ -413,7 +381,7 @@ class Day:
         self.counts_add("refused")
         if r.done or r.live:
             return
-        if r.attempts < self.sc.policies.max_attempts:
+        if r.attempts < self.pol.max_attempts:
             self._route(r)
         else:
             self._give_up(r, "capacity")
@@ -436,8 +404,8 @@ class Day:
         now = self.eng.now
         gw_city = int(self.earth.gw_city[r.g])
         done, _ = self.lane_cloud.serve(now, gw_city, embed, r.tin, r.tout, 1.0)
-        self.res.hybrid_latency[r.j] = done - r.arrival + float(self.earth.user_gw_rtt[r.j])
-        self.res.fallback[r.j] = True
+        self.out_hybrid[r.j] = done - r.arrival + self.user_rtt[r.j]
+        self.out_fallback[r.j] = True
         price = self.lanes[0].models[r.req.model].price
         self.res.lane_charge_usd["embed" if embed else "chat"] += fallback.lane_cost(
             price, r.tin, 0 if embed else r.tout, self.fee) * self.usd
@@ -453,7 +421,7 @@ class Day:
         ids = self.online_ids
         sample = {ids[int(self.rng.random() * len(ids))] for _ in range(min(len(ids), 64))}
         slots = [batch_policy.Slot(self.ids[i], batch_policy.batch_slots(self.conc[i], self.total[i],
-                                                                          self.sc.policies.batch_reserve),
+                                                                          self.pol.batch_reserve),
                                    self.batch_seen[i]) for i in sample
                  if not self.trust.suspended[i] and now < self.leave_now[i]]
         total = max(1, len(self.batch_queue))
@@ -470,7 +438,7 @@ class Day:
                 return
             slots[slots.index(s)] = replace(s, free=s.free - 1, seen=s.seen + 1)
             tin, tout = int(e.tokens_in[j]), int(e.tokens_out[j])
-            req = RouteRequest(CHAT, "generate", input_tokens=tin, max_output_tokens=max_out)
+            req = _request(CHAT, "generate", tin, max_out, 1, _NO_MAX_PRICE, None, _REGION_POLICY, False, None)
             r = _Req(j, int(e.req_gw[j]), BATCH, tin, tout, req, float(e.arrival[j]))
             r.hold = pricing.hold_bound([self.max_price[False]], tin, max_out, None)
             self._dispatch(r, self.index[s.provider], None, now)

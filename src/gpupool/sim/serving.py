@@ -32,7 +32,15 @@ class _Pool(Protocol):
     trust: Trust
 
 
-def draw(day: _Pool, view: Sequence[Candidate], k: int) -> Sequence[Candidate]:
+class _Lazy(Protocol):
+    """What `draw` needs of a view (`sim.view.View`): the online providers, and one by its index."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, k: int) -> Candidate: ...
+    def at(self, i: int, draining: bool) -> Candidate: ...
+
+
+def draw(day: _Pool, view: _Lazy, k: int) -> Sequence[Candidate]:
     """Up to `k` of `view`'s candidates (the providers online now) drawn as the gateway does: at most
     4k random draws, repeats skipped, gone or suspended ones left out; the whole view if none is left
     (the gateway then takes every eligible session)."""
@@ -49,8 +57,15 @@ def draw(day: _Pool, view: Sequence[Candidate], k: int) -> Sequence[Candidate]:
         i = ids[j]
         if suspended[i] or day.now >= leave[i]:
             continue
-        (held if held_back[i] else ready).append(j)
+        (held if held_back[i] else ready).append(i)
         if len(ready) >= k:
             break
-    chosen = ready or held
-    return [view[j] for j in chosen] if chosen else view
+    # What `view[j]` would build, without reading again what was just checked: a drawn provider is
+    # online, not suspended and not leaving, so it is draining exactly when it is held back.
+    if ready:
+        at = view.at
+        return [at(i, False) for i in ready]
+    if held:
+        at = view.at
+        return [at(i, True) for i in held]
+    return view  # type: ignore[return-value]

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from gpupool.devnet import Network
-from tests.integration.conftest import client_for, wait_until
+from tests.integration.conftest import client_for
 from tests.integration.test_batch import PRICE, embed_lines, finished, jsonl, read_lines
 
 MAX_FILES = 12

@@ -22,7 +22,7 @@ from gpupool import protocol
 from gpupool.protocol_handshake import answer
 from gpupool.devnet import Network
 from gpupool.identity import Identity
-from gpupool.protocol import GpuInfo, Hardware, Hello, Offer, Proof, Run
+from gpupool.protocol import GpuInfo, Hardware, Hello, Offer, Run
 from tests.integration.conftest import raw
 from tests.integration.test_hostile_peers import (bystander_served, closed_with, echo, joined, liar_serving,
                                                   net, thrown_out_for, wait_events)

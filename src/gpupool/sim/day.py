@@ -142,7 +142,6 @@ class Day:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> DayResult:
-        e, eng, sc = self.earth, self.eng, self.sc
         t0 = time.perf_counter()
         # Millions of long-lived small objects (estimates, records, events) and no reference cycles
         # (a test checks that a day leaves none): the cyclic collector would only rescan them.

@@ -19,14 +19,13 @@ from typing import Any
 
 import openai
 import pytest
-import websockets
 
 from gpupool import protocol
 from gpupool.devnet import Network
 from gpupool.identity import Identity
 from gpupool.protocol import ModelOffer, Run
 from tests.integration.conftest import client_for
-from tests.integration.test_hostile_peers import joined
+from tests.integration.test_hostile_peers import joined, serve_runs
 
 SYBILS = 12
 REQUESTS = 80
@@ -46,15 +45,10 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
 
 async def sit_on_runs(ws: Any, taken: Counter[str]) -> None:
     """A Sybil's loop: answer Pings, take every Run and never answer it."""
-    try:
-        async for frame in ws:
-            msg = protocol.decode(frame)
-            if isinstance(msg, protocol.Ping):
-                await ws.send(protocol.encode(protocol.Pong(msg.nonce, msg.sent_at)))
-            elif isinstance(msg, Run):
-                taken[ws.id] += 1
-    except websockets.ConnectionClosed:
-        return
+    def take(run: Run) -> list[protocol.Message]:
+        taken[ws.id] += 1
+        return []
+    await serve_runs(ws, take)
 
 
 async def test_sybils_that_sit_on_work_cost_a_client_no_answers(net: Network) -> None:

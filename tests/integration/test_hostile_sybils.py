@@ -5,8 +5,7 @@ take every Run they are sent and sit on it, while answering Pings so that livene
 them. Against a real gateway and a real echo provider (proven by answering before the
 Sybils arrive), with raw protocol peers as the Sybils and the official client as the
 bystander. Before: a request whose serving sample was all Sybils with open breakers got
-a 503 (about one in ten), and each Sybil was handed five requests (its breaker's run of
-failures) before routing stopped choosing it.
+a 503 (about one in ten).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from tests.integration.conftest import client_for
 from tests.integration.test_hostile_peers import joined, serve_runs
 
 SYBILS = 12
+BREAKER_FAILURES = 5  # the gateway's default --breaker-failures
 REQUESTS = 80
 
 
@@ -72,10 +72,11 @@ async def test_sybils_that_sit_on_work_cost_a_client_no_answers(net: Network) ->
             except openai.APIStatusError as exc:
                 failed.append(f"{exc.status_code}: {exc.message[:120]}")
         assert not failed, f"{len(failed)} of {REQUESTS} failed, e.g. {failed[0]}"
-        # A provider that never answered trips at its first lost race: at most one request each in
-        # the breaker's first cooldown (10 s), and no Sybil is given a second before it.
-        assert sum(taken.values()) <= SYBILS, dict(taken)
-        assert max(taken.values(), default=0) <= 1, dict(taken)
+        # A lost hedge race counts against a Sybil like any provider's (its breaker opens after the
+        # usual 5 in a row: tripping at the first one also shut out honest newcomers slower than the
+        # pool's fastest, tests/integration/test_redteam.py); within the first cooldown (10 s) no
+        # Sybil is handed more than that, and each such request was hedged, not lost.
+        assert max(taken.values(), default=0) <= BREAKER_FAILURES, dict(taken)
     finally:
         for task in loops:
             task.cancel()

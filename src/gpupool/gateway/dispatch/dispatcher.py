@@ -27,16 +27,16 @@ from dataclasses import dataclass
 
 from gpupool import errors, protocol
 from gpupool.config import GatewaySettings
-from gpupool.gateway.store import Store
 from gpupool.gateway.dispatch.router import LiveRouter, TrustView
-from gpupool.gateway.peers.hub import Hub
-from gpupool.gateway.peers.session import Event, ProviderLost, ProviderSession
-from gpupool.gateway.probes import note_routing
 from gpupool.gateway.dispatch.stalls import PoolStalled, SilenceWatch, give_up_on
 from gpupool.gateway.dispatch.tries import Tries
 from gpupool.gateway.payload_size import PayloadSize
-from gpupool.routing.options import DEFAULT_ROUTE, RouteOptions
+from gpupool.gateway.peers.hub import Hub
+from gpupool.gateway.peers.session import Event, ProviderLost, ProviderSession
+from gpupool.gateway.probes import note_routing
+from gpupool.gateway.store import Store
 from gpupool.protocol import Cancel, Chunk, Done, EmbedPayload, Fail, GeneratePayload, Payload, Run
+from gpupool.routing.options import DEFAULT_ROUTE, RouteOptions
 
 # Provider failure codes that blame the *request*. The gateway checked the request at its
 # edge already, so one provider saying so is a claim to check, not a verdict: the request

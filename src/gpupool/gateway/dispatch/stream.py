@@ -31,9 +31,9 @@ from gpupool.gateway.dispatch.dispatcher import Dispatcher, deadline_ms, loop_de
 from gpupool.gateway.dispatch.tries import Tries
 from gpupool.gateway.peers.session import Event, ProviderSession
 from gpupool.gateway.probes import note_routing
+from gpupool.protocol import Chunk, Done, Fail, GeneratePayload, Payload, Run
 from gpupool.routing.options import DEFAULT_ROUTE, RouteOptions
 from gpupool.routing.stall import mean_gap_s, silence_limit_s
-from gpupool.protocol import Chunk, Done, Fail, GeneratePayload, Payload, Run
 
 log = logging.getLogger("gpupool.gateway.stream")
 

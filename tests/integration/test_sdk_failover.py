@@ -17,7 +17,9 @@ def test_sdk_and_cli_fail_over_between_gateways(tmp_path: Path) -> None:
         a.start_gateway()
         b.start_gateway()
         empty.start_gateway()  # up, but no provider: answers 503
-        a.start_provider(["echo=echo:chat"], gateways=[a.ws_url, b.ws_url])
+        # Two links at most: the two it is told. All three gateways share one database, so the
+        # provider would otherwise learn "empty" from /v1/gateways and serve there too.
+        a.start_provider(["echo=echo:chat"], gateways=[a.ws_url, b.ws_url], extra=["--gateways-max", "2"])
         a.wait_for_models({"echo": 1}, timeout=60)
         b.wait_for_models({"echo": 1}, timeout=60)
         key = a.dev_key()

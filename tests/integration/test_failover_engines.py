@@ -10,15 +10,13 @@ The stall and SIGSTOP cases are in `test_stalls.py`, a gateway restart in
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 from collections.abc import Iterator
 
 import pytest
 
 from gpupool.devnet import Network
 from tests.fake_engine import EngineProc
-from tests.integration.conftest import client_for
-from tests.integration.test_stalls import WORDS, stream_once
+from tests.integration.test_stalls import WORDS, streams_past_a_faulty_engine
 
 
 @pytest.fixture
@@ -35,16 +33,7 @@ def engines() -> Iterator[list[EngineProc]]:
 def test_an_engine_that_cuts_or_fails_its_answers_costs_no_client_an_answer(
         network: Network, engines: list[EngineProc], mode: str) -> None:
     # drop: the engine closes the connection after 4 words; error: it answers HTTP 500 at once.
-    failing = EngineProc("--fault", mode, "--after", "4", delay_ms=30)
-    healthy = EngineProc(delay_ms=30)
-    engines += [failing, healthy]
-    network.start_gateway()
-    bad = network.start_provider([f"m=upstream:{failing.url}?model=fake"], max_concurrency=8)
-    network.start_provider([f"m=upstream:{healthy.url}?model=fake"], max_concurrency=8)
-    network.wait_for_models({"m": 2}, timeout=60)
-    client = client_for(network, timeout=30)
-    with cf.ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(lambda i: stream_once(client, f"{WORDS} r{i}"), range(12)))
+    failing, bad, results = streams_past_a_faulty_engine(network, engines, ["--fault", mode, "--after", "4"], 12)
     assert [text for text, _, _ in results] == [f"{WORDS} r{i}" for i in range(12)], "every answer exact"
     assert failing.stats()["faulted"] >= 1, "some requests reached the failing engine"
     if mode == "drop":

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gpupool.devnet import Network
+from gpupool.devnet import Network, Proc
 from gpupool.protocol import ModelOffer
 from tests.fake_engine import EngineProc
 from tests.integration.conftest import client_for, wait_until_async
@@ -48,18 +48,26 @@ def stream_once(client, text: str) -> tuple[str, dict, float]:
     return "".join(parts), meta, time.monotonic() - started
 
 
-def test_a_stream_whose_engine_goes_silent_mid_answer_continues_elsewhere_exactly(
-        network: Network, engines: list[EngineProc]) -> None:
-    stalling = EngineProc("--fault", "stall", "--after", "4", delay_ms=30)  # 4 words, then silence
-    healthy = EngineProc(delay_ms=30)
-    engines += [stalling, healthy]
+def streams_past_a_faulty_engine(network: Network, engines: list[EngineProc], fault: list[str], n: int
+                                 ) -> tuple[EngineProc, Proc, list[tuple[str, dict, float]]]:
+    """A gateway, a provider fronting an engine started with `fault` and one fronting a healthy
+    engine (30 ms a word each); `n` streams from 6 clients at once. Returns the faulty engine,
+    its provider and each stream's (text, gpupool metadata, seconds)."""
+    failing, healthy = EngineProc(*fault, delay_ms=30), EngineProc(delay_ms=30)
+    engines += [failing, healthy]
     network.start_gateway()
-    bad = network.start_provider([f"m=upstream:{stalling.url}?model=fake"], max_concurrency=8)
+    bad = network.start_provider([f"m=upstream:{failing.url}?model=fake"], max_concurrency=8)
     network.start_provider([f"m=upstream:{healthy.url}?model=fake"], max_concurrency=8)
     network.wait_for_models({"m": 2}, timeout=60)
     client = client_for(network, timeout=30)
     with cf.ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(lambda i: stream_once(client, f"{WORDS} r{i}"), range(6)))
+        return failing, bad, list(pool.map(lambda i: stream_once(client, f"{WORDS} r{i}"), range(n)))
+
+
+def test_a_stream_whose_engine_goes_silent_mid_answer_continues_elsewhere_exactly(
+        network: Network, engines: list[EngineProc]) -> None:
+    # 4 words, then silence
+    stalling, bad, results = streams_past_a_faulty_engine(network, engines, ["--fault", "stall", "--after", "4"], 6)
     assert [text for text, _, _ in results] == [f"{WORDS} r{i}" for i in range(6)], "every answer exact"
     assert stalling.stats()["faulted"] >= 1, "some streams started on the stalling engine"
     moved = [(meta, took) for _, meta, took in results if meta.get("continued")]

@@ -77,6 +77,23 @@ async def test_a_request_topping_up_while_its_tab_closes_is_settled(billing: Bil
     await adds_up(billing, 1_500_000)
 
 
+async def test_a_new_tab_is_not_idle_while_its_first_top_up_is_written(billing: Billing) -> None:
+    """The idle sweep ran during a new tab's first ledger write (CI, 2026-12-07): the tab had never
+    been used, so it looked idle, and its rest went back while the request held it."""
+    billing.tab_idle_s = 0.001
+    first = asyncio.create_task(billing.reserve("alice", 290))
+    await asyncio.sleep(0)  # the tab is open and its top-up is being written
+    assert billing.tabs["alice"].lock.locked() and not first.done()
+    await billing._close_idle_tabs()  # the sweep waits for the lock, then finds the tab in use
+    hold = await first
+    tab = billing.tabs["alice"]
+    assert tab.reserved == TAB and tab.available == TAB - 290
+    assert await billing.ledger.balance(postings.client("alice")) == DEPOSIT - TAB
+    charge(billing, hold, "r1", 2)
+    await billing.flush()
+    await adds_up(billing, 2)
+
+
 async def test_a_request_never_draws_on_money_on_its_way_back(billing: Billing) -> None:
     (await billing.reserve("alice", 500)).release()
     close = await closing(billing)

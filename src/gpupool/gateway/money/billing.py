@@ -310,11 +310,19 @@ class Billing:
     async def _close_idle_tabs(self) -> None:
         cutoff = time.monotonic() - self.tab_idle_s
         for tab in list(self.tabs.values()):
-            if tab.in_flight == 0 and tab.pending == 0 and tab.last_used < cutoff:
-                await self._close_tab(tab)
+            if self._idle(tab, cutoff):
+                await self._close_tab(tab, cutoff)
 
-    async def _close_tab(self, tab: Tab) -> None:
+    @staticmethod
+    def _idle(tab: Tab, cutoff: float) -> bool:
+        return tab.in_flight == 0 and tab.pending == 0 and tab.last_used < cutoff
+
+    async def _close_tab(self, tab: Tab, idle_before: float | None = None) -> None:
+        """Return the tab's unused rest; with `idle_before`, only if it is still idle once its lock is ours
+        (a request may have topped it up and taken a hold while we waited)."""
         async with tab.lock:
+            if idle_before is not None and not self._idle(tab, idle_before):
+                return
             rest = tab.available
             if rest > 0:
                 # Gone from the tab before the ledger write, not after: a request arriving meanwhile

@@ -26,7 +26,8 @@ class Tab:
     committed: int = 0  # reserved by requests in flight
     pending: int = 0  # charged in memory, waiting for the next batch
     in_flight: int = 0
-    last_used: float = 0.0
+    # Opened counts as used: a tab whose first top-up is still being written is not idle.
+    last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property

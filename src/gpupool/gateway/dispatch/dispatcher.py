@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpupool import errors, protocol
@@ -71,12 +72,16 @@ class Dispatcher:
         self.settings = settings
         self.rng = rng or random.Random()
         self.silence = SilenceWatch(hub, self.router, settings, self.cancel)
+        # Trials whose request was answered by another copy, left to run to their own verdict.
+        self._judging: set[asyncio.Task[Outcome | None]] = set()
 
     def start(self) -> None:
         self.silence.start()
 
     async def close(self) -> None:
         await self.silence.close()
+        for task in list(self._judging):
+            task.cancel()
 
     def give_up_if_silent(self, session: ProviderSession, silent_s: float) -> None:
         """One of `session`'s streams went silent: if nothing at all came from the provider for as
@@ -91,12 +96,13 @@ class Dispatcher:
     # ------------------------------------------------------------ one attempt
 
     def choose(self, request_id: str, model: str, payload: Payload, tries: Tries, route: RouteOptions,
-               stream: bool, serving: list[ProviderSession] | None = None, hedge: bool = False) -> ProviderSession:
+               stream: bool, serving: list[ProviderSession] | None = None, hedge: bool = False,
+               companion: bool = False) -> ProviderSession:
         try:
             if tries.exhausted(self.settings.max_attempts):
                 raise tries.error(model)
             session = self.router.choose(request_id, model, payload, time.monotonic(), self.rng, route, tries,
-                                         stream, serving, hedge)
+                                         stream, serving, hedge, companion)
         except errors.GpupoolError:
             if tries.client_faults:  # nobody else to ask: the provider's word is all there is
                 raise tries.client_fault_error() from None
@@ -228,21 +234,36 @@ class Dispatcher:
         waiting for the deadline."""
         tries = Tries()
         running: dict[asyncio.Task[Outcome | None], ProviderSession] = {}
+        # Copies on providers that never answered us, raced from the start beside a proven one's
+        # (`router.needs_companion`), and those companions: neither was late, so the loser of
+        # such a race is not judged by it; a trial that loses runs on to its own verdict.
+        trials: set[asyncio.Task[Outcome | None]] = set()
+        companions: set[asyncio.Task[Outcome | None]] = set()
         hedged = not self.settings.hedging
         started = time.monotonic()
         lane_at: float | None = None  # when the lane takes over (set once the hedge found nobody)
         try:
             async with asyncio.timeout_at(loop_deadline(deadline)):
                 while True:
-                    if not running:
+                    if len(running) == len(trials):  # nothing but trials running (or nothing at all)
                         if tries.tried:
                             note_routing("failover")  # the last provider failed: another one tries
                         session = self.choose(request_id, model, payload, tries, route, stream=False,
                                               serving=serving)
-                        running[self._start(session, request_id, model, payload, deadline, tries)] = session
+                        if self.router.needs_companion(session) and (
+                                other := self._companion(request_id, model, payload, tries, route)):
+                            note_routing("trial")
+                            task = self._start_trial(session, request_id, model, payload, deadline, tries)
+                            running[task] = session
+                            trials.add(task)
+                            task = self._start(other, request_id, model, payload, deadline, tries)
+                            running[task] = other
+                            companions.add(task)
+                        else:
+                            running[self._start(session, request_id, model, payload, deadline, tries)] = session
                     wait_s = None
-                    if not hedged and len(running) == 1:
-                        (first_session,) = running.values()
+                    if not hedged and len(running) - len(trials) == 1:
+                        (first_session,) = (s for t, s in running.items() if t not in trials)
                         wait_s = self.router.hedge_delay(first_session, model, payload, route)
                         if wait_s is not None:
                             # Leave a second copy half of the time that is left, whatever the estimate.
@@ -263,18 +284,34 @@ class Dispatcher:
                                 lane_at = started + lane_after_s  # the lane is the hedge
                             continue  # nobody else to ask: keep waiting for the first
                         note_routing("hedge")
-                        running[self._start(session, request_id, model, payload, deadline, tries)] = session
+                        if self.router.needs_companion(session) and any(
+                                self.router.record(s.node_id).proven for s in running.values()):
+                            # Only new providers were left to hedge on: the copy is a trial too (judged
+                            # by its own answer, one at a time), the late proven copy its rival.
+                            note_routing("trial")
+                            task = self._start_trial(session, request_id, model, payload, deadline, tries)
+                            trials.add(task)
+                        else:
+                            task = self._start(session, request_id, model, payload, deadline, tries)
+                        running[task] = session
                         continue
                     for task in finished:
                         running.pop(task)
+                        trials.discard(task)
                         outcome = task.result()  # re-raises client faults and timeouts
                         if outcome is not None:
                             outcome.attempts = len(tries.tried)
                             self.judge_client_faults(tries, request_id, model, payload)
-                            for other, other_session in running.items():
-                                # Slower than its own expected percentile: counts against it,
-                                # so a provider that stalls opens its breaker.
-                                self.router.on_failure(other_session, request_id, "lost a hedge race", lost_race=True)
+                            for other, other_session in list(running.items()):
+                                if other in trials:  # the new provider still owes its own answer
+                                    running.pop(other)
+                                    self._judge_later(other)
+                                    continue
+                                if other not in companions:
+                                    # Slower than its own expected percentile: counts against it,
+                                    # so a provider that stalls opens its breaker.
+                                    self.router.on_failure(other_session, request_id, "lost a hedge race",
+                                                           lost_race=True)
                                 other.cancel()
                             return outcome
         except TimeoutError:
@@ -283,9 +320,52 @@ class Dispatcher:
             for task in running:
                 task.cancel()
 
+    def _companion(self, request_id: str, model: str, payload: Payload, tries: Tries,
+                   route: RouteOptions) -> ProviderSession | None:
+        """A proven provider to race a new one's copy, or None (nobody proven can take it: the new one
+        serves alone, hedged as usual)."""
+        try:
+            return self.choose(request_id, model, payload, tries, route, stream=False, companion=True)
+        except errors.GpupoolError:
+            return None
+
+    def _start_trial(self, session: ProviderSession, request_id: str, model: str, payload: Payload,
+                     deadline: float, tries: Tries) -> asyncio.Task[Outcome | None]:
+        """A new provider's copy: it owes an answer by the request's deadline, whoever wins the race
+        (a provider that sits on work fails it then, at no cost to the client)."""
+        async def trial() -> Outcome | None:
+            try:
+                async with asyncio.timeout_at(loop_deadline(deadline)):
+                    return await self._attempt(session, request_id, model, payload, deadline, tries)
+            except TimeoutError:
+                self.router.on_failure(session, request_id, "no answer before the request's deadline")
+                return None
+            except errors.Timeout:  # its own Fail (deadline_exceeded), counted: the companion may still answer
+                return None
+
+        self.router.begin_trial(session)
+        task = asyncio.create_task(trial())
+        task.add_done_callback(lambda _: self.router.end_trial(session))
+        return task
+
+    def _judge_later(self, task: asyncio.Task[Outcome | None]) -> None:
+        """A trial whose request another copy answered runs on: its answer proves the provider and
+        measures it (`_attempt`), its silence until the deadline opens its breaker. Its answer is
+        never the client's and is never charged (the client pays once, for the answer it got)."""
+        self._judging.add(task)
+        task.add_done_callback(_settle_judged(self._judging))
+
     def _start(self, session: ProviderSession, request_id: str, model: str, payload: Payload,
                deadline: float, tries: Tries) -> asyncio.Task[Outcome | None]:
         return asyncio.create_task(self._attempt(session, request_id, model, payload, deadline, tries))
+
+
+def _settle_judged(judging: set[asyncio.Task[Outcome | None]]) -> Callable[[asyncio.Task[Outcome | None]], None]:
+    def done(task: asyncio.Task[Outcome | None]) -> None:
+        judging.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a refusal or Fail nobody waits for is only the trial's verdict
+    return done
 
 
 def receipt_problem(session: ProviderSession, request_id: str, model: str, payload: Payload, done: Done,

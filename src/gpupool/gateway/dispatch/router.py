@@ -108,6 +108,10 @@ class LiveRouter:
         # Node id -> its session's last_seen when it was found silent (dispatch/stalls.py): routing
         # skips it until a newer frame arrives. Only connected nodes: dropped when they leave.
         self.silent: dict[str, float] = {}
+        # Node id -> its trials still running: requests sent to it while it had never answered us,
+        # raced beside a proven provider's copy (`needs_companion`). One at a time: while one runs,
+        # routing passes it over if anyone else can take the request.
+        self.trials: dict[str, int] = {}
 
     def serving(self, model: str, within: tuple[int, int] | None = None, images: bool = False) -> Serving:
         """Who may take a request for `model` now: a request looks this up once, at its start.
@@ -166,9 +170,10 @@ class LiveRouter:
         return ready, held
 
     def _takes_work(self, session: ProviderSession, now: float) -> bool:
-        """Its breaker lets a request through now and it has not gone silent."""
+        """Its breaker lets a request through now, it has not gone silent and is not on trial."""
         rec = self.records.get(session.node_id)
-        return (rec is None or breakers.allows(rec.breaker, now)) and not self.is_silent(session)
+        return ((rec is None or breakers.allows(rec.breaker, now)) and not self.is_silent(session)
+                and session.node_id not in self.trials)
 
     def shortlist(self, serving: Serving, model: str, payload: Payload, options: RouteOptions,
                   stream: bool) -> Serving:
@@ -255,21 +260,30 @@ class LiveRouter:
 
     def choose(self, request_id: str, model: str, payload: Payload, now: float, rng: random.Random,
                options: RouteOptions, tries: Tries, stream: bool,
-               serving: list[ProviderSession] | None = None, hedge: bool = False) -> ProviderSession:
+               serving: list[ProviderSession] | None = None, hedge: bool = False,
+               companion: bool = False) -> ProviderSession:
         """`serving`: the request's serving set, looked up once at its start (`serving(model)`, narrowed
         by `shortlist`); later tries (failover, hedge, a continued stream) take its untried ones first,
         then draw again among providers whose prices its hold covers (`Tries.serving`). `hedge`: a copy
         for a request that one provider is sitting on goes to a provider that has answered before, if
-        any can take it (a new one is as likely to be one more that sits on work)."""
+        any can take it (a new one is as likely to be one more that sits on work). `companion`: such a
+        copy or none (NoProvider), for a request whose first copy went to a provider on trial."""
         if serving is not None and tries.serving is None:
             tries.serving = serving
         first = tries.serving
-        untried = [s for s in first if s.node_id not in tries.tried and not s.closed] if first is not None else []
+        # A provider with a trial running waits for its verdict while anyone else can serve (20 fresh
+        # keys that sit on work would otherwise each be handed a request per pick); draws hold it back too.
+        trials = self.trials
+        untried = [s for s in first if s.node_id not in tries.tried and not s.closed and s.node_id not in trials] \
+            if first is not None else []
         if untried:
             sessions = untried
         else:
             within = first.price_cap() if isinstance(first, Serving) else None
             sessions = self.serving(model, within, images=image_count(payload) > 0)
+            if trials:
+                sessions = [s for s in sessions if s.node_id not in trials] or sessions
+        hedge = hedge or companion
         if hedge:
             proven = [s for s in sessions if self.record(s.node_id).proven and s.node_id not in tries.tried]
             if not proven:  # none in the request's own set: any in the pool its hold covers (hedges are rare)
@@ -278,6 +292,8 @@ class LiveRouter:
                 proven = [s for s in self._eligible(pool.sessions if pool else [], model, within,
                                                     image_count(payload) > 0)
                           if s.node_id not in tries.tried and (r := self.records.get(s.node_id)) and r.proven]
+            if companion and not proven:
+                raise errors.NoProvider("no provider that answered before can race a new one")
             sessions = proven or sessions
         if not sessions and not tries.tried:
             if model in self.hub.known_models:
@@ -376,6 +392,25 @@ class LiveRouter:
     def on_abandoned(self, session: ProviderSession, request_id: str) -> None:
         """We stopped waiting (client gone, deadline, another copy won): no verdict on the provider."""
         self._settle(session, request_id)
+
+    # ------------------------------------------------------------ trials
+
+    def needs_companion(self, session: ProviderSession) -> bool:
+        """Whether a request just sent to `session` should be raced by a copy on a proven provider from
+        the start: `session` never answered us (fresh keys are free: a Sybil that sits on work would
+        cost its request a hedge delay). The new provider still gets its request and is judged by its
+        own answer (`Dispatcher` lets it finish after the copy won); the client waits for neither."""
+        return not self.record(session.node_id).proven
+
+    def begin_trial(self, session: ProviderSession) -> None:
+        self.trials[session.node_id] = self.trials.get(session.node_id, 0) + 1
+
+    def end_trial(self, session: ProviderSession) -> None:
+        left = self.trials.get(session.node_id, 0) - 1
+        if left > 0:
+            self.trials[session.node_id] = left
+        else:
+            self.trials.pop(session.node_id, None)
 
     # ------------------------------------------------------------ silence
 

@@ -51,7 +51,7 @@ ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1
 PREFIXES = (("/v1/batches", "batches"), ("/v1/files", "files"), ("/v1/providers/", "providers"),
             ("/dashboard/", "dashboard"), ("/admin/", "admin"))
 INFERENCE = frozenset({"chat", "completions", "embeddings"})
-DECISIONS = ("failover", "hedge", "stream_continuation", "fallback")
+DECISIONS = ("failover", "hedge", "trial", "stream_continuation", "fallback")
 LIMITS = ("rpm", "tpm", "concurrency", "fair_share")
 # Seconds: from a few ms (echo, embeddings batches) to the longest generations.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

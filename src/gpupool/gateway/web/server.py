@@ -22,7 +22,7 @@ import os
 import socket
 
 from gpupool.config import GatewaySettings
-from gpupool.gc_tuning import freeze_startup_heap, limit_malloc_arenas
+from gpupool.gc_tuning import freeze_startup_heap, limit_malloc_arenas, map_large_blocks
 from gpupool.tls import server_files
 
 log = logging.getLogger("gpupool.gateway")
@@ -56,6 +56,7 @@ def listen_early(host: str, port: int) -> socket.socket:
 
 async def serve(settings: GatewaySettings) -> None:
     limit_malloc_arenas()  # before the database threads start (gc_tuning)
+    map_large_blocks()
     # The start (mostly imports) makes objects that live as long as the process: collecting
     # during it only walks them again and again (~5% of its CPU). One collection when it is
     # over (freeze_startup_heap), then the serving thresholds.

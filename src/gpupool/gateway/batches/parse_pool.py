@@ -10,8 +10,8 @@ Why a process and not a thread: parsing holds the GIL (msgspec, pydantic, the pe
 checks), so a worker thread still took the event loop's turn every few milliseconds;
 a flood of 8 MiB uploads from one key made every other client's p99 x14-x63
 (bench/README.md, "hostile"). In a child the event loop only pays for sending the
-bytes over a pipe. One child, files one at a time: the bound on CPU and memory that
-files can take, whoever sends them. The child is started (spawn, not fork: the
+bytes over a pipe. One child, files one at a time, at a lower CPU priority: the bound on
+CPU and memory that files can take, whoever sends them. The child is started (spawn, not fork: the
 gateway has threads) at the first file, and again if it dies.
 
 Errors come back as (message, param, code) and are raised here as the same
@@ -38,6 +38,7 @@ from gpupool.gateway.batches.validate import Item, parse_file
 from gpupool.images import ImageLimits
 
 Failure = tuple[str, str | None, str | None]
+CHILD_NICENESS = 10  # added to the gateway's: the child's CPU goes to serving first
 
 
 def _run(path: str, known: dict[str, str], image_models: frozenset[str], limits: ImageLimits,
@@ -89,13 +90,23 @@ class ParsePool:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_background)
         return self._executor
 
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+
+def _background() -> None:
+    """In the child, at its start: checking files is background work. On a machine short of CPU
+    it waits for the gateway's serving, not the other way round."""
+    try:
+        os.nice(CHILD_NICENESS)
+    except OSError:
+        pass  # not allowed here: run at the gateway's priority
 
 
 def _spill(data: bytes) -> str:

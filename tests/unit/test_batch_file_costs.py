@@ -1,4 +1,5 @@
-"""An uploaded batch file leaves no copy of itself in the gateway's heap once it is checked and stored.
+"""What an uploaded batch file costs the gateway: no copy of it left in its heap once checked and
+stored, and its check runs behind the gateway's serving for CPU.
 
 Issue 18 (bench/hostile `file_flood`): after a flood of 8 MiB uploads the gateway kept
 1.3-1.4x its RSS. Two holders were found: the parse pool's pipe (its feeder thread keeps the
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from gpupool.db import create_engine
-from gpupool.gateway.batches.parse_pool import ParsePool
+from gpupool.gateway.batches.parse_pool import CHILD_NICENESS, ParsePool
 from gpupool.gateway.batches.store import BatchStore, FileRow
 from gpupool.gc_tuning import _libc, _MallInfo2
 from gpupool.images import ImageLimits
@@ -136,3 +137,14 @@ print(info().hblkhd >= (8 << 20))
 
     assert mapped(True)
     assert not mapped(False), "glibc's moving threshold did not move here: the test shows nothing"
+
+
+def test_files_are_checked_at_a_lower_cpu_priority() -> None:
+    async def child_niceness() -> int:
+        pool = ParsePool()
+        try:
+            return await asyncio.wrap_future(pool._pool().submit(os.nice, 0))
+        finally:
+            pool.close()
+
+    assert asyncio.run(child_niceness()) == min(19, os.nice(0) + CHILD_NICENESS)

@@ -13,6 +13,13 @@ Rules:
   we sent and the output we got; a provider whose receipt lies is disconnected and
   recorded, and the request is retried elsewhere.
 - Leaving early (deadline, client gone) cancels the work at the provider.
+- A provider that never answered us is on trial: a request sent to it also goes to a
+  proven provider at once, so a key that takes work and sits on it (a Sybil: keys are
+  free) costs the client nothing. The new provider's copy is not cancelled when the
+  other wins: its own answer, checked like any, proves and measures it (it is never
+  the client's and never charged), and its silence until the deadline opens its
+  breaker. One trial at a time per provider; where nobody proven can take the copy,
+  the new provider serves alone, hedged as usual.
 
 The choices themselves (which provider, when to hedge) are pure functions in
 `gpupool.routing`; this module only wires them to live sessions and sockets.

@@ -37,7 +37,8 @@ from gpupool.routing import policy as routing_policy
 from gpupool.routing.candidate import Candidate, RouteRequest
 from gpupool.routing.speed import SpeedEstimate, SpeedSample, observe, pool_prior
 from gpupool.routing.weights import DEFAULT_WEIGHTS
-from gpupool.sim import geo, records, serving
+from gpupool import frozen_records as records
+from gpupool.sim import geo, serving
 from gpupool.sim.cloud import Cloud, baseline
 from gpupool.sim.day_result import DayResult
 from gpupool.sim.earth import KINDS, STRATEGIES, Earth

@@ -82,7 +82,9 @@ class Trust:
         self.reps[i] = reputation.observe_verdict(self.reps[i], v, now)
         self.score[i] = reputation.score(self.reps[i], now)
         self.history[i].append(v)
-        if not suspension_rule.suspension(self.history[i], self.policy).suspend:
+        # Its window did not suspend before this verdict (or it would be suspended), and a pass
+        # cannot change that (`may_suspend`): the rule itself runs on failures only.
+        if not suspension_rule.may_suspend(v) or not suspension_rule.suspension(self.history[i], self.policy).suspend:
             return False
         self.suspended[i] = True
         self.suspensions.append((now, i, self.strategy[i] != 0))

@@ -18,7 +18,7 @@ from typing import Protocol
 from gpupool.routing import breaker as brk
 from gpupool.routing.candidate import Candidate
 from gpupool.routing.speed import SpeedEstimate
-from gpupool.sim import records
+from gpupool import frozen_records as records
 from gpupool.sim.trust import Trust
 
 _CandTwin = records.twin(Candidate)
@@ -68,7 +68,7 @@ class View(Sequence[Candidate]):
     def at(self, i: int, draining: bool) -> Candidate:
         """Provider i's candidate (`serving.draw` knows `draining` already from its own checks)."""
         # A real `Candidate` with every field set, built as its writable twin and then given its
-        # class (sim/records.py): the frozen dataclass's generated __init__ costs ~4x as much, and
+        # class (gpupool/frozen_records.py): the frozen dataclass's generated __init__ costs ~4x as much, and
         # this runs ~6 times per request. The fields that never change sit in one tuple per
         # provider, so a random provider's read touches a few places in memory, not fifteen
         # lists. tests/unit/test_sim_internet.py checks the result equals the constructor's.

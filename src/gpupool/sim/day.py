@@ -20,11 +20,12 @@ alone is the same run with the lane's requests counted as failed.
 from __future__ import annotations
 
 import gc
+from array import array
 import heapq
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -94,20 +95,27 @@ class Day:
         self.claims = [None if c == 0 else SpeedEstimate(p * c, dd * c, em * c)
                        for c, p, dd, em in zip(e.claim.tolist(), self.prefill, self.decode, self.embed_speed)]
         self.strategy = e.strategy.tolist()
-        self.rtt = e.gw_rtt.tolist()
+        # Per gateway, packed (memoryviews read like lists; one cache line per random provider).
+        self.rtt = [memoryview(row) for row in np.ascontiguousarray(e.gw_rtt, dtype=np.float64)]
         self.own = [[0] * self.n for _ in self.gateways]
-        self.backlog = [[0.0] * self.n for _ in self.gateways]  # as the gateway's `ProviderRecord.backlog_s`
+        # As the gateway's `ProviderRecord.backlog_s`; packed, so an update allocates no float object.
+        self.backlog = [array("d", [0.0]) * self.n for _ in self.gateways]
         self.total = [0] * self.n
         self.slots = [[0.0] * c for c in self.conc]
+        # What never changes per provider, for the views of chat and of embeddings (`View.at`).
+        self.fixed = (list(zip(self.ids, self.conc, self.region_name, self.price_in, self.price_out, self.claims)),
+                      list(zip(self.ids, self.conc, self.region_name, self.price_embed, [0] * self.n, self.claims)))
         self.views = [(View(self, g, False), View(self, g, True)) for g in range(len(self.gateways))]
         self.weights = [[DEFAULT_WEIGHTS, DEFAULT_WEIGHTS] for _ in self.gateways]
         self.trust = Trust(sc, e, secret=b"sim-%d" % sc.seed)
         for pair in self.views:
             for view in pair:
                 view.bind()
-        self.online_ids: list[int] = []
-        self.leave_now: list[float] = []
-        self.crash_now: list[bool] = []
+        # This step's online providers, departure times and crash flags: memoryviews of the world's
+        # arrays, read like lists (see `_step`).
+        self.online_ids: Sequence[int] = []
+        self.leave_now: Sequence[float] = []
+        self.crash_now: Sequence[bool] = []
         self.step = -1
         self.progress, self.progress_every = progress, progress_every
         lane_price = pricing.Price(sc.cloud.lane_price_in, sc.cloud.lane_price_out)
@@ -206,9 +214,12 @@ class Day:
     def _step(self, k: int) -> None:
         e = self.earth
         self.step = k
-        self.online_ids = np.flatnonzero(e.online[k]).tolist()
-        self.leave_now = e.leave_at[k].tolist()
-        self.crash_now = e.crash[k].tolist()
+        # Memoryviews, not lists: every routing draw reads one random provider's entries, and an
+        # element of a packed array is one cache line away, where a list's points to an object
+        # somewhere else (a second miss). The values read are the same Python numbers.
+        self.online_ids = memoryview(np.flatnonzero(e.online[k]))
+        self.leave_now = memoryview(e.leave_at[k])
+        self.crash_now = memoryview(e.crash[k])
         h = int(k * self.sc.churn.step_s // 3600)
         self.res.util_online[h] += float((e.conc * e.online[k]).sum()) * self.sc.churn.step_s
         for when, i in [x for x in self.trust.rejoins if x[0] <= self.eng.now]:

@@ -84,6 +84,7 @@ class Day:
         self.with_cloud = cloud
         self.rng = random.Random(sc.seed + seed)
         self.eng = Engine()
+        self.verdicts = self.eng.lane()  # every verdict comes `audit_delay_s` after its answer: in order
         self.now = 0.0
         self.gateways = e.gateways
         self.ids = [f"p{i}" for i in range(self.n)]
@@ -165,15 +166,18 @@ class Day:
 
     def _run(self, t0: float) -> DayResult:
         e, eng, sc = self.earth, self.eng, self.sc
+        # The periodic work, each schedule in a lane of its own (sim/engine.py: the same order as
+        # one heap, without thousands of events in it).
+        steps, refreshes, ticks = eng.lane(), eng.lane(), eng.lane()
         for k in range(e.steps):
-            eng.at(k * sc.churn.step_s, self._step, k)
+            steps.at(k * sc.churn.step_s, self._step, k)
         t = 0.0
         while t < sc.hours * 3600:
-            eng.at(t, self._refresh)
+            refreshes.at(t, self._refresh)
             t += sc.policies.prior_refresh_s
         t = sc.policies.batch_tick_s
         while t < sc.hours * 3600 + sc.demand.batch_deadline_h * 3600:
-            eng.at(t, self._batch_tick)
+            ticks.at(t, self._batch_tick)
             t += sc.policies.batch_tick_s
         if self.with_cloud:
             self.res.cloud_latency, self.res.cloud_cost_usd = baseline(e)
@@ -366,7 +370,7 @@ class Day:
         self.earn[i] += charge - charge * self.fee // fallback.BPS
         if identity == self.trust.identity[i] and self.trust.served(i, f"r{r.j}.{r.attempts}.{i}", now):
             v = self.trust.judge(cheated, self.rng.random())
-            self.eng.after(self.pol.audit_delay_s, self._verdict, i, identity, v)
+            self.verdicts.after(self.pol.audit_delay_s, self._verdict, i, identity, v)
         if r.done:
             return
         r.done = True

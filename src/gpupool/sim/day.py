@@ -45,7 +45,7 @@ from gpupool.sim.day_result import DayResult
 from gpupool.sim.earth import KINDS, STRATEGIES, Earth
 from gpupool.sim.engine import Engine
 from gpupool.sim.trust import Trust
-from gpupool.sim.view import View
+from gpupool.sim.view import Fixed, View
 
 CHAT, EMBED = "llama-3-8b-instruct", "minilm-embed"
 STREAM, CHATK, EMBEDK, BATCH = range(4)
@@ -104,8 +104,11 @@ class Day:
         self.total = [0] * self.n
         self.slots = [[0.0] * c for c in self.conc]
         # What never changes per provider, for the views of chat and of embeddings (`View.at`).
-        self.fixed = (list(zip(self.ids, self.conc, self.region_name, self.price_in, self.price_out, self.claims)),
-                      list(zip(self.ids, self.conc, self.region_name, self.price_embed, [0] * self.n, self.claims)))
+        self.fixed = (list(zip(range(self.n), self.ids, self.conc, self.region_name, self.price_in, self.price_out,
+                               self.claims)),
+                      list(zip(range(self.n), self.ids, self.conc, self.region_name, self.price_embed, [0] * self.n,
+                               self.claims)))
+        self.online_fixed: tuple[list[Fixed], list[Fixed]] = ([], [])  # of the providers online now
         self.views = [(View(self, g, False), View(self, g, True)) for g in range(len(self.gateways))]
         self.weights = [[DEFAULT_WEIGHTS, DEFAULT_WEIGHTS] for _ in self.gateways]
         self.trust = Trust(sc, e, secret=b"sim-%d" % sc.seed)
@@ -222,6 +225,9 @@ class Day:
         # element of a packed array is one cache line away, where a list's points to an object
         # somewhere else (a second miss). The values read are the same Python numbers.
         self.online_ids = memoryview(np.flatnonzero(e.online[k]))
+        # The views read the k-th online provider's fixed fields from these (one memory read less per
+        # routing draw than through its index); ~25 ms per step at 100,000 providers, 144 steps a day.
+        self.online_fixed = tuple([fixed[i] for i in self.online_ids] for fixed in self.fixed)  # type: ignore[assignment]
         self.leave_now = memoryview(e.leave_at[k])
         self.crash_now = memoryview(e.crash[k])
         h = int(k * self.sc.churn.step_s // 3600)

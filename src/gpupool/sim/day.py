@@ -271,9 +271,11 @@ class Day:
         i = self.index[d.choice.provider_id]
         if d.probe:
             view.breakers[i] = brk.on_dispatch(view.breakers[i], now)
-        self._dispatch(r, i, d.choice, now, d.service_s or 0.0)
+        self._dispatch(r, i, d.choice, now, d.service_s or 0.0, d.estimate_s)
 
-    def _dispatch(self, r: _Req, i: int, cand: Candidate | None, now: float, service_s: float = 0.0) -> None:
+    def _dispatch(self, r: _Req, i: int, cand: Candidate | None, now: float, service_s: float = 0.0,
+                  expected_s: float | None = None) -> None:
+        """`expected_s`: the router's estimate of the whole answer's time (`Decision.estimate_s`)."""
         g, embed = r.g, r.kind == EMBEDK
         self.backlog[g][i] += service_s
         r.tried.add(i)
@@ -322,7 +324,9 @@ class Day:
         self.eng.at(at + owd, self._done, copy)
         if (cand is not None and r.kind == CHATK and not r.hedged
                 and self.pol.hedge_percentile > 0):
-            delay = hedge.hedge_delay_s(cand, r.req, self.pol.hedge_percentile, self.weights[g][0])
+            # The pick's own estimate: the same request, candidate and weights (`self.weights[g][0]`).
+            delay = hedge.hedge_delay_s(cand, r.req, self.pol.hedge_percentile, self.weights[g][0],
+                                        expected_s=expected_s)
             if delay is not None and now + delay < at + owd:
                 self.eng.at(now + delay, self._hedge, r)
 
@@ -376,7 +380,9 @@ class Day:
         self.earn[i] += charge - charge * self.fee // fallback.BPS
         if identity == self.trust.identity[i] and self.trust.served(i, f"r{r.j}.{r.attempts}.{i}", now):
             v = self.trust.judge(cheated, self.rng.random())
-            self.verdicts.after(self.pol.audit_delay_s, self._verdict, i, identity, v)
+            # Straight to the trust's verdict at the time the lane will run it (`Lane.after`'s sum).
+            delay = self.pol.audit_delay_s
+            self.verdicts.after(delay, self.trust.verdict, i, identity, v, now + max(delay, 0.0))
         if r.done:
             return
         r.done = True
@@ -406,9 +412,6 @@ class Day:
             self._route(r)
         else:
             self._give_up(r, "capacity")
-
-    def _verdict(self, i: int, identity: int, v: object) -> None:
-        self.trust.verdict(i, identity, v, self.eng.now)  # type: ignore[arg-type]
 
     def _give_up(self, r: _Req, reason: str) -> None:
         r.done = True
@@ -457,7 +460,10 @@ class Day:
             if s is None:
                 self.batch_queue.extend(queue[n:])
                 return
-            slots[slots.index(s)] = replace(s, free=s.free - 1, seen=s.seen + 1)
+            # The picked slot itself (by identity: the providers are distinct, so it is `slots.index(s)`
+            # without comparing records field by field), one item busier.
+            k = next(k for k, x in enumerate(slots) if x is s)
+            slots[k] = batch_policy.Slot(s.provider, s.free - 1, s.seen + 1, s.items_per_s)
             tin, tout = int(e.tokens_in[j]), int(e.tokens_out[j])
             req = _request(CHAT, "generate", tin, max_out, 1, _NO_MAX_PRICE, None, _REGION_POLICY, False, None)
             r = _Req(j, int(e.req_gw[j]), BATCH, tin, tout, req, float(e.arrival[j]))

@@ -230,6 +230,9 @@ class Day:
         self.online_fixed = tuple([fixed[i] for i in self.online_ids] for fixed in self.fixed)  # type: ignore[assignment]
         self.leave_now = memoryview(e.leave_at[k])
         self.crash_now = memoryview(e.crash[k])
+        for pair in self.views:
+            for view in pair:
+                view.step()
         h = int(k * self.sc.churn.step_s // 3600)
         self.res.util_online[h] += float((e.conc * e.online[k]).sum()) * self.sc.churn.step_s
         for when, i in [x for x in self.trust.rejoins if x[0] <= self.eng.now]:

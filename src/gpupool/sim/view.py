@@ -54,18 +54,24 @@ class View(Sequence[Candidate]):
         self.speed: list[SpeedEstimate | None] = [None] * day.n
         self.breakers = [brk.CLOSED] * day.n
         self.region = day.gateways[g]
+        self.rows: list[Fixed] = []
+        self.leave: Sequence[float] = []
 
     def __len__(self) -> int:
         return len(self.day.online_ids)
 
     def __getitem__(self, k: int) -> Candidate:  # type: ignore[override]
-        d = self.day
-        # The k-th online provider's fixed fields straight from this step's list (`Day._step`), not
+        # The k-th online provider's fixed fields straight from this step's list (`step`), not
         # through its index and then the day-long list: one random memory read less per draw.
-        row = d.online_fixed[self.embed][k]
+        row = self.rows[k]
         i = row[0]
         # Held back (verdicts awaited) as the router's `serving` does, less its "unless nobody else".
-        return self._build(row, True if self.suspended[i] or self.held_back[i] else d.now >= d.leave_now[i])
+        return self._build(row, True if self.suspended[i] or self.held_back[i] else self.day.now >= self.leave[i])
+
+    def step(self) -> None:
+        """A new churn step (`Day._step`): this step's online providers and departure times."""
+        self.rows = self.day.online_fixed[self.embed]
+        self.leave = self.day.leave_now
 
     def at(self, i: int, draining: bool) -> Candidate:
         """Provider i's candidate (`serving.draw` knows `draining` already from its own checks)."""

@@ -105,6 +105,7 @@ DEFAULT_SPEED_CONFIG = SpeedConfig()
 # `SpeedEstimate(...)` with every field, positional, ~4x cheaper than the frozen __init__
 # (gpupool/frozen_records.py): `observe` builds one per answer, in the gateway and the simulator.
 _estimate = builder(SpeedEstimate)
+_UNMEASURED = SpeedEstimate()  # immutable: one shared "nothing measured yet" (a first sample's base)
 
 
 def observe(
@@ -117,10 +118,10 @@ def observe(
     sample then becomes the estimate outright).
     """
     if sample.waited:
-        return prev if prev is not None else SpeedEstimate()
+        return prev if prev is not None else _UNMEASURED
     fresh = prev is None or prev.samples <= 0
     # Nothing unmeasured (e.g. a claim passed in by mistake) survives the first sample.
-    base = SpeedEstimate() if fresh or prev is None else prev
+    base = _UNMEASURED if fresh or prev is None else prev
     old_w = 0.0 if fresh else _old_weight(base, now, config)
     service = max(sample.elapsed_s - sample.rtt_s, MIN_SECONDS)
 

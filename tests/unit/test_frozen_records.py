@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
+from gpupool import frozen_records as records
 from gpupool.routing.breaker import BreakerState
 from gpupool.routing.candidate import Candidate, RouteRequest
 from gpupool.routing.speed import SpeedEstimate, SpeedSample
-from gpupool import frozen_records as records
 
 
 def _same(built: object, made: object) -> None:

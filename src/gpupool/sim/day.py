@@ -20,16 +20,17 @@ alone is the same run with the lane's requests counted as failed.
 from __future__ import annotations
 
 import gc
-from array import array
 import heapq
 import math
 import random
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 
+from gpupool import frozen_records as records
 from gpupool.batch import policy as batch_policy
 from gpupool.market import pricing
 from gpupool.routing import breaker as brk
@@ -38,7 +39,6 @@ from gpupool.routing import policy as routing_policy
 from gpupool.routing.candidate import Candidate, RouteRequest
 from gpupool.routing.speed import SpeedEstimate, SpeedSample, observe, pool_prior
 from gpupool.routing.weights import DEFAULT_WEIGHTS
-from gpupool import frozen_records as records
 from gpupool.sim import geo, serving
 from gpupool.sim.cloud import Cloud, baseline
 from gpupool.sim.day_result import DayResult

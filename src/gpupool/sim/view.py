@@ -15,10 +15,10 @@ import random
 from collections.abc import MutableSequence, Sequence
 from typing import Protocol
 
+from gpupool import frozen_records as records
 from gpupool.routing import breaker as brk
 from gpupool.routing.candidate import Candidate
 from gpupool.routing.speed import SpeedEstimate
-from gpupool import frozen_records as records
 from gpupool.sim.trust import Trust
 
 # (index, id, concurrency, region, price in, price out, claim) of one provider, for one task.

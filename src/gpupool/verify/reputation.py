@@ -31,6 +31,7 @@ from typing import Any
 from gpupool.frozen_records import builder
 from gpupool.verify.judgement import Judgement
 
+
 class Event(str, Enum):
     """Things that move a provider's reputation."""
 

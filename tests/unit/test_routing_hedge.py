@@ -47,3 +47,20 @@ def test_tiny_requests_get_a_floor_and_bad_percentiles_are_refused() -> None:
     assert hedge_delay_s(c, RouteRequest("m", input_tokens=1, max_output_tokens=1)) == 0.05
     with pytest.raises(ValueError):
         hedge_delay_s(c, REQ, percentile=1.0)
+
+
+def test_a_picks_estimate_passed_in_gives_the_same_delay() -> None:
+    """`expected_s`: a caller that routed with the same request and weights passes its decision's
+    `estimate_s` (the simulator does) instead of estimating again; the delay is the same float."""
+    import random
+
+    from gpupool.routing import pick_with_reasons
+
+    cands = [Candidate(f"p{k}", k % 3, 4, rtt_s=0.01 * k, queued=k % 5, backlog_s=0.4 * k if k % 3 else None,
+                       speed=SpeedEstimate(3000 + k, 50 - k, samples=k, log_err_var=0.02 * k) if k % 2 else None)
+             for k in range(1, 9)]
+    for seed in range(20):
+        d = pick_with_reasons(cands, 0.0, random.Random(seed), request=REQ)
+        assert d.choice is not None and d.estimate_s is not None
+        assert hedge_delay_s(d.choice, REQ, expected_s=d.estimate_s) == hedge_delay_s(d.choice, REQ)
+    assert hedge_delay_s(cands[1], REQ, expected_s=2.0) == pytest.approx(2.0 * math.exp(Z95 * 0.5))  # no speed yet

@@ -27,6 +27,44 @@ def test_engine_runs_events_in_time_order_fifo_on_ties_and_honours_cancel() -> N
     assert eng.now == 6.0
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_lanes_run_events_in_exactly_the_one_heap_order(seed: int) -> None:
+    """`Engine.lane`: events scheduled in time order wait in a FIFO, only the earliest in the heap; the
+    order they run in (ties included) must be the order of the same events all in the heap."""
+
+    def day(use_lanes: bool) -> list[tuple[float, str]]:
+        rng, eng, seen = random.Random(seed), Engine(), []
+        ticks = eng.lane() if use_lanes else eng
+        soon, late = (eng.lane(), eng.lane()) if use_lanes else (eng, eng)  # one fixed delay each
+        for k in range(40):  # a schedule known in advance, on whole seconds: ties with the others
+            ticks.at(float(k), lambda k=k: seen.append((eng.now, f"tick{k}")))
+
+        def event(n: int) -> None:
+            seen.append((eng.now, f"e{n}"))
+            if n < 400:
+                late.after(3.0, lambda: seen.append((eng.now, f"late{n}")))
+                soon.after(0.0, lambda: seen.append((eng.now, f"soon{n}")))
+                eng.after(rng.choice([0.0, 0.5, 1.0, rng.random() * 4]), event, n + 1)
+                if rng.random() < 0.2:
+                    eng.cancel(late.after(3.0, lambda: seen.append((eng.now, "cancelled"))))
+
+        eng.at(0.0, event, 0)
+        for _ in range(10_000):  # in slices, as a day runs up to each arrival
+            if not len(eng):
+                break
+            eng.run(until=eng.now + rng.random() * 3)
+        assert not len(eng)
+        return seen
+
+    heap, lanes = day(False), day(True)
+    assert lanes == heap and len(heap) > 800 and ("cancelled" not in {s for _, s in heap})
+    eng = Engine()
+    lane = eng.lane()
+    lane.at(2.0, print)
+    with pytest.raises(ValueError, match="time order"):
+        lane.at(1.0, print)
+
+
 def test_world_is_deterministic_and_plausible() -> None:
     a, b = build_world(200, random.Random(1)), build_world(200, random.Random(1))
     assert [(p.region, p.decode_tps) for p in a.providers] == [(p.region, p.decode_tps) for p in b.providers]

@@ -65,8 +65,8 @@ def test_the_router_tracks_backlog_and_ends_the_day_with_none_left() -> None:
     seen_backlog = []
     original = day._dispatch
 
-    def dispatch(r, i, cand, now, service_s=0.0):  # type: ignore[no-untyped-def]
-        original(r, i, cand, now, service_s)
+    def dispatch(r, i, cand, now, *rest):  # type: ignore[no-untyped-def]
+        original(r, i, cand, now, *rest)
         seen_backlog.append(day.backlog[r.g][i])
 
     day._dispatch = dispatch  # type: ignore[method-assign]

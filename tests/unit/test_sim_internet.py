@@ -179,8 +179,9 @@ def test_the_views_candidates_equal_the_ones_the_constructor_builds() -> None:
                 fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(Candidate)}
                 assert c == Candidate(**fields) and hash(c) == hash(Candidate(**fields))
                 i = day.online_ids[k]
-                assert (c.provider_id, c.price_in, c.speed, c.models, c.backlog_s) == (
-                    day.ids[i], view.price_in[i], view.speed[i], None, None)
+                price_in = (day.price_embed if view.embed else day.price_in)[i]
+                assert (c.provider_id, c.price_in, c.rtt_s, c.speed, c.models, c.backlog_s) == (
+                    day.ids[i], price_in, float(day.earth.gw_rtt[g][i]), view.speed[i], None, None)
 
 
 def test_a_day_leaves_no_reference_cycles() -> None:

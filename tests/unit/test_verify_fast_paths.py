@@ -111,6 +111,31 @@ def test_the_suspension_rule_matches_the_reference(k: int, m: int) -> None:
         assert suspension_rule.suspension(iter(plain), policy) == _suspension_ref(plain, policy)
 
 
+@pytest.mark.parametrize("k, m", [(1, 1), (2, 5), (4, 50)])
+def test_a_pass_never_makes_a_window_suspend_that_did_not(k: int, m: int) -> None:
+    """`may_suspend`: what lets a caller skip the rule after a pass (the simulator's Trust.verdict)."""
+    rng = random.Random(k * 7 + m)
+    policy = suspension_rule.SuspensionPolicy(k=k, m=m)
+    for maxlen in (m, m + 3, None):  # the window as the caller keeps it: exactly m, longer, unbounded
+        history: deque[Judgement] = deque(maxlen=maxlen)
+        passes_checked = suspended = 0
+        for _ in range(3_000):
+            u = rng.random()
+            v = PASS if u < 0.85 else fail("token_mismatch") if u < 0.99 else fail("garbage", hard=True)
+            before = suspension_rule.suspension(history, policy).suspend
+            history.append(v)
+            after = suspension_rule.suspension(history, policy).suspend
+            assert suspension_rule.may_suspend(v) == (not v.passed)
+            if not suspension_rule.may_suspend(v) and not before:
+                assert not after
+                passes_checked += 1
+            if after and not before:
+                suspended += 1
+            if after and rng.random() < 0.3:
+                history.clear()  # a fresh start now and then (the simulator's Sybil rejoins)
+        assert passes_checked > 1_000 and suspended > 10  # both kinds of step were exercised
+
+
 def test_a_greedy_pass_on_a_near_tie_is_marked_so_it_never_becomes_a_canary() -> None:
     """The runner-up within the tie margin passes (as an honest provider on other hardware may pick
     it), but the pass says so: the gateway keeps only exact greedy answers as canaries (issue 18)."""

@@ -48,11 +48,15 @@ def _z(percentile: float) -> float:
 def hedge_delay_s(
     candidate: Candidate, request: RouteRequest, percentile: float = 0.95,
     weights: RoutingWeights = DEFAULT_WEIGHTS, min_delay_s: float = MIN_HEDGE_DELAY_S,
+    *, expected_s: float | None = None,
 ) -> float | None:
-    """Seconds after sending at which a second copy should go; None for streaming requests."""
+    """Seconds after sending at which a second copy should go; None for streaming requests.
+
+    `expected_s`: `estimate_seconds(candidate, request, weights)` when the caller has it already
+    (a pick's `Decision.estimate_s` for its choice, with the same request and weights)."""
     if request.stream:
         return None
-    expected = estimate_seconds(candidate, request, weights)
+    expected = estimate_seconds(candidate, request, weights) if expected_s is None else expected_s
     speed = candidate.speed
     if speed is not None and speed.samples > 0:
         mean, sigma = speed.log_err_mean, speed.log_err_sigma

@@ -165,7 +165,7 @@ def rank(candidates: Sequence[Candidate], now: float, exclude: Collection[str] =
 
 def score(c: Candidate, request: RouteRequest | None, weights: RoutingWeights = DEFAULT_WEIGHTS) -> float:
     """The objective for one candidate (lower is better), ignoring the filters."""
-    ev = _Evaluator(0.0, (), request, weights)
+    ev = _Evaluator(0.0, (), request, weights, with_objective=True)
     if request is None:
         return float(c.in_flight + c.queued)
     assert ev.est is not None
@@ -185,7 +185,7 @@ class _Evaluator:
     __slots__ = ("now", "est", "counts", "_cheapest", "evaluate", "objective")
 
     def __init__(self, now: float, exclude: Collection[str], request: RouteRequest | None,
-                 weights: RoutingWeights) -> None:
+                 weights: RoutingWeights, with_objective: bool = False) -> None:
         self.now = now
         counts: dict[str, int] = {}
         self.counts = counts
@@ -206,14 +206,18 @@ class _Evaluator:
         seconds_parts = est.seconds_parts if est is not None else None
         cost_of = est.cost if est is not None else None
 
-        def objective(c: Candidate, cost: int) -> float:
-            assert seconds_parts is not None
-            s = seconds_parts(c)[0] + cost * per_ucr
-            rep = c.reputation
-            s *= 1.0 + rep_w * (1.0 - (0.0 if rep < 0.0 else 1.0 if rep > 1.0 else rep))
-            if prefer and c.region != region:
-                s *= off_factor
-            return s
+        if with_objective:  # only `score` asks: a pick (per request) does not build this closure
+
+            def objective(c: Candidate, cost: int) -> float:
+                assert seconds_parts is not None
+                s = seconds_parts(c)[0] + cost * per_ucr
+                rep = c.reputation
+                s *= 1.0 + rep_w * (1.0 - (0.0 if rep < 0.0 else 1.0 if rep > 1.0 else rep))
+                if prefer and c.region != region:
+                    s *= off_factor
+                return s
+
+            self.objective = objective
 
         def evaluate(c: Candidate) -> tuple[float | None, int]:
             if exclude and c.provider_id in exclude:
@@ -247,7 +251,6 @@ class _Evaluator:
             return None, 0
 
         self.evaluate = evaluate
-        self.objective = objective
 
     @property
     def cheapest(self) -> int | None:

@@ -25,8 +25,8 @@ from gpupool.sim.trust import Trust
 class _Pool(Protocol):
     """What `draw` reads of a `sim.day.Day` (not imported: the day imports this module)."""
 
-    online_ids: list[int]
-    leave_now: list[float]
+    online_ids: Sequence[int]
+    leave_now: Sequence[float]
     now: float
     rng: random.Random
     trust: Trust

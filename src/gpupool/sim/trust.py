@@ -11,6 +11,7 @@ gateway decides from it comes from `gpupool.verify`, unchanged.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from dataclasses import dataclass
 
@@ -36,9 +37,11 @@ class Trust:
         self.policy = suspension_rule.DEFAULT_SUSPENSION
         self.records = [sampling.AuditRecord()] * n
         self.reps = [reputation.Reputation.new(f"p{i}", 0.0) for i in range(n)]
-        self.score = [0.5] * n  # the router's reputation, refreshed on each event
+        # The router's reputation, refreshed on each event. Packed arrays (a bytearray for flags), not
+        # lists: each routing draw reads one random provider's entries, one cache line each this way.
+        self.score = array("d", [0.5]) * n
         self.history: list[deque[Judgement]] = [deque(maxlen=self.policy.m) for _ in range(n)]
-        self.suspended = [False] * n
+        self.suspended = bytearray(n)  # 1: suspended
         self.identity = [0] * n  # Sybils come back under new identities
         self.strategy = earth.strategy.tolist()
         self.cheater_identities = sum(1 for s in self.strategy if s)
@@ -48,7 +51,7 @@ class Trust:
         # Audits sent, verdicts not back; from MAX_AWAITING_VERDICTS on, routing passes the
         # provider over (`held_back`), as the gateway's router does.
         self.awaiting = [0] * n
-        self.held_back = [False] * n
+        self.held_back = bytearray(n)  # 1: passed over by routing
 
     def served(self, i: int, request_id: str, now: float) -> bool:
         # Like the gateway (gateway/trust/audits.py), only audit verdicts move reputation; the
@@ -82,7 +85,9 @@ class Trust:
         self.reps[i] = reputation.observe_verdict(self.reps[i], v, now)
         self.score[i] = reputation.score(self.reps[i], now)
         self.history[i].append(v)
-        if not suspension_rule.suspension(self.history[i], self.policy).suspend:
+        # Its window did not suspend before this verdict (or it would be suspended), and a pass
+        # cannot change that (`may_suspend`): the rule itself runs on failures only.
+        if not suspension_rule.may_suspend(v) or not suspension_rule.suspension(self.history[i], self.policy).suspend:
             return False
         self.suspended[i] = True
         self.suspensions.append((now, i, self.strategy[i] != 0))

@@ -90,6 +90,17 @@ def suspension(history: Iterable[Judgement],
     return Decision(False, "ok", failures, len(window))
 
 
+def may_suspend(verdict: Judgement) -> bool:
+    """Whether adding `verdict` to a window that did not suspend can make it suspend.
+
+    Only a failure can: a pass adds no failure, and where the window is full it pushes the
+    oldest verdict out, so the failures (and hard ones among them) can only fall. A caller
+    that asks `suspension` after every verdict may skip it for a pass (the simulator does:
+    a day has millions of verdicts; tests/unit/test_verify_fast_paths.py checks the claim).
+    """
+    return not verdict.passed
+
+
 # -- the math behind the defaults ------------------------------------------------
 #
 # Exact Markov chain over audits. State: the ages (1..m-1) of the soft failures still

@@ -1,4 +1,4 @@
-"""sim/records.py: the simulator's cheap builds of the policies' frozen records are the real thing."""
+"""frozen_records.py: cheap builds of the policies' frozen records are the real thing."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
+from gpupool import frozen_records as records
 from gpupool.routing.breaker import BreakerState
 from gpupool.routing.candidate import Candidate, RouteRequest
 from gpupool.routing.speed import SpeedEstimate, SpeedSample
-from gpupool.sim import records
 
 
 def _same(built: object, made: object) -> None:

@@ -1,4 +1,4 @@
-"""Cheap construction of the policies' frozen slots records (`Candidate`, `RouteRequest`, `SpeedSample`).
+"""Cheap construction of frozen slots records on hot paths (routing's, verify's, the simulator's).
 
     build = builder(RouteRequest)        # positional, every field, in declaration order
     req = build("m", "generate", 400, 1024, 1, None, "eu-west", "prefer", True, 180)
@@ -8,12 +8,14 @@
     c = Twin(); c.provider_id = ...; ...; c.__class__ = Candidate
 
 A frozen dataclass's generated `__init__` sets each field with `object.__setattr__` (~2.4 µs for
-`RouteRequest`'s ten, measured), and the simulator builds ~8 such records per request. A twin
+`RouteRequest`'s ten, measured), and the simulator builds ~8 such records per request; the
+policies themselves build one per answer or verdict (`routing.speed.observe`,
+`verify.sampling.decide`, `verify.reputation.observe`), in the gateway as in the simulator. A twin
 class with the very same `__slots__` is writable with plain attribute stores; assigning
 `__class__` afterwards turns the object into the real record (CPython allows it because the
 two layouts are identical, and refuses with TypeError if they ever differ). The result is a
 genuine instance of the policy's class with the same field values, hash and equality as the
-constructor's (tests/unit/test_sim_records.py), so the policies see nothing different.
+constructor's (tests/unit/test_frozen_records.py), so the policies see nothing different.
 Every field must be given: there are no defaults here, and the builder checks the count.
 """
 

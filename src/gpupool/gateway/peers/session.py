@@ -71,6 +71,17 @@ def set_close_timeout(ws: WebSocket) -> None:
         proto.close_timeout = CLOSE_TIMEOUT_S
 
 
+def drop_upgrade(ws: WebSocket) -> None:
+    """uvicorn's protocol keeps the upgrade's parsed request and response (their headers,
+    twice over) for the connection's life though it never reads them after the accept:
+    about 1.5 KiB per provider session, dropped once accepted."""
+    proto = _transport(ws)
+    if proto is not None and getattr(proto, "handshake_complete", False):
+        for name in ("request", "response"):
+            if hasattr(proto, name):
+                setattr(proto, name, None)
+
+
 def hardware_answer_bytes(max_n: int) -> int:
     """The most a hardware proof's answers take for a matrix of side `max_n`: one SHA-256 per
     row, then 16 spot-checked rows of int64 (verify.hardware), with framing to spare."""
@@ -140,6 +151,9 @@ class ProviderSession:
     frame_limit: int = 0  # set by the hub once the handshake completes
     due_bytes: int = 0  # sum of the open runs' answer_bytes
     _conn: Any = None  # the transport's frame-limit holder (False: the server exposes none)
+    # The hub's set of sessions with open request channels (`Hub.busy`): what the stall watch
+    # walks four times a second, rather than every session of a pool of thousands mostly idle.
+    busy: set[ProviderSession] | None = None
 
     @property
     def operator(self) -> str:
@@ -150,10 +164,14 @@ class ProviderSession:
     def open_channel(self, request_id: str) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue(self.max_queued + 1)  # +1: room for ProviderLost
         self.channels[request_id] = queue
+        if self.busy is not None and not self.closed:
+            self.busy.add(self)
         return queue
 
     def close_channel(self, request_id: str) -> None:
         self.channels.pop(request_id, None)
+        if not self.channels and self.busy is not None:
+            self.busy.discard(self)
         watch = self.runs.pop(request_id, None)
         if watch is not None and watch.answer_bytes:
             self._owe(-watch.answer_bytes)

@@ -47,6 +47,7 @@ from gpupool.gateway.peers.session import (
     hardware_answer_bytes,
     set_close_timeout,
     set_frame_limit,
+    share_strings,
 )
 from gpupool.gateway.store import Store
 from gpupool.identity import Identity, node_id_for, verify_signature
@@ -276,6 +277,7 @@ class Hub:
         if not isinstance(offer, Offer):
             raise PeerViolation("bad_handshake", f"expected offer, got {type(offer).__name__}")
         check_offer(offer, hello.public_key, node_id, self.settings)
+        share_strings(offer)
         if offer.role not in ("provider", "checker"):
             raise PeerViolation("bad_offer", f"unknown role {offer.role!r}")
         if offer.role == "checker":
@@ -413,6 +415,7 @@ class Hub:
                 log.info("provider %s is draining: %s", session.node_id[:12], msg.reason)
             elif isinstance(msg, Offer):
                 check_offer(msg, session.public_key, session.node_id, self.settings)
+                share_strings(msg)
                 if msg.role != session.offer.role:
                     raise PeerViolation("bad_offer", "a session cannot change its role")
                 old = session.models

@@ -47,6 +47,9 @@ _BASE_TIMEOUT_S = 30.0
 _TIMEOUT_N = 4096
 # Checks at once: each derives all of B from the seed (n² random draws), so bound the CPU.
 _CONCURRENT_CHECKS = 2
+# Proofs up to this side are checked on the event loop (1-2 ms at 128-192 measured, a quiet core), bigger
+# ones in a thread.
+INLINE_CHECK_N = 192
 # Hardware records kept; beyond it, those of nodes not connected go (one record per key ever seen).
 MAX_RECORDS = 20_000
 
@@ -197,7 +200,11 @@ class HardwareChecker:
             first = await self._ask(session, cid, HardwareChallenge(cid, ch.seed, ch.n, ch.value_range), timeout)
             # The gateway's own clock: an upper bound on the provider's compute time.
             elapsed = time.monotonic() - t0
-            rows = hardware.pick_rows(ch, self.rng)  # only now, after the commitment is in hand
+            # Only now, after the commitment is in hand. One draw of OS randomness seeds this
+            # proof's picks and Freivalds vectors: drawing each from SystemRandom was a system
+            # call per random number (~5% of the gateway's CPU in a mass join, bench/scale).
+            picks = random.Random(self.rng.getrandbits(128))
+            rows = hardware.pick_rows(ch, picks)
             opened = await self._ask(session, cid, HardwareChallenge(cid, ch.seed, ch.n, ch.value_range, rows),
                                      timeout)
         except TimeoutError:
@@ -209,10 +216,14 @@ class HardwareChecker:
             answer = _decode(ch, first, rows, opened)
             if isinstance(answer, str):
                 verdict = hardware.HardwareVerdict(False, 0.0, answer)
+            elif ch.n <= INLINE_CHECK_N:
+                # A millisecond or two, mostly holding the GIL: a thread would not run it beside the
+                # loop, only add a hand-off each way.
+                verdict = hardware.check(ch, answer, picks, requested_rows=rows, elapsed_s=elapsed)
             else:
                 async with self._checks:
                     # O(n²) numpy work (all of B is re-derived from the seed): off the event loop.
-                    verdict = await asyncio.to_thread(hardware.check, ch, answer, self.rng,
+                    verdict = await asyncio.to_thread(hardware.check, ch, answer, picks,
                                                       requested_rows=rows, elapsed_s=elapsed)
             rec.device = first.device[:32]
         rec.last_checked, rec.last_reason, rec.n = time.time(), verdict.reason, ch.n

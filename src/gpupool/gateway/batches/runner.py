@@ -75,7 +75,8 @@ class BatchDeps:
 
 # With no batch active here, the runner looks again this often rather than every `poll_s`: a batch
 # created on this gateway wakes it at once (`wake`), one created on another replica is seen within
-# this. Its ten looks a second at rest were ~20-25% of an idle gateway's py-spy samples (bench/scale).
+# this. Its ten looks a second at rest were ~10% of an idle gateway's py-spy samples, plus most of
+# its database thread's (bench/scale).
 IDLE_POLL_S = 1.0
 
 

@@ -75,7 +75,8 @@ def set_close_timeout(ws: WebSocket) -> None:
 def drop_upgrade(ws: WebSocket) -> None:
     """uvicorn's protocol keeps the upgrade's parsed request and response (their headers,
     twice over) for the connection's life though it never reads them after the accept:
-    about 1.5 KiB per provider session, dropped once accepted."""
+    ~1.4 KiB per provider session for the response (tracemalloc), dropped once accepted.
+    (websockets' parser still holds the request, a local of its generator.)"""
     proto = _transport(ws)
     if proto is not None and getattr(proto, "handshake_complete", False):
         for name in ("request", "response"):
@@ -86,7 +87,7 @@ def drop_upgrade(ws: WebSocket) -> None:
 def share_strings(offer: Offer) -> Offer:
     """Each decoded offer brings its own copy of every model's name, task and backend: with
     thousands of providers of the same models those are thousands of equal strings per model,
-    ~1.5 KiB per session of 8 models. Interned in place (the values, hence the offer's
+    ~1.5 KiB per session of 8 models (estimated from their sizes). Interned in place (the values, hence the offer's
     signature, are unchanged); an interned string goes when its last holder does."""
     for m in offer.models:
         m.name, m.task, m.backend = sys.intern(m.name), sys.intern(m.task), sys.intern(m.backend)

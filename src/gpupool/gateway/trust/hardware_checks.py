@@ -160,7 +160,8 @@ class HardwareChecker:
         """Prove `session` now (a task for the length of the proof); the next proof is a timer."""
         node = session.node_id
         if session.closed:
-            self._next.pop(node, None)
+            if self._next.get(node, (None, None))[0] is session:
+                del self._next[node]
             return
         task = asyncio.create_task(self._prove_once(session))
         self._next[node] = (session, task)

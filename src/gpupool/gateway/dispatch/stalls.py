@@ -94,7 +94,7 @@ class SilenceWatch:
 
     def check(self, now: float) -> None:
         s = self.settings
-        for session in list(self.hub.sessions.values()):
+        for session in list(self.hub.busy):  # only sessions with open requests can stall one
             if (session.channels and not session.closed and not self.router.is_silent(session)
                     and session_silent(now, session.last_seen, s.ping_interval_s, session.rtt_s,
                                        s.stream_stall_factor, s.stream_stall_min_s)):

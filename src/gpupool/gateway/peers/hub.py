@@ -43,9 +43,11 @@ from gpupool.gateway.peers.session import (
     PeerViolation,
     ProviderLost,
     ProviderSession,
+    drop_upgrade,
     hardware_answer_bytes,
     set_close_timeout,
     set_frame_limit,
+    share_strings,
 )
 from gpupool.gateway.store import Store
 from gpupool.identity import Identity, node_id_for, verify_signature
@@ -100,6 +102,7 @@ class Hub:
         self.store = store
         self.sessions: dict[str, ProviderSession] = {}
         self.checkers: dict[str, ProviderSession] = {}  # role "checker": audit jobs only, never client traffic
+        self.busy: set[ProviderSession] = set()  # open sessions with open request channels (ProviderSession.busy)
         # Every model any provider offered since start: tells "unknown model" (404)
         # apart from "known, but nobody serves it right now" (503).
         self.known_models: dict[str, ModelOffer] = {}
@@ -161,6 +164,7 @@ class Hub:
         set_frame_limit(ws, protocol.MAX_OFFER_FRAME_BYTES)
         set_close_timeout(ws)
         await ws.accept()
+        drop_upgrade(ws)
         session: ProviderSession | None = None
         try:
             session = await asyncio.wait_for(self._handshake(ws, peer), self.settings.handshake_timeout_s)
@@ -273,6 +277,7 @@ class Hub:
         if not isinstance(offer, Offer):
             raise PeerViolation("bad_handshake", f"expected offer, got {type(offer).__name__}")
         check_offer(offer, hello.public_key, node_id, self.settings)
+        share_strings(offer)
         if offer.role not in ("provider", "checker"):
             raise PeerViolation("bad_offer", f"unknown role {offer.role!r}")
         if offer.role == "checker":
@@ -285,6 +290,7 @@ class Hub:
             node_id=node_id, public_key=hello.public_key, offer=offer, ws=ws,
             connected_at=time.monotonic(), last_seen=time.monotonic(),
             models={m.name: m for m in offer.models}, max_queued=max(1, self.settings.max_queued_events),
+            busy=self.busy if offer.role == "provider" else None,  # checkers' audits are not watched for stalls
             base_frame_bytes=max(ANSWER_FRAME_BYTES, hardware_answer_bytes(self.settings.hardware_proof_max_n)),
         )
         # Written in the store's next batch (one transaction for many joins, never awaited here).
@@ -409,6 +415,7 @@ class Hub:
                 log.info("provider %s is draining: %s", session.node_id[:12], msg.reason)
             elif isinstance(msg, Offer):
                 check_offer(msg, session.public_key, session.node_id, self.settings)
+                share_strings(msg)
                 if msg.role != session.offer.role:
                     raise PeerViolation("bad_offer", "a session cannot change its role")
                 old = session.models
@@ -448,6 +455,7 @@ class Hub:
         if session.closed:
             return
         session.closed = True
+        self.busy.discard(session)
         if self.sessions.get(session.node_id) is session:
             del self.sessions[session.node_id]
         if self.checkers.get(session.node_id) is session:

@@ -14,6 +14,7 @@ embedding of 2,048 inputs is megabytes), so a provider cannot make the gateway r
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -69,6 +70,31 @@ def set_close_timeout(ws: WebSocket) -> None:
     proto = _transport(ws)
     if proto is not None and hasattr(proto, "close_timeout"):
         proto.close_timeout = CLOSE_TIMEOUT_S
+
+
+def drop_upgrade(ws: WebSocket) -> None:
+    """uvicorn's protocol keeps the upgrade's parsed request and response (their headers,
+    twice over) for the connection's life though it never reads them after the accept:
+    ~1.4 KiB per provider session for the response (tracemalloc), dropped once accepted.
+    (websockets' parser still holds the request, a local of its generator.)"""
+    proto = _transport(ws)
+    if proto is not None and getattr(proto, "handshake_complete", False):
+        for name in ("request", "response"):
+            if hasattr(proto, name):
+                setattr(proto, name, None)
+
+
+def share_strings(offer: Offer) -> Offer:
+    """Each decoded offer brings its own copy of every model's name, task and backend: with
+    thousands of providers of the same models those are thousands of equal strings per model,
+    ~1.5 KiB per session of 8 models (estimated from their sizes). Interned in place (the values, hence the offer's
+    signature, are unchanged); an interned string goes when its last holder does."""
+    for m in offer.models:
+        m.name, m.task, m.backend = sys.intern(m.name), sys.intern(m.task), sys.intern(m.backend)
+        if m.description:
+            m.description = sys.intern(m.description)
+    offer.region = sys.intern(offer.region)
+    return offer
 
 
 def hardware_answer_bytes(max_n: int) -> int:
@@ -140,6 +166,9 @@ class ProviderSession:
     frame_limit: int = 0  # set by the hub once the handshake completes
     due_bytes: int = 0  # sum of the open runs' answer_bytes
     _conn: Any = None  # the transport's frame-limit holder (False: the server exposes none)
+    # The hub's set of sessions with open request channels (`Hub.busy`): what the stall watch
+    # walks four times a second, rather than every session of a pool of thousands mostly idle.
+    busy: set[ProviderSession] | None = None
 
     @property
     def operator(self) -> str:
@@ -150,10 +179,14 @@ class ProviderSession:
     def open_channel(self, request_id: str) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue(self.max_queued + 1)  # +1: room for ProviderLost
         self.channels[request_id] = queue
+        if self.busy is not None and not self.closed:
+            self.busy.add(self)
         return queue
 
     def close_channel(self, request_id: str) -> None:
         self.channels.pop(request_id, None)
+        if not self.channels and self.busy is not None:
+            self.busy.discard(self)
         watch = self.runs.pop(request_id, None)
         if watch is not None and watch.answer_bytes:
             self._owe(-watch.answer_bytes)

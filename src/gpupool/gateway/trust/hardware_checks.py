@@ -47,6 +47,9 @@ _BASE_TIMEOUT_S = 30.0
 _TIMEOUT_N = 4096
 # Checks at once: each derives all of B from the seed (n² random draws), so bound the CPU.
 _CONCURRENT_CHECKS = 2
+# Proofs up to this side are checked on the event loop (1-2 ms at 128-192 measured, a quiet core), bigger
+# ones in a thread.
+INLINE_CHECK_N = 192
 # Hardware records kept; beyond it, those of nodes not connected go (one record per key ever seen).
 MAX_RECORDS = 20_000
 
@@ -91,7 +94,10 @@ class HardwareChecker:
         self.max_records = MAX_RECORDS
         self.stats = {"passed": 0, "failed": 0, "timed_out": 0}
         self._pending: dict[tuple[str, str], asyncio.Future[HardwareAnswer]] = {}
-        self._loops: dict[str, asyncio.Task[None]] = {}
+        # Node id -> its proof in progress (a task) or its next one (a timer): a task lives only
+        # while a proof runs, so 10,000 idle sessions hold 10,000 timers, not sleeping coroutines.
+        # Its timer is cancelled when the session leaves (`on_leave`), not kept until it fires.
+        self._next: dict[str, tuple[ProviderSession, asyncio.Task[None] | asyncio.TimerHandle]] = {}
         self._checks = asyncio.Semaphore(_CONCURRENT_CHECKS)
 
     # ------------------------------------------------------------ hub callbacks
@@ -100,13 +106,19 @@ class HardwareChecker:
         """A provider session was registered: prove now, then at random intervals while connected."""
         if self.max_n <= 0:
             return
-        old = self._loops.pop(session.node_id, None)
-        if old is not None:
-            old.cancel()  # the provider reconnected: the old link's schedule ends with it
-        task = asyncio.create_task(self._loop(session))
-        self._loops[session.node_id] = task
-        task.add_done_callback(lambda t, node=session.node_id: self._loops.pop(node, None)
-                               if self._loops.get(node) is t else None)
+        self._stop(session.node_id)  # the provider reconnected: the old link's schedule ends with it
+        self._start(session)
+
+    def on_leave(self, session: ProviderSession) -> None:
+        """A provider session left: its proof in progress or its next one goes with it."""
+        entry = self._next.get(session.node_id)
+        if entry is not None and entry[0] is session:
+            self._stop(session.node_id)
+
+    def _stop(self, node: str) -> None:
+        entry = self._next.pop(node, None)
+        if entry is not None:
+            entry[1].cancel()
 
     def on_answer(self, session: ProviderSession, msg: HardwareAnswer) -> None:
         fut = self._pending.get((session.node_id, msg.challenge_id))
@@ -129,14 +141,14 @@ class HardwareChecker:
     def _forget_absent(self) -> None:
         """Past the bound, the records of nodes no longer connected go (keys cost nothing: one record
         per fresh key would otherwise grow for ever); the oldest-checked first, down to three quarters."""
-        absent = sorted((r.last_checked, n) for n, r in self.records.items() if n not in self._loops)
+        absent = sorted((r.last_checked, n) for n, r in self.records.items() if n not in self._next)
         for _, node in absent[:max(0, len(self.records) - self.max_records * 3 // 4)]:
             del self.records[node]
 
     async def close(self) -> None:
-        for task in list(self._loops.values()):
-            task.cancel()
-        self._loops.clear()
+        for _, pending in list(self._next.values()):
+            pending.cancel()
+        self._next.clear()
 
     # ------------------------------------------------------------ the proof
 
@@ -144,23 +156,35 @@ class HardwareChecker:
         """Jittered ±50% around the mean, so a provider cannot tell when the next proof comes."""
         return self.interval_s * self.rng.uniform(0.5, 1.5)
 
-    async def _loop(self, session: ProviderSession) -> None:
-        while not session.closed:
-            try:
-                verdict = await self.prove(session)
-            except ConnectionError:
-                return  # the provider left mid-proof; nothing to judge
-            except Exception:  # noqa: BLE001 - a gateway-side bug must not throw honest providers out
-                log.exception("hardware proof of %s could not run", session.node_id[:12])
-                verdict = hardware.HardwareVerdict(True, 0.0, "not checked")
-            if session.closed:
-                return
-            if not verdict.passed:
-                self.disconnect(session, "hardware_proof_failed", f"hardware proof failed: {verdict.reason}")
-                return
-            if self.interval_s <= 0:
-                return
-            await asyncio.sleep(self.next_delay())
+    def _start(self, session: ProviderSession) -> None:
+        """Prove `session` now (a task for the length of the proof); the next proof is a timer."""
+        node = session.node_id
+        if session.closed:
+            if self._next.get(node, (None, None))[0] is session:
+                del self._next[node]
+            return
+        task = asyncio.create_task(self._prove_once(session))
+        self._next[node] = (session, task)
+        task.add_done_callback(lambda t: self._next.pop(node, None) if self._next.get(node, (0, 0))[1] is t
+                               else None)
+
+    async def _prove_once(self, session: ProviderSession) -> None:
+        try:
+            verdict = await self.prove(session)
+        except ConnectionError:
+            return  # the provider left mid-proof; nothing to judge
+        except Exception:  # noqa: BLE001 - a gateway-side bug must not throw honest providers out
+            log.exception("hardware proof of %s could not run", session.node_id[:12])
+            verdict = hardware.HardwareVerdict(True, 0.0, "not checked")
+        if session.closed:
+            return
+        if not verdict.passed:
+            self.disconnect(session, "hardware_proof_failed", f"hardware proof failed: {verdict.reason}")
+            return
+        if self.interval_s > 0:
+            # Replaces this task in `_next` (its done-callback then leaves the timer alone).
+            timer = asyncio.get_running_loop().call_later(self.next_delay(), self._start, session)
+            self._next[session.node_id] = (session, timer)
 
     async def prove(self, session: ProviderSession) -> hardware.HardwareVerdict:
         """Run one challenge against `session` and record the outcome (the caller acts on a failure)."""
@@ -177,7 +201,11 @@ class HardwareChecker:
             first = await self._ask(session, cid, HardwareChallenge(cid, ch.seed, ch.n, ch.value_range), timeout)
             # The gateway's own clock: an upper bound on the provider's compute time.
             elapsed = time.monotonic() - t0
-            rows = hardware.pick_rows(ch, self.rng)  # only now, after the commitment is in hand
+            # Only now, after the commitment is in hand. One draw of OS randomness seeds this
+            # proof's picks and Freivalds vectors: drawing each from SystemRandom was a system
+            # call per random number (~5% of the gateway's CPU in a mass join, bench/scale).
+            picks = random.Random(self.rng.getrandbits(128))
+            rows = hardware.pick_rows(ch, picks)
             opened = await self._ask(session, cid, HardwareChallenge(cid, ch.seed, ch.n, ch.value_range, rows),
                                      timeout)
         except TimeoutError:
@@ -189,10 +217,14 @@ class HardwareChecker:
             answer = _decode(ch, first, rows, opened)
             if isinstance(answer, str):
                 verdict = hardware.HardwareVerdict(False, 0.0, answer)
+            elif ch.n <= INLINE_CHECK_N:
+                # A millisecond or two, mostly holding the GIL: a thread would not run it beside the
+                # loop, only add a hand-off each way.
+                verdict = hardware.check(ch, answer, picks, requested_rows=rows, elapsed_s=elapsed)
             else:
                 async with self._checks:
                     # O(n²) numpy work (all of B is re-derived from the seed): off the event loop.
-                    verdict = await asyncio.to_thread(hardware.check, ch, answer, self.rng,
+                    verdict = await asyncio.to_thread(hardware.check, ch, answer, picks,
                                                       requested_rows=rows, elapsed_s=elapsed)
             rec.device = first.device[:32]
         rec.last_checked, rec.last_reason, rec.n = time.time(), verdict.reason, ch.n

@@ -15,15 +15,16 @@ of the gateway (measured with py-spy under bench/overhead).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from gpupool import errors
 from gpupool.config import GatewaySettings
@@ -69,7 +70,6 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
             route("/v1/account", client_api.account),
             route("/v1/providers/{node_id}/earnings", client_api.earnings),
             route("/v1/providers/{node_id}/reputation", client_api.reputation),
-            WebSocketRoute("/v1/providers/ws", gw.hub.handle),
             *admin_routes(gw),
             *gw.batches.routes(),
             Route("/metrics", gw.metrics.endpoint),
@@ -85,4 +85,23 @@ def create_app(settings: GatewaySettings, store: Store, identity: Identity, ledg
     body_limit = BodyLimit(app, settings.max_body_bytes,
                            lambda path: openai_api.generation_body_limit(path, gw.hub.largest_context(),
                                                                          gw.hub.generation_reads_images()))
-    return with_server_send(gw.metrics.middleware(gw.anonymous.middleware(gw.batches.upload_limit(body_limit, app))))
+    http = with_server_send(gw.metrics.middleware(gw.anonymous.middleware(gw.batches.upload_limit(body_limit, app))))
+    return with_provider_socket(http, gw.hub.handle)
+
+
+PROVIDERS_WS = "/v1/providers/ws"
+
+
+def with_provider_socket(app: ASGIApp, handle: Callable[[WebSocket], Awaitable[None]]) -> ASGIApp:
+    """Providers' WebSocket goes straight to the hub; everything else to `app`.
+
+    A provider's connection lives for hours, and every ASGI layer it passes through stays
+    suspended in it for as long: through the middlewares, Starlette, its router and route
+    (which only pass WebSockets on): 16 of a session's 24 coroutines and 22 closure cells,
+    held for the connection's life (bench/README.md, scale: "Footprint per session")."""
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == PROVIDERS_WS:
+            return await handle(WebSocket(scope, receive, send))
+        return await app(scope, receive, send)
+
+    return asgi

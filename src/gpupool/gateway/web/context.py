@@ -114,6 +114,7 @@ class Gateway:
         listeners.statement.append(billing.statement)
         listeners.verdict.append(auditor.on_verdict)
         listeners.joined.append(hardware_checks.on_connect)
+        listeners.left.append(hardware_checks.on_leave)
         listeners.hardware_answer.append(hardware_checks.on_answer)
         settlement_keys = SettlementKeys(ledger, store, lambda: billing.settling) if evm else None
         if settlement_keys is not None:

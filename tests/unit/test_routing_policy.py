@@ -199,3 +199,15 @@ def test_a_decision_leaves_no_reference_cycles() -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_a_picks_cost_is_the_estimated_cost_of_its_choice() -> None:
+    # The cost a decision reports is the bound `estimated_cost` gives its choice: both tasks, random prices.
+    rng = random.Random(7)
+    for _ in range(300):
+        req = RouteRequest("m", rng.choice(["generate", "embeddings"]), input_tokens=rng.randint(0, 4000),
+                           max_output_tokens=rng.randint(0, 1000), items=rng.randint(1, 64))
+        pool = [Candidate(f"p{j}", rng.randint(0, 4), 4, price_in=rng.randint(0, 10**6),
+                          price_out=rng.randint(0, 10**6)) for j in range(rng.choice([3, 40]))]
+        d = pick_with_reasons(pool, 0.0, rng, request=req)
+        assert d.choice is not None and d.cost == estimated_cost(d.choice, req)

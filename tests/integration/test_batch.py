@@ -372,9 +372,12 @@ def _two_gateways_share_a_batch(tmp_path: Any, db: str) -> None:
         lines = embed_lines(1500, prefix=f"pg-{time.time_ns()}")  # several rounds of shards: A dies mid-way
         fid = client.files.create(file=("pg.jsonl", io.BytesIO(jsonl(lines))), purpose="batch").id
         batch = client.batches.create(input_file_id=fid, endpoint="/v1/embeddings", completion_window="24h")
-        wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed > 0, "a part done", 60)
-        assert client.batches.retrieve(batch.id).status == "in_progress"
         assert a.gateway is not None
+        # Killed once it has finished items for good: `completed` also counts items still being charged,
+        # which go back to the queue when their gateway dies (then B runs them, and A finished none).
+        a_id = a.gateway.node_id[:24]  # how the runner names its leases (runner.py)
+        wait_until(lambda: a_id in asyncio.run(_owners(db, batch.id, done=True)), "a part done by A", 60)
+        assert client.batches.retrieve(batch.id).status == "in_progress"
         a.kill_provider(a.gateway, signal.SIGKILL)  # gateway A dies; B (same database) carries on
         other = client_for(b, key)
         done = finished(other, batch.id, timeout=90)  # A's leases run out (10 s), B takes them over
@@ -390,8 +393,9 @@ def _two_gateways_share_a_batch(tmp_path: Any, db: str) -> None:
         b.stop()
 
 
-async def _owners(db: str, batch_id: str) -> set[str]:
-    """Which gateway processes finished the batch's items (read from the shared database)."""
+async def _owners(db: str, batch_id: str, done: bool = False) -> set[str]:
+    """Which gateway processes finished the batch's items (read from the shared database);
+    `done`: only items finished for good (charged), not those still being charged."""
     from sqlalchemy import select
 
     from gpupool.db import create_engine
@@ -400,7 +404,10 @@ async def _owners(db: str, batch_id: str) -> set[str]:
     engine = create_engine(db)
     try:
         async with engine.connect() as conn:
-            rows = (await conn.execute(select(ItemRow.owner).where(ItemRow.batch_id == batch_id).distinct())).all()
+            query = select(ItemRow.owner).where(ItemRow.batch_id == batch_id, ItemRow.owner != "")
+            if done:
+                query = query.where(ItemRow.state == "done")
+            rows = (await conn.execute(query.distinct())).all()
     finally:
         await engine.dispose()
     return {r[0].split(":")[0] for r in rows}

@@ -66,6 +66,13 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+def _mallopt(param: int, value: int) -> None:
+    """glibc's mallopt(); elsewhere nothing to do."""
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is not None:
+        mallopt(param, value)
+
+
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """Let glibc keep at most `arenas` heaps (glibc only; elsewhere nothing to do).
 
@@ -73,9 +80,7 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     core): the database threads each got one, and what a burst left in those arenas was
     not handed back. Measured with bench/hostile `stream_flood` alone: gateway RSS after
     1.11x of before, 1.09-1.10x with two arenas. Call before any thread starts."""
-    mallopt = getattr(_libc(), "mallopt", None)
-    if mallopt is not None:
-        mallopt(M_ARENA_MAX, arenas)
+    _mallopt(M_ARENA_MAX, arenas)
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number for the block size served by mmap
@@ -93,9 +98,7 @@ def map_large_blocks(threshold: int = MMAP_THRESHOLD) -> None:
     8 MiB files): gateway RSS 110 -> 122 MiB after with the moving threshold, 110 -> 113
     with this; peak 151 -> 147. A block this large costs its page faults each time, which
     is small beside producing it (a body read, a file parsed)."""
-    mallopt = getattr(_libc(), "mallopt", None)
-    if mallopt is not None:
-        mallopt(M_MMAP_THRESHOLD, threshold)
+    _mallopt(M_MMAP_THRESHOLD, threshold)
 
 
 class _MallInfo2(ctypes.Structure):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,8 +23,12 @@ from gpupool.identity import Identity
 from gpupool.protocol import ModelOffer, Run
 from tests.integration.conftest import client_for, wait_until_async
 from tests.integration.test_hostile_peers import joined, serve_runs
-from tests.integration.test_hostile_sybils import trials_started
-from tests.integration.test_peer_money import rtt_settled
+from tests.integration.test_hostile_sybils import (
+    echo_pool,
+    rtt_like_proven,
+    stop_peers,
+    trials_started,
+)
 
 SYBILS = 8
 STREAMS = 40
@@ -37,15 +40,7 @@ FIRST_TOKEN_BUDGET_S = 4.0
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    network = Network(Path(tmp_path_factory.mktemp("sybil-streams")) / "net")
-    try:
-        # Frequent pings: the raw newcomer's round trip must be measured near the proven one's soon.
-        network.start_gateway(extra=["--ping-interval-s", "0.2"])
-        network.start_provider(["echo=echo:chat"], max_concurrency=16)
-        network.wait_for_models({"echo": 1}, timeout=60)
-        yield network
-    finally:
-        network.stop(timeout=10)
+    yield from echo_pool(tmp_path_factory, "sybil-streams")
 
 
 def stream_once(net: Network, text: str, region: str | None = None) -> tuple[str, float, str, str]:
@@ -97,11 +92,7 @@ async def test_a_stream_picked_for_a_sybil_is_served_by_a_proven_provider_at_onc
         await wait_until_async(lambda: trials_started(net) - trials_before >= len(runs), "trials counted")
         assert trials_started(net) - trials_before == len(runs)
     finally:
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
-        for ws in sybils:
-            await ws.close()
+        await stop_peers(loops, sybils)
 
 
 async def test_a_newcomer_is_proven_under_streaming_only_traffic(net: Network) -> None:
@@ -124,14 +115,7 @@ async def test_a_newcomer_is_proven_under_streaming_only_traffic(net: Network) -
 
     serving = asyncio.create_task(serve_runs(ws, answer))
     try:
-        # The client prefers the newcomer's region, so routing picks it once its round trip is
-        # measured about as short as the proven one's (as in test_hostile_sybils.py).
-        for _ in range(150):
-            if await asyncio.to_thread(rtt_settled, net, ident.node_id):
-                break
-            await asyncio.sleep(0.2)
-        else:
-            pytest.fail("the newcomer's RTT never came near the proven provider's")
+        await rtt_like_proven(net, ident.node_id)  # the client prefers its region: routing picks it
         served: dict[str, tuple[str, str, str]] = {}  # request id -> (asked, got, provider)
         for i in range(60):
             text, _, provider, rid = await asyncio.to_thread(stream_once, net, f"stream {i}", "test")
@@ -152,9 +136,7 @@ async def test_a_newcomer_is_proven_under_streaming_only_traffic(net: Network) -
         assert provider == ident.node_id and got == f"newcomer {rid}", (asked, got, provider)
         assert not serving.done()  # its trial answer was accepted (a rejected one closes the connection)
     finally:
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
-        await ws.close()
+        await stop_peers([serving], [ws])
 
 
 async def test_a_sybil_that_answers_its_trial_then_sits_on_streams_has_them_moved(net: Network) -> None:
@@ -188,12 +170,7 @@ async def test_a_sybil_that_answers_its_trial_then_sits_on_streams_has_them_move
 
     loop = asyncio.create_task(turncoat())
     try:
-        for _ in range(150):
-            if await asyncio.to_thread(rtt_settled, net, ident.node_id):
-                break
-            await asyncio.sleep(0.2)
-        else:
-            pytest.fail("the turncoat's RTT never came near the proven provider's")
+        await rtt_like_proven(net, ident.node_id)
         waits: dict[str, float] = {}  # request id -> seconds to its first token
         for i in range(60):
             text, first_s, provider, rid = await asyncio.to_thread(stream_once, net, f"held {i}", "test")
@@ -212,6 +189,4 @@ async def test_a_sybil_that_answers_its_trial_then_sits_on_streams_has_them_move
         await wait_until_async(lambda: set(held) <= set(cancelled), "the held streams cancelled at the turncoat")
         assert all(FIRST_TOKEN_BUDGET_S <= waits[rid] < 15 for rid in held), {rid: waits[rid] for rid in held}
     finally:
-        loop.cancel()
-        await asyncio.gather(loop, return_exceptions=True)
-        await ws.close()
+        await stop_peers([loop], [ws])

@@ -10,7 +10,7 @@ the attack, whatever the bystander noticed.
 | statement_flood   | one session signs Statements of 4,096 made-up receipt digests, back to back  |
 | long_strings      | fresh keys whose offers carry 60 KB region, description and hardware strings |
 | nan_numbers       | offers with NaN / infinite coordinates, huge concurrency, huge LoadReports   |
-| sybil_silent      | 20 fresh keys offer the honest models, take work and never answer it          |
+| sybil_silent      | 20 fresh keys offer the honest models, take work (streams too), never answer |
 | file_flood        | the attacker's key uploads 8 MiB batch files from 4 workers, listing them    |
 """
 
@@ -111,12 +111,15 @@ async def nan_numbers(t: Target, duration: float) -> dict[str, Any]:
 
 async def sybil_silent(t: Target, duration: float, sessions: int = 20) -> dict[str, Any]:
     """Fresh keys offering the honest chat model with many slots; each takes the Runs it is sent
-    and never answers them (it answers Pings, so liveness keeps it)."""
+    and never answers them (it answers Pings, so liveness keeps it). `runs_streamed`: of those,
+    Runs that asked for a stream, i.e. a client's stream the Sybil was to serve itself (the
+    bystander streams one request in four)."""
     runs: Counter[str] = Counter()
 
     async def swallow(ws: Any, msg: Any) -> None:
         if isinstance(msg, Run):
             runs["taken"] += 1
+            runs["streamed"] += msg.stream
 
     held: list[asyncio.Task[str]] = []
     refused = 0
@@ -135,7 +138,7 @@ async def sybil_silent(t: Target, duration: float, sessions: int = 20) -> dict[s
         h.cancel()
     await asyncio.gather(*held, return_exceptions=True)
     # Contained is the bystander's numbers (run.py); here: how much work the Sybils were handed.
-    return {"sessions": len(held), "refused": refused, "runs_taken": runs["taken"]}
+    return {"sessions": len(held), "refused": refused, "runs_taken": runs["taken"], "runs_streamed": runs["streamed"]}
 
 
 def _batch_file(size: int) -> bytes:

@@ -6,15 +6,16 @@
 One gateway and two honest echo providers (`echo` chat at 2 ms per token, `echo-embed`
 embeddings; no models, so the 2-core machine measures the gateway, not inference).
 A bystander process (bystander.py) sends 20 requests/s from its own API key, open loop,
-alternating a short chat completion and an embedding, from start to end. First a
+cycling a short chat completion, an embedding, the chat completion streamed and another
+embedding (--no-streams: no streams, as before 2026-12-07), from start to end. First a
 baseline window with no attack, then each attack of attacks.py in turn, for
 --duration seconds each, from an attacker key of its own (or fresh peer keys), each
 after a quiet window of --quiet-s seconds. The baseline is the first window and every
 quiet window pooled: other jobs on a shared machine load the baseline as they load the
 attacks, and the p99 of a few thousand requests is steadier than that of 150.
 
-Per attack: the bystander's success rate (HTTP 200) and p50/p99 latency over the
-requests it started during the attack, p99 as a ratio of the baseline's, its success
+Per attack: the bystander's success rate (HTTP 200; a stream must end cleanly) and p50/p99
+latency over the requests it started during the attack (also per kind in the JSON), p99 as a ratio of the baseline's, its success
 rate in the --after-s seconds after the attack (damage that outlasts the attack, e.g.
 open circuit breakers), and the gateway's VmRSS just before, at its peak during, and
 --after-s seconds after. Targets (issue 9): success >= 99 %, p99 <= 2x baseline, RSS
@@ -92,7 +93,7 @@ TARGET_RSS_RATIO = 1.10
 class Rig:
     """The network under attack, the two client keys and the bystander process."""
 
-    def __init__(self, home: Path, rate: float, max_concurrency: int):
+    def __init__(self, home: Path, rate: float, max_concurrency: int, streams: bool = True):
         self.home = home
         # --src: the network's processes import gpupool from that tree (PYTHONPATH, set by _reexec_for_src,
         # beats the editable install and is inherited).
@@ -106,7 +107,8 @@ class Rig:
         self.attacker_key = self._key("attacker", 10**12)
         self.log = home / f"bystander-{int(time.time())}.tsv"
         self.bystander = Background("bystander", [sys.executable, str(HERE / "bystander.py"), self.net.gateway_url,
-                                                  self.bystander_key, str(self.log), "--rate", str(rate)],
+                                                  self.bystander_key, str(self.log), "--rate", str(rate),
+                                                  *([] if streams else ["--no-streams"])],
                                     home / "logs" / "bystander.log")
 
     @property
@@ -149,8 +151,11 @@ def window_stats(samples: list[tuple[float, int, str]]) -> dict[str, Any]:
     for _, status, kind in samples:
         statuses[f"{kind} {status}"] = statuses.get(f"{kind} {status}", 0) + 1
     ok = sum(1 for _, status, _ in samples if status == 200)
+    by_kind = {kind: percentile([s[0] * 1000 for s in samples if s[2] == kind], 99)
+               for kind in sorted({s[2] for s in samples})}
     return {"requests": len(samples), "success": ok / len(samples) if samples else float("nan"),
-            "p50_ms": percentile(lat_ms, 50), "p99_ms": percentile(lat_ms, 99), "statuses": statuses}
+            "p50_ms": percentile(lat_ms, 50), "p99_ms": percentile(lat_ms, 99), "statuses": statuses,
+            "p99_ms_by_kind": by_kind}
 
 
 def wait_served(rig: Rig, timeout: float) -> float:
@@ -237,6 +242,8 @@ def main() -> None:
     parser.add_argument("--settle-s", type=float, default=30.0, help="longest wait for service between attacks")
     parser.add_argument("--rate", type=float, default=20.0, help="bystander requests per second")
     parser.add_argument("--max-concurrency", type=int, default=32, help="per honest provider")
+    parser.add_argument("--no-streams", dest="streams", action="store_false",
+                        help="the bystander sends no streamed requests (its load before 2026-12-07)")
     parser.add_argument("--attacker-nice", type=int, default=10,
                         help="niceness of the attacks (this process) once the network and bystander run: on a "
                              "small machine the attacker's own CPU would otherwise count as gateway slowness")
@@ -253,7 +260,7 @@ def main() -> None:
     raise_fd_limit()
     home = Path(tempfile.mkdtemp(prefix="gpupool-hostile-"))
     print(f"hostile: network under {home}; {len(names)} attacks x {args.duration:.0f} s", flush=True)
-    rig = Rig(home, args.rate, args.max_concurrency)
+    rig = Rig(home, args.rate, args.max_concurrency, args.streams)
     os.nice(args.attacker_nice)  # after the gateway, providers and bystander started at the usual priority
     rows: list[dict[str, Any]] = []
     restarts = 0
@@ -273,7 +280,7 @@ def main() -> None:
             if not rig.gateway_alive():
                 rig.stop()
                 restarts += 1
-                rig = Rig(home / f"restart-{restarts}", args.rate, args.max_concurrency)
+                rig = Rig(home / f"restart-{restarts}", args.rate, args.max_concurrency, args.streams)
             waited = wait_served(rig, args.settle_s)
             q0 = time.time()
             time.sleep(args.quiet_s)
@@ -284,7 +291,8 @@ def main() -> None:
             row["quiet_before"] = window_stats(quiet_before)
             rows.append(row)
             by = row["bystander"]
-            print(f"  {name}: success {by['success'] * 100:.1f}% p99 {by['p99_ms']:.0f} ms, "
+            kinds = ", ".join(f"{k} {v:.0f}" for k, v in by["p99_ms_by_kind"].items())
+            print(f"  {name}: success {by['success'] * 100:.1f}% p99 {by['p99_ms']:.0f} ms ({kinds}), "
                   f"RSS {row['rss_kib']['before'] / 1024:.0f} -> {row['rss_kib']['peak'] / 1024:.0f} -> "
                   f"{row['rss_kib']['after'] / 1024:.0f} MiB; attacker saw {row['attacker']}"[:600], flush=True)
     finally:
@@ -295,16 +303,19 @@ def main() -> None:
     baseline["rss_kib"] = rss_base
     for row in rows:
         row["missed"] = verdict(row, baseline["p99_ms"])
-    table_rows = [["(baseline)", baseline["success"] * 100, baseline["p50_ms"], baseline["p99_ms"], 1.0, None,
-                   baseline["rss_kib"] / 1024, None, None, None, "-"]]
+    base_stream = baseline["p99_ms_by_kind"].get("stream")
+    table_rows = [["(baseline)", baseline["success"] * 100, baseline["p50_ms"], baseline["p99_ms"], 1.0, base_stream,
+                   None, baseline["rss_kib"] / 1024, None, None, None, "-"]]
     for row in rows:
         by, after, rss = row["bystander"], row["bystander_after"], row["rss_kib"]
+        stream_p99 = by["p99_ms_by_kind"].get("stream")
         table_rows.append([row["attack"], by["success"] * 100, by["p50_ms"], by["p99_ms"],
-                           ratio(by["p99_ms"], baseline["p99_ms"]), after["success"] * 100, rss["before"] / 1024,
+                           ratio(by["p99_ms"], baseline["p99_ms"]), stream_p99,
+                           after["success"] * 100, rss["before"] / 1024,
                            rss["peak"] / 1024, rss["after"] / 1024, ratio(rss["after"], rss["before"]),
                            "; ".join(row["missed"]) or "holds"])
     print()
-    print_table(["attack", "ok %", "p50 ms", "p99 ms", "p99/base", "ok % after", "RSS before MiB",
+    print_table(["attack", "ok %", "p50 ms", "p99 ms", "p99/base", "stream p99 ms", "ok % after", "RSS before MiB",
                  "RSS peak MiB", "RSS after MiB", "after/before", "targets"], table_rows,
                 title=f"hostile: bystander at {args.rate:g} req/s, {args.duration:g} s per attack, "
                       f"{args.after_s:g} s after; targets ok >= 99%, p99 <= 2x, RSS after <= 1.1x before")

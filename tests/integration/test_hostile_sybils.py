@@ -37,9 +37,9 @@ REQUESTS = 80
 SLOW_S = 1.0  # how long the honest newcomer takes to answer
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    network = Network(Path(tmp_path_factory.mktemp("sybils")) / "net")
+def echo_pool(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Network]:
+    """A gateway and one echo provider, for a module's raw peers to join (its `net` fixture)."""
+    network = Network(Path(tmp_path_factory.mktemp(name)) / "net")
     try:
         # Pings often: a raw newcomer's first RTT sample can be hundreds of ms (it is read while the
         # gateway sets up its hardware proof), and the average must come down before it is ranked.
@@ -49,6 +49,21 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         yield network
     finally:
         network.stop(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    yield from echo_pool(tmp_path_factory, "sybils")
+
+
+async def rtt_like_proven(net: Network, node_id: str) -> None:
+    """Until a raw peer's round trip is measured about as short as the proven provider's (polled off
+    this loop, which answers its Pings), so that a client preferring its region gets it picked."""
+    for _ in range(150):
+        if await asyncio.to_thread(rtt_settled, net, node_id):
+            return
+        await asyncio.sleep(0.2)
+    pytest.fail("the newcomer's RTT never came near the proven provider's")
 
 
 async def sit_on_runs(ws: Any, taken: Counter[str]) -> None:
@@ -89,11 +104,16 @@ async def test_sybils_that_sit_on_work_cost_a_client_no_answers(net: Network) ->
         await wait_until_async(lambda: trials_started(net) - trials_before >= sum(taken.values()), "trials counted")
         assert trials_started(net) - trials_before == sum(taken.values())
     finally:
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
-        for ws in sybils:
-            await ws.close()
+        await stop_peers(loops, sybils)
+
+
+async def stop_peers(loops: list[asyncio.Task[None]], sockets: list[Any]) -> None:
+    """End raw peers' loops and close their connections."""
+    for task in loops:
+        task.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
+    for ws in sockets:
+        await ws.close()
 
 
 def trials_started(net: Network) -> int:
@@ -137,14 +157,8 @@ async def test_a_slow_honest_newcomer_is_raced_not_cut_off_and_answers_for_itsel
     client = client_for(net, timeout=30)
     try:
         # The client prefers the newcomer's region, so routing picks it first once its round trip is
-        # measured about as short as the proven one's (polled off this loop, which answers its Pings);
-        # the scores are close, so ask until it is picked.
-        for _ in range(150):
-            if await asyncio.to_thread(rtt_settled, net, ident.node_id):
-                break
-            await asyncio.sleep(0.2)
-        else:
-            pytest.fail("the newcomer's RTT never came near the proven provider's")
+        # measured about as short as the proven one's; the scores are close, so ask until it is picked.
+        await rtt_like_proven(net, ident.node_id)
         for i in range(40):
             started = time.monotonic()
             out = await asyncio.to_thread(
@@ -174,6 +188,4 @@ async def test_a_slow_honest_newcomer_is_raced_not_cut_off_and_answers_for_itsel
         assert out.headers["x-gpupool-provider"] == ident.node_id
         assert out.parse().choices[0].message.content.startswith("slow ")
     finally:
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
-        await ws.close()
+        await stop_peers([serving], [ws])

@@ -20,6 +20,10 @@ Rules:
   the client's and never charged), and its silence until the deadline opens its
   breaker. One trial at a time per provider; where nobody proven can take the copy,
   the new provider serves alone, hedged as usual.
+- Streams are not raced: a stream whose pick never answered us is served by a proven
+  provider, and the new one gets a non-streamed copy as its trial (`stand_in`), judged
+  as above and never sent to the client nor charged. So a Sybil picked for a stream costs
+  it no first-token budget, and newcomers are still proven under streaming-only traffic.
 
 The choices themselves (which provider, when to hedge) are pure functions in
 `gpupool.routing`; this module only wires them to live sessions and sockets.
@@ -328,13 +332,33 @@ class Dispatcher:
                 task.cancel()
 
     def _companion(self, request_id: str, model: str, payload: Payload, tries: Tries,
-                   route: RouteOptions) -> ProviderSession | None:
+                   route: RouteOptions, stream: bool = False) -> ProviderSession | None:
         """A proven provider to race a new one's copy, or None (nobody proven can take it: the new one
         serves alone, hedged as usual)."""
         try:
-            return self.choose(request_id, model, payload, tries, route, stream=False, companion=True)
+            return self.choose(request_id, model, payload, tries, route, stream=stream, companion=True)
         except errors.GpupoolError:
             return None
+
+    def stand_in(self, session: ProviderSession, request_id: str, model: str, payload: Payload, deadline: float,
+                 tries: Tries, route: RouteOptions) -> ProviderSession:
+        """Who serves a stream just picked `session`: `session` itself once it has answered us, else a
+        proven provider if one can take it. A stream is not raced (its first token commits it to one
+        provider, and a Sybil picked for it would cost it the first-token budget), so the new provider
+        gets a non-streamed copy as its trial instead: judged by its own answer like a raced trial's
+        (`_judge_later`), never sent to the client and never charged. A provider already on trial gets
+        no second copy; where nobody proven can take the stream the new one serves it alone."""
+        if not self.router.needs_companion(session):
+            return session
+        other = self._companion(request_id, model, payload, tries, route, stream=True)
+        if other is None:
+            return session
+        if session.node_id in self.router.trials:
+            self.router.on_abandoned(session, request_id)  # picked only for want of others: no copy sent
+        else:
+            note_routing("trial")
+            self._judge_later(self._start_trial(session, request_id, model, payload, deadline, tries))
+        return other
 
     def _start_trial(self, session: ProviderSession, request_id: str, model: str, payload: Payload,
                      deadline: float, tries: Tries) -> asyncio.Task[Outcome | None]:

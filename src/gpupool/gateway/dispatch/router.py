@@ -399,7 +399,9 @@ class LiveRouter:
         """Whether a request just sent to `session` should be raced by a copy on a proven provider from
         the start: `session` never answered us (fresh keys are free: a Sybil that sits on work would
         cost its request a hedge delay). The new provider still gets its request and is judged by its
-        own answer (`Dispatcher` lets it finish after the copy won); the client waits for neither."""
+        own answer (`Dispatcher` lets it finish after the copy won); the client waits for neither. A
+        stream goes to the proven provider alone, the new one getting a non-streamed trial copy
+        (`Dispatcher.stand_in`)."""
         return not self.record(session.node_id).proven
 
     def begin_trial(self, session: ProviderSession) -> None:

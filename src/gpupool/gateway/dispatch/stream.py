@@ -11,6 +11,9 @@
   `stream_stall_factor` times its measured gap between tokens (at least
   `stream_stall_min_s`): its run is cancelled, and if its whole session went quiet the
   provider's other requests move too (`dispatch/stalls.py`).
+- A pick that never answered us (a new provider, or a Sybil that sits on work) does
+  not serve the stream while a proven provider can: it gets a non-streamed copy as its
+  trial (`Dispatcher.stand_in`), which proves it or opens its breaker.
 - The answer must match its receipt (`Dispatcher.receipt_ok`), as for
   non-streaming requests.
 - Leaving early (deadline, client gone) cancels the work at the provider.
@@ -67,6 +70,8 @@ async def _first_event(dispatcher: Dispatcher, request_id: str, model: str, payl
             note_routing("failover")  # the last provider failed before its first token
         first_pick = False
         session = dispatcher.choose(request_id, model, payload, tries, route, stream=True, serving=serving)
+        # A provider that never answered us gets a non-streamed trial copy; a proven one serves the stream.
+        session = dispatcher.stand_in(session, request_id, model, payload, deadline, tries, route)
         channel = session.open_channel(request_id)
         sent_at = time.monotonic()
         try:

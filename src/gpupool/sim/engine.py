@@ -61,14 +61,21 @@ class Lane:
         return event
 
     def after(self, delay: float, fn: Callable[..., Any], *args: Any) -> Handle:
-        return self.at(self._eng.now + max(delay, 0.0), fn, *args)
-
-    def _next(self, queue: list[Handle]) -> None:
-        """Its earliest event left the heap: the one after it takes its place."""
-        if self._waiting:
-            heapq.heappush(queue, self._waiting.popleft())
+        # = self.at(now + max(delay, 0.0), ...), inlined: the audit verdicts come through here,
+        # about one per answer. The time is never before now, so `at`'s clamp has nothing to do.
+        eng = self._eng
+        t = eng.now + (delay if delay > 0.0 else 0.0)
+        if t < self._last:
+            raise ValueError(f"a lane's events must come in time order ({t} after {self._last})")
+        self._last = t
+        eng._seq += 1
+        event: Handle = [t, eng._seq, fn, args, self]
+        if self._queued:
+            self._waiting.append(event)
         else:
-            self._queued = False
+            self._queued = True
+            heapq.heappush(eng._queue, event)
+        return event
 
 
 class Engine:
@@ -103,7 +110,7 @@ class Engine:
 
     def run(self, until: float | None = None) -> int:
         """Process events in time order; returns how many ran."""
-        queue, pop = self._queue, heapq.heappop
+        queue, pop, push = self._queue, heapq.heappop, heapq.heappush
         ran = 0
         while queue:
             if until is not None and queue[0][0] > until:
@@ -111,7 +118,11 @@ class Engine:
                 break
             t, _, fn, args, lane = pop(queue)
             if lane is not None:
-                lane._next(queue)
+                # Its earliest event left the heap: the one after it takes its place.
+                if lane._waiting:
+                    push(queue, lane._waiting.popleft())
+                else:
+                    lane._queued = False
             if fn is None:
                 continue
             self.now = t

@@ -61,21 +61,7 @@ class Lane:
         return event
 
     def after(self, delay: float, fn: Callable[..., Any], *args: Any) -> Handle:
-        # = self.at(now + max(delay, 0.0), ...), inlined: the audit verdicts come through here,
-        # about one per answer. The time is never before now, so `at`'s clamp has nothing to do.
-        eng = self._eng
-        t = eng.now + (delay if delay > 0.0 else 0.0)
-        if t < self._last:
-            raise ValueError(f"a lane's events must come in time order ({t} after {self._last})")
-        self._last = t
-        eng._seq += 1
-        event: Handle = [t, eng._seq, fn, args, self]
-        if self._queued:
-            self._waiting.append(event)
-        else:
-            self._queued = True
-            heapq.heappush(eng._queue, event)
-        return event
+        return self.at(self._eng.now + max(delay, 0.0), fn, *args)
 
 
 class Engine:

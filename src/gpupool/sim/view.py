@@ -24,7 +24,7 @@ from gpupool.sim.trust import Trust
 # (index, id, concurrency, region, price in, price out, claim) of one provider, for one task.
 Fixed = tuple[int, str, int, str, int, int, SpeedEstimate | None]
 _CandTwin = records.twin(Candidate)
-assert len(Candidate.__slots__) == 15, "a new Candidate field must be set in View.__getitem__ and _build too"
+assert len(Candidate.__slots__) == 15, "a new Candidate field must be set in View.at too"
 
 
 class _Day(Protocol):
@@ -61,33 +61,12 @@ class View(Sequence[Candidate]):
         return len(self.day.online_ids)
 
     def __getitem__(self, k: int) -> Candidate:  # type: ignore[override]
-        # `_build`'s body, inlined: this runs ~6 times per request (`routing.pick_with_reasons` draws
-        # straight from the view where `route_sample` is 0, as in internet-100k), and a Python call
-        # per draw was ~1% of the day. `at` (`serving.draw`'s path) calls `_build`; a test checks
-        # that both give the constructor's Candidate.
         # The k-th online provider's fixed fields straight from this step's list (`step`), not
         # through its index and then the day-long list: one random memory read less per draw.
-        i, pid, conc, region, price_in, price_out, claim = self.rows[k]
-        own = self.own[i]
-        c = _CandTwin()
-        c.provider_id = pid
-        c.in_flight = own
-        c.max_concurrency = conc
+        row = self.rows[k]
+        i = row[0]
         # Held back (verdicts awaited) as the router's `serving` does, less its "unless nobody else".
-        c.draining = True if self.suspended[i] or self.held_back[i] else self.day.now >= self.leave[i]
-        c.region = region
-        c.rtt_s = self.rtt[i]
-        c.queued = self.total[i] - own
-        c.backlog_s = self.backlog[i] if own else None
-        c.price_in = price_in
-        c.price_out = price_out
-        c.reputation = self.score[i]
-        c.speed = self.speed[i]
-        c.claimed_speed = claim
-        c.breaker = self.breakers[i]
-        c.models = None
-        c.__class__ = Candidate
-        return c
+        return self._build(row, True if self.suspended[i] or self.held_back[i] else self.day.now >= self.leave[i])
 
     def step(self) -> None:
         """A new churn step (`Day._step`): this step's online providers and departure times."""

@@ -275,8 +275,7 @@ class Day:
             if not r.live:  # a hedge that found no second provider leaves the first copy running
                 self._give_up(r, "no_provider" if not r.tried else "failed")
             return
-        # = self.index[provider_id]: the ids are f"p{i}" (`__init__`), and parsing the number costs less
-        # than the look-up in a dict of every provider (two random memory reads per request).
+        # = self.index[id]: the ids are f"p{i}", and the number parses faster than a dict of every provider.
         i = int(d.choice.provider_id[1:])
         if d.probe:
             view.breakers[i] = brk.on_dispatch(view.breakers[i], now)
@@ -390,8 +389,7 @@ class Day:
         self.earn[i] += charge - charge * self.fee // fallback.BPS
         if identity == self.trust.identity[i] and self.trust.served(i, f"r{r.j}.{r.attempts}.{i}", now):
             v = self.trust.judge(cheated, self.rng.random())
-            # Straight to the trust's verdict, `audit_delay_s` from now (`Lane.after`'s sum, without its
-            # call to `at`: one Python call less per audit).
+            # Straight to the trust's verdict, `audit_delay_s` from now (`Lane.after`'s sum, one call less).
             when = now + max(self.pol.audit_delay_s, 0.0)
             self.verdicts.at(when, self.trust.verdict, i, identity, v, when)
         if r.done:
@@ -413,14 +411,10 @@ class Day:
 
     def _release(self, g: int, i: int, service_s: float) -> None:
         """A request sent to provider i by gateway g is over (answered, lost or refused)."""
-        own = self.own[g]
-        left = own[i] - 1
-        own[i] = left
-        if left:
-            backlog = self.backlog[g][i] - service_s
-            self.backlog[g][i] = backlog if backlog > 0.0 else 0.0  # = max(0.0, backlog), without the call
-        else:
-            self.backlog[g][i] = 0.0
+        own, backlog = self.own[g], self.backlog[g]
+        own[i] -= 1
+        left = backlog[i] - service_s
+        backlog[i] = (left if left > 0.0 else 0.0) if own[i] else 0.0  # = max(0.0, left), without the call
         self.total[i] -= 1
 
     def _refused(self, r: _Req, i: int, service_s: float) -> None:

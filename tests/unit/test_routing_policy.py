@@ -211,3 +211,24 @@ def test_a_picks_cost_is_the_estimated_cost_of_its_choice() -> None:
                           price_out=rng.randint(0, 10**6)) for j in range(rng.choice([3, 40]))]
         d = pick_with_reasons(pool, 0.0, rng, request=req)
         assert d.choice is not None and d.cost == estimated_cost(d.choice, req)
+
+
+def test_a_decisions_times_are_the_estimates_of_its_choice() -> None:
+    # A decision's estimate_s and service_s are what `estimate` gives its choice, to the bit (the pick
+    # takes them from the scoring of its choice instead of estimating again): scanned and sampled
+    # pools, measured, claimed and unmeasured speeds, queues with and without a known backlog.
+    from gpupool.routing.estimate import service_seconds
+
+    rng = random.Random(11)
+    claim = SpeedEstimate(prefill_tps=3000, decode_tps=60, items_per_s=400)
+    for _ in range(200):
+        req = RouteRequest("m", rng.choice(["generate", "embeddings"]), input_tokens=rng.randint(1, 4000),
+                           max_output_tokens=rng.randint(1, 1000), items=rng.randint(1, 64),
+                           expected_output_tokens=rng.choice([None, 150]))
+        pool = [Candidate(f"p{j}", rng.randint(0, 6), rng.choice([1, 2, 4, 8]), queued=rng.randint(0, 3),
+                          rtt_s=rng.choice([None, rng.random() / 10]), backlog_s=rng.choice([None, rng.random() * 5]),
+                          speed=rng.choice([None, FAST, SLOW]), claimed_speed=rng.choice([None, claim]))
+                for j in range(rng.choice([3, 40, 2000]))]
+        d = pick_with_reasons(pool, 0.0, rng, request=req)
+        assert d.choice is not None
+        assert d.estimate_s == estimate_seconds(d.choice, req) and d.service_s == service_seconds(d.choice, req)

@@ -166,7 +166,8 @@ def test_the_cloud_bills_gpu_hours_scales_up_after_a_cold_start_and_spills_when_
 
 
 def test_the_views_candidates_equal_the_ones_the_constructor_builds() -> None:
-    """`View.__getitem__` sets a Candidate's slots directly (speed): every field, the same values."""
+    """`View.__getitem__` and `View.at` set a Candidate's slots directly (speed): every field, the same
+    values, and the same Candidate both ways."""
     from gpupool.routing.candidate import Candidate
 
     day = Day(build(_small(providers=40, requests=200)))
@@ -182,6 +183,7 @@ def test_the_views_candidates_equal_the_ones_the_constructor_builds() -> None:
                 price_in = (day.price_embed if view.embed else day.price_in)[i]
                 assert (c.provider_id, c.price_in, c.rtt_s, c.speed, c.models, c.backlog_s) == (
                     day.ids[i], price_in, float(day.earth.gw_rtt[g][i]), view.speed[i], None, None)
+                assert view.at(i, c.draining) == c and type(view.at(i, c.draining)) is Candidate
 
 
 def test_a_day_leaves_no_reference_cycles() -> None:

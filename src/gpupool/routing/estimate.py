@@ -5,7 +5,9 @@
     t = estimate_seconds(candidate, request)     # RTT + queue wait + service, seconds
     cost = estimated_cost(candidate, request)    # µcr, at the request's max output
     est = Estimator(request, weights)            # the same, with per-request work done once:
-    est.seconds(c), est.service(c), est.cost(c)  # what `policy.pick` calls per candidate
+    est.seconds(c), est.service(c), est.cost(c)
+    seconds_parts, cost = closures(request, weights)  # an Estimator's two closures, no object:
+    total, service = seconds_parts(c)                 # what `policy.pick` calls per candidate
 
 Model (kept simple on purpose; the error it makes is measured and used by hedging):
 - service time: generation = input/prefill_tps + output/decode_tps; embeddings =
@@ -76,7 +78,7 @@ class Estimator:
     def __init__(self, request: RouteRequest, weights: RoutingWeights = DEFAULT_WEIGHTS) -> None:
         self.seconds_parts: Callable[[Candidate], tuple[float, float]]
         self.cost: Callable[[Candidate], int]
-        self.seconds_parts, self.cost = _build(request, weights)
+        self.seconds_parts, self.cost = closures(request, weights)
 
     def seconds(self, c: Candidate) -> float:
         """Expected seconds from sending the request to having the whole answer."""
@@ -87,8 +89,10 @@ class Estimator:
         return self.seconds_parts(c)[1]
 
 
-def _build(request: RouteRequest, weights: RoutingWeights) -> tuple[
+def closures(request: RouteRequest, weights: RoutingWeights = DEFAULT_WEIGHTS) -> tuple[
         Callable[[Candidate], tuple[float, float]], Callable[[Candidate], int]]:
+    """`(seconds_parts, cost)` for one request: `seconds_parts(c)` is (expected seconds to the whole
+    answer, of which service), `cost(c)` the estimated max cost in µcr (`estimated_cost`)."""
     embed = request.task == "embeddings"
     n_in = request.input_tokens
     n_out = request.output_tokens_for_time
@@ -110,12 +114,20 @@ def _build(request: RouteRequest, weights: RoutingWeights) -> tuple[
         elif c.claimed_speed is None:
             service = prior_svc
         else:
+            # Seconds per unit of the claim, at least the cap's: max(_inv(claimed or prior), floor), with
+            # the calls written out (the same floats; this runs for every unmeasured claimer drawn).
             claim = c.claimed_speed
             if embed:
-                service = items * max(_inv(claim.items_per_s or prior.items_per_s), floor_item)
+                x = claim.items_per_s or prior.items_per_s
+                spu = 1.0 / x if x > 0 else 0.0
+                service = items * (floor_item if floor_item > spu else spu)
             else:
-                service = (n_in * max(_inv(claim.prefill_tps or prior.prefill_tps), floor_in)
-                           + n_out * max(_inv(claim.decode_tps or prior.decode_tps), floor_out))
+                x = claim.prefill_tps or prior.prefill_tps
+                spu_in = 1.0 / x if x > 0 else 0.0
+                x = claim.decode_tps or prior.decode_tps
+                spu_out = 1.0 / x if x > 0 else 0.0
+                service = (n_in * (floor_in if floor_in > spu_in else spu_in)
+                           + n_out * (floor_out if floor_out > spu_out else spu_out))
         conc = c.max_concurrency
         load = c.in_flight + c.queued
         if slowdown and conc > 0:

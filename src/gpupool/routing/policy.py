@@ -41,12 +41,12 @@ pass a lazy sequence that builds each `Candidate` when it is drawn.
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from gpupool.routing.breaker import is_probe
 from gpupool.routing.candidate import Candidate, RouteRequest
-from gpupool.routing.estimate import Estimator
+from gpupool.routing.estimate import closures
 from gpupool.routing.weights import DEFAULT_WEIGHTS, RoutingWeights
 
 REASONS = ("excluded", "draining", "model", "breaker", "region", "price")
@@ -132,6 +132,7 @@ def pick_with_reasons(
     best: Candidate | None = None
     best_score = 0.0
     best_cost = found = draws = 0
+    best_parts: tuple[float, float] | None = None
     k, max_draws = weights.sample_k, weights.max_draws
     rand = rng.random
     while found < k and draws < max_draws:
@@ -142,15 +143,15 @@ def pick_with_reasons(
                 continue
             seen.add(i)
         c = candidates[i]
-        s, cost = evaluate(c)
+        s, cost, parts = evaluate(c)
         if s is None:
             continue
         found += 1
         if best is None or s < best_score:
-            best, best_score, best_cost = c, s, cost
+            best, best_score, best_cost, best_parts = c, s, cost, parts
     if best is None:
         return _scan(candidates, rng, _Evaluator(now, exclude, request, weights))
-    return ev.decision(best, best_score, best_cost, draws if seen is None else len(seen), False)
+    return ev.decision(best, best_score, best_cost, best_parts, draws if seen is None else len(seen), False)
 
 
 def rank(candidates: Sequence[Candidate], now: float, exclude: Collection[str] = (), *,
@@ -168,8 +169,8 @@ def score(c: Candidate, request: RouteRequest | None, weights: RoutingWeights = 
     ev = _Evaluator(0.0, (), request, weights, with_objective=True)
     if request is None:
         return float(c.in_flight + c.queued)
-    assert ev.est is not None
-    return ev.objective(c, ev.est.cost(c))
+    assert ev.cost_of is not None
+    return ev.objective(c, ev.cost_of(c))
 
 
 # ---------------------------------------------------------------- internals
@@ -178,11 +179,13 @@ def score(c: Candidate, request: RouteRequest | None, weights: RoutingWeights = 
 class _Evaluator:
     """Filter and objective for one decision, with the per-request work done once.
 
-    `evaluate(c) -> (score or None if filtered, estimated cost)` is a closure over
-    the request's constants: it runs for every sampled candidate.
+    `evaluate(c) -> (score or None if filtered, estimated cost, seconds parts)` is a closure
+    over the request's constants: it runs for every sampled candidate. The seconds parts are
+    `estimate.closures`' `seconds_parts(c)` as the score used them (None without a request or when filtered), so
+    the decision takes its choice's estimate from there instead of computing it again.
     """
 
-    __slots__ = ("now", "est", "counts", "_cheapest", "evaluate", "objective")
+    __slots__ = ("now", "cost_of", "counts", "_cheapest", "evaluate", "objective")
 
     def __init__(self, now: float, exclude: Collection[str], request: RouteRequest | None,
                  weights: RoutingWeights, with_objective: bool = False) -> None:
@@ -193,18 +196,24 @@ class _Evaluator:
         # cycle, or every request leaves garbage only the cyclic collector can free.
         cheapest: list[int] = []
         self._cheapest = cheapest
-        est = self.est = Estimator(request, weights) if request is not None else None
-        model = request.model if request is not None else None
-        region = request.region if request is not None else None
-        require = bool(region) and request is not None and request.region_policy == "require"
-        prefer = bool(region) and request is not None and request.region_policy == "prefer"
-        max_price = request.max_price if request is not None else None
+        seconds_parts: Callable[[Candidate], tuple[float, float]] | None = None
+        cost_of: Callable[[Candidate], int] | None = None
+        model: str | None = None
+        region: str | None = None
+        max_price: int | None = None
+        if request is None:
+            require = prefer = False
+        else:
+            # An `Estimator`'s closures without the object (this runs per request).
+            seconds_parts, cost_of = closures(request, weights)
+            model, region, max_price = request.model, request.region, request.max_price
+            require = bool(region) and request.region_policy == "require"
+            prefer = bool(region) and request.region_policy == "prefer"
+        self.cost_of = cost_of
         vot = weights.micro_credits_per_second
         per_ucr = 1.0 / vot if vot > 0 else 0.0
         rep_w = weights.reputation_weight
         off_factor = weights.off_region_factor
-        seconds_parts = est.seconds_parts if est is not None else None
-        cost_of = est.cost if est is not None else None
 
         if with_objective:  # only `score` asks: a pick (per request) does not build this closure
 
@@ -219,7 +228,7 @@ class _Evaluator:
 
             self.objective = objective
 
-        def evaluate(c: Candidate) -> tuple[float | None, int]:
+        def evaluate(c: Candidate) -> tuple[float | None, int, tuple[float, float] | None]:
             if exclude and c.provider_id in exclude:
                 reason = "excluded"
             elif c.draining:
@@ -229,26 +238,27 @@ class _Evaluator:
             elif c.breaker.phase != "closed" and now < c.breaker.retry_at:
                 reason = "breaker"
             elif cost_of is None:
-                return float(c.in_flight + c.queued), 0
+                return float(c.in_flight + c.queued), 0, None
             elif require and c.region != region:
                 reason = "region"
             else:
                 cost = cost_of(c)
                 if max_price is None or cost <= max_price:
                     # = objective(c, cost), inlined: this line runs for every sampled candidate
-                    s = seconds_parts(c)[0] + cost * per_ucr  # type: ignore[misc]
+                    parts = seconds_parts(c)  # type: ignore[misc]
+                    s = parts[0] + cost * per_ucr
                     rep = c.reputation
                     s *= 1.0 + rep_w * (1.0 - (0.0 if rep < 0.0 else 1.0 if rep > 1.0 else rep))
                     if prefer and c.region != region:
                         s *= off_factor
-                    return s, cost
+                    return s, cost, parts
                 if not cheapest:
                     cheapest.append(cost)
                 elif cost < cheapest[0]:
                     cheapest[0] = cost
                 reason = "price"
             counts[reason] = counts.get(reason, 0) + 1
-            return None, 0
+            return None, 0, None
 
         self.evaluate = evaluate
 
@@ -257,31 +267,33 @@ class _Evaluator:
         """The lowest price among candidates dropped for their price (None: none was)."""
         return self._cheapest[0] if self._cheapest else None
 
-    def decision(self, c: Candidate, s: float, cost: int, examined: int, scanned: bool) -> Decision:
+    def decision(self, c: Candidate, s: float, cost: int, parts: tuple[float, float] | None, examined: int,
+                 scanned: bool) -> Decision:
+        """`parts`: `evaluate(c)`'s seconds parts (None without a request)."""
         probe = is_probe(c.breaker, self.now)
-        if self.est is None:
+        if parts is None:
             return Decision(c, s, probe=probe, excluded=self.counts, examined=examined,
                             scanned=scanned, cheapest_excluded_price=self.cheapest)
-        total, service = self.est.seconds_parts(c)
+        total, service = parts
         return Decision(c, s, total, service, cost, probe, self.counts, examined, scanned, self.cheapest)
 
 
 def _scan(candidates: Sequence[Candidate], rng: random.Random, ev: _Evaluator) -> Decision:
     """Examine every candidate: exact best (random among ties) and complete exclusion counts."""
-    best: list[tuple[Candidate, int]] = []
+    best: list[tuple[Candidate, int, tuple[float, float] | None]] = []
     best_score = 0.0
     n = 0
     evaluate = ev.evaluate
     for c in candidates:
         n += 1
-        s, cost = evaluate(c)
+        s, cost, parts = evaluate(c)
         if s is None:
             continue
         if not best or s < best_score:
-            best, best_score = [(c, cost)], s
+            best, best_score = [(c, cost, parts)], s
         elif s == best_score:
-            best.append((c, cost))
+            best.append((c, cost, parts))
     if not best:
         return Decision(None, excluded=ev.counts, examined=n, scanned=True, cheapest_excluded_price=ev.cheapest)
-    c, cost = best[0] if len(best) == 1 else best[rng.randrange(len(best))]
-    return ev.decision(c, best_score, cost, n, True)
+    c, cost, parts = best[0] if len(best) == 1 else best[rng.randrange(len(best))]
+    return ev.decision(c, best_score, cost, parts, n, True)

@@ -87,15 +87,19 @@ class Day:
         self.verdicts = self.eng.lane()  # every verdict comes `audit_delay_s` after its answer: in order
         self.now = 0.0
         self.gateways = e.gateways
-        self.ids = [f"p{i}" for i in range(self.n)]
+        self.ids = [f"p{i}" for i in range(self.n)]  # `_route` reads i back from the id
         self.index = {p: i for i, p in enumerate(self.ids)}
         self.conc = e.conc.tolist()
         self.region_name = [geo.REGIONS[r] for r in e.region.tolist()]
         self.price_in, self.price_out, self.price_embed = e.price_in.tolist(), e.price_out.tolist(), e.price_embed.tolist()
-        self.prefill, self.decode, self.embed_speed = e.prefill.tolist(), e.decode.tolist(), e.embed.tolist()
+        prefill, decode, embed_speed = e.prefill.tolist(), e.decode.tolist(), e.embed.tolist()
         self.claims = [None if c == 0 else SpeedEstimate(p * c, dd * c, em * c)
-                       for c, p, dd, em in zip(e.claim.tolist(), self.prefill, self.decode, self.embed_speed)]
-        self.strategy = e.strategy.tolist()
+                       for c, p, dd, em in zip(e.claim.tolist(), prefill, decode, embed_speed)]
+        # What `_dispatch` reads of the provider it sends to, packed (the same doubles): its true
+        # speeds, 3 per provider (prefill, decode, embeddings), one cache line where three lists
+        # of float objects were six places in memory; its strategy as one byte.
+        self.speeds = array("d", [x for row in zip(prefill, decode, embed_speed) for x in row])
+        self.strategy = bytearray(e.strategy.tolist())
         # Per gateway, packed (memoryviews read like lists; one cache line per random provider).
         self.rtt = [memoryview(row) for row in np.ascontiguousarray(e.gw_rtt, dtype=np.float64)]
         self.own = [[0] * self.n for _ in self.gateways]
@@ -143,8 +147,8 @@ class Day:
         self.out_served, self.out_fallback = memoryview(res.served_by), memoryview(res.fallback)
         self.out_busy, self.n_hours = memoryview(res.util_busy), len(res.util_busy)
         self.user_rtt = memoryview(np.ascontiguousarray(e.user_gw_rtt, dtype=np.float64))
-        self.earn = [0] * self.n  # µcr
-        self.busy = [0.0] * self.n
+        self.earn = array("q", [0]) * self.n  # µcr; packed, as `busy`: one cache line per update
+        self.busy = array("d", [0.0]) * self.n
         self.fee = sc.market.fee_bps
         self.usd = sc.market.usd_per_credit / 1e6
         self.batch_queue: list[tuple[float, int]] = []  # (deadline, request index)
@@ -271,7 +275,8 @@ class Day:
             if not r.live:  # a hedge that found no second provider leaves the first copy running
                 self._give_up(r, "no_provider" if not r.tried else "failed")
             return
-        i = self.index[d.choice.provider_id]
+        # = self.index[id]: the ids are f"p{i}", and the number parses faster than a dict of every provider.
+        i = int(d.choice.provider_id[1:])
         if d.probe:
             view.breakers[i] = brk.on_dispatch(view.breakers[i], now)
         self._dispatch(r, i, d.choice, now, d.service_s or 0.0, d.estimate_s)
@@ -285,7 +290,8 @@ class Day:
         r.attempts += 1
         r.live += 1
         self.own[g][i] += 1
-        self.total[i] += 1
+        total = self.total[i] + 1
+        self.total[i] = total
         rng = self.rng
         owd = self.rtt[g][i] / 2
         cheated, s = None, self.strategy[i]
@@ -300,17 +306,19 @@ class Day:
                 cheated, tout = "truncated", max(1, tout // 3)
         e = self.earth
         noise = math.exp(rng.gauss(0, e.service_sigma)) * (e.straggler_x if rng.random() < e.straggler_p else 1.0) * factor
+        speeds, row = self.speeds, 3 * i
         if embed:
-            prefill, service = 0.0, r.tout / self.embed_speed[i] * noise
+            prefill, service = 0.0, r.tout / speeds[row + 2] * noise
         else:
-            prefill = (r.tin + r.sent_tokens) / self.prefill[i] * noise
-            service = prefill + tout / self.decode[i] * noise
+            decode = speeds[row + 1]
+            prefill = (r.tin + r.sent_tokens) / speeds[row] * noise
+            service = prefill + tout / decode * noise
         slots = self.slots[i]
         if slots[0] - (now + owd) > self.pol.max_queue_s:
             # Its admission queue is full: it refuses at once (no slot taken, no failure held against it).
             self.eng.at(now + 2 * owd, self._refused, r, i, service_s)
             return
-        waited = self.total[i] > self.conc[i]  # the gateway's "sent while every slot was busy", not the truth
+        waited = total > self.conc[i]  # the gateway's "sent while every slot was busy", not the truth
         start = max(now + owd, slots[0])
         end = start + service
         heapq.heapreplace(slots, end)
@@ -322,7 +330,7 @@ class Day:
         leave = self.leave_now[i]
         if leave < end and self.crash_now[i]:
             ok, at = False, max(leave, now + owd)
-        first = start + prefill + (0.0 if embed else noise / self.decode[i])  # `service` has `tout` steps
+        first = start + prefill + (0.0 if embed else noise / decode)  # `service` has `tout` steps
         copy = (r, i, now, first, ok, cheated, tout, waited, self.trust.identity[i], service_s)
         self.eng.at(at + owd, self._done, copy)
         if (cand is not None and r.kind == CHATK and not r.hedged
@@ -347,9 +355,7 @@ class Day:
         r, i, sent, first_at, ok, cheated, tout, waited, identity, service_s = copy
         now = self.eng.now
         g, embed = r.g, r.kind == EMBEDK
-        self.own[g][i] -= 1
-        self.backlog[g][i] = max(0.0, self.backlog[g][i] - service_s) if self.own[g][i] else 0.0
-        self.total[i] -= 1
+        self._release(g, i, service_s)
         r.live -= 1
         view = self.views[g][embed]
         if not ok:
@@ -383,9 +389,9 @@ class Day:
         self.earn[i] += charge - charge * self.fee // fallback.BPS
         if identity == self.trust.identity[i] and self.trust.served(i, f"r{r.j}.{r.attempts}.{i}", now):
             v = self.trust.judge(cheated, self.rng.random())
-            # Straight to the trust's verdict at the time the lane will run it (`Lane.after`'s sum).
-            delay = self.pol.audit_delay_s
-            self.verdicts.after(delay, self.trust.verdict, i, identity, v, now + max(delay, 0.0))
+            # Straight to the trust's verdict, `audit_delay_s` from now (`Lane.after`'s sum, one call less).
+            when = now + max(self.pol.audit_delay_s, 0.0)
+            self.verdicts.at(when, self.trust.verdict, i, identity, v, when)
         if r.done:
             return
         r.done = True
@@ -403,10 +409,16 @@ class Day:
         if r.continued:
             self.res.streams["continued"] += 1
 
-    def _refused(self, r: _Req, i: int, service_s: float) -> None:
-        self.own[r.g][i] -= 1
-        self.backlog[r.g][i] = max(0.0, self.backlog[r.g][i] - service_s) if self.own[r.g][i] else 0.0
+    def _release(self, g: int, i: int, service_s: float) -> None:
+        """A request sent to provider i by gateway g is over (answered, lost or refused)."""
+        own, backlog = self.own[g], self.backlog[g]
+        own[i] -= 1
+        left = backlog[i] - service_s
+        backlog[i] = (left if left > 0.0 else 0.0) if own[i] else 0.0  # = max(0.0, left), without the call
         self.total[i] -= 1
+
+    def _refused(self, r: _Req, i: int, service_s: float) -> None:
+        self._release(r.g, i, service_s)
         r.live -= 1
         self.counts_add("refused")
         if r.done or r.live:

@@ -63,13 +63,6 @@ class Lane:
     def after(self, delay: float, fn: Callable[..., Any], *args: Any) -> Handle:
         return self.at(self._eng.now + max(delay, 0.0), fn, *args)
 
-    def _next(self, queue: list[Handle]) -> None:
-        """Its earliest event left the heap: the one after it takes its place."""
-        if self._waiting:
-            heapq.heappush(queue, self._waiting.popleft())
-        else:
-            self._queued = False
-
 
 class Engine:
     def __init__(self, start: float = 0.0) -> None:
@@ -103,7 +96,7 @@ class Engine:
 
     def run(self, until: float | None = None) -> int:
         """Process events in time order; returns how many ran."""
-        queue, pop = self._queue, heapq.heappop
+        queue, pop, push = self._queue, heapq.heappop, heapq.heappush
         ran = 0
         while queue:
             if until is not None and queue[0][0] > until:
@@ -111,7 +104,11 @@ class Engine:
                 break
             t, _, fn, args, lane = pop(queue)
             if lane is not None:
-                lane._next(queue)
+                # Its earliest event left the heap: the one after it takes its place.
+                if lane._waiting:
+                    push(queue, lane._waiting.popleft())
+                else:
+                    lane._queued = False
             if fn is None:
                 continue
             self.now = t

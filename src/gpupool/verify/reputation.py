@@ -43,7 +43,11 @@ class Event(str, Enum):
     LATENCY_MISS = "latency_miss"
 
 
-_AUDIT_EVENTS = (Event.AUDIT_PASS, Event.AUDIT_FAIL, Event.AUDIT_HARD_FAIL)
+# The members as module constants: `Event.X` goes through the enum's metaclass, ~0.1 µs a read
+# (Python 3.11), and `observe_verdict` runs once per audit verdict (the gateway's and the simulator's).
+_PASS, _FAIL, _HARD_FAIL = Event.AUDIT_PASS, Event.AUDIT_FAIL, Event.AUDIT_HARD_FAIL
+_SERVED, _REQUEST_FAILED, _LATENCY_MISS = Event.SERVED, Event.REQUEST_FAILED, Event.LATENCY_MISS
+_AUDIT_EVENTS = (_PASS, _FAIL, _HARD_FAIL)
 
 
 @dataclass(frozen=True)
@@ -63,17 +67,17 @@ class ReputationPolicy:
     def weight(self, event: Event) -> tuple[float, float]:
         """(Δα, Δβ) for one event."""
         # A chain of comparisons rather than a dict built per call (this runs per verdict).
-        if event == Event.AUDIT_PASS:
+        if event == _PASS:
             return self.audit_pass, 0.0
-        if event == Event.AUDIT_FAIL:
+        if event == _FAIL:
             return 0.0, self.audit_fail
-        if event == Event.AUDIT_HARD_FAIL:
+        if event == _HARD_FAIL:
             return 0.0, self.audit_hard_fail
-        if event == Event.SERVED:
+        if event == _SERVED:
             return self.served, 0.0
-        if event == Event.REQUEST_FAILED:
+        if event == _REQUEST_FAILED:
             return 0.0, self.request_failed
-        if event == Event.LATENCY_MISS:
+        if event == _LATENCY_MISS:
             return 0.0, self.latency_miss
         raise KeyError(event)
 
@@ -124,14 +128,14 @@ def observe(rep: Reputation, event: Event, now: float,
     da, db = policy.weight(event)
     audit = event in _AUDIT_EVENTS
     return _reputation(rep.provider_id, rep.good * f + da, rep.bad * f + db, max(now, rep.as_of),
-                       rep.audits + audit, rep.audit_failures + (audit and event != Event.AUDIT_PASS))
+                       rep.audits + audit, rep.audit_failures + (audit and event != _PASS))
 
 
 def event_for(verdict: Judgement) -> Event:
     """The reputation event an audit verdict stands for."""
     if verdict.passed:
-        return Event.AUDIT_PASS
-    return Event.AUDIT_HARD_FAIL if verdict.hard else Event.AUDIT_FAIL
+        return _PASS
+    return _HARD_FAIL if verdict.hard else _FAIL
 
 
 def observe_verdict(rep: Reputation, verdict: Judgement, now: float,

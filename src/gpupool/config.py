@@ -46,6 +46,11 @@ def _reconnect_max_opt() -> Any:
     return _opt(30.0, "longest wait between reconnection attempts")
 
 
+def _silence_opt() -> Any:
+    return _opt(60.0, "longest a gateway may send nothing before its connection is checked with a ping (no "
+                "answer within 10 s: dialled again); sooner when it pings more often (provider/silence.py)")
+
+
 def _metrics_port_opt() -> Any:
     return _opt(0, "serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (0: off)")
 
@@ -241,6 +246,7 @@ class ProviderSettings:
                                           "never has one of them audit another")
     drain_timeout_s: float = _opt(30.0, "on SIGTERM, time to finish in-flight work before leaving")
     reconnect_max_s: float = _reconnect_max_opt()
+    gateway_silence_s: float = _silence_opt()
     gateways_max: int = _opt(3, "connect to at most this many gateways: every --gateway, then the nearest by "
                              "measured RTT of the others they list at GET /v1/gateways (0: only --gateway)")
     gateway_discovery_s: float = _opt(60.0, "how often the gateways' lists of their peers are read again")
@@ -266,6 +272,7 @@ class CheckerSettings:
     batch_window_s: float = _opt(1.0, "how long an embeddings audit waits for others to share its "
                                        "forward pass")
     reconnect_max_s: float = _reconnect_max_opt()
+    gateway_silence_s: float = _silence_opt()
     metrics_port: int = _metrics_port_opt()
     metrics_host: str = _metrics_host_opt()
 

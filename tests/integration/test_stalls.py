@@ -115,6 +115,23 @@ def test_a_stopped_provider_costs_its_streams_seconds_not_the_liveness_timeout(n
     assert worst < 7.0 and time.monotonic() - stopped_at < 12, (worst, sorted(t for _, _, t in results))
 
 
+def test_a_busy_provider_in_a_big_pool_is_not_taken_for_silent(network: Network) -> None:
+    # A big pool's schedule pings each session far less often than --ping-interval-s (10,000
+    # sessions: every 40 s); here one session at 0.2 pings a second: every 5 s. A provider
+    # working on a long non-streaming answer sends nothing until it is done: an old Pong must
+    # not make it silent (the watch pings a quiet busy session itself, and counts from when it
+    # got the work).
+    network.start_gateway(extra=["--max-pings-per-s", "0.2", "--hardware-proof-max-n", "0"])
+    network.start_provider(["m=echo:chat?delay_ms=250"])
+    network.wait_for_models({"m": 1}, timeout=60)
+    time.sleep(4.0)  # the first Pong (at the join) is old by the time the request comes
+    words = " ".join(f"w{i}" for i in range(24))  # 24 x 250 ms: 6 s of silence, then the answer
+    answer = client_for(network, timeout=60).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": words}])
+    assert answer.choices[0].message.content == words
+    assert network.gateway is not None and " silent (" not in network.gateway.log_tail(200)
+
+
 def test_a_non_streaming_request_behind_a_stalled_provider_hedges_onto_the_lane(
         network: Network, engines: list[EngineProc]) -> None:
     dead = EngineProc("--fault", "hang", delay_ms=5)  # accepts requests, never answers

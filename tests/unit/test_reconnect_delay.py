@@ -35,3 +35,9 @@ def test_otherwise_the_wait_doubles_up_to_the_maximum() -> None:
 def test_a_busy_gateways_retry_after_wins_even_when_fast() -> None:
     assert min(waits(fast=True, told=5.0)) >= 5.0
     assert max(waits(fast=True, told=5.0)) <= 6.0  # spread a little, not more
+
+
+def test_a_long_retry_after_is_kept_not_stretched() -> None:
+    # The gateway books each refused dial its own later turn: the last of 10,000 reconnecting
+    # providers is told ~50 s, and must come then, not up to 20% later.
+    assert 50.0 <= min(waits(fast=True, told=50.0, steps=50)) <= max(waits(fast=True, told=50.0, steps=50)) <= 51.0

@@ -28,7 +28,7 @@ from gpupool import __version__, protocol
 from gpupool.config import CheckerSettings
 from gpupool.identity import Identity
 from gpupool.model_results import BackendError
-from gpupool.protocol import AuditJob, Offer, Ping, Pong
+from gpupool.protocol import AuditJob, Offer
 from gpupool.provider.backends import Backend
 from gpupool.provider.hardware import probe
 from gpupool.provider.peer_link import PeerLink
@@ -152,22 +152,20 @@ class CheckerLink(PeerLink):
 
     def __init__(self, agent: CheckerAgent, url: str):
         super().__init__(agent, url, client=f"gpupool-checker/{__version__}",
-                         reconnect_max_s=agent.settings.reconnect_max_s, ca_cert=agent.settings.ca_cert)
+                         reconnect_max_s=agent.settings.reconnect_max_s, ca_cert=agent.settings.ca_cert,
+                         silence_s=agent.settings.gateway_silence_s)
         self.checker = agent
         self._jobs: set[asyncio.Task[None]] = set()
 
     async def _session(self, ws: ClientConnection) -> None:
         try:
-            async for frame in ws:
-                msg = protocol.decode(frame)
+            async for msg in self._messages(ws):  # Pings are answered there
                 if isinstance(msg, AuditJob):
                     if self.checker.draining:
                         continue
                     task = asyncio.create_task(self._answer(msg))
                     self._jobs.add(task)
                     task.add_done_callback(self._jobs.discard)
-                elif isinstance(msg, Ping):
-                    await self._send(Pong(msg.nonce, msg.sent_at))
                 # Anything else (Run, Cancel, ...) is not for a checker: ignored.
         finally:
             # Verdicts for this connection's jobs cannot be delivered any more.

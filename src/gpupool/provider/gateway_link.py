@@ -39,8 +39,6 @@ from gpupool.protocol import (
     HardwareAnswer,
     HardwareChallenge,
     LoadReport,
-    Ping,
-    Pong,
     Receipt,
     Run,
     Statement,
@@ -75,7 +73,8 @@ class GatewayLink(PeerLink):
 
     def __init__(self, agent: ServingNode, url: str):
         super().__init__(agent, url, client=f"gpupool/{__version__}",
-                         reconnect_max_s=agent.settings.reconnect_max_s, ca_cert=agent.settings.ca_cert)
+                         reconnect_max_s=agent.settings.reconnect_max_s, ca_cert=agent.settings.ca_cert,
+                         silence_s=agent.settings.gateway_silence_s)
         self.agent = agent
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._outbox: list[Chunk | Done | Fail] = []
@@ -185,8 +184,7 @@ class GatewayLink(PeerLink):
                 rows = [np.rint(sol.product[i]).astype("<i8").tobytes() for i in ch.open_rows]
                 await self._send(HardwareAnswer(ch.challenge_id, rows=rows))
 
-        async for frame in ws:
-            msg = protocol.decode(frame)  # a bad frame from our gateway ends this connection
+        async for msg in self._messages(ws):  # Pings are answered there
             if isinstance(msg, Run):
                 if msg.request_id in self._tasks:
                     continue  # duplicate delivery: the first one answers
@@ -197,8 +195,6 @@ class GatewayLink(PeerLink):
                 task = self._tasks.get(msg.request_id)
                 if task:
                     task.cancel()
-            elif isinstance(msg, Ping):
-                await self._send(Pong(msg.nonce, msg.sent_at))
             elif isinstance(msg, HardwareChallenge):
                 key = f"hw:{msg.challenge_id}:{len(msg.open_rows)}"
                 self._tasks[key] = asyncio.create_task(prove(msg))  # cancelled if the connection drops

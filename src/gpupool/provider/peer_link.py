@@ -1,15 +1,19 @@
 """A node's outbound link to one gateway, shared by providers and checkers.
 
     class MyLink(PeerLink):
-        async def _session(self, ws): ...    # after the Welcome: serve frames until the connection ends
-    await MyLink(node, url, client=f"gpupool/{__version__}", reconnect_max_s=30.0).run()
+        async def _session(self, ws):        # after the Welcome: serve messages until the connection ends
+            async for msg in self._messages(ws): ...
+    await MyLink(node, url, client=f"gpupool/{__version__}", reconnect_max_s=30.0, silence_s=60.0).run()
 
 `PeerLink.run` dials the gateway (verifying a wss:// certificate), runs the one
 `handshake` every peer role uses (Hello, Challenge, Proof, Offer, Welcome), hands the
-connection to the subclass's `_session`, and reconnects with exponential backoff and
-jitter until the node drains. The provider's `GatewayLink` and the checker's
-`CheckerLink` are its two subclasses; a checker may import this module, and nothing
-here knows either role.
+connection to the subclass's `_session` (which reads the gateway's messages from
+`_messages`: Pings are answered there), and reconnects with exponential backoff and
+jitter until the node drains. The link sends no keep-alives of its own: the gateway's
+Pings are its liveness signal, and only a gateway silent for longer than its cadence
+says is checked with one WebSocket ping (provider/silence.py, which states the bound).
+The provider's `GatewayLink` and the checker's `CheckerLink` are its two subclasses; a
+checker may import this module, and nothing here knows either role.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -27,8 +31,9 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from gpupool import protocol
 from gpupool.identity import Identity
-from gpupool.protocol import Challenge, Hello, Offer, Welcome
+from gpupool.protocol import Challenge, Hello, Offer, Ping, Pong, Welcome
 from gpupool.protocol_handshake import answer
+from gpupool.provider.silence import Silence
 from gpupool.tls import certificate_problem, client_context
 
 # Both roles' links have always logged here; operators' log filters rely on it.
@@ -81,13 +86,16 @@ async def handshake(ws: ClientConnection, identity: Identity, client: str,
 def reconnect_delay(backoff: float, reconnect_max_s: float, fast: bool, told: float, rng: random.Random) -> float:
     """Seconds to wait before the next dial (pure): the backoff with jitter, capped at
     FAST_RETRY_MAX_S while `fast` (a lost gateway may be back any moment), and never
-    before a busy gateway's Retry-After (`told`), spread a little."""
+    before a busy gateway's Retry-After (`told`), spread within a second."""
     ceiling = min(backoff, reconnect_max_s, FAST_RETRY_MAX_S if fast else reconnect_max_s)
     delay = ceiling * rng.uniform(0.5, 1.0)
     if told:
         # The gateway is admitting a storm of handshakes at its pace and booked us a later
-        # turn: come then (spread a little), not at every backoff step until it.
-        delay = max(delay, told * rng.uniform(1.0, 1.2))
+        # turn (each refused dial a later one): come then, not at every backoff step until
+        # it. Spread over the second the whole-second Retry-After rounds away, no more: a
+        # proportional spread (it was up to +20%) made the last of 10,000 providers told
+        # ~50 s come back at up to ~60 s.
+        delay = max(delay, told + rng.uniform(0.0, 1.0))
     return delay
 
 
@@ -106,7 +114,7 @@ class PeerLink:
     """One gateway connection: dial, handshake, the subclass's session, reconnect with backoff."""
 
     def __init__(self, node: LinkedNode, url: str, *, client: str, reconnect_max_s: float,
-                 ca_cert: Path | None = None):
+                 ca_cert: Path | None = None, silence_s: float = 60.0):
         self.node = node
         self.client = client  # the Hello's software name, e.g. "gpupool/0.1"
         self.reconnect_max_s = reconnect_max_s
@@ -119,6 +127,7 @@ class PeerLink:
         self._ws: ClientConnection | None = None
         self._last_said = ""  # the last connection problem logged at WARNING
         self.gateway_id = ""  # the node id of the gateway behind this URL, once a handshake told it
+        self.silence = Silence(silence_s)  # what this connection heard from the gateway, and when
 
     def _gateway_is(self, node_id: str) -> None:
         self.gateway_id = node_id
@@ -151,8 +160,9 @@ class PeerLink:
                     self.url,
                     ssl=self._tls,
                     max_size=protocol.MAX_FRAME_BYTES,
-                    ping_interval=10,
-                    ping_timeout=20,
+                    # No keep-alive pings: the gateway's Pings say it is alive (`_watch`).
+                    ping_interval=None,
+                    ping_timeout=None,
                     open_timeout=10,
                     compression=None,  # small msgpack frames: deflate cost more CPU than it saved
                 ) as ws:
@@ -163,7 +173,13 @@ class PeerLink:
                     await self._welcomed(ws, welcome)
                     log.info("connected to %s", self.url)
                     self._last_said = ""
-                    await self._session(ws)
+                    self.silence = Silence(self.silence.limit_s)
+                    self.silence.heard(asyncio.get_running_loop().time())
+                    watch = asyncio.create_task(self._watch(ws))
+                    try:
+                        await self._session(ws)
+                    finally:
+                        watch.cancel()
             except asyncio.CancelledError:
                 raise
             except websockets.ConnectionClosed as exc:
@@ -203,6 +219,45 @@ class PeerLink:
             fast = coming_back and now - lost_at < FAST_RETRY_FOR_S
             await asyncio.sleep(reconnect_delay(backoff, self.reconnect_max_s, fast, told, rng))
             backoff = min(backoff * 2, self.reconnect_max_s)
+
+    async def _messages(self, ws: ClientConnection) -> AsyncIterator[protocol.Message]:
+        """The gateway's messages on `ws`, decoded, until the connection ends; its Pings are
+        answered here (and time the silence watch), not passed on. A bad frame from our
+        gateway raises ProtocolError, which ends the connection."""
+        loop = asyncio.get_running_loop()
+        silence = self.silence
+        async for frame in ws:
+            msg = protocol.decode(frame)
+            if isinstance(msg, Ping):
+                silence.heard(loop.time(), ping=True)
+                await self._send(Pong(msg.nonce, msg.sent_at))
+                continue
+            silence.heard(loop.time())
+            yield msg
+
+    async def _watch(self, ws: ClientConnection) -> None:
+        """Check the connection when the gateway has been silent for longer than its cadence says:
+        one WebSocket ping; no pong in time and the socket is dropped (the run loop dials again)."""
+        loop = asyncio.get_running_loop()
+        silence = self.silence
+        while True:
+            wait = silence.due_in(loop.time())
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            quiet = loop.time() - silence.heard_at
+            try:
+                async with asyncio.timeout(silence.probe_timeout_s()):
+                    await (await ws.ping())
+            except TimeoutError:
+                log.warning("gateway %s silent for %.0f s and no answer to a ping within %g s: reconnecting",
+                            self.url, quiet, silence.probe_timeout_s())
+                if ws.transport is not None:
+                    ws.transport.abort()  # no close handshake with a peer that does not answer
+                return
+            except websockets.ConnectionClosed:
+                return
+            silence.heard(loop.time())
 
     async def _send(self, msg: protocol.Message) -> None:
         ws = self._ws

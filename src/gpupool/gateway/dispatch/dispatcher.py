@@ -98,7 +98,7 @@ class Dispatcher:
         """One of `session`'s streams went silent: if nothing at all came from the provider for as
         long, its other requests are stuck too (a stopped process): move them now, not one by one."""
         if (not session.closed and not self.router.is_silent(session) and session.channels
-                and time.monotonic() - session.last_seen >= silent_s):
+                and time.monotonic() - session.quiet_since() >= silent_s):
             give_up_on(self.router, session, f"silent for {silent_s:.1f}s with streams open", self.cancel)
 
     def check_signature(self) -> bool:

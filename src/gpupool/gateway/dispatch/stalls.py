@@ -4,13 +4,16 @@ A provider whose process is stopped (SIGSTOP, a frozen VM) keeps its socket open
 nothing fails: its streams stop, its non-streaming requests never answer, and the
 hub drops it only after `liveness_timeout_s` (20 s). This watch looks every
 `TICK_S` at the sessions that have work in flight; one from which not even a Pong
-came for a ping interval plus the stall limit (`routing.stall.session_silent`) is
-given up on: routing skips it until it speaks again, and each of its open requests
-gets a `ProviderLost`, so a non-streaming request retries elsewhere and a stream
-continues on another provider (`dispatch/stream.py`), exactly as if the connection
-had dropped. A stream also gives up on its own provider after k times its measured
-gap between tokens (`Stream`), which catches an engine that stalls while the
-provider process still answers pings.
+came for a ping interval plus the stall limit (`routing.stall.session_silent`),
+counted from its last frame or from when it got work if that is later, is given up
+on (one quiet for a ping interval is pinged at once: in a big pool the schedule pings
+each session far less often, `peers/pacing.py`): routing skips it until it speaks
+again, and each of its open requests gets a `ProviderLost`, so a non-streaming
+request retries elsewhere and a stream continues on another provider
+(`dispatch/stream.py`), exactly as if the connection had dropped. A stream also
+gives up on its own provider after k times its measured gap between tokens
+(`Stream`), which catches an engine that stalls while the provider process still
+answers pings.
 
     watch = SilenceWatch(hub, router, settings, cancel=dispatcher.cancel)
     watch.start() ... await watch.close()
@@ -95,8 +98,16 @@ class SilenceWatch:
     def check(self, now: float) -> None:
         s = self.settings
         for session in list(self.hub.busy):  # only sessions with open requests can stall one
-            if (session.channels and not session.closed and not self.router.is_silent(session)
-                    and session_silent(now, session.last_seen, s.ping_interval_s, session.rtt_s,
-                                       s.stream_stall_factor, s.stream_stall_min_s)):
+            if not session.channels or session.closed or self.router.is_silent(session):
+                continue
+            since = session.quiet_since()
+            quiet = now - since
+            if session_silent(now, since, s.ping_interval_s, session.rtt_s,
+                              s.stream_stall_factor, s.stream_stall_min_s):
                 self.given_up += 1
-                give_up_on(self.router, session, f"silent for {now - session.last_seen:.1f}s", self.cancel)
+                give_up_on(self.router, session, f"silent for {quiet:.1f}s", self.cancel)
+            elif quiet >= s.ping_interval_s and now - session.pinged_at >= s.ping_interval_s:
+                # In a big pool the schedule pings each session only every ~40 s: one with work
+                # in flight that has been quiet this long is pinged now, so that a live one
+                # answers within the limit and only a silent one is given up on.
+                self.hub.ping_now(session)

@@ -446,6 +446,12 @@ class Hub:
             for s in self.sessions.values():
                 self.store.note_provider(s.node_id, s.public_key, s.offer.region, list(s.models))
 
+    def ping_now(self, session: ProviderSession) -> None:
+        """Ping `session` outside the schedule (the stall watch asks, for a quiet one with work in
+        flight); a task, so a peer whose socket no longer drains holds nobody up."""
+        task = asyncio.create_task(self._ping(session))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a dead socket: its reader removes it
+
     async def _ping(self, session: ProviderSession) -> None:
         nonce = next(self._ping_nonce)
         session.ping_sent(nonce)

@@ -152,7 +152,11 @@ class ProviderSession:
     channels: dict[str, asyncio.Queue[Event]] = field(default_factory=dict)
     draining: bool = False
     rtt_s: float | None = None
-    last_seen: float = 0.0
+    last_seen: float = 0.0  # when its last frame came (time.monotonic())
+    # When it last went from no open request to one: its silence is judged from then, not from
+    # a frame that may be a whole (stretched) ping interval old (`quiet_since`).
+    busy_since: float = 0.0
+    pinged_at: float = 0.0  # when this gateway last sent it a Ping
     load: LoadReport | None = None
     closed: bool = False
     max_queued: int = 4096  # answer frames waiting per request (GatewaySettings.max_queued_events)
@@ -178,6 +182,8 @@ class ProviderSession:
 
     def open_channel(self, request_id: str) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue(self.max_queued + 1)  # +1: room for ProviderLost
+        if not self.channels:
+            self.busy_since = time.monotonic()
         self.channels[request_id] = queue
         if self.busy is not None and not self.closed:
             self.busy.add(self)
@@ -231,8 +237,14 @@ class ProviderSession:
             if self._conn:
                 self._conn.max_message_size = limit
 
+    def quiet_since(self) -> float:
+        """Since when this session, with work in flight, has been quiet: its last frame, or the
+        moment it got work if that is later (an idle session in a big pool is pinged only every
+        ~40 s, so its last frame says nothing about the request it just got)."""
+        return max(self.last_seen, self.busy_since)
+
     def ping_sent(self, nonce: int) -> None:
-        self.pings[nonce] = time.monotonic()
+        self.pinged_at = self.pings[nonce] = time.monotonic()
         while len(self.pings) > PINGS_REMEMBERED:
             del self.pings[next(iter(self.pings))]
 

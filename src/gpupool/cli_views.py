@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import httpx
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from gpupool.cli_support import credits, default_api_key, default_gateway, running_devnet
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 GatewayOpt = Annotated[Optional[str], typer.Option(
     "--gateway", help="gateway base URL, http(s):// or ws(s):// (default: the running devnet's, else "
@@ -54,8 +56,17 @@ def _call(url: str, api_key: str | None = None, missing: str | None = None) -> A
 
 
 def _console() -> Console:
+    # Imported here: only the views print with rich, not every process the gpupool command starts.
+    from rich.console import Console
+
     # Wide enough for node ids and money; soft wrap off so tables are not cut when piped.
     return Console(width=max(Console().width, 120), soft_wrap=False)
+
+
+def _table(title: str) -> Table:
+    from rich.table import Table
+
+    return Table(title=title, title_justify="left")
 
 
 def account(gateway: GatewayOpt = None, api_key: KeyOpt = None, limit: Annotated[int, typer.Option(
@@ -82,7 +93,7 @@ def account(gateway: GatewayOpt = None, api_key: KeyOpt = None, limit: Annotated
         out.print("  no charges yet")
         return
     # Charges are a few µcr each: the column is in µcr (its header says so), credits would be all zeros.
-    table = Table(title="recent charges (newest first)", title_justify="left")
+    table = _table("recent charges (newest first)")
     for col, kw in (("at (UTC)", {"no_wrap": True}), ("request", {"no_wrap": True}), ("model", {}),
                     ("provider", {"no_wrap": True}), ("status", {}), ("tokens in/out", {"justify": "right"}),
                     ("cost (µcr)", {"justify": "right", "no_wrap": True})):
@@ -113,8 +124,7 @@ def providers(gateway: GatewayOpt = None, as_json: JsonOpt = False) -> None:
     if not rows:
         out.print(f"no providers connected to {base}")
         return
-    table = Table(title=f"{len(rows)} providers on {base} (prices in µcr per 1M tokens in/out)",
-                  title_justify="left")
+    table = _table(f"{len(rows)} providers on {base} (prices in µcr per 1M tokens in/out)")
     for col in ("provider", "region", "state", "models (price in/out)", "load", "RTT ms", "GFLOP/s", "reputation",
                 "audits ok/failed"):
         table.add_column(col, no_wrap=col != "models (price in/out)")
@@ -150,7 +160,7 @@ def status(gateway: GatewayOpt = None, as_json: JsonOpt = False) -> None:
     except (httpx.HTTPError, ValueError):
         return
     if market:
-        table = Table(title="models (prices in µcr per 1M tokens)", title_justify="left")
+        table = _table("models (prices in µcr per 1M tokens)")
         for col in ("model", "task", "providers", "price in", "price out", "slots in use", "verified"):
             table.add_column(col)
         rng: Callable[[dict[str, int] | None], str] = lambda r: "-" if not r else (

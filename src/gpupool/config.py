@@ -169,6 +169,8 @@ class GatewaySettings:
     known_model_ttl_s: float = _opt(300.0, "a model no connected provider offers is forgotten after this long "
                                     "(until then requests for it are 503 rather than 404)")
     ready_file: Path | None = _opt(None, "write {url, port} as JSON here once listening")
+    listening_file: Path | None = _opt(None, "write {url, port} as JSON here as soon as the port listens, before "
+                                       "the slow part of the start (connections wait until ready)")
     ledger: str = _opt("", "ledger URL: sqlite+aiosqlite:///PATH, postgresql+asyncpg://..., or "
                        "evm+http://HOST:PORT?contract=0x... (default: the gateway's database)")
     fee_bps: int = _opt(500, "gateway fee on each charge, in basis points (500 = 5%)")

@@ -72,22 +72,30 @@ class Proc:
 
 class Network:
     def __init__(self, home: Path, *, db: str | None = None, env: dict[str, str] | None = None,
-                 tls: tuple[Path, Path, Path] | None = None, die_with_parent: bool = False):
+                 tls: tuple[Path, Path, Path] | None = None, die_with_parent: bool = False,
+                 early_dial: bool = False):
         """`tls`: (certificate, key, CA) to serve https:// and wss://; providers and checkers trust the CA.
-        `die_with_parent`: children leave when this process dies, even by SIGKILL (lifeline.py)."""
+        `die_with_parent`: children leave when this process dies, even by SIGKILL (lifeline.py).
+        `early_dial`: `start_gateway` returns as soon as the gateway's port listens, so the providers
+        and checkers started next load while it does (see `start_gateway`)."""
         self.home = Path(home).expanduser()
         self.die_with_parent = die_with_parent
         self.tls = tls
-        # This object's own httpx calls trust the same CA.
-        self.verify: ssl.SSLContext | bool = client_context(tls[2]) if tls else True
+        # This object's own httpx calls trust the same CA. Made once: httpx would load the whole CA
+        # bundle again for every call given no context (~25 ms of CPU each; the waits below poll).
+        self.verify: ssl.SSLContext = client_context(tls[2] if tls else None)
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
-        self.db = db or f"sqlite+aiosqlite:///{self.home / 'gateway.db'}"
+        self._db = db or f"sqlite+aiosqlite:///{self.home / 'gateway.db'}"
+        # Two gateways creating the tables of one database at once could collide: a gateway on a
+        # database given here (others may share it) is waited for even with early_dial.
+        self.early_dial = early_dial and db is None
         # Models (e.g. tiny-llama) live under the user's GPUPOOL_HOME, shared by every network.
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1",
                     "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.gateway: Proc | None = None
-        self.gateway_url = ""
+        self._url = ""  # the gateway's address, known once its port listens
+        self._starting: tuple[Path, float, float] | None = None  # (ready file, deadline, timeout) until ready
         self.providers: list[Proc] = []
         self.checkers: list[Proc] = []
         self._registered: set[str] = set()
@@ -114,28 +122,61 @@ class Network:
 
     def start_gateway(self, port: int = 0, host: str = "127.0.0.1", extra: list[str] | None = None,
                       timeout: float = 60) -> str:
-        ready = self.home / "gateway.ready.json"
+        """Start the gateway and return its URL once it is ready (within `timeout` s).
+
+        With `early_dial`, return as soon as its port listens, before the slow part of its start:
+        providers and checkers started now dial it at once and wait in its listen backlog, loading
+        while it loads. Whatever reaches the gateway from this object (`gateway_url`, `ws_url`,
+        `db`, `health`, `admin`, `dev_key`, the waits) first waits until it is ready."""
+        ready, listening = self.home / "gateway.ready.json", self.home / "gateway.listening.json"
         ready.unlink(missing_ok=True)
-        args = ["gateway", "--host", host, "--port", str(port), "--db", self.db,
-                "--key-file", str(self.home / "gateway.key"), "--ready-file", str(ready), *(extra or [])]
+        listening.unlink(missing_ok=True)
+        Identity.load_or_create(self.home / "gateway.key")  # made here: `gateway.node_id` never races the gateway
+        args = ["gateway", "--host", host, "--port", str(port), "--db", self._db,
+                "--key-file", str(self.home / "gateway.key"), "--ready-file", str(ready),
+                "--listening-file", str(listening), *(extra or [])]
         if self.tls:
             args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         for name in self.checker_names:
             args += ["--checker", Identity.load_or_create(self.home / f"{name}.key").node_id]
         self.gateway = self._spawn("gateway", args, {"GPUPOOL_GATEWAY_ADMIN_TOKEN": self.admin_token})
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
+        self._starting = (ready, time.monotonic() + timeout, timeout)
+        self._url = self._address(listening)
+        return self._url if self.early_dial else self.gateway_url
+
+    def _address(self, path: Path) -> str:
+        """The URL the gateway wrote to `path`, once it has (NetworkError if it exits or times out first)."""
+        assert self.gateway is not None and self._starting is not None
+        _, deadline, timeout = self._starting
+        while not path.exists():
             if not self.gateway.alive():
                 raise NetworkError(f"gateway exited at start:\n{self.gateway.log_tail()}")
             if time.monotonic() > deadline:
                 raise NetworkError(f"gateway not ready after {timeout}s:\n{self.gateway.log_tail()}")
             time.sleep(0.05)
-        self.gateway_url = json.loads(ready.read_text())["url"].replace("//0.0.0.0:", "//127.0.0.1:")
-        return self.gateway_url
+        return str(json.loads(path.read_text())["url"]).replace("//0.0.0.0:", "//127.0.0.1:")
+
+    def wait_ready(self) -> None:
+        """Return once the gateway last started is ready (at once if it was seen ready before)."""
+        if self._starting is not None:
+            self._url = self._address(self._starting[0])
+            self._starting = None
+
+    @property
+    def gateway_url(self) -> str:
+        """The gateway's http(s):// URL, once it is ready."""
+        self.wait_ready()
+        return self._url
 
     @property
     def ws_url(self) -> str:
-        return self.gateway_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        return _ws(self.gateway_url)
+
+    @property
+    def db(self) -> str:
+        """The gateway's database URL (for the caller's own reads and writes: once the gateway made its tables)."""
+        self.wait_ready()
+        return self._db
 
     def start_provider(self, serve: list[str], *, region: str | None = None, max_concurrency: int = 4,
                        gateways: list[str] | None = None, extra: list[str] | None = None,
@@ -146,7 +187,7 @@ class Network:
         args = ["provider", "--region", region or name, "--latitude", str(lat), "--longitude", str(lon),
                 "--max-concurrency", str(max_concurrency),
                 "--key-file", str(self.home / f"provider-{index + 1}.key")]
-        for url in gateways or [self.ws_url]:
+        for url in gateways or [_ws(self._url)]:  # the port listens: no need to wait until ready
             args += ["--gateway", url]
         for s in serve:
             args += ["--serve", s]
@@ -169,7 +210,7 @@ class Network:
         if name not in self.checker_names:
             raise NetworkError(f"checker {name!r} would not be admitted: add it to Network.checker_names "
                                "before start_gateway")
-        args = ["checker", "--gateway", self.ws_url, "--key-file", str(self.home / f"{name}.key")]
+        args = ["checker", "--gateway", _ws(self._url), "--key-file", str(self.home / f"{name}.key")]
         for s in serve:
             args += ["--serve", s]
         proc = self._spawn(name, args + self._trust() + (extra or []))
@@ -244,9 +285,10 @@ class Network:
             with os.fdopen(fd, "w") as f:
                 f.write(key)
         if key not in self._registered:
+            db = self.db  # once the gateway made its tables
             # A thread of its own: callers may already be inside an event loop (async tests).
             with ThreadPoolExecutor(1) as pool:
-                pool.submit(lambda: asyncio.run(_register_key(self.db, key))).result()
+                pool.submit(lambda: asyncio.run(_register_key(db, key))).result()
             self._registered.add(key)
         return key
 
@@ -312,6 +354,10 @@ def stop_stale(pids: list[int], timeout: float = 15) -> None:
             time.sleep(0.1)
         if not pids:
             return
+
+
+def _ws(url: str) -> str:
+    return url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
 
 
 def _signal(proc: Proc, sig: int) -> None:

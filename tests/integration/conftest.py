@@ -75,7 +75,7 @@ def pg_database(prefix: str = "gpupool_test") -> Iterator[str]:
 
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[Network]:
-    net = Network(tmp_path / "net", env=child_env())
+    net = Network(tmp_path / "net", env=child_env(), early_dial=True)  # providers load while the gateway does
     try:
         yield net
     finally:
@@ -90,12 +90,13 @@ def raw(net: Network, method: str, path: str, key: str | None = None, **kw: obje
     headers = dict(kw.pop("headers", {}) or {})  # type: ignore[arg-type]
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    return httpx.request(method, net.gateway_url + path, headers=headers, timeout=30, **kw)  # type: ignore[arg-type]
+    return httpx.request(method, net.gateway_url + path, headers=headers, timeout=30,  # type: ignore[arg-type]
+                         verify=net.verify, **kw)
 
 
 def audits_body(net: Network) -> dict[str, Any]:
     """GET /admin/audits, whole: {"checkers": [...], "data": [per-provider rows]}."""
-    r = httpx.get(net.gateway_url + "/admin/audits", timeout=10,
+    r = httpx.get(net.gateway_url + "/admin/audits", timeout=10, verify=net.verify,
                   headers={"Authorization": f"Bearer {net.admin_token}"})
     r.raise_for_status()
     return r.json()

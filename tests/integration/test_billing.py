@@ -48,7 +48,7 @@ def ledger_state(url: str) -> tuple[dict[str, int], list[str]]:
 
 
 def admin_post(net: Network, path: str, body: dict[str, Any], url: str | None = None) -> httpx.Response:
-    return httpx.post((url or net.gateway_url) + path, json=body, timeout=10,
+    return httpx.post((url or net.gateway_url) + path, json=body, timeout=10, verify=net.verify,
                       headers={"Authorization": f"Bearer {net.admin_token}"})
 
 
@@ -71,6 +71,7 @@ def wait_settled(net: Network, key: str, url: str | None = None, timeout: float 
     deadline = time.monotonic() + timeout
     while True:
         body = httpx.get((url or net.gateway_url) + "/v1/account", headers={"Authorization": f"Bearer {key}"},
+                         verify=net.verify,  # polled: one SSL context, not a CA bundle load per call
                          timeout=10).json()
         if body["held"] == 0 and body["unsettled_charges"] == 0 and body["in_flight"] == 0:
             return body

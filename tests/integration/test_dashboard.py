@@ -238,7 +238,7 @@ def test_provider_page_shows_its_earnings(net: Network, traffic: list[str], brow
                   key=lambda p: sum(c["cost"] for c in charges if c["provider"] == p))
 
     def earnings() -> dict[str, Any]:
-        return httpx.get(f"{net.gateway_url}/v1/providers/{busiest}/earnings", timeout=10).json()
+        return httpx.get(f"{net.gateway_url}/v1/providers/{busiest}/earnings", timeout=10, verify=net.verify).json()
 
     wait_until(lambda: earnings()["held"] > 0, "the provider's earnings to settle", 30)
     page, problems = open_page(browser, f"{net.gateway_url}/dashboard/provider.html?id={busiest}")

@@ -20,10 +20,27 @@ gateways and the real policies), trust (audits, reputation, suspension), cloud (
 report (summary.json, plots), cli.
 """
 
-from gpupool.sim.engine import Engine
-from gpupool.sim.policies import POLICIES, make_policy
-from gpupool.sim.simulation import SimResult, simulate
-from gpupool.sim.world import REGIONS, World, WorldConfig, build_world, make_jobs
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gpupool.sim.engine import Engine
+    from gpupool.sim.policies import POLICIES, make_policy
+    from gpupool.sim.simulation import SimResult, simulate
+    from gpupool.sim.world import REGIONS, World, WorldConfig, build_world, make_jobs
+
+# Loaded on first use: every gpupool process imports this package for `gpupool sim`'s commands
+# (sim/cli.py), and the simulator (with all of gpupool.routing) is needed only when one runs.
+_MODULE_OF = {"Engine": "engine", "POLICIES": "policies", "make_policy": "policies", "SimResult": "simulation",
+              "simulate": "simulation", "REGIONS": "world", "World": "world", "WorldConfig": "world",
+              "build_world": "world", "make_jobs": "world"}
 __all__ = ["POLICIES", "REGIONS", "Engine", "SimResult", "World", "WorldConfig", "build_world",
            "make_jobs", "make_policy", "simulate"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"gpupool.sim.{_MODULE_OF[name]}"), name)

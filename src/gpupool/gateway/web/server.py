@@ -3,7 +3,8 @@
     await serve(GatewaySettings(port=0, ready_file=Path("gw.json")))
 
 With `port=0` the OS picks a free port; the chosen address is written as JSON to
-`ready_file` once the gateway accepts connections (tests and devnet wait on it).
+`ready_file` once the gateway accepts connections (tests and devnet wait on it), and to
+`listening_file` as soon as the port listens (devnet starts its providers then).
 
 The port is bound and listening before the heavy part of the start (the app's imports,
 the database, the ledger), so a restarted gateway's clients and providers wait in the
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import socket
+from pathlib import Path
 
 from gpupool.config import GatewaySettings
 from gpupool.gc_tuning import freeze_startup_heap, limit_malloc_arenas, map_large_blocks
@@ -64,7 +66,10 @@ async def serve(settings: GatewaySettings) -> None:
     tls = server_files(settings.tls_cert, settings.tls_key)  # checked before anything starts
     sock = listen_early(settings.host, settings.port)
     port = sock.getsockname()[1]
+    url = f"{'https' if tls else 'http'}://{settings.host}:{port}"
     try:
+        if settings.listening_file:  # devnet starts its providers now: they dial while the rest loads
+            _write_json(settings.listening_file, {"url": url, "port": port})
         # Imported here, after the port listens: they are most of the start (module docstring).
         import uvicorn
 
@@ -108,7 +113,6 @@ async def serve(settings: GatewaySettings) -> None:
         ssl_keyfile=tls[1] if tls else None,
     )
     server = uvicorn.Server(config)
-    url = f"{'https' if tls else 'http'}://{settings.host}:{port}"
 
     async def announce() -> None:
         while not server.started:
@@ -121,13 +125,18 @@ async def serve(settings: GatewaySettings) -> None:
                         "use --tls-cert/--tls-key, or a TLS reverse proxy in front (docs/operations.md)",
                         settings.host)
         if settings.ready_file:
-            tmp = f"{settings.ready_file}.tmp"
-            with open(tmp, "w") as f:
-                json.dump({"url": url, "port": port, "node_id": identity.node_id, "pid": os.getpid()}, f)
-            os.replace(tmp, settings.ready_file)
+            _write_json(settings.ready_file, {"url": url, "port": port, "node_id": identity.node_id, "pid": os.getpid()})
 
     announcer = asyncio.create_task(announce())
     try:
         await server.serve(sockets=[sock])
     finally:
         announcer.cancel()
+
+
+def _write_json(path: Path, body: dict[str, object]) -> None:
+    """Write `body` to `path` whole (through a temporary file): a reader never sees half of it."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(body, f)
+    os.replace(tmp, path)

@@ -105,3 +105,46 @@ def test_the_handshake_gate_paces_a_storm_and_refuses_past_its_queue() -> None:
     told = [gate.retry_after(1000.0) for _ in range(99)]
     assert told == sorted(told) and 2.0 < told[0] < 2.1 and 2.9 < told[-1] < 3.1
     assert gate.turn(1010.0) == 0.0  # quiet again: no wait
+
+
+def test_proven_sessions_match_a_full_scan_through_random_changes() -> None:
+    """The router's per-model list of proven sessions (gateway/dispatch/proven_sessions.py), which
+    a new provider's companion is drawn from, against a scan of the live sessions whose provider
+    answered before: through answers, leaves, reconnects (a new session for the same node) and
+    offer changes."""
+    from gpupool.gateway.dispatch.proven_sessions import ProvenSessions
+
+    rng = random.Random(11)
+    proven, answered = ProvenSessions(), set()
+    live: dict[str, ProviderSession] = {}
+    index = ModelIndex(slot_cap=64)
+    for step in range(3000):
+        what, node = rng.random(), f"n{rng.randrange(40)}"
+        s = live.get(node)
+        if what < 0.25:  # joins, or reconnects: the old session is replaced
+            if s is not None:
+                s.closed = True
+                index.remove(s)
+                proven.remove(s)
+            live[node] = s = session(node, rng)
+            index.add(s)
+            if node in answered:  # what LiveRouter.on_join does
+                proven.add(s)
+        elif what < 0.4 and s is not None:  # leaves
+            del live[node]
+            s.closed = True
+            index.remove(s)
+            proven.remove(s)
+        elif what < 0.6 and s is not None:  # offer changes
+            if index.reoffer(s, offer(node, rng)):
+                proven.update(s)
+        elif s is not None:  # answers
+            answered.add(node)
+            proven.add(s)
+        scan: dict[str, set[str]] = {}
+        for s in live.values():
+            if s.node_id in answered:
+                for m in s.models:
+                    scan.setdefault(m, set()).add(s.node_id)
+        assert proven.mismatches(scan) == [], step
+        assert all(x is live[x.node_id] for m in scan for x in proven.of(m)), step

@@ -80,6 +80,8 @@ class Dispatcher:
         self.store = store
         self.router = LiveRouter(hub, settings, trust)
         hub.listeners.left.append(self.router.forget_if_crowded)
+        hub.listeners.joined.append(self.router.on_join)
+        hub.listeners.offer_changed.append(self.router.proven.update)
         self.settings = settings
         self.rng = rng or random.Random()
         self.silence = SilenceWatch(hub, self.router, settings, self.cancel)

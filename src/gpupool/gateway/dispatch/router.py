@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from gpupool import errors
 from gpupool.config import GatewaySettings
+from gpupool.gateway.dispatch.proven_sessions import ProvenSessions
 from gpupool.gateway.dispatch.tries import Tries
 from gpupool.gateway.edge.image_inputs import reads_images
 from gpupool.gateway.payload_size import PayloadSize, image_count
@@ -112,6 +113,7 @@ class LiveRouter:
         # raced beside a proven provider's copy (`needs_companion`). One at a time: while one runs,
         # routing passes it over if anyone else can take the request.
         self.trials: dict[str, int] = {}
+        self.proven = ProvenSessions()  # per model, the connected sessions of providers that answered us
 
     def serving(self, model: str, within: tuple[int, int] | None = None, images: bool = False) -> Serving:
         """Who may take a request for `model` now: a request looks this up once, at its start.
@@ -169,27 +171,24 @@ class LiveRouter:
                 break
         return ready, held
 
-    def _proven_in(self, sessions: list[ProviderSession], model: str, within: tuple[int, int] | None,
-                   images: bool, tried: Container[str]) -> list[ProviderSession]:
-        """Eligible sessions of `sessions` that answered us before and are not in `tried`: at most
-        `route_sample` of them, drawn at random. Every request whose first copy goes to a new
-        provider asks this of the whole pool (its companion), so the cheap test comes first and
-        trust's and the candidates' work is done on the sample only: profiled at 3,000 idle
-        sessions, checking and ranking every proven one was ~45% of the gateway's CPU under
-        sequential client requests. All proven ones are still found: a pool of fresh keys
-        cannot hide the few honest ones from the draw."""
-        records = self.records
-        proven = [s for s in sessions if (r := records.get(s.node_id)) is not None and r.proven
-                  and s.node_id not in tried]
+    def _proven_in(self, model: str, within: tuple[int, int] | None, images: bool,
+                   tried: Container[str]) -> list[ProviderSession]:
+        """Eligible sessions of `model` that answered us before and are not in `tried`: at most
+        `route_sample` of them, drawn at random from the proven ones (`ProvenSessions`), so a
+        request whose first copy goes to a new provider finds its companion without walking the
+        pool. All proven ones are still found: a pool of fresh keys cannot hide the few honest
+        ones from the draw."""
+        proven = self.proven.of(model)
         k = max(1, self.settings.route_sample)
         if len(proven) > k:
             trust = self.trust
             ready = [s for s in self.rng.sample(proven, min(len(proven), 4 * k))
-                     if not trust.is_suspended(s.node_id) and not trust.is_held_back(s.node_id)
-                     and _fits(s, model, within, images)]
+                     if s.node_id not in tried and not trust.is_suspended(s.node_id)
+                     and not trust.is_held_back(s.node_id) and _fits(s, model, within, images)]
             if ready:
                 return ready[:k]
-        return self._eligible(proven, model, within, images)  # none ready in the draw: all of them, as before
+        # None ready in the draw: all of them, as before.
+        return self._eligible([s for s in proven if s.node_id not in tried], model, within, images)
 
     def _takes_work(self, session: ProviderSession, now: float) -> bool:
         """Its breaker lets a request through now, it has not gone silent and is not on trial."""
@@ -219,10 +218,17 @@ class LiveRouter:
         """A provider left (hub listener): past the bound, forget what was learned about absent nodes,
         since fresh keys cost nothing."""
         self.silent.pop(_left.node_id, None)
+        self.proven.remove(_left)
         if len(self.records) > MAX_ROUTER_RECORDS:
             for node_id in [n for n in self.records if n not in self.hub.sessions]:
                 del self.records[node_id]
                 self.priors.forget(node_id)
+
+    def on_join(self, session: ProviderSession) -> None:
+        """A provider that answered us before came back (hub listener): a companion may be drawn from it."""
+        rec = self.records.get(session.node_id)
+        if rec is not None and rec.proven:
+            self.proven.add(session)
 
     def record(self, node_id: str) -> ProviderRecord:
         rec = self.records.get(node_id)
@@ -310,9 +316,7 @@ class LiveRouter:
             proven = [s for s in sessions if self.record(s.node_id).proven and s.node_id not in tries.tried]
             if not proven:  # none in the request's own set: any in the pool its hold covers
                 within = first.price_cap() if isinstance(first, Serving) else None
-                pool = self.hub.index.pools.get(model)
-                proven = self._proven_in(pool.sessions if pool else [], model, within, image_count(payload) > 0,
-                                         tries.tried)
+                proven = self._proven_in(model, within, image_count(payload) > 0, tries.tried)
             if companion and not proven:
                 raise errors.NoProvider("no provider that answered before can race a new one")
             sessions = proven or sessions
@@ -382,6 +386,7 @@ class LiveRouter:
         rec = self.record(session.node_id)
         rec.breaker = breakers.record_success(rec.breaker, now)
         rec.proven = True
+        self.proven.add(session)  # O(1) once it is there
         usage = done.receipt.usage
         if isinstance(payload, EmbedPayload):
             sample = SpeedSample(elapsed_s, rtt_s=session.rtt_s or 0.0, items=len(payload.inputs), waited=waited)

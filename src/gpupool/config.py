@@ -135,6 +135,10 @@ class GatewaySettings:
     restart_grace_s: float = _opt(30.0, "after a start, a request for a model providers served before it (the "
                                   "store remembers) waits this long at most for one to reconnect, instead of a "
                                   "404; past it, a 503 with Retry-After")
+    trials_per_s: float = _opt(50.0, "requests a second that may go to providers that never answered us, each "
+                               "raced beside a proven provider's copy (a trial); past this rate such a pick "
+                               "gives way to a proven provider: a join of many new providers cannot double "
+                               "the work of every request (bench/scale); 0: unlimited")
     route_sample: int = _opt(6, "provider sessions a request's choice looks at when more serve its model (a "
                              "random sample of those trust allows, power-of-k choices as in routing/policy.py; "
                              "smaller pools are looked at whole)")

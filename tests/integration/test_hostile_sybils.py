@@ -189,3 +189,35 @@ async def test_a_slow_honest_newcomer_is_raced_not_cut_off_and_answers_for_itsel
         assert out.parse().choices[0].message.content.startswith("slow ")
     finally:
         await stop_peers([serving], [ws])
+
+
+async def test_trials_start_at_a_bounded_rate(network: Network) -> None:
+    """Past `--trials-per-s` a request whose pick never answered us goes to a proven provider alone:
+    a join of many fresh sessions cannot double the work of every request (bench/scale at 10,000
+    new sessions). Here one trial a minute: of the Sybils' picks only the first becomes a trial."""
+    network.start_gateway(extra=["--ping-interval-s", "0.2", "--trials-per-s", str(1 / 60)])
+    network.start_provider(["echo=echo:chat"], max_concurrency=16)
+    network.wait_for_models({"echo": 1}, timeout=60)
+    client = client_for(network, timeout=30)
+
+    def ask(i: int) -> str:
+        out = client.chat.completions.create(model="echo", max_tokens=8,
+                                             messages=[{"role": "user", "content": f"bystander {i}"}])
+        return out.choices[0].message.content or ""
+
+    for i in range(3):  # the honest provider answers first: it is proven
+        assert await asyncio.to_thread(ask, i) == f"bystander {i}"
+    taken: Counter[str] = Counter()
+    sybils = [await joined(network, Identity.generate(), [ModelOffer("echo", "generate", "echo")])
+              for _ in range(20)]
+    loops = [asyncio.create_task(sit_on_runs(ws, taken)) for ws in sybils]
+    try:
+        for i in range(30):
+            assert await asyncio.to_thread(ask, i) == f"bystander {i}"
+        # The bucket starts a second's worth deep (one trial). Without it most of these requests meet
+        # a sample of new providers only (20 of 21; the gateway looks at 6) and each becomes a trial
+        # (measured: 17 of 30 with --trials-per-s 0).
+        assert sum(taken.values()) == 1, dict(taken)
+        assert trials_started(network) == 1
+    finally:
+        await stop_peers(loops, sybils)

@@ -263,8 +263,15 @@ class Dispatcher:
                             note_routing("failover")  # the last provider failed: another one tries
                         session = self.choose(request_id, model, payload, tries, route, stream=False,
                                               serving=serving)
-                        if self.router.needs_companion(session) and (
-                                other := self._companion(request_id, model, payload, tries, route)):
+                        other = self._companion(request_id, model, payload, tries, route) \
+                            if self.router.needs_companion(session) else None
+                        if other is None:
+                            running[self._start(session, request_id, model, payload, deadline, tries)] = session
+                        elif not self.router.trials.may_start():
+                            # Past the trials' rate: the proven provider alone (the new one gets no copy).
+                            self.router.on_abandoned(session, request_id)
+                            running[self._start(other, request_id, model, payload, deadline, tries)] = other
+                        else:
                             note_routing("trial")
                             task = self._start_trial(session, request_id, model, payload, deadline, tries)
                             running[task] = session
@@ -272,8 +279,6 @@ class Dispatcher:
                             task = self._start(other, request_id, model, payload, deadline, tries)
                             running[task] = other
                             companions.add(task)
-                        else:
-                            running[self._start(session, request_id, model, payload, deadline, tries)] = session
                     wait_s = None
                     if not hedged and len(running) - len(trials) == 1:
                         (first_session,) = (s for t, s in running.items() if t not in trials)
@@ -355,8 +360,9 @@ class Dispatcher:
         other = self._companion(request_id, model, payload, tries, route, stream=True)
         if other is None:
             return session
-        if session.node_id in self.router.trials:
-            self.router.on_abandoned(session, request_id)  # picked only for want of others: no copy sent
+        if session.node_id in self.router.trials or not self.router.trials.may_start():
+            # Picked only for want of others, or past the trials' rate: no copy sent.
+            self.router.on_abandoned(session, request_id)
         else:
             note_routing("trial")
             self._judge_later(self._start_trial(session, request_id, model, payload, deadline, tries))
@@ -376,9 +382,9 @@ class Dispatcher:
             except errors.Timeout:  # its own Fail (deadline_exceeded), counted: the companion may still answer
                 return None
 
-        self.router.begin_trial(session)
+        self.router.trials.begin(session.node_id)
         task = asyncio.create_task(trial())
-        task.add_done_callback(lambda _: self.router.end_trial(session))
+        task.add_done_callback(lambda _: self.router.trials.end(session.node_id))
         return task
 
     def _judge_later(self, task: asyncio.Task[Outcome | None]) -> None:

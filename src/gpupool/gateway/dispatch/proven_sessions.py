@@ -1,5 +1,7 @@
-"""Per model, the connected sessions of providers that have answered us: where a new provider's
-companion is drawn from.
+"""Providers that have answered us, and trials of those that have not.
+
+`ProvenSessions`: per model, the connected sessions of providers that have answered us,
+where a new provider's companion is drawn from.
 
 A request whose first copy goes to a provider that never answered the gateway is raced
 beside a proven one (`LiveRouter.needs_companion`). Just after a large pool joined nearly
@@ -14,9 +16,14 @@ keeps them apart as the pool changes, so a request draws from them in O(sample).
     proven.of("llama")           # the model's proven sessions (in no order)
 
 Each change costs O(models in the session's offer), whatever the size of the pool.
+
+`Trials`: the trials running (one at a time per new provider) and the rate new ones may
+start at (`trials_per_s`).
 """
 
 from __future__ import annotations
+
+import time
 
 from gpupool.gateway.peers.session import ProviderSession
 
@@ -79,3 +86,41 @@ class ProvenSessions:
         out += [f"{m}: positions disagree" for m, ss in self._by_model.items()
                 if any(self._at[m][s.node_id] != i for i, s in enumerate(ss))]
         return out
+
+
+class Trials:
+    """Node id -> its trials still running, and a token bucket of `per_s` (a second's worth deep) for
+    starting new ones: each trial costs a second run, so a flood of fresh sessions meets a bounded
+    rate of them and the work of every other request stays the same (0: unlimited)."""
+
+    def __init__(self, per_s: float):
+        self.per_s = per_s
+        self.running: dict[str, int] = {}
+        self._tokens, self._at = max(1.0, per_s), time.monotonic()
+
+    def __contains__(self, node_id: str) -> bool:
+        return node_id in self.running
+
+    def __bool__(self) -> bool:
+        return bool(self.running)
+
+    def may_start(self) -> bool:
+        if self.per_s <= 0:
+            return True
+        now = time.monotonic()
+        self._tokens = min(max(1.0, self.per_s), self._tokens + (now - self._at) * self.per_s)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def begin(self, node_id: str) -> None:
+        self.running[node_id] = self.running.get(node_id, 0) + 1
+
+    def end(self, node_id: str) -> None:
+        left = self.running.get(node_id, 0) - 1
+        if left > 0:
+            self.running[node_id] = left
+        else:
+            self.running.pop(node_id, None)

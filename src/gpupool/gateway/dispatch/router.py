@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from gpupool import errors
 from gpupool.config import GatewaySettings
-from gpupool.gateway.dispatch.proven_sessions import ProvenSessions
+from gpupool.gateway.dispatch.proven_sessions import ProvenSessions, Trials
 from gpupool.gateway.dispatch.tries import Tries
 from gpupool.gateway.edge.image_inputs import reads_images
 from gpupool.gateway.payload_size import PayloadSize, image_count
@@ -109,10 +109,10 @@ class LiveRouter:
         # Node id -> its session's last_seen when it was found silent (dispatch/stalls.py): routing
         # skips it until a newer frame arrives. Only connected nodes: dropped when they leave.
         self.silent: dict[str, float] = {}
-        # Node id -> its trials still running: requests sent to it while it had never answered us,
-        # raced beside a proven provider's copy (`needs_companion`). One at a time: while one runs,
-        # routing passes it over if anyone else can take the request.
-        self.trials: dict[str, int] = {}
+        # Trials running per node: requests sent to it while it had never answered us, raced beside a
+        # proven provider's copy (`needs_companion`). One at a time: while one runs, routing passes it
+        # over if anyone else can take the request; new ones start at most `trials_per_s`.
+        self.trials = Trials(settings.trials_per_s)
         self.proven = ProvenSessions()  # per model, the connected sessions of providers that answered us
 
     def serving(self, model: str, within: tuple[int, int] | None = None, images: bool = False) -> Serving:
@@ -429,16 +429,6 @@ class LiveRouter:
         stream goes to the proven provider alone, the new one getting a non-streamed trial copy
         (`Dispatcher.stand_in`)."""
         return not self.record(session.node_id).proven
-
-    def begin_trial(self, session: ProviderSession) -> None:
-        self.trials[session.node_id] = self.trials.get(session.node_id, 0) + 1
-
-    def end_trial(self, session: ProviderSession) -> None:
-        left = self.trials.get(session.node_id, 0) - 1
-        if left > 0:
-            self.trials[session.node_id] = left
-        else:
-            self.trials.pop(session.node_id, None)
 
     # ------------------------------------------------------------ silence
 

@@ -17,7 +17,7 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +74,19 @@ async def sit_on_runs(ws: Any, taken: Counter[str]) -> None:
     await serve_runs(ws, take)
 
 
-async def test_sybils_that_sit_on_work_cost_a_client_no_answers(net: Network) -> None:
+def bystander(net: Network) -> Callable[[int], str]:
+    """A client's echo chat: the answer to "bystander i"."""
     client = client_for(net, timeout=30)
 
     def ask(i: int) -> str:
         out = client.chat.completions.create(model="echo", max_tokens=8,
                                              messages=[{"role": "user", "content": f"bystander {i}"}])
         return out.choices[0].message.content or ""
+    return ask
 
+
+async def test_sybils_that_sit_on_work_cost_a_client_no_answers(net: Network) -> None:
+    ask = bystander(net)
     for i in range(5):  # the honest provider answers first: it is proven
         assert await asyncio.to_thread(ask, i) == f"bystander {i}"
     trials_before = await asyncio.to_thread(trials_started, net)
@@ -198,13 +203,7 @@ async def test_trials_start_at_a_bounded_rate(network: Network) -> None:
     network.start_gateway(extra=["--ping-interval-s", "0.2", "--trials-per-s", str(1 / 60)])
     network.start_provider(["echo=echo:chat"], max_concurrency=16)
     network.wait_for_models({"echo": 1}, timeout=60)
-    client = client_for(network, timeout=30)
-
-    def ask(i: int) -> str:
-        out = client.chat.completions.create(model="echo", max_tokens=8,
-                                             messages=[{"role": "user", "content": f"bystander {i}"}])
-        return out.choices[0].message.content or ""
-
+    ask = bystander(network)
     for i in range(3):  # the honest provider answers first: it is proven
         assert await asyncio.to_thread(ask, i) == f"bystander {i}"
     taken: Counter[str] = Counter()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 
 from gpupool.gateway.peers.session import ProviderSession
+from gpupool.token_bucket import Bucket
 
 _NONE: list[ProviderSession] = []
 
@@ -94,9 +95,9 @@ class Trials:
     rate of them and the work of every other request stays the same (0: unlimited)."""
 
     def __init__(self, per_s: float):
-        self.per_s = per_s
         self.running: dict[str, int] = {}
-        self._tokens, self._at = max(1.0, per_s), time.monotonic()
+        # A second's worth deep; None: unlimited.
+        self._bucket = Bucket.full(per_s * 60, 1.0, time.monotonic()) if per_s > 0 else None
 
     def __contains__(self, node_id: str) -> bool:
         return node_id in self.running
@@ -105,14 +106,11 @@ class Trials:
         return bool(self.running)
 
     def may_start(self) -> bool:
-        if self.per_s <= 0:
+        if self._bucket is None:
             return True
-        now = time.monotonic()
-        self._tokens = min(max(1.0, self.per_s), self._tokens + (now - self._at) * self.per_s)
-        self._at = now
-        if self._tokens < 1.0:
+        if self._bucket.wait_for(1.0, time.monotonic()) > 0:
             return False
-        self._tokens -= 1.0
+        self._bucket.take(1.0)
         return True
 
     def begin(self, node_id: str) -> None:

@@ -376,7 +376,9 @@ def _two_gateways_share_a_batch(tmp_path: Any, db: str) -> None:
         # Killed once it has finished items for good: `completed` also counts items still being charged,
         # which go back to the queue when their gateway dies (then B runs them, and A finished none).
         a_id = a.gateway.node_id[:24]  # how the runner names its leases (runner.py)
-        wait_until(lambda: a_id in asyncio.run(_owners(db, batch.id, done=True)), "a part done by A", 60)
+        # ...and while it holds a shard: B then has leases to take over (attempts 2), not only pending items.
+        wait_until(lambda: a_id in asyncio.run(_owners(db, batch.id, "done"))
+                   and a_id in asyncio.run(_owners(db, batch.id, "leased")), "a part done by A, one running", 60)
         assert client.batches.retrieve(batch.id).status == "in_progress"
         a.kill_provider(a.gateway, signal.SIGKILL)  # gateway A dies; B (same database) carries on
         other = client_for(b, key)
@@ -393,9 +395,9 @@ def _two_gateways_share_a_batch(tmp_path: Any, db: str) -> None:
         b.stop()
 
 
-async def _owners(db: str, batch_id: str, done: bool = False) -> set[str]:
-    """Which gateway processes finished the batch's items (read from the shared database);
-    `done`: only items finished for good (charged), not those still being charged."""
+async def _owners(db: str, batch_id: str, state: str = "") -> set[str]:
+    """Which gateway processes hold or finished the batch's items (read from the shared database);
+    `state`: only items in that state ("done": finished for good, "leased": being run now)."""
     from sqlalchemy import select
 
     from gpupool.db import create_engine
@@ -405,8 +407,8 @@ async def _owners(db: str, batch_id: str, done: bool = False) -> set[str]:
     try:
         async with engine.connect() as conn:
             query = select(ItemRow.owner).where(ItemRow.batch_id == batch_id, ItemRow.owner != "")
-            if done:
-                query = query.where(ItemRow.state == "done")
+            if state:
+                query = query.where(ItemRow.state == state)
             rows = (await conn.execute(query.distinct())).all()
     finally:
         await engine.dispose()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -96,6 +97,7 @@ def spam(usage: tuple[int, int], **done: Any) -> Callable[[Identity, Run], list[
 async def served_elsewhere(net: Network, ident: Identity, kind: str, liar: asyncio.Task[None]) -> dict[str, Any]:
     """The client asks (preferring the liar) and gets the honest answer; the liar is out for `kind`."""
     client = client_for(net, timeout=30)
+    served_by: Counter[str] = Counter()
 
     def ask(text: str) -> None:
         out = client.chat.completions.with_raw_response.create(
@@ -103,14 +105,19 @@ async def served_elsewhere(net: Network, ident: Identity, kind: str, liar: async
         answer = out.parse()
         assert answer.choices[0].message.content == text
         assert answer.usage is not None and answer.usage.prompt_tokens < 100
+        served_by[out.headers["x-gpupool-provider"][:8]] += 1
         assert out.headers["x-gpupool-provider"] != ident.node_id
 
-    # Routing has chance in it, and the liar's measured RTT can outweigh the region preference:
-    # ask four at once, so the honest provider is busy and the liar's turn comes (once is the rule).
-    for wave in range(10):
+    # Routing has chance in it, and on a loaded machine the liar's measured RTT (this test's loop
+    # answers its Pings) can outweigh the region preference: ask four at once, so the honest provider
+    # is busy and the liar's turn comes, in waves until it does (once is the rule; a full suite on
+    # two cores once needed more than 10 waves).
+    deadline = time.monotonic() + 90
+    wave = 0
+    while not liar.done() and time.monotonic() < deadline:
         await asyncio.gather(*(asyncio.to_thread(ask, f"truth {wave}.{i}") for i in range(4)))
-        if liar.done():
-            break
+        wave += 1
+    assert liar.done(), f"the liar was never picked in {wave} waves of 4 (served by {dict(served_by)})"
     (event, *_) = await wait_events(net, kind, ident.node_id)
     await asyncio.wait_for(liar, 10)  # the gateway closed its connection
     account = await asyncio.to_thread(raw, net, "GET", "/v1/account", key=net.dev_key())
@@ -126,9 +133,6 @@ async def test_a_receipt_claiming_more_prompt_than_the_request_holds_is_refused(
     assert "prompt tokens" in event["detail"]
 
 
-@pytest.mark.xfail(strict=False, reason="flaky: failed 1 of 3 fresh-clone full runs on 2026-12-07 (no garbage_frame "
-                   "event within 40 requests: the liar was not picked, or its refused answer came in a trial copy "
-                   "and was not recorded); cause not yet found")
 async def test_an_answer_the_wire_refuses_fails_over_and_records_its_provider(net: Network) -> None:
     ident, liar = await liar_in_region(net, spam((5, 1), token_ids=[2**31], logprobs=[1e39]))
     await served_elsewhere(net, ident, "garbage_frame", liar)

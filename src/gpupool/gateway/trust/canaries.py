@@ -42,13 +42,14 @@ from gpupool.verify.canary_checks import image_count, judge_canary
 from gpupool.verify.comparators import NEAR_TIE
 
 if TYPE_CHECKING:
-    from gpupool.gateway.trust.audits import Auditor
     from gpupool.gateway.dispatch.dispatcher import Dispatcher, Outcome
     from gpupool.gateway.peers.hub import Hub, ProviderSession
+    from gpupool.gateway.trust.audits import Auditor
 
 log = logging.getLogger("gpupool.gateway.canaries")
 POOL_PER_MODEL = 200
 CANARY_TIMEOUT_S = 60.0
+MAX_DRAWS = 64  # sessions of a model looked at per pick (`Canaries._pick`)
 
 
 @dataclass(frozen=True)
@@ -121,10 +122,10 @@ class Canaries:
 
     async def send_one(self) -> bool:
         """Probe one provider with one canary; False if there was nothing to do."""
-        choices = self._pairs()
-        if not choices:
+        pick = self._pick()
+        if pick is None:
             return False
-        session, canary = self.rng.choice(choices)
+        session, canary = pick
         self.sent.setdefault(session.node_id, set()).add(canary.key)
         outcome = await self._probe(session, canary)
         if outcome is None:
@@ -146,16 +147,29 @@ class Canaries:
             self.auditor.apply(session.node_id, judgement, "canary")
         return True
 
-    def _pairs(self) -> list[tuple[ProviderSession, Canary]]:
-        pairs = []
-        for session in self.hub.sessions.values():
-            if session.closed or session.draining or self.auditor.is_suspended(session.node_id):
-                continue
-            seen = self.sent.get(session.node_id, set())
-            for model in session.models:
-                pairs += [(session, c) for c in self.pool.get(model, ())
-                          if c.source != session.node_id and c.key not in seen]
-        return pairs
+    def _pick(self) -> tuple[ProviderSession, Canary] | None:
+        """A live provider and a canary of one of its models that it was never sent and did not answer
+        itself, or None. Drawn, not listed: a model that has canaries at random, then at most
+        `MAX_DRAWS` of its sessions (the hub's model index), so a pick costs the same with ten
+        providers or ten thousand. (Listing every session's every model first took 80,000 steps of
+        the event loop at 10,000 sessions of 8 models.) A pool of up to `MAX_DRAWS` is tried whole."""
+        models = [m for m, pool in self.pool.items() if pool]
+        self.rng.shuffle(models)
+        for model in models:
+            index = self.hub.index.pools.get(model)
+            sessions = index.sessions if index is not None else []
+            n = len(sessions)
+            order = self.rng.sample(range(n), n) if n <= MAX_DRAWS else \
+                (int(self.rng.random() * n) for _ in range(MAX_DRAWS))
+            for i in order:
+                session = sessions[i]
+                if session.closed or session.draining or self.auditor.is_suspended(session.node_id):
+                    continue
+                seen = self.sent.get(session.node_id, ())
+                fresh = [c for c in self.pool[model] if c.source != session.node_id and c.key not in seen]
+                if fresh:
+                    return session, self.rng.choice(fresh)
+        return None
 
     async def _probe(self, session: ProviderSession, canary: Canary) -> Outcome | None:
         # The id looks like any client request's, so the provider cannot single canaries out.

@@ -310,7 +310,8 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=4, help="swarm processes for sizes over 50 [4]")
     ap.add_argument("--models", type=int, default=8, help="echo models each session offers [8]")
     ap.add_argument("--prefix", default="echo-", help=argparse.SUPPRESS)
-    ap.add_argument("--requests", type=int, default=300, help="sequential client requests per size [300]")
+    ap.add_argument("--requests", type=int, default=1000, help="sequential client requests per size "
+                    "(p99: the tenth slowest) [1000]")
     ap.add_argument("--latency-budget-s", type=float, default=60.0, help="stop the latency measurement after "
                     "this long (each request times out at half of it) [60]")
     ap.add_argument("--idle-s", type=float, default=20.0, help="seconds of idle CPU measurement [20]")

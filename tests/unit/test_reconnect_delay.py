@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from gpupool.provider.peer_link import FAST_RETRY_MAX_S, reconnect_delay
+from gpupool.provider.peer_link import FAST_RETRY_MAX_S, next_backoff, reconnect_delay
 
 
 def waits(fast: bool, told: float = 0.0, steps: int = 8, reconnect_max_s: float = 30.0) -> list[float]:
@@ -17,7 +17,7 @@ def waits(fast: bool, told: float = 0.0, steps: int = 8, reconnect_max_s: float 
     rng, backoff, out = random.Random(7), 0.25, []
     for _ in range(steps):
         out.append(reconnect_delay(backoff, reconnect_max_s, fast, told, rng))
-        backoff = min(backoff * 2, reconnect_max_s)
+        backoff = next_backoff(backoff, reconnect_max_s, fast)
     return out
 
 
@@ -41,3 +41,16 @@ def test_a_long_retry_after_is_kept_not_stretched() -> None:
     # The gateway books each refused dial its own later turn: the last of 10,000 reconnecting
     # providers is told ~50 s, and must come then, not up to 20% later.
     assert 50.0 <= min(waits(fast=True, told=50.0, steps=50)) <= max(waits(fast=True, told=50.0, steps=50)) <= 51.0
+
+
+def test_the_doubling_starts_where_the_fast_window_ends() -> None:
+    """60 dials refused in the fast window (30 s of them) leave the backoff where it was, so the
+    first slow waits are short: a restarted gateway's late providers are not 15-30 s away."""
+    backoff = 0.25
+    for _ in range(60):
+        backoff = next_backoff(backoff, 30.0, fast=True)
+    rng, after = random.Random(3), []
+    for _ in range(4):
+        after.append(reconnect_delay(backoff, 30.0, False, 0.0, rng))
+        backoff = next_backoff(backoff, 30.0, fast=False)
+    assert sum(after) <= 3.75  # 0.25 + 0.5 + 1 + 2 at most, not 15-30 s each

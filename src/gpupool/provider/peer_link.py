@@ -99,6 +99,15 @@ def reconnect_delay(backoff: float, reconnect_max_s: float, fast: bool, told: fl
     return delay
 
 
+def next_backoff(backoff: float, reconnect_max_s: float, fast: bool) -> float:
+    """The backoff after one more failed dial (pure): doubled, up to `reconnect_max_s`; unchanged
+    while `fast`. The doubling starts where the fast window ends: had the window's dials (every
+    0.5 s) doubled it, a provider still not back when the window closed would wait 15-30 s at
+    once. Measured (bench/scale, 10,000 reconnecting at the gate's 200 a second): the gate sat
+    idle ~15 of 70 s waiting for providers on that long a backoff."""
+    return backoff if fast else min(backoff * 2, reconnect_max_s)
+
+
 def retry_after(exc: BaseException) -> float:
     """The Retry-After (seconds, at most 300) of a gateway that refused the upgrade with 503; 0 otherwise."""
     response = getattr(exc, "response", None)
@@ -218,7 +227,7 @@ class PeerLink:
                 backoff = 0.25  # the connection was healthy for a while: start over
             fast = coming_back and now - lost_at < FAST_RETRY_FOR_S
             await asyncio.sleep(reconnect_delay(backoff, self.reconnect_max_s, fast, told, rng))
-            backoff = min(backoff * 2, self.reconnect_max_s)
+            backoff = next_backoff(backoff, self.reconnect_max_s, fast)
 
     async def _messages(self, ws: ClientConnection) -> AsyncIterator[protocol.Message]:
         """The gateway's messages on `ws`, decoded, until the connection ends; its Pings are

@@ -29,8 +29,11 @@ from gpupool.tls import server_files
 
 log = logging.getLogger("gpupool.gateway")
 
-# uvicorn's own default: a restart's reconnect storm (clients and providers) waits here, not refused.
-LISTEN_BACKLOG = 2048
+# A restart's reconnect storm (clients and providers) waits here, not refused. Sized for 10,000
+# providers dialling at once: past the backlog the kernel drops their SYNs, and each one's TCP
+# retries after 1, 2, 4... s, so the handshake gate sat idle for seconds in bench/scale's restart
+# with uvicorn's 2048. The kernel caps it at net.core.somaxconn (4096 by default: docs/operations.md).
+LISTEN_BACKLOG = 16384
 
 
 def _event_loop() -> str:

@@ -69,4 +69,6 @@ def test_a_small_pool_is_tried_whole_and_nobody_ineligible_is_picked() -> None:
     assert {canaries._pick()[0].node_id for _ in range(30)} == {"n4"}  # type: ignore[index]
     canaries.sent["n4"] = {"c1"}
     assert canaries._pick() is None
-    assert canaries_with(0)[0]._pick() is None
+    empty, _, _ = canaries_with(0)  # a canary, and nobody serving its model
+    empty.pool["emb"] = deque([canary("c1", "n0")])
+    assert empty._pick() is None

@@ -102,6 +102,7 @@ class Hub:
         self.store = store
         self.sessions: dict[str, ProviderSession] = {}
         self.checkers: dict[str, ProviderSession] = {}  # role "checker": audit jobs only, never client traffic
+        self.changes = 0  # bumped when who serves or checks what changes (a join, leave, drain or new offer)
         self.busy: set[ProviderSession] = set()  # open sessions with open request channels (ProviderSession.busy)
         # Every model any provider offered since start: tells "unknown model" (404)
         # apart from "known, but nobody serves it right now" (503).
@@ -167,7 +168,11 @@ class Hub:
         drop_upgrade(ws)
         session: ProviderSession | None = None
         try:
-            session = await asyncio.wait_for(self._handshake(ws, peer), self.settings.handshake_timeout_s)
+            # Not wait_for: its task and a refusal's traceback hold each other (and through the
+            # traceback the refused frame) until a full collection, which the raised thresholds
+            # make rare: 124 refused 180 KB offers kept 22 MiB (bench/hostile long_strings).
+            async with asyncio.timeout(self.settings.handshake_timeout_s):
+                session = await self._handshake(ws, peer)
             session.apply_frame_limit(session.base_frame_bytes)
             # Registered only now: a peer that vanished during the handshake was never
             # registered, and a registered one is removed in `finally` whatever happens
@@ -305,6 +310,7 @@ class Hub:
             self._remove(old, "replaced by a newer connection")
             asyncio.ensure_future(self._close(old.ws, protocol.CLOSE_DUPLICATE, "replaced by a newer connection"))
         pool[session.node_id] = session
+        self.changes += 1
         if session.offer.role == "provider":
             self.index.add(session)
             self._offered(session.models)
@@ -412,6 +418,7 @@ class Hub:
                 self.index.set_load(session, msg)  # moves the fair share's figures only if capacity did
             elif isinstance(msg, Drain):
                 session.draining = True
+                self.changes += 1
                 log.info("provider %s is draining: %s", session.node_id[:12], msg.reason)
             elif isinstance(msg, Offer):
                 check_offer(msg, session.public_key, session.node_id, self.settings)
@@ -421,7 +428,9 @@ class Hub:
                 old = session.models
                 if msg.role != "provider":
                     session.offer, session.models = msg, {m.name: m for m in msg.models}
+                    self.changes += 1
                 elif self.index.reoffer(session, msg):  # diffed: a re-sent, unchanged offer moves nothing
+                    self.changes += 1
                     self._offered(session.models)
                     self.arrivals.joined(session.models)
                     self._unoffer(set(old) - set(session.models))
@@ -461,6 +470,7 @@ class Hub:
         if session.closed:
             return
         session.closed = True
+        self.changes += 1
         self.busy.discard(session)
         if self.sessions.get(session.node_id) is session:
             del self.sessions[session.node_id]

@@ -14,6 +14,8 @@ Handlers are `handler(gw, request)` over the gateway's context (web/context.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 
 from gpupool import __version__, errors
@@ -37,6 +39,10 @@ async def healthz(gw: Gateway, _request: Request) -> JSON:
 async def list_models(gw: Gateway, request: Request) -> JSON:
     """The pool's live models, then those only a fallback lane serves (their requests go to the lane)."""
     await gw.client_key(request)
+    return JSON(gw.listings.get("models", gw.hub.changes, lambda: _models(gw)))
+
+
+def _models(gw: Gateway) -> dict[str, Any]:
     hub, lanes = gw.hub, gw.fallbacks.models()
     data = []
     for name, sessions in sorted(hub.live_models().items()):
@@ -59,10 +65,14 @@ async def list_models(gw: Gateway, request: Request) -> JSON:
                      # Served by the operator's upstream: no pool provider, and no audits.
                      "gpupool": {"task": known.task if known else None, "description": "", "providers": 0,
                                  "regions": [], "verified": False, "fallback": lanes[name]}})
-    return JSON({"object": "list", "data": data})
+    return {"object": "list", "data": data}
 
 
 async def market(gw: Gateway, _request: Request) -> JSON:
+    return JSON(gw.listings.get("market", gw.hub.changes, lambda: _market(gw)))
+
+
+def _market(gw: Gateway) -> dict[str, Any]:
     hub, records = gw.hub, gw.dispatcher.router.records
     listings = []
     for session in list(hub.sessions.values()):
@@ -77,8 +87,8 @@ async def market(gw: Gateway, _request: Request) -> JSON:
                                     session.draining or session.closed, speed, tuple(offer.accepts or ("text",)),
                                     offer.price_image))
     data = [{**row, "verified": hub.model_verified(str(row["model"]))} for row in summarize(listings)]
-    return JSON({"object": "list", "fee_bps": gw.settings.fee_bps, "unit": "µcr per 1M tokens",
-                 "image_unit": "µcr per image", "data": data})
+    return {"object": "list", "fee_bps": gw.settings.fee_bps, "unit": "µcr per 1M tokens",
+            "image_unit": "µcr per image", "data": data}
 
 
 async def account(gw: Gateway, request: Request) -> JSON:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gpupool.config import GatewaySettings
 from gpupool.gateway.batches.routes import BatchService
@@ -37,6 +37,7 @@ from gpupool.gateway.trust.audits import Auditor
 from gpupool.gateway.trust.canaries import Canaries
 from gpupool.gateway.trust.hardware_checks import HardwareChecker
 from gpupool.gateway.web.auth import ClientKeys
+from gpupool.gateway.web.listing_cache import ListingCache
 from gpupool.gateway.web.metrics import GatewayMetrics
 from gpupool.gateway.web.metrics_collector import LiveCollector
 from gpupool.identity import Identity
@@ -69,6 +70,7 @@ class Gateway:
     metrics: GatewayMetrics  # Prometheus (/metrics) and /v1/stats
     gateways: Registry  # this gateway and its peers in the network (GET /v1/gateways)
     settlement_keys: SettlementKeys | None = None  # EVM ledger: registers providers' keys, after settlement
+    listings: ListingCache = field(default_factory=ListingCache)  # /v1/models and /v1/market bodies
 
     @classmethod
     def build(cls, settings: GatewaySettings, store: Store, identity: Identity, ledger: Ledger) -> Gateway:

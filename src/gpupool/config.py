@@ -94,6 +94,9 @@ class GatewaySettings:
                              "another gateway relaying it; empty: it must match the connection's Host header")
     trusted_proxies: str = _opt("", "comma-separated addresses of reverse proxies whose X-Forwarded-For gives the "
                                 "client's address (for --anonymous-rate); empty: the connection's address")
+    stream_event_interval_ms: float = _opt(10.0, "a stream sends at most one event this often: the words that "
+                                           "arrive meanwhile leave together in the next one (one socket write "
+                                           "instead of one per token; 0: an event per piece received)")
     over_share_stream_pace_ms: float = _opt(20.0, "while other keys are active, the streams of a key holding more "
                                             "than its equal share of the providers' slots send at most one event "
                                             "this often, so relaying its flood cannot take the gateway's CPU from "

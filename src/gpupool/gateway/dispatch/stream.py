@@ -46,8 +46,9 @@ async def open_stream(dispatcher: Dispatcher, request_id: str, model: str, paylo
                       serving: list[ProviderSession] | None = None) -> Stream:
     """Start a stream; returns once the first event arrived, so errors before it keep their HTTP status.
 
-    `pace_s` > 0: after each piece sent, wait this long and send what arrived meanwhile as one
-    piece (the key holds more than its share while others wait, gateway/money/limits.py).
+    `pace_s` > 0: pieces leave at most this often, and what arrives in between goes with the next
+    one (`stream_event_interval_ms`; longer for a key over its share while others wait,
+    gateway/money/limits.py).
     `serving`: the request's serving set if the caller looked it up already."""
     tries = Tries()
     try:
@@ -143,6 +144,7 @@ class Stream:
         self._started = sent_at
         self._first_at: float | None = time.monotonic() - sent_at  # dispatch to first event
         self.pace_s = 0.0
+        self._sent_at = 0.0  # when the last piece went to the client (pace_s counts from there)
         # When this provider's first and last chunks came (with run_chunks: its gap between tokens).
         self._gap_from: float | None = None
         self._gap_last: float | None = None
@@ -170,6 +172,12 @@ class Stream:
                     event = self._first or await self._next_event()
                     self._first = None
                     if isinstance(event, Chunk):
+                        if self.pace_s:
+                            # Sooner than pace_s after the last piece: wait out the rest, and what
+                            # arrives meanwhile joins this one (a slower stream never waits).
+                            wait = self._sent_at + self.pace_s - time.monotonic()
+                            if wait > 0:
+                                await asyncio.sleep(wait)
                         # Under load several chunks are already waiting: send them as one
                         # piece (one SSE event, one socket write) instead of one each.
                         pieces = [event.text]
@@ -185,9 +193,8 @@ class Stream:
                         self._note_chunk()
                         sent.append(text)
                         mine.append(text)
+                        self._sent_at = time.monotonic()
                         yield text
-                        if self.pace_s:
-                            await asyncio.sleep(self.pace_s)
                     elif isinstance(event, Done):
                         part = "".join(mine)
                         if not self._dispatcher.receipt_ok(self.session, self._run_id, self.model, self._run_payload,
@@ -228,6 +235,8 @@ class Stream:
 
     async def _next_event(self) -> Event | _Stalled:
         """The next event, or _Stalled once the provider has been silent far longer than its pace."""
+        if not self._channel.empty():  # under load the next words are usually here already
+            return self._channel.get_nowait()
         settings = self._dispatcher.settings
         if settings.stream_stall_factor <= 0 or not settings.stream_continuation:
             return await self._channel.get()  # nothing could take over: wait as long as the deadline allows
@@ -236,7 +245,9 @@ class Stream:
             gap = self._dispatcher.router.token_gap(self.session, self.model)
         limit = silence_limit_s(gap, settings.stream_stall_factor, settings.stream_stall_min_s)
         try:
-            return await asyncio.wait_for(self._channel.get(), limit)
+            # Not wait_for: it makes a task per call, i.e. per event of every stream.
+            async with asyncio.timeout(limit):
+                return await self._channel.get()
         except TimeoutError:
             # Our own loop may have been too busy to hand over frames that already came: look once more.
             await asyncio.sleep(0)

@@ -160,7 +160,8 @@ class Quotas:
                                       background)
         if not decision.ok:
             return decision, None
-        pace = self.settings.over_share_stream_pace_ms / 1000 if decision.over_share else 0.0
+        pace = max(self.settings.stream_event_interval_ms,
+                   self.settings.over_share_stream_pace_ms if decision.over_share else 0.0) / 1000
         return decision, Ticket(self, key.id, name, tokens, pace, shared)
 
     async def close(self) -> None:

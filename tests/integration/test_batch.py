@@ -298,7 +298,7 @@ async def _attempts(db: str, batch_id: str) -> list[int]:
     from sqlalchemy import select
 
     from gpupool.db import create_engine
-    from gpupool.gateway.batches.store import ItemRow
+    from gpupool.gateway.batches.tables import ItemRow
 
     engine = create_engine(db)
     try:
@@ -401,7 +401,7 @@ async def _owners(db: str, batch_id: str, state: str = "") -> set[str]:
     from sqlalchemy import select
 
     from gpupool.db import create_engine
-    from gpupool.gateway.batches.store import ItemRow
+    from gpupool.gateway.batches.tables import ItemRow
 
     engine = create_engine(db)
     try:

@@ -25,7 +25,8 @@ import pytest
 
 from gpupool.db import create_engine
 from gpupool.gateway.batches.parse_pool import CHILD_NICENESS, ParsePool
-from gpupool.gateway.batches.store import BatchStore, FileRow
+from gpupool.gateway.batches.store import BatchStore
+from gpupool.gateway.batches.tables import FileRow
 from gpupool.gc_tuning import _libc, _MallInfo2
 from gpupool.images import ImageLimits
 

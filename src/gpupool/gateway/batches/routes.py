@@ -39,7 +39,8 @@ from gpupool import errors
 from gpupool.gateway.batches import estimate as est
 from gpupool.batch import policy
 from gpupool.gateway.batches.runner import BatchDeps, Runner
-from gpupool.gateway.batches.store import BatchRow, BatchStore, FileRow, ItemRow
+from gpupool.gateway.batches.store import BatchStore
+from gpupool.gateway.batches.tables import BatchRow, FileRow, ItemRow
 from gpupool.gateway.batches.parse_pool import ParsePool
 from gpupool.gateway.batches.upload_limits import UploadLimits
 from gpupool.gateway.batches.validate import ENDPOINTS, Item, parse_file

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from gpupool import errors
 from gpupool.batch import policy
 from gpupool.gateway.batches.shard import Shard, error_line, item_id
-from gpupool.gateway.batches.store import BatchRow, BatchStore, FileRow, Finished, ItemRow
+from gpupool.gateway.batches.store import BatchStore, Finished
+from gpupool.gateway.batches.tables import BatchRow, FileRow, ItemRow
 from gpupool.gateway.dispatch.dispatcher import Dispatcher, Outcome
 from gpupool.gateway.edge.http import spawn
 from gpupool.gateway.peers.hub import Hub, ProviderSession

@@ -16,7 +16,8 @@ from typing import Any
 import msgspec
 
 from gpupool.batch import policy
-from gpupool.gateway.batches.store import BatchRow, Claimed, Finished
+from gpupool.gateway.batches.store import Claimed, Finished
+from gpupool.gateway.batches.tables import BatchRow
 from gpupool.gateway.batches.validate import DEFAULT_MAX_TOKENS
 from gpupool.gateway.dispatch.dispatcher import Outcome
 from gpupool.gateway.edge import openai_api

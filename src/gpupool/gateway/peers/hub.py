@@ -30,42 +30,37 @@ from collections.abc import Awaitable, Callable, Iterable
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from gpupool import protocol, protocol_handshake
+from gpupool import protocol
 from gpupool.config import GatewaySettings
-from gpupool.gateway.peers.peer_limits import HandshakeRate, check_lists, check_offer
+from gpupool.gateway.peers.handshake import Handshake, recv_frame
+from gpupool.gateway.peers.peer_limits import check_offer
 from gpupool.gateway.peers.listeners import HubListeners
 from gpupool.gateway.peers.model_index import ModelIndex
 from gpupool.gateway.peers.pacing import Arrivals, HandshakeGate, PingScheduler
 from gpupool.gateway.peers.session import (
-    ANSWER_FRAME_BYTES,
-    CLOSE_MESSAGE_TOO_BIG,
     Event,
     PeerViolation,
     ProviderLost,
     ProviderSession,
     drop_upgrade,
-    hardware_answer_bytes,
     set_close_timeout,
     set_frame_limit,
     share_strings,
 )
 from gpupool.gateway.store import Store
-from gpupool.identity import Identity, node_id_for, verify_signature
+from gpupool.identity import Identity
 from gpupool.protocol import (
     Batch,
-    Challenge,
     Chunk,
     Done,
     Drain,
     Fail,
     HardwareAnswer,
-    Hello,
     LoadReport,
     ModelOffer,
     Offer,
     Ping,
     Pong,
-    Proof,
     SettlementAddress,
     Statement,
     Verdict,
@@ -79,8 +74,6 @@ log = logging.getLogger("gpupool.gateway.hub")
 # Peer events recorded per minute; beyond this a flood of bad peers is counted, not written
 # row by row (the events table would otherwise grow at whatever rate strangers connect).
 EVENTS_PER_MINUTE = 600
-# Frames above this size have their lists counted before they are decoded (below it, decoding is cheap).
-BIG_FRAME_BYTES = 64 * 1024
 # Connected providers' rows are re-stamped this often (one batch), and a start remembers the models of
 # providers stamped within REMEMBER_S: what was served when the gateway stopped, however it stopped.
 REFRESH_S = 300.0
@@ -97,7 +90,6 @@ class Hub:
                  stake_of: Callable[[str], Awaitable[int]] | None = None,
                  settlement: tuple[str, int] | None = None):
         self.settings = settings
-        self._public_hosts = protocol_handshake.parse_hosts(settings.public_hosts)  # names peers may sign for
         self.identity = identity
         self.store = store
         self.sessions: dict[str, ProviderSession] = {}
@@ -110,12 +102,11 @@ class Hub:
         self._unoffered: dict[str, float] = {}  # known model -> since when nobody offers it
         self._largest_context: int | None = None  # cache of largest_context(), reset when offers change
         self._generation_reads_images = False  # computed with _largest_context
-        self.stake_of = stake_of
         self.settlement = settlement
         self.listeners = HubListeners()
         self._events_window = (0.0, 0, 0)  # (window start, recorded, suppressed)
         self._ping_nonce = itertools.count()
-        self._handshakes = HandshakeRate()
+        self.handshake = Handshake(settings, identity, store, self.sessions, self.busy, stake_of)
         # model -> live sessions and the fair share's figures, kept on every change (O(1) per request).
         self.index = ModelIndex(settings.max_session_slots)
         self.pings = PingScheduler(settings, lambda: len(self.sessions) + len(self.checkers), self._ping,
@@ -172,7 +163,7 @@ class Hub:
             # traceback the refused frame) until a full collection, which the raised thresholds
             # make rare: 124 refused 180 KB offers kept 22 MiB (bench/hostile long_strings).
             async with asyncio.timeout(self.settings.handshake_timeout_s):
-                session = await self._handshake(ws, peer)
+                session = await self.handshake(ws)
             session.apply_frame_limit(session.base_frame_bytes)
             # Registered only now: a peer that vanished during the handshake was never
             # registered, and a registered one is removed in `finally` whatever happens
@@ -225,83 +216,6 @@ class Hub:
             except Exception:  # noqa: BLE001 - the peer may already be gone
                 pass
 
-    async def _recv(self, ws: WebSocket, limit: int | Callable[[], int]) -> protocol.Message:
-        """The next frame, decoded. `limit` may be a callable: a session's limit can grow while
-        we wait (a Run was sent meanwhile), so it is read once the frame is here."""
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
-            if message.get("code") == CLOSE_MESSAGE_TOO_BIG:  # the transport refused a frame over its limit
-                raise PeerViolation("frame_too_large", "frame exceeds the size allowed here", CLOSE_MESSAGE_TOO_BIG)
-            raise WebSocketDisconnect(message.get("code", 1000))
-        data = message.get("bytes")
-        if data is None:
-            raise PeerViolation("garbage_frame", "text frame received; expected binary msgpack")
-        if callable(limit):
-            limit = limit()
-        if len(data) > limit:  # the raw size, before any decoding
-            raise PeerViolation("frame_too_large", f"frame of {len(data)} bytes exceeds the {limit} allowed here",
-                                protocol.CLOSE_LIMIT)
-        if len(data) > BIG_FRAME_BYTES:
-            check_lists(data, self.settings)
-        try:
-            return protocol.decode(data)
-        except protocol.ProtocolError as exc:
-            raise PeerViolation("garbage_frame", str(exc)[:200]) from exc
-
-    async def _handshake(self, ws: WebSocket, peer: str) -> ProviderSession:
-        hello = await self._recv(ws, protocol.MAX_UNPROVEN_FRAME_BYTES)
-        if not isinstance(hello, Hello):
-            raise PeerViolation("bad_handshake", f"expected hello, got {type(hello).__name__}")
-        if hello.version not in protocol.SUPPORTED_VERSIONS:
-            raise PeerViolation(
-                "bad_version",
-                f"unsupported protocol version {hello.version}; this gateway speaks "
-                f"{sorted(protocol.SUPPORTED_VERSIONS)}",
-                protocol.CLOSE_BAD_VERSION,
-            )
-        if len(hello.public_key) != 32:
-            raise PeerViolation("bad_handshake", "public key must be 32 raw ed25519 bytes")
-        node_id = node_id_for(hello.public_key)
-        nonce = secrets.token_bytes(32)
-        await ws.send_bytes(protocol.encode(Challenge(nonce, self.identity.node_id)))
-        proof = await self._recv(ws, protocol.MAX_UNPROVEN_FRAME_BYTES)
-        if not isinstance(proof, Proof):
-            raise PeerViolation("bad_handshake", f"expected proof, got {type(proof).__name__}")
-        if not verify_signature(hello.public_key, proof.signature,
-                                protocol_handshake.challenge_bytes(nonce, self.identity.node_id, proof.host)):
-            raise PeerViolation("bad_signature", "challenge signature does not verify",
-                                protocol.CLOSE_BAD_SIGNATURE)
-        if not protocol_handshake.signed_for_here(proof.host, ws.headers.get("host", ""), self._public_hosts):
-            # Signed for a gateway at another address: relayed by that gateway to impersonate its peer here.
-            raise PeerViolation("relayed_handshake", f"the proof was signed for host {proof.host[:100]!r}, which "
-                                "is not this gateway's", protocol.CLOSE_BAD_SIGNATURE, node_id)
-        if not self._handshakes.admit(node_id, time.monotonic()):  # its key proven: nobody else is locked out
-            raise PeerViolation("reconnecting_too_often", f"more than {self._handshakes.per_minute} handshakes a "
-                                "minute from this node; wait a minute", protocol.CLOSE_LIMIT, node_id)
-        offer = await self._recv(ws, protocol.MAX_OFFER_FRAME_BYTES)
-        if not isinstance(offer, Offer):
-            raise PeerViolation("bad_handshake", f"expected offer, got {type(offer).__name__}")
-        check_offer(offer, hello.public_key, node_id, self.settings)
-        share_strings(offer)
-        if offer.role not in ("provider", "checker"):
-            raise PeerViolation("bad_offer", f"unknown role {offer.role!r}")
-        if offer.role == "checker":
-            await self._admit_checker(node_id)
-        elif node_id not in self.sessions and len(self.sessions) >= self.settings.max_provider_sessions:
-            # Keys cost nothing to make: the number of sessions is bounded, not only what each holds.
-            raise PeerViolation("gateway_full", f"this gateway holds its limit of {len(self.sessions)} provider "
-                                "connections; try another gateway or later", protocol.CLOSE_LIMIT, node_id)
-        session = ProviderSession(
-            node_id=node_id, public_key=hello.public_key, offer=offer, ws=ws,
-            connected_at=time.monotonic(), last_seen=time.monotonic(),
-            models={m.name: m for m in offer.models}, max_queued=max(1, self.settings.max_queued_events),
-            busy=self.busy if offer.role == "provider" else None,  # checkers' audits are not watched for stalls
-            base_frame_bytes=max(ANSWER_FRAME_BYTES, hardware_answer_bytes(self.settings.hardware_proof_max_n)),
-        )
-        # Written in the store's next batch (one transaction for many joins, never awaited here).
-        self.store.note_provider(node_id, hello.public_key, offer.region, list(session.models))
-        return session
-
     def _register(self, session: ProviderSession, peer: str) -> None:
         pool = self.checkers if session.offer.role == "checker" else self.sessions
         old = pool.get(session.node_id)
@@ -319,22 +233,6 @@ class Hub:
         self.pings.add(session)
         log.info("%s %s connected from %s: %s in %s", session.offer.role, session.node_id[:12], peer,
                  ", ".join(session.models), session.offer.region)
-
-    async def _admit_checker(self, node_id: str) -> None:
-        """A checker sees clients' prompts and its verdicts move money: only the operator admits one."""
-        if node_id in self.settings.admitted_checkers:
-            return
-        need = self.settings.checker_min_stake
-        if need > 0 and self.stake_of is not None:
-            staked = await self.stake_of(node_id)
-            if staked >= need:
-                return
-            raise PeerViolation("checker_not_admitted",
-                                f"checker {node_id} is not admitted: {staked} µcr staked, {need} needed",
-                                protocol.CLOSE_NOT_ADMITTED, node_id)
-        raise PeerViolation("checker_not_admitted",
-                            f"checker {node_id} is not admitted by this gateway (operator: --checker {node_id})",
-                            protocol.CLOSE_NOT_ADMITTED, node_id)
 
     def largest_context(self) -> int | None:
         """The most prompt tokens any known generation model takes (None: no such model is known)."""
@@ -377,7 +275,7 @@ class Hub:
             for joined in self.listeners.joined:
                 joined(session)
         while True:
-            msg = await self._recv(session.ws, lambda: session.frame_limit)
+            msg = await recv_frame(session.ws, lambda: session.frame_limit, self.settings)
             session.last_seen = time.monotonic()
             if isinstance(msg, (Chunk, Done, Fail)):
                 session.deliver(msg)

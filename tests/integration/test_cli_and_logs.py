@@ -119,7 +119,9 @@ def test_account_explains_holds_in_plain_words(net: Network) -> None:
 
     def settled() -> dict | None:
         body = raw(net, "GET", "/v1/account", key=key).json()
-        return body if body["unsettled_charges"] == 0 and body["in_flight"] == 0 else None
+        # The request log's row is written in the store's next batch: wait for it too.
+        done = body["unsettled_charges"] == 0 and body["in_flight"] == 0 and body["recent_charges"]
+        return body if done else None
 
     body = wait_until(settled, "the charge to settle", timeout=30)
     # The tab: 1 credit reserved in one ledger write, the request's cost drawn from it.

@@ -65,6 +65,7 @@ class Billing:
         self._fallback_unsent: tuple[str, list[FallbackCharge]] | None = None
         self._boot = uuid.uuid4().hex[:8]  # keys from this run never collide with an earlier run's
         self._seq = 0
+        self._settlements = 0  # charges settled (or refused) so far: `account` reads a consistent view
         self._ops = 0
         self._unsent: tuple[str, list[PendingCharge]] | None = None  # a batch whose write failed: retried as is
         self._flush_lock = asyncio.Lock()
@@ -306,6 +307,7 @@ class Billing:
         tab.pending -= cost
         if paid:
             tab.reserved -= cost
+        self._settlements += 1
 
     async def _close_idle_tabs(self) -> None:
         cutoff = time.monotonic() - self.tab_idle_s
@@ -346,10 +348,16 @@ class Billing:
         `balance` is spendable now; `held` is this gateway's prepaid tab for the account (see
         the module docstring): requests draw on it without a ledger write each, and its unused
         rest returns to `balance` after `tab_idle_s` without requests."""
+        for _ in range(3):
+            # Read again if a settlement landed meanwhile: the hold read before it and the tab's
+            # unsettled charges read after would show its charge nowhere (neither held nor unsettled).
+            settled = self._settlements
+            reserved = await self.ledger.balance(postings.client_hold(client, self.holder))
+            balance = await self.ledger.balance(postings.client(client))
+            history = await self.ledger.history(postings.client(client), limit=20)
+            if self._settlements == settled:
+                break
         tab = self.tabs.get(client)
-        reserved = await self.ledger.balance(postings.client_hold(client, self.holder))
-        balance = await self.ledger.balance(postings.client(client))
-        history = await self.ledger.history(postings.client(client), limit=20)
         holds = []
         if reserved:
             holds.append({

@@ -61,8 +61,9 @@ class Swarm:
                    str(first), "--models", str(args.models), "--reconnect-max-s", str(args.reconnect_max_s),
                    "--ramp-s", str(args.ramp_s)]
             err = open(log_dir / f"swarm-{i}.log", "ab")
+            nice = args.swarm_nice
             p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=(lambda: os.nice(nice)) if nice else None)
             err.close()
             self.popens.append(p)
             threading.Thread(target=self._read, args=(i, p), daemon=True).start()
@@ -123,8 +124,20 @@ def chat(client: Any, url: str, key: str, model: str) -> tuple[int, float]:
     return r.status_code, dt
 
 
+def routing_decisions(client: Any, url: str) -> dict[str, float]:
+    """The gateway's routing decisions so far (`gpupool_routing_decisions_total` by decision)."""
+    out: dict[str, float] = {}
+    for line in client.get(url + "/metrics").text.splitlines():
+        if line.startswith("gpupool_routing_decisions_total{"):
+            label, _, value = line.partition("} ")
+            out[label.split('"')[1]] = float(value)
+    return out
+
+
 def latency(url: str, key: str, model: str, n: int, budget_s: float) -> dict[str, Any]:
-    """`n` sequential chats after a warm-up; stops early after `budget_s` (a saturated gateway)."""
+    """`n` sequential chats after a warm-up; stops early after `budget_s` (a saturated gateway).
+    Also counts the routing decisions they caused: at 10,000 sessions just joined, a request
+    drawn to a provider that never answered before also runs as its trial (a second copy)."""
     import httpx
 
     t_end = time.monotonic() + budget_s
@@ -141,6 +154,7 @@ def latency(url: str, key: str, model: str, n: int, budget_s: float) -> dict[str
                 break
         codes: dict[int, int] = {}
         times = []
+        before = routing_decisions(client, url)
         for _ in range(n):
             if time.monotonic() > t_end:
                 break
@@ -151,7 +165,9 @@ def latency(url: str, key: str, model: str, n: int, budget_s: float) -> dict[str
             codes[code] = codes.get(code, 0) + 1
             if code == 200:
                 times.append(ms)
-    return {"requests": sum(codes.values()), "stopped_by_budget": sum(codes.values()) < n, "statuses": codes,
+        after = routing_decisions(client, url)
+    decisions = {d: int(after[d] - before.get(d, 0.0)) for d in after if after[d] - before.get(d, 0.0)}
+    return {"routing_decisions": decisions, "requests": sum(codes.values()), "stopped_by_budget": sum(codes.values()) < n, "statuses": codes,
             "warmup_ms": [round(w, 1) for w in warm], "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
             "mean_ms": sum(times) / len(times) if times else float("nan")}
 
@@ -221,7 +237,8 @@ def measure(size: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             lat = latency(url, key, f"{args.prefix}0", args.requests, args.latency_budget_s)
             out["latency"] = lat
             print(f"[{size}] client p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms over "
-                  f"{lat['requests']} requests (statuses {lat['statuses']}; 0: timed out)"
+                  f"{lat['requests']} requests (statuses {lat['statuses']}; 0: timed out; routing decisions "
+                  f"{lat['routing_decisions']})"
                   + (f"; warm-up requests took {[round(w) for w in lat['warmup_ms']]} ms" if lat["stopped_by_budget"]
                      else ""), flush=True)
         if not args.no_restart and t_join is not None:
@@ -320,6 +337,8 @@ def main() -> int:
                     "after this long [240]")
     ap.add_argument("--reconnect-max-s", type=float, default=30.0, help="sessions' longest reconnect backoff "
                     "[30, the provider's default]")
+    ap.add_argument("--swarm-nice", type=int, default=0, help="niceness of the swarm's processes: they stand in "
+                    "for 10,000 machines elsewhere, and share this one's 2 cores with the gateway [0]")
     ap.add_argument("--ramp-s", type=float, default=0.0, help="spread the sessions' first dials over this long "
                     "(an arrival rate of sessions/ramp a second; reconnects after the restart are not spread) [0: "
                     "all at once]. At 10,000 on a shared 2-core machine the swarm's own processes could not "

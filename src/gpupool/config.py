@@ -130,7 +130,7 @@ class GatewaySettings:
     max_pings_per_s: float = _opt(250.0, "most pings sent per second over all providers: with more providers "
                                   "than ping_interval_s allows at this rate, each is pinged less often (and "
                                   "dropped after 3 of those intervals of silence, if that exceeds liveness_timeout_s)")
-    handshakes_per_s: float = _opt(200.0, "provider handshakes admitted per second (a reconnect storm after a "
+    handshakes_per_s: float = _opt(250.0, "provider handshakes admitted per second (a reconnect storm after a "
                                    "restart queues, and past handshake_queue_s is refused, so it cannot starve "
                                    "client requests); 0: unlimited")
     handshake_queue_s: float = _opt(5.0, "longest a dialling provider waits for its turn before it is refused "

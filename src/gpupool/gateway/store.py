@@ -209,6 +209,13 @@ class Store:
             rows = (await s.scalars(select(ProviderRow.models).where(ProviderRow.last_seen >= since))).all()
         return {name for row in rows for name in row.split(",") if name}
 
+    async def recent_providers(self, since: float, most: int) -> set[str]:
+        """The node ids of providers seen since `since` (wall clock), the `most` latest."""
+        async with self.sessions() as s:
+            rows = (await s.scalars(select(ProviderRow.node_id).where(ProviderRow.last_seen >= since)
+                                    .order_by(ProviderRow.last_seen.desc()).limit(most))).all()
+        return set(rows)
+
     async def provider_known(self, node_id: str) -> bool:
         """Whether this provider ever connected to a gateway sharing this database."""
         async with self.sessions() as s:

@@ -120,6 +120,10 @@ class Hub:
         since = time.time() - REMEMBER_S
         self.arrivals.remember(await self.store.recent_models(since))
 
+    async def returning(self) -> set[str]:
+        """The providers connected before this start (the store's record), at most the session bound."""
+        return await self.store.recent_providers(time.time() - REMEMBER_S, self.settings.max_provider_sessions)
+
     # ------------------------------------------------------------ queries
 
     def offering(self, model: str) -> list[ProviderSession]:

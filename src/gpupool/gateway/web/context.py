@@ -46,6 +46,8 @@ from gpupool.ledger import Ledger, postings
 from gpupool.verify import SamplingPolicy
 
 log = logging.getLogger("gpupool.gateway")
+# Providers connected before a restart have their first hardware proof after it within this long.
+RETURNING_PROOF_SPREAD_S = 300.0
 
 
 @dataclass
@@ -157,6 +159,8 @@ class Gateway:
         self.store.start_writer(Retention(keep_s=s.retention_days * 86400, max_providers=s.max_provider_rows,
                                           max_events=s.max_peer_events, connected=lambda: list(hub.sessions)))
         await hub.start()  # what was served before this start (restart grace)
+        if s.hardware_proof_max_n > 0:  # who was connected before: re-proven soon after they are back, not at once
+            self.hardware_checks.welcome_back(await hub.returning(), RETURNING_PROOF_SPREAD_S)
         await self.billing.start([k["account"] for k in await self.store.list_keys()])
         self.canaries.start()
         self.dispatcher.start()  # the watch for providers gone silent with work in flight

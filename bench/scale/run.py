@@ -14,7 +14,9 @@ echo runs with receipts and signed statements). Measured per size:
 - idle: the gateway's CPU over --idle-s (share of one core, from /proc) and its RSS
   growth per session;
 - latency: a client's p50/p99 over --requests sequential non-streaming echo chats
-  (httpx), against the 3-session baseline measured first in the same run;
+  (httpx), against the 3-session baseline: measured alone first, then kept running, each
+  request at a size paired with one to the baseline (alternating order), and the ratios
+  taken against those paired requests (the host's speed drifts over minutes);
 - restart: SIGKILL the gateway, start it again on the same port and database, and
   time until every session is back; meanwhile a client keeps asking for a model that
   was served, and the answers' HTTP statuses are counted (404s are refusals).
@@ -134,30 +136,41 @@ def routing_decisions(client: Any, url: str) -> dict[str, float]:
     return out
 
 
-def latency(url: str, key: str, model: str, n: int, budget_s: float) -> dict[str, Any]:
+def latency(url: str, key: str, model: str, n: int, budget_s: float,
+            base: tuple[str, str] | None = None) -> dict[str, Any]:
     """`n` sequential chats after a warm-up; stops early after `budget_s` (a saturated gateway).
     Also counts the routing decisions they caused: at 10,000 sessions just joined, a request
-    drawn to a provider that never answered before also runs as its trial (a second copy)."""
+    drawn to a provider that never answered before also runs as its trial (a second copy).
+
+    `base`: the 3-session baseline gateway's (url, key), still running: each request here is
+    paired with one there, in alternating order, so both see the same moments of a shared
+    host whose speed drifts by 2-3x over minutes (measured: the baseline's own steps, run
+    minutes apart, took 2.1-3.3x longer in one run). Its figures come back as `paired_base`."""
     import httpx
 
     t_end = time.monotonic() + budget_s
-    with httpx.Client(timeout=max(1.0, budget_s / 2)) as client:
+    with httpx.Client(timeout=max(1.0, budget_s / 2)) as client, httpx.Client(timeout=max(1.0, budget_s / 2)) as bc:
         warm: list[float] = []  # reported when the budget ends during the warm-up (a saturated gateway)
         for _ in range(max(10, n // 10)):  # warm-up: connections, the gateway's caches, the tab
             t0 = time.perf_counter()
             try:
                 chat(client, url, key, model)
+                if base is not None:
+                    chat(bc, base[0], base[1], model)
             except httpx.HTTPError:
                 pass
             warm.append((time.perf_counter() - t0) * 1000)
             if time.monotonic() > t_end:
                 break
         codes: dict[int, int] = {}
-        times = []
+        times: list[float] = []
+        base_times: list[float] = []
         before = routing_decisions(client, url)
-        for _ in range(n):
+        for i in range(n):
             if time.monotonic() > t_end:
                 break
+            if base is not None and i % 2:
+                base_times.append(chat(bc, base[0], base[1], model)[1])
             try:
                 code, ms = chat(client, url, key, model)
             except httpx.HTTPError:
@@ -165,14 +178,24 @@ def latency(url: str, key: str, model: str, n: int, budget_s: float) -> dict[str
             codes[code] = codes.get(code, 0) + 1
             if code == 200:
                 times.append(ms)
+            if base is not None and not i % 2:
+                base_times.append(chat(bc, base[0], base[1], model)[1])
         after = routing_decisions(client, url)
     decisions = {d: int(after[d] - before.get(d, 0.0)) for d in after if after[d] - before.get(d, 0.0)}
-    return {"routing_decisions": decisions, "requests": sum(codes.values()), "stopped_by_budget": sum(codes.values()) < n, "statuses": codes,
-            "warmup_ms": [round(w, 1) for w in warm], "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
-            "mean_ms": sum(times) / len(times) if times else float("nan")}
+    out = {"routing_decisions": decisions, "requests": sum(codes.values()),
+           "stopped_by_budget": sum(codes.values()) < n, "statuses": codes,
+           "warmup_ms": [round(w, 1) for w in warm], "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
+           "mean_ms": sum(times) / len(times) if times else float("nan")}
+    if base is not None:
+        out["paired_base"] = {"requests": len(base_times), "p50_ms": percentile(base_times, 50),
+                              "p99_ms": percentile(base_times, 99)}
+    return out
 
 
-def measure(size: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def measure(size: int, args: argparse.Namespace, tmp: Path, base: tuple[str, str] | None = None,
+            keep: list[Any] | None = None) -> dict[str, Any]:
+    """One size, start to finish. `base`: the baseline's (url, key) to pair latency with; `keep`: leave
+    this network running and append (net, swarm, url, key) to it (the baseline's, for pairing)."""
     from gpupool.devnet import Network
 
     home = tmp / f"n{size}"
@@ -234,20 +257,27 @@ def measure(size: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                   f"{out['swarm_idle_cpu_core']:.3f} core; RSS {rss1 / 1024:.0f} MiB "
                   f"({out['rss_kib_per_session']:.1f} KiB/session)", flush=True)
         if not args.skip_latency:
-            lat = latency(url, key, f"{args.prefix}0", args.requests, args.latency_budget_s)
+            lat = latency(url, key, f"{args.prefix}0", args.requests, args.latency_budget_s, base)
             out["latency"] = lat
+            paired = lat.get("paired_base")
             print(f"[{size}] client p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms over "
                   f"{lat['requests']} requests (statuses {lat['statuses']}; 0: timed out; routing decisions "
                   f"{lat['routing_decisions']})"
+                  + (f"; the baseline, paired: p50 {paired['p50_ms']:.2f} ms, p99 {paired['p99_ms']:.2f} ms"
+                     if paired else "")
                   + (f"; warm-up requests took {[round(w) for w in lat['warmup_ms']]} ms" if lat["stopped_by_budget"]
                      else ""), flush=True)
         if not args.no_restart and t_join is not None:
             out["restart"] = restart(net, port, extra, swarm, size, key, args)
+        if keep is not None:
+            keep.append((net, swarm, url, key))
+            swarm = None
         return out
     finally:
-        if swarm is not None:
-            swarm.stop()
-        net.stop()
+        if keep is None or not keep:  # kept: stopped by the caller
+            if swarm is not None:
+                swarm.stop()
+            net.stop()
 
 
 def restart(net: Any, port: int, extra: list[str], swarm: Swarm, size: int, key: str,
@@ -264,6 +294,7 @@ def restart(net: Any, port: int, extra: list[str], swarm: Swarm, size: int, key:
     t_ready = time.monotonic()
     print(f"[{size}] gateway SIGKILLed and restarted in {t_ready - t_kill:.1f} s; waiting for sessions", flush=True)
     codes: dict[int, int] = {}
+    errors: dict[str, int] = {}  # status 0: what the client met instead of an answer
     first_ok: float | None = None
     done_at: float | None = None
     with httpx.Client(timeout=10) as client:
@@ -271,10 +302,13 @@ def restart(net: Any, port: int, extra: list[str], swarm: Swarm, size: int, key:
             if swarm.fresh(time.time() - 0.3) and swarm.total("connected") >= size:
                 done_at = time.monotonic()
                 break
+            t0 = time.monotonic()
             try:
                 code, _ = chat(client, url, key, f"{args.prefix}0")
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 code = 0  # no answer at all
+                what = f"{type(exc).__name__} after {time.monotonic() - t0:.1f} s at {t0 - t_ready:.1f} s"
+                errors[what] = errors.get(what, 0) + 1
             codes[code] = codes.get(code, 0) + 1
             if code == 200 and first_ok is None:
                 first_ok = time.monotonic() - t_ready
@@ -282,16 +316,23 @@ def restart(net: Any, port: int, extra: list[str], swarm: Swarm, size: int, key:
     res = {"drop_seen_s": dropped, "gateway_restart_s": t_ready - t_kill,
            "all_back_after_ready_s": None if done_at is None else done_at - t_ready,
            "all_back_after_kill_s": None if done_at is None else done_at - t_kill,
-           "first_200_after_ready_s": first_ok, "statuses_meanwhile": codes,
+           "first_200_after_ready_s": first_ok, "statuses_meanwhile": codes, "client_errors": errors,
            "back": swarm.total("connected")}
     print(f"[{size}] all back {fmt_s(res['all_back_after_kill_s'])} after the kill "
           f"({fmt_s(res['all_back_after_ready_s'])} after the new gateway was ready); client statuses "
-          f"meanwhile {codes}", flush=True)
+          f"meanwhile {codes}" + (f"; no answer: {errors}" if errors else ""), flush=True)
     return res
 
 
 def fmt_s(v: float | None) -> str:
     return "not within the timeout" if v is None else f"{v:.1f} s"
+
+
+def added_p50(r: dict[str, Any]) -> float | None:
+    """p50 over the baseline's requests paired with these (None: not measured or not paired)."""
+    lat = r.get("latency") or {}
+    paired = lat.get("paired_base")
+    return lat["p50_ms"] - paired["p50_ms"] if paired and "p50_ms" in lat else None
 
 
 def growth(results: list[dict[str, Any]]) -> list[str]:
@@ -302,11 +343,11 @@ def growth(results: list[dict[str, Any]]) -> list[str]:
     if len(big) < 1:
         return lines
     metrics = [("idle CPU", lambda r: r.get("idle_cpu_core"), "core"),
-               ("p50 latency", lambda r: (r.get("latency") or {}).get("p50_ms"), "ms"),
+               ("p50 latency", added_p50, "ms"),
                ("join time", lambda r: r.get("join_s"), "s")]
     for name, get, unit in metrics:
         pts = [(r["sessions"], get(r)) for r in big if get(r) is not None]
-        b = get(base) or 0.0
+        b = (get(base) or 0.0) if get is not added_p50 else 0.0
         if not pts:
             continue
         per_k = [f"{(v - b) / n * 1000:.3g} {unit} per 1,000 at {n:,}" for n, v in pts]
@@ -369,15 +410,25 @@ def main() -> int:
     load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="gpupool-scale-"))
     print(f"logs in {tmp}", flush=True)
-    results = []
-    for size in [BASELINE, *[s for s in sizes if s != BASELINE]]:
-        results.append(measure(size, args, tmp))
+    # The baseline stays up: each size's latency is paired with it request by request.
+    kept: list[Any] = []
+    try:
+        results = [measure(BASELINE, args, tmp, keep=kept)]
+        pair = (kept[0][2], kept[0][3]) if kept else None
+        for size in [s for s in sizes if s != BASELINE]:
+            results.append(measure(size, args, tmp, base=pair))
+    finally:
+        for net, swarm, _, _ in kept:
+            if swarm is not None:
+                swarm.stop()
+            net.stop()
     base = results[0]
-    bl = base.get("latency") or {}
     rows = []
     for r in results:
         lat = r.get("latency") or {}
         rs = r.get("restart") or {}
+        # Against the baseline's requests paired with these (same moments); the first row is the baseline.
+        bl = lat.get("paired_base") or (base.get("latency") or {})
         rows.append([r["sessions"], r.get("joined"), r.get("join_s"), r.get("proved_s"),
                      r.get("join_cpu_ms_per_session"), r.get("idle_cpu_core"),
                      r.get("rss_kib_per_session") if r["sessions"] > BASELINE else None,

@@ -142,6 +142,9 @@ class GatewaySettings:
                                "raced beside a proven provider's copy (a trial); past this rate such a pick "
                                "gives way to a proven provider: a join of many new providers cannot double "
                                "the work of every request (bench/scale); 0: unlimited")
+    trial_share: float = _opt(0.1, "most of the requests that may carry a trial, as a share (with a burst of "
+                              "10 after a quiet spell): a trial is a second copy at the gateway, so this bounds "
+                              "what trials add to a request on average, at any traffic; 1: no bound")
     route_sample: int = _opt(6, "provider sessions a request's choice looks at when more serve its model (a "
                              "random sample of those trust allows, power-of-k choices as in routing/policy.py; "
                              "smaller pools are looked at whole)")

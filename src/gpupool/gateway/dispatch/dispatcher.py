@@ -123,6 +123,20 @@ class Dispatcher:
         tries.tried.add(session.node_id)
         return session
 
+    def pick(self, request_id: str, model: str, payload: Payload, tries: Tries, route: RouteOptions,
+             stream: bool, serving: list[ProviderSession] | None = None) -> ProviderSession:
+        """A request's next provider. While no trial may start (their rate is spent), a proven one if
+        any can take it: a new provider picked now would get no copy anyway (`complete`, `stand_in`),
+        and choosing twice, the pick and then its proven companion, was most of a request's routing
+        work just after a large pool of fresh keys joined (bench/scale)."""
+        if not tries.tried:
+            self.router.trials.requested()
+        if not self.router.trials.could_start():
+            proven = self._companion(request_id, model, payload, tries, route, stream, serving)
+            if proven is not None:
+                return proven
+        return self.choose(request_id, model, payload, tries, route, stream, serving)
+
     def judge_client_faults(self, tries: Tries, request_id: str, model: str, payload: Payload) -> None:
         """Another provider served a request that earlier ones refused as the client's fault:
         those refusals were false, unless the request really exceeded that provider's own offer."""
@@ -261,8 +275,8 @@ class Dispatcher:
                     if len(running) == len(trials):  # nothing but trials running (or nothing at all)
                         if tries.tried:
                             note_routing("failover")  # the last provider failed: another one tries
-                        session = self.choose(request_id, model, payload, tries, route, stream=False,
-                                              serving=serving)
+                        session = self.pick(request_id, model, payload, tries, route, stream=False,
+                                            serving=serving)
                         other = self._companion(request_id, model, payload, tries, route) \
                             if self.router.needs_companion(session) else None
                         if other is None:
@@ -273,12 +287,13 @@ class Dispatcher:
                             running[self._start(other, request_id, model, payload, deadline, tries)] = other
                         else:
                             note_routing("trial")
-                            task = self._start_trial(session, request_id, model, payload, deadline, tries)
-                            running[task] = session
-                            trials.add(task)
+                            # The client's copy first: the trial's send and answer wait behind it.
                             task = self._start(other, request_id, model, payload, deadline, tries)
                             running[task] = other
                             companions.add(task)
+                            task = self._start_trial(session, request_id, model, payload, deadline, tries)
+                            running[task] = session
+                            trials.add(task)
                     wait_s = None
                     if not hedged and len(running) - len(trials) == 1:
                         (first_session,) = (s for t, s in running.items() if t not in trials)
@@ -339,11 +354,13 @@ class Dispatcher:
                 task.cancel()
 
     def _companion(self, request_id: str, model: str, payload: Payload, tries: Tries,
-                   route: RouteOptions, stream: bool = False) -> ProviderSession | None:
+                   route: RouteOptions, stream: bool = False,
+                   serving: list[ProviderSession] | None = None) -> ProviderSession | None:
         """A proven provider to race a new one's copy, or None (nobody proven can take it: the new one
         serves alone, hedged as usual)."""
         try:
-            return self.choose(request_id, model, payload, tries, route, stream=stream, companion=True)
+            return self.choose(request_id, model, payload, tries, route, stream=stream, serving=serving,
+                               companion=True)
         except errors.GpupoolError:
             return None
 

@@ -112,7 +112,7 @@ class LiveRouter:
         # Trials running per node: requests sent to it while it had never answered us, raced beside a
         # proven provider's copy (`needs_companion`). One at a time: while one runs, routing passes it
         # over if anyone else can take the request; new ones start at most `trials_per_s`.
-        self.trials = Trials(settings.trials_per_s)
+        self.trials = Trials(settings.trials_per_s, settings.trial_share)
         self.proven = ProvenSessions()  # per model, the connected sessions of providers that answered us
 
     def serving(self, model: str, within: tuple[int, int] | None = None, images: bool = False) -> Serving:
@@ -121,12 +121,20 @@ class LiveRouter:
 
         A pool of at most `route_sample` sessions is taken whole; a bigger one is sampled (open,
         not draining, not suspended; held-back ones only if no other was drawn), and scanned
-        whole only if no draw was eligible. `within`: only offers at most these (in, out) prices."""
+        whole only if no draw was eligible. `within`: only offers at most these (in, out) prices.
+        While no trial may start (`Trials`), the sample is drawn from proven providers if any can take it."""
         pool = self.hub.index.pools.get(model)
         if pool is None:
             return Serving((), model, None)
         sessions, k = pool.sessions, max(1, self.settings.route_sample)
         if len(sessions) > k:
+            if not self.trials.could_start() and (proven := self.proven.of(model)):
+                # No trial may start now, so a new provider drawn would get no copy (`Dispatcher.pick`):
+                # draw among the proven ones, and the request's hold and choice look at them only
+                # (just after 10,000 fresh keys join, a draw of the whole pool is nearly all new).
+                ready, _ = self._draw(proven, model, k, within, images)
+                if ready:
+                    return Serving(ready, model, pool)
             ready, held = self._draw(sessions, model, k, within, images)
             if ready:
                 return Serving(ready, model, pool)

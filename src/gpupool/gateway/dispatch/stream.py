@@ -70,7 +70,7 @@ async def _first_event(dispatcher: Dispatcher, request_id: str, model: str, payl
         if not first_pick:
             note_routing("failover")  # the last provider failed before its first token
         first_pick = False
-        session = dispatcher.choose(request_id, model, payload, tries, route, stream=True, serving=serving)
+        session = dispatcher.pick(request_id, model, payload, tries, route, stream=True, serving=serving)
         # A provider that never answered us gets a non-streamed trial copy; a proven one serves the stream.
         session = dispatcher.stand_in(session, request_id, model, payload, deadline, tries, route)
         channel = session.open_channel(request_id)

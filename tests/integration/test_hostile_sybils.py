@@ -106,8 +106,9 @@ async def test_sybils_that_sit_on_work_cost_a_client_no_answers(net: Network) ->
         assert taken and max(taken.values()) <= 1, dict(taken)
         # and every Run a Sybil took was a trial: its request had the proven provider's copy from
         # the start, so none waited for a hedge behind a Sybil.
-        await wait_until_async(lambda: trials_started(net) - trials_before >= sum(taken.values()), "trials counted")
-        assert trials_started(net) - trials_before == sum(taken.values())
+        # (A trial's copy is sent once the proven copy answered: the last may still be on its way.)
+        await wait_until_async(lambda: trials_started(net) - trials_before == sum(taken.values()),
+                               "every trial counted and taken")
     finally:
         await stop_peers(loops, sybils)
 

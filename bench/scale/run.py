@@ -185,10 +185,10 @@ def latency(url: str, key: str, model: str, n: int, budget_s: float,
     out = {"routing_decisions": decisions, "requests": sum(codes.values()),
            "stopped_by_budget": sum(codes.values()) < n, "statuses": codes,
            "warmup_ms": [round(w, 1) for w in warm], "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
-           "mean_ms": sum(times) / len(times) if times else float("nan")}
+           "mean_ms": sum(times) / len(times) if times else float("nan"), "times_ms": [round(t, 2) for t in times]}
     if base is not None:
         out["paired_base"] = {"requests": len(base_times), "p50_ms": percentile(base_times, 50),
-                              "p99_ms": percentile(base_times, 99)}
+                              "p99_ms": percentile(base_times, 99), "times_ms": [round(t, 2) for t in base_times]}
     return out
 
 

@@ -14,7 +14,8 @@ Rules:
   recorded, and the request is retried elsewhere.
 - Leaving early (deadline, client gone) cancels the work at the provider.
 - A provider that never answered us is on trial: a request sent to it also goes to a
-  proven provider at once, so a key that takes work and sits on it (a Sybil: keys are
+  proven provider at once (the new one's copy follows once that one answered, or
+  `hedge_min_s` passed), so a key that takes work and sits on it (a Sybil: keys are
   free) costs the client nothing. The new provider's copy is not cancelled when the
   other wins: its own answer, checked like any, proves and measures it (it is never
   the client's and never charged), and its silence until the deadline opens its
@@ -37,17 +38,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gpupool import errors, protocol
+from gpupool import errors
 from gpupool.config import GatewaySettings
+from gpupool.gateway.dispatch.receipts import receipt_problem
 from gpupool.gateway.dispatch.router import LiveRouter, TrustView
 from gpupool.gateway.dispatch.stalls import PoolStalled, SilenceWatch, give_up_on
 from gpupool.gateway.dispatch.tries import Tries
-from gpupool.gateway.payload_size import PayloadSize
 from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.peers.session import Event, ProviderLost, ProviderSession
 from gpupool.gateway.probes import note_routing
 from gpupool.gateway.store import Store
-from gpupool.protocol import Cancel, Chunk, Done, EmbedPayload, Fail, GeneratePayload, Payload, Run
+from gpupool.protocol import Cancel, Chunk, Done, Fail, GeneratePayload, Payload, Run
 from gpupool.routing.options import DEFAULT_ROUTE, RouteOptions
 
 # Provider failure codes that blame the *request*. The gateway checked the request at its
@@ -261,7 +262,7 @@ class Dispatcher:
         waiting for the deadline."""
         tries = Tries()
         running: dict[asyncio.Task[Outcome | None], ProviderSession] = {}
-        # Copies on providers that never answered us, raced from the start beside a proven one's
+        # Copies on providers that never answered us, raced beside a proven one's
         # (`router.needs_companion`), and those companions: neither was late, so the loser of
         # such a race is not judged by it; a trial that loses runs on to its own verdict.
         trials: set[asyncio.Task[Outcome | None]] = set()
@@ -428,44 +429,6 @@ def _settle_judged(judging: set[asyncio.Task[Outcome | None]]) -> Callable[[asyn
         if not task.cancelled():
             task.exception()  # retrieved: a refusal or Fail nobody waits for is only the trial's verdict
     return done
-
-
-def receipt_problem(session: ProviderSession, request_id: str, model: str, payload: Payload, done: Done,
-                    text: str, check_signature: bool = True) -> str | None:
-    """Why this answer cannot be accepted, or None if its receipt binds it to our request.
-
-    The hashes are always checked (cheap). Receipts normally come unsigned and are
-    signed in bulk by the provider's next Statement, which billing waits for
-    before charging; a receipt that carries its own signature has a sample of
-    those checked inline (`receipt_verify_rate`) and all of them before charging.
-    """
-    r = done.receipt
-    if r.request_id != request_id or done.request_id != request_id:
-        return "receipt is for another request"
-    if r.node_id != session.node_id or r.model != model:
-        return "receipt names another provider or model"
-    # What the client pays for comes from here: never more prompt than the request could hold.
-    ceiling = PayloadSize.of(payload).prompt_token_ceiling
-    if r.usage.prompt_tokens > ceiling:
-        return f"receipt claims {r.usage.prompt_tokens} prompt tokens; the request holds at most {ceiling}"
-    if r.input_hash != protocol.payload_hash(payload):
-        return "receipt input hash does not match the request"
-    if isinstance(payload, EmbedPayload):
-        expected_len = len(payload.inputs) * done.dimensions * 4
-        if done.dimensions <= 0 or len(done.vectors) != expected_len:
-            return "embedding result has the wrong shape"
-        output = done.vectors
-    else:
-        if done.text and done.text != text:
-            return "streamed chunks do not add up to the final text"
-        output = text.encode()
-    if r.output_hash != protocol.output_hash(output):
-        return "receipt output hash does not match the output"
-    if (done.token_ids or r.tokens_hash) and r.tokens_hash != protocol.tokens_hash(done.token_ids, done.logprobs):
-        return "receipt tokens hash does not match the tokens sent"
-    if check_signature and r.signature and not protocol.verify_claim(r, session.public_key):
-        return "receipt signature does not verify"
-    return None
 
 
 def deadline_ms(deadline: float) -> int:

@@ -395,10 +395,15 @@ class Dispatcher:
         so its send and the checks of its answer are off the client's path (bench/scale: a trial
         request's own gateway work was most of the tail at 10,000 new providers)."""
         async def trial() -> Outcome | None:
+            if after is not None:
+                try:
+                    await asyncio.wait({after}, timeout=min(self.settings.hedge_min_s,
+                                                            max(0.0, deadline - time.monotonic())))
+                except asyncio.CancelledError:
+                    self.router.on_abandoned(session, request_id)  # never sent: no verdict, no backlog kept
+                    raise
             try:
                 async with asyncio.timeout_at(loop_deadline(deadline)):
-                    if after is not None:
-                        await asyncio.wait({after}, timeout=self.settings.hedge_min_s)
                     return await self._attempt(session, request_id, model, payload, deadline, tries)
             except TimeoutError:
                 self.router.on_failure(session, request_id, "no answer before the request's deadline")

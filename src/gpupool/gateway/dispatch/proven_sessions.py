@@ -95,9 +95,10 @@ class Trials:
     """Node id -> its trials still running, and what bounds starting new ones: each trial costs a
     second run, so a flood of fresh sessions meets a bounded number of them and the work of every
     other request stays the same. A token bucket of `per_s` a second (a second's worth deep; 0:
-    unlimited) bounds them in time, a credit of `share` a request (`TRIAL_BURST` deep; 1: unlimited)
-    per request: at a sequential client's ~150 requests a second, 50 trials a second were a third
-    of all requests, each doing twice the work at the gateway (bench/scale at 10,000 new keys)."""
+    unlimited) bounds them in time; a credit that each request adds `share` to (`TRIAL_BURST` deep;
+    1: unlimited) bounds them per request: at a sequential client's ~150 requests a second, 50
+    trials a second were a third of all requests, each doing twice the work at the gateway
+    (bench/scale at 10,000 new keys)."""
 
     def __init__(self, per_s: float, share: float = 1.0):
         if not 0 < share <= 1:

@@ -271,10 +271,9 @@ def measure(size: int, args: argparse.Namespace, tmp: Path, base: tuple[str, str
             out["restart"] = restart(net, port, extra, swarm, size, key, args)
         if keep is not None:
             keep.append((net, swarm, url, key))
-            swarm = None
         return out
     finally:
-        if keep is None or not keep:  # kept: stopped by the caller
+        if not keep:  # kept (the baseline's, for pairing): the caller stops it
             if swarm is not None:
                 swarm.stop()
             net.stop()
@@ -419,8 +418,7 @@ def main() -> int:
             results.append(measure(size, args, tmp, base=pair))
     finally:
         for net, swarm, _, _ in kept:
-            if swarm is not None:
-                swarm.stop()
+            swarm.stop()
             net.stop()
     base = results[0]
     rows = []

@@ -126,10 +126,10 @@ class Dispatcher:
 
     def pick(self, request_id: str, model: str, payload: Payload, tries: Tries, route: RouteOptions,
              stream: bool, serving: list[ProviderSession] | None = None) -> ProviderSession:
-        """A request's next provider. While no trial may start (their rate is spent), a proven one if
-        any can take it: a new provider picked now would get no copy anyway (`complete`, `stand_in`),
-        and choosing twice, the pick and then its proven companion, was most of a request's routing
-        work just after a large pool of fresh keys joined (bench/scale)."""
+        """A request's next provider. While no trial may start (their rate or share is spent), a
+        proven one if any can take it: a new provider picked now would get no copy anyway (`complete`,
+        `stand_in`), and choosing twice, the pick and then its proven companion, was most of a
+        request's routing work just after a large pool of fresh keys joined (bench/scale)."""
         if not tries.tried:
             self.router.trials.requested()
         if not self.router.trials.could_start():

@@ -40,7 +40,10 @@ FIRST_TOKEN_BUDGET_S = 4.0
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    yield from echo_pool(tmp_path_factory, "sybil-streams")
+    # The honest provider takes 40 ms a word: a raw peer proven by one instant answer is then clearly
+    # the faster one, whatever this machine's load did to that single sample (an echo answered in
+    # about a millisecond made a 50 ms stall while the peer's one answer was timed pass it over for good).
+    yield from echo_pool(tmp_path_factory, "sybil-streams", echo="echo:chat?delay_ms=40")
 
 
 def stream_once(net: Network, text: str, region: str | None = None) -> tuple[str, float, str, str]:

@@ -37,14 +37,15 @@ REQUESTS = 80
 SLOW_S = 1.0  # how long the honest newcomer takes to answer
 
 
-def echo_pool(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Network]:
-    """A gateway and one echo provider, for a module's raw peers to join (its `net` fixture)."""
+def echo_pool(tmp_path_factory: pytest.TempPathFactory, name: str, echo: str = "echo:chat") -> Iterator[Network]:
+    """A gateway and one echo provider (`echo`: its backend spec), for a module's raw peers to join
+    (its `net` fixture)."""
     network = Network(Path(tmp_path_factory.mktemp(name)) / "net")
     try:
         # Pings often: a raw newcomer's first RTT sample can be hundreds of ms (it is read while the
         # gateway sets up its hardware proof), and the average must come down before it is ranked.
         network.start_gateway(extra=["--ping-interval-s", "0.2"])
-        network.start_provider(["echo=echo:chat"], max_concurrency=16)
+        network.start_provider([f"echo={echo}"], max_concurrency=16)
         network.wait_for_models({"echo": 1}, timeout=60)
         yield network
     finally:

@@ -193,9 +193,10 @@ def latency(url: str, key: str, model: str, n: int, budget_s: float,
 
 
 def measure(size: int, args: argparse.Namespace, tmp: Path, base: tuple[str, str] | None = None,
-            keep: list[Any] | None = None) -> dict[str, Any]:
-    """One size, start to finish. `base`: the baseline's (url, key) to pair latency with; `keep`: leave
-    this network running and append (net, swarm, url, key) to it (the baseline's, for pairing)."""
+            keep: list[Any] | None = None, base_procs: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """One size, start to finish. `base`: the baseline's (url, key) to pair latency with, `base_procs`
+    its processes' pids (`base_gateway`, `base_swarm`: their CPU is counted over the paired requests);
+    `keep`: leave this network running and append (net, swarm, url, key) to it (the baseline's)."""
     from gpupool.devnet import Network
 
     home = tmp / f"n{size}"
@@ -257,7 +258,14 @@ def measure(size: int, args: argparse.Namespace, tmp: Path, base: tuple[str, str
                   f"{out['swarm_idle_cpu_core']:.3f} core; RSS {rss1 / 1024:.0f} MiB "
                   f"({out['rss_kib_per_session']:.1f} KiB/session)", flush=True)
         if not args.skip_latency:
+            procs_of = {"gateway": [gw_pid], "swarm": swarm.pids(), **(base_procs or {}), "client": [os.getpid()]}
+            cpu0 = {k: sum(cpu_seconds(p, children=False) for p in ps) for k, ps in procs_of.items()}
             lat = latency(url, key, f"{args.prefix}0", args.requests, args.latency_budget_s, base)
+            # CPU per request, each side's own: wall times on a shared host drift, CPU per request
+            # much less; and the swarm's share says how much of the 2 cores the stand-ins took.
+            lat["cpu_us_per_request"] = {k: round((sum(cpu_seconds(p, children=False) for p in ps) - cpu0[k])
+                                                  * 1e6 / max(1, lat["requests"]))
+                                         for k, ps in procs_of.items()}
             out["latency"] = lat
             paired = lat.get("paired_base")
             print(f"[{size}] client p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms over "
@@ -267,6 +275,7 @@ def measure(size: int, args: argparse.Namespace, tmp: Path, base: tuple[str, str
                      if paired else "")
                   + (f"; warm-up requests took {[round(w) for w in lat['warmup_ms']]} ms" if lat["stopped_by_budget"]
                      else ""), flush=True)
+            print(f"[{size}] CPU a request (µs, by process): {lat['cpu_us_per_request']}", flush=True)
         if not args.no_restart and t_join is not None:
             out["restart"] = restart(net, port, extra, swarm, size, key, args)
         if keep is not None:
@@ -414,8 +423,10 @@ def main() -> int:
     try:
         results = [measure(BASELINE, args, tmp, keep=kept)]
         pair = (kept[0][2], kept[0][3]) if kept else None
+        pair_procs = {"base_gateway": [kept[0][0].gateway.popen.pid], "base_swarm": kept[0][1].pids()} \
+            if kept else None
         for size in [s for s in sizes if s != BASELINE]:
-            results.append(measure(size, args, tmp, base=pair))
+            results.append(measure(size, args, tmp, base=pair, base_procs=pair_procs))
     finally:
         for net, swarm, _, _ in kept:
             swarm.stop()

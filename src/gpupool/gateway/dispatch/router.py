@@ -35,7 +35,7 @@ from gpupool.gateway.payload_size import PayloadSize, image_count
 from gpupool.gateway.peers.hub import Hub
 from gpupool.gateway.peers.model_index import Serving
 from gpupool.gateway.peers.session import ProviderSession
-from gpupool.protocol import Done, EmbedPayload, GeneratePayload, Payload
+from gpupool.protocol import Done, EmbedPayload, GeneratePayload, ModelOffer, Payload
 from gpupool.routing import (
     CLOSED,
     BreakerConfig,
@@ -264,15 +264,10 @@ class LiveRouter:
         if weights is None:
             weights = self._weights(model, time.monotonic())
         offer = session.models[model]
-        claimed = None
-        # Claims count (capped) only once the provider proved hardware; measurements replace them anyway.
-        if (offer.claimed_decode_tps or offer.claimed_items_per_s or offer.claimed_prefill_tps) \
-                and self.trust.hardware_verified(session.node_id):
-            claimed = SpeedEstimate(prefill_tps=offer.claimed_prefill_tps, decode_tps=offer.claimed_decode_tps,
-                                    items_per_s=offer.claimed_items_per_s)
-        elif self._pool_gflops > 0 and (gflops := self.trust.hardware_gflops(session.node_id)):
-            # No claim: clearly more proven compute than the pool's stands in until measured.
-            claimed = hardware_speed(weights.prior_speed, gflops / self._pool_gflops, weights.max_claim_factor)
+        speed = rec.speed.get(model)
+        # A measured speed replaces any claim (`routing.estimate`): a measured provider's claim is not
+        # even looked up (most of the draws in a big pool that has served a while).
+        claimed = None if speed is not None and speed.samples > 0 else self._claimed(session, offer, weights)
         load = session.load
         return Candidate(
             provider_id=session.node_id,
@@ -287,10 +282,22 @@ class LiveRouter:
             price_in=offer.price_in,
             price_out=offer.price_out,
             reputation=self.trust.reputation_of(session.node_id),
-            speed=rec.speed.get(model),
+            speed=speed,
             claimed_speed=claimed,
             breaker=rec.breaker,
         )
+
+    def _claimed(self, session: ProviderSession, offer: ModelOffer,
+                 weights: RoutingWeights) -> SpeedEstimate | None:
+        """What to assume of an unmeasured provider: its offer's claim, which counts (capped) only once
+        it proved hardware; else, with no claim, clearly more proven compute than the pool's."""
+        if (offer.claimed_decode_tps or offer.claimed_items_per_s or offer.claimed_prefill_tps) \
+                and self.trust.hardware_verified(session.node_id):
+            return SpeedEstimate(prefill_tps=offer.claimed_prefill_tps, decode_tps=offer.claimed_decode_tps,
+                                 items_per_s=offer.claimed_items_per_s)
+        if self._pool_gflops > 0 and (gflops := self.trust.hardware_gflops(session.node_id)):
+            return hardware_speed(weights.prior_speed, gflops / self._pool_gflops, weights.max_claim_factor)
+        return None
 
     # ------------------------------------------------------------ choice
 

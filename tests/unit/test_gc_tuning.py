@@ -91,3 +91,34 @@ def test_full_passes_take_a_bounded_share_of_the_time(restored_gc: None, monkeyp
         gc.enable()
     assert first_collected, "the first quiet second should make a full pass"
     assert second_waits, "a second full pass came before the bound allowed it"
+
+
+def test_a_big_heaps_churn_does_not_set_off_a_trim_each_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`malloc_trim` walks the whole heap: on a big one (10,000 sessions: 400 MiB) it waits for a share
+    of it to be free, not for 1 MiB, which the churn of pings alone freed about once a second."""
+    glibc = gc_tuning._glibc_trim()
+    if glibc is None:
+        pytest.skip("not glibc: nothing is trimmed")
+    free_of_heap, trim = glibc
+    trims: list[int] = []
+    monkeypatch.setattr(gc_tuning, "_glibc_trim", lambda: (free_of_heap, lambda: trims.append(1) or trim()))
+    # 64 MiB held in blocks malloc serves from the heap (over pymalloc's 512 bytes, under mmap's threshold).
+    held = [bytearray(1000) for _ in range(64_000)]
+    assert free_of_heap()[1] >= 60_000_000
+
+    async def churn() -> None:
+        task = asyncio.create_task(gc_tuning.hand_back_memory(every_s=0.01))
+        try:
+            await asyncio.sleep(0.05)  # the first tick may trim what start-up left free
+            trims.clear()
+            for _ in range(15):  # 1.5 MiB allocated, seen, then freed and seen: over 1 MiB, under 1/32 of the heap
+                junk = [bytearray(1000) for _ in range(1_500)]
+                await asyncio.sleep(0.03)
+                del junk
+                await asyncio.sleep(0.03)
+        finally:
+            task.cancel()
+
+    asyncio.run(churn())
+    del held
+    assert len(trims) <= 1, f"{len(trims)} trims for 15 rounds of churn on a 64 MiB heap"

@@ -40,8 +40,9 @@ from dataclasses import dataclass
 
 from gpupool import errors
 from gpupool.config import GatewaySettings
+from gpupool.gateway.dispatch.provider_record import TrustView
 from gpupool.gateway.dispatch.receipts import receipt_problem
-from gpupool.gateway.dispatch.router import LiveRouter, TrustView
+from gpupool.gateway.dispatch.router import LiveRouter
 from gpupool.gateway.dispatch.stalls import PoolStalled, SilenceWatch, give_up_on
 from gpupool.gateway.dispatch.tries import Tries
 from gpupool.gateway.peers.hub import Hub

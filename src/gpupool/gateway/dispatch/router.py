@@ -23,12 +23,12 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Callable, Container
-from dataclasses import dataclass, field
+from collections.abc import Container
 
 from gpupool import errors
 from gpupool.config import GatewaySettings
 from gpupool.gateway.dispatch.proven_sessions import ProvenSessions, Trials
+from gpupool.gateway.dispatch.provider_record import ProviderRecord, TrustView
 from gpupool.gateway.dispatch.tries import Tries
 from gpupool.gateway.edge.image_inputs import reads_images
 from gpupool.gateway.payload_size import PayloadSize, image_count
@@ -37,9 +37,7 @@ from gpupool.gateway.peers.model_index import Serving
 from gpupool.gateway.peers.session import ProviderSession
 from gpupool.protocol import Done, EmbedPayload, GeneratePayload, ModelOffer, Payload
 from gpupool.routing import (
-    CLOSED,
     BreakerConfig,
-    BreakerState,
     Candidate,
     RouteRequest,
     RoutingWeights,
@@ -63,33 +61,6 @@ MAX_ROUTER_RECORDS = 10_000
 # The pool's proven compute is the median of at most this many sessions, drawn at random beyond
 # it (profiled at 1,000 providers: reading every session's proof was a large part of a refresh).
 GFLOPS_SAMPLE = 1000
-
-
-@dataclass(frozen=True)
-class TrustView:
-    """What trust (gateway/trust/) says of a provider, as routing reads it; the defaults trust everyone."""
-
-    is_suspended: Callable[[str], bool] = lambda node_id: False
-    # Providers whose answers mostly await audit verdicts wait, unless nobody else can serve.
-    is_held_back: Callable[[str], bool] = lambda node_id: False
-    reputation_of: Callable[[str], float] = lambda node_id: 0.5
-    # Whether a provider's hardware proof has passed: until then its speed claims are ignored.
-    hardware_verified: Callable[[str], bool] = lambda node_id: True
-    # Its verified GFLOP/s from the last passed proof (None: none yet, or proofs are off).
-    hardware_gflops: Callable[[str], float | None] = lambda node_id: None
-
-
-@dataclass
-class ProviderRecord:
-    """What the gateway has learned about one provider (by node id)."""
-
-    speed: dict[str, SpeedEstimate] = field(default_factory=dict)  # per model, measured
-    breaker: BreakerState = CLOSED
-    last_failure: str = ""
-    # request id -> (expected service seconds, sent while every slot was busy)
-    pending: dict[str, tuple[float, bool]] = field(default_factory=dict)
-    backlog_s: float = 0.0
-    proven: bool = False  # has answered at least one request of ours
 
 
 class LiveRouter:

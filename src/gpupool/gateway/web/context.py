@@ -22,7 +22,7 @@ from gpupool.config import GatewaySettings
 from gpupool.gateway.batches.routes import BatchService
 from gpupool.gateway.batches.runner import BatchDeps
 from gpupool.gateway.dispatch.dispatcher import Dispatcher
-from gpupool.gateway.dispatch.router import TrustView
+from gpupool.gateway.dispatch.provider_record import TrustView
 from gpupool.gateway.edge import image_inputs
 from gpupool.gateway.fallback.lanes import Fallbacks
 from gpupool.gateway.money.anonymous_limits import AddressLimiter, AnonymousLimit, HoldBack

@@ -259,13 +259,15 @@ def measure(size: int, args: argparse.Namespace, tmp: Path, base: tuple[str, str
                   f"({out['rss_kib_per_session']:.1f} KiB/session)", flush=True)
         if not args.skip_latency:
             procs_of = {"gateway": [gw_pid], "swarm": swarm.pids(), **(base_procs or {}), "client": [os.getpid()]}
-            cpu0 = {k: sum(cpu_seconds(p, children=False) for p in ps) for k, ps in procs_of.items()}
+
+            def cpu_by_role() -> dict[str, float]:
+                return {k: sum(cpu_seconds(p, children=False) for p in ps) for k, ps in procs_of.items()}
+            cpu0 = cpu_by_role()
             lat = latency(url, key, f"{args.prefix}0", args.requests, args.latency_budget_s, base)
             # CPU per request, each side's own: wall times on a shared host drift, CPU per request
             # much less; and the swarm's share says how much of the 2 cores the stand-ins took.
-            lat["cpu_us_per_request"] = {k: round((sum(cpu_seconds(p, children=False) for p in ps) - cpu0[k])
-                                                  * 1e6 / max(1, lat["requests"]))
-                                         for k, ps in procs_of.items()}
+            lat["cpu_us_per_request"] = {k: round((v - cpu0[k]) * 1e6 / max(1, lat["requests"]))
+                                         for k, v in cpu_by_role().items()}
             out["latency"] = lat
             paired = lat.get("paired_base")
             print(f"[{size}] client p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms over "

@@ -183,10 +183,6 @@ async def test_a_sybil_that_answers_its_trial_then_sits_on_streams_has_them_move
             waits[rid] = first_s
             if sum(1 for r in runs[1:] if r.stream) >= 3:
                 break
-            if runs and provider != ident.node_id:
-                # Proven, yet passed over: its round trip is read off this busy test process's loop
-                # and may have drifted above the honest provider's since (a loaded CI machine).
-                await rtt_like_proven(net, ident.node_id)
         else:
             pytest.fail(f"the turncoat was handed too few streams: {[(r.request_id, r.stream) for r in runs]}")
         held = [r.request_id for r in runs[1:] if r.stream]

@@ -6,7 +6,10 @@ from typing import Literal
 
 import msgspec
 
-PROTOCOL_VERSION = 2  # 2: the Proof signs the host the peer dialled (protocol_handshake.py)
+# 2: the Proof signs the host the peer dialled (protocol_handshake.py); 3: hardware challenges
+# derive A and B from the stream's bytes (verify/hardware.py), so a version-2 provider would
+# answer every proof wrongly: it is refused at the Hello instead.
+PROTOCOL_VERSION = 3
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
 
 # Largest frame a peer may send; larger frames are a protocol violation.

@@ -126,19 +126,22 @@ def chat(client: Any, url: str, key: str, model: str) -> tuple[int, float]:
     return r.status_code, dt
 
 
-def routing_decisions(client: Any, url: str) -> dict[str, float]:
-    """The gateway's routing decisions so far (`gpupool_routing_decisions_total` by decision)."""
+def routing_decisions(client: Any, urls: list[str]) -> dict[str, float]:
+    """The gateways' routing decisions so far (`gpupool_routing_decisions_total` by decision, summed)."""
     out: dict[str, float] = {}
-    for line in client.get(url + "/metrics").text.splitlines():
-        if line.startswith("gpupool_routing_decisions_total{"):
-            label, _, value = line.partition("} ")
-            out[label.split('"')[1]] = float(value)
+    for url in urls:
+        for line in client.get(url + "/metrics").text.splitlines():
+            if line.startswith("gpupool_routing_decisions_total{"):
+                label, _, value = line.partition("} ")
+                decision = label.split('"')[1]
+                out[decision] = out.get(decision, 0.0) + float(value)
     return out
 
 
-def latency(url: str, key: str, model: str, n: int, budget_s: float,
+def latency(urls: list[str], key: str, model: str, n: int, budget_s: float,
             base: tuple[str, str] | None = None) -> dict[str, Any]:
-    """`n` sequential chats after a warm-up; stops early after `budget_s` (a saturated gateway).
+    """`n` sequential chats after a warm-up, round-robin over `urls` (several: replicas behind a
+    balancer); stops early after `budget_s` (a saturated gateway).
     Also counts the routing decisions they caused: at 10,000 sessions just joined, a request
     drawn to a provider that never answered before also runs as its trial (a second copy).
 
@@ -154,7 +157,7 @@ def latency(url: str, key: str, model: str, n: int, budget_s: float,
         for _ in range(max(10, n // 10)):  # warm-up: connections, the gateway's caches, the tab
             t0 = time.perf_counter()
             try:
-                chat(client, url, key, model)
+                chat(client, urls[len(warm) % len(urls)], key, model)
                 if base is not None:
                     chat(bc, base[0], base[1], model)
             except httpx.HTTPError:
@@ -165,14 +168,14 @@ def latency(url: str, key: str, model: str, n: int, budget_s: float,
         codes: dict[int, int] = {}
         times: list[float] = []
         base_times: list[float] = []
-        before = routing_decisions(client, url)
+        before = routing_decisions(client, urls)
         for i in range(n):
             if time.monotonic() > t_end:
                 break
             if base is not None and i % 2:
                 base_times.append(chat(bc, base[0], base[1], model)[1])
             try:
-                code, ms = chat(client, url, key, model)
+                code, ms = chat(client, urls[i % len(urls)], key, model)
             except httpx.HTTPError:
                 code, ms = 0, 0.0  # no answer within the client's timeout
             codes[code] = codes.get(code, 0) + 1
@@ -180,7 +183,7 @@ def latency(url: str, key: str, model: str, n: int, budget_s: float,
                 times.append(ms)
             if base is not None and not i % 2:
                 base_times.append(chat(bc, base[0], base[1], model)[1])
-        after = routing_decisions(client, url)
+        after = routing_decisions(client, urls)
     decisions = {d: int(after[d] - before.get(d, 0.0)) for d in after if after[d] - before.get(d, 0.0)}
     out = {"routing_decisions": decisions, "requests": sum(codes.values()),
            "stopped_by_budget": sum(codes.values()) < n, "statuses": codes,
@@ -263,7 +266,7 @@ def measure(size: int, args: argparse.Namespace, tmp: Path, base: tuple[str, str
             def cpu_by_role() -> dict[str, float]:
                 return {k: sum(cpu_seconds(p, children=False) for p in ps) for k, ps in procs_of.items()}
             cpu0 = cpu_by_role()
-            lat = latency(url, key, f"{args.prefix}0", args.requests, args.latency_budget_s, base)
+            lat = latency([url], key, f"{args.prefix}0", args.requests, args.latency_budget_s, base)
             # CPU per request, each side's own: wall times on a shared host drift, CPU per request
             # much less; and the swarm's share says how much of the 2 cores the stand-ins took.
             lat["cpu_us_per_request"] = {k: round((v - cpu0[k]) * 1e6 / max(1, lat["requests"]))

@@ -50,7 +50,7 @@ test: $(STAMP) $(ANVIL) $(CHROMIUM)
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-.PHONY: bench-overhead bench-streaming bench-routing bench-policies bench-ledger bench-scale bench-failover
+.PHONY: bench-overhead bench-streaming bench-routing bench-policies bench-ledger bench-scale bench-fleet bench-failover
 bench-overhead: $(STAMP)
 	$(PY) bench/overhead/run.py
 bench-streaming: $(STAMP)
@@ -63,6 +63,8 @@ bench-ledger: $(STAMP)
 	$(PY) bench/ledger/run.py
 bench-scale: $(STAMP)
 	$(PY) bench/scale/run.py
+bench-fleet: $(STAMP)
+	$(PY) bench/scale/fleet.py
 bench-failover: $(STAMP)
 	$(PY) bench/failover/run.py
 

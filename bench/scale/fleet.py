@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (Missing, cpu_seconds, free_port, need_gpupool, print_table,  # noqa: E402
                     raise_fd_limit, ratio, rss_kib, write_json)
 from replicas import PG, REDIS, reachable  # noqa: E402
-from run import BASELINE, Swarm, latency, measure, restart, wait_until  # noqa: E402
+from run import (BASELINE, Swarm, add_swarm_and_client_args, latency, measure, restart,  # noqa: E402
+                 wait_until)
 
 
 def measure_fleet(args: argparse.Namespace, tmp: Path, base: tuple[str, str],
@@ -124,17 +125,7 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=10_000, help="provider sessions in all [10000]")
     ap.add_argument("--replicas", type=int, default=3, help="gateways [3]")
     ap.add_argument("--procs", type=int, default=6, help="swarm processes in all, split over the gateways [6]")
-    ap.add_argument("--models", type=int, default=8, help="echo models each session offers [8]")
-    ap.add_argument("--requests", type=int, default=1000, help="sequential client requests [1000]")
-    ap.add_argument("--latency-budget-s", type=float, default=60.0, help="stop the latency measurement after "
-                    "this long [60]")
-    ap.add_argument("--idle-s", type=float, default=20.0, help="seconds of idle CPU measurement [20]")
-    ap.add_argument("--settle-s", type=float, default=5.0, help="wait after joins before measuring idle [5]")
-    ap.add_argument("--join-timeout", type=float, default=240.0, help="give up on joins (and reconnects) "
-                    "after this long [240]")
-    ap.add_argument("--reconnect-max-s", type=float, default=30.0, help="sessions' longest reconnect backoff [30]")
-    ap.add_argument("--ramp-s", type=float, default=0.0, help="spread the sessions' first dials over this long [0]")
-    ap.add_argument("--swarm-nice", type=int, default=0, help="niceness of the swarm's processes [0]")
+    add_swarm_and_client_args(ap)
     ap.add_argument("--no-restart", action="store_true", help="skip the SIGKILL-and-restart of gateway 1")
     ap.add_argument("--pg", default=PG, help=f"the shared database [{PG}]")
     ap.add_argument("--redis", default=REDIS, help=f"the shared Redis [{REDIS}]")
@@ -142,7 +133,6 @@ def main() -> int:
     args = ap.parse_args()
     if args.sessions < args.replicas or args.replicas < 1:
         ap.error("--sessions must be at least --replicas, and --replicas at least 1")
-    args.prefix = "echo-"
     try:
         need_gpupool()
         reachable(args.pg, args.redis)

@@ -373,12 +373,8 @@ def growth(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description="gpupool: provider sessions on one gateway (join, idle cost, "
-                                 "latency, restart)")
-    ap.add_argument("--sizes", default="1000,3000", help="comma list of session counts; the 3-session "
-                    "baseline is always measured first [1000,3000]")
-    ap.add_argument("--procs", type=int, default=4, help="swarm processes for sizes over 50 [4]")
+def add_swarm_and_client_args(ap: argparse.ArgumentParser) -> None:
+    """The options run.py and fleet.py share: the swarm's sessions and the client's measurements."""
     ap.add_argument("--models", type=int, default=8, help="echo models each session offers [8]")
     ap.add_argument("--prefix", default="echo-", help=argparse.SUPPRESS)
     ap.add_argument("--requests", type=int, default=1000, help="sequential client requests per size "
@@ -397,6 +393,15 @@ def main() -> int:
                     "(an arrival rate of sessions/ramp a second; reconnects after the restart are not spread) [0: "
                     "all at once]. At 10,000 on a shared 2-core machine the swarm's own processes could not "
                     "complete their dials in time when all started at once")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="gpupool: provider sessions on one gateway (join, idle cost, "
+                                 "latency, restart)")
+    ap.add_argument("--sizes", default="1000,3000", help="comma list of session counts; the 3-session "
+                    "baseline is always measured first [1000,3000]")
+    ap.add_argument("--procs", type=int, default=4, help="swarm processes for sizes over 50 [4]")
+    add_swarm_and_client_args(ap)
     ap.add_argument("--no-hardware-proofs", action="store_true", help="run the gateway with hardware proofs "
                     "off (--hardware-proof-max-n 0)")
     ap.add_argument("--skip-idle", action="store_true", help="skip the idle CPU and RSS measurement")

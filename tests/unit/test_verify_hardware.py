@@ -53,6 +53,11 @@ def test_both_sides_derive_the_same_matrices(challenge: Challenge) -> None:
     assert np.array_equal(matrix_rows(challenge, 1, rows), b[rows].astype(np.int64))
     other = make_challenge(seed=43, claimed_memory_mb=12, rng=random.Random(1), max_n=512)
     assert not np.array_equal(matrices(other)[0], a)
+    # Entries fill [-R, R] evenly, and no further (the bound is what makes every product exact).
+    r = challenge.value_range
+    for m in (a, b):
+        assert m.min() == -r and m.max() == r
+        assert abs(float(m.mean())) < 2 and len(np.unique(m)) == 2 * r + 1
 
 
 def test_honest_numpy_passes_full_and_spot(challenge: Challenge, honest: Solution) -> None:

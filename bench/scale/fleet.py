@@ -67,7 +67,7 @@ def measure_fleet(args: argparse.Namespace, tmp: Path, base: tuple[str, str],
 
         def connected() -> int:
             return sum(s.total("connected") for s in swarms)
-        t_join = wait_until(lambda: connected() >= n, args.join_timeout, swarms[0], "joins")
+        t_join = wait_until(lambda: connected() >= n, args.join_timeout, swarms, "joins")
         out.update(join_s=t_join, joined=connected(),
                    join_cpu_s=sum(cpu_seconds(p, children=False) for p in gw_pids) - cpu0,
                    swarm_join_cpu_s=sum(cpu_seconds(p) for s in swarms for p in s.pids()),

@@ -104,13 +104,15 @@ class Swarm:
                 p.wait(5)
 
 
-def wait_until(cond: Any, timeout: float, swarm: Swarm, what: str) -> float | None:
-    """Seconds until cond() held (polled every 50 ms), or None after `timeout`."""
+def wait_until(cond: Any, timeout: float, swarm: Swarm | list[Swarm], what: str) -> float | None:
+    """Seconds until cond() held (polled every 50 ms), or None after `timeout` (or an error if a
+    process of `swarm`, or of any of several, exited)."""
+    swarms = swarm if isinstance(swarm, list) else [swarm]
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if cond():
             return time.monotonic() - t0
-        if swarm.dead():
+        if any(s.dead() for s in swarms):
             raise RuntimeError(f"a swarm process exited while waiting for {what}")
         time.sleep(0.05)
     return None

@@ -40,6 +40,12 @@ from gpupool.tls import certificate_problem, client_context
 log = logging.getLogger("gpupool.provider")
 # How long the gateway may take to send each handshake reply.
 HANDSHAKE_REPLY_TIMEOUT_S = 15
+# How long a dial may take until the upgrade is answered. A busy gateway queues a dial at its
+# handshake gate for up to its --handshake-queue-s (5 s) before answering, after the SYNs a full
+# listen backlog dropped and the kernel resent (1 s, 3 s, ...). At 10 s, thousands of dials
+# reconnecting at once gave up while queued, and the gate's turns they held went unused:
+# no handshake at all for 6 s of a 10,000-provider reconnect (bench/README.md, "scale").
+OPEN_TIMEOUT_S = 30
 # After a welcomed connection is lost (the gateway died, restarted or went away: no close
 # frame, or its shutdown close), dial again at least every FAST_RETRY_MAX_S for
 # FAST_RETRY_FOR_S, not on the doubling backoff: a restarted gateway is back within
@@ -172,7 +178,7 @@ class PeerLink:
                     # No keep-alive pings: the gateway's Pings say it is alive (`_watch`).
                     ping_interval=None,
                     ping_timeout=None,
-                    open_timeout=10,
+                    open_timeout=OPEN_TIMEOUT_S,
                     compression=None,  # small msgpack frames: deflate cost more CPU than it saved
                 ) as ws:
                     self._ws = ws

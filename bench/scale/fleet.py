@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (Missing, cpu_seconds, free_port, need_gpupool, print_table,  # noqa: E402
                     raise_fd_limit, ratio, rss_kib, write_json)
 from replicas import PG, REDIS, reachable  # noqa: E402
-from run import (BASELINE, Swarm, add_swarm_and_client_args, latency, measure, restart,  # noqa: E402
-                 wait_until)
+from run import (BASELINE, Swarm, add_swarm_and_client_args, latency_with_cpu, measure,  # noqa: E402
+                 restart, wait_until)
 
 
 def measure_fleet(args: argparse.Namespace, tmp: Path, base: tuple[str, str],
@@ -94,13 +94,7 @@ def measure_fleet(args: argparse.Namespace, tmp: Path, base: tuple[str, str],
 
         procs_of = {"gateways": gw_pids, "swarms": [p for s in swarms for p in s.pids()], **base_procs,
                     "client": [os.getpid()]}
-
-        def cpu_by_role() -> dict[str, float]:
-            return {k: sum(cpu_seconds(p, children=False) for p in ps) for k, ps in procs_of.items()}
-        before = cpu_by_role()
-        lat = latency(urls, key, f"{args.prefix}0", args.requests, args.latency_budget_s, base)
-        lat["cpu_us_per_request"] = {k: round((v - before[k]) * 1e6 / max(1, lat["requests"]))
-                                     for k, v in cpu_by_role().items()}
+        lat = latency_with_cpu(procs_of, urls, key, f"{args.prefix}0", args.requests, args.latency_budget_s, base)
         out["latency"] = lat
         paired = lat["paired_base"]
         print(f"[fleet] client p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms over {lat['requests']} "

@@ -197,6 +197,20 @@ def latency(urls: list[str], key: str, model: str, n: int, budget_s: float,
     return out
 
 
+def latency_with_cpu(procs_of: dict[str, list[int]], urls: list[str], key: str, model: str, n: int,
+                     budget_s: float, base: tuple[str, str] | None) -> dict[str, Any]:
+    """`latency`, plus each role's CPU a request over it (`procs_of`: role -> its processes' pids).
+    Each side's own: wall times on a shared host drift, CPU per request much less; and the swarm's
+    share says how much of the 2 cores the stand-ins took."""
+    def cpu_by_role() -> dict[str, float]:
+        return {k: sum(cpu_seconds(p, children=False) for p in ps) for k, ps in procs_of.items()}
+    before = cpu_by_role()
+    lat = latency(urls, key, model, n, budget_s, base)
+    lat["cpu_us_per_request"] = {k: round((v - before[k]) * 1e6 / max(1, lat["requests"]))
+                                 for k, v in cpu_by_role().items()}
+    return lat
+
+
 def measure(size: int, args: argparse.Namespace, tmp: Path, base: tuple[str, str] | None = None,
             keep: list[Any] | None = None, base_procs: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """One size, start to finish. `base`: the baseline's (url, key) to pair latency with, `base_procs`
@@ -264,15 +278,8 @@ def measure(size: int, args: argparse.Namespace, tmp: Path, base: tuple[str, str
                   f"({out['rss_kib_per_session']:.1f} KiB/session)", flush=True)
         if not args.skip_latency:
             procs_of = {"gateway": [gw_pid], "swarm": swarm.pids(), **(base_procs or {}), "client": [os.getpid()]}
-
-            def cpu_by_role() -> dict[str, float]:
-                return {k: sum(cpu_seconds(p, children=False) for p in ps) for k, ps in procs_of.items()}
-            cpu0 = cpu_by_role()
-            lat = latency([url], key, f"{args.prefix}0", args.requests, args.latency_budget_s, base)
-            # CPU per request, each side's own: wall times on a shared host drift, CPU per request
-            # much less; and the swarm's share says how much of the 2 cores the stand-ins took.
-            lat["cpu_us_per_request"] = {k: round((v - cpu0[k]) * 1e6 / max(1, lat["requests"]))
-                                         for k, v in cpu_by_role().items()}
+            lat = latency_with_cpu(procs_of, [url], key, f"{args.prefix}0", args.requests, args.latency_budget_s,
+                                   base)
             out["latency"] = lat
             paired = lat.get("paired_base")
             print(f"[{size}] client p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms over "
